@@ -1,0 +1,385 @@
+//! The agent policy engine's behaviour: results, state, failures, SetPolicy, concurrency.
+
+use std::sync::Arc;
+
+use peerpod_policy::{AgentPolicy, Denial, PolicyError, SetPolicyError, Verdict};
+use serde_json::json;
+
+fn load(text: &str) -> AgentPolicy {
+    AgentPolicy::load(text).unwrap_or_else(|e| panic!("policy must load: {e}"))
+}
+
+fn denial(policy: &AgentPolicy, entrypoint: &str, input: serde_json::Value) -> Denial {
+    match policy.decide(entrypoint, &input).verdict() {
+        Verdict::Denied(d) => d.clone(),
+        other => panic!("{entrypoint} must be denied, got {other:?}"),
+    }
+}
+
+const STATEFUL: &str = r#"package agent_policy
+import rego.v1
+
+default CreateContainerRequest := false
+default ExecProcessRequest := false
+default RemoveContainerRequest := false
+
+CreateContainerRequest := {"allowed": true, "ops": ops} if {
+    print("create", input.container_id)
+    not data.pstate[input.container_id]
+    ops := [{"op": "add", "path": concat("/", ["/pstate", input.container_id]), "value": input.name}]
+}
+
+ExecProcessRequest if {
+    name := data.pstate[input.container_id]
+    print("exec in", name)
+    name == "web"
+}
+
+RemoveContainerRequest := {"allowed": true, "ops": ops} if {
+    ops := [{"op": "remove", "path": concat("/", ["/pstate", input.container_id])}]
+}
+"#;
+
+#[test]
+fn boolean_results_allow_and_deny() {
+    let policy = load(
+        "package agent_policy\nimport rego.v1\ndefault StatsContainerRequest := true\n\
+         default ExecProcessRequest := false\n",
+    );
+    assert!(
+        policy
+            .decide("StatsContainerRequest", &json!({}))
+            .is_allowed()
+    );
+    assert_eq!(
+        denial(&policy, "ExecProcessRequest", json!({})),
+        Denial::False
+    );
+}
+
+#[test]
+fn state_is_carried_across_requests() {
+    let policy = load(STATEFUL);
+    // Nothing recorded yet: exec is undefined, hence denied.
+    assert_eq!(
+        denial(&policy, "ExecProcessRequest", json!({"container_id": "c1"})),
+        Denial::False
+    );
+    let created = policy.decide(
+        "CreateContainerRequest",
+        &json!({"container_id": "c1", "name": "web"}),
+    );
+    assert!(created.is_allowed(), "{}", created.reason());
+    assert!(policy.uses_bytecode());
+    // Allowed on bytecode, which does not print.
+    assert!(created.prints().is_empty());
+    assert_eq!(policy.state(), json!({"c1": "web"}));
+
+    assert!(
+        policy
+            .decide("ExecProcessRequest", &json!({"container_id": "c1"}))
+            .is_allowed()
+    );
+    // The same id cannot be created twice: the rule's `not` fails, the default is false.
+    assert_eq!(
+        denial(
+            &policy,
+            "CreateContainerRequest",
+            json!({"container_id": "c1", "name": "db"})
+        ),
+        Denial::False
+    );
+    assert!(
+        policy
+            .decide(
+                "CreateContainerRequest",
+                &json!({"container_id": "c2", "name": "db"})
+            )
+            .is_allowed()
+    );
+    assert_eq!(
+        denial(&policy, "ExecProcessRequest", json!({"container_id": "c2"})),
+        Denial::False
+    );
+
+    assert!(
+        policy
+            .decide("RemoveContainerRequest", &json!({"container_id": "c1"}))
+            .is_allowed()
+    );
+    assert_eq!(policy.state(), json!({"c2": "db"}));
+    assert_eq!(
+        denial(&policy, "ExecProcessRequest", json!({"container_id": "c1"})),
+        Denial::False
+    );
+}
+
+#[test]
+fn a_state_operation_that_does_not_apply_denies_and_leaves_the_state() {
+    let policy = load(STATEFUL);
+    assert!(
+        policy
+            .decide(
+                "CreateContainerRequest",
+                &json!({"container_id": "a", "name": "web"})
+            )
+            .is_allowed()
+    );
+    let d = denial(
+        &policy,
+        "RemoveContainerRequest",
+        json!({"container_id": "never"}),
+    );
+    assert!(matches!(d, Denial::StateUpdate(_)), "{d:?}");
+    assert_eq!(policy.state(), json!({"a": "web"}));
+}
+
+#[test]
+fn undefined_missing_and_failing_rules_deny() {
+    let policy = load(
+        "package agent_policy\nimport rego.v1\n\
+         CopyFileRequest if input.path == \"/ok\"\n\
+         GetMetricsRequest := 7\n\
+         ListRoutesRequest := {\"allowed\": \"yes\"}\n\
+         UpdateRoutesRequest := {\"allowed\": true, \"ops\": 3}\n\
+         ListInterfacesRequest if { x := [1][input.i]; x > 0 }\n",
+    );
+    assert_eq!(
+        denial(&policy, "CopyFileRequest", json!({"path": "/etc"})),
+        Denial::Undefined
+    );
+    assert!(
+        policy
+            .decide("CopyFileRequest", &json!({"path": "/ok"}))
+            .is_allowed()
+    );
+    assert_eq!(
+        denial(&policy, "CreateSandboxRequest", json!({})),
+        Denial::NoRule
+    );
+    assert!(
+        matches!(denial(&policy, "GetMetricsRequest", json!({})), Denial::BadResult(r) if r == "7")
+    );
+    assert!(matches!(
+        denial(&policy, "ListRoutesRequest", json!({})),
+        Denial::BadResult(_)
+    ));
+    assert!(matches!(
+        denial(&policy, "UpdateRoutesRequest", json!({})),
+        Denial::BadResult(_)
+    ));
+    assert_eq!(denial(&policy, "x.y", json!({})), Denial::BadEntryPoint);
+    assert!(matches!(
+        policy.decide_json("CopyFileRequest", "{not json").verdict(),
+        Verdict::Denied(Denial::BadInput(_))
+    ));
+    let message = policy
+        .decide("CreateSandboxRequest", &json!({}))
+        .denial_message();
+    assert_eq!(
+        message,
+        "CreateSandboxRequest is blocked by policy: the policy has no rule for this request"
+    );
+}
+
+#[test]
+fn an_evaluation_error_denies_even_when_failures_are_allowed() {
+    // Conflicting values for a complete rule are an evaluation error.
+    let policy = load(
+        "package agent_policy\nimport rego.v1\n\
+         AllowRequestsFailingPolicy := true\n\
+         default ExecProcessRequest := false\n\
+         CreateContainerRequest := true if input.a\n\
+         CreateContainerRequest := false if input.b\n",
+    );
+    assert!(policy.allows_failing_requests());
+    let d = denial(
+        &policy,
+        "CreateContainerRequest",
+        json!({"a": true, "b": true}),
+    );
+    assert!(matches!(d, Denial::EvalError(_)), "{d:?}");
+    // A plain `false` is let through, and says so.
+    let decision = policy.decide("ExecProcessRequest", &json!({}));
+    assert!(decision.is_allowed());
+    assert_eq!(
+        decision.verdict(),
+        &Verdict::AllowedFailingPolicy(Denial::False)
+    );
+}
+
+#[test]
+fn no_policy_denies_everything_with_the_reason() {
+    let policy =
+        AgentPolicy::deny_all("/etc/kata-opa/default-policy.rego: No such file or directory");
+    assert!(!policy.is_loaded());
+    let d = policy.decide("GetOOMEventRequest", &json!({}));
+    assert!(!d.is_allowed());
+    assert!(
+        d.denial_message()
+            .contains("no agent policy is in force (/etc/kata-opa"),
+        "{}",
+        d.denial_message()
+    );
+    assert!(matches!(
+        policy.set_policy("package agent_policy\ndefault X := true"),
+        Err(SetPolicyError::Denied(_))
+    ));
+}
+
+#[test]
+fn load_refuses_bad_text_and_other_packages() {
+    let err = AgentPolicy::load("package agent_policy\nallow if {").expect_err("syntax error");
+    assert!(matches!(err, PolicyError::Compile(_)));
+    assert!(err.to_string().contains("policy.rego:2"), "{err}");
+    let err = AgentPolicy::load("package other\nimport rego.v1\nx := 1").expect_err("package");
+    assert!(
+        err.to_string().contains("[\"other\"]") && err.to_string().contains("package agent_policy"),
+        "{err}"
+    );
+}
+
+#[test]
+fn v0_policies_load_and_v1_syntax_is_never_misread() {
+    // An old-style (v0) policy: rule bodies without `if`.
+    let v0 = load(
+        "package agent_policy\ndefault ExecProcessRequest = false\nExecProcessRequest { input.ok == true }\n",
+    );
+    assert!(
+        v0.decide("ExecProcessRequest", &json!({"ok": true}))
+            .is_allowed()
+    );
+    assert!(
+        !v0.decide("ExecProcessRequest", &json!({"ok": false}))
+            .is_allowed()
+    );
+    // v1 syntax without imports is read as v1, not as v0 with an identifier named `if`.
+    let v1 = load(
+        "package agent_policy\ndefault ExecProcessRequest := false\n\
+         ExecProcessRequest if { input.process.Args[0] == \"ls\" }\n",
+    );
+    assert!(
+        !v1.decide("ExecProcessRequest", &json!({"process": {"Args": ["sh"]}}))
+            .is_allowed()
+    );
+    assert!(
+        v1.decide("ExecProcessRequest", &json!({"process": {"Args": ["ls"]}}))
+            .is_allowed()
+    );
+    // A policy broken in v1 that v0 would read differently is refused, not reinterpreted.
+    let err = AgentPolicy::load(
+        "package agent_policy\nExecProcessRequest if { true }\nCreateContainerRequest { true }\n",
+    );
+    assert!(err.is_err());
+}
+
+#[test]
+fn set_policy_needs_permission_and_a_valid_policy() {
+    let closed = load("package agent_policy\nimport rego.v1\ndefault SetPolicyRequest := false\n");
+    let err = closed
+        .set_policy("package agent_policy\ndefault ExecProcessRequest := true")
+        .expect_err("denied");
+    assert!(
+        err.to_string()
+            .starts_with("SetPolicyRequest is blocked by policy"),
+        "{err}"
+    );
+    assert!(!closed.decide("ExecProcessRequest", &json!({})).is_allowed());
+
+    // Only a policy text the current policy approves of may replace it.
+    let guarded = load(
+        "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\n\
+         SetPolicyRequest if startswith(input.policy, \"package agent_policy\\n# approved\")\n\
+         CreateContainerRequest := {\"allowed\": true, \"ops\": [{\"op\": \"add\", \"path\": \"/pstate/x\", \"value\": 1}]}\n",
+    );
+    assert!(
+        guarded
+            .decide("CreateContainerRequest", &json!({}))
+            .is_allowed()
+    );
+    assert_eq!(guarded.state(), json!({"x": 1}));
+    let err = guarded
+        .set_policy("package agent_policy\n# approved\nExecProcessRequest if {")
+        .expect_err("does not compile");
+    assert!(matches!(err, SetPolicyError::Invalid(_)), "{err}");
+    assert!(
+        !guarded
+            .decide("ExecProcessRequest", &json!({}))
+            .is_allowed(),
+        "old policy stays"
+    );
+    assert!(
+        guarded
+            .set_policy("package agent_policy\n# sneaky\ndefault ExecProcessRequest := true")
+            .is_err()
+    );
+
+    guarded
+        .set_policy("package agent_policy\n# approved\nimport rego.v1\ndefault ExecProcessRequest := true\n")
+        .expect("allowed and valid");
+    assert!(
+        guarded
+            .decide("ExecProcessRequest", &json!({}))
+            .is_allowed()
+    );
+    assert_eq!(
+        guarded.state(),
+        json!({}),
+        "a new policy starts with a fresh state"
+    );
+}
+
+#[test]
+fn concurrent_evaluations_agree_and_state_changes_are_serialised() {
+    let policy = Arc::new(load(STATEFUL));
+    assert!(
+        policy
+            .decide(
+                "CreateContainerRequest",
+                &json!({"container_id": "web1", "name": "web"})
+            )
+            .is_allowed()
+    );
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let policy = Arc::clone(&policy);
+            std::thread::spawn(move || {
+                let mut created = 0;
+                for i in 0..25 {
+                    assert!(
+                        policy
+                            .decide("ExecProcessRequest", &json!({"container_id": "web1"}))
+                            .is_allowed()
+                    );
+                    assert!(
+                        !policy
+                            .decide("ExecProcessRequest", &json!({"container_id": "nope"}))
+                            .is_allowed()
+                    );
+                    // Every thread races to create the same ids; each id must be created once.
+                    let id = format!("c{}", i % 10);
+                    if policy
+                        .decide(
+                            "CreateContainerRequest",
+                            &json!({"container_id": id, "name": format!("t{t}")}),
+                        )
+                        .is_allowed()
+                    {
+                        created += 1;
+                    }
+                }
+                created
+            })
+        })
+        .collect();
+    let created: usize = threads
+        .into_iter()
+        .map(|t| t.join().expect("no panic"))
+        .sum();
+    assert_eq!(
+        created, 10,
+        "each of c0..c9 is created exactly once across all threads"
+    );
+    let state = policy.state();
+    assert_eq!(state.as_object().map(|o| o.len()), Some(11), "{state}");
+}

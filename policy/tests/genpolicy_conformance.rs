@@ -1,0 +1,83 @@
+//! Replays the 32 requests of a pod's life from `../shared/conformance/genpolicy` against the
+//! real genpolicy policy, in order on one engine, and checks every decision against the upstream
+//! engine's.
+
+use std::path::PathBuf;
+
+use peerpod_policy::{AgentPolicy, Denial, Verdict};
+
+fn fixture_dir() -> PathBuf {
+    let dir = std::env::var_os("PEERPOD_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+        .join("conformance/genpolicy");
+    assert!(
+        dir.join("cases.json").is_file(),
+        "the genpolicy conformance fixture is missing at {}: check out the shared files next to \
+         the project (../shared) or set PEERPOD_SHARED",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn decides_every_case_as_upstream() {
+    let dir = fixture_dir();
+    let policy_text = std::fs::read_to_string(dir.join("policy.rego")).expect("policy.rego");
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).expect("cases.json"))
+            .expect("cases.json is JSON");
+    assert_eq!(cases.len(), 32);
+
+    let policy = AgentPolicy::load(&policy_text).expect("genpolicy's policy compiles");
+    assert!(!policy.allows_failing_requests());
+    assert!(
+        policy.uses_bytecode(),
+        "genpolicy's policy must run on bytecode"
+    );
+    // The interpreter alone, in lockstep: both evaluators must reach the same verdict.
+    let reference = AgentPolicy::load_interpreted(&policy_text).expect("compiles");
+    assert!(!reference.uses_bytecode());
+
+    let mut mismatches = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let kind = case["kind"].as_str().expect("kind");
+        let expected = case["allowed"].as_bool().expect("allowed");
+        let decision = policy.decide(kind, &case["request"]);
+        let interpreted = reference.decide(kind, &case["request"]);
+        assert_eq!(
+            decision.verdict(),
+            interpreted.verdict(),
+            "case {i}: bytecode and interpreter disagree"
+        );
+        if decision.is_allowed() != expected {
+            mismatches.push(format!(
+                "case {i} {kind} ({}): expected allowed={expected}, got {}",
+                case["description"],
+                decision.reason()
+            ));
+        }
+        if case["upstream"] == "ERROR" {
+            // Upstream fails internally here; we must deny, and say it was the state update.
+            assert!(
+                matches!(decision.verdict(), Verdict::Denied(Denial::StateUpdate(_))),
+                "case {i}: {:?}",
+                decision.verdict()
+            );
+        }
+        if !expected {
+            let message = decision.denial_message();
+            assert!(message.starts_with(&format!("{kind} is blocked by policy: ")));
+            if matches!(decision.verdict(), Verdict::Denied(Denial::False)) {
+                // Plain text: print lines on lines of their own, not one escaped debug string.
+                assert!(message.contains("\npolicy.rego:"), "{message}");
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+
+    // The sandbox's containers were all removed; the state still remembers the sandbox.
+    let state = policy.state();
+    assert!(state.get("sandbox_name").is_some(), "{state}");
+    assert_eq!(state, reference.state());
+}
