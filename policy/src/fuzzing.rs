@@ -56,17 +56,26 @@ ExecProcessRequest if {
 }
 "#;
 
-fn fuzz_policy() -> &'static AgentPolicy {
-    static POLICY: OnceLock<AgentPolicy> = OnceLock::new();
-    POLICY.get_or_init(|| {
-        AgentPolicy::load(FUZZ_POLICY).unwrap_or_else(|e| AgentPolicy::deny_all(e.to_string()))
+/// The fuzz policy twice: on bytecode, and on the interpreter alone.
+fn fuzz_policies() -> &'static (AgentPolicy, AgentPolicy) {
+    static POLICIES: OnceLock<(AgentPolicy, AgentPolicy)> = OnceLock::new();
+    POLICIES.get_or_init(|| {
+        let fail = |e: crate::PolicyError| AgentPolicy::deny_all(e.to_string());
+        let fast = AgentPolicy::load(FUZZ_POLICY).unwrap_or_else(fail);
+        let reference = AgentPolicy::load_interpreted(FUZZ_POLICY).unwrap_or_else(fail);
+        (fast, reference)
     })
 }
 
 /// Feeds bytes to the policy engine as request JSON, for several entrypoints, including ones
-/// the policy does not define and ones that are not identifiers.
+/// the policy does not define and ones that are not identifiers. The bytecode evaluator and the
+/// interpreter see the same requests in the same order and must reach the same verdicts.
 pub fn policy_input(data: &[u8]) {
-    let policy = fuzz_policy();
+    let (policy, reference) = fuzz_policies();
+    assert!(
+        policy.uses_bytecode(),
+        "the fuzz policy must compile to bytecode"
+    );
     let (selector, body) = data.split_first().unwrap_or((&0, &[]));
     let entrypoint = match selector % 4 {
         0 => "CreateContainerRequest",
@@ -76,6 +85,12 @@ pub fn policy_input(data: &[u8]) {
     };
     let text = String::from_utf8_lossy(body);
     let decision = policy.decide_json(entrypoint, &text);
+    let expected = reference.decide_json(entrypoint, &text);
+    assert_eq!(
+        decision.verdict(),
+        expected.verdict(),
+        "evaluators disagree on {text}"
+    );
     // Whatever the input, a decision names its entrypoint and has a reason.
     assert_eq!(decision.entrypoint(), entrypoint);
     assert!(!decision.reason().is_empty());

@@ -64,6 +64,17 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Decide a sequence of requests in order on one engine, so policy state carries over.
+    ///
+    /// REQUESTS is a JSON array of `{"kind": EntryPoint, "request": {...}}` objects, or with
+    /// `"file": "NAME.json"` (relative to REQUESTS) instead of an inline request; an optional
+    /// `"allowed"` is checked against the decision and `"description"` is shown.
+    Replay {
+        /// The initdata document (TOML or annotation).
+        file: PathBuf,
+        /// The JSON array of requests (`-` for stdin).
+        requests: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -157,13 +168,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             verbose,
         } => {
             let doc = load(&file, limit)?;
-            let Some(text) = doc.policy() else {
-                bail!(
-                    "{} has no data.\"policy.rego\"; add the agent policy there",
-                    file.display()
-                );
-            };
-            let policy = AgentPolicy::load(text).context("the document's policy.rego")?;
+            let policy = load_policy(&doc, &file)?;
             let input = read_text(&request)?;
             let decision = policy.decide_json(&entrypoint, &input);
             if verbose {
@@ -178,8 +183,77 @@ fn run(cli: Cli) -> Result<ExitCode> {
             writeln!(out, "deny: {}", decision.denial_message())?;
             return Ok(ExitCode::FAILURE);
         }
+        Command::Replay { file, requests } => {
+            let doc = load(&file, limit)?;
+            let policy = load_policy(&doc, &file)?;
+            let text = read_text(&requests)?;
+            let cases: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a JSON array of requests", requests.display())
+            })?;
+            let mut mismatches = 0;
+            for (i, case) in cases.iter().enumerate() {
+                let Some(kind) = case.get("kind").and_then(|k| k.as_str()) else {
+                    bail!(
+                        "request {i} in {} has no \"kind\" string",
+                        requests.display()
+                    );
+                };
+                let request = match case.get("file").and_then(|f| f.as_str()) {
+                    Some(name) => {
+                        let base = requests.parent().unwrap_or(Path::new("."));
+                        let path = base.join(name);
+                        let text = read_text(&path)?;
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("{} is not JSON", path.display()))?
+                    }
+                    None => case.get("request").cloned().unwrap_or_default(),
+                };
+                let decision = policy.decide(kind, &request);
+                let verdict = if decision.is_allowed() {
+                    "allow"
+                } else {
+                    "deny"
+                };
+                let expected = case.get("allowed").and_then(|a| a.as_bool());
+                let mark = match expected {
+                    Some(e) if e != decision.is_allowed() => {
+                        mismatches += 1;
+                        "  MISMATCH"
+                    }
+                    _ => "",
+                };
+                let description = case
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("");
+                writeln!(out, "[{i:2}] {verdict:5} {kind:<24} {description}{mark}")?;
+                if !decision.is_allowed() {
+                    for line in decision.reason().lines() {
+                        writeln!(out, "        {line}")?;
+                    }
+                }
+            }
+            if mismatches > 0 {
+                writeln!(
+                    out,
+                    "{mismatches} decision(s) differ from the expected ones"
+                )?;
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Compiles the document's policy.
+fn load_policy(doc: &InitData, file: &Path) -> Result<AgentPolicy> {
+    let Some(text) = doc.policy() else {
+        bail!(
+            "{} has no data.\"policy.rego\"; add the agent policy there",
+            file.display()
+        );
+    };
+    AgentPolicy::load(text).context("the document's policy.rego")
 }
 
 /// Reads a document given either as TOML or as annotation text.

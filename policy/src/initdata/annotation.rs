@@ -68,7 +68,7 @@ pub fn decode_annotation(text: &str, limit: usize) -> Result<Vec<u8>, Annotation
 
     let decoder = flate2::read::GzDecoder::new(compressed.as_slice());
     // Read one byte past the limit so that "exactly at the limit" and "over it" differ.
-    let mut bounded = decoder.take(limit as u64 + 1);
+    let mut bounded = decoder.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1));
     let mut out = Vec::new();
     bounded
         .read_to_end(&mut out)

@@ -1,0 +1,38 @@
+# peerpod-guest: the two commands a newcomer runs are `make demo` and `make test`.
+
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: demo test deps fmt-check clippy unit bench fuzz help
+
+## demo: run the bundle's main job end to end on the embedded sample (see README).
+demo:
+	@scripts/demo.sh
+
+## test: install what the tests need, then fmt, clippy and every test.
+test: deps fmt-check clippy unit
+
+## deps: install missing Debian packages the tests need (a no-op when present).
+deps:
+	@scripts/install-test-deps.sh
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+
+## bench: the benchmarks; they print their figures.
+bench:
+	$(CARGO) bench -p peerpod-policy --bench decision
+
+## fuzz: coverage-guided fuzzing of every target for FUZZ_SECONDS each (needs cargo-fuzz).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+help:
+	@grep -E '^## ' Makefile | sed 's/^## //'
