@@ -165,10 +165,28 @@ struct Case {
 fn run_cases(title: &str, text: &str, setup: &[(String, Value)], cases: &[Case], iters: usize) {
     println!("\n== {title}");
     let load_start = Instant::now();
-    let ours: Arc<dyn Decider> = Arc::new(AgentPolicy::load(text).expect("policy loads"));
+    let policy = AgentPolicy::load(text).expect("policy loads");
     let load = load_start.elapsed();
+    assert!(
+        policy.uses_bytecode(),
+        "the policy must compile to bytecode"
+    );
+    let bytecode_ready = load_start.elapsed();
+    let ours: Arc<dyn Decider> = Arc::new(policy);
+    let interpreted_start = Instant::now();
+    drop(AgentPolicy::load_interpreted(text).expect("policy loads"));
+    let interpreted = interpreted_start.elapsed();
+    let base_start = Instant::now();
     let baseline: Arc<dyn Decider> = Arc::new(UpstreamStyle::new(text));
-    println!("policy load: {}", ms(load));
+    let base_load = base_start.elapsed();
+    println!(
+        "policy load: serving after {}, bytecode ready after {} (interpreter-only load: {}; \
+         baseline parse: {})",
+        ms(load),
+        ms(bytecode_ready),
+        ms(interpreted),
+        ms(base_load)
+    );
     for (entrypoint, input) in setup {
         assert!(ours.allowed(entrypoint, input), "setup {entrypoint} denied");
         assert!(

@@ -60,6 +60,10 @@ fn boolean_results_allow_and_deny() {
 #[test]
 fn state_is_carried_across_requests() {
     let policy = load(STATEFUL);
+    assert!(
+        policy.uses_bytecode(),
+        "waits for the background compilation"
+    );
     // Nothing recorded yet: exec is undefined, hence denied.
     assert_eq!(
         denial(&policy, "ExecProcessRequest", json!({"container_id": "c1"})),
@@ -70,7 +74,6 @@ fn state_is_carried_across_requests() {
         &json!({"container_id": "c1", "name": "web"}),
     );
     assert!(created.is_allowed(), "{}", created.reason());
-    assert!(policy.uses_bytecode());
     // Allowed on bytecode, which does not print.
     assert!(created.prints().is_empty());
     assert_eq!(policy.state(), json!({"c1": "web"}));
@@ -327,6 +330,43 @@ fn set_policy_needs_permission_and_a_valid_policy() {
         json!({}),
         "a new policy starts with a fresh state"
     );
+}
+
+#[test]
+fn requests_are_decided_while_the_bytecode_compiles() {
+    // Decisions made before the background compilation finishes come from the interpreter;
+    // they must be the same decisions.
+    for _ in 0..5 {
+        let policy = load(STATEFUL);
+        assert!(
+            policy
+                .decide(
+                    "CreateContainerRequest",
+                    &json!({"container_id": "a", "name": "web"})
+                )
+                .is_allowed()
+        );
+        assert!(
+            policy
+                .decide("ExecProcessRequest", &json!({"container_id": "a"}))
+                .is_allowed()
+        );
+        assert!(
+            !policy
+                .decide(
+                    "CreateContainerRequest",
+                    &json!({"container_id": "a", "name": "web"})
+                )
+                .is_allowed()
+        );
+        assert!(policy.uses_bytecode());
+        assert!(
+            policy
+                .decide("ExecProcessRequest", &json!({"container_id": "a"}))
+                .is_allowed()
+        );
+        assert_eq!(policy.state(), json!({"a": "web"}));
+    }
 }
 
 #[test]

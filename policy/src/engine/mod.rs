@@ -103,7 +103,9 @@ struct Policy {
     /// The parsed policy with an empty state, prepared: the template for every state's
     /// interpreter.
     base: Interpreter,
-    bytecode: Option<Arc<Bytecode>>,
+    /// Set once by the background compilation: `None` when the policy does not compile to
+    /// bytecode (or bytecode is disabled).
+    bytecode: OnceLock<Option<Arc<Bytecode>>>,
     allow_failures: bool,
 }
 
@@ -116,7 +118,8 @@ struct Compiled {
     /// The interpreter for this state, made on first need (denials, or no bytecode): preparing
     /// it re-analyses the policy, which the bytecode path never has to wait for.
     interpreter: OnceLock<Result<Arc<Interpreter>, String>>,
-    machines: Option<Machines>,
+    /// VMs for this state, made once the policy's bytecode is ready.
+    machines: OnceLock<Option<Machines>>,
 }
 
 /// What one evaluation produced, before state handling.
@@ -148,9 +151,13 @@ impl AgentPolicy {
         Ok(policy)
     }
 
-    /// Whether requests are decided on bytecode (see [`AgentPolicy::load`]).
+    /// Whether requests are decided on bytecode (see [`AgentPolicy::load`]). Waits for the
+    /// background compilation to finish.
     pub fn uses_bytecode(&self) -> bool {
-        matches!(&self.snapshot().content, Content::Policy(c) if c.machines.is_some())
+        match &self.snapshot().content {
+            Content::Policy(c) => c.policy.bytecode.wait().is_some(),
+            Content::None(_) => false,
+        }
     }
 
     /// A policy engine with no policy: every request is denied with `reason`.
@@ -310,7 +317,7 @@ impl AgentPolicy {
 }
 
 impl Policy {
-    fn compile(text: &str, bytecode: bool) -> Result<Self, PolicyError> {
+    fn compile(text: &str, bytecode: bool) -> Result<Arc<Self>, PolicyError> {
         let (mut engine, dialect) = interpreter::parse(text)?;
         let packages = engine
             .get_packages()
@@ -333,22 +340,37 @@ impl Policy {
         );
         let _ = engine.take_prints();
 
-        let bytecode = if bytecode {
-            match Bytecode::compile(text, dialect, &entrypoint::all_entrypoints()) {
-                Ok(b) => Some(Arc::new(b)),
-                Err(why) => {
-                    tracing::info!(%why, "the policy runs on the interpreter only");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        Ok(Self {
+        let policy = Arc::new(Self {
             base: Interpreter::new(engine),
-            bytecode,
+            bytecode: OnceLock::new(),
             allow_failures,
-        })
+        });
+        if !bytecode {
+            let _ = policy.bytecode.set(None);
+            return Ok(policy);
+        }
+        // Compiling to bytecode takes as long again as loading; do it on another thread so the
+        // agent can serve at once. Requests are decided by the interpreter until it is done.
+        let text = text.to_owned();
+        let target = Arc::clone(&policy);
+        let spawned = std::thread::Builder::new()
+            .name("policy-bytecode".to_owned())
+            .spawn(move || {
+                let compiled =
+                    match Bytecode::compile(&text, dialect, &entrypoint::all_entrypoints()) {
+                        Ok(b) => Some(Arc::new(b)),
+                        Err(why) => {
+                            tracing::info!(%why, "the policy runs on the interpreter only");
+                            None
+                        }
+                    };
+                let _ = target.bytecode.set(compiled);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the bytecode compiler; interpreter only");
+            let _ = policy.bytecode.set(None);
+        }
+        Ok(policy)
     }
 }
 
@@ -362,7 +384,7 @@ fn empty_data_value() -> Value {
 
 impl Compiled {
     fn new(text: &str, bytecode: bool) -> Result<Self, PolicyError> {
-        let policy = Arc::new(Policy::compile(text, bytecode)?);
+        let policy = Policy::compile(text, bytecode)?;
         let compiled = Self::with_state(policy, empty_data());
         // The base interpreter already holds the empty state: share it rather than re-prepare.
         let base = Arc::new(Interpreter::new(compiled.policy.base.template_clone()));
@@ -371,16 +393,25 @@ impl Compiled {
     }
 
     fn with_state(policy: Arc<Policy>, data: serde_json::Value) -> Self {
-        let machines = policy
-            .bytecode
-            .as_ref()
-            .map(|b| Machines::new(Arc::clone(b), Value::from(data.clone())));
         Self {
             policy,
             data,
             interpreter: OnceLock::new(),
-            machines,
+            machines: OnceLock::new(),
         }
+    }
+
+    /// The VMs for this state, if the policy's bytecode is ready (without waiting for it).
+    fn machines(&self) -> Option<&Machines> {
+        let bytecode = self.policy.bytecode.get()?.as_ref()?;
+        self.machines
+            .get_or_init(|| {
+                Some(Machines::new(
+                    Arc::clone(bytecode),
+                    Value::from(self.data.clone()),
+                ))
+            })
+            .as_ref()
     }
 
     /// The same policy with another data document.
@@ -416,7 +447,7 @@ impl Compiled {
     /// interpreter, which explains it (its prints) and must agree.
     fn evaluate(&self, entrypoint: &str, input: Value) -> (Outcome, Vec<String>) {
         let mut compiled_denied = false;
-        if let Some(machines) = &self.machines {
+        if let Some(machines) = self.machines() {
             match machines.evaluate(entrypoint, input.clone()) {
                 Some(allowed @ Outcome::Allow(_)) => return (allowed, Vec::new()),
                 Some(Outcome::Deny(_)) => compiled_denied = true,
