@@ -12,12 +12,12 @@ pub const FUZZ_DECODE_LIMIT: usize = 64 * 1024;
 
 /// Feeds bytes to the initdata decoders: as annotation text, and as a raw TOML document.
 pub fn initdata(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(raw) = decode_annotation(text, FUZZ_DECODE_LIMIT) {
-            assert!(raw.len() <= FUZZ_DECODE_LIMIT);
-            if let Ok(doc) = InitData::parse(&raw) {
-                let _ = doc.digest().azure_vtpm_pcr8();
-            }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(raw) = decode_annotation(text, FUZZ_DECODE_LIMIT)
+    {
+        assert!(raw.len() <= FUZZ_DECODE_LIMIT);
+        if let Ok(doc) = InitData::parse(&raw) {
+            let _ = doc.digest().azure_vtpm_pcr8();
         }
     }
     if let Ok(doc) = InitData::parse(data) {

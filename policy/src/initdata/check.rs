@@ -61,14 +61,14 @@ impl InitData {
         let mut report = CheckReport::default();
 
         for key in [AA_TOML, CDH_TOML] {
-            if let Some(text) = self.get(key) {
-                if let Err(e) = text.parse::<toml::Table>() {
-                    let detail = e.to_string();
-                    report.push(
-                        Severity::Error,
-                        format!("data.\"{key}\" is not valid TOML: {}", detail.trim_end()),
-                    );
-                }
+            if let Some(text) = self.get(key)
+                && let Err(e) = text.parse::<toml::Table>()
+            {
+                let detail = e.to_string();
+                report.push(
+                    Severity::Error,
+                    format!("data.\"{key}\" is not valid TOML: {}", detail.trim_end()),
+                );
             }
         }
 
