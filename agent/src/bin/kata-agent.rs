@@ -1,0 +1,89 @@
+//! `kata-agent`: the Kata agent for peer-pod VMs.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use kata_agent::config::{AgentConfig, Sources};
+use kata_agent::rpc::GuestInfo;
+use kata_agent::server;
+
+/// The Kata agent: serves the Kata agent API inside the pod VM, every request decided by the
+/// agent policy.
+#[derive(Parser, Debug)]
+#[command(name = "kata-agent", version)]
+struct Cli {
+    /// Agent configuration file (TOML, upstream keys such as server_addr, log_level,
+    /// policy_file, guest_components_procs). Without it, the kernel command line's agent.*
+    /// options are read.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+
+    /// Where to read the kernel command line from.
+    #[arg(long, default_value = "/proc/cmdline", hide = true)]
+    cmdline: PathBuf,
+
+    /// Log format: JSON lines (as upstream) or human-readable text.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let cmdline = match &cli.config {
+        Some(_) => None,
+        None => std::fs::read_to_string(&cli.cmdline).ok(),
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let (config, notes) = AgentConfig::load(&Sources {
+        config_file: cli.config.as_deref(),
+        cmdline: cmdline.as_deref(),
+        env: &env,
+    })
+    .context("cannot read the agent configuration")?;
+
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(config.log_level)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    for note in &notes {
+        tracing::warn!("{note}");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let policy = server::load_policy(&config);
+        server::serve(&config, policy, GuestInfo::default(), shutdown_signal())
+            .await
+            .with_context(|| format!("the agent failed on {}", config.server_addr))
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; the agent stops only when killed");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,124 @@
+//! The agent's errors, and the one place they become ttrpc status codes.
+
+use ttrpc::Code;
+
+/// Why an agent request failed, grouped by who has to act.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The policy denied the request. The message is the policy's: `<EntryPoint> is blocked by
+    /// policy: <reason>`.
+    #[error("{0}")]
+    Denied(String),
+    /// The request names something that does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, e.g. `container "abc"`.
+        what: String,
+    },
+    /// The request is malformed.
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    /// The request would create something that already exists.
+    #[error("{what} already exists")]
+    AlreadyExists {
+        /// What exists, e.g. `container "abc"`.
+        what: String,
+    },
+    /// The request does not fit the current state (e.g. starting a container twice).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// This agent does not implement the RPC.
+    #[error("{rpc} is not implemented by this agent")]
+    Unimplemented {
+        /// The RPC's name.
+        rpc: &'static str,
+    },
+    /// Something failed inside the agent or the guest.
+    #[error("{context}: {source}")]
+    Internal {
+        /// What the agent was doing.
+        context: String,
+        /// The failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl AgentError {
+    /// An internal failure with what the agent was doing.
+    pub fn internal(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Internal {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The ttrpc status code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Denied(_) => Code::PERMISSION_DENIED,
+            Self::NotFound { .. } => Code::NOT_FOUND,
+            Self::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            Self::AlreadyExists { .. } => Code::ALREADY_EXISTS,
+            Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Self::Unimplemented { .. } => Code::UNIMPLEMENTED,
+            Self::Internal { .. } => Code::INTERNAL,
+        }
+    }
+}
+
+impl From<AgentError> for ttrpc::Error {
+    fn from(error: AgentError) -> Self {
+        // The whole chain, in plain text: the runtime shows this message to the user.
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        if matches!(error, AgentError::Internal { .. }) {
+            // The Internal display already includes its direct source.
+            source = source.and_then(std::error::Error::source);
+        }
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ttrpc::Error::RpcStatus(ttrpc::get_status(error.code(), message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(error: AgentError) -> (Code, String) {
+        match ttrpc::Error::from(error) {
+            ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_owned()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_map_to_codes_with_plain_messages() {
+        assert_eq!(
+            status(AgentError::NotFound {
+                what: "container \"c1\"".into()
+            }),
+            (Code::NOT_FOUND, "container \"c1\" not found".into())
+        );
+        assert_eq!(
+            status(AgentError::Unimplemented { rpc: "AddSwap" }).0,
+            Code::UNIMPLEMENTED
+        );
+        assert_eq!(
+            status(AgentError::Denied("X is blocked by policy: no".into())).0,
+            Code::PERMISSION_DENIED
+        );
+        let io = std::io::Error::other("disk full");
+        assert_eq!(
+            status(AgentError::internal("cannot write /run/x", io)),
+            (Code::INTERNAL, "cannot write /run/x: disk full".into())
+        );
+    }
+}

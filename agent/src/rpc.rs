@@ -1,0 +1,444 @@
+//! The AgentService and Health implementations: thin methods that ask the policy gate, call the
+//! part of the agent that does the work, and turn its errors into ttrpc statuses.
+//!
+//! RPCs this agent does not (yet) carry out are still decided by the policy first, and then
+//! answered UNIMPLEMENTED with the RPC's name: a denied request is always told it was denied.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use peerpod_protocols::kata::{agent, agent_ttrpc, csi, health, health_ttrpc, types};
+use protobuf::MessageDyn;
+use protobuf::well_known_types::empty::Empty;
+use ttrpc::r#async::TtrpcContext;
+
+use crate::error::AgentError;
+use crate::gate::PolicyGate;
+
+/// The agent's AgentService.
+#[derive(Debug, Clone)]
+pub struct AgentRpc {
+    gate: PolicyGate,
+    guest: GuestInfo,
+}
+
+/// Where the agent reads facts about the guest (a root other than `/` in tests).
+#[derive(Debug, Clone)]
+pub struct GuestInfo {
+    /// The sysfs mount, normally `/sys`.
+    pub sysfs: PathBuf,
+}
+
+impl Default for GuestInfo {
+    fn default() -> Self {
+        Self {
+            sysfs: PathBuf::from("/sys"),
+        }
+    }
+}
+
+impl AgentRpc {
+    /// The service, deciding every request with `gate`.
+    pub fn new(gate: PolicyGate, guest: GuestInfo) -> Self {
+        Self { gate, guest }
+    }
+
+    /// Decides the request, then answers that the RPC is not implemented.
+    async fn unsupported<T>(
+        &self,
+        rpc: &'static str,
+        request: &dyn MessageDyn,
+    ) -> ttrpc::Result<T> {
+        self.gate.check(rpc, request).await?;
+        Err(AgentError::Unimplemented { rpc }.into())
+    }
+
+    fn guest_details(&self, request: &agent::GuestDetailsRequest) -> agent::GuestDetailsResponse {
+        let memory = self.guest.sysfs.join("devices/system/memory");
+        let mut response = agent::GuestDetailsResponse::new();
+        if request.mem_block_size {
+            // The file holds the block size in hex, without a 0x prefix.
+            response.mem_block_size_bytes =
+                std::fs::read_to_string(memory.join("block_size_bytes"))
+                    .ok()
+                    .and_then(|text| u64::from_str_radix(text.trim(), 16).ok())
+                    .unwrap_or(0);
+        }
+        if request.mem_hotplug_probe {
+            response.support_mem_hotplug_probe = memory.join("probe").exists();
+        }
+        let mut details = agent::AgentDetails::new();
+        details.version = env!("CARGO_PKG_VERSION").to_owned();
+        details.init_daemon = std::process::id() == 1;
+        response.agent_details = protobuf::MessageField::some(details);
+        response
+    }
+}
+
+#[async_trait]
+impl agent_ttrpc::AgentService for AgentRpc {
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        self.unsupported("ReadStdout", &req).await
+    }
+
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        self.unsupported("ReadStderr", &req).await
+    }
+
+    async fn copy_file(
+        &self,
+        _: &TtrpcContext,
+        req: agent::CopyFileRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.gate.check_copy_file(&req).await?;
+        Err(AgentError::Unimplemented { rpc: "CopyFile" }.into())
+    }
+
+    async fn get_guest_details(
+        &self,
+        _: &TtrpcContext,
+        req: agent::GuestDetailsRequest,
+    ) -> ttrpc::Result<agent::GuestDetailsResponse> {
+        self.gate.check("GetGuestDetails", &req).await?;
+        Ok(self.guest_details(&req))
+    }
+
+    async fn set_policy(
+        &self,
+        _: &TtrpcContext,
+        req: agent::SetPolicyRequest,
+    ) -> ttrpc::Result<Empty> {
+        // The policy in force decides SetPolicyRequest itself, with the new text as input.
+        self.gate.set_policy(req.policy).await?;
+        Ok(Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("CreateContainer", &req).await
+    }
+
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("StartContainer", &req).await
+    }
+
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("RemoveContainer", &req).await
+    }
+
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("ExecProcess", &req).await
+    }
+
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        req: agent::SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("SignalProcess", &req).await
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: agent::WaitProcessRequest,
+    ) -> ttrpc::Result<agent::WaitProcessResponse> {
+        self.unsupported("WaitProcess", &req).await
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("UpdateContainer", &req).await
+    }
+
+    async fn update_ephemeral_mounts(
+        &self,
+        _: &TtrpcContext,
+        req: agent::UpdateEphemeralMountsRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("UpdateEphemeralMounts", &req).await
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::StatsContainerRequest,
+    ) -> ttrpc::Result<agent::StatsContainerResponse> {
+        self.unsupported("StatsContainer", &req).await
+    }
+
+    async fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("PauseContainer", &req).await
+    }
+
+    async fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("ResumeContainer", &req).await
+    }
+
+    async fn remove_stale_virtiofs_share_mounts(
+        &self,
+        _: &TtrpcContext,
+        req: agent::RemoveStaleVirtiofsShareMountsRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("RemoveStaleVirtiofsShareMounts", &req)
+            .await
+    }
+
+    async fn get_diagnostic_data(
+        &self,
+        _: &TtrpcContext,
+        req: agent::GetDiagnosticDataRequest,
+    ) -> ttrpc::Result<agent::GetDiagnosticDataResponse> {
+        self.unsupported("GetDiagnosticData", &req).await
+    }
+
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: agent::WriteStreamRequest,
+    ) -> ttrpc::Result<agent::WriteStreamResponse> {
+        self.unsupported("WriteStdin", &req).await
+    }
+
+    async fn close_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: agent::CloseStdinRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("CloseStdin", &req).await
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _: &TtrpcContext,
+        req: agent::TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("TtyWinResize", &req).await
+    }
+
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: agent::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<types::Interface> {
+        self.unsupported("UpdateInterface", &req).await
+    }
+
+    async fn update_routes(
+        &self,
+        _: &TtrpcContext,
+        req: agent::UpdateRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        self.unsupported("UpdateRoutes", &req).await
+    }
+
+    async fn list_interfaces(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ListInterfacesRequest,
+    ) -> ttrpc::Result<agent::Interfaces> {
+        self.unsupported("ListInterfaces", &req).await
+    }
+
+    async fn list_routes(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ListRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        self.unsupported("ListRoutes", &req).await
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _: &TtrpcContext,
+        req: agent::AddARPNeighborsRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("AddARPNeighbors", &req).await
+    }
+
+    async fn get_ip_tables(
+        &self,
+        _: &TtrpcContext,
+        req: agent::GetIPTablesRequest,
+    ) -> ttrpc::Result<agent::GetIPTablesResponse> {
+        self.unsupported("GetIPTables", &req).await
+    }
+
+    async fn set_ip_tables(
+        &self,
+        _: &TtrpcContext,
+        req: agent::SetIPTablesRequest,
+    ) -> ttrpc::Result<agent::SetIPTablesResponse> {
+        self.unsupported("SetIPTables", &req).await
+    }
+
+    async fn get_metrics(
+        &self,
+        _: &TtrpcContext,
+        req: agent::GetMetricsRequest,
+    ) -> ttrpc::Result<agent::Metrics> {
+        self.unsupported("GetMetrics", &req).await
+    }
+
+    async fn mem_agent_memcg_set(
+        &self,
+        _: &TtrpcContext,
+        req: agent::MemAgentMemcgConfig,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("MemAgentMemcgSet", &req).await
+    }
+
+    async fn mem_agent_compact_set(
+        &self,
+        _: &TtrpcContext,
+        req: agent::MemAgentCompactConfig,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("MemAgentCompactSet", &req).await
+    }
+
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: agent::CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("CreateSandbox", &req).await
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: agent::DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("DestroySandbox", &req).await
+    }
+
+    async fn online_cpu_mem(
+        &self,
+        _: &TtrpcContext,
+        req: agent::OnlineCPUMemRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("OnlineCPUMem", &req).await
+    }
+
+    async fn reseed_random_dev(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ReseedRandomDevRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("ReseedRandomDev", &req).await
+    }
+
+    async fn mem_hotplug_by_probe(
+        &self,
+        _: &TtrpcContext,
+        req: agent::MemHotplugByProbeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("MemHotplugByProbe", &req).await
+    }
+
+    async fn set_guest_date_time(
+        &self,
+        _: &TtrpcContext,
+        req: agent::SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("SetGuestDateTime", &req).await
+    }
+
+    async fn get_oom_event(
+        &self,
+        _: &TtrpcContext,
+        req: agent::GetOOMEventRequest,
+    ) -> ttrpc::Result<agent::OOMEvent> {
+        self.unsupported("GetOOMEvent", &req).await
+    }
+
+    async fn add_swap(&self, _: &TtrpcContext, req: agent::AddSwapRequest) -> ttrpc::Result<Empty> {
+        self.unsupported("AddSwap", &req).await
+    }
+
+    async fn add_swap_path(
+        &self,
+        _: &TtrpcContext,
+        req: agent::AddSwapPathRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("AddSwapPath", &req).await
+    }
+
+    async fn get_volume_stats(
+        &self,
+        _: &TtrpcContext,
+        req: agent::VolumeStatsRequest,
+    ) -> ttrpc::Result<csi::VolumeStatsResponse> {
+        self.unsupported("GetVolumeStats", &req).await
+    }
+
+    async fn resize_volume(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ResizeVolumeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.unsupported("ResizeVolume", &req).await
+    }
+}
+
+/// The Health service: not gated by the policy, so the runtime can always tell the agent is up.
+#[derive(Debug, Clone, Default)]
+pub struct HealthRpc;
+
+#[async_trait]
+impl health_ttrpc::Health for HealthRpc {
+    async fn check(
+        &self,
+        _: &TtrpcContext,
+        _: health::CheckRequest,
+    ) -> ttrpc::Result<health::HealthCheckResponse> {
+        let mut response = health::HealthCheckResponse::new();
+        response.status = health::health_check_response::ServingStatus::SERVING.into();
+        Ok(response)
+    }
+
+    async fn version(
+        &self,
+        _: &TtrpcContext,
+        _: health::CheckRequest,
+    ) -> ttrpc::Result<health::VersionCheckResponse> {
+        let mut response = health::VersionCheckResponse::new();
+        response.agent_version = env!("CARGO_PKG_VERSION").to_owned();
+        response.grpc_version = "0.0.1".to_owned();
+        Ok(response)
+    }
+}

@@ -1,0 +1,135 @@
+//! The agent's lifecycle: load the policy, bind the server address, serve until told to stop,
+//! shut down within a bound and remove the socket.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerpod_policy::AgentPolicy;
+use peerpod_policy::initdata::InitData;
+use peerpod_protocols::kata::{agent_ttrpc, health_ttrpc};
+
+use crate::config::AgentConfig;
+use crate::gate::PolicyGate;
+use crate::rpc::{AgentRpc, GuestInfo, HealthRpc};
+
+/// How long shutdown may take before the agent gives up on open connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the agent could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The server address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: ttrpc::Error,
+    },
+    /// The socket's directory could not be prepared.
+    #[error("cannot prepare the socket directory for {addr}")]
+    SocketDir {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server failed to start or stop.
+    #[error("the ttrpc server failed")]
+    Server(#[source] ttrpc::Error),
+}
+
+/// Loads the policy the configuration points at: the `policy.rego` of the initdata document if
+/// one is configured, else the policy file. Any failure yields a policy engine that denies every
+/// request and says why; the agent still serves Health, and never falls open.
+pub fn load_policy(config: &AgentConfig) -> AgentPolicy {
+    let loaded = match &config.initdata_file {
+        Some(path) => std::fs::read(path)
+            .map_err(|e| format!("cannot read the initdata file {}: {e}", path.display()))
+            .and_then(|raw| {
+                InitData::parse(&raw)
+                    .map_err(|e| format!("the initdata file {} is invalid: {e}", path.display()))
+            })
+            .and_then(|doc| match doc.policy() {
+                Some(text) => AgentPolicy::load(text).map_err(|e| {
+                    format!(
+                        "the policy.rego of the initdata file {} is invalid: {e}",
+                        path.display()
+                    )
+                }),
+                None => load_policy_file(config),
+            }),
+        None => load_policy_file(config),
+    };
+    match loaded {
+        Ok(policy) => policy,
+        Err(reason) => {
+            tracing::error!(%reason, "no agent policy in force: every request except Health is denied");
+            AgentPolicy::deny_all(reason)
+        }
+    }
+}
+
+fn load_policy_file(config: &AgentConfig) -> Result<AgentPolicy, String> {
+    let path = config.effective_policy_file();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the policy file {}: {e}", path.display()))?;
+    AgentPolicy::load(&text)
+        .map_err(|e| format!("the policy file {} is invalid: {e}", path.display()))
+}
+
+/// Serves the agent API on the configured address until `shutdown` completes.
+pub async fn serve(
+    config: &AgentConfig,
+    policy: AgentPolicy,
+    guest: GuestInfo,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let addr = config.server_addr.to_uri();
+    if let Some(path) = config.server_addr.unix_path() {
+        prepare_unix_socket(path).map_err(|source| ServeError::SocketDir {
+            addr: addr.clone(),
+            source,
+        })?;
+    }
+
+    let agent = AgentRpc::new(PolicyGate::new(policy), guest);
+    let agent_service = agent_ttrpc::create_agent_service(Arc::new(agent));
+    let health_service = health_ttrpc::create_health(Arc::new(HealthRpc));
+    let mut server = ttrpc::r#async::Server::new()
+        .bind(&addr)
+        .map_err(|source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        })?
+        .register_service(agent_service)
+        .register_service(health_service);
+    server.start().await.map_err(ServeError::Server)?;
+    tracing::info!(%addr, "agent serving");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    match tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown()).await {
+        Ok(result) => result.map_err(ServeError::Server)?,
+        Err(_) => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; leaving them"),
+    }
+    if let Some(path) = config.server_addr.unix_path() {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// Creates the socket's directory, and removes a stale socket file left by an agent that died
+/// (one nobody listens on); a live one is left alone so that bind reports it in use.
+fn prepare_unix_socket(path: &std::path::Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}

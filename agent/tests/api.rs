@@ -1,0 +1,379 @@
+//! The `kata-agent` binary driven over real sockets by a ttrpc client generated from our protos:
+//! health, the policy gate on every RPC, SetPolicy, initdata policies, missing policies,
+//! malformed requests, unix and TCP listeners, and clean shutdown.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use peerpod_protocols::kata::{agent, agent_ttrpc, health, health_ttrpc};
+use ttrpc::Code;
+use ttrpc::context::{self, Context};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn ctx() -> Context {
+    context::with_timeout(i64::try_from(TIMEOUT.as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+/// A running agent in a temporary directory; killed on drop.
+struct Agent {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `config_extra` appended to a config that sets `server_addr`.
+    fn start(name: &str, server_addr: Option<&str>, config_extra: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("agent-api-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let addr = server_addr
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("unix://{}", dir.join("run/agent.sock").display()));
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!("server_addr = '{addr}'\nlog_level = 'debug'\n{config_extra}"),
+        )
+        .expect("write config");
+        let log = std::fs::File::create(dir.join("agent.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_kata-agent"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kata-agent starts");
+        Self { child, addr, dir }
+    }
+
+    /// A connected client, retrying until the agent listens.
+    async fn connect(&mut self) -> (agent_ttrpc::AgentServiceClient, health_ttrpc::HealthClient) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(client) = ttrpc::r#async::Client::connect(&self.addr).await {
+                let health = health_ttrpc::HealthClient::new(client.clone());
+                if health
+                    .check(ctx(), &health::CheckRequest::new())
+                    .await
+                    .is_ok()
+                {
+                    return (agent_ttrpc::AgentServiceClient::new(client), health);
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the agent exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not listen on {}: {}",
+                self.addr,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status_of(result: Result<impl std::fmt::Debug, ttrpc::Error>) -> (Code, String) {
+    match result {
+        Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_owned()),
+        other => panic!("expected an RPC status, got {other:?}"),
+    }
+}
+
+fn policy_line(path: &str) -> String {
+    format!("policy_file = '{}'\n", repo_file(path).display())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_all_serves_health_details_and_names_unimplemented_rpcs() {
+    let mut agent = Agent::start(
+        "allow-all",
+        None,
+        &policy_line("policy/examples/allow-all.rego"),
+    );
+    let (client, health) = agent.connect().await;
+
+    let check = health
+        .check(ctx(), &health::CheckRequest::new())
+        .await
+        .expect("health");
+    assert_eq!(
+        check.status,
+        health::health_check_response::ServingStatus::SERVING.into()
+    );
+    let version = health
+        .version(ctx(), &health::CheckRequest::new())
+        .await
+        .expect("version");
+    assert_eq!(version.agent_version, env!("CARGO_PKG_VERSION"));
+
+    let mut request = agent::GuestDetailsRequest::new();
+    request.mem_block_size = true;
+    let details = client
+        .get_guest_details(ctx(), &request)
+        .await
+        .expect("guest details");
+    assert_eq!(details.agent_details.version, env!("CARGO_PKG_VERSION"));
+
+    let (code, message) = status_of(client.add_swap(ctx(), &agent::AddSwapRequest::new()).await);
+    assert_eq!(code, Code::UNIMPLEMENTED);
+    assert_eq!(message, "AddSwap is not implemented by this agent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_request_is_permission_denied_with_the_policys_reason() {
+    let mut agent = Agent::start(
+        "no-exec",
+        None,
+        &policy_line("policy/examples/allow-all-except-exec.rego"),
+    );
+    let (client, _) = agent.connect().await;
+    let mut exec = agent::ExecProcessRequest::new();
+    exec.container_id = "c1".into();
+    let (code, message) = status_of(client.exec_process(ctx(), &exec).await);
+    assert_eq!(code, Code::PERMISSION_DENIED);
+    assert_eq!(
+        message,
+        "ExecProcessRequest is blocked by policy: the policy rule evaluated to false"
+    );
+    // Allowed requests get past the gate (and are then unimplemented, for now).
+    let (code, _) = status_of(
+        client
+            .create_sandbox(ctx(), &agent::CreateSandboxRequest::new())
+            .await,
+    );
+    assert_eq!(code, Code::UNIMPLEMENTED);
+    assert!(
+        agent.log().contains("request denied by policy"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        !agent.log().contains("\"c1\""),
+        "the request must not be logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_policy_only_health_answers() {
+    let mut agent = Agent::start(
+        "no-policy",
+        None,
+        "policy_file = '/nonexistent/policy.rego'\n",
+    );
+    let (client, health) = agent.connect().await;
+    health
+        .check(ctx(), &health::CheckRequest::new())
+        .await
+        .expect("health serves");
+    let (code, message) = status_of(
+        client
+            .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+            .await,
+    );
+    assert_eq!(code, Code::PERMISSION_DENIED);
+    assert!(
+        message.starts_with("GuestDetailsRequest is blocked by policy: no agent policy is in force (cannot read the policy file /nonexistent/policy.rego"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_initdata_policy_is_the_policy() {
+    let initdata = repo_file("policy/examples/initdata.toml");
+    let mut agent = Agent::start(
+        "initdata",
+        None,
+        &format!(
+            "initdata_file = '{}'\n{}",
+            initdata.display(),
+            policy_line("policy/examples/allow-all.rego")
+        ),
+    );
+    let (client, _) = agent.connect().await;
+    // The sample's stateful policy refuses SetPolicy and unknown containers, although the
+    // policy file allows everything: initdata wins.
+    let (code, message) = status_of(
+        client
+            .exec_process(ctx(), &agent::ExecProcessRequest::new())
+            .await,
+    );
+    assert_eq!(code, Code::PERMISSION_DENIED);
+    assert!(
+        message.contains("policy.rego:"),
+        "the stateful policy explains itself: {message}"
+    );
+    let mut set = agent::SetPolicyRequest::new();
+    set.policy = "package agent_policy\ndefault ExecProcessRequest := true\n".into();
+    let (code, _) = status_of(client.set_policy(ctx(), &set).await);
+    assert_eq!(code, Code::PERMISSION_DENIED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_policy_swaps_atomically_and_refuses_bad_policies() {
+    let mut agent = Agent::start(
+        "set-policy",
+        None,
+        &policy_line("policy/examples/allow-all.rego"),
+    );
+    let (client, _) = agent.connect().await;
+
+    let mut bad = agent::SetPolicyRequest::new();
+    bad.policy = "package agent_policy\nExecProcessRequest if {".into();
+    let (code, message) = status_of(client.set_policy(ctx(), &bad).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(message.starts_with("invalid request: the new policy was refused and the current one stays in force: the policy does not compile"), "{message}");
+    // The old policy is still in force: exec gets past the gate.
+    let (code, _) = status_of(
+        client
+            .exec_process(ctx(), &agent::ExecProcessRequest::new())
+            .await,
+    );
+    assert_eq!(code, Code::UNIMPLEMENTED);
+
+    let mut good = agent::SetPolicyRequest::new();
+    good.policy = std::fs::read_to_string(repo_file("policy/examples/allow-all-except-exec.rego"))
+        .expect("example");
+    client
+        .set_policy(ctx(), &good)
+        .await
+        .expect("allowed and valid");
+    let (code, _) = status_of(
+        client
+            .exec_process(ctx(), &agent::ExecProcessRequest::new())
+            .await,
+    );
+    assert_eq!(code, Code::PERMISSION_DENIED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_on_tcp() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let mut agent = Agent::start(
+        "tcp",
+        Some(&addr),
+        &policy_line("policy/examples/allow-all.rego"),
+    );
+    let (client, _) = agent.connect().await;
+    client
+        .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+        .await
+        .expect("guest details over TCP");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_oversized_requests_fail_and_the_agent_keeps_serving() {
+    let mut agent = Agent::start(
+        "malformed",
+        None,
+        &policy_line("policy/examples/allow-all.rego"),
+    );
+    let (client, health) = agent.connect().await;
+    let raw = ttrpc::r#async::Client::connect(&agent.addr)
+        .await
+        .expect("connect");
+
+    // A payload that is not a protobuf message of the method's request type.
+    let mut request = ttrpc::Request::new();
+    request.service = "grpc.AgentService".into();
+    request.method = "CreateContainer".into();
+    request.payload = vec![0xff; 64];
+    request.timeout_nano = 5_000_000_000;
+    let reply = raw.request(request).await;
+    let failed = match &reply {
+        Err(_) => true,
+        Ok(response) => response.status.code() != Code::OK,
+    };
+    assert!(failed, "garbage must not succeed: {reply:?}");
+
+    // An unknown method.
+    let mut request = ttrpc::Request::new();
+    request.service = "grpc.AgentService".into();
+    request.method = "NoSuchMethod".into();
+    request.timeout_nano = 5_000_000_000;
+    let reply = raw.request(request).await;
+    let code = reply.map(|r| r.status.code()).unwrap_or(Code::UNKNOWN);
+    assert_ne!(code, Code::OK);
+
+    // A request larger than a ttrpc message may be (4 MiB).
+    let mut copy = agent::CopyFileRequest::new();
+    copy.path = "/tmp/big".into();
+    copy.data = vec![0u8; 5 * 1024 * 1024];
+    assert!(client.copy_file(ctx(), &copy).await.is_err());
+
+    // Still serving, on new and old connections.
+    health
+        .check(ctx(), &health::CheckRequest::new())
+        .await
+        .expect("still healthy");
+    let (fresh, _) = agent.connect().await;
+    fresh
+        .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+        .await
+        .expect("still serving");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_agent_and_removes_its_socket() {
+    let mut agent = Agent::start("sigterm", None, "unknown_setting = 1\n");
+    let _ = agent.connect().await;
+    let socket = agent.dir.join("run/agent.sock");
+    assert!(socket.exists());
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(agent.child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + TIMEOUT;
+    let exit = loop {
+        if let Some(exit) = agent.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the agent did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}: {}", agent.log());
+    assert!(!socket.exists(), "the socket file is removed");
+    let log = agent.log();
+    assert!(log.contains("unknown key `unknown_setting`"), "{log}");
+}
+
+#[test]
+fn an_unreadable_configuration_stops_the_agent_with_a_reason() {
+    let output = Command::new(env!("CARGO_BIN_EXE_kata-agent"))
+        .args(["--config", "/nonexistent/agent.toml"])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot read the agent configuration file /nonexistent/agent.toml"),
+        "{stderr}"
+    );
+}
