@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests need, only those missing: a no-op when all are present.
 #
-# Each entry is "package:command-or-path-that-proves-it-is-installed". The list grows with the
-# tests: today's tests (the policy crate) need nothing beyond the Rust toolchain.
+# Each entry is "package:command-or-path-that-proves-it-is-installed".
 set -euo pipefail
 
 REQUIRED=(
+    # The agent's network tests: `ip` to make links in a private network namespace, `unshare`.
+    "iproute2:ip"
+    "util-linux:unshare"
+    # The container runtime (libcontainer) links libseccomp, and builds libbpf for the cgroup v2
+    # device controller.
+    "libseccomp-dev:/usr/include/seccomp.h"
+    "libelf-dev:/usr/include/libelf.h"
+    "zlib1g-dev:/usr/include/zlib.h"
+    "pkg-config:pkg-config"
+    # A static busybox is the root filesystem of the test containers.
+    "busybox-static:/bin/busybox"
 )
 
 missing=()

@@ -22,5 +22,6 @@
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod network;
 pub mod rpc;
 pub mod server;

@@ -5,6 +5,7 @@
 //! answered UNIMPLEMENTED with the RPC's name: a denied request is always told it was denied.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use peerpod_protocols::kata::{agent, agent_ttrpc, csi, health, health_ttrpc, types};
@@ -14,12 +15,15 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::error::AgentError;
 use crate::gate::PolicyGate;
+use crate::network::Network;
 
 /// The agent's AgentService.
 #[derive(Debug, Clone)]
 pub struct AgentRpc {
     gate: PolicyGate,
     guest: GuestInfo,
+    /// The guest's network, or why it is not available.
+    network: Result<Arc<Network>, String>,
 }
 
 /// Where the agent reads facts about the guest (a root other than `/` in tests).
@@ -39,8 +43,18 @@ impl Default for GuestInfo {
 
 impl AgentRpc {
     /// The service, deciding every request with `gate`.
-    pub fn new(gate: PolicyGate, guest: GuestInfo) -> Self {
-        Self { gate, guest }
+    pub fn new(gate: PolicyGate, guest: GuestInfo, network: Result<Arc<Network>, String>) -> Self {
+        Self {
+            gate,
+            guest,
+            network,
+        }
+    }
+
+    fn network(&self) -> Result<&Network, AgentError> {
+        self.network.as_deref().map_err(|why| {
+            AgentError::FailedPrecondition(format!("the guest network cannot be managed: {why}"))
+        })
     }
 
     /// Decides the request, then answers that the RPC is not implemented.
@@ -255,7 +269,16 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::UpdateInterfaceRequest,
     ) -> ttrpc::Result<types::Interface> {
-        self.unsupported("UpdateInterface", &req).await
+        self.gate.check("UpdateInterface", &req).await?;
+        let Some(interface) = req.interface.as_ref() else {
+            let why = "UpdateInterface needs an interface".to_owned();
+            return Err(AgentError::InvalidArgument(why).into());
+        };
+        let network = self.network()?;
+        Ok(network
+            .update_interface(interface)
+            .await
+            .map_err(AgentError::from)?)
     }
 
     async fn update_routes(
@@ -263,7 +286,19 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::UpdateRoutesRequest,
     ) -> ttrpc::Result<agent::Routes> {
-        self.unsupported("UpdateRoutes", &req).await
+        self.gate.check("UpdateRoutes", &req).await?;
+        let routes = req
+            .routes
+            .as_ref()
+            .map(|r| r.Routes.as_slice())
+            .unwrap_or_default();
+        let mut reply = agent::Routes::new();
+        reply.Routes = self
+            .network()?
+            .update_routes(routes)
+            .await
+            .map_err(AgentError::from)?;
+        Ok(reply)
     }
 
     async fn list_interfaces(
@@ -271,7 +306,14 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::ListInterfacesRequest,
     ) -> ttrpc::Result<agent::Interfaces> {
-        self.unsupported("ListInterfaces", &req).await
+        self.gate.check("ListInterfaces", &req).await?;
+        let mut reply = agent::Interfaces::new();
+        reply.Interfaces = self
+            .network()?
+            .list_interfaces()
+            .await
+            .map_err(AgentError::from)?;
+        Ok(reply)
     }
 
     async fn list_routes(
@@ -279,7 +321,14 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::ListRoutesRequest,
     ) -> ttrpc::Result<agent::Routes> {
-        self.unsupported("ListRoutes", &req).await
+        self.gate.check("ListRoutes", &req).await?;
+        let mut reply = agent::Routes::new();
+        reply.Routes = self
+            .network()?
+            .list_routes()
+            .await
+            .map_err(AgentError::from)?;
+        Ok(reply)
     }
 
     async fn add_arp_neighbors(
@@ -287,7 +336,18 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::AddARPNeighborsRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("AddARPNeighbors", &req).await
+        self.gate.check("AddARPNeighbors", &req).await?;
+        let neighbors = req
+            .neighbors
+            .as_ref()
+            .map(|n| n.ARPNeighbors.as_slice())
+            .unwrap_or_default();
+        let network = self.network()?;
+        network
+            .add_arp_neighbors(neighbors)
+            .await
+            .map_err(AgentError::from)?;
+        Ok(Empty::new())
     }
 
     async fn get_ip_tables(

@@ -96,7 +96,14 @@ pub async fn serve(
         })?;
     }
 
-    let agent = AgentRpc::new(PolicyGate::new(policy), guest);
+    let network = match crate::network::Network::new().await {
+        Ok(network) => Ok(Arc::new(network)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open netlink; network requests will fail");
+            Err(e.to_string())
+        }
+    };
+    let agent = AgentRpc::new(PolicyGate::new(policy), guest, network);
     let agent_service = agent_ttrpc::create_agent_service(Arc::new(agent));
     let health_service = health_ttrpc::create_health(Arc::new(HealthRpc));
     let mut server = ttrpc::r#async::Server::new()

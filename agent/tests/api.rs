@@ -136,6 +136,16 @@ async fn allow_all_serves_health_details_and_names_unimplemented_rpcs() {
         .expect("guest details");
     assert_eq!(details.agent_details.version, env!("CARGO_PKG_VERSION"));
 
+    // Netlink, read-only here (the agent runs in the host's namespace in this test).
+    let interfaces = client
+        .list_interfaces(ctx(), &agent::ListInterfacesRequest::new())
+        .await
+        .expect("interfaces");
+    assert!(
+        interfaces.Interfaces.iter().any(|i| i.name == "lo"),
+        "{interfaces:?}"
+    );
+
     let (code, message) = status_of(client.add_swap(ctx(), &agent::AddSwapRequest::new()).await);
     assert_eq!(code, Code::UNIMPLEMENTED);
     assert_eq!(message, "AddSwap is not implemented by this agent");
