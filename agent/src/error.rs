@@ -27,6 +27,9 @@ pub enum AgentError {
     /// The request does not fit the current state (e.g. starting a container twice).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A stream has ended (stdout/stderr read to the end, or stdin closed).
+    #[error("EOF")]
+    Eof,
     /// This agent does not implement the RPC.
     #[error("{rpc} is not implemented by this agent")]
     Unimplemented {
@@ -65,6 +68,8 @@ impl AgentError {
             Self::AlreadyExists { .. } => Code::ALREADY_EXISTS,
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Self::Unimplemented { .. } => Code::UNIMPLEMENTED,
+            // As upstream: the runtime ends its copy loop on any error.
+            Self::Eof => Code::INTERNAL,
             Self::Internal { .. } => Code::INTERNAL,
         }
     }

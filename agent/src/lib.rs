@@ -24,4 +24,6 @@ pub mod error;
 pub mod gate;
 pub mod network;
 pub mod rpc;
+pub mod runtime;
 pub mod server;
+mod sys;

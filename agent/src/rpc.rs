@@ -16,6 +16,7 @@ use ttrpc::r#async::TtrpcContext;
 use crate::error::AgentError;
 use crate::gate::PolicyGate;
 use crate::network::Network;
+use crate::runtime::Runtime;
 
 /// The agent's AgentService.
 #[derive(Debug, Clone)]
@@ -24,6 +25,7 @@ pub struct AgentRpc {
     guest: GuestInfo,
     /// The guest's network, or why it is not available.
     network: Result<Arc<Network>, String>,
+    runtime: Arc<Runtime>,
 }
 
 /// Where the agent reads facts about the guest (a root other than `/` in tests).
@@ -43,12 +45,38 @@ impl Default for GuestInfo {
 
 impl AgentRpc {
     /// The service, deciding every request with `gate`.
-    pub fn new(gate: PolicyGate, guest: GuestInfo, network: Result<Arc<Network>, String>) -> Self {
+    pub fn new(
+        gate: PolicyGate,
+        guest: GuestInfo,
+        network: Result<Arc<Network>, String>,
+        runtime: Arc<Runtime>,
+    ) -> Self {
         Self {
             gate,
             guest,
             network,
+            runtime,
         }
+    }
+
+    /// ReadStdout/ReadStderr: read first, then ask the policy, as upstream does, so a denied
+    /// stream answers empty data at the pace of the output instead of in a busy loop.
+    async fn read_stream(
+        &self,
+        rpc: &'static str,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let stderr = rpc == "ReadStderr";
+        let len = usize::try_from(req.len).unwrap_or(usize::MAX);
+        let data = self
+            .runtime
+            .read_stream(&req.container_id, &req.exec_id, stderr, len)
+            .await?;
+        let mut reply = agent::ReadStreamResponse::new();
+        if self.gate.check(rpc, &req).await.is_ok() {
+            reply.data = data;
+        }
+        Ok(reply)
     }
 
     fn network(&self) -> Result<&Network, AgentError> {
@@ -96,7 +124,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
-        self.unsupported("ReadStdout", &req).await
+        self.read_stream("ReadStdout", req).await
     }
 
     async fn read_stderr(
@@ -104,7 +132,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
-        self.unsupported("ReadStderr", &req).await
+        self.read_stream("ReadStderr", req).await
     }
 
     async fn copy_file(
@@ -140,7 +168,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("CreateContainer", &req).await
+        self.gate.check("CreateContainer", &req).await?;
+        self.runtime.create_container(&req).await?;
+        Ok(Empty::new())
     }
 
     async fn start_container(
@@ -148,7 +178,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::StartContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("StartContainer", &req).await
+        self.gate.check("StartContainer", &req).await?;
+        self.runtime.start_container(&req.container_id).await?;
+        Ok(Empty::new())
     }
 
     async fn remove_container(
@@ -156,7 +188,12 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::RemoveContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("RemoveContainer", &req).await
+        self.gate.check("RemoveContainer", &req).await?;
+        let timeout = std::time::Duration::from_secs(u64::from(req.timeout));
+        self.runtime
+            .remove_container(&req.container_id, timeout)
+            .await?;
+        Ok(Empty::new())
     }
 
     async fn exec_process(
@@ -164,7 +201,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("ExecProcess", &req).await
+        self.gate.check("ExecProcess", &req).await?;
+        self.runtime.exec_process(&req).await?;
+        Ok(Empty::new())
     }
 
     async fn signal_process(
@@ -172,7 +211,10 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::SignalProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("SignalProcess", &req).await
+        self.gate.check("SignalProcess", &req).await?;
+        self.runtime
+            .signal_process(&req.container_id, &req.exec_id, req.signal)?;
+        Ok(Empty::new())
     }
 
     async fn wait_process(
@@ -180,7 +222,13 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::WaitProcessRequest,
     ) -> ttrpc::Result<agent::WaitProcessResponse> {
-        self.unsupported("WaitProcess", &req).await
+        self.gate.check("WaitProcess", &req).await?;
+        let mut reply = agent::WaitProcessResponse::new();
+        reply.status = self
+            .runtime
+            .wait_process(&req.container_id, &req.exec_id)
+            .await?;
+        Ok(reply)
     }
 
     async fn update_container(
@@ -245,7 +293,14 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::WriteStreamRequest,
     ) -> ttrpc::Result<agent::WriteStreamResponse> {
-        self.unsupported("WriteStdin", &req).await
+        self.gate.check("WriteStdin", &req).await?;
+        let written = self
+            .runtime
+            .write_stdin(&req.container_id, &req.exec_id, &req.data)
+            .await?;
+        let mut reply = agent::WriteStreamResponse::new();
+        reply.len = u32::try_from(written).unwrap_or(u32::MAX);
+        Ok(reply)
     }
 
     async fn close_stdin(
@@ -253,7 +308,11 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::CloseStdinRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("CloseStdin", &req).await
+        self.gate.check("CloseStdin", &req).await?;
+        self.runtime
+            .close_stdin(&req.container_id, &req.exec_id)
+            .await?;
+        Ok(Empty::new())
     }
 
     async fn tty_win_resize(
@@ -395,7 +454,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("CreateSandbox", &req).await
+        self.gate.check("CreateSandbox", &req).await?;
+        self.runtime.create_sandbox(&req)?;
+        Ok(Empty::new())
     }
 
     async fn destroy_sandbox(
@@ -403,7 +464,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("DestroySandbox", &req).await
+        self.gate.check("DestroySandbox", &req).await?;
+        self.runtime.destroy_sandbox().await?;
+        Ok(Empty::new())
     }
 
     async fn online_cpu_mem(

@@ -12,6 +12,8 @@ use peerpod_protocols::kata::{agent_ttrpc, health_ttrpc};
 use crate::config::AgentConfig;
 use crate::gate::PolicyGate;
 use crate::rpc::{AgentRpc, GuestInfo, HealthRpc};
+use crate::runtime::reaper::Reaper;
+use crate::runtime::{Runtime, RuntimeConfig};
 
 /// How long shutdown may take before the agent gives up on open connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -37,6 +39,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The agent could not become its children's reaper.
+    #[error("cannot set up reaping of child processes")]
+    Reaper(#[source] std::io::Error),
     /// The server failed to start or stop.
     #[error("the ttrpc server failed")]
     Server(#[source] ttrpc::Error),
@@ -86,6 +91,7 @@ pub async fn serve(
     config: &AgentConfig,
     policy: AgentPolicy,
     guest: GuestInfo,
+    runtime: RuntimeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let addr = config.server_addr.to_uri();
@@ -103,7 +109,14 @@ pub async fn serve(
             Err(e.to_string())
         }
     };
-    let agent = AgentRpc::new(PolicyGate::new(policy), guest, network);
+    let reaper = Reaper::start().map_err(ServeError::Reaper)?;
+    let runtime = Arc::new(Runtime::new(runtime, reaper));
+    let agent = AgentRpc::new(
+        PolicyGate::new(policy),
+        guest,
+        network,
+        Arc::clone(&runtime),
+    );
     let agent_service = agent_ttrpc::create_agent_service(Arc::new(agent));
     let health_service = health_ttrpc::create_health(Arc::new(HealthRpc));
     let mut server = ttrpc::r#async::Server::new()
@@ -119,6 +132,9 @@ pub async fn serve(
 
     shutdown.await;
     tracing::info!("shutting down");
+    if let Err(e) = runtime.shutdown().await {
+        tracing::warn!(error = %e, "containers left behind at shutdown");
+    }
     match tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown()).await {
         Ok(result) => result.map_err(ServeError::Server)?,
         Err(_) => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; leaving them"),

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use kata_agent::config::{AgentConfig, Sources};
 use kata_agent::rpc::GuestInfo;
+use kata_agent::runtime::RuntimeConfig;
 use kata_agent::server;
 
 /// The Kata agent: serves the Kata agent API inside the pod VM, every request decided by the
@@ -26,6 +27,14 @@ struct Cli {
     /// Log format: JSON lines (as upstream) or human-readable text.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+
+    /// Where container state and bundles live (a tmpfs).
+    #[arg(long, default_value = "/run/kata-agent", hide = true)]
+    state_dir: PathBuf,
+
+    /// The cgroup under which containers' cgroups are made.
+    #[arg(long, default_value = "/kata-agent", hide = true)]
+    cgroup_parent: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -35,6 +44,13 @@ enum LogFormat {
 }
 
 fn main() -> Result<()> {
+    // The runtime helper is this binary too; it must not start threads or parse flags.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == kata_agent::runtime::helper::HELPER_ARG)
+    {
+        kata_agent::runtime::helper::helper_main();
+    }
     let cli = Cli::parse();
     let cmdline = match &cli.config {
         Some(_) => None,
@@ -65,9 +81,20 @@ fn main() -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let policy = server::load_policy(&config);
-        server::serve(&config, policy, GuestInfo::default(), shutdown_signal())
-            .await
-            .with_context(|| format!("the agent failed on {}", config.server_addr))
+        let runtime = RuntimeConfig {
+            state_dir: cli.state_dir.clone(),
+            helper_exe: std::env::current_exe().context("cannot find the agent's own binary")?,
+            cgroup_parent: cli.cgroup_parent.clone(),
+        };
+        server::serve(
+            &config,
+            policy,
+            GuestInfo::default(),
+            runtime,
+            shutdown_signal(),
+        )
+        .await
+        .with_context(|| format!("the agent failed on {}", config.server_addr))
     })
 }
 

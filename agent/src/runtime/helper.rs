@@ -1,0 +1,355 @@
+//! The runtime helper: a one-shot process that makes one libcontainer call for the agent.
+//!
+//! libcontainer forks with `clone3` and keeps running Rust in the child, changes the working
+//! directory and the dumpable flag of the calling process, and writes its `oom_score_adj`. None of
+//! that is safe in the agent's multi-threaded async process, so each container operation runs in
+//! a fresh process: the agent binary re-executed with [`HELPER_ARG`], single-threaded, which
+//! receives one request (JSON, plus stdio descriptors) on a `SOCK_SEQPACKET` socket on its
+//! standard input, answers, and exits. It creates containers and exec'd processes as *siblings*
+//! of itself, so they are the agent's children and the agent's reaper sees their exits.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::reaper::Reaper;
+use crate::sys;
+
+/// The first argument that turns the agent binary into the runtime helper.
+pub const HELPER_ARG: &str = "__runtime-helper";
+
+/// How long the agent waits for the helper's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The largest request or answer.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// One operation for the helper.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Request {
+    /// Create a container from `bundle/config.json`; its init waits to be started.
+    Create {
+        id: String,
+        root: PathBuf,
+        bundle: PathBuf,
+        console_socket: Option<PathBuf>,
+    },
+    /// Let a created container's init run its process.
+    Start { id: String, root: PathBuf },
+    /// Run the process described by the OCI `process` JSON file in a running container.
+    Exec {
+        id: String,
+        root: PathBuf,
+        process: PathBuf,
+        console_socket: Option<PathBuf>,
+    },
+    /// Signal the container's init, or every process in it.
+    Kill {
+        id: String,
+        root: PathBuf,
+        signal: i32,
+        all: bool,
+    },
+    /// Freeze every process of the container.
+    Pause { id: String, root: PathBuf },
+    /// Thaw them.
+    Resume { id: String, root: PathBuf },
+    /// Remove the container's cgroup and state.
+    Delete {
+        id: String,
+        root: PathBuf,
+        force: bool,
+    },
+}
+
+/// The helper's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub(crate) enum Answer {
+    /// The new process's pid (create, exec).
+    Pid { pid: i32 },
+    /// Done.
+    Done,
+    /// libcontainer's error, as text.
+    Failed { error: String },
+}
+
+/// Why a helper call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    /// The helper could not be started or talked to.
+    #[error("cannot run the runtime helper: {0}")]
+    Launch(String),
+    /// The helper died or hung without answering.
+    #[error("the runtime helper did not answer{}", stderr_suffix(.stderr))]
+    NoAnswer {
+        /// What the helper wrote to its standard error.
+        stderr: String,
+    },
+    /// The operation failed; the text is libcontainer's.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", stderr.trim())
+    }
+}
+
+/// Starts helpers and talks to them.
+#[derive(Debug, Clone)]
+pub(crate) struct Helper {
+    exe: PathBuf,
+    reaper: Arc<Reaper>,
+}
+
+impl Helper {
+    pub(crate) fn new(exe: PathBuf, reaper: Arc<Reaper>) -> Self {
+        Self { exe, reaper }
+    }
+
+    /// Runs one request in a fresh helper, passing `fds` along (the helper gets its own copies;
+    /// the agent's are closed when this returns).
+    pub(crate) async fn call(
+        &self,
+        request: Request,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Answer, HelperError> {
+        let exe = self.exe.clone();
+        let reaper = Arc::clone(&self.reaper);
+        let (answer, slot, stderr) =
+            tokio::task::spawn_blocking(move || exchange(&exe, &reaper, &request, fds))
+                .await
+                .map_err(|e| HelperError::Launch(e.to_string()))??;
+        // The helper exits right after answering; wait so its stderr is complete and it is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(10), slot.wait()).await;
+        let stderr = read_all(stderr).await;
+        if !stderr.trim().is_empty() {
+            tracing::debug!(helper_stderr = %stderr.trim(), "runtime helper output");
+        }
+        match answer {
+            Some(Answer::Failed { error }) => Err(HelperError::Failed(error)),
+            Some(answer) => Ok(answer),
+            None => Err(HelperError::NoAnswer { stderr }),
+        }
+    }
+}
+
+type Exchanged = (Option<Answer>, Arc<super::reaper::ExitSlot>, OwnedFd);
+
+/// The blocking part: spawn, send, receive.
+fn exchange(
+    exe: &std::path::Path,
+    reaper: &Reaper,
+    request: &Request,
+    fds: Vec<OwnedFd>,
+) -> Result<Exchanged, HelperError> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let launch =
+        |what: &str, e: &dyn std::fmt::Display| HelperError::Launch(format!("{what}: {e}"));
+
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| launch("socketpair", &e))?;
+    let (stderr_read, stderr_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| launch("pipe", &e))?;
+    let timeout =
+        nix::sys::time::TimeVal::new(i64::try_from(ANSWER_TIMEOUT.as_secs()).unwrap_or(120), 0);
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+        .map_err(|e| launch("socket timeout", &e))?;
+
+    let child = Command::new(exe)
+        .arg(HELPER_ARG)
+        .env_clear()
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr_write))
+        .spawn()
+        .map_err(|e| launch(&format!("spawn {}", exe.display()), &e))?;
+    // The reaper owns the wait; `child` is dropped without waiting.
+    let pid = i32::try_from(child.id()).map_err(|e| launch("pid", &e))?;
+    let slot = reaper.register(pid);
+    drop(child);
+
+    let message = serde_json::to_vec(request).map_err(|e| launch("encode", &e))?;
+    let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+    let sent = sys::send_with_fds(ours.as_fd(), &message, &borrowed);
+    drop(borrowed);
+    drop(fds);
+    if let Err(e) = sent {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        return Err(launch("send the request", &e));
+    }
+
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let answer = match sys::recv_with_fds(ours.as_fd(), &mut buf) {
+        Ok((0, _)) => None,
+        Ok((n, _)) => serde_json::from_slice(&buf[..n]).ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no answer from the runtime helper; killing it");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            None
+        }
+    };
+    Ok((answer, slot, stderr_read))
+}
+
+async fn read_all(fd: OwnedFd) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let _ = std::fs::File::from(fd)
+            .take(MAX_MESSAGE as u64)
+            .read_to_string(&mut text);
+        text
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// The helper process: answer one request on standard input, then exit.
+pub fn helper_main() -> ! {
+    // The container must not inherit the agent's OOM score unless its spec sets one.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+    let socket = std::io::stdin();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let (n, fds) = match sys::recv_with_fds(socket.as_fd(), &mut buf) {
+        Ok(received) => received,
+        Err(e) => {
+            eprintln!("runtime helper: cannot read the request: {e}");
+            std::process::exit(2);
+        }
+    };
+    let answer = match serde_json::from_slice::<Request>(&buf[..n]) {
+        Ok(request) => match perform(request, fds) {
+            Ok(answer) => answer,
+            Err(error) => Answer::Failed { error },
+        },
+        Err(e) => Answer::Failed {
+            error: format!("malformed helper request: {e}"),
+        },
+    };
+    let message = serde_json::to_vec(&answer).unwrap_or_default();
+    if let Err(e) = sys::send_with_fds(socket.as_fd(), &message, &[]) {
+        eprintln!("runtime helper: cannot answer: {e}");
+        std::process::exit(2);
+    }
+    std::process::exit(0)
+}
+
+fn perform(request: Request, fds: Vec<OwnedFd>) -> Result<Answer, String> {
+    use libcontainer::container::Container;
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+
+    let text = |e: libcontainer::error::LibcontainerError| {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        message
+    };
+    let with_stdio = |mut builder: ContainerBuilder, fds: Vec<OwnedFd>| {
+        let mut fds = fds.into_iter();
+        if let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next()) {
+            builder = builder
+                .with_stdin(stdin)
+                .with_stdout(stdout)
+                .with_stderr(stderr);
+        }
+        builder
+    };
+    let load = |root: &std::path::Path, id: &str| Container::load(root.join(id)).map_err(text);
+
+    match request {
+        Request::Create {
+            id,
+            root,
+            bundle,
+            console_socket,
+        } => {
+            let builder = ContainerBuilder::new(id, SyscallType::default())
+                .with_root_path(root)
+                .map_err(text)?
+                .with_console_socket(console_socket);
+            let container = with_stdio(builder, fds)
+                .validate_id()
+                .map_err(text)?
+                .as_init(bundle)
+                .with_systemd(false)
+                .as_sibling(true)
+                .with_detach(true)
+                .build()
+                .map_err(text)?;
+            let pid = container.pid().ok_or("the container has no init process")?;
+            Ok(Answer::Pid { pid: pid.as_raw() })
+        }
+        Request::Start { id, root } => {
+            load(&root, &id)?.start().map_err(text)?;
+            Ok(Answer::Done)
+        }
+        Request::Exec {
+            id,
+            root,
+            process,
+            console_socket,
+        } => {
+            let builder = ContainerBuilder::new(id, SyscallType::default())
+                .with_root_path(root)
+                .map_err(text)?
+                .with_console_socket(console_socket);
+            let pid = with_stdio(builder, fds)
+                .as_tenant()
+                .with_process(Some(process))
+                .as_sibling(true)
+                .with_detach(true)
+                .build()
+                .map_err(text)?;
+            Ok(Answer::Pid { pid: pid.as_raw() })
+        }
+        Request::Kill {
+            id,
+            root,
+            signal,
+            all,
+        } => {
+            let signal =
+                libcontainer::signal::Signal::try_from(signal).map_err(|e| e.to_string())?;
+            load(&root, &id)?.kill(signal, all).map_err(text)?;
+            Ok(Answer::Done)
+        }
+        Request::Pause { id, root } => {
+            load(&root, &id)?.pause().map_err(text)?;
+            Ok(Answer::Done)
+        }
+        Request::Resume { id, root } => {
+            load(&root, &id)?.resume().map_err(text)?;
+            Ok(Answer::Done)
+        }
+        Request::Delete { id, root, force } => {
+            load(&root, &id)?.delete(force).map_err(text)?;
+            Ok(Answer::Done)
+        }
+    }
+}

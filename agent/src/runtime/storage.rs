@@ -1,0 +1,166 @@
+//! Storages: the mounts a request asks the agent to prepare before containers use them.
+//!
+//! Supported drivers: `ephemeral` (a tmpfs, such as the sandbox's `/dev/shm`), `local` (an empty
+//! directory) and `bind` (a bind mount of a guest path). Others — `image_guest_pull`, block
+//! devices, virtio-fs — answer a clear error until they are implemented; the image issue plugs
+//! guest pulls in here.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use peerpod_protocols::kata::agent::Storage;
+
+use crate::error::AgentError;
+
+/// A storage the agent mounted, undone by [`Mounted::release`].
+#[derive(Debug)]
+pub(crate) struct Mounted {
+    mount_point: PathBuf,
+    mounted: bool,
+}
+
+impl Mounted {
+    /// Unmounts, lazily, so that a busy mount still goes away.
+    pub(crate) fn release(&self) {
+        if self.mounted
+            && let Err(e) = umount2(&self.mount_point, MntFlags::MNT_DETACH)
+        {
+            tracing::warn!(mount_point = %self.mount_point.display(), error = %e, "cannot unmount storage");
+        }
+    }
+}
+
+/// Prepares one storage.
+pub(crate) fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
+    let mount_point = checked_path(&storage.mount_point, "mount_point")?;
+    std::fs::create_dir_all(&mount_point)
+        .map_err(|e| AgentError::internal(format!("cannot create {}", mount_point.display()), e))?;
+    match storage.driver.as_str() {
+        "local" => Ok(Mounted {
+            mount_point,
+            mounted: false,
+        }),
+        "ephemeral" => {
+            let (flags, data) = mount_options(&storage.options);
+            let fstype = if storage.fstype.is_empty() {
+                "tmpfs"
+            } else {
+                storage.fstype.as_str()
+            };
+            if fstype != "tmpfs" {
+                return Err(AgentError::InvalidArgument(format!(
+                    "ephemeral storage must be tmpfs, not {fstype:?}"
+                )));
+            }
+            mount(
+                Some("tmpfs"),
+                &mount_point,
+                Some("tmpfs"),
+                flags,
+                data.as_deref(),
+            )
+            .map_err(|e| {
+                AgentError::internal(
+                    format!("cannot mount tmpfs on {}", mount_point.display()),
+                    e,
+                )
+            })?;
+            Ok(Mounted {
+                mount_point,
+                mounted: true,
+            })
+        }
+        "bind" => {
+            let source = checked_path(&storage.source, "source")?;
+            let (flags, _) = mount_options(&storage.options);
+            mount(
+                Some(&source),
+                &mount_point,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC | flags,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                AgentError::internal(
+                    format!(
+                        "cannot bind {} on {}",
+                        source.display(),
+                        mount_point.display()
+                    ),
+                    e,
+                )
+            })?;
+            Ok(Mounted {
+                mount_point,
+                mounted: true,
+            })
+        }
+        "image_guest_pull" => Err(AgentError::FailedPrecondition(
+            "storage driver image_guest_pull: pulling images in the guest is not implemented yet"
+                .to_owned(),
+        )),
+        other => Err(AgentError::FailedPrecondition(format!(
+            "storage driver {other:?} is not supported by this agent (supported: ephemeral, local, bind)"
+        ))),
+    }
+}
+
+/// An absolute path without `..`.
+fn checked_path(text: &str, field: &str) -> Result<PathBuf, AgentError> {
+    let path = Path::new(text);
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(AgentError::InvalidArgument(format!(
+            "storage {field} {text:?} must be an absolute path without '..'"
+        )));
+    }
+    Ok(path.to_owned())
+}
+
+/// Splits mount options into flags and filesystem data (`size=...,mode=...`).
+fn mount_options(options: &[String]) -> (MsFlags, Option<String>) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in options {
+        match option.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "rw" | "rbind" | "bind" | "defaults" => {}
+            other => data.push(other),
+        }
+    }
+    (flags, (!data.is_empty()).then(|| data.join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let (flags, data) = mount_options(&[
+            "noexec".into(),
+            "nosuid".into(),
+            "nodev".into(),
+            "mode=1777".into(),
+            "size=67108864".into(),
+        ]);
+        assert_eq!(
+            flags,
+            MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+        );
+        assert_eq!(data.as_deref(), Some("mode=1777,size=67108864"));
+    }
+
+    #[test]
+    fn relative_and_escaping_paths_are_refused() {
+        assert!(checked_path("run/x", "mount_point").is_err());
+        assert!(checked_path("/run/../etc", "mount_point").is_err());
+        assert!(checked_path("/run/kata-containers/sandbox/shm", "mount_point").is_ok());
+    }
+}

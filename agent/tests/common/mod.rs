@@ -1,0 +1,120 @@
+//! Shared by the agent's integration tests: running the `kata-agent` binary and talking to it.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use peerpod_protocols::kata::{agent_ttrpc, health, health_ttrpc};
+use ttrpc::Code;
+use ttrpc::context::{self, Context};
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn ctx() -> Context {
+    context::with_timeout(i64::try_from(TIMEOUT.as_nanos()).unwrap_or(i64::MAX))
+}
+
+pub fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+/// A running agent in a temporary directory; killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub addr: String,
+    pub dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `config_extra` appended to a config that sets `server_addr`.
+    pub fn start(name: &str, server_addr: Option<&str>, config_extra: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("agent-api-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let addr = server_addr
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("unix://{}", dir.join("run/agent.sock").display()));
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!("server_addr = '{addr}'\nlog_level = 'debug'\n{config_extra}"),
+        )
+        .expect("write config");
+        let log = std::fs::File::create(dir.join("agent.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_kata-agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--cgroup-parent")
+            .arg(format!("/kata-agent-test-{}-{name}", std::process::id()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kata-agent starts");
+        Self { child, addr, dir }
+    }
+
+    /// A connected client, retrying until the agent listens.
+    pub async fn connect(
+        &mut self,
+    ) -> (agent_ttrpc::AgentServiceClient, health_ttrpc::HealthClient) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(client) = ttrpc::r#async::Client::connect(&self.addr).await {
+                let health = health_ttrpc::HealthClient::new(client.clone());
+                if health
+                    .check(ctx(), &health::CheckRequest::new())
+                    .await
+                    .is_ok()
+                {
+                    return (agent_ttrpc::AgentServiceClient::new(client), health);
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the agent exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not listen on {}: {}",
+                self.addr,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    /// SIGTERM first, so the agent removes its containers, mounts and cgroups even when a test
+    /// fails; SIGKILL if it does not stop in time.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn status_of(result: Result<impl std::fmt::Debug, ttrpc::Error>) -> (Code, String) {
+    match result {
+        Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_owned()),
+        other => panic!("expected an RPC status, got {other:?}"),
+    }
+}

@@ -1,0 +1,443 @@
+//! Real containers: the `kata-agent` binary runs a busybox root filesystem (Debian's
+//! busybox-static) through libcontainer, driven over ttrpc as the kata shim drives it. These
+//! tests need root (CI runs as root) for namespaces, mounts and cgroups.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Agent, ctx, repo_file, status_of};
+use peerpod_protocols::json::from_json;
+use peerpod_protocols::kata::{agent, agent_ttrpc};
+use serde_json::json;
+use ttrpc::Code;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A root filesystem holding a static busybox and the directories a container needs.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    assert!(
+        Path::new(BUSYBOX).is_file(),
+        "{BUSYBOX} is missing: install Debian's busybox-static (make deps does)"
+    );
+    let rootfs = dir.join("rootfs");
+    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(sub)).expect("rootfs dir");
+    }
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
+    for applet in [
+        "sh", "echo", "cat", "sleep", "id", "hostname", "ls", "wc", "true", "kill",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+            .expect("applet link");
+    }
+    rootfs
+}
+
+fn container_request(id: &str, rootfs: &Path, args: &[&str]) -> agent::CreateContainerRequest {
+    let json = json!({
+        "container_id": id,
+        "exec_id": id,
+        "OCI": {
+            "Version": "1.1.0",
+            "Hostname": "busybox",
+            "Root": {"Path": rootfs.display().to_string(), "Readonly": false},
+            "Process": {
+                "Args": args,
+                "Env": ["PATH=/bin", "GREETING=hello"],
+                "Cwd": "/",
+                "User": {"UID": 0, "GID": 0},
+                "NoNewPrivileges": true,
+                "Capabilities": {
+                    "Bounding": ["CAP_KILL"], "Effective": ["CAP_KILL"], "Permitted": ["CAP_KILL"]
+                }
+            },
+            "Mounts": [
+                {"destination": "/proc", "type_": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/dev", "type_": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755", "size=65536k"]},
+                {"destination": "/sys", "type_": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+            ],
+            "Linux": {
+                "Namespaces": [
+                    {"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}, {"Type": "network"}
+                ],
+                "MaskedPaths": ["/proc/kcore"],
+                "ReadonlyPaths": ["/proc/sys"],
+                "Resources": {"Pids": {"Limit": 64}}
+            }
+        }
+    });
+    let mut request = agent::CreateContainerRequest::new();
+    from_json(&json, &mut request).expect("request fits the protos");
+    request
+}
+
+fn exec_request(container: &str, exec: &str, args: &[&str]) -> agent::ExecProcessRequest {
+    let json = json!({
+        "container_id": container,
+        "exec_id": exec,
+        "process": {
+            "Args": args,
+            "Env": ["PATH=/bin"],
+            "Cwd": "/",
+            "User": {"UID": 0, "GID": 0},
+            "NoNewPrivileges": true
+        }
+    });
+    let mut request = agent::ExecProcessRequest::new();
+    from_json(&json, &mut request).expect("request fits the protos");
+    request
+}
+
+/// Reads a stream to its end.
+async fn read_all(
+    client: &agent_ttrpc::AgentServiceClient,
+    container: &str,
+    exec: &str,
+    stderr: bool,
+) -> String {
+    let mut out = Vec::new();
+    loop {
+        let mut request = agent::ReadStreamRequest::new();
+        request.container_id = container.into();
+        request.exec_id = exec.into();
+        request.len = 4096;
+        let reply = if stderr {
+            client.read_stderr(ctx(), &request).await
+        } else {
+            client.read_stdout(ctx(), &request).await
+        };
+        match reply {
+            Ok(reply) => out.extend(reply.data),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn wait(client: &agent_ttrpc::AgentServiceClient, container: &str, exec: &str) -> i32 {
+    let mut request = agent::WaitProcessRequest::new();
+    request.container_id = container.into();
+    request.exec_id = exec.into();
+    client
+        .wait_process(ctx(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("wait {container}/{exec}: {e:?}"))
+        .status
+}
+
+fn remove(container: &str) -> agent::RemoveContainerRequest {
+    let mut request = agent::RemoveContainerRequest::new();
+    request.container_id = container.into();
+    request.timeout = 10;
+    request
+}
+
+fn sandbox(id: &str, shm: &Path) -> agent::CreateSandboxRequest {
+    let json = json!({
+        "sandbox_id": id,
+        "hostname": "pod",
+        "storages": [{
+            "driver": "ephemeral", "source": "shm", "fstype": "tmpfs",
+            "mount_point": shm.display().to_string(),
+            "options": ["noexec", "nosuid", "nodev", "mode=1777", "size=1048576"]
+        }]
+    });
+    let mut request = agent::CreateSandboxRequest::new();
+    from_json(&json, &mut request).expect("request fits the protos");
+    request
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let dir = dir.display().to_string();
+    mountinfo
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(4)
+                .is_some_and(|m| m.starts_with(&dir))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn policy(path: &str) -> String {
+    format!("policy_file = '{}'\n", repo_file(path).display())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_lives_and_dies() {
+    let mut agent = Agent::start("lifecycle", None, &policy("policy/examples/allow-all.rego"));
+    let (client, _) = agent.connect().await;
+    let rootfs = busybox_rootfs(&agent.dir);
+    let shm = agent.dir.join("sandbox/shm");
+
+    client
+        .create_sandbox(ctx(), &sandbox("sb", &shm))
+        .await
+        .expect("sandbox");
+    assert_eq!(mounts_under(&shm).len(), 1, "the shm storage is mounted");
+
+    // A container that prints and exits: its output and its status.
+    let hello = container_request(
+        "hello",
+        &rootfs,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo $GREETING from $(hostname); echo oops >&2",
+        ],
+    );
+    client
+        .create_container(ctx(), &hello)
+        .await
+        .expect("create");
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = "hello".into();
+    client.start_container(ctx(), &start).await.expect("start");
+    assert_eq!(
+        read_all(&client, "hello", "hello", false).await,
+        "hello from busybox\n"
+    );
+    assert_eq!(read_all(&client, "hello", "hello", true).await, "oops\n");
+    assert_eq!(wait(&client, "hello", "hello").await, 0);
+    let (code, _) = status_of(client.start_container(ctx(), &start).await);
+    assert_eq!(code, Code::FAILED_PRECONDITION, "a container starts once");
+    client
+        .remove_container(ctx(), &remove("hello"))
+        .await
+        .expect("remove");
+
+    // A long-running container: exec with a stdin round trip, exit codes, pid namespace.
+    let sleeper = container_request("sleeper", &rootfs, &["/bin/sleep", "1000"]);
+    client
+        .create_container(ctx(), &sleeper)
+        .await
+        .expect("create");
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = "sleeper".into();
+    client.start_container(ctx(), &start).await.expect("start");
+
+    client
+        .exec_process(ctx(), &exec_request("sleeper", "cat", &["/bin/cat"]))
+        .await
+        .expect("exec cat");
+    let mut write = agent::WriteStreamRequest::new();
+    write.container_id = "sleeper".into();
+    write.exec_id = "cat".into();
+    write.data = b"ping\n".to_vec();
+    assert_eq!(
+        client.write_stdin(ctx(), &write).await.expect("write").len,
+        5
+    );
+    let mut close = agent::CloseStdinRequest::new();
+    close.container_id = "sleeper".into();
+    close.exec_id = "cat".into();
+    client
+        .close_stdin(ctx(), &close)
+        .await
+        .expect("close stdin");
+    assert_eq!(read_all(&client, "sleeper", "cat", false).await, "ping\n");
+    assert_eq!(wait(&client, "sleeper", "cat").await, 0);
+
+    client
+        .exec_process(
+            ctx(),
+            &exec_request(
+                "sleeper",
+                "ps",
+                &["/bin/sh", "-c", "ls /proc | grep -c '^[0-9]'; exit 7"],
+            ),
+        )
+        .await
+        .expect("exec");
+    let count = read_all(&client, "sleeper", "ps", false).await;
+    assert_eq!(wait(&client, "sleeper", "ps").await, 7);
+    let visible: u32 = count.trim().parse().expect("a number");
+    assert!(
+        visible <= 4,
+        "the container has its own pid namespace: {visible} pids visible"
+    );
+
+    // The same exec id twice, and unknown ids.
+    let (code, _) = status_of(
+        client
+            .exec_process(ctx(), &exec_request("sleeper", "cat", &["/bin/true"]))
+            .await,
+    );
+    assert_eq!(code, Code::ALREADY_EXISTS);
+    let (code, message) = status_of(
+        client
+            .exec_process(ctx(), &exec_request("nope", "x", &["/bin/true"]))
+            .await,
+    );
+    assert_eq!(
+        (code, message.as_str()),
+        (Code::NOT_FOUND, "container \"nope\" not found")
+    );
+
+    // The init is pid 1 of its namespace, which ignores SIGTERM without a handler (as with any
+    // runtime); SIGKILL from outside still ends it, and WaitProcess reports the signal.
+    let mut signal = agent::SignalProcessRequest::new();
+    signal.container_id = "sleeper".into();
+    signal.exec_id = "sleeper".into();
+    signal.signal = 9;
+    client.signal_process(ctx(), &signal).await.expect("signal");
+    assert_eq!(wait(&client, "sleeper", "sleeper").await, 9);
+    client
+        .remove_container(ctx(), &remove("sleeper"))
+        .await
+        .expect("remove");
+    let (code, _) = status_of(client.remove_container(ctx(), &remove("sleeper")).await);
+    assert_eq!(code, Code::NOT_FOUND);
+
+    // A container still running at DestroySandbox is killed and cleaned up too.
+    let last = container_request("last", &rootfs, &["/bin/sleep", "1000"]);
+    client.create_container(ctx(), &last).await.expect("create");
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = "last".into();
+    client.start_container(ctx(), &start).await.expect("start");
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("destroy");
+
+    // Nothing left behind: no mounts under the agent's directory, no bundles, no processes.
+    assert!(
+        mounts_under(&agent.dir).is_empty(),
+        "{:?}",
+        mounts_under(&agent.dir)
+    );
+    let bundles = agent.dir.join("state/bundles");
+    let left: Vec<_> = std::fs::read_dir(&bundles)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let children = std::fs::read_to_string(format!(
+        "/proc/{}/task/{}/children",
+        agent.child.id(),
+        agent.child.id()
+    ))
+    .unwrap_or_default();
+    assert!(
+        children.trim().is_empty(),
+        "the agent still has children: {children}"
+    );
+    let parent = format!("kata-agent-test-{}-lifecycle", std::process::id());
+    assert!(
+        cgroup_dirs(&format!("{parent}/sb")).is_empty(),
+        "{:?}",
+        cgroup_dirs(&parent)
+    );
+}
+
+/// The directories named `relative` in any cgroup hierarchy (v1 controllers under
+/// /sys/fs/cgroup/*, or the v2 hierarchy at /sys/fs/cgroup itself).
+fn cgroup_dirs(relative: &str) -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().map(|e| e.path()));
+    }
+    roots
+        .into_iter()
+        .map(|root| root.join(relative))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_exec_starts_nothing() {
+    let mut agent = Agent::start(
+        "denied-exec",
+        None,
+        &policy("policy/examples/allow-all-except-exec.rego"),
+    );
+    let (client, _) = agent.connect().await;
+    let rootfs = busybox_rootfs(&agent.dir);
+    client
+        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
+        .await
+        .expect("sandbox");
+    client
+        .create_container(
+            ctx(),
+            &container_request("c", &rootfs, &["/bin/sleep", "1000"]),
+        )
+        .await
+        .expect("create");
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = "c".into();
+    client.start_container(ctx(), &start).await.expect("start");
+
+    let marker = rootfs.join("tmp/exec-ran");
+    let exec = exec_request("c", "x", &["/bin/sh", "-c", "touch /tmp/exec-ran"]);
+    let (code, message) = status_of(client.exec_process(ctx(), &exec).await);
+    assert_eq!(code, Code::PERMISSION_DENIED);
+    assert!(
+        message.starts_with("ExecProcessRequest is blocked by policy"),
+        "{message}"
+    );
+    let mut wait = agent::WaitProcessRequest::new();
+    wait.container_id = "c".into();
+    wait.exec_id = "x".into();
+    let (code, _) = status_of(client.wait_process(ctx(), &wait).await);
+    assert_eq!(code, Code::NOT_FOUND, "no process was made");
+    assert!(!marker.exists());
+
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_container_requests_are_refused_clearly() {
+    let mut agent = Agent::start(
+        "bad-requests",
+        None,
+        &policy("policy/examples/allow-all.rego"),
+    );
+    let (client, _) = agent.connect().await;
+    let rootfs = busybox_rootfs(&agent.dir);
+
+    let (code, message) = status_of(
+        client
+            .create_container(
+                ctx(),
+                &container_request("../escape", &rootfs, &["/bin/true"]),
+            )
+            .await,
+    );
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+
+    let missing = agent.dir.join("no-such-rootfs");
+    let (code, message) = status_of(
+        client
+            .create_container(ctx(), &container_request("c1", &missing, &["/bin/true"]))
+            .await,
+    );
+    assert_eq!(code, Code::FAILED_PRECONDITION);
+    assert!(message.contains("does not exist"), "{message}");
+
+    let (code, message) = status_of(
+        client
+            .create_container(
+                ctx(),
+                &container_request("c2", &rootfs, &["/bin/no-such-program"]),
+            )
+            .await,
+    );
+    // libcontainer checks the program exists when creating; the reason reaches the caller.
+    assert_eq!(code, Code::INTERNAL);
+    assert!(
+        message.contains("cannot create container \"c2\"") && message.contains("no-such-program"),
+        "{message}"
+    );
+
+    let mut nothing = agent::CreateContainerRequest::new();
+    nothing.container_id = "c3".into();
+    let (code, message) = status_of(client.create_container(ctx(), &nothing).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(message.contains("no OCI spec"), "{message}");
+}
