@@ -236,7 +236,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::UpdateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("UpdateContainer", &req).await
+        self.gate.check("UpdateContainer", &req).await?;
+        self.runtime.update_container(&req).await?;
+        Ok(Empty::new())
     }
 
     async fn update_ephemeral_mounts(
@@ -252,7 +254,8 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::StatsContainerRequest,
     ) -> ttrpc::Result<agent::StatsContainerResponse> {
-        self.unsupported("StatsContainer", &req).await
+        self.gate.check("StatsContainer", &req).await?;
+        Ok(self.runtime.stats_container(&req.container_id).await?)
     }
 
     async fn pause_container(
@@ -260,7 +263,11 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::PauseContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("PauseContainer", &req).await
+        self.gate.check("PauseContainer", &req).await?;
+        self.runtime
+            .pause_container(&req.container_id, true)
+            .await?;
+        Ok(Empty::new())
     }
 
     async fn resume_container(
@@ -268,7 +275,11 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::ResumeContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("ResumeContainer", &req).await
+        self.gate.check("ResumeContainer", &req).await?;
+        self.runtime
+            .pause_container(&req.container_id, false)
+            .await?;
+        Ok(Empty::new())
     }
 
     async fn remove_stale_virtiofs_share_mounts(
@@ -320,7 +331,10 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::TtyWinResizeRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("TtyWinResize", &req).await
+        self.gate.check("TtyWinResize", &req).await?;
+        self.runtime
+            .resize_terminal(&req.container_id, &req.exec_id, req.row, req.column)?;
+        Ok(Empty::new())
     }
 
     async fn update_interface(
@@ -506,7 +520,10 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::GetOOMEventRequest,
     ) -> ttrpc::Result<agent::OOMEvent> {
-        self.unsupported("GetOOMEvent", &req).await
+        self.gate.check("GetOOMEvent", &req).await?;
+        let mut reply = agent::OOMEvent::new();
+        reply.container_id = self.runtime.next_oom_event().await?;
+        Ok(reply)
     }
 
     async fn add_swap(&self, _: &TtrpcContext, req: agent::AddSwapRequest) -> ttrpc::Result<Empty> {

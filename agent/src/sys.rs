@@ -1,5 +1,5 @@
 //! The agent's unsafe code, all of it: taking ownership of file descriptors received over unix
-//! sockets. Everything else in the crate is safe Rust.
+//! sockets, and the terminal window-size ioctl. Everything else in the crate is safe Rust.
 #![allow(unsafe_code)]
 
 use std::io::{IoSlice, IoSliceMut};
@@ -67,4 +67,31 @@ pub(crate) fn recv_with_fds(
         }
     }
     Ok((message.bytes, fds))
+}
+
+nix::ioctl_write_ptr_bad!(tiocswinsz, nix::libc::TIOCSWINSZ, nix::pty::Winsize);
+
+/// Sets a terminal's window size.
+pub(crate) fn set_window_size(
+    terminal: BorrowedFd<'_>,
+    rows: u16,
+    columns: u16,
+) -> nix::Result<()> {
+    let size = nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which is valid for the call; the
+    // descriptor is borrowed, so it is open.
+    unsafe { tiocswinsz(terminal.as_raw_fd(), &size) }?;
+    Ok(())
+}
+
+/// Registers an owned descriptor with the async reactor.
+pub(crate) fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `OwnedFd` is a valid open descriptor that the `AsyncFd` owns from here on; its
+    // `as_raw_fd` always returns that same descriptor, and only dropping the `AsyncFd` closes it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
 }

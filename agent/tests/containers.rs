@@ -26,7 +26,8 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
     }
     std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
     for applet in [
-        "sh", "echo", "cat", "sleep", "id", "hostname", "ls", "wc", "true", "kill",
+        "sh", "echo", "cat", "sleep", "id", "hostname", "ls", "wc", "true", "kill", "stty", "tty",
+        "grep", "tail",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
             .expect("applet link");
@@ -35,6 +36,15 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
 }
 
 fn container_request(id: &str, rootfs: &Path, args: &[&str]) -> agent::CreateContainerRequest {
+    container_request_with(id, rootfs, args, json!({"Pids": {"Limit": 64}}))
+}
+
+fn container_request_with(
+    id: &str,
+    rootfs: &Path,
+    args: &[&str],
+    resources: serde_json::Value,
+) -> agent::CreateContainerRequest {
     let json = json!({
         "container_id": id,
         "exec_id": id,
@@ -55,7 +65,10 @@ fn container_request(id: &str, rootfs: &Path, args: &[&str]) -> agent::CreateCon
             "Mounts": [
                 {"destination": "/proc", "type_": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
                 {"destination": "/dev", "type_": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755", "size=65536k"]},
-                {"destination": "/sys", "type_": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+                {"destination": "/dev/pts", "type_": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/sys", "type_": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type_": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
             ],
             "Linux": {
                 "Namespaces": [
@@ -63,7 +76,7 @@ fn container_request(id: &str, rootfs: &Path, args: &[&str]) -> agent::CreateCon
                 ],
                 "MaskedPaths": ["/proc/kcore"],
                 "ReadonlyPaths": ["/proc/sys"],
-                "Resources": {"Pids": {"Limit": 64}}
+                "Resources": resources
             }
         }
     });
@@ -73,10 +86,20 @@ fn container_request(id: &str, rootfs: &Path, args: &[&str]) -> agent::CreateCon
 }
 
 fn exec_request(container: &str, exec: &str, args: &[&str]) -> agent::ExecProcessRequest {
+    exec_request_with(container, exec, args, false)
+}
+
+fn exec_request_with(
+    container: &str,
+    exec: &str,
+    args: &[&str],
+    terminal: bool,
+) -> agent::ExecProcessRequest {
     let json = json!({
         "container_id": container,
         "exec_id": exec,
         "process": {
+            "Terminal": terminal,
             "Args": args,
             "Env": ["PATH=/bin"],
             "Cwd": "/",
@@ -344,6 +367,242 @@ fn cgroup_dirs(relative: &str) -> Vec<PathBuf> {
         .map(|root| root.join(relative))
         .filter(|p| p.is_dir())
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminals_carry_output_and_resizes() {
+    let mut agent = Agent::start("tty", None, &policy("policy/examples/allow-all.rego"));
+    let (client, _) = agent.connect().await;
+    let rootfs = busybox_rootfs(&agent.dir);
+    client
+        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
+        .await
+        .expect("sandbox");
+    client
+        .create_container(
+            ctx(),
+            &container_request("c", &rootfs, &["/bin/sleep", "1000"]),
+        )
+        .await
+        .expect("create");
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = "c".into();
+    client.start_container(ctx(), &start).await.expect("start");
+
+    // The process waits for a line on its terminal, then reports the terminal's size.
+    let exec = exec_request_with(
+        "c",
+        "t",
+        &["/bin/sh", "-c", "tty; read line; stty size"],
+        true,
+    );
+    client
+        .exec_process(ctx(), &exec)
+        .await
+        .expect("exec with a terminal");
+    let mut resize = agent::TtyWinResizeRequest::new();
+    resize.container_id = "c".into();
+    resize.exec_id = "t".into();
+    resize.row = 33;
+    resize.column = 101;
+    client.tty_win_resize(ctx(), &resize).await.expect("resize");
+    let mut write = agent::WriteStreamRequest::new();
+    write.container_id = "c".into();
+    write.exec_id = "t".into();
+    write.data = b"go\n".to_vec();
+    client.write_stdin(ctx(), &write).await.expect("write");
+    let output = read_all(&client, "c", "t", false).await;
+    assert!(output.contains("/dev/pts/"), "{output:?}");
+    assert!(output.contains("33 101"), "{output:?}");
+    assert_eq!(wait(&client, "c", "t").await, 0);
+    // A terminal has no separate stderr.
+    assert_eq!(read_all(&client, "c", "t", true).await, "");
+
+    // Resizing a process without a terminal is refused.
+    client
+        .exec_process(ctx(), &exec_request("c", "p", &["/bin/true"]))
+        .await
+        .expect("exec");
+    resize.exec_id = "p".into();
+    let (code, _) = status_of(client.tty_win_resize(ctx(), &resize).await);
+    assert_eq!(code, Code::FAILED_PRECONDITION);
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("destroy");
+}
+
+/// Runs a command in the container and returns its stdout (asserting it exits 0).
+async fn run(
+    client: &agent_ttrpc::AgentServiceClient,
+    container: &str,
+    exec: &str,
+    script: &str,
+) -> String {
+    client
+        .exec_process(
+            ctx(),
+            &exec_request(container, exec, &["/bin/sh", "-c", script]),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec {script}: {e:?}"));
+    let out = read_all(client, container, exec, false).await;
+    assert_eq!(wait(client, container, exec).await, 0, "{script}: {out}");
+    out
+}
+
+/// Reads a cgroup file inside the container, cgroup v2 or v1 layout.
+fn cgroup_file(v2: &str, v1: &str) -> String {
+    format!("cat /sys/fs/cgroup/{v2} 2>/dev/null || cat /sys/fs/cgroup/{v1}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_limits_stats_updates_and_freezing() {
+    let mut agent = Agent::start("resources", None, &policy("policy/examples/allow-all.rego"));
+    let (client, _) = agent.connect().await;
+    let rootfs = busybox_rootfs(&agent.dir);
+    client
+        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
+        .await
+        .expect("sandbox");
+    let limits = json!({"Pids": {"Limit": 64}, "Memory": {"Limit": 134217728}});
+    client
+        .create_container(
+            ctx(),
+            &container_request_with("c", &rootfs, &["/bin/sleep", "1000"], limits),
+        )
+        .await
+        .expect("create");
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = "c".into();
+    client.start_container(ctx(), &start).await.expect("start");
+
+    // The limits are visible inside the container.
+    assert_eq!(
+        run(
+            &client,
+            "c",
+            "p1",
+            &cgroup_file("pids.max", "pids/pids.max")
+        )
+        .await
+        .trim(),
+        "64"
+    );
+    let memory = run(
+        &client,
+        "c",
+        "m1",
+        &cgroup_file("memory.max", "memory/memory.limit_in_bytes"),
+    )
+    .await;
+    assert_eq!(memory.trim(), "134217728");
+
+    // Stats come from the container's cgroup.
+    let mut stats_request = agent::StatsContainerRequest::new();
+    stats_request.container_id = "c".into();
+    let stats = client
+        .stats_container(ctx(), &stats_request)
+        .await
+        .expect("stats");
+    let cgroup = stats.cgroup_stats.as_ref().expect("cgroup stats");
+    assert_eq!(cgroup.pids_stats.limit, 64);
+    assert!(cgroup.pids_stats.current >= 1, "{:?}", cgroup.pids_stats);
+    assert!(
+        cgroup.memory_stats.usage.usage > 0,
+        "{:?}",
+        cgroup.memory_stats.usage
+    );
+    assert!(!stats.network_stats.is_empty());
+
+    // UpdateContainer changes a running container's limits.
+    let mut update = agent::UpdateContainerRequest::new();
+    update.container_id = "c".into();
+    from_json(
+        &json!({"Pids": {"Limit": 32}}),
+        &mut *update.resources.mut_or_insert_default(),
+    )
+    .expect("resources");
+    client
+        .update_container(ctx(), &update)
+        .await
+        .expect("update");
+    assert_eq!(
+        run(
+            &client,
+            "c",
+            "p2",
+            &cgroup_file("pids.max", "pids/pids.max")
+        )
+        .await
+        .trim(),
+        "32"
+    );
+
+    // Paused, nothing runs in it; resumed, it does again.
+    let mut pause = agent::PauseContainerRequest::new();
+    pause.container_id = "c".into();
+    client.pause_container(ctx(), &pause).await.expect("pause");
+    let (code, message) = status_of(
+        client
+            .exec_process(ctx(), &exec_request("c", "x", &["/bin/true"]))
+            .await,
+    );
+    assert_eq!(code, Code::FAILED_PRECONDITION);
+    assert!(message.contains("paused"), "{message}");
+    let (code, _) = status_of(client.pause_container(ctx(), &pause).await);
+    assert_eq!(code, Code::FAILED_PRECONDITION, "pausing twice");
+    let mut resume = agent::ResumeContainerRequest::new();
+    resume.container_id = "c".into();
+    client
+        .resume_container(ctx(), &resume)
+        .await
+        .expect("resume");
+    assert_eq!(run(&client, "c", "after", "echo alive").await, "alive\n");
+
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oom_kill_is_reported() {
+    let mut agent = Agent::start("oom", None, &policy("policy/examples/allow-all.rego"));
+    let (client, _) = agent.connect().await;
+    let rootfs = busybox_rootfs(&agent.dir);
+    client
+        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
+        .await
+        .expect("sandbox");
+    // 32 MiB of memory and no swap beyond it; `tail` keeps /dev/zero's endless first line in
+    // memory until the kernel kills it.
+    let limits = json!({"Memory": {"Limit": 33554432, "Swap": 33554432}});
+    let hog = ["/bin/tail", "/dev/zero"];
+    client
+        .create_container(ctx(), &container_request_with("hog", &rootfs, &hog, limits))
+        .await
+        .expect("create");
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = "hog".into();
+    client.start_container(ctx(), &start).await.expect("start");
+    let event = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        client.get_oom_event(ctx(), &agent::GetOOMEventRequest::new()),
+    )
+    .await
+    .expect("an OOM event within 30 s")
+    .expect("GetOOMEvent");
+    assert_eq!(event.container_id, "hog");
+    assert_eq!(
+        wait(&client, "hog", "hog").await,
+        9,
+        "the OOM killer's SIGKILL"
+    );
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("destroy");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,13 +17,16 @@ mod cgroups;
 pub mod helper;
 mod io;
 pub mod reaper;
+mod resources;
 pub mod spec;
 mod storage;
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use peerpod_protocols::kata::agent;
@@ -66,12 +69,15 @@ struct Sandbox {
 enum Status {
     Created,
     Running,
+    Paused,
 }
 
 #[derive(Debug)]
 struct Container {
     id: String,
     bundle: PathBuf,
+    /// The container's cgroup path (relative to each hierarchy's root).
+    cgroup: PathBuf,
     /// Held across each lifecycle operation of this container.
     lifecycle: tokio::sync::Mutex<Status>,
     init: Arc<Process>,
@@ -95,19 +101,139 @@ pub struct Runtime {
     reaper: Arc<Reaper>,
     sandbox: Mutex<Option<Sandbox>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    consoles: AtomicU64,
+    /// Ids of containers in which the OOM killer struck, for GetOOMEvent.
+    oom_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    oom_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
+}
+
+/// How a new process's stdio is set up: pipes, or a terminal whose master the process's
+/// runtime sends back over a console socket.
+enum Stdio {
+    Pipes(ProcessIo, Vec<OwnedFd>),
+    Terminal(ConsoleSocket),
+}
+
+/// A listening socket libcontainer connects to, to hand over a terminal's master side.
+struct ConsoleSocket {
+    path: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl ConsoleSocket {
+    /// Accepts the runtime's connection and takes the terminal master it sends.
+    async fn receive(self) -> Result<OwnedFd, AgentError> {
+        let path = self.path.clone();
+        let received = tokio::task::spawn_blocking(move || -> std::io::Result<OwnedFd> {
+            self.listener.set_nonblocking(true)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let stream = loop {
+                match self.listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            stream.set_nonblocking(false)?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut buf = [0u8; 4096];
+            let (_, fds) = crate::sys::recv_with_fds(stream.as_fd(), &mut buf)?;
+            fds.into_iter()
+                .next()
+                .ok_or_else(|| std::io::Error::other("the console socket carried no terminal"))
+        })
+        .await
+        .map_err(|e| AgentError::internal("console socket", e))?;
+        let _ = std::fs::remove_file(&path);
+        received.map_err(|e| AgentError::internal("cannot receive the process's terminal", e))
+    }
 }
 
 impl Runtime {
     /// A runtime whose children are reaped by `reaper`.
     pub fn new(config: RuntimeConfig, reaper: Arc<Reaper>) -> Self {
         let helper = Helper::new(config.helper_exe.clone(), Arc::clone(&reaper));
+        let (oom_tx, oom_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             config,
             helper,
             reaper,
             sandbox: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
+            consoles: AtomicU64::new(0),
+            oom_tx,
+            oom_rx: tokio::sync::Mutex::new(oom_rx),
         }
+    }
+
+    /// Stdio for a new process: a terminal if its spec asks for one, else pipes.
+    fn stdio(&self, terminal: bool) -> Result<Stdio, AgentError> {
+        if terminal {
+            let dir = self.config.state_dir.join("tty");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| AgentError::internal(format!("cannot create {}", dir.display()), e))?;
+            let path = dir.join(format!(
+                "{}.sock",
+                self.consoles.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_file(&path);
+            let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| {
+                AgentError::internal(format!("cannot listen on {}", path.display()), e)
+            })?;
+            return Ok(Stdio::Terminal(ConsoleSocket { path, listener }));
+        }
+        let (io, ends) =
+            ProcessIo::pipes().map_err(|e| AgentError::internal("cannot create stdio pipes", e))?;
+        Ok(Stdio::Pipes(io, ends.into_vec()))
+    }
+
+    /// Calls the helper with the stdio set up, and returns the new process's pid and streams.
+    /// `what` names the operation in errors.
+    async fn spawn_with(
+        &self,
+        request: Request,
+        stdio: Stdio,
+        what: &str,
+    ) -> Result<(i32, ProcessIo), AgentError> {
+        let (fds, console, pipes) = match stdio {
+            Stdio::Pipes(io, fds) => (fds, None, Some(io)),
+            Stdio::Terminal(console) => (Vec::new(), Some(console), None),
+        };
+        let answer = self.helper.call(request, fds).await;
+        let pid = match answer {
+            Ok(Answer::Pid { pid }) => Ok(pid),
+            Ok(other) => Err(AgentError::internal(
+                what,
+                format!("unexpected helper answer {other:?}"),
+            )),
+            Err(e) => Err(AgentError::internal(what, e)),
+        };
+        let pid = match pid {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(console) = &console {
+                    let _ = std::fs::remove_file(&console.path);
+                }
+                return Err(e);
+            }
+        };
+        let io = match (pipes, console) {
+            (Some(io), _) => io,
+            (None, Some(console)) => {
+                let master = console.receive().await?;
+                ProcessIo::terminal(master)
+                    .map_err(|e| AgentError::internal("cannot set up the terminal", e))?
+            }
+            (None, None) => {
+                return Err(AgentError::internal(what, "no stdio was set up"));
+            }
+        };
+        Ok((pid, io))
     }
 
     fn root(&self) -> PathBuf {
@@ -203,16 +329,6 @@ impl Runtime {
         }
         let mut spec = spec::oci_spec(&request.OCI)
             .map_err(|e| AgentError::InvalidArgument(error_chain(&e)))?;
-        if spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false)
-        {
-            return Err(AgentError::FailedPrecondition(
-                "containers with a terminal are not supported yet".to_owned(),
-            ));
-        }
 
         let mut storages = Vec::new();
         for s in &request.storages {
@@ -227,9 +343,15 @@ impl Runtime {
         let result = self.create_prepared(&id, &request.exec_id, &mut spec).await;
         match result {
             Ok((bundle, init)) => {
+                let cgroup = spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.cgroups_path().clone())
+                    .unwrap_or_default();
                 let container = Arc::new(Container {
                     id: id.clone(),
                     bundle,
+                    cgroup,
                     lifecycle: tokio::sync::Mutex::new(Status::Created),
                     init,
                     execs: Mutex::new(HashMap::new()),
@@ -272,29 +394,35 @@ impl Runtime {
         spec.save(bundle.join("config.json"))
             .map_err(|e| AgentError::internal("cannot write the container's config.json", e))?;
 
-        let (io, ends) =
-            ProcessIo::pipes().map_err(|e| AgentError::internal("cannot create stdio pipes", e))?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let stdio = match self.stdio(terminal) {
+            Ok(stdio) => stdio,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&bundle);
+                return Err(e);
+            }
+        };
         let request = Request::Create {
             id: id.to_owned(),
             root: self.root(),
             bundle: bundle.clone(),
-            console_socket: None,
+            console_socket: match &stdio {
+                Stdio::Terminal(console) => Some(console.path.clone()),
+                Stdio::Pipes(..) => None,
+            },
         };
-        let pid = match self.helper.call(request, ends.into_vec()).await {
-            Ok(Answer::Pid { pid }) => pid,
-            Ok(other) => {
-                let _ = std::fs::remove_dir_all(&bundle);
-                return Err(AgentError::internal(
-                    "create container",
-                    format!("unexpected answer {other:?}"),
-                ));
-            }
+        let (pid, io) = match self
+            .spawn_with(request, stdio, &format!("cannot create container {id:?}"))
+            .await
+        {
+            Ok(spawned) => spawned,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&bundle);
-                return Err(AgentError::internal(
-                    format!("cannot create container {id:?}"),
-                    e,
-                ));
+                return Err(e);
             }
         };
         tracing::debug!(container = %id, pid, "container created");
@@ -346,6 +474,123 @@ impl Runtime {
             .await
             .map_err(|e| AgentError::internal(format!("cannot start container {id:?}"), e))?;
         *status = Status::Running;
+        self.watch_oom(&container);
+        Ok(())
+    }
+
+    /// Polls the container's OOM-kill counter while the container exists; each new kill is an
+    /// event for GetOOMEvent. (Polling every second works the same on cgroup v1 and v2.)
+    fn watch_oom(&self, container: &Arc<Container>) {
+        let files = oom_counter_files(&container.cgroup);
+        if files.is_empty() {
+            return;
+        }
+        let weak = Arc::downgrade(container);
+        let tx = self.oom_tx.clone();
+        tokio::spawn(async move {
+            // The cgroup was made with the container: every kill in it counts, even one that
+            // happened before this task first looked.
+            let mut seen = 0;
+            loop {
+                let Some(container) = weak.upgrade() else {
+                    break;
+                };
+                let exited = container.init.exit.exit().is_some();
+                let now = read_oom_kills(&files);
+                if now > seen {
+                    tracing::warn!(container = %container.id, kills = now - seen, "out-of-memory kill in container");
+                    if tx.send(container.id.clone()).is_err() {
+                        break;
+                    }
+                }
+                seen = now;
+                // One last look after the init exits, since the kill may be what ended it.
+                if exited {
+                    break;
+                }
+                drop(container);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// GetOOMEvent: waits for the next OOM kill in any container and names the container.
+    pub async fn next_oom_event(&self) -> Result<String, AgentError> {
+        self.oom_rx
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| AgentError::FailedPrecondition("the agent is shutting down".to_owned()))
+    }
+
+    /// StatsContainer: the container's cgroup statistics and the guest's network counters.
+    pub async fn stats_container(
+        &self,
+        id: &str,
+    ) -> Result<agent::StatsContainerResponse, AgentError> {
+        let container = self.container(id)?;
+        let cgroup = container.cgroup.clone();
+        let id = container.id.clone();
+        let pid = container.init.pid;
+        tokio::task::spawn_blocking(move || {
+            let mut reply = agent::StatsContainerResponse::new();
+            reply.cgroup_stats = protobuf::MessageField::some(resources::stats(&cgroup, &id)?);
+            reply.network_stats = network_stats(pid);
+            Ok(reply)
+        })
+        .await
+        .map_err(|e| AgentError::internal("stats", e))?
+    }
+
+    /// UpdateContainer: new resource limits for a running container.
+    pub async fn update_container(
+        &self,
+        request: &agent::UpdateContainerRequest,
+    ) -> Result<(), AgentError> {
+        let container = self.container(&request.container_id)?;
+        let limits = spec::oci_resources(&request.resources)
+            .map_err(|e| AgentError::InvalidArgument(error_chain(&e)))?;
+        let _status = container.lifecycle.lock().await;
+        let cgroup = container.cgroup.clone();
+        let id = container.id.clone();
+        tokio::task::spawn_blocking(move || resources::update(&cgroup, &id, &limits))
+            .await
+            .map_err(|e| AgentError::internal("update", e))?
+    }
+
+    /// PauseContainer / ResumeContainer: freezes or thaws every process of the container.
+    pub async fn pause_container(&self, id: &str, pause: bool) -> Result<(), AgentError> {
+        let container = self.container(id)?;
+        let mut status = container.lifecycle.lock().await;
+        let (from, to) = if pause {
+            (Status::Running, Status::Paused)
+        } else {
+            (Status::Paused, Status::Running)
+        };
+        if *status != from {
+            let state = if pause { "running" } else { "paused" };
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {id:?} is not {state}"
+            )));
+        }
+        let request = if pause {
+            Request::Pause {
+                id: id.to_owned(),
+                root: self.root(),
+            }
+        } else {
+            Request::Resume {
+                id: id.to_owned(),
+                root: self.root(),
+            }
+        };
+        let verb = if pause { "pause" } else { "resume" };
+        self.helper
+            .call(request, Vec::new())
+            .await
+            .map_err(|e| AgentError::internal(format!("cannot {verb} container {id:?}"), e))?;
+        *status = to;
         Ok(())
     }
 
@@ -359,8 +604,13 @@ impl Runtime {
         let status = container.lifecycle.lock().await;
         if *status != Status::Running {
             return Err(AgentError::FailedPrecondition(format!(
-                "container {:?} is not running",
-                container.id
+                "container {:?} is not running{}",
+                container.id,
+                if *status == Status::Paused {
+                    " (it is paused)"
+                } else {
+                    ""
+                }
             )));
         }
         if container
@@ -378,11 +628,7 @@ impl Runtime {
         }
         let process = spec::oci_process(&request.process)
             .map_err(|e| AgentError::InvalidArgument(error_chain(&e)))?;
-        if process.terminal().unwrap_or(false) {
-            return Err(AgentError::FailedPrecondition(
-                "processes with a terminal are not supported yet".to_owned(),
-            ));
-        }
+        let terminal = process.terminal().unwrap_or(false);
         let file = container
             .bundle
             .join(format!("exec-{}.json", request.exec_id));
@@ -391,31 +637,20 @@ impl Runtime {
         std::fs::write(&file, json)
             .map_err(|e| AgentError::internal(format!("cannot write {}", file.display()), e))?;
 
-        let (io, ends) =
-            ProcessIo::pipes().map_err(|e| AgentError::internal("cannot create stdio pipes", e))?;
+        let stdio = self.stdio(terminal)?;
         let call = Request::Exec {
             id: container.id.clone(),
             root: self.root(),
             process: file.clone(),
-            console_socket: None,
+            console_socket: match &stdio {
+                Stdio::Terminal(console) => Some(console.path.clone()),
+                Stdio::Pipes(..) => None,
+            },
         };
-        let answer = self.helper.call(call, ends.into_vec()).await;
+        let what = format!("cannot run a process in container {:?}", container.id);
+        let spawned = self.spawn_with(call, stdio, &what).await;
         let _ = std::fs::remove_file(&file);
-        let pid = match answer {
-            Ok(Answer::Pid { pid }) => pid,
-            Ok(other) => {
-                return Err(AgentError::internal(
-                    "exec",
-                    format!("unexpected answer {other:?}"),
-                ));
-            }
-            Err(e) => {
-                return Err(AgentError::internal(
-                    format!("cannot run a process in container {:?}", container.id),
-                    e,
-                ));
-            }
-        };
+        let (pid, io) = spawned?;
         tracing::debug!(container = %container.id, exec = %request.exec_id, pid, "process started");
         let process = Arc::new(Process {
             exec_id: request.exec_id.clone(),
@@ -504,6 +739,22 @@ impl Runtime {
         process.io.write(data).await.map_err(io_error)
     }
 
+    /// TtyWinResize.
+    pub fn resize_terminal(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<(), AgentError> {
+        let process = self.process(container_id, exec_id)?;
+        let rows = u16::try_from(rows)
+            .map_err(|_| AgentError::InvalidArgument(format!("{rows} rows is too many")))?;
+        let columns = u16::try_from(columns)
+            .map_err(|_| AgentError::InvalidArgument(format!("{columns} columns is too many")))?;
+        process.io.resize(rows, columns).map_err(io_error)
+    }
+
     /// CloseStdin.
     pub async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), AgentError> {
         let process = self.process(container_id, exec_id)?;
@@ -583,9 +834,73 @@ impl Runtime {
     }
 }
 
+/// The files that count OOM kills in a cgroup: `memory.events` (v2) or `memory.oom_control`
+/// (v1), whichever exist.
+fn oom_counter_files(cgroup: &std::path::Path) -> Vec<PathBuf> {
+    let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    [
+        PathBuf::from("/sys/fs/cgroup")
+            .join(relative)
+            .join("memory.events"),
+        PathBuf::from("/sys/fs/cgroup/memory")
+            .join(relative)
+            .join("memory.oom_control"),
+    ]
+    .into_iter()
+    .filter(|p| p.exists())
+    .collect()
+}
+
+fn read_oom_kills(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Interface counters as the container's init sees them (`/proc/<pid>/net/dev`).
+fn network_stats(pid: i32) -> Vec<agent::NetworkStats> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/dev")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            let n: Vec<u64> = counters
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            if n.len() < 12 {
+                return None;
+            }
+            let mut stats = agent::NetworkStats::new();
+            stats.name = name.trim().to_owned();
+            stats.rx_bytes = n[0];
+            stats.rx_packets = n[1];
+            stats.rx_errors = n[2];
+            stats.rx_dropped = n[3];
+            stats.tx_bytes = n[8];
+            stats.tx_packets = n[9];
+            stats.tx_errors = n[10];
+            stats.tx_dropped = n[11];
+            Some(stats)
+        })
+        .collect()
+}
+
 fn io_error(e: io::IoError) -> AgentError {
     match e {
         io::IoError::Eof => AgentError::Eof,
+        io::IoError::NoSuchStream(why) => AgentError::FailedPrecondition(why.to_owned()),
         io::IoError::Io(e) => AgentError::internal("stdio", e),
     }
 }

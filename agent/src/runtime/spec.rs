@@ -8,7 +8,7 @@
 //! dropped, and so are zeros inside `linux.resources`, where zero means "no limit" in the
 //! protobuf form. The result is checked by deserialising it into `oci_spec`'s typed `Spec`.
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 use peerpod_protocols::json::to_json;
 use peerpod_protocols::kata::oci;
 use serde_json::{Map, Value};
@@ -64,6 +64,15 @@ pub fn oci_spec(spec: &protobuf::MessageField<oci::Spec>) -> Result<Spec, SpecEr
 pub fn oci_process(process: &protobuf::MessageField<oci::Process>) -> Result<Process, SpecError> {
     let process = process.as_ref().ok_or(SpecError::Missing)?;
     let json = convert(to_json(process), false);
+    serde_json::from_value(json).map_err(SpecError::Invalid)
+}
+
+/// Converts an UpdateContainer request's protobuf resources into typed OCI resources.
+pub fn oci_resources(
+    resources: &protobuf::MessageField<oci::LinuxResources>,
+) -> Result<LinuxResources, SpecError> {
+    let resources = resources.as_ref().ok_or(SpecError::Missing)?;
+    let json = convert(to_json(resources), true);
     serde_json::from_value(json).map_err(SpecError::Invalid)
 }
 
