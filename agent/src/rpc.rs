@@ -469,7 +469,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check("CreateSandbox", &req).await?;
-        self.runtime.create_sandbox(&req)?;
+        self.runtime.create_sandbox(&req).await?;
         Ok(Empty::new())
     }
 

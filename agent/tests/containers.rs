@@ -27,7 +27,7 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
     std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
     for applet in [
         "sh", "echo", "cat", "sleep", "id", "hostname", "ls", "wc", "true", "kill", "stty", "tty",
-        "grep", "tail",
+        "grep", "tail", "readlink",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
             .expect("applet link");
@@ -221,7 +221,7 @@ async fn a_pod_lives_and_dies() {
     client.start_container(ctx(), &start).await.expect("start");
     assert_eq!(
         read_all(&client, "hello", "hello", false).await,
-        "hello from busybox\n"
+        "hello from pod\n"
     );
     assert_eq!(read_all(&client, "hello", "hello", true).await, "oops\n");
     assert_eq!(wait(&client, "hello", "hello").await, 0);
@@ -282,6 +282,39 @@ async fn a_pod_lives_and_dies() {
         visible <= 4,
         "the container has its own pid namespace: {visible} pids visible"
     );
+
+    // Containers of the sandbox share its IPC and UTS namespaces, which are not the agent's.
+    let other = container_request("other", &rootfs, &["/bin/sleep", "1000"]);
+    client
+        .create_container(ctx(), &other)
+        .await
+        .expect("create other");
+    let mut start_other = agent::StartContainerRequest::new();
+    start_other.container_id = "other".into();
+    client
+        .start_container(ctx(), &start_other)
+        .await
+        .expect("start other");
+    let script = "for n in ipc uts mnt; do readlink /proc/self/ns/$n; done";
+    let mine = run(&client, "sleeper", "ns1", script).await;
+    let theirs = run(&client, "other", "ns2", script).await;
+    let (mine, theirs): (Vec<&str>, Vec<&str>) = (mine.lines().collect(), theirs.lines().collect());
+    assert_eq!(mine[..2], theirs[..2], "shared ipc and uts");
+    assert_ne!(
+        mine[2], theirs[2],
+        "each container has its own mount namespace"
+    );
+    let agent_ipc =
+        std::fs::read_link(format!("/proc/{}/ns/ipc", agent.child.id())).expect("agent ns");
+    assert_ne!(
+        mine[0],
+        agent_ipc.to_string_lossy(),
+        "the sandbox's ipc namespace is its own"
+    );
+    client
+        .remove_container(ctx(), &remove("other"))
+        .await
+        .expect("remove other");
 
     // The same exec id twice, and unknown ids.
     let (code, _) = status_of(

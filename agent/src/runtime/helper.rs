@@ -65,6 +65,9 @@ pub(crate) enum Request {
         root: PathBuf,
         force: bool,
     },
+    /// Make the sandbox's IPC and UTS namespaces (with `hostname`), kept alive by bind mounts
+    /// on `dir/ipc` and `dir/uts` for containers to join.
+    SandboxNamespaces { dir: PathBuf, hostname: String },
 }
 
 /// The helper's answer.
@@ -351,5 +354,43 @@ fn perform(request: Request, fds: Vec<OwnedFd>) -> Result<Answer, String> {
             load(&root, &id)?.delete(force).map_err(text)?;
             Ok(Answer::Done)
         }
+        Request::SandboxNamespaces { dir, hostname } => {
+            sandbox_namespaces(&dir, &hostname)?;
+            Ok(Answer::Done)
+        }
     }
+}
+
+/// New IPC and UTS namespaces for this (single-threaded, short-lived) process, pinned by bind
+/// mounts so they outlive it.
+fn sandbox_namespaces(dir: &std::path::Path, hostname: &str) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
+        .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
+    if !hostname.is_empty() {
+        nix::unistd::sethostname(hostname)
+            .map_err(|e| format!("cannot set the hostname {hostname:?}: {e}"))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for kind in ["ipc", "uts"] {
+        let target = dir.join(kind);
+        std::fs::File::create(&target)
+            .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+        let source = format!("/proc/self/ns/{kind}");
+        mount(
+            Some(source.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            format!(
+                "cannot pin the {kind} namespace on {}: {e}",
+                target.display()
+            )
+        })?;
+    }
+    Ok(())
 }

@@ -62,6 +62,8 @@ impl Default for RuntimeConfig {
 struct Sandbox {
     id: String,
     storages: Vec<storage::Mounted>,
+    /// Where the pinned IPC and UTS namespaces are (`ipc`, `uts`), once made.
+    namespaces: Option<PathBuf>,
 }
 
 /// A container's state.
@@ -240,27 +242,66 @@ impl Runtime {
         self.config.state_dir.join("runtime")
     }
 
-    /// CreateSandbox: records the sandbox and prepares its storages.
-    pub fn create_sandbox(&self, request: &agent::CreateSandboxRequest) -> Result<(), AgentError> {
-        let mut sandbox = self.sandbox.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(existing) = sandbox.as_ref() {
+    /// CreateSandbox: prepares the sandbox's storages and the IPC and UTS namespaces its
+    /// containers share (with the sandbox's hostname).
+    pub async fn create_sandbox(
+        &self,
+        request: &agent::CreateSandboxRequest,
+    ) -> Result<(), AgentError> {
+        if let Some(existing) = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             return Err(AgentError::AlreadyExists {
                 what: format!("sandbox {:?}", existing.id),
             });
         }
-        let mut storages = Vec::new();
-        for s in &request.storages {
-            match storage::prepare(s) {
-                Ok(mounted) => storages.push(mounted),
-                Err(e) => {
-                    storages.iter().for_each(storage::Mounted::release);
-                    return Err(e);
-                }
+        if request.sandbox_pidns {
+            return Err(AgentError::FailedPrecondition(
+                "a PID namespace shared by the sandbox's containers (sandbox_pidns) is not supported yet"
+                    .to_owned(),
+            ));
+        }
+        check_id(&request.sandbox_id, "sandbox_id").or_else(|e| {
+            if request.sandbox_id.is_empty() {
+                Ok(())
+            } else {
+                Err(e)
             }
+        })?;
+        let storages = storage::prepare_all(&request.storages)?;
+        let dir = self.config.state_dir.join("sandbox-ns");
+        let made = self
+            .helper
+            .call(
+                Request::SandboxNamespaces {
+                    dir: dir.clone(),
+                    hostname: request.hostname.clone(),
+                },
+                Vec::new(),
+            )
+            .await;
+        if let Err(e) = made {
+            storages.iter().for_each(storage::Mounted::release);
+            release_namespaces(&dir);
+            return Err(AgentError::internal(
+                "cannot create the sandbox's namespaces",
+                e,
+            ));
+        }
+        let mut sandbox = self.sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = sandbox.as_ref() {
+            storages.iter().for_each(storage::Mounted::release);
+            return Err(AgentError::AlreadyExists {
+                what: format!("sandbox {:?}", existing.id),
+            });
         }
         *sandbox = Some(Sandbox {
             id: request.sandbox_id.clone(),
             storages,
+            namespaces: Some(dir),
         });
         Ok(())
     }
@@ -284,6 +325,9 @@ impl Runtime {
             .take()
         {
             sandbox.storages.iter().for_each(storage::Mounted::release);
+            if let Some(dir) = &sandbox.namespaces {
+                release_namespaces(dir);
+            }
             cgroups::remove(&self.sandbox_cgroup(&sandbox.id));
         }
         Ok(())
@@ -330,16 +374,7 @@ impl Runtime {
         let mut spec = spec::oci_spec(&request.OCI)
             .map_err(|e| AgentError::InvalidArgument(error_chain(&e)))?;
 
-        let mut storages = Vec::new();
-        for s in &request.storages {
-            match storage::prepare(s) {
-                Ok(mounted) => storages.push(mounted),
-                Err(e) => {
-                    storages.iter().for_each(storage::Mounted::release);
-                    return Err(e);
-                }
-            }
-        }
+        let storages = storage::prepare_all(&request.storages)?;
         let result = self.create_prepared(&id, &request.exec_id, &mut spec).await;
         match result {
             Ok((bundle, init)) => {
@@ -438,19 +473,40 @@ impl Runtime {
     /// The agent's rewrites of a container spec: its cgroup under the agent's, and the network
     /// namespace shared with the agent (the sandbox's).
     fn rewrite(&self, id: &str, spec: &mut Spec) {
+        let (sandbox, shared) = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| (s.id.clone(), s.namespaces.clone()))
+            .unwrap_or_else(|| ("no-sandbox".to_owned(), None));
+        let sandbox = if sandbox.is_empty() {
+            "sandbox".to_owned()
+        } else {
+            sandbox
+        };
         if let Some(linux) = spec.linux_mut() {
-            let sandbox = self
-                .sandbox
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .map(|s| s.id.clone())
-                .unwrap_or_else(|| "no-sandbox".to_owned());
             let sandbox = self.sandbox_cgroup(&sandbox);
             linux.set_cgroups_path(Some(PathBuf::from(format!("{sandbox}/{id}"))));
             if let Some(namespaces) = linux.namespaces_mut() {
                 namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+                if let Some(dir) = &shared {
+                    for namespace in namespaces.iter_mut() {
+                        let kind = match namespace.typ() {
+                            LinuxNamespaceType::Ipc => "ipc",
+                            LinuxNamespaceType::Uts => "uts",
+                            _ => continue,
+                        };
+                        if namespace.path().is_none() {
+                            namespace.set_path(Some(dir.join(kind)));
+                        }
+                    }
+                }
             }
+        }
+        // A joined UTS namespace already has the sandbox's hostname.
+        if shared.is_some() {
+            spec.set_hostname(None);
         }
     }
 
@@ -832,6 +888,16 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(&container.bundle);
         Ok(())
     }
+}
+
+/// Unmounts and removes the pinned sandbox namespaces.
+fn release_namespaces(dir: &std::path::Path) {
+    for kind in ["ipc", "uts"] {
+        let target = dir.join(kind);
+        let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&target);
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// The files that count OOM kills in a cgroup: `memory.events` (v2) or `memory.oom_control`

@@ -30,8 +30,23 @@ impl Mounted {
     }
 }
 
+/// Prepares every storage, or none: on a failure, those already mounted are released.
+pub(crate) fn prepare_all(storages: &[Storage]) -> Result<Vec<Mounted>, AgentError> {
+    let mut mounted = Vec::new();
+    for storage in storages {
+        match prepare(storage) {
+            Ok(m) => mounted.push(m),
+            Err(e) => {
+                mounted.iter().for_each(Mounted::release);
+                return Err(e);
+            }
+        }
+    }
+    Ok(mounted)
+}
+
 /// Prepares one storage.
-pub(crate) fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
+fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
     let mount_point = checked_path(&storage.mount_point, "mount_point")?;
     std::fs::create_dir_all(&mount_point)
         .map_err(|e| AgentError::internal(format!("cannot create {}", mount_point.display()), e))?;
