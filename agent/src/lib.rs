@@ -21,7 +21,9 @@
 
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod gate;
+pub mod guest;
 pub mod network;
 pub mod rpc;
 pub mod runtime;

@@ -28,17 +28,21 @@ pub struct AgentRpc {
     runtime: Arc<Runtime>,
 }
 
-/// Where the agent reads facts about the guest (a root other than `/` in tests).
+/// Where the agent reads facts about the guest and writes copied files (other places in
+/// tests).
 #[derive(Debug, Clone)]
 pub struct GuestInfo {
     /// The sysfs mount, normally `/sys`.
     pub sysfs: PathBuf,
+    /// The only directory CopyFile writes under, normally `/run/kata-containers`.
+    pub copy_root: PathBuf,
 }
 
 impl Default for GuestInfo {
     fn default() -> Self {
         Self {
             sysfs: PathBuf::from("/sys"),
+            copy_root: PathBuf::from("/run/kata-containers"),
         }
     }
 }
@@ -141,7 +145,11 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::CopyFileRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check_copy_file(&req).await?;
-        Err(AgentError::Unimplemented { rpc: "CopyFile" }.into())
+        let root = self.guest.copy_root.clone();
+        tokio::task::spawn_blocking(move || crate::files::copy_file(&root, &req))
+            .await
+            .map_err(|e| AgentError::internal("CopyFile", e))??;
+        Ok(Empty::new())
     }
 
     async fn get_guest_details(
@@ -444,7 +452,10 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::GetMetricsRequest,
     ) -> ttrpc::Result<agent::Metrics> {
-        self.unsupported("GetMetrics", &req).await
+        self.gate.check("GetMetrics", &req).await?;
+        let mut reply = agent::Metrics::new();
+        reply.metrics = crate::guest::metrics();
+        Ok(reply)
     }
 
     async fn mem_agent_memcg_set(
@@ -496,7 +507,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::ReseedRandomDevRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("ReseedRandomDev", &req).await
+        self.gate.check("ReseedRandomDev", &req).await?;
+        crate::guest::reseed(&req.data)?;
+        Ok(Empty::new())
     }
 
     async fn mem_hotplug_by_probe(
@@ -512,7 +525,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::SetGuestDateTimeRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("SetGuestDateTime", &req).await
+        self.gate.check("SetGuestDateTime", &req).await?;
+        crate::guest::set_date_time(req.Sec, req.Usec)?;
+        Ok(Empty::new())
     }
 
     async fn get_oom_event(

@@ -295,3 +295,66 @@ fn an_unreadable_configuration_stops_the_agent_with_a_reason() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_requests_copy_files_metrics_entropy_and_time() {
+    let mut agent = Agent::start(
+        "guest",
+        None,
+        &policy_line("policy/examples/allow-all.rego"),
+    );
+    let (client, _) = agent.connect().await;
+
+    // A file in two chunks, under the shared directory.
+    let target = agent.dir.join("shared/containers/c1-hosts");
+    let mut copy = agent::CopyFileRequest::new();
+    copy.path = target.display().to_string();
+    copy.file_size = 10;
+    copy.file_mode = 0o100_644;
+    copy.dir_mode = 0o40_755;
+    copy.data = b"127.0".to_vec();
+    client.copy_file(ctx(), &copy).await.expect("first chunk");
+    copy.offset = 5;
+    copy.data = b".0.1\n".to_vec();
+    client.copy_file(ctx(), &copy).await.expect("last chunk");
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("copied"),
+        "127.0.0.1\n"
+    );
+    // Outside the shared directory: refused, nothing written.
+    copy.path = agent.dir.join("elsewhere").display().to_string();
+    copy.offset = 0;
+    copy.data = b"0123456789".to_vec();
+    let (code, message) = status_of(client.copy_file(ctx(), &copy).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(
+        message.contains("must be an absolute path under"),
+        "{message}"
+    );
+    assert!(!agent.dir.join("elsewhere").exists());
+
+    let metrics = client
+        .get_metrics(ctx(), &agent::GetMetricsRequest::new())
+        .await
+        .expect("metrics");
+    assert!(
+        metrics
+            .metrics
+            .contains("kata_agent_process_resident_memory_bytes "),
+        "{}",
+        metrics.metrics
+    );
+
+    let mut seed = agent::ReseedRandomDevRequest::new();
+    seed.data = vec![7; 64];
+    client
+        .reseed_random_dev(ctx(), &seed)
+        .await
+        .expect("reseed");
+
+    let mut time = agent::SetGuestDateTimeRequest::new();
+    time.Sec = 1;
+    time.Usec = 2_000_000;
+    let (code, _) = status_of(client.set_guest_date_time(ctx(), &time).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+}

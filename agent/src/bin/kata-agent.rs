@@ -35,6 +35,10 @@ struct Cli {
     /// The cgroup under which containers' cgroups are made.
     #[arg(long, default_value = "/kata-agent", hide = true)]
     cgroup_parent: String,
+
+    /// The only directory CopyFile may write under.
+    #[arg(long, default_value = "/run/kata-containers", hide = true)]
+    copy_root: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -86,15 +90,13 @@ fn main() -> Result<()> {
             helper_exe: std::env::current_exe().context("cannot find the agent's own binary")?,
             cgroup_parent: cli.cgroup_parent.clone(),
         };
-        server::serve(
-            &config,
-            policy,
-            GuestInfo::default(),
-            runtime,
-            shutdown_signal(),
-        )
-        .await
-        .with_context(|| format!("the agent failed on {}", config.server_addr))
+        let guest = GuestInfo {
+            copy_root: cli.copy_root.clone(),
+            ..GuestInfo::default()
+        };
+        server::serve(&config, policy, guest, runtime, shutdown_signal())
+            .await
+            .with_context(|| format!("the agent failed on {}", config.server_addr))
     })
 }
 

@@ -49,6 +49,8 @@ impl Agent {
             .arg(&config)
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .arg("--copy-root")
+            .arg(dir.join("shared"))
             .arg("--cgroup-parent")
             .arg(format!("/kata-agent-test-{}-{name}", std::process::id()))
             .stdout(Stdio::null())
