@@ -25,9 +25,10 @@ clippy:
 unit:
 	$(CARGO) test --workspace
 
-## bench: the benchmarks; they print their figures.
+## bench: the benchmarks; they print their figures (the agent's needs root).
 bench:
 	$(CARGO) bench -p peerpod-policy --bench decision
+	$(CARGO) bench -p kata-agent --bench agent
 
 ## fuzz: coverage-guided fuzzing of every target for FUZZ_SECONDS each (needs cargo-fuzz).
 FUZZ_SECONDS ?= 60
