@@ -102,7 +102,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     };
     let mut message = method.input_type().new_instance();
     if let Some(path) = request_path {
-        let text = if path == PathBuf::from("-") {
+        let text = if path.as_os_str() == "-" {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
