@@ -196,6 +196,7 @@ async fn a_pod_lives_and_dies() {
     let rootfs = busybox_rootfs(&agent.dir);
     let shm = agent.dir.join("sandbox/shm");
 
+    let fds_before = open_fds(agent.child.id());
     client
         .create_sandbox(ctx(), &sandbox("sb", &shm))
         .await
@@ -380,12 +381,25 @@ async fn a_pod_lives_and_dies() {
         children.trim().is_empty(),
         "the agent still has children: {children}"
     );
+    // Every pipe, terminal and socket of the pod was closed.
+    let fds_after = open_fds(agent.child.id());
+    assert!(
+        fds_after <= fds_before,
+        "the agent holds {fds_after} descriptors after the pod, {fds_before} before"
+    );
     let parent = format!("kata-agent-test-{}-lifecycle", std::process::id());
     assert!(
         cgroup_dirs(&format!("{parent}/sb")).is_empty(),
         "{:?}",
         cgroup_dirs(&parent)
     );
+}
+
+/// How many descriptors a process has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// The directories named `relative` in any cgroup hierarchy (v1 controllers under
