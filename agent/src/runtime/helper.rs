@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::executor;
 use super::reaper::Reaper;
 use crate::sys;
 
@@ -41,10 +42,12 @@ pub(crate) enum Request {
     },
     /// Let a created container's init run its process.
     Start { id: String, root: PathBuf },
-    /// Run the process described by the OCI `process` JSON file in a running container.
+    /// Run the process described by the OCI `process` JSON file in a running container, under
+    /// the seccomp profile of the container's `bundle/config.json`.
     Exec {
         id: String,
         root: PathBuf,
+        bundle: PathBuf,
         process: PathBuf,
         console_socket: Option<PathBuf>,
     },
@@ -295,7 +298,8 @@ fn perform(request: Request, fds: Vec<OwnedFd>) -> Result<Answer, String> {
             let builder = ContainerBuilder::new(id, SyscallType::default())
                 .with_root_path(root)
                 .map_err(text)?
-                .with_console_socket(console_socket);
+                .with_console_socket(console_socket)
+                .with_executor(executor::AgentExecutor { seccomp: None });
             let container = with_stdio(builder, fds)
                 .validate_id()
                 .map_err(text)?
@@ -315,13 +319,22 @@ fn perform(request: Request, fds: Vec<OwnedFd>) -> Result<Answer, String> {
         Request::Exec {
             id,
             root,
+            bundle,
             process,
             console_socket,
         } => {
+            // libcontainer does not give exec'd processes the container's seccomp profile;
+            // the executor applies it just before exec.
+            let seccomp = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+                .map_err(|e| format!("cannot read the container's config.json: {e}"))?
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().clone());
             let builder = ContainerBuilder::new(id, SyscallType::default())
                 .with_root_path(root)
                 .map_err(text)?
-                .with_console_socket(console_socket);
+                .with_console_socket(console_socket)
+                .with_executor(executor::AgentExecutor { seccomp });
             let pid = with_stdio(builder, fds)
                 .as_tenant()
                 .with_process(Some(process))

@@ -14,6 +14,7 @@
 //! containers proceed in parallel.
 
 mod cgroups;
+mod executor;
 pub mod helper;
 mod io;
 pub mod reaper;
@@ -697,6 +698,7 @@ impl Runtime {
         let call = Request::Exec {
             id: container.id.clone(),
             root: self.root(),
+            bundle: container.bundle.clone(),
             process: file.clone(),
             console_socket: match &stdio {
                 Stdio::Terminal(console) => Some(console.path.clone()),

@@ -92,6 +92,13 @@ fn convert(value: Value, in_resources: bool) -> Value {
         Value::Object(object) => {
             let mut out = Map::new();
             for (key, item) in object {
+                // A syscall rule's errno is a one-field oneof in the protobuf form: flatten it.
+                let item = match (key.as_str(), item) {
+                    ("ErrnoRet", Value::Object(set)) => {
+                        set.into_values().next().unwrap_or(Value::Null)
+                    }
+                    (_, item) => item,
+                };
                 if DROPPED.contains(&key.as_str()) || is_unset(&item, in_resources) {
                     continue;
                 }
