@@ -95,3 +95,13 @@ pub(crate) fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<
     // `as_raw_fd` always returns that same descriptor, and only dropping the `AsyncFd` closes it.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
 }
+
+/// Forks the calling process.
+///
+/// Only the runtime helper calls this, and it is single-threaded (no runtime, no thread pools),
+/// so the child may run ordinary Rust code.
+pub(crate) fn fork_single_threaded() -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: the caller is a single-threaded process, so no other thread can hold a lock (such
+    // as the allocator's) that the child would find taken.
+    unsafe { nix::unistd::fork() }
+}

@@ -730,6 +730,55 @@ async fn the_seccomp_profile_binds_exec_processes_too() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_shared_pid_namespace_shows_every_containers_processes() {
+    let mut agent = Agent::start("pidns", None, &policy("policy/examples/allow-all.rego"));
+    let (client, _) = agent.connect().await;
+    let rootfs = busybox_rootfs(&agent.dir);
+    let mut request = sandbox("sb", &agent.dir.join("shm"));
+    request.sandbox_pidns = true;
+    client
+        .create_sandbox(ctx(), &request)
+        .await
+        .expect("sandbox with a shared PID namespace");
+    for id in ["a", "b"] {
+        client
+            .create_container(
+                ctx(),
+                &container_request(id, &rootfs, &["/bin/sleep", "1000"]),
+            )
+            .await
+            .expect("create");
+        let mut start = agent::StartContainerRequest::new();
+        start.container_id = id.into();
+        client.start_container(ctx(), &start).await.expect("start");
+    }
+    // From inside "a": the pause process (pid 1) and both containers' sleeps are visible.
+    let listing = run(
+        &client,
+        "a",
+        "ps",
+        "for p in /proc/[0-9]*; do cat $p/comm; done",
+    )
+    .await;
+    assert_eq!(listing.matches("sleep").count(), 2, "{listing}");
+    assert!(
+        run(&client, "a", "one", "cat /proc/1/comm").await.trim() == "kata-agent",
+        "pid 1 is the pause process"
+    );
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("destroy");
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent.child.id()))
+            .unwrap_or_default();
+    assert!(
+        children.trim().is_empty(),
+        "the pause process is gone too: {children}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_denied_exec_starts_nothing() {
     let mut agent = Agent::start(
         "denied-exec",

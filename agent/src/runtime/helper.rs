@@ -70,7 +70,12 @@ pub(crate) enum Request {
     },
     /// Make the sandbox's IPC and UTS namespaces (with `hostname`), kept alive by bind mounts
     /// on `dir/ipc` and `dir/uts` for containers to join.
-    SandboxNamespaces { dir: PathBuf, hostname: String },
+    SandboxNamespaces {
+        dir: PathBuf,
+        hostname: String,
+        /// Also a PID namespace, held by a pause process, pinned on `dir/pid`.
+        pid: bool,
+    },
 }
 
 /// The helper's answer.
@@ -367,9 +372,68 @@ fn perform(request: Request, fds: Vec<OwnedFd>) -> Result<Answer, String> {
             load(&root, &id)?.delete(force).map_err(text)?;
             Ok(Answer::Done)
         }
-        Request::SandboxNamespaces { dir, hostname } => {
+        Request::SandboxNamespaces { dir, hostname, pid } => {
             sandbox_namespaces(&dir, &hostname)?;
+            if pid {
+                let pause = sandbox_pid_namespace(&dir)?;
+                return Ok(Answer::Pid { pid: pause });
+            }
             Ok(Answer::Done)
+        }
+    }
+}
+
+/// A new PID namespace whose init is a pause process (it only reaps), pinned on `dir/pid`.
+/// Returns the pause process's pid; once this helper exits, the agent adopts it.
+fn sandbox_pid_namespace(dir: &std::path::Path) -> Result<i32, String> {
+    use nix::sched::{CloneFlags, unshare};
+    use nix::unistd::ForkResult;
+    unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| format!("cannot create the sandbox PID namespace: {e}"))?;
+    match sys::fork_single_threaded()
+        .map_err(|e| format!("cannot start the sandbox's pause process: {e}"))?
+    {
+        ForkResult::Child => pause_forever(),
+        ForkResult::Parent { child } => {
+            let target = dir.join("pid");
+            std::fs::File::create(&target)
+                .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+            let source = format!("/proc/{child}/ns/pid");
+            nix::mount::mount(
+                Some(source.as_str()),
+                &target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("cannot pin the PID namespace on {}: {e}", target.display()))?;
+            Ok(child.as_raw())
+        }
+    }
+}
+
+/// The sandbox's PID 1: holds the namespace open and reaps orphans until it is killed.
+fn pause_forever() -> ! {
+    // Let go of the helper's standard descriptors (its request socket and stderr pipe), which
+    // the agent waits on for end-of-file; the helper holds no others.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+    loop {
+        nix::unistd::pause();
+        while let Ok(status) = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(-1),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
+            if status == nix::sys::wait::WaitStatus::StillAlive {
+                break;
+            }
         }
     }
 }

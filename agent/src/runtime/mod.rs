@@ -63,8 +63,11 @@ impl Default for RuntimeConfig {
 struct Sandbox {
     id: String,
     storages: Vec<storage::Mounted>,
-    /// Where the pinned IPC and UTS namespaces are (`ipc`, `uts`), once made.
+    /// Where the pinned IPC and UTS namespaces are (`ipc`, `uts`, and `pid` with a shared PID
+    /// namespace), once made.
     namespaces: Option<PathBuf>,
+    /// The pause process holding the shared PID namespace, if the sandbox has one.
+    pause: Option<(i32, Arc<ExitSlot>)>,
 }
 
 /// A container's state.
@@ -259,12 +262,6 @@ impl Runtime {
                 what: format!("sandbox {:?}", existing.id),
             });
         }
-        if request.sandbox_pidns {
-            return Err(AgentError::FailedPrecondition(
-                "a PID namespace shared by the sandbox's containers (sandbox_pidns) is not supported yet"
-                    .to_owned(),
-            ));
-        }
         check_id(&request.sandbox_id, "sandbox_id").or_else(|e| {
             if request.sandbox_id.is_empty() {
                 Ok(())
@@ -280,18 +277,23 @@ impl Runtime {
                 Request::SandboxNamespaces {
                     dir: dir.clone(),
                     hostname: request.hostname.clone(),
+                    pid: request.sandbox_pidns,
                 },
                 Vec::new(),
             )
             .await;
-        if let Err(e) = made {
-            storages.iter().for_each(storage::Mounted::release);
-            release_namespaces(&dir);
-            return Err(AgentError::internal(
-                "cannot create the sandbox's namespaces",
-                e,
-            ));
-        }
+        let pause = match made {
+            Ok(Answer::Pid { pid }) => Some((pid, self.reaper.register(pid))),
+            Ok(_) => None,
+            Err(e) => {
+                storages.iter().for_each(storage::Mounted::release);
+                release_namespaces(&dir);
+                return Err(AgentError::internal(
+                    "cannot create the sandbox's namespaces",
+                    e,
+                ));
+            }
+        };
         let mut sandbox = self.sandbox.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(existing) = sandbox.as_ref() {
             storages.iter().for_each(storage::Mounted::release);
@@ -303,6 +305,7 @@ impl Runtime {
             id: request.sandbox_id.clone(),
             storages,
             namespaces: Some(dir),
+            pause,
         });
         Ok(())
     }
@@ -319,12 +322,20 @@ impl Runtime {
         for id in ids {
             self.remove_container(&id, Duration::from_secs(10)).await?;
         }
-        if let Some(sandbox) = self
+        let sandbox = self
             .sandbox
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+            .take();
+        if let Some(sandbox) = sandbox {
+            if let Some((pid, exit)) = &sandbox.pause {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(5), exit.wait()).await;
+                self.reaper.forget(*pid);
+            }
             sandbox.storages.iter().for_each(storage::Mounted::release);
             if let Some(dir) = &sandbox.namespaces {
                 release_namespaces(dir);
@@ -474,13 +485,13 @@ impl Runtime {
     /// The agent's rewrites of a container spec: its cgroup under the agent's, and the network
     /// namespace shared with the agent (the sandbox's).
     fn rewrite(&self, id: &str, spec: &mut Spec) {
-        let (sandbox, shared) = self
+        let (sandbox, shared, shared_pid) = self
             .sandbox
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .map(|s| (s.id.clone(), s.namespaces.clone()))
-            .unwrap_or_else(|| ("no-sandbox".to_owned(), None));
+            .map(|s| (s.id.clone(), s.namespaces.clone(), s.pause.is_some()))
+            .unwrap_or_else(|| ("no-sandbox".to_owned(), None, false));
         let sandbox = if sandbox.is_empty() {
             "sandbox".to_owned()
         } else {
@@ -496,6 +507,7 @@ impl Runtime {
                         let kind = match namespace.typ() {
                             LinuxNamespaceType::Ipc => "ipc",
                             LinuxNamespaceType::Uts => "uts",
+                            LinuxNamespaceType::Pid if shared_pid => "pid",
                             _ => continue,
                         };
                         if namespace.path().is_none() {
@@ -894,7 +906,7 @@ impl Runtime {
 
 /// Unmounts and removes the pinned sandbox namespaces.
 fn release_namespaces(dir: &std::path::Path) {
-    for kind in ["ipc", "uts"] {
+    for kind in ["ipc", "uts", "pid"] {
         let target = dir.join(kind);
         let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&target);
