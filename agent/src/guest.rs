@@ -32,6 +32,28 @@ pub fn reseed(data: &[u8]) -> Result<(), AgentError> {
         .map_err(|e| AgentError::internal("cannot write to /dev/random", e))
 }
 
+/// The resolver configuration for CreateSandbox's `dns` lines, or `None` when there are none.
+/// Each line must be a resolv.conf directive (`nameserver`, `search`, `domain`, `options`).
+pub fn resolv_conf(lines: &[String]) -> Result<Option<String>, AgentError> {
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    for line in lines {
+        let directive = line.split_whitespace().next().unwrap_or_default();
+        if !["nameserver", "search", "domain", "options"].contains(&directive)
+            || line.contains('\n')
+        {
+            return Err(AgentError::InvalidArgument(format!(
+                "DNS line {line:?} is not a nameserver, search, domain or options directive"
+            )));
+        }
+        text.push_str(line.trim());
+        text.push('\n');
+    }
+    Ok(Some(text))
+}
+
 /// GetMetrics: the agent's and the guest's metrics in Prometheus text format.
 pub fn metrics() -> String {
     let mut out = String::new();
@@ -137,6 +159,21 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap_or_default();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn dns_lines_become_a_resolv_conf() {
+        assert_eq!(resolv_conf(&[]).expect("none"), None);
+        let lines = vec![
+            "nameserver 10.96.0.10".to_owned(),
+            "search default.svc.cluster.local".to_owned(),
+        ];
+        assert_eq!(
+            resolv_conf(&lines).expect("valid").as_deref(),
+            Some("nameserver 10.96.0.10\nsearch default.svc.cluster.local\n")
+        );
+        assert!(resolv_conf(&["rm -rf /".to_owned()]).is_err());
+        assert!(resolv_conf(&["nameserver 1.1.1.1\nnameserver 6.6.6.6".to_owned()]).is_err());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct GuestInfo {
     pub sysfs: PathBuf,
     /// The only directory CopyFile writes under, normally `/run/kata-containers`.
     pub copy_root: PathBuf,
+    /// The guest's resolver configuration, which CreateSandbox's `dns` replaces.
+    pub resolv_conf: PathBuf,
 }
 
 impl Default for GuestInfo {
@@ -43,6 +45,7 @@ impl Default for GuestInfo {
         Self {
             sysfs: PathBuf::from("/sys"),
             copy_root: PathBuf::from("/run/kata-containers"),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
         }
     }
 }
@@ -480,7 +483,13 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check("CreateSandbox", &req).await?;
+        let resolv = crate::guest::resolv_conf(&req.dns)?;
         self.runtime.create_sandbox(&req).await?;
+        if let Some(text) = resolv {
+            let path = &self.guest.resolv_conf;
+            std::fs::write(path, text)
+                .map_err(|e| AgentError::internal(format!("cannot write {}", path.display()), e))?;
+        }
         Ok(Empty::new())
     }
 

@@ -160,6 +160,7 @@ fn sandbox(id: &str, shm: &Path) -> agent::CreateSandboxRequest {
     let json = json!({
         "sandbox_id": id,
         "hostname": "pod",
+        "dns": ["nameserver 10.96.0.10", "search demo.svc.cluster.local"],
         "storages": [{
             "driver": "ephemeral", "source": "shm", "fstype": "tmpfs",
             "mount_point": shm.display().to_string(),
@@ -202,6 +203,10 @@ async fn a_pod_lives_and_dies() {
         .await
         .expect("sandbox");
     assert_eq!(mounts_under(&shm).len(), 1, "the shm storage is mounted");
+    assert_eq!(
+        std::fs::read_to_string(agent.dir.join("resolv.conf")).expect("resolv.conf"),
+        "nameserver 10.96.0.10\nsearch demo.svc.cluster.local\n"
+    );
 
     // A container that prints and exits: its output and its status.
     let hello = container_request(

@@ -39,6 +39,10 @@ struct Cli {
     /// The only directory CopyFile may write under.
     #[arg(long, default_value = "/run/kata-containers", hide = true)]
     copy_root: PathBuf,
+
+    /// The resolver configuration CreateSandbox's DNS settings go to.
+    #[arg(long, default_value = "/etc/resolv.conf", hide = true)]
+    resolv_conf: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -92,6 +96,7 @@ fn main() -> Result<()> {
         };
         let guest = GuestInfo {
             copy_root: cli.copy_root.clone(),
+            resolv_conf: cli.resolv_conf.clone(),
             ..GuestInfo::default()
         };
         server::serve(&config, policy, guest, runtime, shutdown_signal())

@@ -51,6 +51,8 @@ impl Agent {
             .arg(dir.join("state"))
             .arg("--copy-root")
             .arg(dir.join("shared"))
+            .arg("--resolv-conf")
+            .arg(dir.join("resolv.conf"))
             .arg("--cgroup-parent")
             .arg(format!("/kata-agent-test-{}-{name}", std::process::id()))
             .stdout(Stdio::null())
