@@ -186,6 +186,33 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// An agent deciding with the policy file at `policy_path`, with a sandbox made, and a busybox
+/// root filesystem for its containers.
+async fn pod(name: &str, policy_path: &str) -> (Agent, agent_ttrpc::AgentServiceClient, PathBuf) {
+    let mut agent = Agent::start(name, None, &policy(policy_path));
+    let (client, _) = agent.connect().await;
+    let rootfs = busybox_rootfs(&agent.dir);
+    client
+        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
+        .await
+        .expect("sandbox");
+    (agent, client, rootfs)
+}
+
+/// Creates a container and starts it.
+async fn create_and_start(
+    client: &agent_ttrpc::AgentServiceClient,
+    request: &agent::CreateContainerRequest,
+) {
+    client
+        .create_container(ctx(), request)
+        .await
+        .expect("create");
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = request.container_id.clone();
+    client.start_container(ctx(), &start).await.expect("start");
+}
+
 fn policy(path: &str) -> String {
     format!("policy_file = '{}'\n", repo_file(path).display())
 }
@@ -218,19 +245,15 @@ async fn a_pod_lives_and_dies() {
             "echo $GREETING from $(hostname); echo oops >&2",
         ],
     );
-    client
-        .create_container(ctx(), &hello)
-        .await
-        .expect("create");
-    let mut start = agent::StartContainerRequest::new();
-    start.container_id = "hello".into();
-    client.start_container(ctx(), &start).await.expect("start");
+    create_and_start(&client, &hello).await;
     assert_eq!(
         read_all(&client, "hello", "hello", false).await,
         "hello from pod\n"
     );
     assert_eq!(read_all(&client, "hello", "hello", true).await, "oops\n");
     assert_eq!(wait(&client, "hello", "hello").await, 0);
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = "hello".into();
     let (code, _) = status_of(client.start_container(ctx(), &start).await);
     assert_eq!(code, Code::FAILED_PRECONDITION, "a container starts once");
     client
@@ -240,13 +263,7 @@ async fn a_pod_lives_and_dies() {
 
     // A long-running container: exec with a stdin round trip, exit codes, pid namespace.
     let sleeper = container_request("sleeper", &rootfs, &["/bin/sleep", "1000"]);
-    client
-        .create_container(ctx(), &sleeper)
-        .await
-        .expect("create");
-    let mut start = agent::StartContainerRequest::new();
-    start.container_id = "sleeper".into();
-    client.start_container(ctx(), &start).await.expect("start");
+    create_and_start(&client, &sleeper).await;
 
     client
         .exec_process(ctx(), &exec_request("sleeper", "cat", &["/bin/cat"]))
@@ -423,23 +440,12 @@ fn cgroup_dirs(relative: &str) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn terminals_carry_output_and_resizes() {
-    let mut agent = Agent::start("tty", None, &policy("policy/examples/allow-all.rego"));
-    let (client, _) = agent.connect().await;
-    let rootfs = busybox_rootfs(&agent.dir);
-    client
-        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
-        .await
-        .expect("sandbox");
-    client
-        .create_container(
-            ctx(),
-            &container_request("c", &rootfs, &["/bin/sleep", "1000"]),
-        )
-        .await
-        .expect("create");
-    let mut start = agent::StartContainerRequest::new();
-    start.container_id = "c".into();
-    client.start_container(ctx(), &start).await.expect("start");
+    let (_agent, client, rootfs) = pod("tty", "policy/examples/allow-all.rego").await;
+    create_and_start(
+        &client,
+        &container_request("c", &rootfs, &["/bin/sleep", "1000"]),
+    )
+    .await;
 
     // The process waits for a line on its terminal, then reports the terminal's size.
     let exec = exec_request_with(
@@ -510,24 +516,13 @@ fn cgroup_file(v2: &str, v1: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resources_limits_stats_updates_and_freezing() {
-    let mut agent = Agent::start("resources", None, &policy("policy/examples/allow-all.rego"));
-    let (client, _) = agent.connect().await;
-    let rootfs = busybox_rootfs(&agent.dir);
-    client
-        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
-        .await
-        .expect("sandbox");
+    let (_agent, client, rootfs) = pod("resources", "policy/examples/allow-all.rego").await;
     let limits = json!({"Pids": {"Limit": 64}, "Memory": {"Limit": 134217728}});
-    client
-        .create_container(
-            ctx(),
-            &container_request_with("c", &rootfs, &["/bin/sleep", "1000"], limits),
-        )
-        .await
-        .expect("create");
-    let mut start = agent::StartContainerRequest::new();
-    start.container_id = "c".into();
-    client.start_container(ctx(), &start).await.expect("start");
+    create_and_start(
+        &client,
+        &container_request_with("c", &rootfs, &["/bin/sleep", "1000"], limits),
+    )
+    .await;
 
     // The limits are visible inside the container.
     assert_eq!(
@@ -620,24 +615,16 @@ async fn resources_limits_stats_updates_and_freezing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oom_kill_is_reported() {
-    let mut agent = Agent::start("oom", None, &policy("policy/examples/allow-all.rego"));
-    let (client, _) = agent.connect().await;
-    let rootfs = busybox_rootfs(&agent.dir);
-    client
-        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
-        .await
-        .expect("sandbox");
+    let (_agent, client, rootfs) = pod("oom", "policy/examples/allow-all.rego").await;
     // 32 MiB of memory and no swap beyond it; `tail` keeps /dev/zero's endless first line in
     // memory until the kernel kills it.
     let limits = json!({"Memory": {"Limit": 33554432, "Swap": 33554432}});
     let hog = ["/bin/tail", "/dev/zero"];
-    client
-        .create_container(ctx(), &container_request_with("hog", &rootfs, &hog, limits))
-        .await
-        .expect("create");
-    let mut start = agent::StartContainerRequest::new();
-    start.container_id = "hog".into();
-    client.start_container(ctx(), &start).await.expect("start");
+    create_and_start(
+        &client,
+        &container_request_with("hog", &rootfs, &hog, limits),
+    )
+    .await;
     let event = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         client.get_oom_event(ctx(), &agent::GetOOMEventRequest::new()),
@@ -659,13 +646,7 @@ async fn an_oom_kill_is_reported() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seccomp_profile_binds_exec_processes_too() {
-    let mut agent = Agent::start("seccomp", None, &policy("policy/examples/allow-all.rego"));
-    let (client, _) = agent.connect().await;
-    let rootfs = busybox_rootfs(&agent.dir);
-    client
-        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
-        .await
-        .expect("sandbox");
+    let (_agent, client, rootfs) = pod("seccomp", "policy/examples/allow-all.rego").await;
     let mut request = container_request(
         "c",
         &rootfs,
@@ -688,13 +669,7 @@ async fn the_seccomp_profile_binds_exec_processes_too() {
             .mut_or_insert_default(),
     )
     .expect("seccomp fits the protos");
-    client
-        .create_container(ctx(), &request)
-        .await
-        .expect("create");
-    let mut start = agent::StartContainerRequest::new();
-    start.container_id = "c".into();
-    client.start_container(ctx(), &start).await.expect("start");
+    create_and_start(&client, &request).await;
 
     client
         .exec_process(
@@ -796,16 +771,11 @@ async fn a_denied_exec_starts_nothing() {
         .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
         .await
         .expect("sandbox");
-    client
-        .create_container(
-            ctx(),
-            &container_request("c", &rootfs, &["/bin/sleep", "1000"]),
-        )
-        .await
-        .expect("create");
-    let mut start = agent::StartContainerRequest::new();
-    start.container_id = "c".into();
-    client.start_container(ctx(), &start).await.expect("start");
+    create_and_start(
+        &client,
+        &container_request("c", &rootfs, &["/bin/sleep", "1000"]),
+    )
+    .await;
 
     let marker = rootfs.join("tmp/exec-ran");
     let exec = exec_request("c", "x", &["/bin/sh", "-c", "touch /tmp/exec-ran"]);
