@@ -16,6 +16,8 @@ REQUIRED=(
     "pkg-config:pkg-config"
     # A static busybox is the root filesystem of the test containers.
     "busybox-static:/bin/busybox"
+    # The test VM (peerpod-tests' TestVm; its kernel comes from `apt-get download`, not installed).
+    "qemu-system-x86:qemu-system-x86_64"
 )
 
 missing=()

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use common::{Agent, ctx, repo_file, status_of};
 use peerpod_protocols::json::from_json;
 use peerpod_protocols::kata::{agent, agent_ttrpc};
+use peerpod_tests::requests::{self, Stream};
 use serde_json::json;
 use ttrpc::Code;
 
@@ -119,34 +120,18 @@ async fn read_all(
     exec: &str,
     stderr: bool,
 ) -> String {
-    let mut out = Vec::new();
-    loop {
-        let mut request = agent::ReadStreamRequest::new();
-        request.container_id = container.into();
-        request.exec_id = exec.into();
-        request.len = 4096;
-        let reply = if stderr {
-            client.read_stderr(ctx(), &request).await
-        } else {
-            client.read_stdout(ctx(), &request).await
-        };
-        match reply {
-            Ok(reply) => out.extend(reply.data),
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let stream = if stderr {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    };
+    requests::read_all(client, container, exec, stream).await
 }
 
 async fn wait(client: &agent_ttrpc::AgentServiceClient, container: &str, exec: &str) -> i32 {
-    let mut request = agent::WaitProcessRequest::new();
-    request.container_id = container.into();
-    request.exec_id = exec.into();
-    client
-        .wait_process(ctx(), &request)
+    requests::wait(client, container, exec)
         .await
         .unwrap_or_else(|e| panic!("wait {container}/{exec}: {e:?}"))
-        .status
 }
 
 fn remove(container: &str) -> agent::RemoveContainerRequest {
