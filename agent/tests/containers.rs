@@ -744,6 +744,36 @@ async fn a_shared_pid_namespace_shows_every_containers_processes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_spec_without_namespaces_still_gets_its_own() {
+    let (_agent, client, rootfs) = pod("no-namespaces", "policy/examples/allow-all.rego").await;
+    // Kubernetes specs list ipc, uts and mount only; a spec may list none at all.
+    let mut request = container_request("c", &rootfs, &["/bin/sleep", "1000"]);
+    request
+        .OCI
+        .mut_or_insert_default()
+        .Linux
+        .mut_or_insert_default()
+        .Namespaces
+        .clear();
+    create_and_start(&client, &request).await;
+    let pids = run(&client, "c", "ps", "ls /proc | grep -c '^[0-9]'").await;
+    let visible: u32 = pids.trim().parse().expect("a number");
+    assert!(
+        visible <= 4,
+        "its own PID namespace: {visible} processes visible"
+    );
+    assert_eq!(
+        run(&client, "c", "h", "hostname").await,
+        "pod\n",
+        "the sandbox's UTS namespace"
+    );
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_denied_exec_starts_nothing() {
     let mut agent = Agent::start(
         "denied-exec",

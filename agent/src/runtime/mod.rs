@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 use peerpod_protocols::kata::agent;
 
 use crate::error::AgentError;
@@ -500,22 +500,40 @@ impl Runtime {
         if let Some(linux) = spec.linux_mut() {
             let sandbox = self.sandbox_cgroup(&sandbox);
             linux.set_cgroups_path(Some(PathBuf::from(format!("{sandbox}/{id}"))));
-            if let Some(namespaces) = linux.namespaces_mut() {
-                namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
-                if let Some(dir) = &shared {
-                    for namespace in namespaces.iter_mut() {
-                        let kind = match namespace.typ() {
-                            LinuxNamespaceType::Ipc => "ipc",
-                            LinuxNamespaceType::Uts => "uts",
-                            LinuxNamespaceType::Pid if shared_pid => "pid",
-                            _ => continue,
-                        };
-                        if namespace.path().is_none() {
-                            namespace.set_path(Some(dir.join(kind)));
-                        }
-                    }
-                }
+            // Whatever the spec lists, as upstream: the network namespace is the sandbox's (the
+            // agent's own), IPC and UTS are the sandbox's, PID is the sandbox's when it shares
+            // one and the container's own otherwise, mount is always the container's own. Other
+            // kinds (user, cgroup, time) stay as the spec has them.
+            let mut namespaces: Vec<LinuxNamespace> = linux
+                .namespaces()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| {
+                    !matches!(
+                        n.typ(),
+                        LinuxNamespaceType::Network
+                            | LinuxNamespaceType::Ipc
+                            | LinuxNamespaceType::Uts
+                            | LinuxNamespaceType::Pid
+                            | LinuxNamespaceType::Mount
+                    )
+                })
+                .collect();
+            let joined = |kind: &str| shared.as_ref().map(|dir| dir.join(kind));
+            let pid = if shared_pid { joined("pid") } else { None };
+            for (typ, path) in [
+                (LinuxNamespaceType::Mount, None),
+                (LinuxNamespaceType::Pid, pid),
+                (LinuxNamespaceType::Ipc, joined("ipc")),
+                (LinuxNamespaceType::Uts, joined("uts")),
+            ] {
+                let mut namespace = LinuxNamespace::default();
+                namespace.set_typ(typ);
+                namespace.set_path(path);
+                namespaces.push(namespace);
             }
+            linux.set_namespaces(Some(namespaces));
         }
         // A joined UTS namespace already has the sandbox's hostname.
         if shared.is_some() {
