@@ -26,7 +26,10 @@
 #   only runs the commands listed for that container (its probe).
 # - RemoveContainer forgets a recorded container; unknown ids are refused.
 # - SetPolicy is refused: the policy measured at boot stays in force. Reading
-#   container output (ReadStream, i.e. `kubectl logs`) is refused as well.
+#   container output (ReadStream, i.e. `kubectl logs`) is refused too, except
+#   for containers the policy marks `logs_readable` (the demo's hello).
+# - A third container, hello, shows the other way to get a root filesystem: one
+#   baked into the pod VM image (rootfs_dir), bind-mounted, no image pull.
 #
 # Failed checks print why; the agent returns the last printed lines with its
 # error, so the reason reaches the runtime's logs.
@@ -52,12 +55,18 @@ default RemoveContainerRequest := false
 default StartContainerRequest := false
 default UpdateInterfaceRequest := false
 default UpdateRoutesRequest := false
+default ReadStreamRequest := false
 
 # Never allowed (every other entrypoint has no rule, which denies as well).
-default ReadStreamRequest := false
 default WriteStreamRequest := false
 
 SetPolicyRequest := false if print("denied: this policy cannot be replaced at run time")
+
+# Output of containers whose logs the pod's owner lets the host read.
+ReadStreamRequest if {
+	idx := recorded_index(input.container_id)
+	policy_data.containers[idx].logs_readable == true
+}
 
 SANDBOX_NAME := "io.kubernetes.cri.sandbox-name"
 
@@ -178,17 +187,29 @@ annotation_key_allowed(key) if {
 	print("denied: annotation", key, "is not allowed")
 }
 
-# Only the guest-pulled image, mounted where the OCI root says.
+# One storage: the guest-pulled image, or, for a container whose root filesystem is baked into
+# the pod VM image, a bind mount of that directory; mounted where the OCI root says.
 storages_allowed(p, storages, root_path) if {
 	value_matches("rootfs path", concat("", ["/run/kata-containers/", input.container_id, "/rootfs"]), root_path)
 	count(storages) == 1
-	s := storages[0]
+	rootfs_storage_allowed(p, storages[0], root_path)
+} else := false if {
+	print("denied: storages", storages, "are not the root filesystem of", p.image)
+}
+
+rootfs_storage_allowed(p, s, root_path) if {
+	not p.rootfs_dir
 	s.driver == "image_guest_pull"
 	s.source == p.image
 	s.mount_point == root_path
 	[s.fstype, s.options, s.shared] == ["overlay", [], false]
-} else := false if {
-	print("denied: storages", storages, "are not one guest pull of", p.image)
+}
+
+rootfs_storage_allowed(p, s, root_path) if {
+	s.driver == "bind"
+	s.source == p.rootfs_dir
+	s.mount_point == root_path
+	[s.options, s.shared] == [["ro"], false]
 }
 
 process_allowed(p, i_process, s_name) if {
@@ -395,6 +416,22 @@ policy_data := {
 				{"destination": "/dev/shm", "type_": "bind", "source": "^/run/kata-containers/sandbox/shm$", "options": ["rbind"]},
 			],
 			"exec_commands": [["cat", "/tmp/healthy"]],
+		},
+		{
+			"type": "container", "kata_type": "pod_container", "name": "hello", "image": "baked-in/busybox",
+			"rootfs_dir": "/run/peerpod-demo/busybox", "logs_readable": true,
+			"args": ["/bin/sh", "-c", "echo hello from a confidential pod, as uid $(id -u); sleep 300"], "cwd": "/",
+			"env": ["PATH=/bin"],
+			"uid": 1000, "gid": 1000, "gids": [1000], "no_new_privileges": true, "readonly_root": true,
+			"caps": [],
+			"mounts": [
+				{"destination": "/proc", "type_": "proc", "source": "^proc$", "options": ["nosuid", "noexec", "nodev"]},
+				{"destination": "/dev", "type_": "tmpfs", "source": "^tmpfs$", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+				{"destination": "/dev/pts", "type_": "devpts", "source": "^devpts$", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+				{"destination": "/sys", "type_": "sysfs", "source": "^sysfs$", "options": ["nosuid", "noexec", "nodev", "ro"]},
+				{"destination": "/dev/shm", "type_": "bind", "source": "^/run/kata-containers/sandbox/shm$", "options": ["rbind"]},
+			],
+			"exec_commands": [["cat", "/proc/self/status"]],
 		},
 	],
 }

@@ -34,6 +34,17 @@ struct Cli {
 enum Command {
     /// List the RPCs with their request types.
     List,
+    /// Print a process's output (ReadStdout, or ReadStderr) as it comes, until it ends.
+    Read {
+        /// The container.
+        container: String,
+        /// The process (the container's init has the container's id or an empty one).
+        #[arg(default_value = "")]
+        exec_id: String,
+        /// Read standard error instead of standard output.
+        #[arg(long)]
+        stderr: bool,
+    },
     /// Call an RPC (AgentService or Health) with a JSON request (a file, `-` for stdin, or
     /// nothing for an empty request).
     Call {
@@ -42,6 +53,43 @@ enum Command {
         /// The request as JSON.
         request: Option<PathBuf>,
     },
+}
+
+/// Copies a process's stream to standard output until the agent reports its end.
+async fn read(
+    addr: &str,
+    timeout: u64,
+    container: &str,
+    exec_id: &str,
+    stderr: bool,
+) -> Result<ExitCode> {
+    let client = ttrpc::r#async::Client::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to the agent at {addr}"))?;
+    let client = peerpod_protocols::kata::agent_ttrpc::AgentServiceClient::new(client);
+    let mut request = agent::ReadStreamRequest::new();
+    request.container_id = container.to_owned();
+    request.exec_id = exec_id.to_owned();
+    request.len = 32 * 1024;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let ctx = ttrpc::context::with_timeout(
+            i64::try_from(Duration::from_secs(timeout).as_nanos()).unwrap_or(i64::MAX),
+        );
+        let reply = if stderr {
+            client.read_stderr(ctx, &request).await
+        } else {
+            client.read_stdout(ctx, &request).await
+        };
+        match reply {
+            Ok(reply) if !reply.data.is_empty() => {
+                out.write_all(&reply.data)?;
+                out.flush()?;
+            }
+            // The end of the stream (or a denial, which reads as no data).
+            _ => return Ok(ExitCode::SUCCESS),
+        }
+    }
 }
 
 /// Prints a failed call's status: its code, then its message as the agent wrote it.
@@ -95,6 +143,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Read {
+            container,
+            exec_id,
+            stderr,
+        } => return read(&cli.addr, cli.timeout, &container, &exec_id, stderr).await,
         Command::Call { method, request } => (method, request),
     };
     let Some((service, method)) = find(&method_name) else {

@@ -435,6 +435,7 @@ impl Runtime {
             )));
         }
         self.rewrite(id, spec);
+        apply_network_sysctls(spec)?;
         let bundle = self.config.state_dir.join("bundles").join(id);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| AgentError::internal(format!("cannot create {}", bundle.display()), e))?;
@@ -522,7 +523,11 @@ impl Runtime {
                 .collect();
             let joined = |kind: &str| shared.as_ref().map(|dir| dir.join(kind));
             let pid = if shared_pid { joined("pid") } else { None };
+            // The agent's own network namespace, named by path: the container joins it, and the
+            // runtime then accepts the pod's network sysctls.
+            let network = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
             for (typ, path) in [
+                (LinuxNamespaceType::Network, Some(network)),
                 (LinuxNamespaceType::Mount, None),
                 (LinuxNamespaceType::Pid, pid),
                 (LinuxNamespaceType::Ipc, joined("ipc")),
@@ -920,6 +925,41 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(&container.bundle);
         Ok(())
     }
+}
+
+/// Takes the network sysctls (`net.*`) out of the spec and sets them in the agent's network
+/// namespace, which the container joins: it is the pod's, and Kubernetes' network sysctls are
+/// per pod. (libcontainer refuses network sysctls for a container joining its caller's network
+/// namespace, as runc does, so the agent applies them itself.)
+fn apply_network_sysctls(spec: &mut Spec) -> Result<(), AgentError> {
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(());
+    };
+    let Some(sysctls) = linux.sysctl().clone() else {
+        return Ok(());
+    };
+    let (network, other): (HashMap<String, String>, HashMap<String, String>) = sysctls
+        .into_iter()
+        .partition(|(key, _)| key.replace('/', ".").starts_with("net."));
+    for (key, value) in &network {
+        let name = key.replace('/', ".");
+        let valid = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && !name.contains("..")
+            && !value.contains('\n');
+        if !valid {
+            return Err(AgentError::InvalidArgument(format!(
+                "invalid sysctl {key:?} = {value:?}"
+            )));
+        }
+        let path = PathBuf::from("/proc/sys").join(name.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| {
+            AgentError::internal(format!("cannot set the sysctl {name} to {value:?}"), e)
+        })?;
+    }
+    linux.set_sysctl((!other.is_empty()).then_some(other));
+    Ok(())
 }
 
 /// Unmounts and removes the pinned sandbox namespaces.

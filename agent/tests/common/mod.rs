@@ -31,6 +31,16 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent with `config_extra` appended to a config that sets `server_addr`.
     pub fn start(name: &str, server_addr: Option<&str>, config_extra: &str) -> Self {
+        Self::launch(name, server_addr, config_extra, &[])
+    }
+
+    /// Starts the agent in a network namespace of its own, as in a peer-pod VM, where it runs in
+    /// the pod's (the pod's network settings then stay off the test machine).
+    pub fn start_in_own_netns(name: &str, config_extra: &str) -> Self {
+        Self::launch(name, None, config_extra, &["unshare", "--net", "--"])
+    }
+
+    fn launch(name: &str, server_addr: Option<&str>, config_extra: &str, wrapper: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("agent-api-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -44,7 +54,13 @@ impl Agent {
         )
         .expect("write config");
         let log = std::fs::File::create(dir.join("agent.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_kata-agent"))
+        let agent = env!("CARGO_BIN_EXE_kata-agent");
+        let (program, prefix) = match wrapper.split_first() {
+            Some((program, rest)) => (*program, [rest, &[agent]].concat()),
+            None => (agent, Vec::new()),
+        };
+        let child = Command::new(program)
+            .args(prefix)
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")
