@@ -224,7 +224,8 @@ impl agent_ttrpc::AgentService for AgentRpc {
     ) -> ttrpc::Result<Empty> {
         self.gate.check("SignalProcess", &req).await?;
         self.runtime
-            .signal_process(&req.container_id, &req.exec_id, req.signal)?;
+            .signal_process(&req.container_id, &req.exec_id, req.signal)
+            .await?;
         Ok(Empty::new())
     }
 

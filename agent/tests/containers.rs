@@ -341,14 +341,41 @@ async fn a_pod_lives_and_dies() {
         (Code::NOT_FOUND, "container \"nope\" not found")
     );
 
-    // The init is pid 1 of its namespace, which ignores SIGTERM without a handler (as with any
-    // runtime); SIGKILL from outside still ends it, and WaitProcess reports the signal.
+    // A signal for one process reaches that process only.
+    client
+        .exec_process(
+            ctx(),
+            &exec_request("sleeper", "nap", &["/bin/sleep", "1000"]),
+        )
+        .await
+        .expect("exec");
+    client
+        .exec_process(
+            ctx(),
+            &exec_request("sleeper", "nap2", &["/bin/sleep", "1000"]),
+        )
+        .await
+        .expect("exec");
     let mut signal = agent::SignalProcessRequest::new();
     signal.container_id = "sleeper".into();
-    signal.exec_id = "sleeper".into();
+    signal.exec_id = "nap".into();
     signal.signal = 9;
-    client.signal_process(ctx(), &signal).await.expect("signal");
+    client
+        .signal_process(ctx(), &signal)
+        .await
+        .expect("signal one");
+    assert_eq!(wait(&client, "sleeper", "nap").await, 9);
+    // SIGTERM to the whole container (empty exec id): the init, pid 1 of its namespace, has no
+    // SIGTERM handler and would ignore it, so the agent sends SIGKILL instead, as upstream does;
+    // every process of the container gets it.
+    signal.exec_id = String::new();
+    signal.signal = 15;
+    client
+        .signal_process(ctx(), &signal)
+        .await
+        .expect("signal all");
     assert_eq!(wait(&client, "sleeper", "sleeper").await, 9);
+    assert_eq!(wait(&client, "sleeper", "nap2").await, 9);
     client
         .remove_container(ctx(), &remove("sleeper"))
         .await

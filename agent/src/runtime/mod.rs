@@ -782,21 +782,46 @@ impl Runtime {
         Ok(exit.status())
     }
 
-    /// SignalProcess: one process.
-    pub fn signal_process(
+    /// SignalProcess: with an empty exec id, every process of the container; else that one
+    /// process. As upstream, SIGTERM to a container's init that does not handle SIGTERM (pid 1
+    /// of its namespace ignores unhandled signals) becomes SIGKILL, so stopping a pod works.
+    pub async fn signal_process(
         &self,
         container_id: &str,
         exec_id: &str,
         signal: u32,
     ) -> Result<(), AgentError> {
         let process = self.process(container_id, exec_id)?;
-        let signal = i32::try_from(signal)
+        let mut signal = i32::try_from(signal)
             .ok()
             .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
             .ok_or_else(|| AgentError::InvalidArgument(format!("{signal} is not a signal")))?;
         if process.exit.exit().is_some() {
             // Already gone: nothing to signal, and the pid may belong to someone else now.
             return Ok(());
+        }
+        let container = self.container(container_id)?;
+        let is_init = Arc::ptr_eq(&process, &container.init);
+        if is_init
+            && signal == nix::sys::signal::Signal::SIGTERM
+            && !handles_signal(process.pid, 15)
+        {
+            signal = nix::sys::signal::Signal::SIGKILL;
+        }
+        if exec_id.is_empty() {
+            let kill = Request::Kill {
+                id: container.id.clone(),
+                root: self.root(),
+                signal: signal as i32,
+                all: true,
+            };
+            match self.helper.call(kill, Vec::new()).await {
+                Ok(_) => return Ok(()),
+                // The processes may have exited meanwhile; fall back to the init alone.
+                Err(e) => {
+                    tracing::debug!(container = %container.id, error = %e, "signalling all processes failed")
+                }
+            }
         }
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(process.pid), signal)
             .or_else(|e| {
@@ -1002,6 +1027,16 @@ fn read_oom_kills(files: &[PathBuf]) -> u64 {
                 .collect::<Vec<_>>()
         })
         .sum()
+}
+
+/// Whether a process has a handler for `signal` (the `SigCgt` mask of `/proc/<pid>/status`).
+fn handles_signal(pid: i32, signal: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
 }
 
 /// Interface counters as the container's init sees them (`/proc/<pid>/net/dev`).
