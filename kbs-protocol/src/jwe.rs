@@ -1,0 +1,352 @@
+//! Resources as a flattened JWE (RFC 7516), the way Trustee wraps them.
+//!
+//! Content: `A256GCM` with a random 256-bit key and 96-bit IV; AAD is the ASCII of the
+//! `protected` member. Key management by the TEE key's type:
+//! - EC: `ECDH-ES+A256KW` — an ephemeral key on the TEE key's curve (carried as `epk`), the
+//!   shared secret through the Concat KDF (SHA-256, no PartyU/PartyV info) to a key-wrapping
+//!   key, the content key wrapped with AES-256 key wrap;
+//! - RSA: `RSA-OAEP-256` — the content key encrypted with RSA-OAEP (SHA-256, MGF1-SHA-256).
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use aes_kw::KwAes256;
+use p256::elliptic_curve::sec1::ToSec1Point;
+use rsa::Oaep;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::keys::{ALG_ECDH_ES_A256KW, ALG_RSA_OAEP_256, Curve, TeeKeyPair, TeePubKey, b64, enc};
+use crate::{Error, random_bytes};
+
+/// `enc` of every resource.
+pub const ENC_A256GCM: &str = "A256GCM";
+
+/// A flattened JWE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JweResponse {
+    /// base64url of the protected header JSON.
+    pub protected: String,
+    /// base64url of the wrapped or encrypted content key.
+    pub encrypted_key: String,
+    /// base64url of the 12-byte IV.
+    pub iv: String,
+    /// base64url of the ciphertext.
+    pub ciphertext: String,
+    /// base64url of the 16-byte authentication tag.
+    pub tag: String,
+    /// Additional authenticated data, if any (Trustee sends none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aad: Option<String>,
+}
+
+/// Concat KDF (NIST SP 800-56A, as RFC 7518 §4.6.2 uses it) for a 256-bit key: Trustee sends
+/// no PartyUInfo/PartyVInfo.
+fn concat_kdf(z: &[u8], alg: &str) -> Zeroizing<[u8; 32]> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(&concat_kdf_one_round(z, alg, b"", b"", 256));
+    out
+}
+
+/// One SHA-256 round of the Concat KDF: enough for keys up to 256 bits.
+fn concat_kdf_one_round(z: &[u8], alg: &str, apu: &[u8], apv: &[u8], bits: u32) -> Vec<u8> {
+    let len32 = |b: &[u8]| u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes();
+    let mut h = Sha256::new();
+    h.update(1u32.to_be_bytes());
+    h.update(z);
+    h.update(len32(alg.as_bytes()));
+    h.update(alg.as_bytes());
+    h.update(len32(apu));
+    h.update(apu);
+    h.update(len32(apv));
+    h.update(apv);
+    h.update(bits.to_be_bytes());
+    let digest = h.finalize();
+    digest[..usize::try_from(bits / 8).unwrap_or(32).min(32)].to_vec()
+}
+
+fn aad_of(protected: &str, aad: Option<&str>) -> Vec<u8> {
+    match aad {
+        Some(a) => format!("{protected}.{a}").into_bytes(),
+        None => protected.as_bytes().to_vec(),
+    }
+}
+
+/// Encrypts `plaintext` to a TEE key.
+pub fn seal(key: &TeePubKey, plaintext: &[u8]) -> Result<JweResponse, Error> {
+    let cek = Zeroizing::new(random_bytes::<32>()?);
+    let iv = random_bytes::<12>()?;
+    let (header, encrypted_key) = match key {
+        TeePubKey::Ec { alg, .. } => {
+            if alg != ALG_ECDH_ES_A256KW {
+                return Err(Error::Unsupported {
+                    what: "EC key algorithm",
+                    value: alg.clone(),
+                });
+            }
+            let (curve, point) = key.ec_point()?;
+            let (z, epk) = ecdh_ephemeral(curve, &point)?;
+            let kek = concat_kdf(&z, ALG_ECDH_ES_A256KW);
+            let wrapped = wrap(&kek, &cek)?;
+            let n = curve.coordinate_len();
+            let header = json!({
+                "alg": ALG_ECDH_ES_A256KW,
+                "enc": ENC_A256GCM,
+                "epk": {
+                    "crv": curve.name(),
+                    "kty": "EC",
+                    "x": enc(&epk[1..1 + n]),
+                    "y": enc(&epk[1 + n..1 + 2 * n]),
+                },
+            });
+            (header, wrapped)
+        }
+        TeePubKey::Rsa { alg, .. } => {
+            if alg != ALG_RSA_OAEP_256 {
+                return Err(Error::Unsupported {
+                    what: "RSA key algorithm",
+                    value: alg.clone(),
+                });
+            }
+            let public = key.rsa_key()?;
+            let mut rng = getrandom::SysRng;
+            let encrypted = public
+                .encrypt(&mut rng, Oaep::<Sha256>::new(), cek.as_slice())
+                .map_err(|_| Error::Crypto("RSA-OAEP encryption"))?;
+            (
+                json!({"alg": ALG_RSA_OAEP_256, "enc": ENC_A256GCM}),
+                encrypted,
+            )
+        }
+    };
+    let protected = enc(&serde_json::to_vec(&header).map_err(|source| Error::Json {
+        what: "JWE header",
+        source,
+    })?);
+    let cipher = Aes256Gcm::new_from_slice(cek.as_slice())
+        .map_err(|_| Error::Crypto("AES-GCM key setup"))?;
+    let mut sealed = cipher
+        .encrypt(
+            &Nonce::from(iv),
+            Payload {
+                msg: plaintext,
+                aad: protected.as_bytes(),
+            },
+        )
+        .map_err(|_| Error::Crypto("AES-GCM encryption"))?;
+    let tag = sealed.split_off(sealed.len() - 16);
+    Ok(JweResponse {
+        protected,
+        encrypted_key: enc(&encrypted_key),
+        iv: enc(&iv),
+        ciphertext: enc(&sealed),
+        tag: enc(&tag),
+        aad: None,
+    })
+}
+
+fn ecdh_ephemeral(curve: Curve, peer: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), Error> {
+    use p256::elliptic_curve::Generate;
+    let bad = || Error::invalid("TEE key", "not a point on its curve");
+    match curve {
+        Curve::P256 => {
+            let peer = p256::PublicKey::from_sec1_bytes(peer).map_err(|_| bad())?;
+            let eph = p256::ecdh::EphemeralSecret::generate();
+            let z = eph.diffie_hellman(&peer);
+            let epk = eph.public_key().to_sec1_point(false).as_bytes().to_vec();
+            Ok((Zeroizing::new(z.raw_secret_bytes().to_vec()), epk))
+        }
+        Curve::P521 => {
+            let peer = p521::PublicKey::from_sec1_bytes(peer).map_err(|_| bad())?;
+            let eph = p521::ecdh::EphemeralSecret::generate();
+            let z = eph.diffie_hellman(&peer);
+            let epk = eph.public_key().to_sec1_point(false).as_bytes().to_vec();
+            Ok((Zeroizing::new(z.raw_secret_bytes().to_vec()), epk))
+        }
+    }
+}
+
+fn wrap(kek: &[u8; 32], cek: &[u8; 32]) -> Result<Vec<u8>, Error> {
+    let kw = KwAes256::new_from_slice(kek).map_err(|_| Error::Crypto("AES key wrap setup"))?;
+    let mut out = vec![0u8; 40];
+    kw.wrap_key(cek, &mut out)
+        .map_err(|_| Error::Crypto("AES key wrap"))?;
+    Ok(out)
+}
+
+/// Decrypts a resource with the TEE's private key.
+pub fn open(key: &TeeKeyPair, jwe: &JweResponse) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let header_bytes = b64("JWE protected header", &jwe.protected)?;
+    let header: Value = serde_json::from_slice(&header_bytes).map_err(|source| Error::Json {
+        what: "JWE protected header",
+        source,
+    })?;
+    let field = |name: &'static str| {
+        header
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid("JWE protected header", format!("no string {name:?}")))
+    };
+    let enc_name = field("enc")?;
+    if enc_name != ENC_A256GCM {
+        return Err(Error::Unsupported {
+            what: "JWE content encryption",
+            value: enc_name.to_string(),
+        });
+    }
+    let alg = field("alg")?;
+    let encrypted_key = b64("JWE encrypted_key", &jwe.encrypted_key)?;
+    let cek: Zeroizing<Vec<u8>> = match (key, alg) {
+        (TeeKeyPair::P256(_) | TeeKeyPair::P521(_), ALG_ECDH_ES_A256KW) => {
+            let epk = header
+                .get("epk")
+                .ok_or_else(|| Error::invalid("JWE protected header", "no \"epk\""))?;
+            let epk: TeePubKey = serde_json::from_value(json!({
+                "kty": epk.get("kty").cloned().unwrap_or(Value::Null),
+                "crv": epk.get("crv").cloned().unwrap_or(Value::Null),
+                "alg": ALG_ECDH_ES_A256KW,
+                "x": epk.get("x").cloned().unwrap_or(Value::Null),
+                "y": epk.get("y").cloned().unwrap_or(Value::Null),
+            }))
+            .map_err(|source| Error::Json {
+                what: "JWE epk",
+                source,
+            })?;
+            let (curve, point) = epk.ec_point()?;
+            let bad = || Error::invalid("JWE epk", "not a point on its curve");
+            let z: Zeroizing<Vec<u8>> = match (key, curve) {
+                (TeeKeyPair::P256(sk), Curve::P256) => {
+                    let peer = p256::PublicKey::from_sec1_bytes(&point).map_err(|_| bad())?;
+                    let shared =
+                        p256::ecdh::diffie_hellman(sk.to_nonzero_scalar(), peer.as_affine());
+                    Zeroizing::new(shared.raw_secret_bytes().to_vec())
+                }
+                (TeeKeyPair::P521(sk), Curve::P521) => {
+                    let peer = p521::PublicKey::from_sec1_bytes(&point).map_err(|_| bad())?;
+                    let shared =
+                        p521::ecdh::diffie_hellman(sk.to_nonzero_scalar(), peer.as_affine());
+                    Zeroizing::new(shared.raw_secret_bytes().to_vec())
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "JWE epk",
+                        "curve differs from the TEE key's",
+                    ));
+                }
+            };
+            let kek = concat_kdf(&z, ALG_ECDH_ES_A256KW);
+            let kw = KwAes256::new_from_slice(kek.as_slice())
+                .map_err(|_| Error::Crypto("AES key wrap setup"))?;
+            let mut out = Zeroizing::new(vec![0u8; 32]);
+            if encrypted_key.len() != 40 {
+                return Err(Error::Decrypt("wrapped key is not 40 bytes"));
+            }
+            kw.unwrap_key(&encrypted_key, &mut out)
+                .map_err(|_| Error::Decrypt("key unwrap failed (wrong key or altered JWE)"))?;
+            out
+        }
+        (TeeKeyPair::Rsa(sk), ALG_RSA_OAEP_256) => Zeroizing::new(
+            sk.decrypt(Oaep::<Sha256>::new(), &encrypted_key)
+                .map_err(|_| Error::Decrypt("RSA-OAEP failed (wrong key or altered JWE)"))?,
+        ),
+        (_, other) => {
+            return Err(Error::Unsupported {
+                what: "JWE key management for this TEE key",
+                value: other.to_string(),
+            });
+        }
+    };
+    if cek.len() != 32 {
+        return Err(Error::Decrypt("content key is not 256 bits"));
+    }
+    let iv = b64("JWE iv", &jwe.iv)?;
+    let iv: [u8; 12] = iv
+        .try_into()
+        .map_err(|_| Error::invalid("JWE iv", "must be 12 bytes"))?;
+    let mut data = b64("JWE ciphertext", &jwe.ciphertext)?;
+    let tag = b64("JWE tag", &jwe.tag)?;
+    if tag.len() != 16 {
+        return Err(Error::invalid("JWE tag", "must be 16 bytes"));
+    }
+    data.extend_from_slice(&tag);
+    let cipher = Aes256Gcm::new_from_slice(&cek).map_err(|_| Error::Crypto("AES-GCM key setup"))?;
+    let aad = aad_of(&jwe.protected, jwe.aad.as_deref());
+    let plain = cipher
+        .decrypt(
+            &Nonce::from(iv),
+            Payload {
+                msg: &data,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| Error::Decrypt("AES-GCM authentication failed (altered JWE)"))?;
+    Ok(Zeroizing::new(plain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_for_every_key_kind() {
+        for key in [
+            TeeKeyPair::generate(),
+            TeeKeyPair::generate_p521(),
+            TeeKeyPair::generate_rsa().expect("rsa"),
+        ] {
+            let jwe = seal(&key.public_key(), b"top secret").expect("seal");
+            assert!(jwe.aad.is_none());
+            let header: Value =
+                serde_json::from_slice(&b64("h", &jwe.protected).expect("b64")).expect("json");
+            assert_eq!(header["enc"], "A256GCM");
+            assert_eq!(open(&key, &jwe).expect("open").as_slice(), b"top secret");
+        }
+    }
+
+    #[test]
+    fn ec_header_and_key_sizes() {
+        let key = TeeKeyPair::generate();
+        let jwe = seal(&key.public_key(), b"x").expect("seal");
+        let header: Value =
+            serde_json::from_slice(&b64("h", &jwe.protected).expect("b64")).expect("json");
+        assert_eq!(header["alg"], "ECDH-ES+A256KW");
+        assert_eq!(header["epk"]["crv"], "P-256");
+        assert_eq!(b64("k", &jwe.encrypted_key).expect("b64").len(), 40);
+        assert_eq!(b64("iv", &jwe.iv).expect("b64").len(), 12);
+    }
+
+    #[test]
+    fn tampering_and_wrong_keys_fail() {
+        let key = TeeKeyPair::generate();
+        let jwe = seal(&key.public_key(), b"top secret").expect("seal");
+        let other = TeeKeyPair::generate();
+        assert!(matches!(open(&other, &jwe), Err(Error::Decrypt(_))));
+        let mut altered = jwe.clone();
+        let mut ct = b64("c", &altered.ciphertext).expect("b64");
+        ct[0] ^= 1;
+        altered.ciphertext = enc(&ct);
+        assert!(matches!(open(&key, &altered), Err(Error::Decrypt(_))));
+        // Changing the protected header changes the AAD.
+        let mut altered = jwe.clone();
+        let mut h: Value =
+            serde_json::from_slice(&b64("h", &altered.protected).expect("b64")).expect("json");
+        h["kid"] = json!("x");
+        altered.protected = enc(&serde_json::to_vec(&h).expect("json"));
+        assert!(matches!(open(&key, &altered), Err(Error::Decrypt(_))));
+        let rsa = TeeKeyPair::generate_rsa().expect("rsa");
+        assert!(matches!(open(&rsa, &jwe), Err(Error::Unsupported { .. })));
+    }
+
+    #[test]
+    fn concat_kdf_matches_rfc7518_appendix_c() {
+        // RFC 7518, Appendix C: ECDH-ES with A128GCM, PartyUInfo "Alice", PartyVInfo "Bob".
+        let z = [
+            158, 86, 217, 29, 129, 113, 53, 211, 114, 131, 66, 131, 191, 132, 38, 156, 251, 49,
+            110, 163, 218, 128, 106, 72, 246, 218, 167, 121, 140, 254, 144, 196,
+        ];
+        let key = concat_kdf_one_round(&z, "A128GCM", b"Alice", b"Bob", 128);
+        assert_eq!(enc(&key), "VqqN6vgjbSBcIijNcacQGg");
+        assert_eq!(concat_kdf(&z, ALG_ECDH_ES_A256KW).len(), 32);
+    }
+}
