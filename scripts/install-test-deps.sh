@@ -18,6 +18,10 @@ REQUIRED=(
     "busybox-static:/bin/busybox"
     # The test VM (peerpod-tests' TestVm; its kernel comes from `apt-get download`, not installed).
     "qemu-system-x86:qemu-system-x86_64"
+    # The simulated Azure vTPM (peerpod-tests' cvm module) is swtpm behind a simulated paravisor;
+    # tpm2-tools is used by tests that cross-check our TPM code against the reference tools.
+    "swtpm:swtpm"
+    "tpm2-tools:tpm2_checkquote"
 )
 
 missing=()

@@ -6,10 +6,19 @@
 //! - [`requests`]: agent requests for busybox containers and small client helpers, shared by
 //!   the tests that drive an agent.
 //!
-//! Still to come here: the simulated Azure vTPM (swtpm), the local Trustee-compatible KBS and the
-//! registry fixtures. The policy crate's conformance tests live with that crate (`policy/tests/`).
+//! - [`cvm`]: a simulated Azure confidential VM — swtpm as the vTPM behind a simulated paravisor
+//!   that serves the HCL report, test AMD and Intel certificate chains, and the instance metadata
+//!   service — usable from the host or as a QEMU guest's TPM.
+//! - [`http`]: HTTP clients (rustls) for tests.
+//! - [`scratch`]: per-test scratch directories.
+//!
+//! Still to come here: the registry fixtures. The policy crate's conformance tests live with that
+//! crate (`policy/tests/`).
 
+pub mod cvm;
+pub mod http;
 pub mod requests;
+pub mod scratch;
 pub mod vm;
 
 pub use vm::{TestVm, VmError, VmImage, VmOptions};
