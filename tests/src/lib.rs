@@ -17,6 +17,7 @@
 
 pub mod cvm;
 pub mod http;
+pub mod kbs;
 pub mod requests;
 pub mod scratch;
 pub mod vm;

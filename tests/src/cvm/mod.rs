@@ -81,8 +81,8 @@ impl CvmOptions {
 /// The trust anchors a verifier needs for this CVM.
 #[derive(Debug, Clone)]
 pub struct TrustAnchors {
-    /// The AMD root (ARK) the VCEK chains to, PEM (SNP only).
-    pub amd_ark_pem: Option<String>,
+    /// The AMD chain the VCEK chains to: ASK then ARK, PEM (SNP only).
+    pub amd_chain_pem: Option<String>,
     /// The Intel root the PCK chains to, PEM (TDX only).
     pub intel_root_pem: Option<String>,
 }
@@ -197,11 +197,11 @@ impl SimulatedCvm {
     pub fn trust_anchors(&self) -> Result<TrustAnchors, CvmError> {
         Ok(match &self.hardware {
             Hardware::Snp(chip) => TrustAnchors {
-                amd_ark_pem: Some(chip.ark_pem()?),
+                amd_chain_pem: Some(chip.trusted_chain_pem()?),
                 intel_root_pem: None,
             },
             Hardware::Tdx(tdx) => TrustAnchors {
-                amd_ark_pem: None,
+                amd_chain_pem: None,
                 intel_root_pem: Some(tdx.root_pem()?),
             },
         })

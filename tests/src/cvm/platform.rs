@@ -151,9 +151,9 @@ impl SnpChip {
             .chain_pem()
     }
 
-    /// The trusted ARK (PEM): what a verifier is configured with.
-    pub fn ark_pem(&self) -> Result<String, CertError> {
-        certs::pem(&self.chain.ark)
+    /// The trusted ASK and ARK (PEM): what a verifier is configured with.
+    pub fn trusted_chain_pem(&self) -> Result<String, CertError> {
+        self.chain.chain_pem()
     }
 
     /// The configuration.

@@ -1,0 +1,11 @@
+//! A local KBS that behaves like Trustee on the wire.
+
+pub mod appraisal;
+pub mod client;
+mod error;
+pub mod server;
+mod tls;
+pub mod verifier;
+
+pub use error::KbsError;
+pub use server::{AdminAuth, KbsOptions, RunningKbs, TlsFiles};
