@@ -24,7 +24,7 @@ fn start(flavour: Flavour, name: &str) -> (ScratchDir, SimulatedCvm) {
 
 #[test]
 fn snp_report_refresh_follows_openhcl() {
-    let (_dir, cvm) = start(Flavour::Snp, "cvm-snp");
+    let (dir, cvm) = start(Flavour::Snp, "cvm-snp");
     let mut tpm = Tpm::open(&cvm.tpm_spec()).expect("vTPM");
 
     // Platform detection reads the report: the first report is made now.
@@ -100,6 +100,43 @@ fn snp_report_refresh_follows_openhcl() {
     }
     assert_eq!(attest.pcr_digest, h.finalize().to_vec());
     assert_eq!(quote.pcrs.len(), 24);
+
+    // The reference tools agree: tpm2_checkquote verifies the signature and the nonce.
+    checkquote(&dir, &n, &e, &quote.message, &quote.signature, &nonce);
+}
+
+/// Runs `tpm2_checkquote` (tpm2-tools) on a quote, failing the test if it disagrees.
+fn checkquote(dir: &ScratchDir, n: &[u8], e: &[u8], message: &[u8], signature: &[u8], nonce: &[u8]) {
+    use rsa::pkcs8::EncodePublicKey;
+    let key = peerpod_kbs_protocol::keys::rsa_public_key(n, e).expect("rsa key");
+    let pem = key
+        .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+        .expect("pem");
+    let ak = dir.path().join("ak.pem");
+    let msg = dir.path().join("quote.msg");
+    let sig = dir.path().join("quote.sig");
+    std::fs::write(&ak, pem).expect("write");
+    std::fs::write(&msg, message).expect("write");
+    // TPMT_SIGNATURE: RSASSA, SHA-256, TPM2B signature.
+    let mut tpmt = vec![0x00, 0x14, 0x00, 0x0B];
+    tpmt.extend_from_slice(&u16::try_from(signature.len()).expect("size").to_be_bytes());
+    tpmt.extend_from_slice(signature);
+    std::fs::write(&sig, tpmt).expect("write");
+    let out = std::process::Command::new("tpm2_checkquote")
+        .args(["-g", "sha256", "-q", &hex::encode(nonce)])
+        .arg("-u")
+        .arg(&ak)
+        .arg("-m")
+        .arg(&msg)
+        .arg("-s")
+        .arg(&sig)
+        .output()
+        .expect("tpm2_checkquote is missing: install tpm2-tools (make deps)");
+    assert!(
+        out.status.success(),
+        "tpm2_checkquote refused our quote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -642,3 +642,34 @@ async fn tdx_quote_from_an_untrusted_root_is_refused() {
         .expect_err("altered quote");
     assert_refused(err, 401, "the quote is not signed by its attestation key");
 }
+
+#[tokio::test]
+async fn https_with_a_test_ca() {
+    let ca = peerpod_tests::cvm::certs::TlsCa::generate(&["localhost"]).expect("CA");
+    let mut options = KbsOptions::new(Verifier::default());
+    options.reference_values =
+        serde_json::from_value(json!({"launch_digest": ["abcde"], "svn": ["1"]})).expect("refs");
+    options.resources.insert(SECRET_PATH.into(), SECRET.to_vec());
+    let tls = peerpod_tests::kbs::TlsFiles {
+        cert_pem: ca.cert_pem.clone(),
+        key_pem: ca.key_pem.clone(),
+    };
+    let kbs = RunningKbs::start(options, "127.0.0.1:0", Some(tls)).expect("KBS");
+    assert!(kbs.url().starts_with("https://"));
+    let http = peerpod_tests::http::client_trusting(&ca.ca_pem).expect("client");
+    let c = KbsClient::new(&kbs.url(), http);
+    let ch = c.auth("sample").await.expect("auth over TLS");
+    c.attest(&c.attestation(&ch.nonce, sample_evidence(&c.report_data(&ch.nonce)), None))
+        .await
+        .expect("attest over TLS");
+    assert_eq!(c.resource(SECRET_PATH, None).await.expect("resource"), SECRET);
+
+    // A client that does not trust the test CA refuses the server.
+    let other = peerpod_tests::cvm::certs::TlsCa::generate(&["localhost"]).expect("CA");
+    let untrusting = KbsClient::new(
+        &kbs.url(),
+        peerpod_tests::http::client_trusting(&other.ca_pem).expect("client"),
+    );
+    let err = untrusting.auth("sample").await.expect_err("untrusted server");
+    assert!(matches!(err, ClientError::Http(_)), "{err}");
+}

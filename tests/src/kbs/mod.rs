@@ -2,6 +2,7 @@
 
 pub mod appraisal;
 pub mod client;
+pub mod config;
 mod error;
 pub mod server;
 mod tls;
