@@ -106,7 +106,14 @@ fn snp_report_refresh_follows_openhcl() {
 }
 
 /// Runs `tpm2_checkquote` (tpm2-tools) on a quote, failing the test if it disagrees.
-fn checkquote(dir: &ScratchDir, n: &[u8], e: &[u8], message: &[u8], signature: &[u8], nonce: &[u8]) {
+fn checkquote(
+    dir: &ScratchDir,
+    n: &[u8],
+    e: &[u8],
+    message: &[u8],
+    signature: &[u8],
+    nonce: &[u8],
+) {
     use rsa::pkcs8::EncodePublicKey;
     let key = peerpod_kbs_protocol::keys::rsa_public_key(n, e).expect("rsa key");
     let pem = key

@@ -649,7 +649,9 @@ async fn https_with_a_test_ca() {
     let mut options = KbsOptions::new(Verifier::default());
     options.reference_values =
         serde_json::from_value(json!({"launch_digest": ["abcde"], "svn": ["1"]})).expect("refs");
-    options.resources.insert(SECRET_PATH.into(), SECRET.to_vec());
+    options
+        .resources
+        .insert(SECRET_PATH.into(), SECRET.to_vec());
     let tls = peerpod_tests::kbs::TlsFiles {
         cert_pem: ca.cert_pem.clone(),
         key_pem: ca.key_pem.clone(),
@@ -662,7 +664,10 @@ async fn https_with_a_test_ca() {
     c.attest(&c.attestation(&ch.nonce, sample_evidence(&c.report_data(&ch.nonce)), None))
         .await
         .expect("attest over TLS");
-    assert_eq!(c.resource(SECRET_PATH, None).await.expect("resource"), SECRET);
+    assert_eq!(
+        c.resource(SECRET_PATH, None).await.expect("resource"),
+        SECRET
+    );
 
     // A client that does not trust the test CA refuses the server.
     let other = peerpod_tests::cvm::certs::TlsCa::generate(&["localhost"]).expect("CA");
@@ -670,6 +675,9 @@ async fn https_with_a_test_ca() {
         &kbs.url(),
         peerpod_tests::http::client_trusting(&other.ca_pem).expect("client"),
     );
-    let err = untrusting.auth("sample").await.expect_err("untrusted server");
+    let err = untrusting
+        .auth("sample")
+        .await
+        .expect_err("untrusted server");
     assert!(matches!(err, ClientError::Http(_)), "{err}");
 }

@@ -77,10 +77,21 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
-        Command::Run { flavour, dir, for_vm } => rt.block_on(run(flavour, &dir, for_vm)),
-        Command::Attest { dir, kbs, resource, initdata } => rt.block_on(attest(&dir, &kbs, &resource, initdata.as_deref())),
+        Command::Run {
+            flavour,
+            dir,
+            for_vm,
+        } => rt.block_on(run(flavour, &dir, for_vm)),
+        Command::Attest {
+            dir,
+            kbs,
+            resource,
+            initdata,
+        } => rt.block_on(attest(&dir, &kbs, &resource, initdata.as_deref())),
     }
 }
 
@@ -108,10 +119,15 @@ async fn run(flavour: FlavourArg, dir: &Path, for_vm: bool) -> Result<()> {
         trust.push_str("intel_roots = [\"intel-root.pem\"]\n");
     }
     let refs = match flavour {
-        Flavour::Snp => json!({"snp_launch_measurement": [STANDARD.encode(SnpConfig::default().measurement)]}),
+        Flavour::Snp => {
+            json!({"snp_launch_measurement": [STANDARD.encode(SnpConfig::default().measurement)]})
+        }
         Flavour::Tdx => json!({"mr_td": [hex::encode(TdxConfig::default().measurements.mr_td)]}),
     };
-    std::fs::write(dir.join("reference-values.json"), serde_json::to_string_pretty(&refs)?)?;
+    std::fs::write(
+        dir.join("reference-values.json"),
+        serde_json::to_string_pretty(&refs)?,
+    )?;
     std::fs::write(
         dir.join("kbs.toml"),
         format!(
@@ -121,15 +137,25 @@ async fn run(flavour: FlavourArg, dir: &Path, for_vm: bool) -> Result<()> {
              [[resources]]\npath = \"default/key/demo\"\nvalue = \"a secret released only to an attested TEE\"\n"
         ),
     )?;
-    let mut ready = format!("PEERPOD_CVM_TEE={}\nPEERPOD_IMDS={}\n", flavour.tee(), cvm.imds_url());
+    let mut ready = format!(
+        "PEERPOD_CVM_TEE={}\nPEERPOD_IMDS={}\n",
+        flavour.tee(),
+        cvm.imds_url()
+    );
     if for_vm {
-        ready.push_str(&format!("PEERPOD_QEMU_ARGS=\"{}\"\n", cvm.qemu_args().join(" ")));
+        ready.push_str(&format!(
+            "PEERPOD_QEMU_ARGS=\"{}\"\n",
+            cvm.qemu_args().join(" ")
+        ));
     } else {
         ready.push_str(&format!("PEERPOD_VTPM={}\n", cvm.tpm_spec()));
     }
     std::fs::write(dir.join("ready.env"), &ready)?;
     print!("{ready}");
-    println!("simulated-cvm: running; KBS configuration in {}; Ctrl-C stops", dir.join("kbs.toml").display());
+    println!(
+        "simulated-cvm: running; KBS configuration in {}; Ctrl-C stops",
+        dir.join("kbs.toml").display()
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -140,8 +166,12 @@ async fn run(flavour: FlavourArg, dir: &Path, for_vm: bool) -> Result<()> {
 }
 
 fn ready_value(dir: &Path, key: &str) -> Result<String> {
-    let text = std::fs::read_to_string(dir.join("ready.env"))
-        .with_context(|| format!("no running CVM in {} (start `simulated-cvm run` first)", dir.display()))?;
+    let text = std::fs::read_to_string(dir.join("ready.env")).with_context(|| {
+        format!(
+            "no running CVM in {} (start `simulated-cvm run` first)",
+            dir.display()
+        )
+    })?;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .map(str::to_string)
@@ -151,9 +181,12 @@ fn ready_value(dir: &Path, key: &str) -> Result<String> {
 async fn attest(dir: &Path, kbs: &str, resource: &str, initdata: Option<&Path>) -> Result<()> {
     let tee = ready_value(dir, "PEERPOD_CVM_TEE")?;
     let imds = ready_value(dir, "PEERPOD_IMDS")?;
-    let tpm_spec = ready_value(dir, "PEERPOD_VTPM").context("the CVM runs for a VM; attest from inside the guest")?;
+    let tpm_spec = ready_value(dir, "PEERPOD_VTPM")
+        .context("the CVM runs for a VM; attest from inside the guest")?;
     let initdata = match initdata {
-        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?),
+        Some(p) => Some(
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        ),
         None => None,
     };
     let client = KbsClient::new(kbs, peerpod_tests::http::client());
@@ -172,10 +205,18 @@ async fn attest(dir: &Path, kbs: &str, resource: &str, initdata: Option<&Path>) 
     };
     eprintln!("simulated-cvm: HCL report refreshed with our report data; vTPM quote made");
     let evidence: Value = match tee.as_str() {
-        "az-snp-vtpm" => serde_json::to_value(attester::snp_evidence(quote, hcl, attester::fetch_vcek(&imds).await?))?,
+        "az-snp-vtpm" => serde_json::to_value(attester::snp_evidence(
+            quote,
+            hcl,
+            attester::fetch_vcek(&imds).await?,
+        ))?,
         "az-tdx-vtpm" => {
             let td_report = HclReport::parse(&hcl)?.hw_report;
-            serde_json::to_value(attester::tdx_evidence(quote, hcl, attester::fetch_td_quote(&imds, &td_report).await?))?
+            serde_json::to_value(attester::tdx_evidence(
+                quote,
+                hcl,
+                attester::fetch_td_quote(&imds, &td_report).await?,
+            ))?
         }
         other => bail!("unknown TEE {other}"),
     };
@@ -184,7 +225,10 @@ async fn attest(dir: &Path, kbs: &str, resource: &str, initdata: Option<&Path>) 
         .await
         .context("KBS /attest")?;
     eprintln!("simulated-cvm: attested as {tee}");
-    let secret = client.resource(resource, None).await.context("KBS /resource")?;
+    let secret = client
+        .resource(resource, None)
+        .await
+        .context("KBS /resource")?;
     println!("{}", String::from_utf8_lossy(&secret));
     Ok(())
 }

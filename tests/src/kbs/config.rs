@@ -137,13 +137,15 @@ pub struct KbsConfig {
 
 fn read(base: &Path, path: &Path, what: &str) -> Result<String, String> {
     let full = base.join(path);
-    std::fs::read_to_string(&full).map_err(|e| format!("cannot read {what} {}: {e}", full.display()))
+    std::fs::read_to_string(&full)
+        .map_err(|e| format!("cannot read {what} {}: {e}", full.display()))
 }
 
 impl KbsConfig {
     /// Loads a configuration file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, base).map_err(|e| format!("{}: {e}", path.display()))
     }
@@ -153,12 +155,15 @@ impl KbsConfig {
         let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut anchors = TrustAnchors::default();
         if let Some(p) = &f.trust.amd_chain {
-            anchors.amd = Some(AmdAnchors::from_pem(read(base, p, "AMD chain")?.as_bytes())?);
+            anchors.amd = Some(AmdAnchors::from_pem(
+                read(base, p, "AMD chain")?.as_bytes(),
+            )?);
         }
         for p in &f.trust.intel_roots {
-            anchors
-                .intel_roots
-                .push(x509::from_pem("Intel root", read(base, p, "Intel root")?.as_bytes())?);
+            anchors.intel_roots.push(x509::from_pem(
+                "Intel root",
+                read(base, p, "Intel root")?.as_bytes(),
+            )?);
         }
         let mut options = KbsOptions::new(Verifier {
             anchors,
@@ -171,7 +176,9 @@ impl KbsConfig {
         options.admin = match (f.admin.mode.as_deref(), &f.admin.public_key) {
             (Some("insecure"), _) => AdminAuth::InsecureAllowAll,
             (Some("deny") | None, None) => AdminAuth::DenyAll,
-            (Some("ed25519") | None, Some(p)) => AdminAuth::Ed25519PublicKey(read(base, p, "admin public key")?),
+            (Some("ed25519") | None, Some(p)) => {
+                AdminAuth::Ed25519PublicKey(read(base, p, "admin public key")?)
+            }
             (Some("ed25519"), None) => return Err("admin mode \"ed25519\" needs public_key".into()),
             (Some(other), _) => {
                 return Err(format!(
@@ -186,18 +193,29 @@ impl KbsConfig {
             options.resource_policy = read(base, p, "resource policy")?;
         }
         if let Some(p) = &f.policies.reference_values {
-            options.reference_values = serde_json::from_str::<BTreeMap<String, Value>>(&read(base, p, "reference values")?)
-                .map_err(|e| format!("reference values: {e}"))?;
+            options.reference_values = serde_json::from_str::<BTreeMap<String, Value>>(&read(
+                base,
+                p,
+                "reference values",
+            )?)
+            .map_err(|e| format!("reference values: {e}"))?;
         }
         for r in &f.resources {
-            let rp = peerpod_kbs_protocol::messages::ResourcePath::parse(&r.path).map_err(|e| e.to_string())?;
+            let rp = peerpod_kbs_protocol::messages::ResourcePath::parse(&r.path)
+                .map_err(|e| e.to_string())?;
             let data = match (&r.file, &r.value) {
                 (Some(file), None) => {
                     let full = base.join(file);
-                    std::fs::read(&full).map_err(|e| format!("cannot read resource {}: {e}", full.display()))?
+                    std::fs::read(&full)
+                        .map_err(|e| format!("cannot read resource {}: {e}", full.display()))?
                 }
                 (None, Some(v)) => v.clone().into_bytes(),
-                _ => return Err(format!("resource {}: give exactly one of file, value", r.path)),
+                _ => {
+                    return Err(format!(
+                        "resource {}: give exactly one of file, value",
+                        r.path
+                    ));
+                }
             };
             options.resources.insert(rp.to_string(), data);
         }
@@ -236,10 +254,16 @@ mod tests {
             ("lisen = \"x\"", "unknown field"),
             ("[admin]\nmode = \"ed25519\"\n", "needs public_key"),
             ("[admin]\nmode = \"open\"\n", "is not one of"),
-            ("[[resources]]\npath = \"../x/y\"\nvalue = \"x\"\n", "resource path"),
+            (
+                "[[resources]]\npath = \"../x/y\"\nvalue = \"x\"\n",
+                "resource path",
+            ),
             ("[[resources]]\npath = \"a/b/c\"\n", "exactly one of"),
             ("tls_cert = \"c.pem\"\n", "both tls_cert and tls_key"),
-            ("[trust]\namd_chain = \"/nonexistent.pem\"\n", "cannot read AMD chain"),
+            (
+                "[trust]\namd_chain = \"/nonexistent.pem\"\n",
+                "cannot read AMD chain",
+            ),
         ] {
             let err = KbsConfig::parse(bad, Path::new(".")).expect_err(bad);
             assert!(err.contains(needle), "{bad}: {err}");

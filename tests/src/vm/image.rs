@@ -124,6 +124,7 @@ struct ImageKey {
     log_level: String,
     modules: Vec<String>,
     extra_files: Vec<(String, PathBuf)>,
+    boot_commands: Vec<String>,
     cache: PathBuf,
 }
 
@@ -135,6 +136,7 @@ impl ImageKey {
             log_level: options.log_level.clone(),
             modules: options.modules.clone(),
             extra_files: options.extra_files.clone(),
+            boot_commands: options.boot_commands.clone(),
             cache: options.cache_dir(),
         }
     }
@@ -309,6 +311,7 @@ fn agent_config(options: &VmOptions) -> String {
 fn stage2(options: &VmOptions, release: &str, modules: &[&str]) -> String {
     let modules = modules.join(" ");
     let log_level = &options.log_level;
+    let boot_commands = options.boot_commands.join("\n");
     format!(
         r#"#!/bin/sh
 # peerpod test VM, stage 2: file systems, kernel modules, network, then the agent.
@@ -333,6 +336,7 @@ while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1))
 ip link set eth0 up
 ip addr add {GUEST_IP}/24 dev eth0
 ip route add default via {GUEST_GATEWAY} dev eth0
+{boot_commands}
 log "up $(cut -d' ' -f1 /proc/uptime)s: starting kata-agent on tcp port {AGENT_PORT} (log level {log_level})"
 if grep -qw peerpod.debug_shell /proc/cmdline; then
     # For debugging by hand: the agent in the background, a shell on the console.

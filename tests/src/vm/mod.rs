@@ -66,6 +66,9 @@ pub struct VmOptions {
     pub extra_args: Vec<String>,
     /// Arguments appended to the kernel command line.
     pub extra_kernel_args: Vec<String>,
+    /// Shell commands the guest runs once its network is up, before the agent starts; their
+    /// output goes to the serial console (see [`TestVm::serial_log`]).
+    pub boot_commands: Vec<String>,
     /// How long to wait for the agent to answer after QEMU starts; default 90 s (TCG on a
     /// slow 2-core machine), or `PEERPOD_VM_BOOT_TIMEOUT` seconds.
     pub boot_timeout: Duration,
@@ -92,6 +95,7 @@ impl VmOptions {
             accel: std::env::var("PEERPOD_VM_ACCEL").unwrap_or_else(|_| "tcg".into()),
             extra_args: Vec::new(),
             extra_kernel_args: Vec::new(),
+            boot_commands: Vec::new(),
             boot_timeout: Duration::from_secs(env_secs.unwrap_or(90)),
             cache_dir: None,
         }

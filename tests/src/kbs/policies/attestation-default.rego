@@ -47,7 +47,7 @@ hardware := 2 if {
 configuration := 2 if {
 	snp := input["az-snp-vtpm"]
 	snp.policy_debug_allowed == "0"
-	initdata_ok(snp)
+	initdata_ok
 }
 
 min_tcb(name) := v if {
@@ -64,12 +64,13 @@ hardware := 2 if input["az-tdx-vtpm"].quote.header.vendor_id == "939a7233f79c4ca
 configuration := 2 if {
 	tdx := input["az-tdx-vtpm"]
 	tdx.td_attributes.debug == false
-	initdata_ok(tdx)
+	initdata_ok
 }
 
 # --- shared ---
 
-# Initdata is checked against reference values only when some are registered.
-initdata_ok(claims) if query_reference_value("init_data") == null
+# Initdata (the verifier puts the measured PCR 8 at input.init_data) is checked against reference
+# values only when some are registered.
+initdata_ok if query_reference_value("init_data") == null
 
-initdata_ok(claims) if claims.init_data in query_reference_value("init_data")
+initdata_ok if input.init_data in query_reference_value("init_data")
