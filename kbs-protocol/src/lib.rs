@@ -23,6 +23,9 @@ pub mod keys;
 pub mod messages;
 pub mod runtime_data;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use error::Error;
 
 /// The protocol version this crate speaks; Trustee accepts exactly this.

@@ -24,6 +24,9 @@ pub mod hcl;
 pub mod snp;
 pub mod tdx;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use error::Error;
 
 fn field<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {

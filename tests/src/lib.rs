@@ -18,6 +18,7 @@
 pub mod cvm;
 pub mod http;
 pub mod kbs;
+pub mod mutate;
 pub mod requests;
 pub mod scratch;
 pub mod vm;

@@ -38,6 +38,9 @@ pub mod transport;
 pub mod types;
 pub mod wire;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use commands::{PcrBank, Quote, Tpm};
 pub use error::{Error, ResponseCode};
 
