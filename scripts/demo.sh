@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: the bundle's main job on the embedded sample, end to end.
 #
-# Today that is the initdata and policy half of a pod's start: check the sample initdata, show
-# what goes into the pod annotation and what to register in Trustee, then decide a container's
-# life against the policy it carries. Later work adds the pod VM itself (agent, attestation,
-# secrets) to this script.
+# Today: check the sample initdata, show what goes into the pod annotation and what to register
+# in Trustee, decide a container's life against the policy it carries, run the agent under it,
+# and attest a simulated Azure CVM to a local KBS. Later work puts the attestation agent and the
+# confidential data hub in the pod VM and runs it all in the test VM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -104,6 +104,31 @@ else
     echo '{"container_id": "'$hello'", "timeout": 10}' | ctl RemoveContainer - >/dev/null
     ctl DestroySandbox >/dev/null
     rm -rf /run/peerpod-demo "/run/kata-containers/$hello"
+fi
+
+heading "7. attestation: a simulated Azure SEV-SNP CVM proves itself to a local KBS"
+if ! command -v swtpm >/dev/null 2>&1; then
+    echo "(skipped: the simulated vTPM needs swtpm; install it with: make deps)"
+else
+    cargo build --quiet -p peerpod-tests --bin simulated-cvm --bin test-kbs
+    cvm_dir="$work/cvm"
+    # The KBS affirms only a guest whose PCR 8 holds the sample initdata.
+    target/debug/simulated-cvm run --flavour snp --dir "$cvm_dir" --initdata "$sample" > "$work/cvm.log" 2>&1 &
+    cvm_pid=$!
+    for _ in $(seq 200); do [[ -f $cvm_dir/ready.env ]] && break; sleep 0.05; done
+    port=$((20000 + RANDOM % 20000))
+    target/debug/test-kbs --config "$cvm_dir/kbs.toml" --listen "127.0.0.1:$port" > "$work/kbs.log" 2>&1 &
+    kbs_pid=$!
+    trap 'kill -TERM $agent_pid $cvm_pid $kbs_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+    for _ in $(seq 200); do grep -q serving "$work/kbs.log" 2>/dev/null && break; sleep 0.05; done
+    cat "$cvm_dir/ready.env"
+    cat "$work/kbs.log"
+    echo
+    echo "\$ simulated-cvm attest --initdata $sample --resource default/key/demo"
+    echo "  (PCR 8 <- initdata; auth; report data -> NV 0x01400002; wait for a fresh HCL report;"
+    echo "   vTPM quote; VCEK from IMDS; attest; fetch the resource as a JWE and decrypt it)"
+    target/debug/simulated-cvm attest --dir "$cvm_dir" --kbs "http://127.0.0.1:$port" \
+        --initdata "$sample" --resource default/key/demo
 fi
 
 heading "done"

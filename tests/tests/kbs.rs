@@ -81,6 +81,14 @@ fn sample_evidence(report_data: &[u8]) -> Value {
     json!({"svn": "1", "report_data": STANDARD.encode(report_data)})
 }
 
+/// A whole sample-TEE handshake; returns the token.
+async fn attest_sample(c: &KbsClient) -> String {
+    let ch = c.auth("sample").await.expect("auth");
+    c.attest(&c.attestation(&ch.nonce, sample_evidence(&c.report_data(&ch.nonce)), None))
+        .await
+        .expect("attest")
+}
+
 /// What the guest does for Azure evidence: report data to NV, a fresh report, a quote.
 async fn azure_evidence(cvm: &SimulatedCvm, report_data: &[u8], initdata: Option<&str>) -> Value {
     let (hcl, quote) = {
@@ -359,10 +367,7 @@ async fn policy_refusals() {
     // Without reference values the TEE is not affirming: the default resource policy denies.
     let kbs_plain = kbs(Verifier::default(), json!({}));
     let c = client(&kbs_plain);
-    let ch = c.auth("sample").await.expect("auth");
-    c.attest(&c.attestation(&ch.nonce, sample_evidence(&c.report_data(&ch.nonce)), None))
-        .await
-        .expect("attest");
+    attest_sample(&c).await;
     let err = c
         .resource(SECRET_PATH, None)
         .await
@@ -382,10 +387,7 @@ async fn policy_refusals() {
         .await
         .expect("upload");
     let c = client(&kbs);
-    let ch = c.auth("sample").await.expect("auth");
-    c.attest(&c.attestation(&ch.nonce, sample_evidence(&c.report_data(&ch.nonce)), None))
-        .await
-        .expect("attest");
+    attest_sample(&c).await;
     assert_eq!(
         c.resource(SECRET_PATH, None).await.expect("allowed"),
         SECRET
@@ -422,11 +424,7 @@ async fn policy_refusals() {
         .set_reference_values(&json!({"svn": ["2"]}))
         .await
         .expect("reference values");
-    let ch = c.auth("sample").await.expect("auth");
-    let token = c
-        .attest(&c.attestation(&ch.nonce, sample_evidence(&c.report_data(&ch.nonce)), None))
-        .await
-        .expect("attest");
+    let token = attest_sample(&c).await;
     assert!(token.len() > 100);
     admin
         .set_attestation_policy(
@@ -660,10 +658,7 @@ async fn https_with_a_test_ca() {
     assert!(kbs.url().starts_with("https://"));
     let http = peerpod_tests::http::client_trusting(&ca.ca_pem).expect("client");
     let c = KbsClient::new(&kbs.url(), http);
-    let ch = c.auth("sample").await.expect("auth over TLS");
-    c.attest(&c.attestation(&ch.nonce, sample_evidence(&c.report_data(&ch.nonce)), None))
-        .await
-        .expect("attest over TLS");
+    attest_sample(&c).await;
     assert_eq!(
         c.resource(SECRET_PATH, None).await.expect("resource"),
         SECRET

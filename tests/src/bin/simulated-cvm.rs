@@ -56,6 +56,10 @@ enum Command {
         /// Serve the vTPM to a QEMU guest (prints the QEMU arguments) instead of on a socket.
         #[arg(long)]
         for_vm: bool,
+        /// Add the PCR 8 value of this initdata document to the reference values, so the KBS
+        /// only affirms a guest that booted with it.
+        #[arg(long)]
+        initdata: Option<PathBuf>,
     },
     /// Attest from the running CVM to a KBS and print a resource (what a guest's attestation
     /// agent does, by hand).
@@ -85,7 +89,8 @@ fn main() -> Result<()> {
             flavour,
             dir,
             for_vm,
-        } => rt.block_on(run(flavour, &dir, for_vm)),
+            initdata,
+        } => rt.block_on(run(flavour, &dir, for_vm, initdata.as_deref())),
         Command::Attest {
             dir,
             kbs,
@@ -95,7 +100,7 @@ fn main() -> Result<()> {
     }
 }
 
-async fn run(flavour: FlavourArg, dir: &Path, for_vm: bool) -> Result<()> {
+async fn run(flavour: FlavourArg, dir: &Path, for_vm: bool, initdata: Option<&Path>) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let flavour = match flavour {
         FlavourArg::Snp => Flavour::Snp,
@@ -118,12 +123,17 @@ async fn run(flavour: FlavourArg, dir: &Path, for_vm: bool) -> Result<()> {
         std::fs::write(dir.join("intel-root.pem"), pem)?;
         trust.push_str("intel_roots = [\"intel-root.pem\"]\n");
     }
-    let refs = match flavour {
+    let mut refs = match flavour {
         Flavour::Snp => {
             json!({"snp_launch_measurement": [STANDARD.encode(SnpConfig::default().measurement)]})
         }
         Flavour::Tdx => json!({"mr_td": [hex::encode(TdxConfig::default().measurements.mr_td)]}),
     };
+    if let Some(path) = initdata {
+        let doc = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let pcr8 = InitData::parse(&doc)?.digest().azure_vtpm_pcr8();
+        refs["init_data"] = json!([hex::encode(pcr8)]);
+    }
     std::fs::write(
         dir.join("reference-values.json"),
         serde_json::to_string_pretty(&refs)?,

@@ -112,15 +112,23 @@ pub fn default_validity() -> Result<Validity, CertError> {
     )
 }
 
-fn issue_p384(
+/// Issues a certificate signed by `signer` with the signature encoding `Sig` (ECDSA, DER).
+fn issue<S, Sig>(
     issuer: &Name,
     subject: Name,
     ca: bool,
     public: &SubjectPublicKeyInfo,
-    signer: &p384::ecdsa::SigningKey,
+    signer: &S,
     validity: Validity,
     extensions: Vec<Extension>,
-) -> Result<Certificate, CertError> {
+) -> Result<Certificate, CertError>
+where
+    S: p256::ecdsa::signature::Signer<Sig>
+        + p256::ecdsa::signature::Keypair
+        + spki::DynSignatureAlgorithmIdentifier,
+    S::VerifyingKey: EncodePublicKey,
+    Sig: spki::SignatureBitStringEncoding,
+{
     let profile = Profile {
         issuer: issuer.clone(),
         subject,
@@ -131,30 +139,7 @@ fn issue_p384(
     for e in extensions {
         b.add_extension(e)?;
     }
-    b.build::<_, p384::ecdsa::DerSignature>(signer)
-        .map_err(|e| CertError::Builder(e.to_string()))
-}
-
-fn issue_p256(
-    issuer: &Name,
-    subject: Name,
-    ca: bool,
-    public: &SubjectPublicKeyInfo,
-    signer: &p256::ecdsa::SigningKey,
-    validity: Validity,
-    extensions: Vec<Extension>,
-) -> Result<Certificate, CertError> {
-    let profile = Profile {
-        issuer: issuer.clone(),
-        subject,
-        ca,
-    };
-    let mut b = CertificateBuilder::new(profile, serial()?, validity, public.clone())
-        .map_err(|e| CertError::Builder(e.to_string()))?;
-    for e in extensions {
-        b.add_extension(e)?;
-    }
-    b.build::<_, p256::ecdsa::DerSignature>(signer)
+    b.build::<_, Sig>(signer)
         .map_err(|e| CertError::Builder(e.to_string()))
 }
 
@@ -196,7 +181,7 @@ impl AmdChain {
         let ark_key = p384::ecdsa::SigningKey::generate();
         let ask_key = p384::ecdsa::SigningKey::generate();
         let ark_name = name(&format!("ARK-{family}"))?;
-        let ark = issue_p384(
+        let ark = issue::<_, p384::ecdsa::DerSignature>(
             &ark_name,
             ark_name.clone(),
             true,
@@ -205,7 +190,7 @@ impl AmdChain {
             default_validity()?,
             vec![],
         )?;
-        let ask = issue_p384(
+        let ask = issue::<_, p384::ecdsa::DerSignature>(
             &ark_name,
             name(&format!("SEV-{family}"))?,
             true,
@@ -252,7 +237,7 @@ impl AmdChain {
                 extn_value: OctetString::new(spec.chip_id.to_vec())?,
             },
         ];
-        let cert = issue_p384(
+        let cert = issue::<_, p384::ecdsa::DerSignature>(
             self.ask.tbs_certificate().subject(),
             Name::from_str("CN=VCEK,O=peerpod-guest test world")?,
             false,
@@ -285,7 +270,7 @@ impl IntelChain {
         let root_key = p256::ecdsa::SigningKey::generate();
         let int_key = p256::ecdsa::SigningKey::generate();
         let root_name = name("Test SGX Root CA")?;
-        let root = issue_p256(
+        let root = issue::<_, p256::ecdsa::DerSignature>(
             &root_name,
             root_name.clone(),
             true,
@@ -294,7 +279,7 @@ impl IntelChain {
             default_validity()?,
             vec![],
         )?;
-        let intermediate = issue_p256(
+        let intermediate = issue::<_, p256::ecdsa::DerSignature>(
             &root_name,
             name("Test SGX PCK Platform CA")?,
             true,
@@ -313,7 +298,7 @@ impl IntelChain {
     /// Issues a PCK certificate; returns it and its private key.
     pub fn issue_pck(&self) -> Result<(Certificate, p256::ecdsa::SigningKey), CertError> {
         let key = p256::ecdsa::SigningKey::generate();
-        let cert = issue_p256(
+        let cert = issue::<_, p256::ecdsa::DerSignature>(
             self.intermediate.tbs_certificate().subject(),
             name("Test SGX PCK Certificate")?,
             false,
@@ -352,7 +337,7 @@ impl TlsCa {
         use p256::pkcs8::EncodePrivateKey;
         let ca_key = p256::ecdsa::SigningKey::generate();
         let ca_name = name("peerpod test TLS CA")?;
-        let ca = issue_p256(
+        let ca = issue::<_, p256::ecdsa::DerSignature>(
             &ca_name,
             ca_name.clone(),
             true,
@@ -374,7 +359,7 @@ impl TlsCa {
             critical: false,
             extn_value: OctetString::new(SubjectAltName(names).to_der()?)?,
         };
-        let cert = issue_p256(
+        let cert = issue::<_, p256::ecdsa::DerSignature>(
             &ca_name,
             name(dns_names.first().copied().unwrap_or("localhost"))?,
             false,

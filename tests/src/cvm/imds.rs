@@ -2,7 +2,6 @@
 //! (`GET /metadata/THIM/amd/certification`) and the TD quoting endpoint for TDX CVMs
 //! (`POST /acc/tdquote`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -16,72 +15,30 @@ use serde_json::json;
 
 use super::error::CvmError;
 use super::paravisor::Hardware;
+use crate::http::{ServerThread, serve_axum};
 
 /// A running IMDS; dropping it stops the server.
 pub struct ImdsServer {
-    addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl ImdsServer {
     /// Starts serving on 127.0.0.1 at a free port, on its own thread.
     pub fn start(hardware: Hardware) -> Result<Self, CvmError> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| CvmError::Imds(format!("cannot bind: {e}")))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| CvmError::Imds(e.to_string()))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| CvmError::Imds(e.to_string()))?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = axum::Router::new()
             .route("/metadata/THIM/amd/certification", get(certification))
             .route("/acc/tdquote", post(td_quote))
             .with_state(Arc::new(hardware));
-        let thread = std::thread::Builder::new()
-            .name("simulated-imds".into())
-            .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = rx.await;
-                        })
-                        .await;
-                });
-            })
-            .map_err(|e| CvmError::Imds(e.to_string()))?;
-        Ok(Self {
-            addr,
-            shutdown: Some(tx),
-            thread: Some(thread),
+        let server = ServerThread::spawn("simulated-imds", "127.0.0.1:0", move |listener, stop| {
+            serve_axum(listener, app, stop)
         })
+        .map_err(|e| CvmError::Imds(format!("cannot start: {e}")))?;
+        Ok(Self { server })
     }
 
     /// The base URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for ImdsServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        format!("http://{}", self.server.addr())
     }
 }
 

@@ -117,33 +117,33 @@ impl SimulatedCvm {
     /// Starts the CVM for use from the host: its vTPM answers raw TPM commands on
     /// [`SimulatedCvm::tpm_socket`].
     pub fn start(options: CvmOptions) -> Result<Self, CvmError> {
-        let hardware = Self::hardware(&options)?;
-        let swtpm = Self::provisioned(&options.dir)?;
-        // swtpm serves one client at a time: let it notice the provisioning client left.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let paravisor = Paravisor::new(hardware.clone(), options.paravisor.clone());
-        let server = paravisor.serve_host(&swtpm.data_socket(), &options.dir.join("vtpm.sock"))?;
-        let imds = imds::ImdsServer::start(hardware.clone())?;
-        Ok(Self {
-            flavour: options.flavour,
-            hardware,
-            paravisor,
-            imds,
-            server,
-            _swtpm: swtpm,
-            dir: options.dir,
-        })
+        Self::assemble(options, false)
     }
 
     /// Starts the CVM for a QEMU guest: pass [`SimulatedCvm::qemu_args`] to QEMU and the guest
     /// gets a TPM TIS device behind the paravisor.
     pub fn start_for_vm(options: CvmOptions) -> Result<Self, CvmError> {
+        Self::assemble(options, true)
+    }
+
+    fn assemble(options: CvmOptions, for_vm: bool) -> Result<Self, CvmError> {
         let hardware = Self::hardware(&options)?;
-        drop(Self::provisioned(&options.dir)?);
-        let swtpm = Swtpm::start(&options.dir, SwtpmMode::Vm)?;
         let paravisor = Paravisor::new(hardware.clone(), options.paravisor.clone());
-        let server =
-            paravisor.serve_vm(&swtpm.ctrl_socket(), &options.dir.join("vtpm-ctrl.sock"))?;
+        let (swtpm, server) = if for_vm {
+            // Provision through a host-mode swtpm, then hand the state to one QEMU drives.
+            drop(Self::provisioned(&options.dir)?);
+            let swtpm = Swtpm::start(&options.dir, SwtpmMode::Vm)?;
+            let server =
+                paravisor.serve_vm(&swtpm.ctrl_socket(), &options.dir.join("vtpm-ctrl.sock"))?;
+            (swtpm, server)
+        } else {
+            let swtpm = Self::provisioned(&options.dir)?;
+            // swtpm serves one client at a time: let it notice the provisioning client left.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let server =
+                paravisor.serve_host(&swtpm.data_socket(), &options.dir.join("vtpm.sock"))?;
+            (swtpm, server)
+        };
         let imds = imds::ImdsServer::start(hardware.clone())?;
         Ok(Self {
             flavour: options.flavour,

@@ -295,34 +295,14 @@ impl Paravisor {
     pub fn serve_host(&self, swtpm_data: &Path, listen: &Path) -> Result<HostServer, CvmError> {
         let upstream = Tpm::new(Transport::open(&format!("unix:{}", swtpm_data.display()))?);
         let upstream = Arc::new(Mutex::new(upstream));
-        let _ = std::fs::remove_file(listen);
-        let listener =
-            UnixListener::bind(listen).map_err(CvmError::io("cannot listen on", listen))?;
         let me = self.clone();
-        let path = listen.to_path_buf();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("paravisor-host".into())
-            .spawn(move || {
-                let stop = flag;
-                for conn in listener.incoming() {
-                    let Ok(conn) = conn else { break };
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let me = me.clone();
-                    let upstream = upstream.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("paravisor-client".into())
-                        .spawn(move || me.serve_client(conn, &upstream));
-                }
-            })
-            .map_err(|source| CvmError::Spawn {
-                what: "paravisor thread",
-                source,
-            })?;
-        Ok(HostServer { path, stop })
+        HostServer::accept("paravisor-host", listen, move |conn| {
+            let me = me.clone();
+            let upstream = upstream.clone();
+            let _ = std::thread::Builder::new()
+                .name("paravisor-client".into())
+                .spawn(move || me.serve_client(conn, &upstream));
+        })
     }
 
     fn serve_client(&self, mut conn: UnixStream, upstream: &Mutex<Tpm>) {
@@ -340,33 +320,13 @@ impl Paravisor {
     /// Serves QEMU's `-tpmdev emulator` control channel on a Unix socket, relaying it to swtpm's
     /// control socket and putting itself on the TPM data channel QEMU hands over.
     pub fn serve_vm(&self, swtpm_ctrl: &Path, listen: &Path) -> Result<HostServer, CvmError> {
-        let _ = std::fs::remove_file(listen);
-        let listener =
-            UnixListener::bind(listen).map_err(CvmError::io("cannot listen on", listen))?;
         let me = self.clone();
         let ctrl = swtpm_ctrl.to_path_buf();
-        let path = listen.to_path_buf();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("paravisor-vm".into())
-            .spawn(move || {
-                let stop = flag;
-                for conn in listener.incoming() {
-                    let Ok(conn) = conn else { break };
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Err(e) = me.relay_control(conn, &ctrl) {
-                        eprintln!("simulated paravisor: control channel: {e}");
-                    }
-                }
-            })
-            .map_err(|source| CvmError::Spawn {
-                what: "paravisor thread",
-                source,
-            })?;
-        Ok(HostServer { path, stop })
+        HostServer::accept("paravisor-vm", listen, move |conn| {
+            if let Err(e) = me.relay_control(conn, &ctrl) {
+                eprintln!("simulated paravisor: control channel: {e}");
+            }
+        })
     }
 
     fn relay_control(&self, qemu: UnixStream, swtpm_ctrl: &Path) -> Result<(), CvmError> {
@@ -457,6 +417,38 @@ pub struct HostServer {
 }
 
 impl HostServer {
+    /// Listens on `listen` and hands each connection to `handle` on a thread named `name`.
+    fn accept(
+        name: &str,
+        listen: &Path,
+        mut handle: impl FnMut(UnixStream) + Send + 'static,
+    ) -> Result<Self, CvmError> {
+        let _ = std::fs::remove_file(listen);
+        let listener =
+            UnixListener::bind(listen).map_err(CvmError::io("cannot listen on", listen))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { break };
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    handle(conn);
+                }
+            })
+            .map_err(|source| CvmError::Spawn {
+                what: "paravisor thread",
+                source,
+            })?;
+        Ok(Self {
+            path: listen.to_path_buf(),
+            stop,
+        })
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path

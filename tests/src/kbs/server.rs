@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use super::appraisal::{self, TokenSigner};
 use super::error::KbsError;
 use super::verifier::{Expected, Verifier};
+use crate::http::{ServerThread, serve_axum};
 
 /// Who may use the admin endpoints.
 #[derive(Debug, Clone)]
@@ -561,10 +562,8 @@ async fn get_reference_value(
 
 /// A KBS running on its own thread (with its own runtime); dropping it stops the server.
 pub struct RunningKbs {
-    addr: SocketAddr,
+    server: ServerThread,
     scheme: &'static str,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// TLS material for HTTPS.
@@ -580,75 +579,35 @@ impl RunningKbs {
     /// Starts the KBS on `listen` (`127.0.0.1:0` for a free port), over HTTPS when `tls` is set.
     pub fn start(options: KbsOptions, listen: &str, tls: Option<TlsFiles>) -> Result<Self, String> {
         let app = router(options).map_err(|e| e.to_string())?;
-        let listener = std::net::TcpListener::bind(listen)
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let acceptor = match &tls {
             Some(t) => Some(super::tls::acceptor(t)?),
             None => None,
         };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("test-kbs".into())
-            .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    match acceptor {
-                        None => {
-                            let _ = axum::serve(listener, app)
-                                .with_graceful_shutdown(async {
-                                    let _ = rx.await;
-                                })
-                                .await;
-                        }
-                        Some(acceptor) => super::tls::serve(listener, acceptor, app, rx).await,
-                    }
-                });
-            })
-            .map_err(|e| e.to_string())?;
+        let server = ServerThread::spawn("test-kbs", listen, move |listener, stop| async move {
+            match acceptor {
+                None => serve_axum(listener, app, stop).await,
+                Some(acceptor) => super::tls::serve(listener, acceptor, app, stop).await,
+            }
+        })
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         Ok(Self {
-            addr,
+            server,
             scheme: if tls.is_some() { "https" } else { "http" },
-            shutdown: Some(tx),
-            thread: Some(thread),
         })
     }
 
     /// The base URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
-        format!("{}://{}", self.scheme, self.addr)
+        format!("{}://{}", self.scheme, self.server.addr())
     }
 
     /// The address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Blocks until the server stops (for the binary).
-    pub fn wait(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for RunningKbs {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn wait(self) {
+        self.server.wait();
     }
 }
