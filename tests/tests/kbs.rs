@@ -81,6 +81,14 @@ fn sample_evidence(report_data: &[u8]) -> Value {
     json!({"svn": "1", "report_data": STANDARD.encode(report_data)})
 }
 
+/// The claims of a token (its payload, unverified: the KBS verified it).
+fn token_claims(token: &str) -> Value {
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').nth(1).expect("payload"))
+        .expect("base64");
+    serde_json::from_slice(&payload).expect("json")
+}
+
 /// A whole sample-TEE handshake; returns the token.
 async fn attest_sample(c: &KbsClient) -> String {
     let ch = c.auth("sample").await.expect("auth");
@@ -169,12 +177,7 @@ async fn sample_tee_gets_its_resource() {
             .expect("bearer"),
         SECRET
     );
-    let payload: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token.split('.').nth(1).expect("payload"))
-            .expect("base64"),
-    )
-    .expect("json");
+    let payload = token_claims(&token);
     let cpu = &payload["submods"]["cpu0"];
     assert_eq!(cpu["ear.status"], "affirming");
     assert_eq!(cpu["ear.veraison.annotated-evidence"]["sample"]["svn"], "1");
@@ -199,12 +202,7 @@ async fn az_snp_vtpm_attests_and_gets_its_resource() {
         c.resource(SECRET_PATH, None).await.expect("resource"),
         SECRET
     );
-    let payload: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token.split('.').nth(1).expect("payload"))
-            .expect("base64"),
-    )
-    .expect("json");
+    let payload = token_claims(&token);
     let annotated = &payload["submods"]["cpu0"]["ear.veraison.annotated-evidence"];
     let digest = InitData::parse(INITDATA.as_bytes())
         .expect("initdata")
@@ -221,6 +219,30 @@ async fn az_snp_vtpm_attests_and_gets_its_resource() {
     );
     assert_eq!(annotated["az-snp-vtpm"]["reported_tcb_microcode"], "213");
     assert_eq!(payload["submods"]["cpu0"]["ear.status"], "affirming");
+
+    // Once the owner registers the initdata they expect, a guest that booted with other
+    // initdata still attests (its PCR 8 matches what it sends) but is not affirmed.
+    KbsAdmin::new(&kbs.url(), None)
+        .expect("admin")
+        .set_reference_values(&json!({"init_data": [hex::encode([0u8; 32])]}))
+        .await
+        .expect("reference values");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let c = client(&kbs);
+    let challenge = c.auth("az-snp-vtpm").await.expect("auth");
+    // PCR 8 was extended at "boot" above; the guest does not extend it again.
+    let evidence = azure_evidence(&cvm, &c.report_data(&challenge.nonce), None).await;
+    let token = c
+        .attest(&c.attestation(&challenge.nonce, evidence, Some(INITDATA)))
+        .await
+        .expect("attest");
+    let cpu = &token_claims(&token)["submods"]["cpu0"];
+    assert_eq!(cpu["ear.trustworthiness-vector"]["configuration"], 36);
+    let err = c
+        .resource(SECRET_PATH, None)
+        .await
+        .expect_err("unexpected initdata");
+    assert_refused(err, 403, "\"configuration\":36");
 }
 
 #[tokio::test]
