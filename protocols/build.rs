@@ -33,10 +33,28 @@ fn main() -> std::io::Result<()> {
         .rust_protobuf_customize(ttrpc_codegen::ProtobufCustomize::default().gen_mod_rs(false))
         .run()?;
 
-    for entry in std::fs::read_dir(&kata_out)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            strip_inner_attributes(&path)?;
+    let aa_out = out.join("aa");
+    std::fs::create_dir_all(&aa_out)?;
+    let aa_input = "proto/aa/attestation_agent.proto".to_string();
+    println!("cargo:rerun-if-changed={aa_input}");
+    ttrpc_codegen::Codegen::new()
+        .out_dir(&aa_out)
+        .inputs([&aa_input])
+        .include("proto/aa")
+        .rust_protobuf()
+        .customize(ttrpc_codegen::Customize {
+            async_all: true,
+            ..Default::default()
+        })
+        .rust_protobuf_customize(ttrpc_codegen::ProtobufCustomize::default().gen_mod_rs(false))
+        .run()?;
+
+    for dir in [&kata_out, &aa_out] {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                strip_inner_attributes(&path)?;
+            }
         }
     }
     Ok(())

@@ -96,9 +96,11 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let addr = config.server_addr.to_uri();
     if let Some(path) = config.server_addr.unix_path() {
-        prepare_unix_socket(path).map_err(|source| ServeError::SocketDir {
-            addr: addr.clone(),
-            source,
+        peerpod_protocols::socket::prepare_unix_socket(path).map_err(|source| {
+            ServeError::SocketDir {
+                addr: addr.clone(),
+                source,
+            }
         })?;
     }
 
@@ -141,18 +143,6 @@ pub async fn serve(
     }
     if let Some(path) = config.server_addr.unix_path() {
         let _ = std::fs::remove_file(path);
-    }
-    Ok(())
-}
-
-/// Creates the socket's directory, and removes a stale socket file left by an agent that died
-/// (one nobody listens on); a live one is left alone so that bind reports it in use.
-fn prepare_unix_socket(path: &std::path::Path) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
-        std::fs::remove_file(path)?;
     }
     Ok(())
 }

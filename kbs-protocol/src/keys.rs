@@ -183,6 +183,43 @@ impl TeeKeyPair {
         Ok(TeeKeyPair::Rsa(Box::new(key)))
     }
 
+    /// The private key as PEM, the way upstream's agent hands it to callers of `GetToken`: RSA
+    /// as PKCS#1, EC as PKCS#8.
+    pub fn to_pem(&self) -> Result<zeroize::Zeroizing<String>, Error> {
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        match self {
+            TeeKeyPair::P256(k) => k
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|_| Error::Crypto("PKCS#8 encoding")),
+            TeeKeyPair::P521(k) => k
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|_| Error::Crypto("PKCS#8 encoding")),
+            TeeKeyPair::Rsa(k) => k
+                .to_pkcs1_pem(LineEnding::LF)
+                .map_err(|_| Error::Crypto("PKCS#1 encoding")),
+        }
+    }
+
+    /// Reads a key written by [`TeeKeyPair::to_pem`] (RSA PKCS#1, or EC P-256/P-521 PKCS#8).
+    pub fn from_pem(pem: &str) -> Result<Self, Error> {
+        use p256::pkcs8::DecodePrivateKey;
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        if let Ok(k) = PrivateKey::from_pkcs1_pem(pem) {
+            return Ok(TeeKeyPair::Rsa(Box::new(k)));
+        }
+        if let Ok(k) = p256::SecretKey::from_pkcs8_pem(pem) {
+            return Ok(TeeKeyPair::P256(k));
+        }
+        if let Ok(k) = p521::SecretKey::from_pkcs8_pem(pem) {
+            return Ok(TeeKeyPair::P521(k));
+        }
+        Err(Error::invalid(
+            "TEE key",
+            "not an RSA (PKCS#1) nor an EC P-256/P-521 (PKCS#8) private key",
+        ))
+    }
+
     /// The public JWK to send in the runtime data.
     pub fn public_key(&self) -> TeePubKey {
         fn ec(crv: &str, point: &[u8], len: usize) -> TeePubKey {
@@ -221,6 +258,27 @@ mod tests {
         let (curve, point) = k.public_key().ec_point().expect("point");
         assert_eq!((curve, point.len()), (Curve::P256, 65));
         assert_eq!(format!("{k:?}"), "TeeKeyPair(P-256, private)");
+    }
+
+    #[test]
+    fn pem_round_trips() {
+        for k in [
+            TeeKeyPair::generate(),
+            TeeKeyPair::generate_p521(),
+            TeeKeyPair::generate_rsa().expect("rsa"),
+        ] {
+            let pem = k.to_pem().expect("pem");
+            let back = TeeKeyPair::from_pem(&pem).expect("parse");
+            assert_eq!(back.public_key(), k.public_key());
+        }
+        assert!(TeeKeyPair::from_pem("-----BEGIN NONSENSE-----").is_err());
+        let rsa = TeeKeyPair::generate_rsa()
+            .expect("rsa")
+            .to_pem()
+            .expect("pem");
+        assert!(rsa.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        let ec = TeeKeyPair::generate().to_pem().expect("pem");
+        assert!(ec.starts_with("-----BEGIN PRIVATE KEY-----"));
     }
 
     #[test]

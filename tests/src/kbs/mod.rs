@@ -9,4 +9,4 @@ mod tls;
 pub mod verifier;
 
 pub use error::KbsError;
-pub use server::{AdminAuth, KbsOptions, RunningKbs, TlsFiles};
+pub use server::{AdminAuth, KbsOptions, KbsStats, RunningKbs, TlsFiles};

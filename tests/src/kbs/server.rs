@@ -58,6 +58,25 @@ pub struct KbsOptions {
     pub resources: BTreeMap<String, Vec<u8>>,
     /// Largest request body.
     pub max_body: usize,
+    /// Counters, shared with whoever holds a clone of the `Arc`.
+    pub stats: Arc<KbsStats>,
+}
+
+/// What the KBS has done, for tests.
+#[derive(Debug, Default)]
+pub struct KbsStats {
+    /// Successful `/auth` calls.
+    pub auths: std::sync::atomic::AtomicU64,
+    /// Successful `/attest` calls that verified evidence (not repeats on an attested session).
+    pub attestations: std::sync::atomic::AtomicU64,
+    /// Resources released.
+    pub resources: std::sync::atomic::AtomicU64,
+}
+
+impl KbsStats {
+    fn bump(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl KbsOptions {
@@ -73,6 +92,7 @@ impl KbsOptions {
             reference_values: BTreeMap::new(),
             resources: BTreeMap::new(),
             max_body: 2 << 20,
+            stats: Arc::new(KbsStats::default()),
         }
     }
 }
@@ -216,6 +236,7 @@ async fn auth(State(st): State<Shared>, body: axum::body::Bytes) -> Result<Respo
             },
         );
     }
+    KbsStats::bump(&st.options.stats.auths);
     let challenge = Challenge {
         nonce,
         extra_params: Value::String(String::new()),
@@ -336,6 +357,7 @@ async fn attest(
             s.token = Some((token.clone(), token_claims));
         }
     }
+    KbsStats::bump(&st.options.stats.attestations);
     let mut resp = Json(TokenResponse { token }).into_response();
     resp.headers_mut()
         .insert(header::SET_COOKIE, set_cookie(&id, expires));
@@ -411,6 +433,7 @@ async fn get_resource(
     let key: TeePubKey =
         serde_json::from_value(key).map_err(|e| KbsError::Jwe(format!("tee-pubkey: {e}")))?;
     let sealed = jwe::seal(&key, &data).map_err(|e| KbsError::Jwe(e.to_string()))?;
+    KbsStats::bump(&st.options.stats.resources);
     Ok(Json(sealed).into_response())
 }
 

@@ -69,6 +69,10 @@ pub struct VmOptions {
     /// Shell commands the guest runs once its network is up, before the agent starts; their
     /// output goes to the serial console (see [`TestVm::serial_log`]).
     pub boot_commands: Vec<String>,
+    /// Guest TCP addresses forwarded to host ports: `("10.0.2.100:8080", 40123)` makes the
+    /// guest's connections to 10.0.2.100:8080 reach 127.0.0.1:40123 (QEMU `guestfwd`); the guest
+    /// reaches nothing else.
+    pub guest_forwards: Vec<(String, u16)>,
     /// How long to wait for the agent to answer after QEMU starts; default 90 s (TCG on a
     /// slow 2-core machine), or `PEERPOD_VM_BOOT_TIMEOUT` seconds.
     pub boot_timeout: Duration,
@@ -96,6 +100,7 @@ impl VmOptions {
             extra_args: Vec::new(),
             extra_kernel_args: Vec::new(),
             boot_commands: Vec::new(),
+            guest_forwards: Vec::new(),
             boot_timeout: Duration::from_secs(env_secs.unwrap_or(90)),
             cache_dir: None,
         }
@@ -434,6 +439,10 @@ fn qemu_args(options: &VmOptions, image: &VmImage, port: u16, serial_log: &Path)
         "edd=off".to_owned(),
     ];
     append.extend(options.extra_kernel_args.iter().cloned());
+    let mut netdev = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:{AGENT_PORT}");
+    for (guest, host_port) in &options.guest_forwards {
+        netdev.push_str(&format!(",guestfwd=tcp:{guest}-tcp:127.0.0.1:{host_port}"));
+    }
     let mut args: Vec<String> = [
         "-machine",
         "q35",
@@ -457,9 +466,9 @@ fn qemu_args(options: &VmOptions, image: &VmImage, port: u16, serial_log: &Path)
         &image.initramfs().display().to_string(),
         "-append",
         &append.join(" "),
-        // User networking, restricted: the guest can reach nothing but the forwarded port.
+        // User networking, restricted: the guest can reach nothing but the forwarded ports.
         "-netdev",
-        &format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:{AGENT_PORT}"),
+        &netdev,
         "-device",
         // No option ROM: the kernel is loaded directly, nothing boots from the network.
         "virtio-net-pci,netdev=n0,romfile=",

@@ -1,0 +1,380 @@
+//! The attestation agent against the local KBS and the simulated Azure CVM: tokens and
+//! resources for every TEE, initdata binding, caching and single-flight attestation, and the
+//! failure modes a pod VM meets (KBS down, slow, answering garbage, wrong CA).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use attestation_agent::attester::{Attester, Sample};
+use attestation_agent::config::{AaConfig, KbsSection};
+use attestation_agent::kbs::KeyAlgorithm;
+use attestation_agent::{AaError, AttestationAgent};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use peerpod_kbs_protocol::keys::TeeKeyPair;
+use peerpod_policy::initdata::InitData;
+use peerpod_tests::cvm::platform::SnpConfig;
+use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
+use peerpod_tests::kbs::client::KbsClient;
+use peerpod_tests::kbs::verifier::{AmdAnchors, TrustAnchors, Verifier, x509};
+use peerpod_tests::kbs::{KbsOptions, RunningKbs, TlsFiles};
+use peerpod_tests::scratch::ScratchDir;
+use peerpod_tpm::{PcrBank, Tpm};
+use serde_json::{Value, json};
+
+const SECRET: &[u8] = b"resource for the pod";
+
+fn initdata(alg: &str) -> String {
+    format!(
+        "version = \"0.1.0\"\nalgorithm = \"{alg}\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"http://kbs\"\n'''\n"
+    )
+}
+
+fn kbs_options(cvm: Option<&SimulatedCvm>) -> KbsOptions {
+    let mut anchors = TrustAnchors::default();
+    let mut refs = json!({"launch_digest": ["abcde"], "svn": ["1"],
+        "snp_launch_measurement": [STANDARD.encode(SnpConfig::default().measurement)],
+        "mr_td": [hex::encode(peerpod_tests::cvm::platform::TdxConfig::default().measurements.mr_td)]});
+    if let Some(cvm) = cvm {
+        let a = cvm.trust_anchors().expect("anchors");
+        if let Some(pem) = a.amd_chain_pem {
+            anchors.amd = Some(AmdAnchors::from_pem(pem.as_bytes()).expect("chain"));
+        }
+        if let Some(pem) = a.intel_root_pem {
+            anchors.intel_roots = vec![x509::from_pem("root", pem.as_bytes()).expect("root")];
+        }
+    }
+    refs["unused"] = json!(null);
+    let mut options = KbsOptions::new(Verifier {
+        anchors,
+        ..Verifier::default()
+    });
+    options.reference_values =
+        serde_json::from_value::<BTreeMap<String, Value>>(refs).expect("refs");
+    options
+        .resources
+        .insert("default/key/pod".into(), SECRET.to_vec());
+    options
+}
+
+fn aa_config(kbs_url: &str, cvm: Option<&SimulatedCvm>) -> AaConfig {
+    let mut c = AaConfig {
+        kbs: Some(KbsSection {
+            url: kbs_url.to_string(),
+            cert: None,
+            tee_key_algorithm: KeyAlgorithm::EcP256,
+        }),
+        allow_sample: cvm.is_none(),
+        kbs_request_timeout: Duration::from_secs(5),
+        tsm_root: "/nonexistent-tsm".into(),
+        ..AaConfig::default()
+    };
+    if let Some(cvm) = cvm {
+        c.tpm = cvm.tpm_spec();
+        c.imds_url = cvm.imds_url();
+    }
+    c
+}
+
+fn sample_aa(config: &AaConfig) -> AttestationAgent {
+    AttestationAgent::with_attester(config, Arc::new(Sample::default()), None).expect("AA")
+}
+
+fn cvm(flavour: Flavour, name: &str) -> (ScratchDir, SimulatedCvm) {
+    let dir = ScratchDir::new(name).expect("scratch");
+    let cvm = SimulatedCvm::start(CvmOptions::new(flavour, dir.path())).expect("CVM");
+    (dir, cvm)
+}
+
+/// Decodes GetToken's reply and fetches the resource the way a token consumer does: Bearer
+/// token, JWE decrypted with the PEM key.
+async fn use_token(kbs: &RunningKbs, reply: &[u8]) -> Vec<u8> {
+    let v: Value = serde_json::from_slice(reply).expect("GetToken reply is JSON");
+    let token = v["token"].as_str().expect("token");
+    let key =
+        TeeKeyPair::from_pem(v["tee_keypair"].as_str().expect("tee_keypair")).expect("PEM key");
+    let client = KbsClient::with_key(&kbs.url(), peerpod_tests::http::client(), key);
+    client
+        .resource("default/key/pod", Some(token))
+        .await
+        .expect("resource with the token")
+}
+
+#[tokio::test]
+async fn sample_token_and_resource() {
+    let kbs = RunningKbs::start(kbs_options(None), "127.0.0.1:0", None).expect("KBS");
+    let aa = sample_aa(&aa_config(&kbs.url(), None));
+    assert_eq!(aa.tee(), "sample");
+    let reply = aa.get_token("kbs").await.expect("token");
+    assert_eq!(use_token(&kbs, &reply).await, SECRET);
+    let secret = aa
+        .kbs()
+        .expect("kbs")
+        .resource("default/key/pod")
+        .await
+        .expect("resource");
+    assert_eq!(secret.as_slice(), SECRET);
+    assert_eq!(
+        aa.kbs().expect("kbs").attestations(),
+        1,
+        "the resource reused the token"
+    );
+    let err = aa.get_token("vault").await.expect_err("unknown type");
+    assert!(err.to_string().contains("unsupported token type"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_get_tokens_attest_once() {
+    let options = kbs_options(None);
+    let stats = Arc::clone(&options.stats);
+    let kbs = RunningKbs::start(options, "127.0.0.1:0", None).expect("KBS");
+    let aa = Arc::new(sample_aa(&aa_config(&kbs.url(), None)));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let aa = Arc::clone(&aa);
+        tasks.push(tokio::spawn(async move { aa.get_token("kbs").await }));
+    }
+    let mut tokens = std::collections::BTreeSet::new();
+    for t in tasks {
+        let reply = t.await.expect("task").expect("token");
+        let v: Value = serde_json::from_slice(&reply).expect("json");
+        tokens.insert(v["token"].as_str().expect("token").to_string());
+    }
+    assert_eq!(tokens.len(), 1, "every caller got the same token");
+    assert_eq!(
+        stats.attestations.load(Ordering::Relaxed),
+        1,
+        "the KBS saw one attestation"
+    );
+    assert_eq!(aa.kbs().expect("kbs").attestations(), 1);
+}
+
+#[tokio::test]
+async fn token_expiry_triggers_reattestation() {
+    let mut options = kbs_options(None);
+    options.token_lifetime = Duration::from_secs(3);
+    let stats = Arc::clone(&options.stats);
+    let kbs = RunningKbs::start(options, "127.0.0.1:0", None).expect("KBS");
+    let mut config = aa_config(&kbs.url(), None);
+    config.token_refresh_margin = Duration::from_secs(1);
+    let aa = sample_aa(&config);
+    let first = aa.get_token("kbs").await.expect("token");
+    let again = aa.get_token("kbs").await.expect("cached");
+    assert_eq!(first, again, "a fresh token is reused");
+    assert_eq!(stats.attestations.load(Ordering::Relaxed), 1);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let renewed = aa.get_token("kbs").await.expect("renewed");
+    assert_ne!(first, renewed, "a token about to expire is replaced");
+    assert_eq!(stats.attestations.load(Ordering::Relaxed), 2);
+    // A KBS that forgets the token (it expired there first) gets exactly one re-attestation.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let secret = aa
+        .kbs()
+        .expect("kbs")
+        .resource("default/key/pod")
+        .await
+        .expect("resource");
+    assert_eq!(secret.as_slice(), SECRET);
+    assert_eq!(stats.attestations.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn every_tee_key_algorithm_works() {
+    let kbs = RunningKbs::start(kbs_options(None), "127.0.0.1:0", None).expect("KBS");
+    for alg in [
+        KeyAlgorithm::EcP256,
+        KeyAlgorithm::EcP521,
+        KeyAlgorithm::Rsa,
+    ] {
+        let mut config = aa_config(&kbs.url(), None);
+        if let Some(k) = config.kbs.as_mut() {
+            k.tee_key_algorithm = alg;
+        }
+        let aa = sample_aa(&config);
+        let reply = aa.get_token("kbs").await.expect("token");
+        assert_eq!(use_token(&kbs, &reply).await, SECRET, "{alg:?}");
+    }
+}
+
+async fn azure_round(flavour: Flavour, alg: &str, name: &str) {
+    let (_dir, cvm) = cvm(flavour, name);
+    let kbs = RunningKbs::start(kbs_options(Some(&cvm)), "127.0.0.1:0", None).expect("KBS");
+    let doc = initdata(alg);
+    let config = aa_config(&kbs.url(), Some(&cvm));
+    let aa = AttestationAgent::new(&config, Some(doc.clone())).expect("AA");
+    assert_eq!(aa.tee(), flavour.tee());
+    let digest = InitData::parse(doc.as_bytes()).expect("initdata").digest();
+    aa.bind_init_data(digest.as_bytes()).await.expect("bind");
+    let started = Instant::now();
+    let reply = aa.get_token("kbs").await.expect("token");
+    eprintln!("{name}: first GetToken {:?}", started.elapsed());
+    assert_eq!(use_token(&kbs, &reply).await, SECRET);
+    let mut tpm = Tpm::open(&cvm.tpm_spec()).expect("vTPM");
+    let pcr8 = tpm
+        .pcr_read(PcrBank::Sha256, &[8])
+        .expect("PCR 8")
+        .pop()
+        .expect("value");
+    assert_eq!(
+        pcr8,
+        digest.azure_vtpm_pcr8(),
+        "{alg}: PCR 8 holds the first 32 bytes' extension"
+    );
+
+    // A restarted agent binds again: PCR 8 is not extended twice, attestation still passes.
+    drop(aa);
+    let aa = AttestationAgent::new(&config, Some(doc.clone())).expect("AA again");
+    aa.bind_init_data(digest.as_bytes())
+        .await
+        .expect("bind again");
+    let again = tpm
+        .pcr_read(PcrBank::Sha256, &[8])
+        .expect("PCR 8")
+        .pop()
+        .expect("value");
+    assert_eq!(again, pcr8, "restart must not extend PCR 8 again");
+    let reply = aa.get_token("kbs").await.expect("token after restart");
+    assert_eq!(use_token(&kbs, &reply).await, SECRET);
+
+    // Other initdata cannot be bound over it.
+    let other = InitData::parse(
+        initdata("sha256")
+            .replace("http://kbs", "http://evil")
+            .as_bytes(),
+    )
+    .expect("initdata")
+    .digest();
+    let err = aa
+        .bind_init_data(other.as_bytes())
+        .await
+        .expect_err("other initdata");
+    assert!(err.to_string().contains("initdata mismatch"), "{err}");
+}
+
+#[tokio::test]
+async fn az_snp_vtpm_with_sha256_initdata() {
+    azure_round(Flavour::Snp, "sha256", "aa-snp-256").await;
+}
+
+#[tokio::test]
+async fn az_snp_vtpm_with_sha384_initdata() {
+    azure_round(Flavour::Snp, "sha384", "aa-snp-384").await;
+}
+
+#[tokio::test]
+async fn az_tdx_vtpm_with_sha512_initdata() {
+    azure_round(Flavour::Tdx, "sha512", "aa-tdx-512").await;
+}
+
+fn assert_bounded(err: &AaError, started: Instant, limit: Duration, needle: &str) {
+    assert!(
+        started.elapsed() < limit,
+        "took {:?}: {err}",
+        started.elapsed()
+    );
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert!(text.contains(needle), "expected {needle:?} in: {text}");
+}
+
+#[tokio::test]
+async fn kbs_down_slow_or_garbage_fails_in_bounded_time() {
+    // Down: nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut config = aa_config(&format!("http://127.0.0.1:{port}"), None);
+    config.kbs_request_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let err = sample_aa(&config).get_token("kbs").await.expect_err("down");
+    assert_bounded(&err, started, Duration::from_secs(10), "auth request to");
+
+    // Slow: accepts connections and never answers.
+    let slow = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let slow_port = slow.local_addr().expect("addr").port();
+    let _hold = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in slow.incoming().flatten() {
+            conns.push(c);
+        }
+    });
+    let mut config = aa_config(&format!("http://127.0.0.1:{slow_port}"), None);
+    config.kbs_request_timeout = Duration::from_secs(1);
+    config.kbs_attempts = 2;
+    let started = Instant::now();
+    let err = sample_aa(&config).get_token("kbs").await.expect_err("slow");
+    assert_bounded(&err, started, Duration::from_secs(8), "auth request to");
+
+    // Garbage: answers 200 with something that is not a challenge, or errors without a body.
+    let app = axum::Router::new()
+        .route(
+            "/kbs/v0/auth",
+            axum::routing::post(|| async { "<html>not json</html>" }),
+        )
+        .fallback(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom") });
+    let garbage =
+        peerpod_tests::http::ServerThread::spawn("garbage", "127.0.0.1:0", move |l, stop| {
+            peerpod_tests::http::serve_axum(l, app, stop)
+        })
+        .expect("server");
+    let config = aa_config(&format!("http://{}", garbage.addr()), None);
+    let started = Instant::now();
+    let err = sample_aa(&config)
+        .get_token("kbs")
+        .await
+        .expect_err("garbage");
+    assert_bounded(&err, started, Duration::from_secs(5), "not a challenge");
+}
+
+#[tokio::test]
+async fn https_kbs_with_configured_ca_and_wrong_ca() {
+    let ca = peerpod_tests::cvm::certs::TlsCa::generate(&["localhost"]).expect("CA");
+    let tls = TlsFiles {
+        cert_pem: ca.cert_pem.clone(),
+        key_pem: ca.key_pem.clone(),
+    };
+    let kbs = RunningKbs::start(kbs_options(None), "127.0.0.1:0", Some(tls)).expect("KBS");
+    let mut config = aa_config(&kbs.url(), None);
+    if let Some(k) = config.kbs.as_mut() {
+        k.cert = Some(ca.ca_pem.clone());
+    }
+    let reply = sample_aa(&config)
+        .get_token("kbs")
+        .await
+        .expect("token over HTTPS");
+    assert!(!reply.is_empty());
+    let other = peerpod_tests::cvm::certs::TlsCa::generate(&["localhost"]).expect("CA");
+    if let Some(k) = config.kbs.as_mut() {
+        k.cert = Some(other.ca_pem);
+    }
+    let started = Instant::now();
+    let err = sample_aa(&config)
+        .get_token("kbs")
+        .await
+        .expect_err("wrong CA");
+    assert_bounded(&err, started, Duration::from_secs(10), "auth request to");
+}
+
+#[tokio::test]
+async fn evidence_and_tee_type_through_the_api() {
+    let (_dir, cvm) = cvm(Flavour::Snp, "aa-evidence");
+    let config = aa_config("http://unused", Some(&cvm));
+    let aa = AttestationAgent::new(&config, None).expect("AA");
+    let evidence = aa.get_evidence(&[0x11; 48]).await.expect("evidence");
+    let v: Value = serde_json::from_slice(&evidence).expect("JSON");
+    assert_eq!(v["version"], 1);
+    assert!(v["vcek"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(v["tpm_quote"]["pcrs"].as_array().map(Vec::len), Some(24));
+    let err = aa.get_evidence(&[0; 65]).await.expect_err("too long");
+    assert!(err.to_string().contains("at most 64"), "{err}");
+    let sample = Sample::default();
+    assert_eq!(sample.tee(), "sample");
+}
