@@ -24,6 +24,9 @@ pub enum AaError {
     /// The caller asked for something unsupported or unconfigured.
     #[error("{0}")]
     Request(String),
+    /// The attestation service failed, or a step of ours did.
+    #[error("{0}")]
+    Service(String),
 }
 
 /// The outcome of a runtime measurement request.
@@ -83,14 +86,18 @@ impl AttestationAgent {
             }
             None => None,
         };
-        crate::install_crypto_provider();
         let coco_as = match &config.coco_as_url {
             Some(url) => Some((
                 url.clone(),
-                reqwest::Client::builder()
+                crate::http_builder(url, None)
                     .timeout(config.kbs_request_timeout)
                     .build()
-                    .map_err(|e| AaError::Request(format!("HTTP client: {e}")))?,
+                    .map_err(|e| {
+                        AaError::Service(format!(
+                            "attestation service HTTP client: {}",
+                            crate::error_chain(&e)
+                        ))
+                    })?,
             )),
             None => None,
         };
@@ -143,7 +150,7 @@ impl AttestationAgent {
                 let pem = session
                     .key
                     .to_pem()
-                    .map_err(|e| AaError::Request(format!("cannot encode the TEE key: {e}")))?;
+                    .map_err(|e| AaError::Service(format!("cannot encode the TEE key: {e}")))?;
                 let reply = json!({"token": session.token, "tee_keypair": pem.as_str()});
                 Ok(reply.to_string().into_bytes())
             }
@@ -174,14 +181,14 @@ impl AttestationAgent {
             .json(&body)
             .send()
             .await
-            .map_err(|e| AaError::Request(format!("attestation service request failed: {e}")))?;
+            .map_err(|e| AaError::Service(format!("attestation service request failed: {e}")))?;
         let status = resp.status();
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| AaError::Request(format!("attestation service reply: {e}")))?;
+            .map_err(|e| AaError::Service(format!("attestation service reply: {e}")))?;
         if !status.is_success() {
-            return Err(AaError::Request(format!(
+            return Err(AaError::Service(format!(
                 "attestation service answered {status}: {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
             )));

@@ -238,7 +238,14 @@ impl AaConfig {
         }
         c.warnings = warnings
             .into_iter()
-            .map(|k| format!("unknown key {k:?} ignored"))
+            .map(|k| {
+                // Known keys we do not act on arrive as full sentences.
+                if k.contains(' ') {
+                    k
+                } else {
+                    format!("unknown key {k:?} ignored")
+                }
+            })
             .collect();
         Ok(c)
     }
@@ -273,7 +280,7 @@ impl AaConfig {
         });
         let Some(param) = param else { return };
         match param.split_once("::") {
-            Some(("cc_kbc", url)) if !url.is_empty() => {
+            Some(("cc_kbc", url)) if url.starts_with("http://") || url.starts_with("https://") => {
                 self.kbs = Some(KbsSection {
                     url: url.to_string(),
                     cert: None,
@@ -281,7 +288,7 @@ impl AaConfig {
                 });
             }
             _ => self.warnings.push(format!(
-                "aa_kbc_params {param:?} is not cc_kbc::<url>; no KBS configured"
+                "aa_kbc_params {param:?} is not cc_kbc::<http(s) URL>; no KBS configured"
             )),
         }
     }
@@ -314,7 +321,7 @@ fn parse_kbs(t: &toml::Table, warnings: &mut Vec<String>) -> Result<KbsSection, 
             "attestation_policy_selector" => {
                 string(&key, v)?;
                 warnings.push(format!(
-                    "{key} (not supported; the KBS's default policy applies)"
+                    "{key} is not supported and is ignored: the KBS's default policy applies"
                 ));
             }
             other => warnings.push(format!("token_configs.kbs.{other}")),

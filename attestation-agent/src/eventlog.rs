@@ -409,3 +409,259 @@ impl EventLog {
         Ok(measured)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use peerpod_tests::scratch::ScratchDir;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Registers in memory; `supported = false` behaves like a TEE without them.
+    struct Registers {
+        values: Mutex<HashMap<u64, [u8; 32]>>,
+        supported: bool,
+    }
+
+    impl Registers {
+        fn new() -> Self {
+            Self {
+                values: Mutex::new(HashMap::new()),
+                supported: true,
+            }
+        }
+
+        fn get(&self, index: u64) -> [u8; 32] {
+            self.values
+                .lock()
+                .expect("lock")
+                .get(&index)
+                .copied()
+                .unwrap_or([0; 32])
+        }
+
+        fn set(&self, index: u64, value: [u8; 32]) {
+            self.values.lock().expect("lock").insert(index, value);
+        }
+    }
+
+    #[async_trait]
+    impl Attester for Registers {
+        fn tee(&self) -> &'static str {
+            "test"
+        }
+        async fn evidence(&self, _: &[u8]) -> Result<Value, AttestError> {
+            Err(AttestError::NotSupported("evidence"))
+        }
+        async fn bind_init_data(&self, _: &[u8]) -> Result<(), AttestError> {
+            Ok(())
+        }
+        async fn extend(&self, index: u64, digest: &[u8]) -> Result<Measured, AttestError> {
+            if !self.supported {
+                return Ok(Measured::NotSupported);
+            }
+            self.set(index, extend_value(&self.get(index), digest));
+            Ok(Measured::Extended)
+        }
+        async fn register(&self, index: u64) -> Result<Vec<u8>, AttestError> {
+            if !self.supported {
+                return Err(AttestError::NotSupported("registers"));
+            }
+            Ok(self.get(index).to_vec())
+        }
+    }
+
+    fn log_in(dir: &ScratchDir) -> EventLog {
+        EventLog::new(dir.path().join("log/aael.bin"))
+    }
+
+    fn assert_replays(log: &EventLog, tee: &Registers, registers: &[u32]) {
+        let entries = log.entries().expect("log parses");
+        for &r in registers {
+            assert_eq!(
+                replay(&entries, r, [0; 32]),
+                tee.get(u64::from(r)),
+                "register {r} replays from the log"
+            );
+        }
+    }
+
+    /// Writes the record `measure` writes before extending, as a crash would leave it.
+    fn leave_pending(log: &EventLog, tee: &Registers, register: u32, text: &str) -> Entry {
+        let entry = Entry {
+            register,
+            text: text.into(),
+        };
+        let before = tee.get(u64::from(register));
+        let p = Pending {
+            offset: std::fs::metadata(log.path()).map(|m| m.len()).unwrap_or(0),
+            before,
+            after: extend_value(&before, &entry.digest()),
+            entry: entry.clone(),
+        };
+        if let Some(parent) = log.pending.parent() {
+            std::fs::create_dir_all(parent).expect("log directory");
+        }
+        std::fs::write(&log.pending, p.to_bytes()).expect("pending");
+        entry
+    }
+
+    #[tokio::test]
+    async fn measurements_replay_to_the_registers() {
+        let dir = ScratchDir::new("aael-replay").expect("scratch");
+        let (log, tee) = (log_in(&dir), Registers::new());
+        log.measure(
+            &tee,
+            23,
+            "github.com",
+            "pull-image",
+            "docker.io/library/busybox@sha256:00",
+        )
+        .await
+        .expect("measure");
+        log.measure(&tee, 23, "example.org", "mount", "volume with spaces")
+            .await
+            .expect("measure");
+        log.measure(&tee, 16, "example.org", "other", "register")
+            .await
+            .expect("measure");
+        let entries = log.entries().expect("parse");
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[1].text, "example.org mount volume with spaces");
+        assert_ne!(tee.get(23), [0; 32]);
+        assert_replays(&log, &tee, &[16, 23]);
+        assert!(!log.pending.exists(), "no write-ahead record is left");
+    }
+
+    #[tokio::test]
+    async fn a_crash_before_the_extension_is_completed_at_start() {
+        let dir = ScratchDir::new("aael-before").expect("scratch");
+        let (log, tee) = (log_in(&dir), Registers::new());
+        log.measure(&tee, 23, "d", "first", "entry")
+            .await
+            .expect("measure");
+        let entry = leave_pending(&log, &tee, 23, "d second entry");
+        log.recover(&tee).await.expect("recover");
+        assert_eq!(log.entries().expect("parse").last(), Some(&entry));
+        assert_replays(&log, &tee, &[23]);
+        assert!(!log.pending.exists());
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_the_extension_is_logged_before_the_next_entry() {
+        let dir = ScratchDir::new("aael-after").expect("scratch");
+        let (log, tee) = (log_in(&dir), Registers::new());
+        log.measure(&tee, 23, "d", "first", "entry")
+            .await
+            .expect("measure");
+        let entry = leave_pending(&log, &tee, 23, "d second entry");
+        tee.extend(23, &entry.digest()).await.expect("extend");
+        // Half of the record made it to the log before the crash.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .expect("log");
+        f.write_all(&entry.to_bytes()[..20]).expect("torn append");
+        drop(f);
+        assert!(matches!(log.entries(), Err(EventLogError::Corrupt { .. })));
+        // The next measurement resolves the record first.
+        log.measure(&tee, 23, "d", "third", "entry")
+            .await
+            .expect("measure");
+        let texts: Vec<String> = log
+            .entries()
+            .expect("parse")
+            .into_iter()
+            .map(|e| e.text)
+            .collect();
+        assert_eq!(texts, ["d first entry", "d second entry", "d third entry"]);
+        assert_replays(&log, &tee, &[23]);
+    }
+
+    #[tokio::test]
+    async fn a_register_changed_behind_the_logs_back_is_an_error() {
+        let dir = ScratchDir::new("aael-mismatch").expect("scratch");
+        let (log, tee) = (log_in(&dir), Registers::new());
+        leave_pending(&log, &tee, 23, "d an entry");
+        tee.set(23, [7; 32]);
+        let err = log.recover(&tee).await.expect_err("mismatch");
+        assert!(
+            matches!(err, EventLogError::Mismatch { register: 23, .. }),
+            "{err}"
+        );
+        assert!(log.pending.exists(), "the evidence of the mismatch is kept");
+    }
+
+    #[tokio::test]
+    async fn a_torn_write_ahead_record_is_dropped() {
+        let dir = ScratchDir::new("aael-torn").expect("scratch");
+        let (log, tee) = (log_in(&dir), Registers::new());
+        log.measure(&tee, 23, "d", "first", "entry")
+            .await
+            .expect("measure");
+        let value = tee.get(23);
+        std::fs::write(&log.pending, [1, 2, 3]).expect("torn record");
+        log.recover(&tee).await.expect("recover");
+        assert!(!log.pending.exists());
+        assert_eq!(tee.get(23), value, "nothing was extended");
+        assert_eq!(log.entries().expect("parse").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_fields_and_missing_registers() {
+        let dir = ScratchDir::new("aael-fields").expect("scratch");
+        let (log, tee) = (log_in(&dir), Registers::new());
+        for (domain, operation, content) in [
+            ("two words", "op", "c"),
+            ("d", "", "c"),
+            ("d", "op", "line\nbreak"),
+            ("d", "op", ""),
+        ] {
+            let err = log
+                .measure(&tee, 23, domain, operation, content)
+                .await
+                .expect_err("refused");
+            assert!(matches!(err, EventLogError::Invalid(_)), "{err}");
+        }
+        assert!(!log.path().exists(), "nothing was logged");
+        let none = Registers {
+            supported: false,
+            ..Registers::new()
+        };
+        let m = log
+            .measure(&none, 23, "d", "op", "c")
+            .await
+            .expect("measure");
+        assert_eq!(m, Measured::NotSupported);
+        assert!(!log.path().exists() && !log.pending.exists());
+    }
+
+    #[test]
+    fn a_damaged_log_names_the_offset() {
+        let e = Entry {
+            register: 23,
+            text: "d op c".into(),
+        };
+        let mut bytes = [e.to_bytes(), e.to_bytes()].concat();
+        let first = e.to_bytes().len();
+        bytes[first + 20] ^= 1;
+        match parse(Path::new("log"), &bytes) {
+            Err(EventLogError::Corrupt { offset, detail, .. }) => {
+                assert_eq!(offset, first);
+                assert!(detail.contains("digest"), "{detail}");
+            }
+            other => panic!("damaged digest accepted: {other:?}"),
+        }
+        bytes[first + 20] ^= 1;
+        bytes[first + 4] = 7;
+        assert!(parse(Path::new("log"), &bytes).is_err(), "wrong event type");
+        assert_eq!(
+            parse(Path::new("log"), &bytes[..first]).expect("one").len(),
+            1
+        );
+    }
+}

@@ -196,8 +196,13 @@ fn token_expiry(token: &str) -> SystemTime {
 impl KbsClient {
     /// A client of the configured KBS, attesting with `attester`.
     pub fn new(config: KbsConfig, attester: Arc<dyn Attester>) -> Result<Self, KbsError> {
-        crate::install_crypto_provider();
-        let mut builder = reqwest::Client::builder()
+        let ca = match &config.cert {
+            Some(pem) => Some(reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+                KbsError::Protocol(format!("the configured KBS certificate is not PEM: {e}"))
+            })?),
+            None => None,
+        };
+        let builder = crate::http_builder(&config.url, ca)
             .cookie_store(true)
             .connect_timeout(Duration::from_secs(10).min(config.request_timeout))
             .timeout(config.request_timeout)
@@ -205,15 +210,13 @@ impl KbsClient {
                 "peerpod-attestation-agent/",
                 env!("CARGO_PKG_VERSION")
             ));
-        if let Some(pem) = &config.cert {
-            let ca = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
-                KbsError::Protocol(format!("the configured KBS certificate is not PEM: {e}"))
-            })?;
-            builder = builder.tls_certs_only([ca]);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| KbsError::Protocol(format!("cannot build the HTTP client: {e}")))?;
+        let http = builder.build().map_err(|e| {
+            KbsError::Protocol(format!(
+                "cannot build the HTTP client: {} (an https KBS on a system without root \
+                 certificates needs cert in [token_configs.kbs])",
+                crate::error_chain(&e)
+            ))
+        })?;
         Ok(Self {
             config,
             http,

@@ -36,3 +36,28 @@ pub(crate) fn install_crypto_provider() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
 }
+
+/// An HTTP client builder for `url`. TLS trusts `ca` when one is configured; otherwise, for an
+/// `https` URL, the system's roots. For plain HTTP no roots are loaded at all: a pod VM image
+/// may have none, and loading them would fail for a client that never uses TLS.
+pub(crate) fn http_builder(url: &str, ca: Option<reqwest::Certificate>) -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    let builder = reqwest::Client::builder();
+    match ca {
+        Some(ca) => builder.tls_certs_only([ca]),
+        None if url.starts_with("https://") => builder,
+        None => builder.tls_certs_only([]),
+    }
+}
+
+/// An error and its sources, `: `-separated.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -32,7 +32,11 @@ impl AaService {
 fn status(method: &str, e: AaError) -> ttrpc::Error {
     use std::error::Error as _;
     let code = match &e {
-        AaError::Request(_) => ttrpc::Code::INVALID_ARGUMENT,
+        AaError::Request(_)
+        | AaError::EventLog(crate::eventlog::EventLogError::Invalid(_))
+        | AaError::Attester(crate::attester::AttestError::ReportDataSize { .. }) => {
+            ttrpc::Code::INVALID_ARGUMENT
+        }
         AaError::Attester(crate::attester::AttestError::InitDataMismatch(_)) => {
             ttrpc::Code::FAILED_PRECONDITION
         }

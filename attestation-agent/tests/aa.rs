@@ -2,105 +2,21 @@
 //! resources for every TEE, initdata binding, caching and single-flight attestation, and the
 //! failure modes a pod VM meets (KBS down, slow, answering garbage, wrong CA).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use attestation_agent::attester::{Attester, Sample};
-use attestation_agent::config::{AaConfig, KbsSection};
 use attestation_agent::kbs::KeyAlgorithm;
 use attestation_agent::{AaError, AttestationAgent};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use peerpod_kbs_protocol::keys::TeeKeyPair;
 use peerpod_policy::initdata::InitData;
-use peerpod_tests::cvm::platform::SnpConfig;
-use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
-use peerpod_tests::kbs::client::KbsClient;
-use peerpod_tests::kbs::verifier::{AmdAnchors, TrustAnchors, Verifier, x509};
-use peerpod_tests::kbs::{KbsOptions, RunningKbs, TlsFiles};
-use peerpod_tests::scratch::ScratchDir;
+use peerpod_tests::cvm::Flavour;
+use peerpod_tests::kbs::{RunningKbs, TlsFiles};
 use peerpod_tpm::{PcrBank, Tpm};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-const SECRET: &[u8] = b"resource for the pod";
-
-fn initdata(alg: &str) -> String {
-    format!(
-        "version = \"0.1.0\"\nalgorithm = \"{alg}\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"http://kbs\"\n'''\n"
-    )
-}
-
-fn kbs_options(cvm: Option<&SimulatedCvm>) -> KbsOptions {
-    let mut anchors = TrustAnchors::default();
-    let mut refs = json!({"launch_digest": ["abcde"], "svn": ["1"],
-        "snp_launch_measurement": [STANDARD.encode(SnpConfig::default().measurement)],
-        "mr_td": [hex::encode(peerpod_tests::cvm::platform::TdxConfig::default().measurements.mr_td)]});
-    if let Some(cvm) = cvm {
-        let a = cvm.trust_anchors().expect("anchors");
-        if let Some(pem) = a.amd_chain_pem {
-            anchors.amd = Some(AmdAnchors::from_pem(pem.as_bytes()).expect("chain"));
-        }
-        if let Some(pem) = a.intel_root_pem {
-            anchors.intel_roots = vec![x509::from_pem("root", pem.as_bytes()).expect("root")];
-        }
-    }
-    refs["unused"] = json!(null);
-    let mut options = KbsOptions::new(Verifier {
-        anchors,
-        ..Verifier::default()
-    });
-    options.reference_values =
-        serde_json::from_value::<BTreeMap<String, Value>>(refs).expect("refs");
-    options
-        .resources
-        .insert("default/key/pod".into(), SECRET.to_vec());
-    options
-}
-
-fn aa_config(kbs_url: &str, cvm: Option<&SimulatedCvm>) -> AaConfig {
-    let mut c = AaConfig {
-        kbs: Some(KbsSection {
-            url: kbs_url.to_string(),
-            cert: None,
-            tee_key_algorithm: KeyAlgorithm::EcP256,
-        }),
-        allow_sample: cvm.is_none(),
-        kbs_request_timeout: Duration::from_secs(5),
-        tsm_root: "/nonexistent-tsm".into(),
-        ..AaConfig::default()
-    };
-    if let Some(cvm) = cvm {
-        c.tpm = cvm.tpm_spec();
-        c.imds_url = cvm.imds_url();
-    }
-    c
-}
-
-fn sample_aa(config: &AaConfig) -> AttestationAgent {
-    AttestationAgent::with_attester(config, Arc::new(Sample::default()), None).expect("AA")
-}
-
-fn cvm(flavour: Flavour, name: &str) -> (ScratchDir, SimulatedCvm) {
-    let dir = ScratchDir::new(name).expect("scratch");
-    let cvm = SimulatedCvm::start(CvmOptions::new(flavour, dir.path())).expect("CVM");
-    (dir, cvm)
-}
-
-/// Decodes GetToken's reply and fetches the resource the way a token consumer does: Bearer
-/// token, JWE decrypted with the PEM key.
-async fn use_token(kbs: &RunningKbs, reply: &[u8]) -> Vec<u8> {
-    let v: Value = serde_json::from_slice(reply).expect("GetToken reply is JSON");
-    let token = v["token"].as_str().expect("token");
-    let key =
-        TeeKeyPair::from_pem(v["tee_keypair"].as_str().expect("tee_keypair")).expect("PEM key");
-    let client = KbsClient::with_key(&kbs.url(), peerpod_tests::http::client(), key);
-    client
-        .resource("default/key/pod", Some(token))
-        .await
-        .expect("resource with the token")
-}
+mod common;
+use common::*;
 
 #[tokio::test]
 async fn sample_token_and_resource() {
@@ -377,4 +293,50 @@ async fn evidence_and_tee_type_through_the_api() {
     assert!(err.to_string().contains("at most 64"), "{err}");
     let sample = Sample::default();
     assert_eq!(sample.tee(), "sample");
+}
+
+#[tokio::test]
+async fn coco_as_token_posts_evidence_and_returns_the_reply() {
+    use base64::Engine;
+    let seen = Arc::new(std::sync::Mutex::new(None::<Value>));
+    let record = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/attestation",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let record = Arc::clone(&record);
+            async move {
+                *record.lock().expect("lock") = Some(body);
+                "eyJhbGciOiJub25lIn0.e30."
+            }
+        }),
+    );
+    let service = peerpod_tests::http::ServerThread::spawn("as", "127.0.0.1:0", move |l, stop| {
+        peerpod_tests::http::serve_axum(l, app, stop)
+    })
+    .expect("server");
+    let mut config = aa_config("http://unused", None);
+    config.coco_as_url = Some(format!("http://{}", service.addr()));
+    let token = sample_aa(&config)
+        .get_token("coco_as")
+        .await
+        .expect("token");
+    assert_eq!(token, b"eyJhbGciOiJub25lIn0.e30.");
+    let body = seen.lock().expect("lock").take().expect("a request");
+    let request = &body["verification_requests"][0];
+    assert_eq!(request["tee"], "sample");
+    let evidence = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(request["evidence"].as_str().expect("evidence"))
+        .expect("base64url");
+    let evidence: Value = serde_json::from_slice(&evidence).expect("evidence JSON");
+    assert!(evidence.is_object(), "{evidence}");
+    assert_eq!(body["policy_ids"], serde_json::json!([]));
+
+    // A failing service is an error naming its status, not a token.
+    let mut config = aa_config("http://unused", None);
+    config.coco_as_url = Some(format!("http://{}/nowhere", service.addr()));
+    let err = sample_aa(&config)
+        .get_token("coco_as")
+        .await
+        .expect_err("404");
+    assert!(err.to_string().contains("404"), "{err}");
 }

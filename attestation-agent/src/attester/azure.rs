@@ -117,12 +117,13 @@ impl AzureVtpm {
 
     /// An attester for a known flavour.
     pub fn new(flavour: AzureFlavour, options: AzureOptions) -> Result<Self, AttestError> {
-        crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let http = crate::http_builder(&options.imds_url, None)
             .timeout(options.imds_timeout)
             .no_proxy()
             .build()
-            .map_err(|e| AttestError::Internal(format!("HTTP client: {e}")))?;
+            .map_err(|e| {
+                AttestError::Internal(format!("IMDS HTTP client: {}", crate::error_chain(&e)))
+            })?;
         Ok(Self {
             flavour,
             options,

@@ -71,13 +71,29 @@ impl Entry {
         Ok(Self { dir })
     }
 
+    /// Reads an attribute. configfs creates a report's attributes with its directory; an
+    /// emulated provider (a user-space one, or a test double) may add them a moment later, so a
+    /// missing attribute is waited for briefly.
     fn read(&self, name: &'static str) -> Result<Vec<u8>, AttestError> {
         let path = self.dir.join(name);
-        std::fs::read(&path).map_err(|source| AttestError::Io {
-            action: "cannot read",
-            path: path.display().to_string(),
-            source,
-        })
+        let started = Instant::now();
+        loop {
+            match std::fs::read(&path) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && started.elapsed() < Duration::from_secs(1) =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                other => {
+                    return other.map_err(|source| AttestError::Io {
+                        action: "cannot read",
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     fn write(&self, name: &'static str, data: &[u8]) -> Result<(), AttestError> {

@@ -37,6 +37,8 @@ pub struct SnpConfig {
     pub measurement: [u8; 48],
     /// Guest policy bits.
     pub policy: u64,
+    /// HOSTDATA, set by the host at launch (bare SNP guests bind initdata there).
+    pub host_data: [u8; 32],
 }
 
 impl Default for SnpConfig {
@@ -61,6 +63,7 @@ impl Default for SnpConfig {
             vmpl: 0,
             measurement,
             policy: peerpod_tee::snp::policy::RESERVED_ONE | peerpod_tee::snp::policy::SMT_ALLOWED,
+            host_data: [0; 32],
         }
     }
 }
@@ -117,6 +120,7 @@ impl SnpChip {
             launch_tcb: c.tcb,
             report_data,
             measurement: c.measurement,
+            host_data: c.host_data,
             chip_id: c.chip_id,
             current_version: [7, 55, 1],
             committed_version: [7, 55, 1],

@@ -70,8 +70,8 @@ pub struct VmOptions {
     /// output goes to the serial console (see [`TestVm::serial_log`]).
     pub boot_commands: Vec<String>,
     /// Guest TCP addresses forwarded to host ports: `("10.0.2.100:8080", 40123)` makes the
-    /// guest's connections to 10.0.2.100:8080 reach 127.0.0.1:40123 (QEMU `guestfwd`); the guest
-    /// reaches nothing else.
+    /// guest's connections to 10.0.2.100:8080 reach 127.0.0.1:40123 (QEMU `guestfwd`, through
+    /// the `tcp-relay` binary next to the agent binary); the guest reaches nothing else.
     pub guest_forwards: Vec<(String, u16)>,
     /// How long to wait for the agent to answer after QEMU starts; default 90 s (TCG on a
     /// slow 2-core machine), or `PEERPOD_VM_BOOT_TIMEOUT` seconds.
@@ -104,6 +104,15 @@ impl VmOptions {
             boot_timeout: Duration::from_secs(env_secs.unwrap_or(90)),
             cache_dir: None,
         }
+    }
+
+    /// The `tcp-relay` binary serving [`VmOptions::guest_forwards`]: the one cargo built next
+    /// to the agent binary.
+    pub fn relay_binary(&self) -> PathBuf {
+        self.agent_binary
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("tcp-relay")
     }
 
     /// The cache directory in force (see [`VmOptions::cache_dir`]), made absolute.
@@ -150,6 +159,13 @@ impl TestVm {
     /// QEMU exits or the agent does not answer within [`VmOptions::boot_timeout`].
     pub fn boot(options: &VmOptions) -> Result<TestVm, VmError> {
         check_qemu()?;
+        if !options.guest_forwards.is_empty() && !options.relay_binary().exists() {
+            return Err(VmError::MissingFile {
+                what: "the guestfwd relay",
+                path: options.relay_binary(),
+                hint: " (cargo build -p peerpod-tests --bin tcp-relay; make test builds it)",
+            });
+        }
         let image = VmImage::build(options)?;
         let mut attempt = 0;
         loop {
@@ -440,8 +456,13 @@ fn qemu_args(options: &VmOptions, image: &VmImage, port: u16, serial_log: &Path)
     ];
     append.extend(options.extra_kernel_args.iter().cloned());
     let mut netdev = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:{AGENT_PORT}");
+    // One relay process per guest connection (a chardev target would carry one stream only).
+    let relay = options.relay_binary();
     for (guest, host_port) in &options.guest_forwards {
-        netdev.push_str(&format!(",guestfwd=tcp:{guest}-tcp:127.0.0.1:{host_port}"));
+        netdev.push_str(&format!(
+            ",guestfwd=tcp:{guest}-cmd:{} 127.0.0.1:{host_port}",
+            relay.display()
+        ));
     }
     let mut args: Vec<String> = [
         "-machine",
