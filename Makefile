@@ -29,6 +29,7 @@ unit:
 bench:
 	$(CARGO) bench -p peerpod-policy --bench decision
 	$(CARGO) bench -p kata-agent --bench agent
+	$(CARGO) bench -p attestation-agent --bench attest
 
 ## fuzz: coverage-guided fuzzing of every target for FUZZ_SECONDS each (needs cargo-fuzz).
 FUZZ_SECONDS ?= 60

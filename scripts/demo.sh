@@ -3,8 +3,8 @@
 #
 # Today: check the sample initdata, show what goes into the pod annotation and what to register
 # in Trustee, decide a container's life against the policy it carries, run the agent under it,
-# and attest a simulated Azure CVM to a local KBS. Later work puts the attestation agent and the
-# confidential data hub in the pod VM and runs it all in the test VM.
+# and have the attestation agent attest a simulated Azure CVM to a local KBS and fetch a secret.
+# Later work adds the confidential data hub and runs it all in the test VM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -111,6 +111,7 @@ if ! command -v swtpm >/dev/null 2>&1; then
     echo "(skipped: the simulated vTPM needs swtpm; install it with: make deps)"
 else
     cargo build --quiet -p peerpod-tests --bin simulated-cvm --bin test-kbs
+    cargo build --quiet -p attestation-agent --bin attestation-agent
     cvm_dir="$work/cvm"
     # The KBS affirms only a guest whose PCR 8 holds the sample initdata.
     target/debug/simulated-cvm run --flavour snp --dir "$cvm_dir" --initdata "$sample" > "$work/cvm.log" 2>&1 &
@@ -123,12 +124,46 @@ else
     for _ in $(seq 200); do grep -q serving "$work/kbs.log" 2>/dev/null && break; sleep 0.05; done
     cat "$cvm_dir/ready.env"
     cat "$work/kbs.log"
+    # The pod VM's aa.toml; [peerpod] points the agent at the simulated vTPM and IMDS instead of
+    # /dev/tpmrm0 and 169.254.169.254.
+    source "$cvm_dir/ready.env"
+    cat > "$work/aa.toml" <<TOML
+[token_configs.kbs]
+url = "http://127.0.0.1:$port"
+
+[eventlog_config]
+enable_eventlog = true
+
+[peerpod]
+tpm = "$PEERPOD_VTPM"
+imds_url = "$PEERPOD_IMDS"
+allow_sample = false
+eventlog_path = "$work/aa-eventlog"
+TOML
     echo
-    echo "\$ simulated-cvm attest --initdata $sample --resource default/key/demo"
-    echo "  (PCR 8 <- initdata; auth; report data -> NV 0x01400002; wait for a fresh HCL report;"
-    echo "   vTPM quote; VCEK from IMDS; attest; fetch the resource as a JWE and decrypt it)"
-    target/debug/simulated-cvm attest --dir "$cvm_dir" --kbs "http://127.0.0.1:$port" \
-        --initdata "$sample" --resource default/key/demo
+    echo "aa.toml:"; sed 's/^/  /' "$work/aa.toml"
+    echo
+    echo "\$ attestation-agent -c aa.toml -t $sample resource default/key/demo"
+    echo "  (detects az-snp-vtpm; binds the initdata: PCR 8 <- first 32 bytes of its digest; auth;"
+    echo "   report data -> NV 0x01400002; waits for the paravisor's fresh HCL report; vTPM quote;"
+    echo "   VCEK from IMDS; attest with the initdata; the resource as a JWE, decrypted with the TEE key)"
+    aa=target/debug/attestation-agent
+    "$aa" -c "$work/aa.toml" -t "$sample" resource default/key/demo 2> "$work/aa.log"
+    echo; echo
+    grep -E "TEE:|initdata|attested" "$work/aa.log" | sed 's/^/  log: /' || true
+    echo
+    echo "\$ attestation-agent -c aa.toml -t $sample resource default/key/demo   # again: a restart"
+    echo "  (PCR 8 already holds this initdata: bound without a second extend; attests again)"
+    "$aa" -c "$work/aa.toml" -t "$sample" resource default/key/demo 2> "$work/aa-again.log"
+    echo; echo
+    grep -E "already bound|attested" "$work/aa-again.log" | sed 's/^/  log: /' || true
+    echo
+    echo "\$ attestation-agent -c aa.toml -t other-initdata.toml tee    # other initdata: refused"
+    sed 's/^algorithm = .*/algorithm = "sha384"/' "$sample" > "$work/other-initdata.toml"
+    if RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$aa" -c "$work/aa.toml" -t "$work/other-initdata.toml" tee 2> "$work/aa-other.log"; then
+        echo "  NOT REFUSED"; exit 1
+    fi
+    grep -E "Error|initdata mismatch" "$work/aa-other.log" | sed 's/^/  /'
 fi
 
 heading "done"

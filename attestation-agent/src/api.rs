@@ -89,7 +89,7 @@ impl AttestationAgent {
         let coco_as = match &config.coco_as_url {
             Some(url) => Some((
                 url.clone(),
-                crate::http_builder(url, None)
+                crate::http_builder(url)
                     .timeout(config.kbs_request_timeout)
                     .build()
                     .map_err(|e| {

@@ -196,13 +196,16 @@ fn token_expiry(token: &str) -> SystemTime {
 impl KbsClient {
     /// A client of the configured KBS, attesting with `attester`.
     pub fn new(config: KbsConfig, attester: Arc<dyn Attester>) -> Result<Self, KbsError> {
-        let ca = match &config.cert {
-            Some(pem) => Some(reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
-                KbsError::Protocol(format!("the configured KBS certificate is not PEM: {e}"))
-            })?),
-            None => None,
+        let builder = match &config.cert {
+            Some(pem) => {
+                crate::install_crypto_provider();
+                let tls = crate::tls::client_config(pem)
+                    .map_err(|e| KbsError::Protocol(e.to_string()))?;
+                reqwest::Client::builder().tls_backend_preconfigured(tls)
+            }
+            None => crate::http_builder(&config.url),
         };
-        let builder = crate::http_builder(&config.url, ca)
+        let builder = builder
             .cookie_store(true)
             .connect_timeout(Duration::from_secs(10).min(config.request_timeout))
             .timeout(config.request_timeout)

@@ -9,7 +9,8 @@
 //!   key until shortly before expiry and sharing one attestation among concurrent callers.
 //! - [`eventlog`]: runtime measurements as TCG2 AAEL records, extended into a register with a
 //!   write-ahead record for crash safety.
-//! - [`config`]: `aa.toml` with upstream's keys.
+//! - [`config`]: `aa.toml` with upstream's keys; [`tls`]: trusting a configured KBS certificate,
+//!   self-signed ones included.
 //! - [`api`]: the operations; [`rpc`] serves them over ttrpc as
 //!   `attestation_agent.AttestationAgentService`, wire-compatible with guest-components'; and
 //!   [`server`] runs that on the agent's socket.
@@ -23,6 +24,7 @@ pub mod eventlog;
 pub mod kbs;
 pub mod rpc;
 pub mod server;
+pub mod tls;
 
 pub use api::{AaError, AttestationAgent, MeasurementResult};
 pub use config::AaConfig;
@@ -37,16 +39,16 @@ pub(crate) fn install_crypto_provider() {
     });
 }
 
-/// An HTTP client builder for `url`. TLS trusts `ca` when one is configured; otherwise, for an
-/// `https` URL, the system's roots. For plain HTTP no roots are loaded at all: a pod VM image
-/// may have none, and loading them would fail for a client that never uses TLS.
-pub(crate) fn http_builder(url: &str, ca: Option<reqwest::Certificate>) -> reqwest::ClientBuilder {
+/// An HTTP client builder for `url` trusting the system's roots for `https`. For plain HTTP no
+/// roots are loaded at all: a pod VM image may have none, and loading them would fail for a
+/// client that never uses TLS. (A configured KBS certificate goes through [`tls`] instead.)
+pub(crate) fn http_builder(url: &str) -> reqwest::ClientBuilder {
     install_crypto_provider();
     let builder = reqwest::Client::builder();
-    match ca {
-        Some(ca) => builder.tls_certs_only([ca]),
-        None if url.starts_with("https://") => builder,
-        None => builder.tls_certs_only([]),
+    if url.starts_with("https://") {
+        builder
+    } else {
+        builder.tls_certs_only([])
     }
 }
 

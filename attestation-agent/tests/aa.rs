@@ -340,3 +340,27 @@ async fn coco_as_token_posts_evidence_and_returns_the_reply() {
         .expect_err("404");
     assert!(err.to_string().contains("404"), "{err}");
 }
+
+#[tokio::test]
+async fn https_kbs_with_a_self_signed_certificate() {
+    for ca in [false, true] {
+        let tls = peerpod_tests::cvm::certs::TlsCa::self_signed(&["localhost"], ca).expect("cert");
+        let files = TlsFiles {
+            cert_pem: tls.cert_pem.clone(),
+            key_pem: tls.key_pem.clone(),
+        };
+        let kbs = RunningKbs::start(kbs_options(None), "127.0.0.1:0", Some(files)).expect("KBS");
+        let mut config = aa_config(&kbs.url(), None);
+        if let Some(k) = config.kbs.as_mut() {
+            k.cert = Some(tls.ca_pem.clone());
+        }
+        let aa = sample_aa(&config);
+        let secret = aa
+            .kbs()
+            .expect("kbs")
+            .resource("default/key/pod")
+            .await
+            .unwrap_or_else(|e| panic!("self-signed (CA:{ca}) KBS certificate: {e}"));
+        assert_eq!(secret.as_slice(), SECRET);
+    }
+}

@@ -113,7 +113,7 @@ fn the_agent_attests_from_inside_a_vm() {
     );
     assert!(
         cvm.paravisor().stats().reports >= 2,
-        "the HCL report was refreshed for the report data: {:?}",
+        "the boot report, then one refreshed for the report data: {:?}",
         cvm.paravisor().stats()
     );
 }

@@ -26,6 +26,10 @@ pub const HW_REPORT_SLOT: usize = 1184;
 pub const RUNTIME_DATA_OFFSET: usize = HW_REPORT_OFFSET + HW_REPORT_SLOT;
 /// Offset of the variable data (the runtime claims JSON).
 pub const VAR_DATA_OFFSET: usize = RUNTIME_DATA_OFFSET + 20;
+/// Where the report type's code (little-endian `u32`) is. Reading the NV index from offset 0
+/// makes the paravisor refresh the report (at most every 2 s); reading just this field from here
+/// tells SNP from TDX without costing the next attestation that wait.
+pub const REPORT_TYPE_OFFSET: usize = RUNTIME_DATA_OFFSET + 8;
 /// `request_type` of the report the vTPM exposes (`AK_CERT_REQUEST`).
 pub const REQUEST_AK_CERT: u32 = 2;
 /// `report_data_hash_type` for SHA-256.
@@ -45,6 +49,15 @@ pub enum ReportType {
 }
 
 impl ReportType {
+    /// The type of a code in the runtime data header: 2 is SNP, 4 is TDX.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            2 => Some(ReportType::Snp),
+            4 => Some(ReportType::Tdx),
+            _ => None,
+        }
+    }
+
     fn code(self) -> u32 {
         match self {
             ReportType::Snp => 2,
@@ -83,17 +96,13 @@ impl HclReport {
                 format!("0x{signature:08x} is not \"HCLA\""),
             ));
         }
-        let code = u32_le(bytes, RUNTIME_DATA_OFFSET + 8);
-        let report_type = match code {
-            2 => ReportType::Snp,
-            4 => ReportType::Tdx,
-            other => {
-                return Err(Error::invalid(
-                    "HCL report type",
-                    format!("{other} is neither SNP (2) nor TDX (4)"),
-                ));
-            }
-        };
+        let code = u32_le(bytes, REPORT_TYPE_OFFSET);
+        let report_type = ReportType::from_code(code).ok_or_else(|| {
+            Error::invalid(
+                "HCL report type",
+                format!("{code} is neither SNP (2) nor TDX (4)"),
+            )
+        })?;
         let hash_type = u32_le(bytes, RUNTIME_DATA_OFFSET + 12);
         if hash_type != HASH_SHA256 {
             return Err(Error::invalid(

@@ -95,29 +95,35 @@ impl AzureVtpm {
         let Ok(mut tpm) = Tpm::open(tpm_spec) else {
             return Ok(None);
         };
-        let bytes = match tpm.nv_read_all(AZURE_HCL_REPORT_INDEX) {
+        // Only the type field: a read from offset 0 would make the paravisor refresh the report
+        // and hold off the next refresh — the one our first attestation needs — for 2 s.
+        let offset = peerpod_tee::hcl::REPORT_TYPE_OFFSET as u16;
+        let bytes = match tpm.nv_read(AZURE_HCL_REPORT_INDEX, 4, offset) {
             Ok(b) => b,
             Err(e) if e.response_code().is_some() => return Ok(None),
             Err(source) => {
                 return Err(AttestError::Tpm {
-                    action: "reading the HCL report",
+                    action: "reading the HCL report's type",
                     source,
                 });
             }
         };
-        let report = HclReport::parse(&bytes).map_err(|source| AttestError::Format {
-            what: "HCL report",
-            source,
-        })?;
-        Ok(Some(match report.report_type {
-            ReportType::Snp => AzureFlavour::Snp,
-            ReportType::Tdx => AzureFlavour::Tdx,
-        }))
+        let code = bytes
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        match ReportType::from_code(code) {
+            Some(ReportType::Snp) => Ok(Some(AzureFlavour::Snp)),
+            Some(ReportType::Tdx) => Ok(Some(AzureFlavour::Tdx)),
+            None => Err(AttestError::Internal(format!(
+                "the vTPM holds an HCL report of unknown type {code} (neither SNP 2 nor TDX 4)"
+            ))),
+        }
     }
 
     /// An attester for a known flavour.
     pub fn new(flavour: AzureFlavour, options: AzureOptions) -> Result<Self, AttestError> {
-        let http = crate::http_builder(&options.imds_url, None)
+        let http = crate::http_builder(&options.imds_url)
             .timeout(options.imds_timeout)
             .no_proxy()
             .build()

@@ -70,6 +70,7 @@ fn init_logging(level: &str, format: &str) -> Result<()> {
         .context("invalid log level")?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         "json" => builder.json().init(),

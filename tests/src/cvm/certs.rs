@@ -331,7 +331,48 @@ pub struct TlsCa {
     pub key_pem: String,
 }
 
+fn server_names(dns_names: &[&str]) -> Result<Extension, CertError> {
+    let mut names = Vec::new();
+    for n in dns_names {
+        names.push(GeneralName::DnsName(Ia5String::new(n)?));
+    }
+    names.push(GeneralName::IpAddress(OctetString::new(vec![
+        127, 0, 0, 1,
+    ])?));
+    Ok(Extension {
+        extn_id: const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME,
+        critical: false,
+        extn_value: OctetString::new(SubjectAltName(names).to_der()?)?,
+    })
+}
+
 impl TlsCa {
+    /// A self-signed server certificate for the given DNS names plus 127.0.0.1, as people make
+    /// for a KBS: `ca_pem` is the certificate itself. `ca` sets its basic constraints (`openssl
+    /// req -x509` makes CA:TRUE ones).
+    pub fn self_signed(dns_names: &[&str], ca: bool) -> Result<Self, CertError> {
+        use p256::pkcs8::EncodePrivateKey;
+        let key = p256::ecdsa::SigningKey::generate();
+        let subject = name(dns_names.first().copied().unwrap_or("localhost"))?;
+        let cert = issue::<_, p256::ecdsa::DerSignature>(
+            &subject,
+            subject.clone(),
+            ca,
+            &spki_of(key.verifying_key())?,
+            &key,
+            default_validity()?,
+            vec![server_names(dns_names)?],
+        )?;
+        let key_pem = key
+            .to_pkcs8_pem(der::pem::LineEnding::LF)
+            .map_err(|e| CertError::Builder(e.to_string()))?;
+        Ok(Self {
+            ca_pem: pem(&cert)?,
+            cert_pem: pem(&cert)?,
+            key_pem: key_pem.to_string(),
+        })
+    }
+
     /// A fresh CA and a server certificate for the given DNS names, plus 127.0.0.1.
     pub fn generate(dns_names: &[&str]) -> Result<Self, CertError> {
         use p256::pkcs8::EncodePrivateKey;
@@ -347,18 +388,7 @@ impl TlsCa {
             vec![],
         )?;
         let server_key = p256::SecretKey::generate();
-        let mut names = Vec::new();
-        for n in dns_names {
-            names.push(GeneralName::DnsName(Ia5String::new(n)?));
-        }
-        names.push(GeneralName::IpAddress(OctetString::new(vec![
-            127, 0, 0, 1,
-        ])?));
-        let san = Extension {
-            extn_id: const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME,
-            critical: false,
-            extn_value: OctetString::new(SubjectAltName(names).to_der()?)?,
-        };
+        let san = server_names(dns_names)?;
         let cert = issue::<_, p256::ecdsa::DerSignature>(
             &ca_name,
             name(dns_names.first().copied().unwrap_or("localhost"))?,

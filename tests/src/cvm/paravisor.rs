@@ -213,6 +213,21 @@ impl Paravisor {
             eprintln!("simulated paravisor: cannot make a report: {e}");
             return ResponseBuilder::error(0x101); // TPM_RC_FAILURE
         }
+        if offset != 0 && self.lock().report.is_none() {
+            // The report OpenHCL made at boot, long before this first read: it exists for reads
+            // at any offset and does not hold off the next refresh.
+            match self.make_report(upstream) {
+                Ok(report) => {
+                    let mut state = self.lock();
+                    state.report.get_or_insert(report);
+                    state.stats.reports += 1;
+                }
+                Err(e) => {
+                    eprintln!("simulated paravisor: cannot make a report: {e}");
+                    return ResponseBuilder::error(0x101);
+                }
+            }
+        }
         let state = self.lock();
         let Some(report) = state.report.as_ref() else {
             return ResponseBuilder::error(ResponseCode::NV_UNINITIALIZED);
