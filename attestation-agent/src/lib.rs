@@ -21,6 +21,7 @@ pub mod api;
 pub mod attester;
 pub mod config;
 pub mod eventlog;
+pub mod fuzzing;
 pub mod kbs;
 pub mod rpc;
 pub mod server;
