@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use attestation_agent::attester::{DetectOptions, Tsm, TsmProvider, detect};
 use attestation_agent::eventlog;
+use base64::Engine;
 use peerpod_policy::initdata::InitData;
 use peerpod_protocols::aa::attestation_agent::{
     BindInitDataRequest, ExtendRuntimeMeasurementRequest, GetAdditionalEvidenceRequest,
@@ -19,8 +20,9 @@ use peerpod_protocols::aa::attestation_agent::{
     RuntimeMeasurementResult,
 };
 use peerpod_protocols::aa::attestation_agent_ttrpc::AttestationAgentServiceClient;
+use peerpod_tee::tdx::TdQuote;
 use peerpod_tests::cvm::Flavour;
-use peerpod_tests::cvm::platform::{SnpChip, SnpConfig};
+use peerpod_tests::cvm::platform::{SnpChip, SnpConfig, TdxConfig, TdxPlatform};
 use peerpod_tests::kbs::RunningKbs;
 use peerpod_tpm::{PcrBank, Tpm};
 use serde_json::{Value, json};
@@ -392,9 +394,9 @@ async fn a_wrong_initdata_at_start_stops_the_binary_with_the_reason() {
     );
 }
 
-/// A user-space stand-in for the kernel's configfs-tsm with the `sev_guest` provider: every
-/// report directory gets its attributes, and report data written to `inblob` comes back as a
-/// report signed by the simulated chip in `outblob`, with the VCEK in `auxblob`'s table.
+/// A user-space stand-in for the kernel's configfs-tsm: every report directory gets its
+/// attributes, and report data written to `inblob` comes back in `outblob` (and `auxblob`) as
+/// `make` produces them — a report signed by the simulated SNP chip, or a TD quote.
 struct FakeTsm {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -421,11 +423,14 @@ fn write_atomically(path: &Path, data: &[u8]) {
 }
 
 impl FakeTsm {
-    fn start(root: &Path, chip: SnpChip) -> Self {
+    fn start(
+        root: &Path,
+        provider: &'static str,
+        make: impl Fn([u8; 64]) -> (Vec<u8>, Vec<u8>) + Send + 'static,
+    ) -> Self {
         std::fs::create_dir_all(root).expect("root");
         let (root, stop) = (root.to_path_buf(), Arc::new(AtomicBool::new(false)));
         let flag = Arc::clone(&stop);
-        let aux = aux_table(&chip.vcek_der().expect("VCEK"));
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
@@ -433,15 +438,16 @@ impl FakeTsm {
                     if !d.join("provider").exists() {
                         write_atomically(&d.join("generation"), b"0\n");
                         write_atomically(&d.join("outblob"), b"");
-                        write_atomically(&d.join("provider"), b"sev_guest\n");
+                        write_atomically(&d.join("provider"), format!("{provider}\n").as_bytes());
                     }
                     let inblob = std::fs::read(d.join("inblob")).unwrap_or_default();
                     let done = std::fs::metadata(d.join("outblob")).map(|m| m.len() > 0);
                     if inblob.len() == 64 && done.ok() == Some(false) {
                         let data: [u8; 64] = inblob.try_into().expect("64");
+                        let (out, aux) = make(data);
                         write_atomically(&d.join("generation"), b"1\n");
                         write_atomically(&d.join("auxblob"), &aux);
-                        write_atomically(&d.join("outblob"), &chip.report(data).to_bytes());
+                        write_atomically(&d.join("outblob"), &out);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(1));
@@ -474,7 +480,10 @@ async fn bare_snp_through_configfs_tsm() {
     })
     .expect("chip");
     let measurement = chip.config().measurement;
-    let _tsm = FakeTsm::start(&root, chip);
+    let aux = aux_table(&chip.vcek_der().expect("VCEK"));
+    let _tsm = FakeTsm::start(&root, "sev_guest", move |data| {
+        (chip.report(data).to_bytes().to_vec(), aux.clone())
+    });
 
     // Detection: no vTPM, a sev_guest provider → snp.
     let attester = detect(&DetectOptions {
@@ -536,4 +545,49 @@ fn no_tee_and_no_sample_is_an_error_that_says_what_to_check() {
     })
     .expect("sample allowed");
     assert_eq!(sample.tee(), "sample");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_tdx_through_configfs_tsm() {
+    let dir = peerpod_tests::scratch::ScratchDir::new("aa-tsm-tdx").expect("scratch");
+    let root = dir.path().join("tsm/report");
+    let digest = InitData::parse(initdata("sha384").as_bytes())
+        .expect("initdata")
+        .digest();
+    let mut config = TdxConfig::default();
+    config.measurements.mr_config_id = digest.tdx_mrconfigid();
+    let platform = TdxPlatform::new(config).expect("TDX");
+    let _tsm = FakeTsm::start(&root, "tdx_guest", move |data| {
+        let report = platform.td_report(data).to_bytes();
+        (platform.quote(&report).expect("quote"), Vec::new())
+    });
+
+    // TDX comes first in detection, before any vTPM.
+    let attester = detect(&DetectOptions {
+        tsm_root: root.clone(),
+        allow_sample: false,
+        azure: attestation_agent::attester::AzureOptions {
+            tpm: format!("unix:{}/no-tpm.sock", dir.path().display()),
+            ..Default::default()
+        },
+    })
+    .expect("detected");
+    assert_eq!(attester.tee(), "tdx");
+    let data = [0x42u8; 64];
+    let v = attester.evidence(&data).await.expect("evidence");
+    assert!(v["cc_eventlog"].is_null());
+    let quote = base64::engine::general_purpose::STANDARD
+        .decode(v["quote"].as_str().expect("quote"))
+        .expect("base64");
+    let quote = TdQuote::parse(&quote).expect("a TD quote");
+    assert_eq!(quote.body.report_data, data);
+    attester
+        .bind_init_data(digest.as_bytes())
+        .await
+        .expect("MRCONFIGID holds the sha384 digest");
+    let err = attester
+        .bind_init_data(&[0x11; 32])
+        .await
+        .expect_err("MRCONFIGID differs");
+    assert!(err.to_string().contains("MRCONFIGID"), "{err}");
 }
