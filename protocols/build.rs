@@ -49,7 +49,28 @@ fn main() -> std::io::Result<()> {
         .rust_protobuf_customize(ttrpc_codegen::ProtobufCustomize::default().gen_mod_rs(false))
         .run()?;
 
-    for dir in [&kata_out, &aa_out] {
+    let cdh_out = out.join("cdh");
+    std::fs::create_dir_all(&cdh_out)?;
+    let cdh_inputs = [
+        "proto/cdh/api.proto".to_string(),
+        "proto/cdh/keyprovider.proto".to_string(),
+    ];
+    for input in &cdh_inputs {
+        println!("cargo:rerun-if-changed={input}");
+    }
+    ttrpc_codegen::Codegen::new()
+        .out_dir(&cdh_out)
+        .inputs(&cdh_inputs)
+        .include("proto/cdh")
+        .rust_protobuf()
+        .customize(ttrpc_codegen::Customize {
+            async_all: true,
+            ..Default::default()
+        })
+        .rust_protobuf_customize(ttrpc_codegen::ProtobufCustomize::default().gen_mod_rs(false))
+        .run()?;
+
+    for dir in [&kata_out, &aa_out, &cdh_out] {
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "rs") {

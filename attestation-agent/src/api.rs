@@ -89,13 +89,13 @@ impl AttestationAgent {
         let coco_as = match &config.coco_as_url {
             Some(url) => Some((
                 url.clone(),
-                crate::http_builder(url)
+                peerpod_kbs_client::http_builder(url)
                     .timeout(config.kbs_request_timeout)
                     .build()
                     .map_err(|e| {
                         AaError::Service(format!(
                             "attestation service HTTP client: {}",
-                            crate::error_chain(&e)
+                            peerpod_kbs_client::error_chain(&e)
                         ))
                     })?,
             )),

@@ -7,16 +7,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use peerpod_kbs_protocol::PROTOCOL_VERSION;
-use peerpod_kbs_protocol::jwe::{self, JweResponse};
 use peerpod_kbs_protocol::keys::TeeKeyPair;
 use peerpod_kbs_protocol::messages::{
-    Attestation, Challenge, ErrorInformation, InitDataBody, Request, ResourcePath, RuntimeData,
-    TeeEvidence, TokenResponse,
+    Attestation, Challenge, InitDataBody, Request, ResourcePath, RuntimeData, TeeEvidence,
+    TokenResponse,
 };
 use peerpod_kbs_protocol::runtime_data::{self, HashAlgorithm};
 use serde_json::json;
@@ -112,9 +109,9 @@ pub enum KbsError {
     /// The attester failed.
     #[error("cannot make evidence")]
     Attester(#[from] AttestError),
-    /// The resource could not be decrypted.
-    #[error("cannot decrypt the resource")]
-    Decrypt(#[source] peerpod_kbs_protocol::Error),
+    /// The resource could not be fetched or decrypted.
+    #[error(transparent)]
+    Resource(peerpod_kbs_client::ResourceError),
 }
 
 impl KbsError {
@@ -123,6 +120,7 @@ impl KbsError {
         match self {
             KbsError::Http { .. } => true,
             KbsError::Status { status, .. } => *status >= 500,
+            KbsError::Resource(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -131,6 +129,7 @@ impl KbsError {
     pub fn status(&self) -> Option<u16> {
         match self {
             KbsError::Status { status, .. } => Some(*status),
+            KbsError::Resource(e) => e.status(),
             _ => None,
         }
     }
@@ -160,66 +159,26 @@ async fn checked(
     what: &'static str,
     resp: reqwest::Response,
 ) -> Result<reqwest::Response, KbsError> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let body = resp.bytes().await.unwrap_or_default();
-    let detail = match serde_json::from_slice::<ErrorInformation>(&body) {
-        Ok(info) => info.to_string(),
-        Err(_) => format!(
-            "(not a KBS error body) {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        ),
-    };
-    Err(KbsError::Status {
-        what,
-        status: status.as_u16(),
-        detail,
-    })
-}
-
-fn token_expiry(token: &str) -> SystemTime {
-    let exp = token
-        .split('.')
-        .nth(1)
-        .and_then(|p| URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok())
-        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-        .and_then(|c| c["exp"].as_u64());
-    match exp {
-        Some(secs) => UNIX_EPOCH + Duration::from_secs(secs),
-        // Trustee's tokens live 5 minutes; assume so when the token does not say.
-        None => SystemTime::now() + Duration::from_secs(300),
-    }
+    peerpod_kbs_client::checked(resp)
+        .await
+        .map_err(|e| KbsError::Status {
+            what,
+            status: e.status,
+            detail: e.detail,
+        })
 }
 
 impl KbsClient {
     /// A client of the configured KBS, attesting with `attester`.
     pub fn new(config: KbsConfig, attester: Arc<dyn Attester>) -> Result<Self, KbsError> {
-        let builder = match &config.cert {
-            Some(pem) => {
-                crate::install_crypto_provider();
-                let tls = crate::tls::client_config(pem)
-                    .map_err(|e| KbsError::Protocol(e.to_string()))?;
-                reqwest::Client::builder().tls_backend_preconfigured(tls)
-            }
-            None => crate::http_builder(&config.url),
-        };
-        let builder = builder
-            .cookie_store(true)
-            .connect_timeout(Duration::from_secs(10).min(config.request_timeout))
-            .timeout(config.request_timeout)
-            .user_agent(concat!(
-                "peerpod-attestation-agent/",
-                env!("CARGO_PKG_VERSION")
-            ));
-        let http = builder.build().map_err(|e| {
-            KbsError::Protocol(format!(
-                "cannot build the HTTP client: {} (an https KBS on a system without root \
-                 certificates needs cert in [token_configs.kbs])",
-                crate::error_chain(&e)
-            ))
-        })?;
+        let http = peerpod_kbs_client::http_client(
+            &config.url,
+            config.cert.as_deref(),
+            config.request_timeout,
+            concat!("peerpod-attestation-agent/", env!("CARGO_PKG_VERSION")),
+            true,
+        )
+        .map_err(|e| KbsError::Protocol(format!("{e} (see [token_configs.kbs] cert)")))?;
         Ok(Self {
             config,
             http,
@@ -339,7 +298,7 @@ impl KbsClient {
         self.attestations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(tee = self.attester.tee(), "attested to the KBS");
         Ok(Session {
-            expires: token_expiry(&token.token),
+            expires: peerpod_kbs_client::token_expiry(&token.token),
             token: token.token,
             key,
         })
@@ -348,36 +307,25 @@ impl KbsClient {
     /// Fetches and decrypts a resource (`<repository>/<type>/<tag>`).
     pub async fn resource(&self, path: &str) -> Result<Zeroizing<Vec<u8>>, KbsError> {
         let path = ResourcePath::parse(path).map_err(|e| KbsError::Protocol(e.to_string()))?;
-        let url = format!(
-            "{}/kbs/v0/resource/{path}",
-            self.config.url.trim_end_matches('/')
-        );
         let mut retried = false;
         loop {
             let session = self.session().await?;
-            let resp = self
-                .http
-                .get(&url)
-                .bearer_auth(&session.token)
-                .send()
-                .await
-                .map_err(|source| KbsError::Http {
-                    what: "resource",
-                    url: url.clone(),
-                    source,
-                })?;
-            if resp.status() == reqwest::StatusCode::UNAUTHORIZED && !retried {
-                tracing::info!(resource = %path, "the KBS refused our token; attesting again");
-                self.forget(&session).await;
-                retried = true;
-                continue;
+            match peerpod_kbs_client::get_resource(
+                &self.http,
+                &self.config.url,
+                &path,
+                &session.token,
+                &session.key,
+            )
+            .await
+            {
+                Err(e) if e.status() == Some(401) && !retried => {
+                    tracing::info!(resource = %path, "the KBS refused our token; attesting again");
+                    self.forget(&session).await;
+                    retried = true;
+                }
+                other => return other.map_err(KbsError::Resource),
             }
-            let sealed: JweResponse = checked("resource", resp)
-                .await?
-                .json()
-                .await
-                .map_err(|e| KbsError::Protocol(format!("the resource is not a JWE: {e}")))?;
-            return jwe::open(&session.key, &sealed).map_err(KbsError::Decrypt);
         }
     }
 }

@@ -123,12 +123,15 @@ impl AzureVtpm {
 
     /// An attester for a known flavour.
     pub fn new(flavour: AzureFlavour, options: AzureOptions) -> Result<Self, AttestError> {
-        let http = crate::http_builder(&options.imds_url)
+        let http = peerpod_kbs_client::http_builder(&options.imds_url)
             .timeout(options.imds_timeout)
             .no_proxy()
             .build()
             .map_err(|e| {
-                AttestError::Internal(format!("IMDS HTTP client: {}", crate::error_chain(&e)))
+                AttestError::Internal(format!(
+                    "IMDS HTTP client: {}",
+                    peerpod_kbs_client::error_chain(&e)
+                ))
             })?;
         Ok(Self {
             flavour,
