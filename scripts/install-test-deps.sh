@@ -22,6 +22,10 @@ REQUIRED=(
     # tpm2-tools is used by tests that cross-check our TPM code against the reference tools.
     "swtpm:swtpm"
     "tpm2-tools:tpm2_checkquote"
+    # The confidential data hub's secure mounts: LUKS2 through cryptsetup, ext4 on top, loop
+    # devices for the tests.
+    "cryptsetup-bin:cryptsetup"
+    "e2fsprogs:mkfs.ext4"
 )
 
 missing=()

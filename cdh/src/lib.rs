@@ -1,4 +1,28 @@
-//! The confidential data hub for peer-pod VMs: KBS resources, sealed secrets, secure storage.
+//! The confidential data hub of peer-pod VMs: it hands secrets to the pod — KBS resources,
+//! sealed secrets, keys for encrypted storage and image layers — without ever holding a TEE
+//! key of its own.
 //!
-//! **Not built yet.** This crate holds no working code; there is deliberately no
-//! `confidential-data-hub` binary until the CDH issue lands.
+//! - [`config`]: `cdh.toml` with upstream's keys, passed as values (no environment variables).
+//! - [`uri`]: `kbs://` resource URIs.
+//! - [`kbc`]: where resources come from — the KBS with the attestation agent's cached token and
+//!   TEE key ([`kbc::CcKbc`]: one attestation serves every fetch), or local files
+//!   ([`kbc::OfflineFs`]); [`kbc::AaClient`] is the ttrpc connection to the agent.
+//! - [`sealed`]: `sealed.` secrets (ES256 JWS; vault and envelope payloads), and making them.
+//! - [`secure_mount`]: `block-device` volumes encrypted with LUKS2 through `cryptsetup`.
+//! - [`hub`]: the operations over one key broker client; [`rpc`] serves them as upstream's
+//!   ttrpc services and [`server`] runs that on the CDH socket.
+//! - [`error`]: one error type whose variants map to ttrpc status codes.
+
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod kbc;
+pub mod rpc;
+pub mod sealed;
+pub mod secure_mount;
+pub mod server;
+pub mod uri;
+
+pub use config::CdhConfig;
+pub use error::CdhError;
+pub use hub::Hub;

@@ -95,6 +95,49 @@ impl KbsOptions {
             stats: Arc::new(KbsStats::default()),
         }
     }
+
+    /// A KBS that trusts `cvm`'s test roots and expects its launch measurement (SNP) or MRTD
+    /// (TDX); with `initdata`, also that document's PCR 8 (reference value `init_data`).
+    pub fn for_cvm(
+        cvm: &crate::cvm::SimulatedCvm,
+        initdata: Option<&[u8]>,
+    ) -> Result<Self, String> {
+        use crate::cvm::platform::{SnpConfig, TdxConfig};
+        let anchors = cvm.trust_anchors().map_err(|e| e.to_string())?;
+        let mut trust = super::verifier::TrustAnchors::default();
+        if let Some(pem) = anchors.amd_chain_pem {
+            trust.amd = Some(super::verifier::AmdAnchors::from_pem(pem.as_bytes())?);
+        }
+        if let Some(pem) = anchors.intel_root_pem {
+            trust.intel_roots = vec![super::verifier::x509::from_pem(
+                "Intel root",
+                pem.as_bytes(),
+            )?];
+        }
+        let mut options = Self::new(Verifier {
+            anchors: trust,
+            ..Verifier::default()
+        });
+        let (name, value) = match cvm.flavour() {
+            crate::cvm::Flavour::Snp => (
+                "snp_launch_measurement",
+                STANDARD.encode(SnpConfig::default().measurement),
+            ),
+            crate::cvm::Flavour::Tdx => (
+                "mr_td",
+                hex::encode(TdxConfig::default().measurements.mr_td),
+            ),
+        };
+        options.reference_values.insert(name.into(), json!([value]));
+        if let Some(doc) = initdata {
+            let digest = InitData::parse(doc).map_err(|e| e.to_string())?.digest();
+            options.reference_values.insert(
+                "init_data".into(),
+                json!([hex::encode(digest.azure_vtpm_pcr8())]),
+            );
+        }
+        Ok(options)
+    }
 }
 
 struct Session {

@@ -1,0 +1,222 @@
+//! `confidential-data-hub`: serves the CDH's ttrpc services on its socket.
+//!
+//! `-c <cdh.toml>` as upstream. A command after the flags runs one operation and exits instead
+//! of serving (for people and scripts): `resource <kbs:// URI>`, `unseal <sealed.…|->`,
+//! `secure-mount -o key=value… <mount point>`, and `seal` to make sealed secrets.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use confidential_data_hub::config::CdhConfig;
+use confidential_data_hub::sealed::make;
+use confidential_data_hub::server::serve;
+use confidential_data_hub::{CdhError, Hub};
+
+/// The confidential data hub of a peer-pod VM: KBS resources through the attestation agent,
+/// sealed secrets, encrypted volumes.
+#[derive(Parser, Debug)]
+#[command(name = "confidential-data-hub", version)]
+struct Cli {
+    /// cdh.toml; without it, defaults and the KBS from AA_KBC_PARAMS or agent.aa_kbc_params.
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Log format: text, or json (one object per line).
+    #[arg(long, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a resource (kbs:///<repository>/<type>/<tag>).
+    Resource {
+        /// The URI.
+        uri: String,
+    },
+    /// Print the secret a sealed secret names ("-": read it from standard input).
+    Unseal {
+        /// `sealed.…`, or `-`.
+        secret: String,
+    },
+    /// Set up an encrypted block device (options as SecureMount's, e.g. -o devicePath=/dev/vdb
+    /// -o sourceType=empty).
+    SecureMount {
+        /// `key=value` options.
+        #[arg(short = 'o', long = "option")]
+        options: Vec<String>,
+        /// Where to mount it.
+        mount_point: String,
+    },
+    /// Make a sealed secret signed with an EC P-256 key (PKCS#8 PEM file); prints it. With
+    /// --print-public-jwk, prints the key's public JWK instead (what to store as the kid).
+    Seal {
+        /// The signing key.
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// The verification key's name: a kbs:// URI or a file name.
+        #[arg(long, default_value = "")]
+        kid: String,
+        /// A vault secret naming this resource URI.
+        #[arg(long, conflicts_with = "envelope_key_id")]
+        vault: Option<String>,
+        /// An envelope secret whose key-encryption key is this resource URI (with
+        /// --envelope-kek-file and the plaintext on standard input).
+        #[arg(long, requires = "envelope_kek_file")]
+        envelope_key_id: Option<String>,
+        /// The 32-byte key-encryption key (the resource's bytes).
+        #[arg(long)]
+        envelope_kek_file: Option<PathBuf>,
+        /// Print the public JWK of --signing-key and exit.
+        #[arg(long)]
+        print_public_jwk: bool,
+    },
+}
+
+fn init_logging(level: &str, format: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .context("invalid log level")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => bail!("--log-format {other:?} is not text or json"),
+    }
+    Ok(())
+}
+
+fn seal(
+    signing_key: &PathBuf,
+    kid: &str,
+    vault: Option<String>,
+    envelope: Option<(String, PathBuf)>,
+    print_public_jwk: bool,
+) -> Result<String> {
+    use p256::pkcs8::DecodePrivateKey;
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(signing_key)
+            .with_context(|| format!("cannot read {}", signing_key.display()))?,
+    );
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{} is not a PKCS#8 P-256 key: {e}", signing_key.display()))?;
+    if print_public_jwk {
+        return Ok(make::public_jwk(&key).to_string());
+    }
+    if kid.is_empty() {
+        bail!("--kid is required: the kbs:// URI or file name of the public JWK");
+    }
+    let payload = match (vault, envelope) {
+        (Some(uri), None) => make::vault(&uri),
+        (None, Some((key_id, kek_file))) => {
+            let kek = zeroize::Zeroizing::new(std::fs::read(&kek_file)?);
+            let kek: [u8; 32] = kek
+                .as_slice()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{} is not 32 bytes", kek_file.display()))?;
+            let mut plaintext = zeroize::Zeroizing::new(Vec::new());
+            std::io::stdin().read_to_end(&mut plaintext)?;
+            make::envelope(&kek, &key_id, &plaintext)?
+        }
+        _ => bail!("give --vault <URI> or --envelope-key-id <URI> --envelope-kek-file <file>"),
+    };
+    Ok(make::seal(&payload, &key, kid))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Seal {
+        signing_key,
+        kid,
+        vault,
+        envelope_key_id,
+        envelope_kek_file,
+        print_public_jwk,
+    }) = &cli.command
+    {
+        let envelope = envelope_key_id.clone().zip(envelope_kek_file.clone());
+        println!(
+            "{}",
+            seal(signing_key, kid, vault.clone(), envelope, *print_public_jwk)?
+        );
+        return Ok(());
+    }
+    let mut config =
+        CdhConfig::load(cli.config.as_deref()).context("cannot load the configuration")?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok();
+    config.apply_kbc_params(
+        std::env::var("AA_KBC_PARAMS").ok().as_deref(),
+        cmdline.as_deref(),
+    );
+    init_logging(&config.log_level, &cli.log_format)?;
+    for w in &config.warnings {
+        tracing::warn!("cdh.toml: {w}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let socket = config.socket.clone();
+        let hub = Hub::new(config).context("cannot start the confidential data hub")?;
+        let mut out = std::io::stdout();
+        match cli.command {
+            None => {
+                hub.init()
+                    .await
+                    .context("cannot write the configured credentials")?;
+                let shutdown = async {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let (Ok(mut term), Ok(mut hup)) = (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::hangup()),
+                    ) else {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                        _ = hup.recv() => {}
+                    }
+                };
+                serve(&socket, Arc::new(hub), shutdown).await?;
+            }
+            Some(Command::Resource { uri }) => out.write_all(&hub.get_resource(&uri).await?)?,
+            Some(Command::Unseal { secret }) => {
+                let secret = if secret == "-" {
+                    let mut s = String::new();
+                    std::io::stdin().read_to_string(&mut s)?;
+                    s
+                } else {
+                    secret
+                };
+                out.write_all(&hub.unseal(secret.trim().as_bytes()).await?)?;
+            }
+            Some(Command::SecureMount {
+                options,
+                mount_point,
+            }) => {
+                let mut map = HashMap::new();
+                for o in options {
+                    let (k, v) = o.split_once('=').ok_or_else(|| {
+                        CdhError::InvalidArgument(format!("option {o:?} is not key=value"))
+                    })?;
+                    map.insert(k.to_string(), v.to_string());
+                }
+                let path = hub.secure_mount("block-device", &map, &mount_point).await?;
+                writeln!(out, "{path}")?;
+            }
+            Some(Command::Seal { .. }) => unreachable!("handled before start-up"),
+        }
+        out.flush()?;
+        Ok(())
+    })
+}

@@ -1,0 +1,456 @@
+//! `cdh.toml`, with upstream's keys:
+//!
+//! ```toml
+//! socket = "unix:///run/confidential-containers/cdh.sock"
+//! skip_sealed_secret_verification = false
+//!
+//! [kbc]
+//! name = "cc_kbc"                 # or offline_fs_kbc
+//! url = "https://kbs.example:8080"
+//! kbs_cert = "<PEM>"              # optional: the only certificate trusted for the KBS
+//!
+//! [aa]
+//! aa_socket = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
+//!
+//! [[credentials]]                 # fetched at start and written, mode 0600
+//! resource_uri = "kbs:///default/credential/registry"
+//! path = "/run/confidential-containers/cdh/kbs/registry-auth.json"
+//!
+//! [image]                         # kept for the image work
+//! [log]
+//! level = "info"
+//!
+//! [peerpod]                       # ours; every key optional
+//! credentials_root = "/run/confidential-containers/cdh"
+//! sealed_secret_key_dir = "/run/confidential-containers/cdh/sealed-secret"
+//! luks_header_dir = "/run/confidential-containers/cdh/luks-headers"
+//! offline_fs_kbc_files = ["/etc/aa-offline_fs_kbc-keys.json", "/etc/aa-offline_fs_kbc-resources.json"]
+//! request_timeout_secs = 30
+//! ```
+//!
+//! A missing file, or a file without `[kbc]`, takes the KBS from `AA_KBC_PARAMS` or the kernel
+//! command line's `agent.aa_kbc_params=` (`cc_kbc::<url>`), as upstream does. Values are passed
+//! to the parts that use them; nothing is passed through process environment variables.
+//! Unknown keys are warnings that name the key; a known key with a bad value is an error that
+//! names it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::uri::ResourceUri;
+
+/// The default socket.
+pub const DEFAULT_SOCKET: &str = "unix:///run/confidential-containers/cdh.sock";
+/// The attestation agent's default socket.
+pub const DEFAULT_AA_SOCKET: &str =
+    "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock";
+/// Where credentials may be written, and where KMS-style files live.
+pub const DEFAULT_CREDENTIALS_ROOT: &str = "/run/confidential-containers/cdh";
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("{path} is not valid TOML")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A key has an unusable value.
+    #[error("{key}: {reason}")]
+    Value {
+        /// The key, dotted.
+        key: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Which key broker client serves resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kbc {
+    /// `cc_kbc`: the KBS at `url`, with the attestation agent's token.
+    CcKbc {
+        /// Base URL.
+        url: String,
+        /// PEM certificate to trust instead of the system's roots.
+        cert: Option<String>,
+    },
+    /// `offline_fs_kbc`: resources from local JSON files.
+    OfflineFs,
+}
+
+/// One `[[credentials]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Where the resource comes from.
+    pub resource_uri: ResourceUri,
+    /// Where it is written.
+    pub path: PathBuf,
+}
+
+/// The CDH's configuration.
+#[derive(Debug, Clone)]
+pub struct CdhConfig {
+    /// ttrpc listen address.
+    pub socket: String,
+    /// The key broker client; `None` when neither the file nor the fallback names one.
+    pub kbc: Option<Kbc>,
+    /// The attestation agent's socket.
+    pub aa_socket: String,
+    /// Credentials to fetch at start.
+    pub credentials: Vec<Credential>,
+    /// Accept sealed secrets without checking their signature.
+    pub skip_sealed_secret_verification: bool,
+    /// `[image]`, kept as given for the image work.
+    pub image: toml::Table,
+    /// Log level.
+    pub log_level: String,
+    /// Credentials must be written under this directory.
+    pub credentials_root: PathBuf,
+    /// Where sealed-secret verification keys named by a plain `kid` live.
+    pub sealed_secret_key_dir: PathBuf,
+    /// Where detached LUKS headers are kept.
+    pub luks_header_dir: PathBuf,
+    /// The `offline_fs_kbc` files.
+    pub offline_fs_kbc_files: Vec<PathBuf>,
+    /// Timeout of each request to the KBS or the attestation agent.
+    pub request_timeout: Duration,
+    /// Warnings about the file (unknown keys), for the log.
+    pub warnings: Vec<String>,
+}
+
+impl Default for CdhConfig {
+    fn default() -> Self {
+        Self {
+            socket: DEFAULT_SOCKET.into(),
+            kbc: None,
+            aa_socket: DEFAULT_AA_SOCKET.into(),
+            credentials: Vec::new(),
+            skip_sealed_secret_verification: false,
+            image: toml::Table::new(),
+            log_level: "info".into(),
+            credentials_root: PathBuf::from(DEFAULT_CREDENTIALS_ROOT),
+            sealed_secret_key_dir: PathBuf::from(DEFAULT_CREDENTIALS_ROOT).join("sealed-secret"),
+            luks_header_dir: PathBuf::from(DEFAULT_CREDENTIALS_ROOT).join("luks-headers"),
+            offline_fs_kbc_files: vec![
+                PathBuf::from("/etc/aa-offline_fs_kbc-keys.json"),
+                PathBuf::from("/etc/aa-offline_fs_kbc-resources.json"),
+            ],
+            request_timeout: Duration::from_secs(30),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+fn string(key: &str, v: &toml::Value) -> Result<String, ConfigError> {
+    v.as_str()
+        .map(str::to_string)
+        .ok_or_else(|| bad(key, "must be a string"))
+}
+
+fn table<'a>(key: &str, v: &'a toml::Value) -> Result<&'a toml::Table, ConfigError> {
+    v.as_table().ok_or_else(|| bad(key, "must be a table"))
+}
+
+fn http_url(key: &str, url: String) -> Result<String, ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(url)
+    } else {
+        Err(bad(
+            key,
+            format!("{url:?} must start with http:// or https://"),
+        ))
+    }
+}
+
+impl CdhConfig {
+    /// Reads `cdh.toml`; with no path, the defaults.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Toml { source, .. } => ConfigError::Toml {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses `cdh.toml` text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let root: toml::Table = toml::from_str(text).map_err(|source| ConfigError::Toml {
+            path: "cdh.toml".into(),
+            source,
+        })?;
+        let mut c = Self::default();
+        let mut unknown = Vec::new();
+        for (k, v) in &root {
+            match k.as_str() {
+                "socket" => {
+                    c.socket = string("socket", v)?;
+                    if !c.socket.starts_with("unix:///") {
+                        return Err(bad("socket", "must be unix:///<absolute path>"));
+                    }
+                }
+                "skip_sealed_secret_verification" => {
+                    c.skip_sealed_secret_verification =
+                        v.as_bool().ok_or_else(|| bad(k, "must be true or false"))?;
+                }
+                "kbc" => c.kbc = Some(parse_kbc(table(k, v)?, &mut unknown)?),
+                "aa" => {
+                    for (ak, av) in table(k, v)? {
+                        match ak.as_str() {
+                            "aa_socket" => c.aa_socket = string("aa.aa_socket", av)?,
+                            other => unknown.push(format!("aa.{other}")),
+                        }
+                    }
+                }
+                "credentials" => {
+                    let list = v
+                        .as_array()
+                        .ok_or_else(|| bad(k, "must be an array of tables ([[credentials]])"))?;
+                    for (i, item) in list.iter().enumerate() {
+                        c.credentials
+                            .push(parse_credential(i, table("credentials", item)?)?);
+                    }
+                }
+                "image" => c.image = table(k, v)?.clone(),
+                "log" => {
+                    for (lk, lv) in table(k, v)? {
+                        match lk.as_str() {
+                            "level" => c.log_level = string("log.level", lv)?.to_lowercase(),
+                            other => unknown.push(format!("log.{other}")),
+                        }
+                    }
+                }
+                "peerpod" => parse_peerpod(&mut c, table(k, v)?, &mut unknown)?,
+                other => unknown.push(other.to_string()),
+            }
+        }
+        c.warnings = unknown
+            .into_iter()
+            .map(|k| format!("unknown key {k:?} ignored"))
+            .collect();
+        Ok(c)
+    }
+
+    /// Without `[kbc]`, takes the KBS from `AA_KBC_PARAMS` (`env`) or the kernel command line's
+    /// `agent.aa_kbc_params=`: `cc_kbc::<url>` or `offline_fs_kbc::`.
+    pub fn apply_kbc_params(&mut self, env: Option<&str>, cmdline: Option<&str>) {
+        if self.kbc.is_some() {
+            return;
+        }
+        let Some(param) = env.map(str::to_string).or_else(|| {
+            cmdline?
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("agent.aa_kbc_params="))
+                .map(str::to_string)
+        }) else {
+            return;
+        };
+        match param.split_once("::") {
+            Some(("cc_kbc", url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                self.kbc = Some(Kbc::CcKbc {
+                    url: url.to_string(),
+                    cert: None,
+                });
+            }
+            Some(("offline_fs_kbc", _)) => self.kbc = Some(Kbc::OfflineFs),
+            _ => self.warnings.push(format!(
+                "aa_kbc_params {param:?} is not cc_kbc::<http(s) URL> or offline_fs_kbc::; no KBS configured"
+            )),
+        }
+    }
+}
+
+fn parse_kbc(t: &toml::Table, unknown: &mut Vec<String>) -> Result<Kbc, ConfigError> {
+    let mut name = None;
+    let mut url = None;
+    let mut cert = None;
+    for (k, v) in t {
+        match k.as_str() {
+            "name" => name = Some(string("kbc.name", v)?),
+            "url" => url = Some(string("kbc.url", v)?),
+            "kbs_cert" => cert = Some(string("kbc.kbs_cert", v)?).filter(|s| !s.trim().is_empty()),
+            other => unknown.push(format!("kbc.{other}")),
+        }
+    }
+    match name.as_deref() {
+        Some("cc_kbc") => {
+            let url = url
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| bad("kbc.url", "cc_kbc needs the KBS's URL"))?;
+            Ok(Kbc::CcKbc {
+                url: http_url("kbc.url", url)?,
+                cert,
+            })
+        }
+        Some("offline_fs_kbc") => Ok(Kbc::OfflineFs),
+        Some(other) => Err(bad(
+            "kbc.name",
+            format!("{other:?} is not supported: use cc_kbc or offline_fs_kbc"),
+        )),
+        None => Err(bad("kbc.name", "is required: cc_kbc or offline_fs_kbc")),
+    }
+}
+
+fn parse_credential(i: usize, t: &toml::Table) -> Result<Credential, ConfigError> {
+    let key = |k: &str| format!("credentials[{i}].{k}");
+    let uri = t
+        .get("resource_uri")
+        .ok_or_else(|| bad(&key("resource_uri"), "is required"))?;
+    let path = t
+        .get("path")
+        .ok_or_else(|| bad(&key("path"), "is required"))?;
+    let resource_uri = ResourceUri::parse(&string(&key("resource_uri"), uri)?)
+        .map_err(|e| bad(&key("resource_uri"), e.to_string()))?;
+    Ok(Credential {
+        resource_uri,
+        path: PathBuf::from(string(&key("path"), path)?),
+    })
+}
+
+fn parse_peerpod(
+    c: &mut CdhConfig,
+    t: &toml::Table,
+    unknown: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    for (k, v) in t {
+        let key = format!("peerpod.{k}");
+        match k.as_str() {
+            "credentials_root" => c.credentials_root = PathBuf::from(string(&key, v)?),
+            "sealed_secret_key_dir" => c.sealed_secret_key_dir = PathBuf::from(string(&key, v)?),
+            "luks_header_dir" => c.luks_header_dir = PathBuf::from(string(&key, v)?),
+            "offline_fs_kbc_files" => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| bad(&key, "must be a list of paths"))?;
+                c.offline_fs_kbc_files = list
+                    .iter()
+                    .map(|p| string(&key, p).map(PathBuf::from))
+                    .collect::<Result<_, _>>()?;
+            }
+            "request_timeout_secs" => {
+                let secs = v
+                    .as_integer()
+                    .filter(|s| (1..=600).contains(s))
+                    .ok_or_else(|| bad(&key, "must be an integer from 1 to 600"))?;
+                c.request_timeout = Duration::from_secs(secs.unsigned_abs());
+            }
+            other => unknown.push(format!("peerpod.{other}")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_keys_and_ours() {
+        let c = CdhConfig::parse(
+            "socket = \"unix:///tmp/cdh.sock\"\nskip_sealed_secret_verification = true\n\
+             [kbc]\nname = \"cc_kbc\"\nurl = \"https://kbs:8080\"\nkbs_cert = \"\"\n\
+             [aa]\naa_socket = \"unix:///tmp/aa.sock\"\n\
+             [[credentials]]\nresource_uri = \"kbs:///default/cred/a\"\npath = \"/run/x/a\"\n\
+             [image]\nmax_concurrent_layer_downloads_per_image = 3\n[log]\nlevel = \"DEBUG\"\n\
+             [peerpod]\nrequest_timeout_secs = 5\nfuture = 1\n[later]\nx = 1\n",
+        )
+        .expect("parses");
+        assert_eq!(c.socket, "unix:///tmp/cdh.sock");
+        assert!(c.skip_sealed_secret_verification);
+        assert_eq!(
+            c.kbc,
+            Some(Kbc::CcKbc {
+                url: "https://kbs:8080".into(),
+                cert: None
+            })
+        );
+        assert_eq!(c.aa_socket, "unix:///tmp/aa.sock");
+        assert_eq!(c.credentials[0].path, PathBuf::from("/run/x/a"));
+        assert_eq!(c.image.len(), 1);
+        assert_eq!(c.log_level, "debug");
+        assert_eq!(c.request_timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.warnings,
+            [
+                "unknown key \"later\" ignored",
+                "unknown key \"peerpod.future\" ignored"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_file_and_fallback() {
+        let mut c = CdhConfig::parse("").expect("empty");
+        assert_eq!(c.socket, DEFAULT_SOCKET);
+        assert!(c.kbc.is_none());
+        c.apply_kbc_params(
+            None,
+            Some("quiet agent.aa_kbc_params=cc_kbc::http://10.0.0.1:8080"),
+        );
+        assert_eq!(
+            c.kbc,
+            Some(Kbc::CcKbc {
+                url: "http://10.0.0.1:8080".into(),
+                cert: None
+            })
+        );
+        let mut c = CdhConfig::default();
+        c.apply_kbc_params(Some("sample_kbc::x"), None);
+        assert!(c.kbc.is_none());
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("socket = \"/tmp/x\"", "socket"),
+            ("[kbc]\nname = \"cc_kbc\"", "kbc.url"),
+            ("[kbc]\nname = \"sev\"", "kbc.name"),
+            ("[kbc]\nname = \"cc_kbc\"\nurl = \"kbs:8080\"", "kbc.url"),
+            (
+                "[[credentials]]\npath = \"/x\"",
+                "credentials[0].resource_uri",
+            ),
+            (
+                "[[credentials]]\nresource_uri = \"kbs:///a/b\"\npath = \"/x\"",
+                "credentials[0].resource_uri",
+            ),
+            (
+                "[peerpod]\nrequest_timeout_secs = 0",
+                "peerpod.request_timeout_secs",
+            ),
+        ] {
+            let err = CdhConfig::parse(text).expect_err(text).to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The hub: one key broker client, the attestation agent connection, and the operations the
+//! services expose. Transport-free, so the ttrpc server, the REST endpoint and tests share it.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::config::{CdhConfig, Credential, Kbc};
+use crate::error::CdhError;
+use crate::kbc::{AaClient, CcKbc, OfflineFs};
+use crate::sealed::{Resources, Sealed};
+use crate::secure_mount::{self, BlockDevice, KeySource};
+use crate::uri::ResourceUri;
+
+enum Source {
+    Kbs(CcKbc),
+    Offline(OfflineFs),
+}
+
+/// The confidential data hub.
+pub struct Hub {
+    config: CdhConfig,
+    source: Option<Source>,
+    aa: Arc<AaClient>,
+    resources_served: AtomicU64,
+}
+
+impl Hub {
+    /// Sets up the configured key broker client (nothing is contacted yet).
+    pub fn new(config: CdhConfig) -> Result<Self, CdhError> {
+        let aa = Arc::new(AaClient::new(&config.aa_socket, config.request_timeout));
+        let source = match &config.kbc {
+            Some(Kbc::CcKbc { url, cert }) => Some(Source::Kbs(CcKbc::new(
+                url,
+                cert.as_deref(),
+                Arc::clone(&aa),
+                config.request_timeout,
+            )?)),
+            Some(Kbc::OfflineFs) => Some(Source::Offline(OfflineFs::load(
+                &config.offline_fs_kbc_files,
+            )?)),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            source,
+            aa,
+            resources_served: AtomicU64::new(0),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CdhConfig {
+        &self.config
+    }
+
+    /// The attestation agent connection.
+    pub fn aa(&self) -> &AaClient {
+        &self.aa
+    }
+
+    /// How many tokens the hub asked of the attestation agent.
+    pub fn token_requests(&self) -> u64 {
+        match &self.source {
+            Some(Source::Kbs(k)) => k.token_requests(),
+            _ => 0,
+        }
+    }
+
+    /// How many resources were served (credentials, GetResource, sealed secrets).
+    pub fn resources_served(&self) -> u64 {
+        self.resources_served.load(Ordering::Relaxed)
+    }
+
+    /// Fetches the `[[credentials]]` and writes them (mode 0600). Any failure is an error: a pod
+    /// VM without its credentials should not start.
+    pub async fn init(&self) -> Result<(), CdhError> {
+        for c in &self.config.credentials {
+            self.write_credential(c).await.map_err(|e| {
+                e.context(&format!(
+                    "credential {} for {}",
+                    c.resource_uri,
+                    c.path.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn write_credential(&self, c: &Credential) -> Result<(), CdhError> {
+        let path = checked_credential_path(&self.config.credentials_root, &c.path)?;
+        let value = self.fetch(&c.resource_uri).await?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| CdhError::InvalidArgument("the path has no directory".into()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CdhError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&value)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            CdhError::Internal(format!("cannot write {}: {e}", path.display()))
+        })?;
+        tracing::info!(resource = %c.resource_uri, path = %path.display(), "credential written");
+        Ok(())
+    }
+
+    async fn fetch(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, CdhError> {
+        let value = match &self.source {
+            Some(Source::Kbs(k)) => k.get(uri).await?,
+            Some(Source::Offline(o)) => o.get(uri)?,
+            None => {
+                return Err(CdhError::Unavailable(
+                    "no key broker configured: set [kbc] name and url in cdh.toml, or agent.aa_kbc_params=cc_kbc::<url>"
+                        .into(),
+                ));
+            }
+        };
+        self.resources_served.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(resource = %uri, bytes = value.len(), "resource fetched");
+        Ok(value)
+    }
+
+    /// `GetResource`: `ResourcePath` is a `kbs://` URI.
+    pub async fn get_resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, CdhError> {
+        let uri = ResourceUri::parse(uri).map_err(|e| CdhError::InvalidArgument(e.to_string()))?;
+        self.fetch(&uri).await
+    }
+
+    /// `UnsealSecret`: `sealed.<JWS>` → the secret.
+    pub async fn unseal(&self, secret: &[u8]) -> Result<Zeroizing<Vec<u8>>, CdhError> {
+        let text = std::str::from_utf8(secret)
+            .map_err(|_| CdhError::InvalidArgument("sealed secret: not UTF-8".into()))?;
+        let verify = !self.config.skip_sealed_secret_verification;
+        let sealed = Sealed::parse(text.trim(), verify)?;
+        if verify {
+            let kid = sealed.kid().unwrap_or_default().to_string();
+            let jwk = self.verification_key(&kid).await?;
+            sealed.verify(&jwk)?;
+        }
+        sealed.unseal(self).await
+    }
+
+    async fn verification_key(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, CdhError> {
+        if kid.starts_with("kbs://") {
+            let uri = ResourceUri::parse(kid)
+                .map_err(|e| CdhError::InvalidArgument(format!("sealed secret: kid: {e}")))?;
+            return self
+                .fetch(&uri)
+                .await
+                .map_err(|e| e.context("sealed secret: the verification key"));
+        }
+        let plain = !kid.is_empty()
+            && Path::new(kid)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+        if !plain {
+            return Err(CdhError::InvalidArgument(format!(
+                "sealed secret: kid {kid:?} is neither a kbs:// URI nor a file name in {}",
+                self.config.sealed_secret_key_dir.display()
+            )));
+        }
+        let path = self.config.sealed_secret_key_dir.join(kid);
+        std::fs::read(&path).map(Zeroizing::new).map_err(|e| {
+            CdhError::PermissionDenied(format!(
+                "sealed secret: no verification key {} ({e})",
+                path.display()
+            ))
+        })
+    }
+
+    /// `UnWrapKey` of the ocicrypt key-provider protocol: the request's annotation packet names
+    /// a key-encryption key in the KBS (`kid`) and the wrapped layer key.
+    pub async fn unwrap_key(&self, input: &[u8]) -> Result<Vec<u8>, CdhError> {
+        let bad = |m: String| CdhError::InvalidArgument(format!("UnWrapKey: {m}"));
+        #[derive(Deserialize)]
+        struct Request {
+            op: String,
+            keyunwrapparams: UnwrapParams,
+        }
+        #[derive(Deserialize)]
+        struct UnwrapParams {
+            annotation: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Packet {
+            kid: String,
+            wrapped_data: String,
+            iv: Option<String>,
+            wrap_type: Option<String>,
+            #[serde(default)]
+            provider: Option<String>,
+        }
+        let req: Request = serde_json::from_slice(input)
+            .map_err(|e| bad(format!("not a key-provider request: {e}")))?;
+        if req.op != "keyunwrap" {
+            return Err(bad(format!("op {:?} is not keyunwrap", req.op)));
+        }
+        let annotation = req
+            .keyunwrapparams
+            .annotation
+            .ok_or_else(|| bad("keyunwrapparams.annotation is missing".into()))?;
+        let std = base64::engine::general_purpose::STANDARD;
+        let packet = std
+            .decode(annotation.trim())
+            .map_err(|e| bad(format!("the annotation is not standard base64: {e}")))?;
+        let packet: Packet = serde_json::from_slice(&packet)
+            .map_err(|e| bad(format!("the annotation is not a key packet: {e}")))?;
+        if let Some(p) = &packet.provider
+            && !p.eq_ignore_ascii_case("kbs")
+        {
+            return Err(CdhError::Unimplemented(format!(
+                "UnWrapKey: provider {p:?} is not supported here (kbs)"
+            )));
+        }
+        if packet.wrap_type.as_deref().unwrap_or("A256GCM") != "A256GCM" {
+            return Err(CdhError::Unimplemented(format!(
+                "UnWrapKey: wrap_type {:?} is not supported (A256GCM)",
+                packet.wrap_type
+            )));
+        }
+        let uri = ResourceUri::parse(&packet.kid).map_err(|e| bad(format!("kid: {e}")))?;
+        let iv = std
+            .decode(packet.iv.as_deref().unwrap_or_default())
+            .map_err(|e| bad(format!("iv is not standard base64: {e}")))?;
+        let iv: [u8; 12] = iv
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad(format!("iv is {} bytes, not 12", iv.len())))?;
+        let wrapped = std
+            .decode(&packet.wrapped_data)
+            .map_err(|e| bad(format!("wrapped_data is not standard base64: {e}")))?;
+        let kek = self.fetch(&uri).await?;
+        let key = crate::sealed::aes_gcm_open(&kek, &iv, &wrapped, "wrapped_data")?;
+        let reply = serde_json::json!({"keyunwrapresults": {"optsdata": key.as_slice()}});
+        Ok(reply.to_string().into_bytes())
+    }
+}
+
+impl Hub {
+    /// `SecureMount`: sets up an encrypted volume at `mount_point` (see [`crate::secure_mount`]).
+    pub async fn secure_mount(
+        &self,
+        volume_type: &str,
+        options: &std::collections::HashMap<String, String>,
+        mount_point: &str,
+    ) -> Result<String, CdhError> {
+        if !matches!(volume_type, "block-device" | "BlockDevice") {
+            return Err(CdhError::Unimplemented(format!(
+                "secure mount: volume_type {volume_type:?} is not supported (block-device)"
+            )));
+        }
+        let dev = BlockDevice::parse(options, Path::new("/sys/dev/block"))?;
+        let key = match &dev.key {
+            KeySource::Random => secure_mount::random_key()?,
+            KeySource::Named(k) => self.key_bytes(k).await?,
+        };
+        secure_mount::mount(
+            &dev,
+            &key,
+            Path::new(mount_point),
+            &self.config.luks_header_dir,
+        )
+        .await?;
+        Ok(mount_point.to_string())
+    }
+
+    async fn key_bytes(&self, key: &str) -> Result<Zeroizing<Vec<u8>>, CdhError> {
+        if key.starts_with(crate::sealed::PREFIX) {
+            self.unseal(key.as_bytes()).await
+        } else if key.starts_with("kbs://") {
+            self.get_resource(key).await
+        } else if let Some(path) = key.strip_prefix("file://") {
+            std::fs::read(path).map(Zeroizing::new).map_err(|e| {
+                CdhError::InvalidArgument(format!(
+                    "secure mount: cannot read the key file {path}: {e}"
+                ))
+            })
+        } else {
+            Err(CdhError::InvalidArgument(
+                "secure mount: key must be sealed.…, kbs://… or file://…".into(),
+            ))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Resources for Hub {
+    async fn resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, CdhError> {
+        self.fetch(uri).await
+    }
+}
+
+/// `path` if it is absolute, inside `root` and free of `.` and `..` components.
+fn checked_credential_path<'a>(root: &Path, path: &'a Path) -> Result<&'a Path, CdhError> {
+    // Textual segments: `Path::components` would quietly drop a `.` in the middle.
+    let clean = path.is_absolute()
+        && path.to_str().is_some_and(|p| {
+            p.split('/')
+                .skip(1)
+                .all(|s| !s.is_empty() && s != "." && s != "..")
+        });
+    if !clean || !path.starts_with(root) || path == root {
+        return Err(CdhError::InvalidArgument(format!(
+            "credential path {} must be an absolute path inside {} without . or .. ([peerpod] credentials_root)",
+            path.display(),
+            root.display()
+        )));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_paths() {
+        let root = Path::new("/run/confidential-containers/cdh");
+        for ok in [
+            "/run/confidential-containers/cdh/kbs/a.json",
+            "/run/confidential-containers/cdh/x",
+        ] {
+            assert!(checked_credential_path(root, Path::new(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/run/confidential-containers/cdh",
+            "/run/confidential-containers/cdh/../etc/passwd",
+            "/run/confidential-containers/cdh/./x",
+            "/run/confidential-containers/cdhx/y",
+            "relative/x",
+            "/etc/shadow",
+        ] {
+            assert!(
+                checked_credential_path(root, Path::new(bad)).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Key broker clients: where resources come from.
+//!
+//! - [`CcKbc`]: the KBS, with the attestation agent's token and TEE key (`GetToken("kbs")` over
+//!   ttrpc). The agent attests once and caches; this client also keeps the token and key until
+//!   shortly before the token expires, so a fetch costs one HTTP round trip to the KBS. A 401
+//!   drops them and asks the agent again, once.
+//! - [`OfflineFs`]: `offline_fs_kbc`, resources from local JSON files
+//!   (`{"<repo>/<type>/<tag>": "<base64>"}`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use peerpod_kbs_client::ResourceError;
+use peerpod_kbs_protocol::keys::TeeKeyPair;
+use peerpod_protocols::aa::attestation_agent::GetTokenRequest;
+use peerpod_protocols::aa::attestation_agent_ttrpc::AttestationAgentServiceClient;
+use zeroize::Zeroizing;
+
+use crate::error::CdhError;
+use crate::uri::ResourceUri;
+
+/// A ttrpc connection to the attestation agent, made on first use and remade after a failure.
+pub struct AaClient {
+    addr: String,
+    timeout: Duration,
+    client: tokio::sync::Mutex<Option<AttestationAgentServiceClient>>,
+}
+
+impl AaClient {
+    /// The agent at `addr` (`unix:///…`); each call times out after `timeout`.
+    pub fn new(addr: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            addr: addr.into(),
+            timeout,
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The agent's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    async fn client(&self) -> Result<AttestationAgentServiceClient, CdhError> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let raw = tokio::time::timeout(self.timeout, ttrpc::r#async::Client::connect(&self.addr))
+            .await
+            .map_err(|_| {
+                CdhError::Unavailable(format!(
+                    "the attestation agent at {} did not accept a connection within {:?}",
+                    self.addr, self.timeout
+                ))
+            })?
+            .map_err(|e| {
+                CdhError::Unavailable(format!(
+                    "cannot reach the attestation agent at {} ({e}): is it running? ([aa] aa_socket in cdh.toml)",
+                    self.addr
+                ))
+            })?;
+        let c = AttestationAgentServiceClient::new(raw);
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn forget(&self) {
+        *self.client.lock().await = None;
+    }
+
+    fn ctx(&self) -> ttrpc::context::Context {
+        ttrpc::context::with_timeout(i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX))
+    }
+
+    /// Runs one call, remaking the connection once if it broke.
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, CdhError>
+    where
+        F: Fn(AttestationAgentServiceClient, ttrpc::context::Context) -> Fut,
+        Fut: std::future::Future<Output = ttrpc::Result<T>>,
+    {
+        for attempt in 0..2 {
+            let client = self.client().await?;
+            match f(client, self.ctx()).await {
+                Ok(v) => return Ok(v),
+                Err(ttrpc::Error::RpcStatus(s)) => {
+                    let message = format!("the attestation agent's {what} failed: {}", s.message());
+                    return Err(match s.code() {
+                        ttrpc::Code::INVALID_ARGUMENT | ttrpc::Code::FAILED_PRECONDITION => {
+                            CdhError::InvalidArgument(message)
+                        }
+                        _ => CdhError::Unavailable(message),
+                    });
+                }
+                Err(e) if attempt == 0 => {
+                    tracing::warn!(error = %e, "attestation agent connection failed; reconnecting");
+                    self.forget().await;
+                }
+                Err(e) => {
+                    return Err(CdhError::Unavailable(format!(
+                        "the attestation agent's {what} failed: {e}"
+                    )));
+                }
+            }
+        }
+        Err(CdhError::Internal("unreachable retry loop".into()))
+    }
+
+    /// `GetToken(token_type)`: the reply bytes.
+    pub async fn get_token(&self, token_type: &str) -> Result<Vec<u8>, CdhError> {
+        let req = GetTokenRequest {
+            TokenType: token_type.into(),
+            ..Default::default()
+        };
+        self.call("GetToken", |c, ctx| {
+            let req = req.clone();
+            async move { c.get_token(ctx, &req).await.map(|r| r.Token) }
+        })
+        .await
+    }
+
+    /// `GetEvidence(runtime_data)`: the evidence bytes.
+    pub async fn get_evidence(&self, runtime_data: &[u8]) -> Result<Vec<u8>, CdhError> {
+        let req = peerpod_protocols::aa::attestation_agent::GetEvidenceRequest {
+            RuntimeData: runtime_data.to_vec(),
+            ..Default::default()
+        };
+        self.call("GetEvidence", |c, ctx| {
+            let req = req.clone();
+            async move { c.get_evidence(ctx, &req).await.map(|r| r.Evidence) }
+        })
+        .await
+    }
+}
+
+/// A token and the TEE key it binds, as the agent handed them over.
+struct Session {
+    token: Zeroizing<String>,
+    key: TeeKeyPair,
+    expires: SystemTime,
+}
+
+/// Resources from the KBS with the attestation agent's token.
+pub struct CcKbc {
+    url: String,
+    http: reqwest::Client,
+    aa: Arc<AaClient>,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    token_requests: AtomicU64,
+}
+
+/// Re-fetch the token this long before it expires.
+const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+
+impl CcKbc {
+    /// The KBS at `url` (trusting only `cert` when given), through the agent `aa`.
+    pub fn new(
+        url: &str,
+        cert: Option<&str>,
+        aa: Arc<AaClient>,
+        timeout: Duration,
+    ) -> Result<Self, CdhError> {
+        let http = peerpod_kbs_client::http_client(
+            url,
+            cert,
+            timeout,
+            concat!("peerpod-confidential-data-hub/", env!("CARGO_PKG_VERSION")),
+            false,
+        )
+        .map_err(|e| CdhError::InvalidArgument(format!("{e} ([kbc] kbs_cert in cdh.toml)")))?;
+        Ok(Self {
+            url: url.to_string(),
+            http,
+            aa,
+            session: tokio::sync::Mutex::new(None),
+            token_requests: AtomicU64::new(0),
+        })
+    }
+
+    /// How many tokens were asked of the attestation agent.
+    pub fn token_requests(&self) -> u64 {
+        self.token_requests.load(Ordering::Relaxed)
+    }
+
+    async fn session(&self) -> Result<Arc<Session>, CdhError> {
+        let mut guard = self.session.lock().await;
+        if let Some(s) = guard.as_ref()
+            && SystemTime::now() + REFRESH_MARGIN < s.expires
+        {
+            return Ok(Arc::clone(s));
+        }
+        self.token_requests.fetch_add(1, Ordering::Relaxed);
+        let reply = Zeroizing::new(self.aa.get_token("kbs").await?);
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            token: String,
+            tee_keypair: String,
+        }
+        let reply: Reply = serde_json::from_slice(&reply).map_err(|e| {
+            CdhError::Internal(format!(
+                "the attestation agent's GetToken(\"kbs\") reply is not {{token, tee_keypair}}: {e}"
+            ))
+        })?;
+        let pem = Zeroizing::new(reply.tee_keypair);
+        let key = TeeKeyPair::from_pem(&pem).map_err(|e| {
+            CdhError::Internal(format!(
+                "the attestation agent's TEE key does not parse: {e}"
+            ))
+        })?;
+        let session = Arc::new(Session {
+            expires: peerpod_kbs_client::token_expiry(&reply.token),
+            token: Zeroizing::new(reply.token),
+            key,
+        });
+        *guard = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    async fn forget(&self, stale: &Arc<Session>) {
+        let mut guard = self.session.lock().await;
+        if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, stale)) {
+            *guard = None;
+        }
+    }
+
+    /// Fetches and decrypts a resource.
+    pub async fn get(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, CdhError> {
+        let mut refused = None;
+        for _ in 0..2 {
+            let session = self.session().await?;
+            match peerpod_kbs_client::get_resource(
+                &self.http,
+                &self.url,
+                &uri.path,
+                &session.token,
+                &session.key,
+            )
+            .await
+            {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) if e.status() == Some(401) => {
+                    tracing::info!(resource = %uri, "the KBS refused the token; asking the attestation agent again");
+                    self.forget(&session).await;
+                    refused = Some(e);
+                }
+                Err(e) => return Err(resource_error(uri, e)),
+            }
+        }
+        Err(CdhError::PermissionDenied(format!(
+            "the KBS refused the attestation agent's token twice for {uri}: {} (the agent renews its token when it expires; a KBS that restarted forgets tokens)",
+            refused
+                .map(|e| peerpod_kbs_client::error_chain(&e))
+                .unwrap_or_default()
+        )))
+    }
+}
+
+fn resource_error(uri: &ResourceUri, e: ResourceError) -> CdhError {
+    let text = peerpod_kbs_client::error_chain(&e);
+    match e.status() {
+        Some(404) => CdhError::NotFound(format!("the KBS has no resource {uri}: {text}")),
+        Some(401 | 403) => CdhError::PermissionDenied(format!(
+            "the KBS refused {uri} (its resource policy): {text}"
+        )),
+        _ if e.is_transient() => CdhError::Unavailable(text),
+        _ => CdhError::Internal(text),
+    }
+}
+
+/// `offline_fs_kbc`: resources from JSON files mapping `<repo>/<type>/<tag>` to base64.
+pub struct OfflineFs {
+    resources: BTreeMap<String, Zeroizing<Vec<u8>>>,
+}
+
+impl OfflineFs {
+    /// Loads the files; a missing one is skipped with a warning.
+    pub fn load(files: &[PathBuf]) -> Result<Self, CdhError> {
+        let mut resources = BTreeMap::new();
+        for file in files {
+            let text = match std::fs::read(file) {
+                Ok(t) => Zeroizing::new(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::warn!(file = %file.display(), "offline_fs_kbc file missing; skipped");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(CdhError::Internal(format!(
+                        "cannot read {}: {e}",
+                        file.display()
+                    )));
+                }
+            };
+            let map: BTreeMap<String, String> = serde_json::from_slice(&text).map_err(|e| {
+                CdhError::InvalidArgument(format!(
+                    "{} is not a JSON object of \"<repo>/<type>/<tag>\": \"<base64>\": {e}",
+                    file.display()
+                ))
+            })?;
+            for (path, b64) in map {
+                let b64 = Zeroizing::new(b64);
+                let value = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| {
+                        CdhError::InvalidArgument(format!(
+                            "{}: the value of {path:?} is not standard base64: {e}",
+                            file.display()
+                        ))
+                    })?;
+                if resources
+                    .insert(path.clone(), Zeroizing::new(value))
+                    .is_some()
+                {
+                    tracing::warn!(resource = %path, "offline_fs_kbc: a later file overrides a resource");
+                }
+            }
+        }
+        Ok(Self { resources })
+    }
+
+    /// The resource, if present.
+    pub fn get(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, CdhError> {
+        self.resources
+            .get(&uri.path.to_string())
+            .cloned()
+            .ok_or_else(|| CdhError::NotFound(format!("offline_fs_kbc has no resource {uri}")))
+    }
+}

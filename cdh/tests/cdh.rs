@@ -1,0 +1,439 @@
+//! The `confidential-data-hub` binary on its real socket, called over ttrpc as the kata agent
+//! calls it, with the attestation agent serving its own socket on a simulated Azure SNP CVM and
+//! the local KBS: credentials at start, resources (one attestation for a hundred fetches), sealed
+//! vault and envelope secrets, key unwrapping for image layers, every refusal with its status,
+//! and no secret in the log.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use aes_gcm::aead::{Aead, KeyInit};
+use attestation_agent::AttestationAgent;
+use attestation_agent::config::{AaConfig, KbsSection};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use confidential_data_hub::sealed::make;
+use peerpod_protocols::cdh::api::{
+    GetResourceRequest, ImagePullRequest, SecureMountRequest, UnsealSecretInput,
+};
+use peerpod_protocols::cdh::api_ttrpc::{
+    GetResourceServiceClient, ImagePullServiceClient, SealedSecretServiceClient,
+    SecureMountServiceClient,
+};
+use peerpod_protocols::cdh::keyprovider::KeyProviderKeyWrapProtocolInput;
+use peerpod_protocols::cdh::keyprovider_ttrpc::KeyProviderServiceClient;
+use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
+use peerpod_tests::kbs::{KbsOptions, RunningKbs};
+use peerpod_tests::scratch::ScratchDir;
+use serde_json::{Value, json};
+use ttrpc::context::{self, Context};
+
+const SECRET: &[u8] = b"db-password: correct horse battery staple";
+const ENVELOPE_SECRET: &[u8] = b"envelope-sealed api token 7f3a";
+const CREDENTIAL: &[u8] = b"{\"auths\": {\"registry.example\": {\"auth\": \"c2VjcmV0\"}}}";
+const KEK: [u8; 32] = [0x4b; 32];
+
+fn ctx() -> Context {
+    context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+}
+
+fn code(e: &ttrpc::Error) -> ttrpc::Code {
+    match e {
+        ttrpc::Error::RpcStatus(s) => s.code(),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+/// The attestation agent, in this process, serving its real socket.
+struct Aa {
+    socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Aa {
+    async fn start(dir: &Path, kbs_url: &str, cvm: &SimulatedCvm) -> Self {
+        let config = AaConfig {
+            kbs: Some(KbsSection {
+                url: kbs_url.to_string(),
+                cert: None,
+                tee_key_algorithm: Default::default(),
+            }),
+            tpm: cvm.tpm_spec(),
+            imds_url: cvm.imds_url(),
+            tsm_root: "/nonexistent-tsm".into(),
+            allow_sample: false,
+            kbs_request_timeout: Duration::from_secs(5),
+            kbs_attempts: 1,
+            ..AaConfig::default()
+        };
+        let aa = Arc::new(AttestationAgent::new(&config, None).expect("attestation agent"));
+        let socket = dir.join("aa.sock");
+        let addr = format!("unix://{}", socket.display());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            attestation_agent::server::serve(&addr, aa, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("AA serves");
+        });
+        let started = Instant::now();
+        while !socket.exists() {
+            assert!(started.elapsed() < Duration::from_secs(10), "no AA socket");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Self {
+            socket,
+            stop: Some(tx),
+        }
+    }
+}
+
+impl Drop for Aa {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The CDH binary on `dir/cdh.sock`, logging JSON to `dir/cdh.log`.
+struct Cdh {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Cdh {
+    fn start(dir: &Path, toml: &str) -> Self {
+        std::fs::write(dir.join("cdh.toml"), toml).expect("cdh.toml");
+        let socket = dir.join("cdh.sock");
+        let log = dir.join("cdh.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_confidential-data-hub"))
+            .arg("-c")
+            .arg(dir.join("cdh.toml"))
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "debug")
+            .env_remove("AA_KBC_PARAMS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("confidential-data-hub starts");
+        let mut cdh = Self { child, socket, log };
+        let started = Instant::now();
+        while !cdh.socket.exists() {
+            if let Ok(Some(status)) = cdh.child.try_wait() {
+                panic!("the CDH exited ({status}):\n{}", cdh.log_text());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no CDH socket:\n{}",
+                cdh.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cdh
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn connect(&self) -> ttrpc::r#async::Client {
+        ttrpc::r#async::Client::connect(&format!("unix://{}", self.socket.display()))
+            .await
+            .expect("connect to the CDH")
+    }
+}
+
+impl Drop for Cdh {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cdh_toml(dir: &Path, kbs_url: &str, aa_socket: &Path, extra: &str) -> String {
+    format!(
+        "socket = \"unix://{dir}/cdh.sock\"\n{extra}\n[kbc]\nname = \"cc_kbc\"\nurl = \"{kbs_url}\"\n\n\
+         [aa]\naa_socket = \"unix://{aa}\"\n\n[peerpod]\ncredentials_root = \"{dir}/cdh-root\"\n\
+         sealed_secret_key_dir = \"{dir}/keys\"\nrequest_timeout_secs = 5\n",
+        dir = dir.display(),
+        aa = aa_socket.display()
+    )
+}
+
+async fn get(client: &GetResourceServiceClient, uri: &str) -> ttrpc::Result<Vec<u8>> {
+    client
+        .get_resource(
+            ctx(),
+            &GetResourceRequest {
+                ResourcePath: uri.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|r| r.Resource)
+}
+
+async fn unseal(client: &SealedSecretServiceClient, secret: &str) -> ttrpc::Result<Vec<u8>> {
+    client
+        .unseal_secret(
+            ctx(),
+            &UnsealSecretInput {
+                secret: secret.as_bytes().to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|r| r.plaintext)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_sealed_secrets_and_credentials_end_to_end() {
+    let dir = ScratchDir::new("cdh-e2e").expect("scratch");
+    let cvm = SimulatedCvm::start(CvmOptions::new(Flavour::Snp, dir.path())).expect("CVM");
+    let signer = make::generate_key().expect("key");
+    let mut options = KbsOptions::for_cvm(&cvm, None).expect("KBS options");
+    for (path, value) in [
+        ("default/key/pod", SECRET.to_vec()),
+        ("default/key/kek", KEK.to_vec()),
+        ("default/cred/registry", CREDENTIAL.to_vec()),
+        (
+            "default/sign/jwk",
+            make::public_jwk(&signer).to_string().into_bytes(),
+        ),
+    ] {
+        options.resources.insert(path.into(), value);
+    }
+    let stats = Arc::clone(&options.stats);
+    let kbs = RunningKbs::start(options, "127.0.0.1:0", None).expect("KBS");
+    let aa = Aa::start(dir.path(), &kbs.url(), &cvm).await;
+    let credential_path = dir.path().join("cdh-root/kbs/registry-auth.json");
+    let toml = cdh_toml(
+        dir.path(),
+        &kbs.url(),
+        &aa.socket,
+        &format!(
+            "[[credentials]]\nresource_uri = \"kbs:///default/cred/registry\"\npath = \"{}\"\n",
+            credential_path.display()
+        ),
+    );
+    let cdh = Cdh::start(dir.path(), &toml);
+
+    // Credentials were written at start, readable by root only.
+    assert_eq!(
+        std::fs::read(&credential_path).expect("credential"),
+        CREDENTIAL
+    );
+    let mode = std::fs::metadata(&credential_path)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "credential mode {mode:o}");
+
+    let raw = cdh.connect().await;
+    let resources = GetResourceServiceClient::new(raw.clone());
+    assert_eq!(
+        get(&resources, "kbs:///default/key/pod")
+            .await
+            .expect("resource"),
+        SECRET
+    );
+    for _ in 0..100 {
+        assert_eq!(
+            get(&resources, "kbs://any-host:8080/default/key/pod")
+                .await
+                .expect("resource"),
+            SECRET
+        );
+    }
+    assert_eq!(
+        stats.attestations.load(Ordering::Relaxed),
+        1,
+        "one attestation served the credential and 101 fetches"
+    );
+    assert!(stats.resources.load(Ordering::Relaxed) >= 102);
+
+    // Refusals, each with its status.
+    let err = get(&resources, "kbs:///default/key/missing")
+        .await
+        .expect_err("missing");
+    assert_eq!(code(&err), ttrpc::Code::NOT_FOUND, "{err:?}");
+    let err = get(&resources, "kbs:///default/../etc")
+        .await
+        .expect_err("bad URI");
+    assert_eq!(code(&err), ttrpc::Code::INVALID_ARGUMENT, "{err:?}");
+
+    // Sealed secrets: vault and envelope, verified with a key from the KBS or from a file.
+    let sealed_client = SealedSecretServiceClient::new(raw.clone());
+    let vault = make::seal(
+        &make::vault("kbs:///default/key/pod"),
+        &signer,
+        "kbs:///default/sign/jwk",
+    );
+    assert_eq!(unseal(&sealed_client, &vault).await.expect("vault"), SECRET);
+    let envelope = make::seal(
+        &make::envelope(&KEK, "kbs:///default/key/kek", ENVELOPE_SECRET).expect("envelope"),
+        &signer,
+        "kbs:///default/sign/jwk",
+    );
+    assert_eq!(
+        unseal(&sealed_client, &envelope).await.expect("envelope"),
+        ENVELOPE_SECRET
+    );
+    std::fs::create_dir_all(dir.path().join("keys")).expect("keys dir");
+    std::fs::write(
+        dir.path().join("keys/local-key"),
+        make::public_jwk(&signer).to_string(),
+    )
+    .expect("local key");
+    let local = make::seal(&make::vault("kbs:///default/key/pod"), &signer, "local-key");
+    assert_eq!(
+        unseal(&sealed_client, &local).await.expect("file kid"),
+        SECRET
+    );
+
+    let intruder = make::generate_key().expect("key");
+    let forged = make::seal(
+        &make::vault("kbs:///default/key/pod"),
+        &intruder,
+        "kbs:///default/sign/jwk",
+    );
+    let err = unseal(&sealed_client, &forged).await.expect_err("forged");
+    assert_eq!(code(&err), ttrpc::Code::PERMISSION_DENIED, "{err:?}");
+    for (bad, needle) in [
+        ("sealed.not-a-jws", "3 parts"),
+        ("plaintext", "does not start"),
+        (
+            &make::seal(
+                &make::vault("kbs:///default/key/pod"),
+                &signer,
+                "../etc/key",
+            )[..],
+            "neither a kbs:// URI nor a file name",
+        ),
+    ] {
+        let err = unseal(&sealed_client, bad).await.expect_err(needle);
+        assert_eq!(code(&err), ttrpc::Code::INVALID_ARGUMENT, "{err:?}");
+        assert!(format!("{err:?}").contains(needle), "{needle}: {err:?}");
+    }
+
+    // UnWrapKey: a layer key wrapped with the KBS's key-encryption key.
+    let layer_key = [0x11u8; 32];
+    let iv = [0x22u8; 12];
+    let wrapped = aes_gcm::Aes256Gcm::new_from_slice(&KEK)
+        .expect("key")
+        .encrypt(&aes_gcm::Nonce::from(iv), &layer_key[..])
+        .expect("wrap");
+    let packet = json!({"kid": "kbs:///default/key/kek", "wrapped_data": STANDARD.encode(&wrapped),
+        "iv": STANDARD.encode(iv), "wrap_type": "A256GCM"});
+    let request = json!({"op": "keyunwrap", "keywrapparams": {},
+        "keyunwrapparams": {"dc": null, "annotation": STANDARD.encode(packet.to_string())}});
+    let reply = KeyProviderServiceClient::new(raw.clone())
+        .un_wrap_key(
+            ctx(),
+            &KeyProviderKeyWrapProtocolInput {
+                KeyProviderKeyWrapProtocolInput: request.to_string().into_bytes(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("UnWrapKey");
+    let reply: Value =
+        serde_json::from_slice(&reply.KeyProviderKeyWrapProtocolOutput).expect("JSON");
+    let key: Vec<u8> =
+        serde_json::from_value(reply["keyunwrapresults"]["optsdata"].clone()).expect("bytes");
+    assert_eq!(key, layer_key);
+
+    // What is not served says so.
+    let err = ImagePullServiceClient::new(raw.clone())
+        .pull_image(
+            ctx(),
+            &ImagePullRequest {
+                image_url: "docker.io/library/busybox".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("image pull");
+    assert_eq!(code(&err), ttrpc::Code::UNIMPLEMENTED, "{err:?}");
+    let err = SecureMountServiceClient::new(raw)
+        .secure_mount(
+            ctx(),
+            &SecureMountRequest {
+                volume_type: "alibaba-cloud-oss".into(),
+                options: HashMap::new(),
+                mount_point: "/mnt/x".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("oss");
+    assert_eq!(code(&err), ttrpc::Code::UNIMPLEMENTED, "{err:?}");
+
+    // No secret, credential, key or token reached the log.
+    let log = cdh.log_text();
+    assert!(log.contains("confidential data hub serving"), "{log}");
+    for (what, needle) in [
+        ("resource", String::from_utf8_lossy(SECRET).to_string()),
+        (
+            "envelope secret",
+            String::from_utf8_lossy(ENVELOPE_SECRET).to_string(),
+        ),
+        ("credential", "c2VjcmV0".to_string()),
+        ("KEK", STANDARD.encode(KEK)),
+    ] {
+        assert!(!log.contains(&needle), "the {what} leaked into the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kbs_or_agent_down_is_a_clear_bounded_error() {
+    let dir = ScratchDir::new("cdh-down").expect("scratch");
+    let cvm = SimulatedCvm::start(CvmOptions::new(Flavour::Snp, dir.path())).expect("CVM");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dead_url = format!("http://127.0.0.1:{dead}");
+    let aa = Aa::start(dir.path(), &dead_url, &cvm).await;
+    let cdh = Cdh::start(dir.path(), &cdh_toml(dir.path(), &dead_url, &aa.socket, ""));
+    let resources = GetResourceServiceClient::new(cdh.connect().await);
+    let started = Instant::now();
+    let err = get(&resources, "kbs:///default/key/pod")
+        .await
+        .expect_err("KBS down");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(code(&err), ttrpc::Code::UNAVAILABLE, "{err:?}");
+    assert!(format!("{err:?}").contains("auth request to"), "{err:?}");
+    drop(cdh);
+
+    // No attestation agent at all.
+    let sub = dir.path().join("no-aa");
+    std::fs::create_dir_all(&sub).expect("dir");
+    let cdh = Cdh::start(
+        &sub,
+        &cdh_toml(&sub, &dead_url, &sub.join("missing.sock"), ""),
+    );
+    let resources = GetResourceServiceClient::new(cdh.connect().await);
+    let err = get(&resources, "kbs:///default/key/pod")
+        .await
+        .expect_err("AA down");
+    assert_eq!(code(&err), ttrpc::Code::UNAVAILABLE, "{err:?}");
+    assert!(
+        format!("{err:?}").contains("cannot reach the attestation agent"),
+        "{err:?}"
+    );
+}
