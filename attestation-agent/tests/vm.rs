@@ -17,22 +17,6 @@ use serde_json::json;
 mod common;
 use common::*;
 
-/// The agent binary cargo built next to this test (the image is built around it).
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target directory");
-    let agent = dir.join("kata-agent");
-    assert!(
-        agent.exists(),
-        "{} is missing: build it first (cargo build -p kata-agent; make test does)",
-        agent.display()
-    );
-    agent
-}
-
 fn port_of(url: &str) -> u16 {
     url.rsplit(':')
         .next()
@@ -70,7 +54,7 @@ fn the_agent_attests_from_inside_a_vm() {
          imds_url = \"http://10.0.2.101\"\nallow_sample = false\n",
     );
     let initdata_toml = write(dir.path(), "initdata.toml", &doc);
-    let mut vm_options = VmOptions::new(agent_binary());
+    let mut vm_options = VmOptions::new(VmOptions::built_agent_binary());
     for (guest, host) in [
         (
             "/usr/bin/attestation-agent",

@@ -20,22 +20,6 @@ use serde_json::{Value, json};
 
 const INITDATA: &str = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"policy.rego\" = '''\npackage agent_policy\ndefault AllowRequestsFailingPolicy := true\n'''\n";
 
-/// The agent binary cargo built next to this test (the image is built around it).
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target directory");
-    let agent = dir.join("kata-agent");
-    assert!(
-        agent.exists(),
-        "{} is missing: build it first (cargo build -p kata-agent; make test does)",
-        agent.display()
-    );
-    agent
-}
-
 #[test]
 fn guest_attests_through_the_simulated_vtpm() {
     let dir = ScratchDir::new("vtpm-vm").expect("scratch");
@@ -68,7 +52,7 @@ fn guest_attests_through_the_simulated_vtpm() {
     let challenge = rt.block_on(client.auth("az-snp-vtpm")).expect("auth");
     let report_data = client.report_data(&challenge.nonce);
 
-    let mut vm_options = VmOptions::new(agent_binary());
+    let mut vm_options = VmOptions::new(VmOptions::built_agent_binary());
     vm_options.extra_files.push((
         "/usr/bin/vtpm-probe".into(),
         PathBuf::from(env!("CARGO_BIN_EXE_vtpm-probe")),

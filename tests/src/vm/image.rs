@@ -201,10 +201,8 @@ fn initramfs(options: &VmOptions, kernel: &Kernel) -> Result<Archive, VmError> {
         " (build it: cargo build -p kata-agent)",
     )?;
     archive.file(GUEST_AGENT, 0o755, agent);
-    for library in shared_libraries(&options.agent_binary)? {
-        let data = read_file(&library, "shared library", "")?;
-        archive.file(&library.to_string_lossy(), 0o755, data);
-    }
+    let mut libraries = std::collections::BTreeSet::new();
+    libraries.extend(shared_libraries(&options.agent_binary)?);
     let policy = read_file(&options.policy_file, "the agent policy", "")?;
     archive.file(GUEST_POLICY, 0o644, policy);
     archive.file(
@@ -247,6 +245,14 @@ fn initramfs(options: &VmOptions, kernel: &Kernel) -> Result<Archive, VmError> {
                 .permissions(),
         ) & 0o7777;
         archive.file(guest, mode, data);
+        // Executables bring their shared libraries (cryptsetup, mkfs.ext4, our binaries).
+        if mode & 0o111 != 0 {
+            libraries.extend(shared_libraries(host)?);
+        }
+    }
+    for library in &libraries {
+        let data = read_file(library, "shared library", "")?;
+        archive.file(&library.to_string_lossy(), 0o755, data);
     }
 
     archive.file("/init", 0o755, STAGE1.into());

@@ -52,7 +52,7 @@ pub struct VmOptions {
     /// kernel are skipped. Default: [`DEFAULT_MODULES`].
     pub modules: Vec<String>,
     /// More files for the initramfs, as (path in the guest, file on the host); the host file's
-    /// permissions are kept. Binaries must be static or need only the agent's libraries.
+    /// permissions are kept, and executables bring the shared libraries `ldd` lists for them.
     pub extra_files: Vec<(String, PathBuf)>,
     /// Guest memory; default 768 MiB.
     pub memory_mib: u32,
@@ -104,6 +104,24 @@ impl VmOptions {
             boot_timeout: Duration::from_secs(env_secs.unwrap_or(90)),
             cache_dir: None,
         }
+    }
+
+    /// The `kata-agent` binary cargo built in the target directory of the running test binary
+    /// (`target/<profile>/deps/<test>` → `target/<profile>/kata-agent`); panics with what to
+    /// build when it is missing. For integration tests of other crates that boot a VM.
+    pub fn built_agent_binary() -> PathBuf {
+        let exe = std::env::current_exe().unwrap_or_default();
+        let agent = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .unwrap_or(Path::new("."))
+            .join("kata-agent");
+        assert!(
+            agent.exists(),
+            "{} is missing: build it first (cargo build -p kata-agent; make test does)",
+            agent.display()
+        );
+        agent
     }
 
     /// The `tcp-relay` binary serving [`VmOptions::guest_forwards`]: the one cargo built next
