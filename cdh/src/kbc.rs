@@ -16,124 +16,114 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use peerpod_kbs_client::ResourceError;
 use peerpod_kbs_protocol::keys::TeeKeyPair;
-use peerpod_protocols::aa::attestation_agent::GetTokenRequest;
+use peerpod_protocols::aa::attestation_agent::{
+    ExtendRuntimeMeasurementRequest, GetEvidenceRequest, GetTeeTypeRequest, GetTokenRequest,
+};
 use peerpod_protocols::aa::attestation_agent_ttrpc::AttestationAgentServiceClient;
 use zeroize::Zeroizing;
 
+use crate::conn::Connection;
 use crate::error::CdhError;
 use crate::uri::ResourceUri;
 
-/// A ttrpc connection to the attestation agent, made on first use and remade after a failure.
+/// The attestation agent, over ttrpc.
 pub struct AaClient {
-    addr: String,
-    timeout: Duration,
-    client: tokio::sync::Mutex<Option<AttestationAgentServiceClient>>,
+    conn: Connection,
 }
 
 impl AaClient {
     /// The agent at `addr` (`unix:///…`); each call times out after `timeout`.
     pub fn new(addr: impl Into<String>, timeout: Duration) -> Self {
         Self {
-            addr: addr.into(),
-            timeout,
-            client: tokio::sync::Mutex::new(None),
+            conn: Connection::new(
+                "the attestation agent",
+                "[aa] aa_socket in cdh.toml",
+                addr,
+                timeout,
+            ),
         }
     }
 
     /// The agent's address.
     pub fn addr(&self) -> &str {
-        &self.addr
+        self.conn.addr()
     }
 
-    async fn client(&self) -> Result<AttestationAgentServiceClient, CdhError> {
-        let mut guard = self.client.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let raw = tokio::time::timeout(self.timeout, ttrpc::r#async::Client::connect(&self.addr))
-            .await
-            .map_err(|_| {
-                CdhError::Unavailable(format!(
-                    "the attestation agent at {} did not accept a connection within {:?}",
-                    self.addr, self.timeout
-                ))
-            })?
-            .map_err(|e| {
-                CdhError::Unavailable(format!(
-                    "cannot reach the attestation agent at {} ({e}): is it running? ([aa] aa_socket in cdh.toml)",
-                    self.addr
-                ))
-            })?;
-        let c = AttestationAgentServiceClient::new(raw);
-        *guard = Some(c.clone());
-        Ok(c)
-    }
-
-    async fn forget(&self) {
-        *self.client.lock().await = None;
-    }
-
-    fn ctx(&self) -> ttrpc::context::Context {
-        ttrpc::context::with_timeout(i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX))
-    }
-
-    /// Runs one call, remaking the connection once if it broke.
-    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, CdhError>
-    where
-        F: Fn(AttestationAgentServiceClient, ttrpc::context::Context) -> Fut,
-        Fut: std::future::Future<Output = ttrpc::Result<T>>,
-    {
-        for attempt in 0..2 {
-            let client = self.client().await?;
-            match f(client, self.ctx()).await {
-                Ok(v) => return Ok(v),
-                Err(ttrpc::Error::RpcStatus(s)) => {
-                    let message = format!("the attestation agent's {what} failed: {}", s.message());
-                    return Err(match s.code() {
-                        ttrpc::Code::INVALID_ARGUMENT | ttrpc::Code::FAILED_PRECONDITION => {
-                            CdhError::InvalidArgument(message)
-                        }
-                        _ => CdhError::Unavailable(message),
-                    });
-                }
-                Err(e) if attempt == 0 => {
-                    tracing::warn!(error = %e, "attestation agent connection failed; reconnecting");
-                    self.forget().await;
-                }
-                Err(e) => {
-                    return Err(CdhError::Unavailable(format!(
-                        "the attestation agent's {what} failed: {e}"
-                    )));
-                }
-            }
-        }
-        Err(CdhError::Internal("unreachable retry loop".into()))
-    }
-
-    /// `GetToken(token_type)`: the reply bytes.
+    /// `GetToken(token_type)`: the reply bytes. The agent's INTERNAL (its KBS failed) is
+    /// reported as unavailable.
     pub async fn get_token(&self, token_type: &str) -> Result<Vec<u8>, CdhError> {
         let req = GetTokenRequest {
             TokenType: token_type.into(),
             ..Default::default()
         };
-        self.call("GetToken", |c, ctx| {
-            let req = req.clone();
-            async move { c.get_token(ctx, &req).await.map(|r| r.Token) }
-        })
-        .await
+        self.conn
+            .call("GetToken", CdhError::Unavailable, |c, ctx| {
+                let req = req.clone();
+                async move {
+                    AttestationAgentServiceClient::new(c)
+                        .get_token(ctx, &req)
+                        .await
+                        .map(|r| r.Token)
+                }
+            })
+            .await
     }
 
     /// `GetEvidence(runtime_data)`: the evidence bytes.
     pub async fn get_evidence(&self, runtime_data: &[u8]) -> Result<Vec<u8>, CdhError> {
-        let req = peerpod_protocols::aa::attestation_agent::GetEvidenceRequest {
+        let req = GetEvidenceRequest {
             RuntimeData: runtime_data.to_vec(),
             ..Default::default()
         };
-        self.call("GetEvidence", |c, ctx| {
-            let req = req.clone();
-            async move { c.get_evidence(ctx, &req).await.map(|r| r.Evidence) }
-        })
-        .await
+        self.conn
+            .call("GetEvidence", CdhError::Internal, |c, ctx| {
+                let req = req.clone();
+                async move {
+                    AttestationAgentServiceClient::new(c)
+                        .get_evidence(ctx, &req)
+                        .await
+                        .map(|r| r.Evidence)
+                }
+            })
+            .await
+    }
+
+    /// `GetTeeType`.
+    pub async fn tee(&self) -> Result<String, CdhError> {
+        self.conn
+            .call("GetTeeType", CdhError::Internal, |c, ctx| async move {
+                AttestationAgentServiceClient::new(c)
+                    .get_tee_type(ctx, &GetTeeTypeRequest::default())
+                    .await
+                    .map(|r| r.tee)
+            })
+            .await
+    }
+
+    /// `ExtendRuntimeMeasurement` into the agent's default register; the result's name.
+    pub async fn extend_runtime_measurement(
+        &self,
+        domain: &str,
+        operation: &str,
+        content: &str,
+    ) -> Result<String, CdhError> {
+        let req = ExtendRuntimeMeasurementRequest {
+            Domain: domain.into(),
+            Operation: operation.into(),
+            Content: content.into(),
+            ..Default::default()
+        };
+        self.conn
+            .call("ExtendRuntimeMeasurement", CdhError::Internal, |c, ctx| {
+                let req = req.clone();
+                async move {
+                    AttestationAgentServiceClient::new(c)
+                        .extend_runtime_measurement(ctx, &req)
+                        .await
+                        .map(|r| format!("{:?}", r.Result.enum_value_or_default()))
+                }
+            })
+            .await
     }
 }
 

@@ -11,12 +11,15 @@
 //! - [`secure_mount`]: `block-device` volumes encrypted with LUKS2 through `cryptsetup`.
 //! - [`hub`]: the operations over one key broker client; [`rpc`] serves them as upstream's
 //!   ttrpc services and [`server`] runs that on the CDH socket.
+//! - [`rest`]: the REST endpoint for containers (upstream's `api-server-rest`, a binary here too).
 //! - [`error`]: one error type whose variants map to ttrpc status codes.
 
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod hub;
 pub mod kbc;
+pub mod rest;
 pub mod rpc;
 pub mod sealed;
 pub mod secure_mount;

@@ -2,7 +2,7 @@
 //! calls it, with the attestation agent serving its own socket on a simulated Azure SNP CVM and
 //! the local KBS: credentials at start, resources (one attestation for a hundred fetches), sealed
 //! vault and envelope secrets, key unwrapping for image layers, every refusal with its status,
-//! and no secret in the log.
+//! the REST endpoint for containers (`api-server-rest`), and no secret in any log.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -69,6 +69,8 @@ impl Aa {
             allow_sample: false,
             kbs_request_timeout: Duration::from_secs(5),
             kbs_attempts: 1,
+            enable_eventlog: true,
+            eventlog_path: dir.join("aa-eventlog"),
             ..AaConfig::default()
         };
         let aa = Arc::new(AttestationAgent::new(&config, None).expect("attestation agent"));
@@ -435,5 +437,183 @@ async fn kbs_or_agent_down_is_a_clear_bounded_error() {
     assert!(
         format!("{err:?}").contains("cannot reach the attestation agent"),
         "{err:?}"
+    );
+}
+
+/// `api-server-rest` on a free loopback port; its log in `dir/rest.log`.
+struct RestServer {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl RestServer {
+    fn start(dir: &Path, features: &str, aa_socket: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let log = dir.join(format!("rest-{features}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_api-server-rest"))
+            .args(["-b", &format!("127.0.0.1:{port}"), "-f", features])
+            .arg("-c")
+            .arg(format!("unix://{}/cdh.sock", dir.display()))
+            .arg("-a")
+            .arg(format!("unix://{}", aa_socket.display()))
+            .args(["--timeout-secs", "10", "--log-format", "json"])
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("api-server-rest starts");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "REST server not listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+}
+
+impl Drop for RestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_endpoint_for_containers() {
+    let dir = ScratchDir::new("cdh-rest").expect("scratch");
+    let cvm = SimulatedCvm::start(CvmOptions::new(Flavour::Snp, dir.path())).expect("CVM");
+    let mut options = KbsOptions::for_cvm(&cvm, None).expect("KBS options");
+    options
+        .resources
+        .insert("default/key/pod".into(), SECRET.to_vec());
+    let stats = Arc::clone(&options.stats);
+    let kbs = RunningKbs::start(options, "127.0.0.1:0", None).expect("KBS");
+    let aa = Aa::start(dir.path(), &kbs.url(), &cvm).await;
+    let _cdh = Cdh::start(
+        dir.path(),
+        &cdh_toml(dir.path(), &kbs.url(), &aa.socket, ""),
+    );
+    let rest = RestServer::start(dir.path(), "all", &aa.socket);
+    let http = peerpod_tests::http::client();
+    let fetch = |path: &str| {
+        let req = http.get(format!("{}{path}", rest.url));
+        async move {
+            let resp = req.send().await.expect("HTTP");
+            let status = resp.status().as_u16();
+            let kind = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            (status, kind, resp.bytes().await.expect("body").to_vec())
+        }
+    };
+
+    let (status, kind, body) = fetch("/cdh/resource/default/key/pod").await;
+    assert_eq!((status, kind.as_str()), (200, "application/octet-stream"));
+    assert_eq!(body, SECRET);
+    for _ in 0..20 {
+        assert_eq!(fetch("/cdh/resource/default/key/pod").await.2, SECRET);
+    }
+    assert_eq!(stats.attestations.load(Ordering::Relaxed), 1);
+    let (status, _, body) = fetch("/cdh/resource/default/key/missing").await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(fetch("/cdh/resource/default/key").await.0, 404);
+    assert_eq!(fetch("/cdh/resource/default/key/bad%20tag").await.0, 400);
+
+    let (status, _, body) = fetch("/aa/token?token_type=kbs").await;
+    assert_eq!(status, 200);
+    let token: Value = serde_json::from_slice(&body).expect("token JSON");
+    assert!(
+        token["token"]
+            .as_str()
+            .is_some_and(|t| t.split('.').count() == 3)
+    );
+    assert_eq!(fetch("/aa/token").await.0, 400);
+    let (status, _, body) = fetch("/aa/evidence?runtime_data=nonce-123").await;
+    assert_eq!(status, 200);
+    let evidence: Value = serde_json::from_slice(&body).expect("evidence JSON");
+    assert_eq!(
+        evidence["tpm_quote"]["pcrs"].as_array().map(Vec::len),
+        Some(24)
+    );
+    assert_eq!(
+        fetch("/aa/evidence?runtime_data=***&encoding=base64")
+            .await
+            .0,
+        400
+    );
+    let (status, _, body) = fetch("/info").await;
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_slice(&body).expect("info");
+    assert_eq!(info["tee"], "az-snp-vtpm");
+    assert_eq!(info["feature"], "all");
+    assert_eq!(fetch("/nowhere").await.0, 404);
+
+    let aael = http
+        .post(format!("{}/aa/aael", rest.url))
+        .body(r#"{"domain": "example.org", "operation": "start", "content": "container a"}"#)
+        .send()
+        .await
+        .expect("AAEL");
+    assert_eq!(aael.status().as_u16(), 200);
+    let reply: Value = aael.json().await.expect("JSON");
+    assert_eq!(reply["success"], "true", "{reply}");
+    let bad = http
+        .post(format!("{}/aa/aael", rest.url))
+        .body("not json")
+        .send()
+        .await
+        .expect("AAEL");
+    assert_eq!(bad.status().as_u16(), 400);
+    assert_eq!(
+        http.post(format!("{}/cdh/resource/default/key/pod", rest.url))
+            .send()
+            .await
+            .expect("POST")
+            .status()
+            .as_u16(),
+        405
+    );
+
+    // A resource-only endpoint does not serve the agent.
+    let limited = RestServer::start(dir.path(), "resource", &aa.socket);
+    let resp = http
+        .get(format!("{}/aa/token?token_type=kbs", limited.url))
+        .send()
+        .await
+        .expect("HTTP");
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(
+        resp.text()
+            .await
+            .expect("body")
+            .contains("Attestation Feature Not Enabled")
+    );
+
+    let logs = std::fs::read_to_string(&rest.log).expect("log");
+    assert!(logs.contains("api-server-rest serving"), "{logs}");
+    let secret = String::from_utf8_lossy(SECRET).to_string();
+    assert!(
+        !logs.contains(&secret),
+        "the resource leaked into the REST log"
+    );
+    assert!(
+        !logs.contains("nonce-123"),
+        "a query string leaked into the REST log"
     );
 }
