@@ -155,6 +155,8 @@ pub struct AgentConfig {
     pub image_policy_file: Option<String>,
     /// Timeout for calls to the confidential data hub.
     pub cdh_api_timeout: Duration,
+    /// The confidential data hub's socket (a peerpod-guest key; upstream's is fixed).
+    pub cdh_socket: String,
     /// HTTPS proxy for guest pulls.
     pub https_proxy: Option<String>,
     /// Hosts that bypass the proxy.
@@ -173,6 +175,7 @@ impl Default for AgentConfig {
             enable_signature_verification: false,
             image_policy_file: None,
             cdh_api_timeout: Duration::from_secs(50),
+            cdh_socket: crate::cdh::DEFAULT_CDH_SOCKET.to_owned(),
             https_proxy: None,
             no_proxy: None,
         }
@@ -397,6 +400,12 @@ impl AgentConfig {
             "cdh_api_timeout" => {
                 self.cdh_api_timeout =
                     parse_seconds(value).ok_or_else(|| bad("a number of seconds"))?;
+            }
+            "cdh_socket" => {
+                if !value.starts_with("unix:///") {
+                    return Err(bad("unix:///<absolute path>"));
+                }
+                self.cdh_socket = value.to_owned();
             }
             "https_proxy" => self.https_proxy = non_empty(value).map(str::to_owned),
             "no_proxy" => self.no_proxy = non_empty(value).map(str::to_owned),

@@ -14,11 +14,15 @@
 //! - [`gate`]: the policy gate — requests as policy input (upstream's JSON shape), decisions off
 //!   the I/O threads, denials as `PERMISSION_DENIED` with the policy's reason.
 //! - [`error`]: `AgentError` and its mapping to ttrpc codes, in one place.
+//! - [`runtime`]: sandbox, containers and processes on youki's libcontainer; [`network`]:
+//!   interfaces, routes and neighbours over rtnetlink.
+//! - [`cdh`]: the confidential data hub client that unseals `sealed.` environment values in
+//!   CreateContainer.
 //!
-//! Status: the API, configuration and policy gate work; sandbox, container, process, network
-//! and storage RPCs are decided by the policy and then answered UNIMPLEMENTED until the
-//! container runtime lands (see the README).
+//! RPCs not built yet (guest image pull, volumes, hotplug) are decided by the policy and then
+//! answered UNIMPLEMENTED (see the README).
 
+pub mod cdh;
 pub mod config;
 pub mod error;
 pub mod files;

@@ -13,6 +13,7 @@ use protobuf::MessageDyn;
 use protobuf::well_known_types::empty::Empty;
 use ttrpc::r#async::TtrpcContext;
 
+use crate::cdh::CdhClient;
 use crate::error::AgentError;
 use crate::gate::PolicyGate;
 use crate::network::Network;
@@ -26,6 +27,7 @@ pub struct AgentRpc {
     /// The guest's network, or why it is not available.
     network: Result<Arc<Network>, String>,
     runtime: Arc<Runtime>,
+    cdh: Arc<CdhClient>,
 }
 
 /// Where the agent reads facts about the guest and writes copied files (other places in
@@ -63,7 +65,17 @@ impl AgentRpc {
             guest,
             network,
             runtime,
+            cdh: Arc::new(CdhClient::new(
+                crate::cdh::DEFAULT_CDH_SOCKET,
+                std::time::Duration::from_secs(50),
+            )),
         }
+    }
+
+    /// Uses `cdh` to unseal sealed environment values.
+    pub fn with_cdh(mut self, cdh: CdhClient) -> Self {
+        self.cdh = Arc::new(cdh);
+        self
     }
 
     /// ReadStdout/ReadStderr: read first, then ask the policy, as upstream does, so a denied
@@ -180,6 +192,8 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check("CreateContainer", &req).await?;
+        let mut req = req;
+        self.cdh.unseal_env(&mut req).await?;
         self.runtime.create_container(&req).await?;
         Ok(Empty::new())
     }

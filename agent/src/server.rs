@@ -118,7 +118,11 @@ pub async fn serve(
         guest,
         network,
         Arc::clone(&runtime),
-    );
+    )
+    .with_cdh(crate::cdh::CdhClient::new(
+        &config.cdh_socket,
+        config.cdh_api_timeout,
+    ));
     let agent_service = agent_ttrpc::create_agent_service(Arc::new(agent));
     let health_service = health_ttrpc::create_health(Arc::new(HealthRpc));
     let mut server = ttrpc::r#async::Server::new()
