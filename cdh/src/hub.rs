@@ -192,66 +192,9 @@ impl Hub {
     /// `UnWrapKey` of the ocicrypt key-provider protocol: the request's annotation packet names
     /// a key-encryption key in the KBS (`kid`) and the wrapped layer key.
     pub async fn unwrap_key(&self, input: &[u8]) -> Result<Vec<u8>, CdhError> {
-        let bad = |m: String| CdhError::InvalidArgument(format!("UnWrapKey: {m}"));
-        #[derive(Deserialize)]
-        struct Request {
-            op: String,
-            keyunwrapparams: UnwrapParams,
-        }
-        #[derive(Deserialize)]
-        struct UnwrapParams {
-            annotation: Option<String>,
-        }
-        #[derive(Deserialize)]
-        struct Packet {
-            kid: String,
-            wrapped_data: String,
-            iv: Option<String>,
-            wrap_type: Option<String>,
-            #[serde(default)]
-            provider: Option<String>,
-        }
-        let req: Request = serde_json::from_slice(input)
-            .map_err(|e| bad(format!("not a key-provider request: {e}")))?;
-        if req.op != "keyunwrap" {
-            return Err(bad(format!("op {:?} is not keyunwrap", req.op)));
-        }
-        let annotation = req
-            .keyunwrapparams
-            .annotation
-            .ok_or_else(|| bad("keyunwrapparams.annotation is missing".into()))?;
-        let std = base64::engine::general_purpose::STANDARD;
-        let packet = std
-            .decode(annotation.trim())
-            .map_err(|e| bad(format!("the annotation is not standard base64: {e}")))?;
-        let packet: Packet = serde_json::from_slice(&packet)
-            .map_err(|e| bad(format!("the annotation is not a key packet: {e}")))?;
-        if let Some(p) = &packet.provider
-            && !p.eq_ignore_ascii_case("kbs")
-        {
-            return Err(CdhError::Unimplemented(format!(
-                "UnWrapKey: provider {p:?} is not supported here (kbs)"
-            )));
-        }
-        if packet.wrap_type.as_deref().unwrap_or("A256GCM") != "A256GCM" {
-            return Err(CdhError::Unimplemented(format!(
-                "UnWrapKey: wrap_type {:?} is not supported (A256GCM)",
-                packet.wrap_type
-            )));
-        }
-        let uri = ResourceUri::parse(&packet.kid).map_err(|e| bad(format!("kid: {e}")))?;
-        let iv = std
-            .decode(packet.iv.as_deref().unwrap_or_default())
-            .map_err(|e| bad(format!("iv is not standard base64: {e}")))?;
-        let iv: [u8; 12] = iv
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad(format!("iv is {} bytes, not 12", iv.len())))?;
-        let wrapped = std
-            .decode(&packet.wrapped_data)
-            .map_err(|e| bad(format!("wrapped_data is not standard base64: {e}")))?;
-        let kek = self.fetch(&uri).await?;
-        let key = crate::sealed::aes_gcm_open(&kek, &iv, &wrapped, "wrapped_data")?;
+        let req = UnwrapRequest::parse(input)?;
+        let kek = self.fetch(&req.kid).await?;
+        let key = crate::sealed::aes_gcm_open(&kek, &req.iv, &req.wrapped, "wrapped_data")?;
         let reply = serde_json::json!({"keyunwrapresults": {"optsdata": key.as_slice()}});
         Ok(reply.to_string().into_bytes())
     }
@@ -308,6 +251,82 @@ impl Hub {
 impl Resources for Hub {
     async fn resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, CdhError> {
         self.fetch(uri).await
+    }
+}
+
+/// A parsed `UnWrapKey` request: which KBS key unwraps what.
+#[derive(Debug)]
+pub struct UnwrapRequest {
+    /// The key-encryption key's resource.
+    pub kid: ResourceUri,
+    /// The AES-GCM nonce.
+    pub iv: [u8; 12],
+    /// The wrapped key with its tag.
+    pub wrapped: Vec<u8>,
+}
+
+impl UnwrapRequest {
+    /// Parses the key-provider JSON and its base64 annotation packet.
+    pub fn parse(input: &[u8]) -> Result<Self, CdhError> {
+        let bad = |m: String| CdhError::InvalidArgument(format!("UnWrapKey: {m}"));
+        #[derive(Deserialize)]
+        struct Request {
+            op: String,
+            keyunwrapparams: UnwrapParams,
+        }
+        #[derive(Deserialize)]
+        struct UnwrapParams {
+            annotation: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Packet {
+            kid: String,
+            wrapped_data: String,
+            iv: Option<String>,
+            wrap_type: Option<String>,
+            #[serde(default)]
+            provider: Option<String>,
+        }
+        let req: Request = serde_json::from_slice(input)
+            .map_err(|e| bad(format!("not a key-provider request: {e}")))?;
+        if req.op != "keyunwrap" {
+            return Err(bad(format!("op {:?} is not keyunwrap", req.op)));
+        }
+        let annotation = req
+            .keyunwrapparams
+            .annotation
+            .ok_or_else(|| bad("keyunwrapparams.annotation is missing".into()))?;
+        let std = base64::engine::general_purpose::STANDARD;
+        let packet = std
+            .decode(annotation.trim())
+            .map_err(|e| bad(format!("the annotation is not standard base64: {e}")))?;
+        let packet: Packet = serde_json::from_slice(&packet)
+            .map_err(|e| bad(format!("the annotation is not a key packet: {e}")))?;
+        if let Some(p) = &packet.provider
+            && !p.eq_ignore_ascii_case("kbs")
+        {
+            return Err(CdhError::Unimplemented(format!(
+                "UnWrapKey: provider {p:?} is not supported here (kbs)"
+            )));
+        }
+        if packet.wrap_type.as_deref().unwrap_or("A256GCM") != "A256GCM" {
+            return Err(CdhError::Unimplemented(format!(
+                "UnWrapKey: wrap_type {:?} is not supported (A256GCM)",
+                packet.wrap_type
+            )));
+        }
+        let kid = ResourceUri::parse(&packet.kid).map_err(|e| bad(format!("kid: {e}")))?;
+        let iv = std
+            .decode(packet.iv.as_deref().unwrap_or_default())
+            .map_err(|e| bad(format!("iv is not standard base64: {e}")))?;
+        let iv: [u8; 12] = iv
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad(format!("iv is {} bytes, not 12", iv.len())))?;
+        let wrapped = std
+            .decode(&packet.wrapped_data)
+            .map_err(|e| bad(format!("wrapped_data is not standard base64: {e}")))?;
+        Ok(Self { kid, iv, wrapped })
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod fuzzing;
 pub mod hub;
 pub mod kbc;
 pub mod rest;
