@@ -30,6 +30,7 @@ bench:
 	$(CARGO) bench -p peerpod-policy --bench decision
 	$(CARGO) bench -p kata-agent --bench agent
 	$(CARGO) bench -p attestation-agent --bench attest
+	$(CARGO) bench -p confidential-data-hub --bench resource
 
 ## fuzz: coverage-guided fuzzing of every target for FUZZ_SECONDS each (needs cargo-fuzz).
 FUZZ_SECONDS ?= 60

@@ -3,8 +3,9 @@
 #
 # Today: check the sample initdata, show what goes into the pod annotation and what to register
 # in Trustee, decide a container's life against the policy it carries, run the agent under it,
-# and have the attestation agent attest a simulated Azure CVM to a local KBS and fetch a secret.
-# Later work adds the confidential data hub and runs it all in the test VM.
+# have the attestation agent attest a simulated Azure CVM to a local KBS and fetch a secret, then
+# run the guest components together: a container whose sealed env value the agent unseals
+# through the confidential data hub, and which fetches a secret from api-server-rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,11 +113,26 @@ if ! command -v swtpm >/dev/null 2>&1; then
 else
     cargo build --quiet -p peerpod-tests --bin simulated-cvm --bin test-kbs
     cargo build --quiet -p attestation-agent --bin attestation-agent
+    cargo build --quiet -p confidential-data-hub --bins
     cvm_dir="$work/cvm"
     # The KBS affirms only a guest whose PCR 8 holds the sample initdata.
     target/debug/simulated-cvm run --flavour snp --dir "$cvm_dir" --initdata "$sample" > "$work/cvm.log" 2>&1 &
     cvm_pid=$!
     for _ in $(seq 200); do [[ -f $cvm_dir/ready.env ]] && break; sleep 0.05; done
+    # For step 8: a secret owner's signing key; its public JWK and the database password go into
+    # the KBS next to the demo key.
+    target/debug/confidential-data-hub seal --signing-key "$work/signer.pem" --generate > "$work/signer.jwk"
+    printf 'correct horse battery staple' > "$work/db-password"
+    cat >> "$cvm_dir/kbs.toml" <<TOML
+
+[[resources]]
+path = "default/sign/demo-signer"
+file = "$work/signer.jwk"
+
+[[resources]]
+path = "default/key/db-password"
+file = "$work/db-password"
+TOML
     port=$((20000 + RANDOM % 20000))
     target/debug/test-kbs --config "$cvm_dir/kbs.toml" --listen "127.0.0.1:$port" > "$work/kbs.log" 2>&1 &
     kbs_pid=$!
@@ -164,6 +180,79 @@ TOML
         echo "  NOT REFUSED"; exit 1
     fi
     grep -E "Error|initdata mismatch" "$work/aa-other.log" | sed 's/^/  /'
+fi
+
+heading "8. secrets in the pod: the confidential data hub, a sealed secret, the REST endpoint"
+if ! command -v swtpm >/dev/null 2>&1; then
+    echo "(skipped: needs step 7's simulated CVM; install swtpm with: make deps)"
+elif [[ $(id -u) -ne 0 ]]; then
+    echo "(skipped: running containers needs root; try: sudo make demo)"
+else
+    # The guest components as a pod VM runs them: the attestation agent and the CDH on their
+    # sockets, a kata agent that unseals through the CDH, api-server-rest in the pod's network.
+    "$aa" -c "$work/aa.toml" -t "$sample" -a "unix://$work/aa.sock" 2> "$work/aa-serve.log" &
+    aa_pid=$!
+    cat > "$work/cdh.toml" <<TOML
+socket = "unix://$work/cdh.sock"
+
+[kbc]
+name = "cc_kbc"
+url = "http://127.0.0.1:$port"
+
+[aa]
+aa_socket = "unix://$work/aa.sock"
+TOML
+    target/debug/confidential-data-hub -c "$work/cdh.toml" 2> "$work/cdh.log" &
+    cdh_pid=$!
+    sock2="$work/agent2.sock"
+    cat > "$work/agent2.toml" <<TOML
+server_addr = "unix://$sock2"
+policy_file = "$PWD/policy/examples/allow-all.rego"
+cdh_socket = "unix://$work/cdh.sock"
+TOML
+    unshare --net -- target/debug/kata-agent --config "$work/agent2.toml" --log-format text \
+        --state-dir "$work/state2" --copy-root "$work/shared2" --cgroup-parent "/peerpod-demo2-$$" \
+        2> "$work/agent2.log" &
+    agent2_pid=$!
+    trap 'kill -TERM $agent_pid $agent2_pid $rest_pid $cdh_pid $aa_pid $cvm_pid $kbs_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work" /run/peerpod-demo2' EXIT
+    for _ in $(seq 200); do [[ -S $sock2 && -S $work/cdh.sock && -S $work/aa.sock ]] && break; sleep 0.05; done
+    nsenter --net=/proc/$agent2_pid/ns/net ip link set lo up
+    nsenter --net=/proc/$agent2_pid/ns/net target/debug/api-server-rest -f all \
+        -c "unix://$work/cdh.sock" -a "unix://$work/aa.sock" 2> "$work/rest.log" &
+    rest_pid=$!
+    for _ in $(seq 200); do grep -q serving "$work/rest.log" 2>/dev/null && break; sleep 0.05; done
+
+    sealed=$(target/debug/confidential-data-hub seal --signing-key "$work/signer.pem" \
+        --kid kbs:///default/sign/demo-signer --vault kbs:///default/key/db-password)
+    echo "\$ confidential-data-hub seal --vault kbs:///default/key/db-password   # what a pod spec carries"
+    echo "  ${sealed:0:90}..."
+    demo_root=/run/peerpod-demo2/busybox
+    mkdir -p "$demo_root"/{bin,proc,sys,dev,tmp}
+    cp /bin/busybox "$demo_root/bin/busybox"
+    for applet in sh echo wget cat; do ln -sf busybox "$demo_root/bin/$applet"; done
+    app=ae51a1e5ae51a1e5ae51a1e5ae51a1e5ae51a1e5ae51a1e5ae51a1e5ae51a1e5
+    cat > "$work/create-app.json" <<JSON
+{"container_id": "$app", "exec_id": "$app",
+ "OCI": {"Version": "1.1.0", "Hostname": "app",
+  "Root": {"Path": "$demo_root"},
+  "Process": {"Args": ["/bin/sh", "-c", "echo \\"env: DB_PASSWORD=\$DB_PASSWORD\\"; echo \\"REST: \$(wget -qO- http://127.0.0.1:8006/cdh/resource/default/key/demo)\\""],
+   "Env": ["PATH=/bin", "DB_PASSWORD=$sealed"], "Cwd": "/", "User": {"UID": 0, "GID": 0}},
+  "Mounts": [{"destination": "/proc", "type_": "proc", "source": "proc"},
+   {"destination": "/dev", "type_": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}],
+  "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}]}}}
+JSON
+    ctl2() { target/debug/agent-ctl --addr "unix://$sock2" call "$@"; }
+    ctl2 CreateSandbox policy/examples/requests/create-sandbox.json >/dev/null
+    echo "\$ agent-ctl call CreateContainer   # env DB_PASSWORD=sealed...: the agent unseals it through the CDH"
+    ctl2 CreateContainer "$work/create-app.json"
+    echo '{"container_id": "'$app'"}' | ctl2 StartContainer - >/dev/null
+    echo "\$ agent-ctl read <app>             # the container prints its env and asks api-server-rest for a secret"
+    timeout 5 target/debug/agent-ctl --addr "unix://$sock2" read $app | sed 's/^/  /' || true
+    echo
+    grep -E "attested to the KBS" "$work/aa-serve.log" | sed 's/^/  aa log: /' || true
+    grep -E "unsealed" "$work/agent2.log" | sed 's/^/  agent log: /' || true
+    echo '{"container_id": "'$app'", "timeout": 10}' | ctl2 RemoveContainer - >/dev/null
+    ctl2 DestroySandbox >/dev/null
 fi
 
 heading "done"

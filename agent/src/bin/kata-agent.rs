@@ -74,6 +74,7 @@ fn main() -> Result<()> {
 
     let builder = tracing_subscriber::fmt()
         .with_max_level(config.log_level)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),

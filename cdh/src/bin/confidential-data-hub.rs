@@ -74,6 +74,10 @@ enum Command {
         /// Print the public JWK of --signing-key and exit.
         #[arg(long)]
         print_public_jwk: bool,
+        /// Make a new signing key at --signing-key (mode 0600; refused if the file exists) and
+        /// print its public JWK.
+        #[arg(long)]
+        generate: bool,
     },
 }
 
@@ -91,6 +95,23 @@ fn init_logging(level: &str, format: &str) -> Result<()> {
         other => bail!("--log-format {other:?} is not text or json"),
     }
     Ok(())
+}
+
+fn generate(path: &PathBuf) -> Result<String> {
+    use p256::pkcs8::EncodePrivateKey;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = make::generate_key()?;
+    let pem = key
+        .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the key: {e}"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(pem.as_bytes())?;
+    Ok(make::public_jwk(&key).to_string())
 }
 
 fn seal(
@@ -139,8 +160,13 @@ fn main() -> Result<()> {
         envelope_key_id,
         envelope_kek_file,
         print_public_jwk,
+        generate: new_key,
     }) = &cli.command
     {
+        if *new_key {
+            println!("{}", generate(signing_key)?);
+            return Ok(());
+        }
         let envelope = envelope_key_id.clone().zip(envelope_kek_file.clone());
         println!(
             "{}",
