@@ -1,6 +1,7 @@
 //! Secure mounts in a QEMU guest (the host kernel of CI machines may have no device-mapper):
 //! the `confidential-data-hub` binary formats two virtio disks with LUKS2 through `cryptsetup`
-//! — one with a key from the key broker (header on the disk, so it opens again), one with a
+//! — one with a key from the key broker (header on the disk, so it opens again, named by its
+//! `MAJ:MIN` device ID this time), one with a
 //! random key (detached header, exposed as a device) — writes through the mount, reopens the
 //! first, and refuses a wrong key; a third disk adds dm-integrity. On the host, the disks'
 //! backing files hold no plaintext.
@@ -107,8 +108,8 @@ fn luks2_volumes_in_a_guest_leave_no_plaintext_on_disk() {
              else echo PEERPOD-LUKS-WRONG-KEY-REFUSED; fi"
         ),
         format!(
-            "if {cdh} secure-mount -o devicePath=/dev/vda -o sourceType=encrypted -o key=kbs:///default/key/disk \
-             -o mapperName=secure2 /mnt/again 2>/tmp/cdh3.log; \
+            "if {cdh} secure-mount -o deviceId=$(cat /sys/block/vda/dev) -o sourceType=encrypted \
+             -o key=kbs:///default/key/disk -o mapperName=secure2 /mnt/again 2>/tmp/cdh3.log; \
              then echo \"PEERPOD-LUKS-REOPENED $(grep -c {MARKER} /mnt/again/data.txt)\"; \
              umount /mnt/again; cryptsetup close secure2; else cat /tmp/cdh3.log; fi"
         ),
