@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use peerpod_protocols::aa::attestation_agent_ttrpc;
 
@@ -13,19 +12,7 @@ use crate::rpc::AaService;
 pub const DEFAULT_SOCKET: &str =
     "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock";
 
-/// Why the server could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The address is not `unix://<absolute path>`.
-    #[error("{0:?} is not unix:///absolute/path")]
-    Address(String),
-    /// The socket's directory could not be prepared.
-    #[error("cannot prepare the socket {0}")]
-    SocketDir(String, #[source] std::io::Error),
-    /// ttrpc failed.
-    #[error("ttrpc server on {0}")]
-    Ttrpc(String, #[source] ttrpc::Error),
-}
+pub use peerpod_protocols::socket::ServeError;
 
 /// Serves `aa` on `addr` until `shutdown` completes, then removes the socket.
 pub async fn serve(
@@ -33,25 +20,7 @@ pub async fn serve(
     aa: Arc<AttestationAgent>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let path = addr
-        .strip_prefix("unix://")
-        .filter(|p| p.starts_with('/'))
-        .ok_or_else(|| ServeError::Address(addr.to_string()))?;
-    peerpod_protocols::socket::prepare_unix_socket(std::path::Path::new(path))
-        .map_err(|e| ServeError::SocketDir(path.to_string(), e))?;
     let service =
         attestation_agent_ttrpc::create_attestation_agent_service(Arc::new(AaService::new(aa)));
-    let mut server = ttrpc::r#async::Server::new()
-        .bind(addr)
-        .map_err(|e| ServeError::Ttrpc(addr.to_string(), e))?
-        .register_service(service);
-    server
-        .start()
-        .await
-        .map_err(|e| ServeError::Ttrpc(addr.to_string(), e))?;
-    tracing::info!(%addr, "attestation agent serving");
-    shutdown.await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
-    let _ = std::fs::remove_file(path);
-    Ok(())
+    peerpod_protocols::socket::serve_unix("attestation agent", addr, vec![service], shutdown).await
 }
