@@ -982,6 +982,15 @@ impl Drop for GuestComponents {
     }
 }
 
+fn push_env(request: &mut agent::CreateContainerRequest, entry: String) {
+    let process = request
+        .OCI
+        .mut_or_insert_default()
+        .Process
+        .mut_or_insert_default();
+    process.Env.push(entry);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sealed_environment_values_are_unsealed_through_the_cdh() {
     use confidential_data_hub::sealed::make;
@@ -1027,13 +1036,7 @@ async fn sealed_environment_values_are_unsealed_through_the_cdh() {
         &rootfs,
         &["/bin/sh", "-c", "echo \"$DB_PASSWORD|$GREETING\""],
     );
-    request
-        .OCI
-        .mut_or_insert_default()
-        .Process
-        .mut_or_insert_default()
-        .Env
-        .push(format!("DB_PASSWORD={sealed}"));
+    push_env(&mut request, format!("DB_PASSWORD={sealed}"));
     create_and_start(&client, &request).await;
     let out = read_all(&client, "app", "app", false).await;
     assert_eq!(out.trim(), format!("{SECRET}|hello"));
@@ -1047,13 +1050,7 @@ async fn sealed_environment_values_are_unsealed_through_the_cdh() {
         "kbs:///default/sign/jwk",
     );
     let mut request = container_request("forged", &rootfs, &["/bin/true"]);
-    request
-        .OCI
-        .mut_or_insert_default()
-        .Process
-        .mut_or_insert_default()
-        .Env
-        .push(format!("API_TOKEN={forged}"));
+    push_env(&mut request, format!("API_TOKEN={forged}"));
     let (code, message) = status_of(client.create_container(ctx(), &request).await);
     assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
     assert!(
