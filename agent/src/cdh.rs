@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use peerpod_protocols::cdh::api::UnsealSecretInput;
 use peerpod_protocols::cdh::api_ttrpc::SealedSecretServiceClient;
+use peerpod_protocols::client::Connection;
 use peerpod_protocols::kata::agent::CreateContainerRequest;
 
 use crate::error::AgentError;
@@ -19,82 +20,45 @@ pub const DEFAULT_CDH_SOCKET: &str = "unix:///run/confidential-containers/cdh.so
 /// The prefix of a sealed secret.
 pub const SEALED_PREFIX: &str = "sealed.";
 
-/// A connection to the CDH, made when first needed.
+/// The agent's connection to the CDH, made when first needed.
+#[derive(Debug)]
 pub struct CdhClient {
-    addr: String,
-    timeout: Duration,
-    client: tokio::sync::Mutex<Option<ttrpc::r#async::Client>>,
-}
-
-impl std::fmt::Debug for CdhClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CdhClient")
-            .field("addr", &self.addr)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
+    conn: Connection,
 }
 
 impl CdhClient {
     /// The CDH at `addr`; each call times out after `timeout` (`cdh_api_timeout`).
     pub fn new(addr: impl Into<String>, timeout: Duration) -> Self {
         Self {
-            addr: addr.into(),
-            timeout,
-            client: tokio::sync::Mutex::new(None),
+            conn: Connection::new(
+                "the confidential data hub",
+                "cdh_socket in the agent configuration",
+                addr,
+                timeout,
+            ),
         }
     }
 
-    async fn client(&self) -> Result<ttrpc::r#async::Client, String> {
-        let mut guard = self.client.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let c = tokio::time::timeout(self.timeout, ttrpc::r#async::Client::connect(&self.addr))
-            .await
-            .map_err(|_| {
-                format!(
-                    "the confidential data hub at {} did not answer in time",
-                    self.addr
-                )
-            })?
-            .map_err(|e| {
-                format!(
-                    "cannot reach the confidential data hub at {} ({e})",
-                    self.addr
-                )
-            })?;
-        *guard = Some(c.clone());
-        Ok(c)
-    }
-
-    /// Unseals one value.
+    /// Unseals one value; the error is the CDH's reason.
     async fn unseal(&self, sealed: &str) -> Result<String, String> {
-        let nanos = i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX);
         let req = UnsealSecretInput {
             secret: sealed.as_bytes().to_vec(),
             ..Default::default()
         };
-        let mut last = String::new();
-        for _ in 0..2 {
-            let client = SealedSecretServiceClient::new(self.client().await?);
-            match client
-                .unseal_secret(ttrpc::context::with_timeout(nanos), &req)
-                .await
-            {
-                Ok(reply) => {
-                    return String::from_utf8(reply.plaintext)
-                        .map_err(|_| "the secret is not UTF-8 text".to_string());
+        let plaintext = self
+            .conn
+            .call(|c, ctx| {
+                let req = req.clone();
+                async move {
+                    SealedSecretServiceClient::new(c)
+                        .unseal_secret(ctx, &req)
+                        .await
+                        .map(|r| r.plaintext)
                 }
-                Err(ttrpc::Error::RpcStatus(s)) => return Err(s.message().to_string()),
-                Err(e) => {
-                    // A broken connection: make a new one, once.
-                    last = e.to_string();
-                    *self.client.lock().await = None;
-                }
-            }
-        }
-        Err(format!("the confidential data hub failed: {last}"))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(plaintext).map_err(|_| "the secret is not UTF-8 text".to_string())
     }
 
     /// Replaces every `sealed.` environment value of the container's process with its secret;

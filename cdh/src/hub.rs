@@ -5,7 +5,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use serde::Deserialize;
@@ -27,19 +26,16 @@ enum Source {
 pub struct Hub {
     config: CdhConfig,
     source: Option<Source>,
-    aa: Arc<AaClient>,
-    resources_served: AtomicU64,
 }
 
 impl Hub {
     /// Sets up the configured key broker client (nothing is contacted yet).
     pub fn new(config: CdhConfig) -> Result<Self, CdhError> {
-        let aa = Arc::new(AaClient::new(&config.aa_socket, config.request_timeout));
         let source = match &config.kbc {
             Some(Kbc::CcKbc { url, cert }) => Some(Source::Kbs(CcKbc::new(
                 url,
                 cert.as_deref(),
-                Arc::clone(&aa),
+                Arc::new(AaClient::new(&config.aa_socket, config.request_timeout)),
                 config.request_timeout,
             )?)),
             Some(Kbc::OfflineFs) => Some(Source::Offline(OfflineFs::load(
@@ -47,35 +43,7 @@ impl Hub {
             )?)),
             None => None,
         };
-        Ok(Self {
-            config,
-            source,
-            aa,
-            resources_served: AtomicU64::new(0),
-        })
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> &CdhConfig {
-        &self.config
-    }
-
-    /// The attestation agent connection.
-    pub fn aa(&self) -> &AaClient {
-        &self.aa
-    }
-
-    /// How many tokens the hub asked of the attestation agent.
-    pub fn token_requests(&self) -> u64 {
-        match &self.source {
-            Some(Source::Kbs(k)) => k.token_requests(),
-            _ => 0,
-        }
-    }
-
-    /// How many resources were served (credentials, GetResource, sealed secrets).
-    pub fn resources_served(&self) -> u64 {
-        self.resources_served.load(Ordering::Relaxed)
+        Ok(Self { config, source })
     }
 
     /// Fetches the `[[credentials]]` and writes them (mode 0600). Any failure is an error: a pod
@@ -136,7 +104,6 @@ impl Hub {
                 ));
             }
         };
-        self.resources_served.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(resource = %uri, bytes = value.len(), "resource fetched");
         Ok(value)
     }

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -22,9 +21,9 @@ use peerpod_protocols::aa::attestation_agent::{
 use peerpod_protocols::aa::attestation_agent_ttrpc::AttestationAgentServiceClient;
 use zeroize::Zeroizing;
 
-use crate::conn::Connection;
 use crate::error::CdhError;
 use crate::uri::ResourceUri;
+use peerpod_protocols::client::Connection;
 
 /// The attestation agent, over ttrpc.
 pub struct AaClient {
@@ -44,11 +43,6 @@ impl AaClient {
         }
     }
 
-    /// The agent's address.
-    pub fn addr(&self) -> &str {
-        self.conn.addr()
-    }
-
     /// `GetToken(token_type)`: the reply bytes. The agent's INTERNAL (its KBS failed) is
     /// reported as unavailable.
     pub async fn get_token(&self, token_type: &str) -> Result<Vec<u8>, CdhError> {
@@ -56,17 +50,16 @@ impl AaClient {
             TokenType: token_type.into(),
             ..Default::default()
         };
-        self.conn
-            .call("GetToken", CdhError::Unavailable, |c, ctx| {
-                let req = req.clone();
-                async move {
-                    AttestationAgentServiceClient::new(c)
-                        .get_token(ctx, &req)
-                        .await
-                        .map(|r| r.Token)
-                }
-            })
-            .await
+        crate::conn::call(&self.conn, "GetToken", CdhError::Unavailable, |c, ctx| {
+            let req = req.clone();
+            async move {
+                AttestationAgentServiceClient::new(c)
+                    .get_token(ctx, &req)
+                    .await
+                    .map(|r| r.Token)
+            }
+        })
+        .await
     }
 
     /// `GetEvidence(runtime_data)`: the evidence bytes.
@@ -75,29 +68,32 @@ impl AaClient {
             RuntimeData: runtime_data.to_vec(),
             ..Default::default()
         };
-        self.conn
-            .call("GetEvidence", CdhError::Internal, |c, ctx| {
-                let req = req.clone();
-                async move {
-                    AttestationAgentServiceClient::new(c)
-                        .get_evidence(ctx, &req)
-                        .await
-                        .map(|r| r.Evidence)
-                }
-            })
-            .await
+        crate::conn::call(&self.conn, "GetEvidence", CdhError::Internal, |c, ctx| {
+            let req = req.clone();
+            async move {
+                AttestationAgentServiceClient::new(c)
+                    .get_evidence(ctx, &req)
+                    .await
+                    .map(|r| r.Evidence)
+            }
+        })
+        .await
     }
 
     /// `GetTeeType`.
     pub async fn tee(&self) -> Result<String, CdhError> {
-        self.conn
-            .call("GetTeeType", CdhError::Internal, |c, ctx| async move {
+        crate::conn::call(
+            &self.conn,
+            "GetTeeType",
+            CdhError::Internal,
+            |c, ctx| async move {
                 AttestationAgentServiceClient::new(c)
                     .get_tee_type(ctx, &GetTeeTypeRequest::default())
                     .await
                     .map(|r| r.tee)
-            })
-            .await
+            },
+        )
+        .await
     }
 
     /// `ExtendRuntimeMeasurement` into the agent's default register; the result's name.
@@ -113,8 +109,11 @@ impl AaClient {
             Content: content.into(),
             ..Default::default()
         };
-        self.conn
-            .call("ExtendRuntimeMeasurement", CdhError::Internal, |c, ctx| {
+        crate::conn::call(
+            &self.conn,
+            "ExtendRuntimeMeasurement",
+            CdhError::Internal,
+            |c, ctx| {
                 let req = req.clone();
                 async move {
                     AttestationAgentServiceClient::new(c)
@@ -122,8 +121,9 @@ impl AaClient {
                         .await
                         .map(|r| format!("{:?}", r.Result.enum_value_or_default()))
                 }
-            })
-            .await
+            },
+        )
+        .await
     }
 }
 
@@ -140,7 +140,6 @@ pub struct CcKbc {
     http: reqwest::Client,
     aa: Arc<AaClient>,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
-    token_requests: AtomicU64,
 }
 
 /// Re-fetch the token this long before it expires.
@@ -167,13 +166,7 @@ impl CcKbc {
             http,
             aa,
             session: tokio::sync::Mutex::new(None),
-            token_requests: AtomicU64::new(0),
         })
-    }
-
-    /// How many tokens were asked of the attestation agent.
-    pub fn token_requests(&self) -> u64 {
-        self.token_requests.load(Ordering::Relaxed)
     }
 
     async fn session(&self) -> Result<Arc<Session>, CdhError> {
@@ -183,7 +176,6 @@ impl CcKbc {
         {
             return Ok(Arc::clone(s));
         }
-        self.token_requests.fetch_add(1, Ordering::Relaxed);
         let reply = Zeroizing::new(self.aa.get_token("kbs").await?);
         #[derive(serde::Deserialize)]
         struct Reply {

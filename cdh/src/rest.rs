@@ -29,9 +29,9 @@ use peerpod_protocols::cdh::api_ttrpc::GetResourceServiceClient;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::conn::Connection;
 use crate::error::CdhError;
 use crate::kbc::AaClient;
+use peerpod_protocols::client::Connection;
 
 /// What the endpoint serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,18 +149,16 @@ async fn resource(
         ResourcePath: format!("kbs:///{repo}/{kind}/{tag}"),
         ..Default::default()
     };
-    let result = rest
-        .cdh
-        .call("GetResource", CdhError::Internal, |c, ctx| {
-            let req = req.clone();
-            async move {
-                GetResourceServiceClient::new(c)
-                    .get_resource(ctx, &req)
-                    .await
-                    .map(|r| r.Resource)
-            }
-        })
-        .await;
+    let result = crate::conn::call(&rest.cdh, "GetResource", CdhError::Internal, |c, ctx| {
+        let req = req.clone();
+        async move {
+            GetResourceServiceClient::new(c)
+                .get_resource(ctx, &req)
+                .await
+                .map(|r| r.Resource)
+        }
+    })
+    .await;
     match result {
         Ok(data) => bytes(data),
         Err(e) => failure(e),

@@ -80,7 +80,7 @@ pub enum Secret {
 
 /// A parsed sealed secret.
 pub struct Sealed {
-    header: Option<(String, String)>,
+    kid: Option<String>,
     signing_input: String,
     signature: Vec<u8>,
     /// What it names.
@@ -120,18 +120,18 @@ impl Sealed {
                 "the payload is not a vault or envelope secret: {e}"
             ))
         })?;
-        let parsed_header = if verify {
+        let kid = if verify {
             let h: Header = serde_json::from_slice(&b64url("header", header)?)
                 .map_err(|e| invalid(format!("the JWS header needs alg and kid: {e}")))?;
             if h.alg != "ES256" {
                 return Err(invalid(format!("JWS alg {:?} is not ES256", h.alg)));
             }
-            Some((h.alg, h.kid))
+            Some(h.kid)
         } else {
             None
         };
         Ok(Self {
-            header: parsed_header,
+            kid,
             signing_input: format!("{header}.{payload}"),
             signature: if verify {
                 b64url("signature", signature)?
@@ -144,7 +144,7 @@ impl Sealed {
 
     /// The verification key's name, when the secret was parsed for verification.
     pub fn kid(&self) -> Option<&str> {
-        self.header.as_ref().map(|(_, kid)| kid.as_str())
+        self.kid.as_deref()
     }
 
     /// Checks the signature with `jwk` (a P-256 public JWK).
