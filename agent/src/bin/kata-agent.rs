@@ -72,14 +72,11 @@ fn main() -> Result<()> {
     })
     .context("cannot read the agent configuration")?;
 
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(config.log_level)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let format = match cli.log_format {
+        LogFormat::Json => peerpod_logging::Format::Json,
+        LogFormat::Text => peerpod_logging::Format::Text,
+    };
+    peerpod_logging::init(&config.log_level.as_str().to_lowercase(), format)?;
     for note in &notes {
         tracing::warn!("{note}");
     }

@@ -35,18 +35,7 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new("info"))
-        .context("invalid RUST_LOG")?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match cli.log_format.as_str() {
-        "json" => builder.json().init(),
-        "text" => builder.init(),
-        other => bail!("--log-format {other:?} is not text or json"),
-    }
+    peerpod_logging::init("info", cli.log_format.parse()?)?;
     let Some(features) = Features::parse(&cli.features) else {
         bail!(
             "--features {:?} is not resource, attestation or all",

@@ -81,22 +81,6 @@ enum Command {
     },
 }
 
-fn init_logging(level: &str, format: &str) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .context("invalid log level")?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        "json" => builder.json().init(),
-        "text" => builder.init(),
-        other => bail!("--log-format {other:?} is not text or json"),
-    }
-    Ok(())
-}
-
 fn generate(path: &PathBuf) -> Result<String> {
     use p256::pkcs8::EncodePrivateKey;
     use std::os::unix::fs::OpenOptionsExt;
@@ -181,7 +165,7 @@ fn main() -> Result<()> {
         std::env::var("AA_KBC_PARAMS").ok().as_deref(),
         cmdline.as_deref(),
     );
-    init_logging(&config.log_level, &cli.log_format)?;
+    peerpod_logging::init(&config.log_level, cli.log_format.parse()?)?;
     for w in &config.warnings {
         tracing::warn!("cdh.toml: {w}");
     }
