@@ -174,7 +174,12 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 /// An agent deciding with the policy file at `policy_path`, with a sandbox made, and a busybox
 /// root filesystem for its containers.
 async fn pod(name: &str, policy_path: &str) -> (Agent, agent_ttrpc::AgentServiceClient, PathBuf) {
-    let mut agent = Agent::start(name, None, &policy(policy_path));
+    pod_with(name, &policy(policy_path)).await
+}
+
+/// [`pod`] with any agent configuration lines.
+async fn pod_with(name: &str, config: &str) -> (Agent, agent_ttrpc::AgentServiceClient, PathBuf) {
+    let mut agent = Agent::start(name, None, config);
     let (client, _) = agent.connect().await;
     let rootfs = busybox_rootfs(&agent.dir);
     client
@@ -802,17 +807,8 @@ async fn a_spec_without_namespaces_still_gets_its_own() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_denied_exec_starts_nothing() {
-    let mut agent = Agent::start(
-        "denied-exec",
-        None,
-        &policy("policy/examples/allow-all-except-exec.rego"),
-    );
-    let (client, _) = agent.connect().await;
-    let rootfs = busybox_rootfs(&agent.dir);
-    client
-        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
-        .await
-        .expect("sandbox");
+    let (_agent, client, rootfs) =
+        pod("denied-exec", "policy/examples/allow-all-except-exec.rego").await;
     create_and_start(
         &client,
         &container_request("c", &rootfs, &["/bin/sleep", "1000"]),
@@ -1010,21 +1006,15 @@ async fn sealed_environment_values_are_unsealed_through_the_cdh() {
         ],
     )
     .await;
-    let mut agent = Agent::start(
+    let (agent, client, rootfs) = pod_with(
         "sealed-env",
-        None,
         &format!(
             "{}cdh_socket = 'unix://{}'\n",
             policy("policy/examples/allow-all.rego"),
             world.cdh_socket.display()
         ),
-    );
-    let (client, _) = agent.connect().await;
-    let rootfs = busybox_rootfs(&agent.dir);
-    client
-        .create_sandbox(ctx(), &sandbox("sb", &agent.dir.join("shm")))
-        .await
-        .expect("sandbox");
+    )
+    .await;
 
     let sealed = make::seal(
         &make::vault("kbs:///default/key/db"),

@@ -2,7 +2,6 @@
 //! and the reference values of the simulated CVMs, an aa.toml for them, and a token consumer.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +9,10 @@ use attestation_agent::AttestationAgent;
 use attestation_agent::attester::Sample;
 use attestation_agent::config::{AaConfig, KbsSection};
 use attestation_agent::kbs::KeyAlgorithm;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use peerpod_kbs_protocol::keys::TeeKeyPair;
-use peerpod_tests::cvm::platform::SnpConfig;
 use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
 use peerpod_tests::kbs::client::KbsClient;
-use peerpod_tests::kbs::verifier::{AmdAnchors, TrustAnchors, Verifier, x509};
+use peerpod_tests::kbs::verifier::Verifier;
 use peerpod_tests::kbs::{KbsOptions, RunningKbs};
 use peerpod_tests::scratch::ScratchDir;
 use serde_json::{Value, json};
@@ -29,27 +25,19 @@ pub(crate) fn initdata(alg: &str) -> String {
     )
 }
 
+/// A KBS holding [`SECRET`]: for `cvm` (its roots and launch measurement), or for the sample TEE.
 pub(crate) fn kbs_options(cvm: Option<&SimulatedCvm>) -> KbsOptions {
-    let mut anchors = TrustAnchors::default();
-    let mut refs = json!({"launch_digest": ["abcde"], "svn": ["1"],
-        "snp_launch_measurement": [STANDARD.encode(SnpConfig::default().measurement)],
-        "mr_td": [hex::encode(peerpod_tests::cvm::platform::TdxConfig::default().measurements.mr_td)]});
-    if let Some(cvm) = cvm {
-        let a = cvm.trust_anchors().expect("anchors");
-        if let Some(pem) = a.amd_chain_pem {
-            anchors.amd = Some(AmdAnchors::from_pem(pem.as_bytes()).expect("chain"));
+    let mut options = match cvm {
+        Some(cvm) => KbsOptions::for_cvm(cvm, None).expect("KBS options"),
+        None => {
+            let mut options = KbsOptions::new(Verifier::default());
+            options
+                .reference_values
+                .insert("launch_digest".into(), json!(["abcde"]));
+            options.reference_values.insert("svn".into(), json!(["1"]));
+            options
         }
-        if let Some(pem) = a.intel_root_pem {
-            anchors.intel_roots = vec![x509::from_pem("root", pem.as_bytes()).expect("root")];
-        }
-    }
-    refs["unused"] = json!(null);
-    let mut options = KbsOptions::new(Verifier {
-        anchors,
-        ..Verifier::default()
-    });
-    options.reference_values =
-        serde_json::from_value::<BTreeMap<String, Value>>(refs).expect("refs");
+    };
     options
         .resources
         .insert("default/key/pod".into(), SECRET.to_vec());

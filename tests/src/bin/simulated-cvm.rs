@@ -12,17 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use clap::{Parser, Subcommand, ValueEnum};
 use peerpod_policy::initdata::InitData;
 use peerpod_tee::hcl::HclReport;
 use peerpod_tests::cvm::attester;
-use peerpod_tests::cvm::platform::{SnpConfig, TdxConfig};
 use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
+use peerpod_tests::kbs::KbsOptions;
 use peerpod_tests::kbs::client::KbsClient;
 use peerpod_tpm::Tpm;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// A simulated Azure confidential VM for tests and demos: swtpm as the vTPM behind a simulated
 /// paravisor (the HCL report at NV 0x01400001), a simulated SEV-SNP chip or TDX module with
@@ -123,17 +121,15 @@ async fn run(flavour: FlavourArg, dir: &Path, for_vm: bool, initdata: Option<&Pa
         std::fs::write(dir.join("intel-root.pem"), pem)?;
         trust.push_str("intel_roots = [\"intel-root.pem\"]\n");
     }
-    let mut refs = match flavour {
-        Flavour::Snp => {
-            json!({"snp_launch_measurement": [STANDARD.encode(SnpConfig::default().measurement)]})
+    let doc = match initdata {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
         }
-        Flavour::Tdx => json!({"mr_td": [hex::encode(TdxConfig::default().measurements.mr_td)]}),
+        None => None,
     };
-    if let Some(path) = initdata {
-        let doc = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let pcr8 = InitData::parse(&doc)?.digest().azure_vtpm_pcr8();
-        refs["init_data"] = json!([hex::encode(pcr8)]);
-    }
+    let refs = KbsOptions::for_cvm(&cvm, doc.as_deref())
+        .map_err(|e| anyhow::anyhow!("cannot work out the reference values: {e}"))?
+        .reference_values;
     std::fs::write(
         dir.join("reference-values.json"),
         serde_json::to_string_pretty(&refs)?,
