@@ -1,0 +1,226 @@
+//! CreateContainer: the bundle, the agent's rewrites of the spec, and the created container.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
+use peerpod_protocols::kata::agent;
+
+use super::helper::Request;
+use super::spawn::Stdio;
+use super::{Container, Process, Runtime, Status, check_id, error_chain, spec, storage};
+use crate::error::AgentError;
+
+impl Runtime {
+    /// CreateContainer: storages, bundle, and a created container whose process waits for
+    /// StartContainer.
+    pub async fn create_container(
+        &self,
+        request: &agent::CreateContainerRequest,
+    ) -> Result<(), AgentError> {
+        let id = request.container_id.clone();
+        check_id(&id, "container_id")?;
+        if self.container(&id).is_ok() {
+            return Err(AgentError::AlreadyExists {
+                what: format!("container {id:?}"),
+            });
+        }
+        let mut spec = spec::oci_spec(&request.OCI)
+            .map_err(|e| AgentError::InvalidArgument(error_chain(&e)))?;
+
+        let storages = storage::prepare_all(&request.storages)?;
+        let result = self.create_prepared(&id, &request.exec_id, &mut spec).await;
+        match result {
+            Ok((bundle, init)) => {
+                let cgroup = spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.cgroups_path().clone())
+                    .unwrap_or_default();
+                let container = Arc::new(Container {
+                    id: id.clone(),
+                    bundle,
+                    cgroup,
+                    lifecycle: tokio::sync::Mutex::new(Status::Created),
+                    init,
+                    execs: Mutex::new(HashMap::new()),
+                    storages,
+                });
+                self.containers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id, container);
+                Ok(())
+            }
+            Err(e) => {
+                storages.iter().for_each(storage::Mounted::release);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_prepared(
+        &self,
+        id: &str,
+        exec_id: &str,
+        spec: &mut Spec,
+    ) -> Result<(PathBuf, Arc<Process>), AgentError> {
+        let root_path = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .ok_or_else(|| AgentError::InvalidArgument("the OCI spec has no root".to_owned()))?;
+        if !root_path.is_dir() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "the container's root filesystem {} does not exist; prepare it with a storage",
+                root_path.display()
+            )));
+        }
+        self.rewrite(id, spec);
+        apply_network_sysctls(spec)?;
+        let bundle = self.config.state_dir.join("bundles").join(id);
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| AgentError::internal(format!("cannot create {}", bundle.display()), e))?;
+        spec.save(bundle.join("config.json"))
+            .map_err(|e| AgentError::internal("cannot write the container's config.json", e))?;
+
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let stdio = match self.stdio(terminal) {
+            Ok(stdio) => stdio,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&bundle);
+                return Err(e);
+            }
+        };
+        let request = Request::Create {
+            id: id.to_owned(),
+            root: self.root(),
+            bundle: bundle.clone(),
+            console_socket: match &stdio {
+                Stdio::Terminal(console) => Some(console.path.clone()),
+                Stdio::Pipes(..) => None,
+            },
+        };
+        let (pid, io) = match self
+            .spawn_with(request, stdio, &format!("cannot create container {id:?}"))
+            .await
+        {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&bundle);
+                return Err(e);
+            }
+        };
+        tracing::debug!(container = %id, pid, "container created");
+        let process = Arc::new(Process {
+            exec_id: exec_id.to_owned(),
+            pid,
+            exit: self.reaper.register(pid),
+            io,
+        });
+        Ok((bundle, process))
+    }
+
+    /// The agent's rewrites of a container spec: its cgroup under the agent's, and the network
+    /// namespace shared with the agent (the sandbox's).
+    fn rewrite(&self, id: &str, spec: &mut Spec) {
+        let (sandbox, shared, shared_pid) = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| (s.id.clone(), s.namespaces.clone(), s.pause.is_some()))
+            .unwrap_or_else(|| ("no-sandbox".to_owned(), None, false));
+        let sandbox = if sandbox.is_empty() {
+            "sandbox".to_owned()
+        } else {
+            sandbox
+        };
+        if let Some(linux) = spec.linux_mut() {
+            let sandbox = self.sandbox_cgroup(&sandbox);
+            linux.set_cgroups_path(Some(PathBuf::from(format!("{sandbox}/{id}"))));
+            // Whatever the spec lists, as upstream: the network namespace is the sandbox's (the
+            // agent's own), IPC and UTS are the sandbox's, PID is the sandbox's when it shares
+            // one and the container's own otherwise, mount is always the container's own. Other
+            // kinds (user, cgroup, time) stay as the spec has them.
+            let mut namespaces: Vec<LinuxNamespace> = linux
+                .namespaces()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| {
+                    !matches!(
+                        n.typ(),
+                        LinuxNamespaceType::Network
+                            | LinuxNamespaceType::Ipc
+                            | LinuxNamespaceType::Uts
+                            | LinuxNamespaceType::Pid
+                            | LinuxNamespaceType::Mount
+                    )
+                })
+                .collect();
+            let joined = |kind: &str| shared.as_ref().map(|dir| dir.join(kind));
+            let pid = if shared_pid { joined("pid") } else { None };
+            // The agent's own network namespace, named by path: the container joins it, and the
+            // runtime then accepts the pod's network sysctls.
+            let network = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+            for (typ, path) in [
+                (LinuxNamespaceType::Network, Some(network)),
+                (LinuxNamespaceType::Mount, None),
+                (LinuxNamespaceType::Pid, pid),
+                (LinuxNamespaceType::Ipc, joined("ipc")),
+                (LinuxNamespaceType::Uts, joined("uts")),
+            ] {
+                let mut namespace = LinuxNamespace::default();
+                namespace.set_typ(typ);
+                namespace.set_path(path);
+                namespaces.push(namespace);
+            }
+            linux.set_namespaces(Some(namespaces));
+        }
+        // A joined UTS namespace already has the sandbox's hostname.
+        if shared.is_some() {
+            spec.set_hostname(None);
+        }
+    }
+}
+
+/// Takes the network sysctls (`net.*`) out of the spec and sets them in the agent's network
+/// namespace, which the container joins: it is the pod's, and Kubernetes' network sysctls are
+/// per pod. (libcontainer refuses network sysctls for a container joining its caller's network
+/// namespace, as runc does, so the agent applies them itself.)
+fn apply_network_sysctls(spec: &mut Spec) -> Result<(), AgentError> {
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(());
+    };
+    let Some(sysctls) = linux.sysctl().clone() else {
+        return Ok(());
+    };
+    let (network, other): (HashMap<String, String>, HashMap<String, String>) = sysctls
+        .into_iter()
+        .partition(|(key, _)| key.replace('/', ".").starts_with("net."));
+    for (key, value) in &network {
+        let name = key.replace('/', ".");
+        let valid = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && !name.contains("..")
+            && !value.contains('\n');
+        if !valid {
+            return Err(AgentError::InvalidArgument(format!(
+                "invalid sysctl {key:?} = {value:?}"
+            )));
+        }
+        let path = PathBuf::from("/proc/sys").join(name.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| {
+            AgentError::internal(format!("cannot set the sysctl {name} to {value:?}"), e)
+        })?;
+    }
+    linux.set_sysctl((!other.is_empty()).then_some(other));
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Real containers: the `kata-agent` binary runs a busybox root filesystem (Debian's
+//! busybox-static) through libcontainer, driven over ttrpc as the kata shim drives it. These
+//! tests need root (CI runs as root) for namespaces, mounts and cgroups. One test binary, one
+//! module per topic; `support` holds the shared request builders and the pod helper.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod support;
+
+mod exec;
+mod lifecycle;
+mod resources;
+mod sealed;
+mod security;
