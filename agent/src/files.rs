@@ -1,16 +1,37 @@
 //! CopyFile: files the runtime copies into the guest (resolv.conf, hosts, service-account
 //! tokens, ...), in chunks, under the agent's shared directory only.
 //!
-//! A chunk is written at its offset to a temporary file next to the target; when the last chunk
-//! arrives (offset + length reaches the file's size) the file gets its mode and owner and is
-//! renamed into place, so a reader never sees a half-written file. Directories and symlinks come
-//! in one request (a symlink's data is its target).
+//! The host chooses both the bytes and the path, and may have planted anything in the shared
+//! directory before (a symlink at the target or at a parent, a hard link to a file elsewhere on
+//! the same file system). So nothing here resolves a path through the file system's names more
+//! than one component at a time: every directory is opened relative to its parent's descriptor
+//! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, modes and owners are set on opened
+//! descriptors (`fchmod`, `fchown`), and the final name is only ever replaced by `renameat`
+//! within the opened parent, which swaps the directory entry and never writes through it (a
+//! symlink or hard link planted there is replaced, its target untouched).
+//!
+//! A file's chunks go to a temporary file with a random name, created with `O_EXCL`, held open
+//! between chunks; when the last chunk arrives (offset + length reaches the file's size) the
+//! file gets its mode and owner and is renamed into place, so a reader never sees a half-written
+//! file. Directories and symlinks come in one request (a symlink's data is its target).
+//!
+//! A symlink whose target is absolute or has a `..` component could send a later reader of the
+//! shared directory elsewhere; such targets are refused unless the policy allows them
+//! explicitly (see [`crate::gate::PolicyGate::check_copy_file`]).
 
-use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::hash::{BuildHasher, Hasher};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
-use nix::unistd::{Gid, Uid, chown};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
+use nix::sys::stat::{Mode, fchmod, mkdirat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, fsync, symlinkat, unlinkat};
 use peerpod_protocols::kata::agent::CopyFileRequest;
 
 use crate::error::AgentError;
@@ -20,33 +41,223 @@ const S_IFDIR: u32 = 0o040_000;
 const S_IFLNK: u32 = 0o120_000;
 const S_IFREG: u32 = 0o100_000;
 
-/// Carries out one CopyFile request under `root`.
-pub fn copy_file(root: &Path, request: &CopyFileRequest) -> Result<(), AgentError> {
-    let path = checked_target(root, &request.path)?;
-    let parent = path.parent().ok_or_else(|| {
-        AgentError::InvalidArgument("CopyFile needs a file path, not the root".to_owned())
-    })?;
-    make_dirs(root, parent, request)?;
+/// How many chunked uploads may be in progress at once; the oldest is dropped past this.
+const MAX_UPLOADS: usize = 64;
 
-    match request.file_mode & S_IFMT {
-        S_IFDIR => {
-            make_dir(&path, request.dir_mode)?;
-            set_owner(&path, request)
-        }
-        S_IFLNK => {
-            let target = String::from_utf8(request.data.clone()).map_err(|_| {
-                AgentError::InvalidArgument("a symlink target must be UTF-8".to_owned())
-            })?;
-            let _ = std::fs::remove_file(&path);
-            std::os::unix::fs::symlink(&target, &path).map_err(|e| {
-                AgentError::internal(format!("cannot create the symlink {}", path.display()), e)
-            })
-        }
-        0 | S_IFREG => write_chunk(&path, request),
-        other => Err(AgentError::InvalidArgument(format!(
-            "CopyFile copies regular files, directories and symlinks, not file type {other:o}"
-        ))),
+/// Carries out CopyFile requests under one root directory, remembering uploads in progress.
+#[derive(Debug)]
+pub struct CopyFiles {
+    root: PathBuf,
+    uploads: Mutex<Uploads>,
+}
+
+#[derive(Debug, Default)]
+struct Uploads {
+    by_path: HashMap<PathBuf, Upload>,
+    started: u64,
+}
+
+/// A file being received: its open temporary file and the directory it will be renamed in.
+#[derive(Debug)]
+struct Upload {
+    dir: OwnedFd,
+    temp: OsString,
+    file: std::fs::File,
+    size: u64,
+    started: u64,
+}
+
+impl Upload {
+    /// Removes the temporary file (best effort: it is only a leftover in the shared directory).
+    fn discard(self) {
+        let _ = unlinkat(&self.dir, self.temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
     }
+}
+
+impl CopyFiles {
+    /// CopyFile under `root` (created if missing).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            uploads: Mutex::new(Uploads::default()),
+        }
+    }
+
+    /// Carries out one CopyFile request.
+    pub fn copy(&self, request: &CopyFileRequest) -> Result<(), AgentError> {
+        let path = checked_target(&self.root, &request.path)?;
+        let relative = path.strip_prefix(&self.root).map_err(|_| {
+            AgentError::InvalidArgument(format!("CopyFile path {:?} is outside the root", path))
+        })?;
+        let (Some(parent), Some(name)) = (relative.parent(), relative.file_name()) else {
+            return Err(AgentError::InvalidArgument(
+                "CopyFile needs a file path, not the root".to_owned(),
+            ));
+        };
+        match request.file_mode & S_IFMT {
+            S_IFDIR => {
+                let dir = self.open_parent(parent, request)?;
+                make_dir(&dir, name, &path, request)
+            }
+            S_IFLNK => {
+                let target = std::str::from_utf8(&request.data).map_err(|_| {
+                    AgentError::InvalidArgument("a symlink target must be UTF-8".to_owned())
+                })?;
+                let dir = self.open_parent(parent, request)?;
+                make_symlink(&dir, name, target, &path, request)
+            }
+            0 | S_IFREG => self.write_chunk(&path, parent, name, request),
+            other => Err(AgentError::InvalidArgument(format!(
+                "CopyFile copies regular files, directories and symlinks, not file type {other:o}"
+            ))),
+        }
+    }
+
+    /// Opens (creating the missing ones) the directories from the root down to `parent`, one
+    /// component at a time and never through a symlink.
+    fn open_parent(&self, parent: &Path, request: &CopyFileRequest) -> Result<OwnedFd, AgentError> {
+        std::fs::create_dir_all(&self.root).map_err(|e| {
+            AgentError::internal(format!("cannot create {}", self.root.display()), e)
+        })?;
+        let mut dir = nix::fcntl::open(
+            &self.root,
+            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+            Mode::empty(),
+        )
+        .map_err(|e| AgentError::internal(format!("cannot open {}", self.root.display()), e))?;
+        let mut current = self.root.clone();
+        for component in parent.components() {
+            let Component::Normal(name) = component else {
+                return Err(AgentError::InvalidArgument(format!(
+                    "CopyFile path {} has a component that is not a plain name",
+                    current.display()
+                )));
+            };
+            current.push(name);
+            dir = match open_dir(&dir, name) {
+                Ok(next) => next,
+                Err(Errno::ENOENT) => {
+                    match mkdirat(&dir, name, Mode::from_bits_truncate(0o700)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => {
+                            let what = format!("cannot create {}", current.display());
+                            return Err(AgentError::internal(what, e));
+                        }
+                    }
+                    let next = open_dir(&dir, name).map_err(|e| beneath_error(&current, e))?;
+                    set_mode_and_owner(&next, dir_mode(request.dir_mode), request, &current)?;
+                    next
+                }
+                Err(e) => return Err(beneath_error(&current, e)),
+            };
+        }
+        Ok(dir)
+    }
+
+    fn write_chunk(
+        &self,
+        path: &Path,
+        parent: &Path,
+        name: &OsStr,
+        request: &CopyFileRequest,
+    ) -> Result<(), AgentError> {
+        let offset = u64::try_from(request.offset).map_err(|_| {
+            AgentError::InvalidArgument(format!("negative offset {}", request.offset))
+        })?;
+        let size = u64::try_from(request.file_size).map_err(|_| {
+            AgentError::InvalidArgument(format!("negative file size {}", request.file_size))
+        })?;
+        let end = offset
+            .checked_add(request.data.len() as u64)
+            .filter(|end| *end <= size)
+            .ok_or_else(|| {
+                AgentError::InvalidArgument(format!(
+                    "the chunk at offset {offset} of {} bytes goes past the file size {size}",
+                    request.data.len()
+                ))
+            })?;
+
+        let upload = if offset == 0 {
+            // A new file (or the runtime starting over): forget any earlier attempt.
+            if let Some(old) = self.take_upload(path) {
+                old.discard();
+            }
+            let dir = self.open_parent(parent, request)?;
+            let (temp, file) = create_temp(&dir, name, path)?;
+            Upload {
+                dir,
+                temp,
+                file,
+                size,
+                started: 0,
+            }
+        } else {
+            let upload = self.take_upload(path).ok_or_else(|| {
+                AgentError::FailedPrecondition(format!(
+                    "no upload of {} is in progress for the chunk at offset {offset}",
+                    path.display()
+                ))
+            })?;
+            if upload.size != size {
+                upload.discard();
+                return Err(AgentError::InvalidArgument(format!(
+                    "the file size changed during the upload of {}",
+                    path.display()
+                )));
+            }
+            upload
+        };
+
+        if let Err(e) = upload.file.write_all_at(&request.data, offset) {
+            upload.discard();
+            let what = format!("cannot write {}", path.display());
+            return Err(AgentError::internal(what, e));
+        }
+        if end < size {
+            self.keep_upload(path, upload);
+            return Ok(());
+        }
+        let result = finish(&upload, name, path, request);
+        if result.is_err() {
+            upload.discard();
+        }
+        result
+    }
+
+    fn take_upload(&self, path: &Path) -> Option<Upload> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(PoisonError::into_inner);
+        uploads.by_path.remove(path)
+    }
+
+    fn keep_upload(&self, path: &Path, mut upload: Upload) {
+        let mut uploads = self.uploads.lock().unwrap_or_else(PoisonError::into_inner);
+        uploads.started += 1;
+        if upload.started == 0 {
+            upload.started = uploads.started;
+        }
+        if uploads.by_path.len() >= MAX_UPLOADS {
+            let oldest = uploads
+                .by_path
+                .iter()
+                .min_by_key(|(_, u)| u.started)
+                .map(|(p, _)| p.clone());
+            if let Some(dropped) = oldest.and_then(|p| uploads.by_path.remove(&p)) {
+                tracing::warn!("too many CopyFile uploads in progress; the oldest is dropped");
+                dropped.discard();
+            }
+        }
+        uploads.by_path.insert(path.to_owned(), upload);
+    }
+}
+
+/// Whether a symlink target stays inside the directory tree it is created in: relative and
+/// without a `..` component (`..data`, as in Kubernetes volumes, is a plain name).
+pub fn is_contained_symlink_target(target: &str) -> bool {
+    let path = Path::new(target);
+    !target.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// The target path: absolute, no `..`, under `root`.
@@ -62,127 +273,212 @@ fn checked_target(root: &Path, text: &str) -> Result<PathBuf, AgentError> {
     Ok(path.to_owned())
 }
 
-/// Creates the missing directories between `root` and `dir`, refusing any that resolves (through
-/// a symlink) outside `root`.
-fn make_dirs(root: &Path, dir: &Path, request: &CopyFileRequest) -> Result<(), AgentError> {
-    std::fs::create_dir_all(root)
-        .map_err(|e| AgentError::internal(format!("cannot create {}", root.display()), e))?;
-    let real_root = root
-        .canonicalize()
-        .map_err(|e| AgentError::internal(format!("cannot resolve {}", root.display()), e))?;
-    let mut current = root.to_owned();
-    for component in dir.strip_prefix(root).unwrap_or(Path::new("")).components() {
-        current.push(component);
-        if !current.exists() {
-            make_dir(&current, request.dir_mode)?;
-            set_owner(&current, request)?;
-        }
-        let real = current.canonicalize().map_err(|e| {
-            AgentError::internal(format!("cannot resolve {}", current.display()), e)
-        })?;
-        if !real.starts_with(&real_root) {
-            return Err(AgentError::InvalidArgument(format!(
-                "CopyFile path {} leads outside {} through a symlink",
-                current.display(),
-                root.display()
-            )));
-        }
-    }
-    Ok(())
+/// Opens the directory `name` in `dir`, refusing symlinks and anything outside `dir`.
+fn open_dir(dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd, Errno> {
+    open_beneath(
+        dir,
+        name,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
 }
 
-fn make_dir(dir: &Path, mode: u32) -> Result<(), AgentError> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`; on kernels without openat2 (before 5.6),
+/// `openat` with `O_NOFOLLOW`, which is as strict here because `name` is one plain component.
+fn open_beneath(dir: &OwnedFd, name: &OsStr, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new().flags(flags).mode(mode).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    );
+    match openat2(dir, name, how) {
+        Err(Errno::ENOSYS) => openat(dir, name, flags | OFlag::O_NOFOLLOW, mode),
+        other => other,
+    }
+}
+
+fn beneath_error(path: &Path, errno: Errno) -> AgentError {
+    match errno {
+        Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => AgentError::InvalidArgument(format!(
+            "CopyFile path {} is a symlink or not a directory; CopyFile does not follow symlinks",
+            path.display()
+        )),
+        e => AgentError::internal(format!("cannot open {}", path.display()), e),
+    }
+}
+
+fn make_dir(
+    parent: &OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    request: &CopyFileRequest,
+) -> Result<(), AgentError> {
+    // Whatever else is at the name (a file, a symlink, a hard link) is replaced by the
+    // directory, as upstream does; an existing directory stays.
+    match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT | Errno::EISDIR) => {}
         Err(e) => {
             return Err(AgentError::internal(
-                format!("cannot create {}", dir.display()),
+                format!("cannot replace {}", path.display()),
                 e,
             ));
         }
     }
-    let mode = if mode & 0o7777 == 0 {
-        0o755
-    } else {
-        mode & 0o7777
-    };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| AgentError::internal(format!("cannot set the mode of {}", dir.display()), e))
-}
-
-fn set_owner(path: &Path, request: &CopyFileRequest) -> Result<(), AgentError> {
-    let uid = u32::try_from(request.uid).ok().map(Uid::from_raw);
-    let gid = u32::try_from(request.gid).ok().map(Gid::from_raw);
-    chown(path, uid, gid)
-        .map_err(|e| AgentError::internal(format!("cannot set the owner of {}", path.display()), e))
-}
-
-fn write_chunk(path: &Path, request: &CopyFileRequest) -> Result<(), AgentError> {
-    let offset = u64::try_from(request.offset)
-        .map_err(|_| AgentError::InvalidArgument(format!("negative offset {}", request.offset)))?;
-    let size = u64::try_from(request.file_size).map_err(|_| {
-        AgentError::InvalidArgument(format!("negative file size {}", request.file_size))
-    })?;
-    let end = offset
-        .checked_add(request.data.len() as u64)
-        .filter(|end| *end <= size)
-        .ok_or_else(|| {
-            AgentError::InvalidArgument(format!(
-                "the chunk at offset {offset} of {} bytes goes past the file size {size}",
-                request.data.len()
-            ))
-        })?;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".part");
-    let partial = path.with_file_name(name);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(offset == 0)
-        .mode_for_owner_only()
-        .open(&partial)
-        .map_err(|e| AgentError::internal(format!("cannot open {}", partial.display()), e))?;
-    file.seek(SeekFrom::Start(offset))
-        .and_then(|_| file.write_all(&request.data))
-        .map_err(|e| AgentError::internal(format!("cannot write {}", partial.display()), e))?;
-    if end < size {
-        return Ok(());
+    match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => {
+            let what = format!("cannot create {}", path.display());
+            return Err(AgentError::internal(what, e));
+        }
     }
-    file.sync_all()
-        .map_err(|e| AgentError::internal(format!("cannot write {}", partial.display()), e))?;
-    drop(file);
-    std::fs::set_permissions(
-        &partial,
-        std::fs::Permissions::from_mode(request.file_mode & 0o7777),
-    )
-    .map_err(|e| AgentError::internal(format!("cannot set the mode of {}", path.display()), e))?;
-    set_owner(&partial, request)?;
-    std::fs::rename(&partial, path).map_err(|e| {
+    let dir = open_dir(parent, name).map_err(|e| beneath_error(path, e))?;
+    let mode = match request.file_mode & 0o7777 {
+        0 => dir_mode(request.dir_mode),
+        mode => mode,
+    };
+    set_mode_and_owner(&dir, mode, request, path)
+}
+
+fn make_symlink(
+    parent: &OwnedFd,
+    name: &OsStr,
+    target: &str,
+    path: &Path,
+    request: &CopyFileRequest,
+) -> Result<(), AgentError> {
+    // Made under a temporary name and renamed over the final one: the entry at the name (even
+    // a symlink or a directory's hard link) is replaced, never written through.
+    let mut last = Errno::EEXIST;
+    for _ in 0..8 {
+        let temp = temp_name(name);
+        match symlinkat(target, parent, temp.as_os_str()) {
+            Ok(()) => {
+                let owned = fchownat(
+                    parent,
+                    temp.as_os_str(),
+                    uid(request),
+                    gid(request),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .and_then(|()| renameat(parent, temp.as_os_str(), parent, name));
+                return owned.map_err(|e| {
+                    let _ = unlinkat(parent, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                    AgentError::internal(format!("cannot create the symlink {}", path.display()), e)
+                });
+            }
+            Err(Errno::EEXIST) => last = Errno::EEXIST,
+            Err(e) => {
+                let what = format!("cannot create the symlink {}", path.display());
+                return Err(AgentError::internal(what, e));
+            }
+        }
+    }
+    Err(AgentError::internal(
+        format!("cannot create the symlink {}", path.display()),
+        last,
+    ))
+}
+
+/// Creates the temporary file for `name` in `dir`: a fresh random name, `O_EXCL`, mode 0600.
+fn create_temp(
+    dir: &OwnedFd,
+    name: &OsStr,
+    path: &Path,
+) -> Result<(OsString, std::fs::File), AgentError> {
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+    let mut last = Errno::EEXIST;
+    for _ in 0..8 {
+        let temp = temp_name(name);
+        match open_beneath(dir, &temp, flags, Mode::from_bits_truncate(0o600)) {
+            Ok(fd) => return Ok((temp, std::fs::File::from(fd))),
+            Err(Errno::EEXIST) => last = Errno::EEXIST,
+            Err(e) => {
+                let what = format!("cannot create a temporary file for {}", path.display());
+                return Err(AgentError::internal(what, e));
+            }
+        }
+    }
+    Err(AgentError::internal(
+        format!("cannot create a temporary file for {}", path.display()),
+        last,
+    ))
+}
+
+/// `.NAME.<random>.part`: hidden, and not guessable ahead of time.
+fn temp_name(name: &OsStr) -> OsString {
+    // RandomState is seeded from the OS's randomness; each hasher differs.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(name.as_bytes());
+    let mut temp = OsString::from(".");
+    // Long names are cut so that the temporary name stays within NAME_MAX.
+    temp.push(OsStr::from_bytes(&name.as_bytes()[..name.len().min(200)]));
+    temp.push(format!(".{:016x}.part", hasher.finish()));
+    temp
+}
+
+/// Gives the complete file its mode and owner and renames it into place.
+fn finish(
+    upload: &Upload,
+    name: &OsStr,
+    path: &Path,
+    request: &CopyFileRequest,
+) -> Result<(), AgentError> {
+    set_mode_and_owner(&upload.file, request.file_mode & 0o7777, request, path)?;
+    fsync(upload.file.as_fd())
+        .map_err(|e| AgentError::internal(format!("cannot write {}", path.display()), e))?;
+    renameat(&upload.dir, upload.temp.as_os_str(), &upload.dir, name).map_err(|e| {
         AgentError::internal(format!("cannot move the file into {}", path.display()), e)
     })
 }
 
-/// Files being received are readable by the agent only until they are complete.
-trait OwnerOnly {
-    fn mode_for_owner_only(&mut self) -> &mut Self;
+fn set_mode_and_owner(
+    fd: impl AsFd,
+    mode: u32,
+    request: &CopyFileRequest,
+    path: &Path,
+) -> Result<(), AgentError> {
+    fchmod(fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| {
+        AgentError::internal(format!("cannot set the mode of {}", path.display()), e)
+    })?;
+    fchown(fd.as_fd(), uid(request), gid(request))
+        .map_err(|e| AgentError::internal(format!("cannot set the owner of {}", path.display()), e))
 }
 
-impl OwnerOnly for std::fs::OpenOptions {
-    fn mode_for_owner_only(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+fn dir_mode(mode: u32) -> u32 {
+    match mode & 0o7777 {
+        0 => 0o755,
+        mode => mode,
     }
+}
+
+/// The owner to set; a negative id (the runtime's -1) leaves it unchanged.
+fn uid(request: &CopyFileRequest) -> Option<Uid> {
+    u32::try_from(request.uid).ok().map(Uid::from_raw)
+}
+
+fn gid(request: &CopyFileRequest) -> Option<Gid> {
+    u32::try_from(request.gid).ok().map(Gid::from_raw)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
     use super::*;
 
-    fn root(test: &str) -> PathBuf {
+    /// A fresh `shared` root and an `outside` directory next to it, holding `outside/secret`
+    /// (mode 0640, "original").
+    fn dirs(test: &str) -> (PathBuf, PathBuf) {
         let dir = std::env::temp_dir().join(format!("copy-file-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        dir.join("shared")
+        let (root, outside) = (dir.join("shared"), dir.join("outside"));
+        std::fs::create_dir_all(&root).expect("root");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(outside.join("secret"), "original").expect("secret");
+        std::fs::set_permissions(outside.join("secret"), PermissionsExt::from_mode(0o640))
+            .expect("mode");
+        std::fs::set_permissions(&outside, PermissionsExt::from_mode(0o750)).expect("mode");
+        (root, outside)
     }
 
     fn request(path: &Path, data: &[u8], offset: i64, size: i64, mode: u32) -> CopyFileRequest {
@@ -198,46 +494,121 @@ mod tests {
         r
     }
 
-    #[test]
-    fn chunks_land_in_place_only_when_complete() {
-        let root = root("chunks_land_in_place_only_when_complete");
-        let file = root.join("containers/c1-resolv.conf");
-        copy_file(&root, &request(&file, b"nameserver ", 0, 22, 0o100_644)).expect("first chunk");
-        assert!(!file.exists(), "incomplete files are not visible");
-        copy_file(&root, &request(&file, b"10.96.0.10\n", 11, 22, 0o100_644)).expect("last chunk");
-        assert_eq!(
-            std::fs::read_to_string(&file).expect("file"),
-            "nameserver 10.96.0.10\n"
-        );
-        let mode = std::fs::metadata(&file).expect("meta").permissions().mode() & 0o7777;
-        assert_eq!(mode, 0o644);
-        let dir_mode = std::fs::metadata(file.parent().expect("parent"))
+    fn file(path: &Path, data: &[u8]) -> CopyFileRequest {
+        let size = i64::try_from(data.len()).expect("size");
+        request(path, data, 0, size, 0o100_644)
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path)
             .expect("meta")
             .permissions()
             .mode()
-            & 0o7777;
-        assert_eq!(dir_mode, 0o750);
+            & 0o7777
+    }
+
+    /// The outside directory and its file are as `dirs` made them.
+    fn assert_untouched(outside: &Path) {
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret")).expect("secret"),
+            "original"
+        );
+        assert_eq!(mode(&outside.join("secret")), 0o640);
+        assert_eq!(mode(outside), 0o750);
+        let owner = std::fs::metadata(outside.join("secret")).expect("meta");
+        assert_eq!(
+            (owner.uid(), owner.gid()),
+            (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw()
+            )
+        );
+        let names: Vec<_> = std::fs::read_dir(outside)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![OsString::from("secret")], "nothing new outside");
+    }
+
+    #[test]
+    fn chunks_land_in_place_only_when_complete() {
+        let (root, _) = dirs("chunks");
+        let files = CopyFiles::new(&root);
+        let target = root.join("containers/c1-resolv.conf");
+        files
+            .copy(&request(&target, b"nameserver ", 0, 22, 0o100_644))
+            .expect("first chunk");
+        assert!(!target.exists(), "incomplete files are not visible");
+        files
+            .copy(&request(&target, b"10.96.0.10\n", 11, 22, 0o100_644))
+            .expect("last chunk");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("file"),
+            "nameserver 10.96.0.10\n"
+        );
+        assert_eq!(mode(&target), 0o644);
+        assert_eq!(mode(&root.join("containers")), 0o750);
+        let left: Vec<_> = std::fs::read_dir(root.join("containers"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![OsString::from("c1-resolv.conf")],
+            "no temporary file left"
+        );
+        // A chunk without its start is refused.
+        let err = files
+            .copy(&request(&target, b"x", 5, 6, 0o100_644))
+            .expect_err("no upload");
+        assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err}");
     }
 
     #[test]
     fn directories_and_symlinks() {
-        let root = root("directories_and_symlinks");
-        copy_file(&root, &request(&root.join("d/sub"), b"", 0, 0, 0o40_700)).expect("dir");
+        let (root, _) = dirs("dirs");
+        let files = CopyFiles::new(&root);
+        files
+            .copy(&request(&root.join("d"), b"", 0, 0, 0o40_700))
+            .expect("dir");
+        files
+            .copy(&request(&root.join("d/sub"), b"", 0, 0, 0o40_710))
+            .expect("dir");
         assert!(root.join("d/sub").is_dir());
-        copy_file(
-            &root,
-            &request(&root.join("d/link"), b"..data/token", 0, 12, 0o120_777),
-        )
-        .expect("symlink");
+        assert_eq!(mode(&root.join("d/sub")), 0o710);
+        files
+            .copy(&request(
+                &root.join("d/link"),
+                b"..data/token",
+                0,
+                12,
+                0o120_777,
+            ))
+            .expect("symlink");
         assert_eq!(
             std::fs::read_link(root.join("d/link")).expect("link"),
             Path::new("..data/token")
+        );
+        // Replacing a symlink replaces it.
+        files
+            .copy(&request(
+                &root.join("d/link"),
+                b"..2024/token",
+                0,
+                12,
+                0o120_777,
+            ))
+            .expect("symlink again");
+        assert_eq!(
+            std::fs::read_link(root.join("d/link")).expect("link"),
+            Path::new("..2024/token")
         );
     }
 
     #[test]
     fn paths_outside_the_root_are_refused() {
-        let root = root("paths_outside_the_root_are_refused");
+        let (root, _) = dirs("outside");
+        let files = CopyFiles::new(&root);
         for bad in [
             "/etc/passwd",
             "relative/x",
@@ -246,30 +617,181 @@ mod tests {
         ] {
             let r = request(Path::new(bad), b"x", 0, 1, 0o100_644);
             assert!(
-                matches!(copy_file(&root, &r), Err(AgentError::InvalidArgument(_))),
+                matches!(files.copy(&r), Err(AgentError::InvalidArgument(_))),
                 "{bad}"
             );
         }
-        // A symlinked directory leading out of the root.
-        std::fs::create_dir_all(&root).expect("root");
-        std::os::unix::fs::symlink("/tmp", root.join("escape")).expect("link");
-        let r = request(&root.join("escape/x"), b"x", 0, 1, 0o100_644);
-        let err = copy_file(&root, &r).expect_err("escape");
-        assert!(err.to_string().contains("through a symlink"), "{err}");
+        let r = request(&root.join("fifo"), b"", 0, 0, 0o010_644);
+        assert!(matches!(
+            files.copy(&r),
+            Err(AgentError::InvalidArgument(_))
+        ));
     }
 
     #[test]
     fn chunks_past_the_size_are_refused() {
-        let root = root("chunks_past_the_size_are_refused");
+        let (root, _) = dirs("past");
+        let files = CopyFiles::new(&root);
         let r = request(&root.join("f"), b"toolong", 0, 3, 0o100_644);
         assert!(matches!(
-            copy_file(&root, &r),
+            files.copy(&r),
             Err(AgentError::InvalidArgument(_))
         ));
         let r = request(&root.join("f"), b"x", -1, 3, 0o100_644);
         assert!(matches!(
-            copy_file(&root, &r),
+            files.copy(&r),
             Err(AgentError::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn a_directory_request_on_a_symlink_does_not_touch_its_target() {
+        let (root, outside) = dirs("dir-on-symlink");
+        std::os::unix::fs::symlink(&outside, root.join("d")).expect("plant");
+        let mut r = request(&root.join("d"), b"", 0, 0, 0o40_777);
+        r.uid = 4242;
+        r.gid = 4242;
+        CopyFiles::new(&root)
+            .copy(&r)
+            .expect("a directory replaces the symlink");
+        assert_untouched(&outside);
+        let made = std::fs::symlink_metadata(root.join("d")).expect("meta");
+        assert!(made.is_dir());
+        assert_eq!(
+            (made.uid(), made.gid(), mode(&root.join("d"))),
+            (4242, 4242, 0o777)
+        );
+    }
+
+    #[test]
+    fn a_file_over_a_symlink_replaces_the_link_not_its_target() {
+        let (root, outside) = dirs("file-on-symlink");
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("f")).expect("plant");
+        let mut r = file(&root.join("f"), b"planted?");
+        r.file_mode = 0o100_666;
+        r.uid = 4242;
+        CopyFiles::new(&root).copy(&r).expect("copied");
+        assert_untouched(&outside);
+        assert!(
+            std::fs::symlink_metadata(root.join("f"))
+                .expect("meta")
+                .is_file()
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("f")).expect("f"),
+            "planted?"
+        );
+    }
+
+    #[test]
+    fn a_planted_part_symlink_is_not_written_through() {
+        let (root, outside) = dirs("part-symlink");
+        let files = CopyFiles::new(&root);
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("f.part")).expect("plant");
+        std::os::unix::fs::symlink(outside.join("secret"), root.join(".f.part")).expect("plant");
+        files
+            .copy(&request(&root.join("f"), b"over", 0, 8, 0o100_644))
+            .expect("first chunk");
+        files
+            .copy(&request(&root.join("f"), b"ride", 4, 8, 0o100_644))
+            .expect("last chunk");
+        assert_untouched(&outside);
+        assert_eq!(
+            std::fs::read_to_string(root.join("f")).expect("f"),
+            "override"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_directory_on_the_way_is_refused() {
+        let (root, outside) = dirs("symlinked-dir");
+        let files = CopyFiles::new(&root);
+        std::os::unix::fs::symlink(&outside, root.join("sub")).expect("plant");
+        for r in [
+            file(&root.join("sub/x"), b"x"),
+            file(&root.join("sub/secret"), b"x"),
+            request(&root.join("sub/d"), b"", 0, 0, 0o40_777),
+            request(&root.join("sub/l"), b"target", 0, 6, 0o120_777),
+        ] {
+            let err = files.copy(&r).expect_err("through a symlink");
+            assert!(
+                err.to_string().contains("does not follow symlinks"),
+                "{err}"
+            );
+        }
+        // Absolute symlinks deeper down too.
+        std::fs::create_dir_all(root.join("a")).expect("a");
+        std::os::unix::fs::symlink("/", root.join("a/b")).expect("plant");
+        assert!(files.copy(&file(&root.join("a/b/tmp/x"), b"x")).is_err());
+        assert_untouched(&outside);
+    }
+
+    #[test]
+    fn a_hard_link_is_replaced_not_written_through() {
+        let (root, outside) = dirs("hardlink");
+        let files = CopyFiles::new(&root);
+        std::fs::hard_link(outside.join("secret"), root.join("h")).expect("plant");
+        std::fs::hard_link(outside.join("secret"), root.join("d")).expect("plant");
+        std::fs::hard_link(outside.join("secret"), root.join("l")).expect("plant");
+        let mut r = file(&root.join("h"), b"changed!");
+        r.file_mode = 0o100_666;
+        r.uid = 4242;
+        files.copy(&r).expect("file");
+        let mut r = request(&root.join("d"), b"", 0, 0, 0o40_777);
+        r.uid = 4242;
+        files.copy(&r).expect("dir");
+        files
+            .copy(&request(&root.join("l"), b"elsewhere", 0, 9, 0o120_777))
+            .expect("symlink");
+        assert_untouched(&outside);
+        assert_eq!(
+            std::fs::metadata(outside.join("secret"))
+                .expect("meta")
+                .nlink(),
+            1
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("h")).expect("h"),
+            "changed!"
+        );
+    }
+
+    #[test]
+    fn uploads_in_progress_are_bounded() {
+        let (root, _) = dirs("bounded");
+        let files = CopyFiles::new(&root);
+        for i in 0..MAX_UPLOADS + 3 {
+            files
+                .copy(&request(&root.join(format!("f{i}")), b"x", 0, 2, 0o100_644))
+                .expect("chunk");
+        }
+        let temps = std::fs::read_dir(&root).expect("list").count();
+        assert_eq!(
+            temps, MAX_UPLOADS,
+            "the oldest uploads' temporary files are removed"
+        );
+        let err = files
+            .copy(&request(&root.join("f0"), b"y", 1, 2, 0o100_644))
+            .expect_err("dropped");
+        assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err}");
+        files
+            .copy(&request(
+                &root.join(format!("f{}", MAX_UPLOADS + 2)),
+                b"y",
+                1,
+                2,
+                0o100_644,
+            ))
+            .expect("the newest is kept");
+    }
+
+    #[test]
+    fn contained_symlink_targets() {
+        for good in ["..data/token", "..data", "a/b", "./x", "x..y"] {
+            assert!(is_contained_symlink_target(good), "{good}");
+        }
+        for bad in ["/etc/shadow", "../x", "a/../../x", "..", "a/..", ""] {
+            assert!(!is_contained_symlink_target(bad), "{bad}");
+        }
     }
 }

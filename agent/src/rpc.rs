@@ -15,6 +15,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::cdh::CdhClient;
 use crate::error::AgentError;
+use crate::files::CopyFiles;
 use crate::gate::PolicyGate;
 use crate::network::Network;
 use crate::runtime::Runtime;
@@ -28,6 +29,7 @@ pub struct AgentRpc {
     network: Result<Arc<Network>, String>,
     runtime: Arc<Runtime>,
     cdh: Arc<CdhClient>,
+    files: Arc<CopyFiles>,
 }
 
 /// Where the agent reads facts about the guest and writes copied files (other places in
@@ -61,6 +63,7 @@ impl AgentRpc {
         runtime: Arc<Runtime>,
     ) -> Self {
         Self {
+            files: Arc::new(CopyFiles::new(guest.copy_root.clone())),
             gate,
             guest,
             network,
@@ -160,8 +163,8 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::CopyFileRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check_copy_file(&req).await?;
-        let root = self.guest.copy_root.clone();
-        tokio::task::spawn_blocking(move || crate::files::copy_file(&root, &req))
+        let files = Arc::clone(&self.files);
+        tokio::task::spawn_blocking(move || files.copy(&req))
             .await
             .map_err(|e| AgentError::internal("CopyFile", e))??;
         Ok(Empty::new())
