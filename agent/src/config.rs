@@ -295,6 +295,17 @@ impl AgentConfig {
         notes: &mut Vec<ConfigNote>,
     ) -> Result<(), ConfigError> {
         for (key, value) in table {
+            if let ("cdh_api_timeout", toml::Value::Table(duration)) = (key.as_str(), value) {
+                // Upstream's agent reads this key as a serde Duration: `{ secs = N, nanos = M }`.
+                self.cdh_api_timeout =
+                    duration_table(duration).ok_or_else(|| ConfigError::Value {
+                        origin: origin.to_owned(),
+                        key: key.clone(),
+                        expected: DURATION_FORMS,
+                        found: value.to_string(),
+                    })?;
+                continue;
+            }
             let text = match value {
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Integer(i) => i.to_string(),
@@ -398,8 +409,7 @@ impl AgentConfig {
             }
             "image_policy_file" => self.image_policy_file = non_empty(value).map(str::to_owned),
             "cdh_api_timeout" => {
-                self.cdh_api_timeout =
-                    parse_seconds(value).ok_or_else(|| bad("a number of seconds"))?;
+                self.cdh_api_timeout = parse_seconds(value).ok_or_else(|| bad(DURATION_FORMS))?;
             }
             "cdh_socket" => {
                 if !value.starts_with("unix:///") {
@@ -440,8 +450,27 @@ fn parse_bool(value: &str) -> Option<bool> {
     }
 }
 
+/// What a duration key (`cdh_api_timeout`) takes.
+const DURATION_FORMS: &str = "a number of seconds or { secs = N, nanos = M }";
+
 fn parse_seconds(value: &str) -> Option<Duration> {
     value.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// A duration in serde's form for `std::time::Duration`, as upstream's TOML carries it:
+/// `{ secs = N, nanos = M }` (`nanos` below one second; a missing `nanos` is 0).
+fn duration_table(table: &toml::Table) -> Option<Duration> {
+    if table.keys().any(|k| k != "secs" && k != "nanos") {
+        return None;
+    }
+    let secs = u64::try_from(table.get("secs")?.as_integer()?).ok()?;
+    let nanos = match table.get("nanos") {
+        Some(value) => u32::try_from(value.as_integer()?)
+            .ok()
+            .filter(|n| *n < 1_000_000_000)?,
+        None => 0,
+    };
+    Some(Duration::new(secs, nanos))
 }
 
 /// Log levels by their upstream (logrus) names.
@@ -575,6 +604,48 @@ mod tests {
                 .to_string()
                 .contains("missing.toml")
         );
+    }
+
+    #[test]
+    fn cdh_api_timeout_takes_seconds_and_upstreams_duration_form() {
+        let timeout = |text: &str| {
+            AgentConfig::from_toml(text, "f.toml").map(|(config, _)| config.cdh_api_timeout)
+        };
+        assert_eq!(
+            timeout("cdh_api_timeout = 30\n").expect("integer"),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            timeout("cdh_api_timeout = { secs = 30, nanos = 500 }\n").expect("duration"),
+            Duration::new(30, 500)
+        );
+        assert_eq!(
+            timeout("[cdh_api_timeout]\nsecs = 7\nnanos = 0\n").expect("table"),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            timeout("cdh_api_timeout = { secs = 9 }\n").expect("no nanos"),
+            Duration::from_secs(9)
+        );
+        for bad in [
+            "cdh_api_timeout = { secs = -1, nanos = 0 }\n",
+            "cdh_api_timeout = { secs = 1, nanos = 1000000000 }\n",
+            "cdh_api_timeout = { seconds = 1 }\n",
+            "cdh_api_timeout = { secs = '1' }\n",
+            "cdh_api_timeout = 'soon'\n",
+            "cdh_api_timeout = -3\n",
+        ] {
+            let err = timeout(bad).expect_err(bad);
+            assert!(err.to_string().contains("{ secs = N, nanos = M }"), "{err}");
+        }
+        let env = |_: &str| None;
+        let sources = Sources {
+            config_file: None,
+            cmdline: Some("agent.cdh_api_timeout=50"),
+            env: &env,
+        };
+        let (config, _) = AgentConfig::load(&sources).expect("cmdline");
+        assert_eq!(config.cdh_api_timeout, Duration::from_secs(50));
     }
 
     #[test]

@@ -20,6 +20,15 @@ use crate::gate::PolicyGate;
 use crate::network::Network;
 use crate::runtime::Runtime;
 
+/// The storage drivers CreateSandbox and CreateContainer accept (see `runtime::storage`),
+/// reported in GetGuestDetails as upstream reports its storage handlers.
+pub const STORAGE_HANDLERS: &[&str] = &["bind", "ephemeral", "local"];
+
+/// The optional features this agent has, by upstream's names for its build features (sorted,
+/// as upstream reports them): the agent policy, and seccomp. Not `guest-pull`: images are not
+/// pulled in the guest yet.
+pub const EXTRA_FEATURES: &[&str] = &["agent-policy", "seccomp"];
+
 /// The agent's AgentService.
 #[derive(Debug, Clone)]
 pub struct AgentRpc {
@@ -30,6 +39,8 @@ pub struct AgentRpc {
     runtime: Arc<Runtime>,
     cdh: Arc<CdhClient>,
     files: Arc<CopyFiles>,
+    /// Told once DestroySandbox has destroyed the sandbox, so that the agent stops.
+    destroyed: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Where the agent reads facts about the guest and writes copied files (other places in
@@ -72,7 +83,15 @@ impl AgentRpc {
                 crate::cdh::DEFAULT_CDH_SOCKET,
                 std::time::Duration::from_secs(50),
             )),
+            destroyed: None,
         }
+    }
+
+    /// Notifies `destroyed` once DestroySandbox has destroyed the sandbox (after which
+    /// upstream's agent exits).
+    pub fn on_sandbox_destroyed(mut self, destroyed: Arc<tokio::sync::Notify>) -> Self {
+        self.destroyed = Some(destroyed);
+        self
     }
 
     /// Uses `cdh` to unseal sealed environment values.
@@ -134,6 +153,11 @@ impl AgentRpc {
         let mut details = agent::AgentDetails::new();
         details.version = env!("CARGO_PKG_VERSION").to_owned();
         details.init_daemon = std::process::id() == 1;
+        // Containers and execs get their OCI seccomp profiles (libcontainer with libseccomp);
+        // the Go runtime refuses to create containers with guest seccomp enabled otherwise.
+        details.supports_seccomp = true;
+        details.storage_handlers = STORAGE_HANDLERS.iter().map(|h| (*h).to_owned()).collect();
+        details.extra_features = EXTRA_FEATURES.iter().map(|f| (*f).to_owned()).collect();
         response.agent_details = protobuf::MessageField::some(details);
         response
     }
@@ -316,8 +340,13 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::RemoveStaleVirtiofsShareMountsRequest,
     ) -> ttrpc::Result<Empty> {
-        self.unsupported("RemoveStaleVirtiofsShareMounts", &req)
-            .await
+        // Peer pods share no virtio-fs with the host: there are no stale mounts to drop, and the
+        // shim calls this on every container stop, so it succeeds (as upstream's agent does
+        // when it finds none).
+        self.gate
+            .check("RemoveStaleVirtiofsShareMounts", &req)
+            .await?;
+        Ok(Empty::new())
     }
 
     async fn get_diagnostic_data(
@@ -325,7 +354,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::GetDiagnosticDataRequest,
     ) -> ttrpc::Result<agent::GetDiagnosticDataResponse> {
-        self.unsupported("GetDiagnosticData", &req).await
+        // Nothing is collected: an empty answer, as upstream's agent gives without diagnostics.
+        self.gate.check("GetDiagnosticData", &req).await?;
+        Ok(agent::GetDiagnosticDataResponse::new())
     }
 
     async fn write_stdin(
@@ -518,6 +549,10 @@ impl agent_ttrpc::AgentService for AgentRpc {
     ) -> ttrpc::Result<Empty> {
         self.gate.check("DestroySandbox", &req).await?;
         self.runtime.destroy_sandbox().await?;
+        if let Some(destroyed) = &self.destroyed {
+            // The server stops after a short grace, once this answer is on its way.
+            destroyed.notify_one();
+        }
         Ok(Empty::new())
     }
 

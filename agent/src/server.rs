@@ -5,9 +5,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+
 use peerpod_policy::AgentPolicy;
 use peerpod_policy::initdata::InitData;
 use peerpod_protocols::kata::{agent_ttrpc, health_ttrpc};
+use ttrpc::r#async::{MethodHandler, TtrpcContext};
+use ttrpc::proto::ResponseInit;
 
 use crate::config::AgentConfig;
 use crate::gate::PolicyGate;
@@ -17,6 +21,13 @@ use crate::runtime::{Runtime, RuntimeConfig};
 
 /// How long shutdown may take before the agent gives up on open connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the agent keeps serving after DestroySandbox answered, so that the answer reaches
+/// the runtime before the connection closes.
+const DESTROYED_GRACE: Duration = Duration::from_millis(200);
+
+/// The longest reason a failed-request log line carries.
+const MAX_LOGGED_REASON: usize = 512;
 
 /// Why the agent could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +97,8 @@ fn load_policy_file(config: &AgentConfig) -> Result<AgentPolicy, String> {
         .map_err(|e| format!("the policy file {} is invalid: {e}", path.display()))
 }
 
-/// Serves the agent API on the configured address until `shutdown` completes.
+/// Serves the agent API on the configured address until `shutdown` completes or DestroySandbox
+/// has destroyed the sandbox.
 pub async fn serve(
     config: &AgentConfig,
     policy: AgentPolicy,
@@ -113,6 +125,7 @@ pub async fn serve(
     };
     let reaper = Reaper::start().map_err(ServeError::Reaper)?;
     let runtime = Arc::new(Runtime::new(runtime, reaper));
+    let destroyed = Arc::new(tokio::sync::Notify::new());
     let agent = AgentRpc::new(
         PolicyGate::new(policy),
         guest,
@@ -122,8 +135,9 @@ pub async fn serve(
     .with_cdh(crate::cdh::CdhClient::new(
         &config.cdh_socket,
         config.cdh_api_timeout,
-    ));
-    let agent_service = agent_ttrpc::create_agent_service(Arc::new(agent));
+    ))
+    .on_sandbox_destroyed(Arc::clone(&destroyed));
+    let agent_service = logged(agent_ttrpc::create_agent_service(Arc::new(agent)));
     let health_service = health_ttrpc::create_health(Arc::new(HealthRpc));
     let mut server = ttrpc::r#async::Server::new()
         .bind(&addr)
@@ -136,7 +150,14 @@ pub async fn serve(
     server.start().await.map_err(ServeError::Server)?;
     tracing::info!(%addr, "agent serving");
 
-    shutdown.await;
+    // As upstream's agent, stop after DestroySandbox: the pod is gone, nothing is left to serve.
+    tokio::select! {
+        () = shutdown => {}
+        () = destroyed.notified() => {
+            tracing::info!("sandbox destroyed; the agent stops");
+            tokio::time::sleep(DESTROYED_GRACE).await;
+        }
+    }
     tracing::info!("shutting down");
     if let Err(e) = runtime.shutdown().await {
         tracing::warn!(error = %e, "containers left behind at shutdown");
@@ -149,4 +170,126 @@ pub async fn serve(
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Wraps every method of `services` so that a failed request leaves a warning in the log.
+fn logged(
+    mut services: std::collections::HashMap<String, ttrpc::r#async::Service>,
+) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+    for service in services.values_mut() {
+        let methods = std::mem::take(&mut service.methods);
+        service.methods = methods
+            .into_iter()
+            .map(|(name, inner)| {
+                let handler: Box<dyn MethodHandler + Send + Sync> = Box::new(Logged {
+                    method: name.clone(),
+                    inner,
+                });
+                (name, handler)
+            })
+            .collect();
+    }
+    services
+}
+
+/// A method handler that logs the requests that fail: the method, the status code and the
+/// reason, never the request. Policy denials are logged by the gate (with the policy's
+/// cause) and not again here; the end of an output stream (ReadStdout/ReadStderr's `EOF`) is
+/// how every stream ends and is logged at debug level only.
+struct Logged {
+    method: String,
+    inner: Box<dyn MethodHandler + Send + Sync>,
+}
+
+#[async_trait]
+impl MethodHandler for Logged {
+    async fn handler(
+        &self,
+        ctx: TtrpcContext,
+        request: ttrpc::Request,
+    ) -> ttrpc::Result<ttrpc::Response> {
+        let result = self.inner.handler(ctx, request).await;
+        let (code, reason) = match &result {
+            Ok(response) => match response.non_ok() {
+                Some(status) => (status.code(), status.message().to_owned()),
+                None => return result,
+            },
+            // The request could not be decoded or the answer encoded.
+            Err(e) => (ttrpc::Code::INVALID_ARGUMENT, e.to_string()),
+        };
+        let method = self.method.as_str();
+        let reason = loggable_reason(&reason);
+        match code {
+            ttrpc::Code::PERMISSION_DENIED => {}
+            ttrpc::Code::INTERNAL if reason == "EOF" && method.starts_with("Read") => {
+                tracing::debug!(method, "output stream ended");
+            }
+            _ => tracing::warn!(method, code = ?code, %reason, "request failed"),
+        }
+        result
+    }
+}
+
+/// The reason of a failure as it may be logged: what the agent quotes from the request (values
+/// in double quotes or backticks, as `{:?}` and serde print them) is left out, and the text is
+/// cut to [`MAX_LOGGED_REASON`] characters.
+pub fn loggable_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len().min(MAX_LOGGED_REASON));
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in reason.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q == '"' {
+                    escaped = true;
+                } else if c == q {
+                    out.push(c);
+                    quote = None;
+                }
+            }
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    out.push('…');
+                    quote = Some(c);
+                }
+            }
+        }
+        if out.chars().count() >= MAX_LOGGED_REASON {
+            out.push_str(" [cut]");
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_reasons_leave_out_quoted_request_values() {
+        assert_eq!(
+            loggable_reason("container \"c1\" not found"),
+            "container \"…\" not found"
+        );
+        assert_eq!(
+            loggable_reason("invalid request: unknown variant `sk-live-123`, expected one of `a`"),
+            "invalid request: unknown variant `…`, expected one of `…`"
+        );
+        assert_eq!(
+            loggable_reason(r#"bad value "a \"quoted\" secret" here"#),
+            "bad value \"…\" here"
+        );
+        assert_eq!(
+            loggable_reason("cannot write /run/x: disk full"),
+            "cannot write /run/x: disk full"
+        );
+        // An unterminated quote hides the rest.
+        assert_eq!(loggable_reason("oops \"sk-live"), "oops \"…");
+        let long = "x".repeat(2000);
+        assert!(loggable_reason(&long).len() < 600);
+    }
 }

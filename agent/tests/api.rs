@@ -1,6 +1,7 @@
 //! The `kata-agent` binary driven over real sockets by a ttrpc client generated from our protos:
 //! health, the policy gate on every RPC, SetPolicy, initdata policies, missing policies,
-//! malformed requests, unix and TCP listeners, and clean shutdown.
+//! malformed requests, unix and TCP listeners, clean shutdown (and exit after DestroySandbox),
+//! upstream's answers to RPCs peer pods do not need, and a warning for every failed request.
 
 mod common;
 
@@ -357,4 +358,172 @@ async fn guest_requests_copy_files_metrics_entropy_and_time() {
     time.Usec = 2_000_000;
     let (code, _) = status_of(client.set_guest_date_time(ctx(), &time).await);
     assert_eq!(code, Code::INVALID_ARGUMENT);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drop_in_rpcs_and_guest_details_answer_as_upstream() {
+    // Upstream's Duration form for cdh_api_timeout is read (an unreadable value would stop the
+    // agent before it listens).
+    let mut agent = Agent::start(
+        "drop-in",
+        None,
+        &format!(
+            "cdh_api_timeout = {{ secs = 7, nanos = 500 }}\n{}",
+            policy_line("policy/examples/allow-all.rego")
+        ),
+    );
+    let (client, _) = agent.connect().await;
+    client
+        .remove_stale_virtiofs_share_mounts(
+            ctx(),
+            &agent::RemoveStaleVirtiofsShareMountsRequest::new(),
+        )
+        .await
+        .expect("RemoveStaleVirtiofsShareMounts succeeds");
+    client
+        .get_diagnostic_data(ctx(), &agent::GetDiagnosticDataRequest::new())
+        .await
+        .expect("GetDiagnosticData succeeds");
+
+    let details = client
+        .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+        .await
+        .expect("guest details");
+    let details = details.agent_details.into_option().expect("agent details");
+    assert!(details.supports_seccomp, "seccomp profiles are applied");
+    assert_eq!(details.extra_features, ["agent-policy", "seccomp"]);
+    // The storage handlers are exactly the drivers the runtime accepts, as it lists them when
+    // it refuses another.
+    let mut sandbox = agent::CreateSandboxRequest::new();
+    let mut storage = agent::Storage::new();
+    storage.driver = "no-such-driver".into();
+    storage.mount_point = agent.dir.join("nowhere").display().to_string();
+    sandbox.storages.push(storage);
+    let (code, message) = status_of(client.create_sandbox(ctx(), &sandbox).await);
+    assert_ne!(code, Code::OK, "{message}");
+    let supported = message
+        .split_once("(supported: ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(list, _)| list)
+        .unwrap_or_else(|| panic!("no list of drivers in {message:?}"));
+    let mut supported: Vec<&str> = supported.split(", ").collect();
+    supported.sort_unstable();
+    let mut handlers = details.storage_handlers.clone();
+    handlers.sort_unstable();
+    assert_eq!(handlers, supported);
+    assert!(!agent.log().contains("cdh_api_timeout"), "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_request_is_logged_without_what_it_carried() {
+    const PLANTED: &str = "sk-live-PLANTED-7f3a";
+    let mut agent = Agent::start(
+        "failure-log",
+        None,
+        &policy_line("policy/examples/allow-all.rego"),
+    );
+    let (client, _) = agent.connect().await;
+
+    // A container id the agent quotes back in its error.
+    let mut signal = agent::SignalProcessRequest::new();
+    signal.container_id = format!("{PLANTED}-id");
+    signal.signal = 9;
+    let (code, message) = status_of(client.signal_process(ctx(), &signal).await);
+    assert_eq!(code, Code::NOT_FOUND);
+    assert!(message.contains(PLANTED), "the caller is told: {message}");
+    // A secret environment value in a container request that fails (no such root).
+    let mut create =
+        peerpod_tests::requests::container("failing", "/nonexistent/rootfs", &["/bin/true"])
+            .expect("request");
+    if let Some(process) = create.OCI.as_mut().and_then(|s| s.Process.as_mut()) {
+        process.Env.push(format!("DB_PASSWORD={PLANTED}"));
+    }
+    let (code, _) = status_of(client.create_container(ctx(), &create).await);
+    assert_ne!(code, Code::OK);
+    // A serde error quoting a value the request chose.
+    let mut bad = agent::CreateContainerRequest::new();
+    bad.container_id = "bad".into();
+    let mut spec = peerpod_protocols::kata::oci::Spec::new();
+    let mut linux = peerpod_protocols::kata::oci::Linux::new();
+    let mut ns = peerpod_protocols::kata::oci::LinuxNamespace::new();
+    ns.Type = format!("{PLANTED}-ns");
+    linux.Namespaces.push(ns);
+    spec.Linux = protobuf::MessageField::some(linux);
+    bad.OCI = protobuf::MessageField::some(spec);
+    let (code, _) = status_of(client.create_container(ctx(), &bad).await);
+    assert_ne!(code, Code::OK);
+    // Stdin data for a process that is not there.
+    let write = peerpod_tests::requests::write_stdin("nope", "nope", PLANTED.as_bytes());
+    let (code, _) = status_of(client.write_stdin(ctx(), &write).await);
+    assert_eq!(code, Code::NOT_FOUND);
+
+    let log = agent.log();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request failed"))
+        .collect();
+    for (method, code) in [
+        ("SignalProcess", "NOT_FOUND"),
+        ("CreateContainer", ""),
+        ("WriteStdin", "NOT_FOUND"),
+    ] {
+        assert!(
+            failed
+                .iter()
+                .any(|l| l.contains("WARN") && l.contains(method) && l.contains(code)),
+            "no warning for {method}: {log}"
+        );
+    }
+    assert!(
+        failed.iter().all(|l| l.contains("reason")),
+        "each says why: {failed:?}"
+    );
+    assert!(
+        !log.contains(PLANTED),
+        "the request leaked into the log: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destroy_sandbox_answers_then_the_agent_exits() {
+    let mut agent = Agent::start(
+        "destroy-exits",
+        None,
+        &policy_line("policy/examples/allow-all-except-exec.rego"),
+    );
+    let (client, health) = agent.connect().await;
+    // A denied or failed request does not stop it.
+    let (code, _) = status_of(
+        client
+            .exec_process(ctx(), &agent::ExecProcessRequest::new())
+            .await,
+    );
+    assert_eq!(code, Code::PERMISSION_DENIED);
+    health
+        .check(ctx(), &health::CheckRequest::new())
+        .await
+        .expect("still serving");
+    client
+        .create_sandbox(ctx(), &agent::CreateSandboxRequest::new())
+        .await
+        .expect("sandbox");
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("DestroySandbox is answered");
+    let deadline = Instant::now() + TIMEOUT;
+    let exit = loop {
+        if let Some(exit) = agent.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent still runs: {}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}: {}", agent.log());
+    assert!(!agent.dir.join("run/agent.sock").exists());
+    assert!(agent.log().contains("sandbox destroyed; the agent stops"));
 }
