@@ -2,9 +2,10 @@
 //!
 //! Each function takes arbitrary bytes and must never panic, whatever they are.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::AgentPolicy;
+use crate::differential::{Reference, check, generate};
 use crate::initdata::{InitData, decode_annotation};
 
 /// Bound used when fuzzing the annotation decoder: small, so bombs are cheap to detect.
@@ -56,26 +57,23 @@ ExecProcessRequest if {
 }
 "#;
 
-/// The fuzz policy twice: on bytecode, and on the interpreter alone.
-fn fuzz_policies() -> &'static (AgentPolicy, AgentPolicy) {
-    static POLICIES: OnceLock<(AgentPolicy, AgentPolicy)> = OnceLock::new();
+/// The fuzz policy in the engine, and in the reference interpreter.
+fn fuzz_policies() -> &'static (AgentPolicy, Mutex<Option<Reference>>) {
+    static POLICIES: OnceLock<(AgentPolicy, Mutex<Option<Reference>>)> = OnceLock::new();
     POLICIES.get_or_init(|| {
-        let fail = |e: crate::PolicyError| AgentPolicy::deny_all(e.to_string());
-        let fast = AgentPolicy::load(FUZZ_POLICY).unwrap_or_else(fail);
-        let reference = AgentPolicy::load_interpreted(FUZZ_POLICY).unwrap_or_else(fail);
-        (fast, reference)
+        let engine =
+            AgentPolicy::load(FUZZ_POLICY).unwrap_or_else(|e| AgentPolicy::deny_all(e.to_string()));
+        (engine, Mutex::new(Reference::load(FUZZ_POLICY)))
     })
 }
 
 /// Feeds bytes to the policy engine as request JSON, for several entrypoints, including ones
-/// the policy does not define and ones that are not identifiers. The bytecode evaluator and the
-/// interpreter see the same requests in the same order and must reach the same verdicts.
+/// the policy does not define and ones that are not identifiers. The engine and the reference
+/// interpreter see the same requests in the same order and must reach the same decisions and
+/// states.
 pub fn policy_input(data: &[u8]) {
     let (policy, reference) = fuzz_policies();
-    assert!(
-        policy.uses_bytecode(),
-        "the fuzz policy must compile to bytecode"
-    );
+    assert!(policy.is_loaded(), "the fuzz policy must load");
     let (selector, body) = data.split_first().unwrap_or((&0, &[]));
     let entrypoint = match selector % 4 {
         0 => "CreateContainerRequest",
@@ -84,17 +82,39 @@ pub fn policy_input(data: &[u8]) {
         _ => "x.y[\"z\"]",
     };
     let text = String::from_utf8_lossy(body);
+    let mut reference = reference.lock().unwrap_or_else(PoisonError::into_inner);
     let decision = policy.decide_json(entrypoint, &text);
-    let expected = reference.decide_json(entrypoint, &text);
-    assert_eq!(
-        decision.verdict(),
-        expected.verdict(),
-        "evaluators disagree on {text}"
-    );
+    if let (Some(reference), Ok(input)) = (
+        reference.as_mut(),
+        serde_json::from_str::<serde_json::Value>(&text),
+    ) && selector % 4 < 3
+    {
+        let expected = reference.decide(entrypoint, &input);
+        assert_eq!(
+            decision.is_allowed(),
+            expected.allowed,
+            "the engine and the reference disagree on {text}"
+        );
+        assert_eq!(
+            policy.state(),
+            reference.state(),
+            "states differ after {text}"
+        );
+    }
     // Whatever the input, a decision names its entrypoint and has a reason.
     assert_eq!(decision.entrypoint(), entrypoint);
     assert!(!decision.reason().is_empty());
     if selector % 4 >= 2 {
         assert!(!decision.is_allowed(), "{entrypoint} must never be allowed");
+    }
+}
+
+/// Fuzzer bytes as the choices of the policy generator: the generated policy and requests go
+/// through the engine and the reference interpreter, which must agree on every decision and
+/// state (see [`crate::differential`]).
+pub fn policy_differential(data: &[u8]) {
+    let case = generate::case(&mut generate::Bytes::new(data));
+    if let Err(divergence) = check(&case, |text| AgentPolicy::load(text).ok()) {
+        panic!("the engine diverged from the reference: {divergence}");
     }
 }

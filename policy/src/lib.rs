@@ -33,3 +33,6 @@ pub use engine::{AgentPolicy, Decision, Denial, PolicyError, SetPolicyError, Ver
 
 #[doc(hidden)]
 pub mod fuzzing;
+
+#[doc(hidden)]
+pub mod differential;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use peerpod_policy::differential::Reference;
 use peerpod_policy::{AgentPolicy, Denial, PolicyError, SetPolicyError, Verdict};
 use serde_json::json;
 
@@ -60,10 +61,6 @@ fn boolean_results_allow_and_deny() {
 #[test]
 fn state_is_carried_across_requests() {
     let policy = load(STATEFUL);
-    assert!(
-        policy.uses_bytecode(),
-        "waits for the background compilation"
-    );
     // Nothing recorded yet: exec is undefined, hence denied.
     assert_eq!(
         denial(&policy, "ExecProcessRequest", json!({"container_id": "c1"})),
@@ -74,8 +71,7 @@ fn state_is_carried_across_requests() {
         &json!({"container_id": "c1", "name": "web"}),
     );
     assert!(created.is_allowed(), "{}", created.reason());
-    // Allowed on bytecode, which does not print.
-    assert!(created.prints().is_empty());
+    assert_eq!(created.prints(), ["policy.rego:9: create c1"]);
     assert_eq!(policy.state(), json!({"c1": "web"}));
 
     assert!(
@@ -332,40 +328,87 @@ fn set_policy_needs_permission_and_a_valid_policy() {
     );
 }
 
+/// The one-rule policies with which a bytecode fast path was caught allowing what the policy
+/// denies: a body must stop at an assignment from an undefined or erroring expression. Each is
+/// replayed 300 times on one engine, as the attack was: an early decision and a late one must
+/// both be the reference interpreter's (a denial, except for `print`, whose undefined argument
+/// the interpreter prints as `<undefined>` and goes on).
 #[test]
-fn requests_are_decided_while_the_bytecode_compiles() {
-    // Decisions made before the background compilation finishes come from the interpreter;
-    // they must be the same decisions.
-    for _ in 0..5 {
-        let policy = load(STATEFUL);
-        assert!(
-            policy
-                .decide(
-                    "CreateContainerRequest",
-                    &json!({"container_id": "a", "name": "web"})
-                )
-                .is_allowed()
+fn bodies_stop_at_undefined_and_erroring_expressions() {
+    let cases = [
+        ("x := input.missing; true", json!({}), false),
+        ("x := 1 / input.n; true", json!({"n": 0}), false),
+        ("x := input.a[5]; true", json!({"a": [1]}), false),
+        ("x := to_number(input.s); true", json!({"s": "abc"}), false),
+        ("print(1 / input.n); true", json!({"n": 0}), true),
+    ];
+    for (body, input, allowed) in cases {
+        let text = format!(
+            "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\n\
+             ExecProcessRequest if {{ {} }}\n",
+            body.replace("; ", "\n")
         );
-        assert!(
-            policy
-                .decide("ExecProcessRequest", &json!({"container_id": "a"}))
-                .is_allowed()
+        let policy = load(&text);
+        let mut reference = Reference::load(&text).expect("the reference loads it");
+        assert_eq!(
+            reference.decide("ExecProcessRequest", &input).allowed,
+            allowed
         );
-        assert!(
-            !policy
-                .decide(
-                    "CreateContainerRequest",
-                    &json!({"container_id": "a", "name": "web"})
-                )
-                .is_allowed()
+        for i in 0..300 {
+            let decision = policy.decide("ExecProcessRequest", &input);
+            assert_eq!(decision.is_allowed(), allowed, "{body}: request {i}");
+        }
+    }
+    // The realistic idiom: exec only into containers created under the policy.
+    let policy = load(
+        r#"package agent_policy
+import rego.v1
+default ExecProcessRequest := false
+ExecProcessRequest if {
+    name := data.pstate[input.container_id]
+    not input.process.Args[0] in {"/bin/sh", "/bin/bash"}
+}
+"#,
+    );
+    for i in 0..300 {
+        let decision = policy.decide(
+            "ExecProcessRequest",
+            &json!({"container_id": "never-created", "process": {"Args": ["/bin/cat"]}}),
         );
-        assert!(policy.uses_bytecode());
-        assert!(
-            policy
-                .decide("ExecProcessRequest", &json!({"container_id": "a"}))
-                .is_allowed()
-        );
-        assert_eq!(policy.state(), json!({"a": "web"}));
+        assert!(!decision.is_allowed(), "request {i} was allowed");
+    }
+}
+
+/// Two concurrent SetPolicy calls: the policy in force allows exactly one replacement (any
+/// text marked `# approved`), and each replacement allows none. However the calls race, at
+/// most one may succeed.
+#[test]
+fn concurrent_set_policy_is_decided_by_the_policy_it_replaces() {
+    let first = r##"package agent_policy
+import rego.v1
+default SetPolicyRequest := false
+SetPolicyRequest if contains(input.policy, "# approved")
+"##;
+    for round in 0..20 {
+        let policy = Arc::new(load(first));
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let policy = Arc::clone(&policy);
+                std::thread::spawn(move || {
+                    let text = format!(
+                        "package agent_policy\n# approved {t}\ndefault SetPolicyRequest := false\n\
+                         default ExecProcessRequest := true\n"
+                    );
+                    policy.set_policy(&text).is_ok()
+                })
+            })
+            .collect();
+        let ok = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(ok, 1, "round {round}: {ok} replacements were installed");
     }
 }
 

@@ -1,7 +1,6 @@
-//! The reference evaluator: regorus's tree-walking interpreter.
-//!
-//! It runs the policy exactly as written, `print` statements included, so it is what explains a
-//! denial. It is also the only evaluator for policies the bytecode compiler cannot take.
+//! The evaluator: regorus's tree-walking interpreter, configured as the upstream Kata agent
+//! configures it. It runs the policy exactly as written, `print` statements included, so its
+//! print output explains a denial.
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Mutex, PoisonError};
@@ -15,38 +14,31 @@ use crate::engine::decision::Denial;
 /// Idle engines kept per state; more concurrent evaluations than this clone and drop.
 const POOL_CAP: usize = 16;
 
-/// The Rego dialect a policy was read in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Dialect {
-    V1,
-    V0,
-}
-
 /// Parses `text` into an engine with an empty data document: Rego v1 first, v0 only for
 /// policies v1 refuses that do not use v1 keywords unimported.
 ///
 /// Current genpolicy output is valid v1, and v1 refuses the ambiguous forms. Policies from older
 /// generators are v0 (rule bodies without `if`); v0 would read an unimported `if` as a plain
 /// identifier and silently change the policy's meaning, so such text is refused instead.
-pub(super) fn parse(text: &str) -> Result<(regorus::Engine, Dialect), PolicyError> {
-    let mut engine = new_engine(Dialect::V1);
+pub(super) fn parse(text: &str) -> Result<regorus::Engine, PolicyError> {
+    let mut engine = new_engine(false);
     let Err(v1_error) = engine.add_policy(POLICY_SOURCE.to_owned(), text.to_owned()) else {
-        return Ok((engine, Dialect::V1));
+        return Ok(engine);
     };
     if uses_unimported_v1_keywords(text) {
         return Err(PolicyError::Compile(format!("{v1_error:#}")));
     }
-    let mut engine = new_engine(Dialect::V0);
+    let mut engine = new_engine(true);
     engine
         .add_policy(POLICY_SOURCE.to_owned(), text.to_owned())
         .map_err(|_| PolicyError::Compile(format!("{v1_error:#}")))?;
     tracing::info!("the policy is Rego v0; loaded in v0 mode");
-    Ok((engine, Dialect::V0))
+    Ok(engine)
 }
 
-pub(super) fn new_engine(dialect: Dialect) -> regorus::Engine {
+fn new_engine(rego_v0: bool) -> regorus::Engine {
     let mut engine = regorus::Engine::new();
-    engine.set_rego_v0(dialect == Dialect::V0);
+    engine.set_rego_v0(rego_v0);
     // As upstream: a builtin given bad arguments yields undefined rather than an error.
     engine.set_strict_builtin_errors(false);
     engine.set_gather_prints(true);

@@ -13,20 +13,29 @@
 //! A policy that sets `AllowRequestsFailingPolicy := true` turns `false`/undefined results into
 //! allowed-with-a-warning (a debugging aid, as upstream); errors still deny.
 //!
+//! # One evaluator
+//!
+//! Every decision is made by regorus's interpreter, configured as the upstream Kata agent
+//! configures it (strict builtin errors off). There is no second, faster evaluator whose
+//! decisions could differ: regorus's bytecode VM was used here once and was found to allow
+//! requests the interpreter denies (a rule body went on after an assignment from an undefined
+//! or erroring expression). `crate::differential` checks the engine against a plain
+//! interpreter on generated policies.
+//!
 //! # Concurrency
 //!
 //! The policy in force is an immutable snapshot behind an `Arc`. Each evaluation borrows a
-//! ready-to-run engine from the snapshot's pool (or clones one), so evaluations run in parallel
-//! without a global lock. Only allowed requests whose result carries state operations take the
-//! commit lock: under it, if another request changed the state since this one was evaluated,
-//! the request is evaluated again against the current state, then its operations are applied
-//! and a new snapshot is published. State changes are therefore serialised and every decision
-//! that changed the state was made against the state it changed.
+//! ready-to-run interpreter from the snapshot's pool (or clones one), so evaluations run in
+//! parallel without a global lock. Only allowed requests whose result carries state operations
+//! take the commit lock: under it, if another request changed the state since this one was
+//! evaluated, the request is evaluated again against the current state, then its operations
+//! are applied and a new snapshot is published. State changes are therefore serialised and
+//! every decision that changed the state was made against the state it changed. `SetPolicy`
+//! decides and swaps under the same lock.
 
 mod decision;
 mod entrypoint;
 mod interpreter;
-mod vm;
 
 pub use decision::{Decision, Denial, Verdict};
 pub use entrypoint::{RPC_ENTRYPOINTS, all_entrypoints, entrypoint_for_rpc};
@@ -36,7 +45,6 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use regorus::Value;
 
 use interpreter::Interpreter;
-use vm::{Bytecode, Machines};
 
 /// The Rego package agent policies declare.
 pub const POLICY_PACKAGE: &str = "agent_policy";
@@ -81,8 +89,6 @@ pub struct AgentPolicy {
     current: RwLock<Arc<Snapshot>>,
     /// Serialises state commits and policy swaps.
     commit: Mutex<()>,
-    /// Whether policies are compiled to bytecode (see [`AgentPolicy::load`]).
-    bytecode: bool,
 }
 
 #[derive(Debug)]
@@ -103,9 +109,6 @@ struct Policy {
     /// The parsed policy with an empty state, prepared: the template for every state's
     /// interpreter.
     base: Interpreter,
-    /// Set once by the background compilation: `None` when the policy does not compile to
-    /// bytecode (or bytecode is disabled).
-    bytecode: OnceLock<Option<Arc<Bytecode>>>,
     allow_failures: bool,
 }
 
@@ -115,11 +118,10 @@ struct Compiled {
     policy: Arc<Policy>,
     /// The data document: `{"pstate": ...}`.
     data: serde_json::Value,
-    /// The interpreter for this state, made on first need (denials, or no bytecode): preparing
-    /// it re-analyses the policy, which the bytecode path never has to wait for.
+    /// The interpreter for this state. regorus re-analyses a policy whose data changed, so a
+    /// new state's interpreter is prepared once, right after the state change is published
+    /// (see [`AgentPolicy::commit`]), and shared by every request on that state.
     interpreter: OnceLock<Result<Arc<Interpreter>, String>>,
-    /// VMs for this state, made once the policy's bytecode is ready.
-    machines: OnceLock<Option<Machines>>,
 }
 
 /// What one evaluation produced, before state handling.
@@ -130,34 +132,9 @@ enum Outcome {
 
 impl AgentPolicy {
     /// Compiles `text` into the policy in force, with an empty state.
-    ///
-    /// The policy is also compiled to bytecode when regorus's compiler takes it; requests are
-    /// then decided on bytecode, and the interpreter only explains denials.
     pub fn load(text: &str) -> Result<Self, PolicyError> {
-        Self::load_with(text, true)
-    }
-
-    /// Like [`AgentPolicy::load`], but every request is decided by the interpreter. For
-    /// differential tests and benchmarks.
-    #[doc(hidden)]
-    pub fn load_interpreted(text: &str) -> Result<Self, PolicyError> {
-        Self::load_with(text, false)
-    }
-
-    fn load_with(text: &str, bytecode: bool) -> Result<Self, PolicyError> {
-        let compiled = Compiled::new(text, bytecode)?;
-        let mut policy = Self::with_content(Content::Policy(Box::new(compiled)));
-        policy.bytecode = bytecode;
-        Ok(policy)
-    }
-
-    /// Whether requests are decided on bytecode (see [`AgentPolicy::load`]). Waits for the
-    /// background compilation to finish.
-    pub fn uses_bytecode(&self) -> bool {
-        match &self.snapshot().content {
-            Content::Policy(c) => c.policy.bytecode.wait().is_some(),
-            Content::None(_) => false,
-        }
+        let compiled = Compiled::new(text)?;
+        Ok(Self::with_content(Content::Policy(Box::new(compiled))))
     }
 
     /// A policy engine with no policy: every request is denied with `reason`.
@@ -175,13 +152,12 @@ impl AgentPolicy {
                 content,
             })),
             commit: Mutex::new(()),
-            bytecode: true,
         }
     }
 
     /// Checks that `text` compiles as an agent policy without installing it.
     pub fn validate(text: &str) -> Result<(), PolicyError> {
-        Policy::compile(text, false).map(|_| ())
+        Policy::compile(text).map(|_| ())
     }
 
     /// Whether a policy is in force (as opposed to [`AgentPolicy::deny_all`]).
@@ -282,7 +258,8 @@ impl AgentPolicy {
             return Decision::new(entrypoint, Verdict::Denied(denial), prints);
         }
         let next = compiled.with_data(data);
-        self.publish(current.generation + 1, Content::Policy(Box::new(next)));
+        let published = self.publish(current.generation + 1, Content::Policy(Box::new(next)));
+        warm(published);
         Decision::new(entrypoint, Verdict::Allowed, prints)
     }
 
@@ -291,15 +268,38 @@ impl AgentPolicy {
     /// The policy in force must allow `SetPolicyRequest` with input `{"policy": text}`, and
     /// `text` must compile; otherwise the current policy stays. The new policy starts with an
     /// empty state.
+    ///
+    /// The decision and the swap happen under the commit lock, so two concurrent calls cannot
+    /// both be decided by the same old policy: the second is decided by whatever the first
+    /// installed. (State operations a `SetPolicyRequest` rule returns are dropped with the old
+    /// state.)
     pub fn set_policy(&self, text: &str) -> Result<(), SetPolicyError> {
-        let decision = self.decide("SetPolicyRequest", &serde_json::json!({ "policy": text }));
-        if !decision.is_allowed() {
-            return Err(SetPolicyError::Denied(decision));
-        }
-        let compiled = Compiled::new(text, self.bytecode).map_err(SetPolicyError::Invalid)?;
+        let input = Value::from(serde_json::json!({ "policy": text }));
+        // Compile first, outside the lock: it is the slow part, and a text that does not
+        // compile is refused whatever the policy says. The denial, if any, still wins below.
+        let compiled = Compiled::new(text);
         let _guard = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
-        let generation = self.snapshot().generation + 1;
-        self.publish(generation, Content::Policy(Box::new(compiled)));
+        let current = self.snapshot();
+        let verdict = match &current.content {
+            Content::Policy(c) => match c.evaluate("SetPolicyRequest", input) {
+                (Outcome::Allow(_), prints) => {
+                    Decision::new("SetPolicyRequest", Verdict::Allowed, prints)
+                }
+                (Outcome::Deny(denial), prints) => {
+                    Decision::new("SetPolicyRequest", c.deny(denial), prints)
+                }
+            },
+            Content::None(why) => Decision::new(
+                "SetPolicyRequest",
+                Verdict::Denied(Denial::NoPolicy(why.clone())),
+                Vec::new(),
+            ),
+        };
+        if !verdict.is_allowed() {
+            return Err(SetPolicyError::Denied(verdict));
+        }
+        let compiled = compiled.map_err(SetPolicyError::Invalid)?;
+        self.publish(current.generation + 1, Content::Policy(Box::new(compiled)));
         Ok(())
     }
 
@@ -307,18 +307,19 @@ impl AgentPolicy {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn publish(&self, generation: u64, content: Content) {
+    fn publish(&self, generation: u64, content: Content) -> Arc<Snapshot> {
         let next = Arc::new(Snapshot {
             generation,
             content,
         });
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&next);
+        next
     }
 }
 
 impl Policy {
-    fn compile(text: &str, bytecode: bool) -> Result<Arc<Self>, PolicyError> {
-        let (mut engine, dialect) = interpreter::parse(text)?;
+    fn compile(text: &str) -> Result<Arc<Self>, PolicyError> {
+        let mut engine = interpreter::parse(text)?;
         let packages = engine
             .get_packages()
             .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
@@ -340,37 +341,10 @@ impl Policy {
         );
         let _ = engine.take_prints();
 
-        let policy = Arc::new(Self {
+        Ok(Arc::new(Self {
             base: Interpreter::new(engine),
-            bytecode: OnceLock::new(),
             allow_failures,
-        });
-        if !bytecode {
-            let _ = policy.bytecode.set(None);
-            return Ok(policy);
-        }
-        // Compiling to bytecode takes as long again as loading; do it on another thread so the
-        // agent can serve at once. Requests are decided by the interpreter until it is done.
-        let text = text.to_owned();
-        let target = Arc::clone(&policy);
-        let spawned = std::thread::Builder::new()
-            .name("policy-bytecode".to_owned())
-            .spawn(move || {
-                let compiled =
-                    match Bytecode::compile(&text, dialect, &entrypoint::all_entrypoints()) {
-                        Ok(b) => Some(Arc::new(b)),
-                        Err(why) => {
-                            tracing::info!(%why, "the policy runs on the interpreter only");
-                            None
-                        }
-                    };
-                let _ = target.bytecode.set(compiled);
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the bytecode compiler; interpreter only");
-            let _ = policy.bytecode.set(None);
-        }
-        Ok(policy)
+        }))
     }
 }
 
@@ -383,8 +357,8 @@ fn empty_data_value() -> Value {
 }
 
 impl Compiled {
-    fn new(text: &str, bytecode: bool) -> Result<Self, PolicyError> {
-        let policy = Policy::compile(text, bytecode)?;
+    fn new(text: &str) -> Result<Self, PolicyError> {
+        let policy = Policy::compile(text)?;
         let compiled = Self::with_state(policy, empty_data());
         // The base interpreter already holds the empty state: share it rather than re-prepare.
         let base = Arc::new(Interpreter::new(compiled.policy.base.template_clone()));
@@ -397,21 +371,7 @@ impl Compiled {
             policy,
             data,
             interpreter: OnceLock::new(),
-            machines: OnceLock::new(),
         }
-    }
-
-    /// The VMs for this state, if the policy's bytecode is ready (without waiting for it).
-    fn machines(&self) -> Option<&Machines> {
-        let bytecode = self.policy.bytecode.get()?.as_ref()?;
-        self.machines
-            .get_or_init(|| {
-                Some(Machines::new(
-                    Arc::clone(bytecode),
-                    Value::from(self.data.clone()),
-                ))
-            })
-            .as_ref()
     }
 
     /// The same policy with another data document.
@@ -443,38 +403,30 @@ impl Compiled {
         }
     }
 
-    /// Decides on bytecode when it can; anything but an allow is then decided again by the
-    /// interpreter, which explains it (its prints) and must agree.
+    /// Evaluates one request on this state's interpreter.
     fn evaluate(&self, entrypoint: &str, input: Value) -> (Outcome, Vec<String>) {
-        let mut compiled_denied = false;
-        if let Some(machines) = self.machines() {
-            match machines.evaluate(entrypoint, input.clone()) {
-                Some(allowed @ Outcome::Allow(_)) => return (allowed, Vec::new()),
-                Some(Outcome::Deny(_)) => compiled_denied = true,
-                None => {}
-            }
-        }
-        let interpreter = match self.interpreter() {
-            Ok(i) => i,
+        match self.interpreter() {
+            Ok(interpreter) => interpreter.evaluate(entrypoint, input),
             Err(e) => {
                 let denial = Denial::EvalError(format!("cannot prepare the policy: {e}"));
-                return (Outcome::Deny(denial), Vec::new());
+                (Outcome::Deny(denial), Vec::new())
             }
-        };
-        let (outcome, prints) = interpreter.evaluate(entrypoint, input);
-        if compiled_denied && matches!(outcome, Outcome::Allow(_)) {
-            tracing::error!(
-                entrypoint,
-                "the compiled policy denied a request the interpreter allows; denying it"
-            );
-            let denial = Denial::EvalError(
-                "the policy's compiled form and its interpreter disagree on this request; it is \
-                 denied (please report this with the policy and the request)"
-                    .to_owned(),
-            );
-            return (Outcome::Deny(denial), prints);
         }
-        (outcome, prints)
+    }
+}
+
+/// Prepares a freshly published state's interpreter on another thread, so that the next
+/// request does not pay for regorus's re-analysis (a request that comes sooner waits for it).
+fn warm(snapshot: Arc<Snapshot>) {
+    let spawned = std::thread::Builder::new()
+        .name("policy-prepare".to_owned())
+        .spawn(move || {
+            if let Content::Policy(c) = &snapshot.content {
+                let _ = c.interpreter();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot prepare the new policy state ahead; the next request will");
     }
 }
 

@@ -1,0 +1,204 @@
+//! Differential testing of the policy engine against the reference: regorus's interpreter
+//! configured as the upstream Kata agent configures it.
+//!
+//! [`generate`] makes small policies and request sequences that exercise Rego's corners;
+//! [`check`] replays a case through [`AgentPolicy`] (whatever fast path it takes) and through
+//! [`Reference`], a plain interpreter that shares no code with the engine, and reports the first
+//! request on which their decisions or their states differ. The in-tree test and the
+//! `policy_differential` fuzz target both call it.
+
+pub mod generate;
+
+use regorus::Value;
+
+use crate::AgentPolicy;
+
+/// The reference evaluator: one regorus interpreter, strict builtin errors off, the state in
+/// `data.pstate` replaced after each allowed state change — as the upstream agent does it.
+pub struct Reference {
+    engine: regorus::Engine,
+    data: serde_json::Value,
+}
+
+/// What the reference decided on one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefDecision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+}
+
+impl Reference {
+    /// Loads `text` with an empty state; `None` when the interpreter refuses the text.
+    pub fn load(text: &str) -> Option<Self> {
+        let mut engine = regorus::Engine::new();
+        engine.set_strict_builtin_errors(false);
+        engine.set_gather_prints(true);
+        engine
+            .add_policy("policy.rego".to_owned(), text.to_owned())
+            .ok()?;
+        let data = serde_json::json!({ "pstate": {} });
+        engine.add_data(Value::from(data.clone())).ok()?;
+        // regorus analyses a policy at its first evaluation; a policy it cannot analyse fails
+        // every request, which is what refusing it up front amounts to.
+        engine.set_input(Value::new_object());
+        engine.eval_query("true".to_owned(), false).ok()?;
+        Some(Self { engine, data })
+    }
+
+    /// The state document (`data.pstate`).
+    pub fn state(&self) -> serde_json::Value {
+        self.data["pstate"].clone()
+    }
+
+    /// Decides one request and applies its state operations when it is allowed.
+    pub fn decide(&mut self, entrypoint: &str, input: &serde_json::Value) -> RefDecision {
+        self.engine.set_input(Value::from(input.clone()));
+        let result = self
+            .engine
+            .eval_rule(format!("data.agent_policy.{entrypoint}"));
+        let _ = self.engine.take_prints();
+        let failing_allowed = matches!(
+            self.engine
+                .eval_rule("data.agent_policy.AllowRequestsFailingPolicy".to_owned()),
+            Ok(Value::Bool(true))
+        );
+        let (allowed, soft, ops) = match result {
+            Ok(Value::Bool(b)) => (b, true, None),
+            Ok(Value::Undefined) => (false, true, None),
+            Ok(value @ Value::Object(_)) => {
+                let json = serde_json::to_value(&value).unwrap_or_default();
+                match json.get("allowed") {
+                    Some(serde_json::Value::Bool(true)) => match json.get("ops") {
+                        None | Some(serde_json::Value::Null) => (true, false, None),
+                        Some(ops) => {
+                            match serde_json::from_value::<json_patch::Patch>(ops.clone()) {
+                                Ok(p) => (true, false, Some(p)),
+                                Err(_) => (false, false, None),
+                            }
+                        }
+                    },
+                    Some(serde_json::Value::Bool(false)) => (false, true, None),
+                    _ => (false, false, None),
+                }
+            }
+            Ok(_) | Err(_) => (false, false, None),
+        };
+        if !allowed {
+            return RefDecision {
+                allowed: soft && failing_allowed,
+            };
+        }
+        if let Some(ops) = ops.filter(|p| !p.0.is_empty()) {
+            let mut data = self.data.clone();
+            if json_patch::patch(&mut data, &ops).is_err() {
+                return RefDecision { allowed: false };
+            }
+            self.engine.clear_data();
+            if self.engine.add_data(Value::from(data.clone())).is_err() {
+                return RefDecision { allowed: false };
+            }
+            self.data = data;
+        }
+        RefDecision { allowed: true }
+    }
+}
+
+/// How a case went, when engine and reference agreed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agreement {
+    /// Neither could load the policy.
+    BothRefused,
+    /// Every request was decided alike; the count of those allowed.
+    Decided {
+        /// Requests replayed.
+        requests: usize,
+        /// Of those, allowed.
+        allowed: usize,
+    },
+}
+
+/// A divergence between the engine and the reference, with what reproduces it.
+#[derive(Debug, Clone)]
+pub struct Divergence {
+    /// What differed.
+    pub what: String,
+    /// The policy.
+    pub policy: String,
+    /// The requests up to and including the one that differed.
+    pub requests: Vec<(String, serde_json::Value)>,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.what)?;
+        writeln!(f, "--- policy\n{}", self.policy)?;
+        for (entrypoint, input) in &self.requests {
+            writeln!(f, "--- {entrypoint} {input}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Replays `case` through the engine (`engine` loads it) and the reference, request by request.
+pub fn check(
+    case: &generate::Case,
+    engine: impl Fn(&str) -> Option<AgentPolicy>,
+) -> Result<Agreement, Box<Divergence>> {
+    let diverged = |what: String, upto: usize| {
+        Box::new(Divergence {
+            what,
+            policy: case.policy.clone(),
+            requests: case.requests[..upto].to_vec(),
+        })
+    };
+    let policy = engine(&case.policy);
+    let reference = Reference::load(&case.policy);
+    let (policy, mut reference) = match (policy, reference) {
+        (None, None) => return Ok(Agreement::BothRefused),
+        (Some(_), None) => {
+            return Err(diverged(
+                "the engine loaded a policy the reference refuses".into(),
+                0,
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(diverged(
+                "the engine refused a policy the reference loads".into(),
+                0,
+            ));
+        }
+        (Some(p), Some(r)) => (p, r),
+    };
+    let mut allowed = 0;
+    for (i, (entrypoint, input)) in case.requests.iter().enumerate() {
+        let decision = policy.decide(entrypoint, input);
+        let expected = reference.decide(entrypoint, input);
+        if decision.is_allowed() != expected.allowed {
+            return Err(diverged(
+                format!(
+                    "request {i} ({entrypoint}): the engine says allowed={}, the reference \
+                     allowed={} ({})",
+                    decision.is_allowed(),
+                    expected.allowed,
+                    decision.reason()
+                ),
+                i + 1,
+            ));
+        }
+        if policy.state() != reference.state() {
+            return Err(diverged(
+                format!(
+                    "request {i} ({entrypoint}): states differ: engine {}, reference {}",
+                    policy.state(),
+                    reference.state()
+                ),
+                i + 1,
+            ));
+        }
+        allowed += usize::from(expected.allowed);
+    }
+    Ok(Agreement::Decided {
+        requests: case.requests.len(),
+        allowed,
+    })
+}

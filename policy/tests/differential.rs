@@ -1,0 +1,62 @@
+//! The engine against the reference interpreter on generated policies and requests: every
+//! decision and every state must be the same. `POLICY_DIFF_CASES` sets how many cases (default
+//! 2,000) and `POLICY_DIFF_SEED` the first seed, for long runs.
+
+use peerpod_policy::AgentPolicy;
+use peerpod_policy::differential::{Agreement, check, generate};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn engine_decides_generated_cases_as_the_reference() {
+    let cases = env_u64("POLICY_DIFF_CASES", 2_000);
+    let first = env_u64("POLICY_DIFF_SEED", 0);
+    let (mut loaded, mut requests, mut allowed) = (0u64, 0usize, 0usize);
+    let mut failures = Vec::new();
+    for seed in first..first + cases {
+        let case = generate::case(&mut generate::Seeded::new(seed));
+        match check(&case, |text| AgentPolicy::load(text).ok()) {
+            Ok(Agreement::BothRefused) => {}
+            Ok(Agreement::Decided {
+                requests: r,
+                allowed: a,
+            }) => {
+                loaded += 1;
+                requests += r;
+                allowed += a;
+            }
+            Err(d) => {
+                if failures.len() < 3 {
+                    failures.push(format!("seed {seed}: {d}"));
+                } else {
+                    failures.push(format!("seed {seed}"));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{cases} cases: {loaded} policies loaded, {requests} requests, {allowed} allowed, {} divergences",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} divergences:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // The generator must produce policies that load and requests that are allowed, or it
+    // tests nothing.
+    assert!(
+        loaded * 2 > cases,
+        "only {loaded} of {cases} generated policies loaded"
+    );
+    assert!(
+        allowed * 10 > requests,
+        "only {allowed} of {requests} requests allowed"
+    );
+}
