@@ -10,7 +10,9 @@
 //! - enums are their numbers; `bytes` are arrays of numbers;
 //! - an unset message field, or an unset proto3 `optional` field, is `null`;
 //! - repeated fields are arrays, maps are objects;
-//! - a `oneof` is one key, the oneof's name, holding `{"<field name>": value}` or `null`.
+//! - a `oneof` is one key, the oneof's name, holding `{"<Variant>": value}` or `null`, where
+//!   the variant is the field's name in CamelCase, as rust-protobuf names the generated enum's
+//!   variants and serde writes them (`LinuxSyscall.ErrnoRet` is `{"Errnoret": 1}`).
 //!
 //! [`from_json`] reads the same shape back, strictly: an unknown key or a value of the wrong
 //! type is an error naming the field.
@@ -64,7 +66,7 @@ pub fn to_json(message: &dyn MessageDyn) -> Value {
                 .map(|f| {
                     let mut set = Map::new();
                     set.insert(
-                        f.name().to_owned(),
+                        variant_name(f.name()),
                         value_to_json(f.get_singular_field_or_default(message)),
                     );
                     Value::Object(set)
@@ -186,9 +188,10 @@ fn read_message(value: &Value, message: &mut dyn MessageDyn, path: &str) -> Resu
             Value::Null => {}
             Value::Object(set) if set.len() == 1 => {
                 for (variant, inner) in set {
+                    // The upstream spelling, or the proto field name.
                     let field = oneof
                         .fields()
-                        .find(|f| f.name() == variant)
+                        .find(|f| variant_name(f.name()) == *variant || f.name() == variant)
                         .ok_or_else(|| JsonError::UnknownField {
                             path: here.clone(),
                             message: descriptor.full_name().to_owned(),
@@ -201,6 +204,57 @@ fn read_message(value: &Value, message: &mut dyn MessageDyn, path: &str) -> Resu
         }
     }
     Ok(())
+}
+
+/// A oneof field's variant name in rust-protobuf's generated enum: the field name in CamelCase
+/// (`errnoret` → `Errnoret`, `null_value` → `NullValue`).
+fn variant_name(field: &str) -> String {
+    field
+        .split('_')
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_uppercase().chain(chars).collect::<String>(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
+/// Every key the policy can see in the JSON of `descriptor`'s messages and of every message
+/// reachable from them, as `Message.key` (oneof variants as `Message.Oneof.Variant`), sorted.
+/// This is the whole vocabulary a policy matches on; a test locks it.
+pub fn policy_keys(roots: &[MessageDescriptor]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut keys = Vec::new();
+    let mut queue: Vec<MessageDescriptor> = roots.to_vec();
+    while let Some(message) = queue.pop() {
+        let name = message.full_name().to_owned();
+        if seen.contains(&name) {
+            continue;
+        }
+        seen.push(name.clone());
+        for field in message.fields() {
+            match field.containing_oneof() {
+                Some(oneof) => keys.push(format!(
+                    "{name}.{}.{}",
+                    rust_name(oneof.name()),
+                    variant_name(field.name())
+                )),
+                None => keys.push(format!("{name}.{}", rust_name(field.name()))),
+            }
+            let nested = match field.runtime_field_type() {
+                RuntimeFieldType::Singular(RuntimeType::Message(m))
+                | RuntimeFieldType::Repeated(RuntimeType::Message(m))
+                | RuntimeFieldType::Map(_, RuntimeType::Message(m)) => Some(m),
+                _ => None,
+            };
+            queue.extend(nested);
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 fn field_by_rust_name(descriptor: &MessageDescriptor, key: &str) -> Option<FieldDescriptor> {

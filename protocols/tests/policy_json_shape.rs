@@ -82,3 +82,52 @@ fn unset_messages_are_null_and_keywords_are_suffixed() {
         "{mount}"
     );
 }
+
+/// The whole set of keys a policy can see, for every message reachable from an AgentService
+/// request, locked against `tests/data/policy-keys.txt` (checked against upstream's serde
+/// output: proto field names, `type` as `type_`, oneof variants in CamelCase). A change to the
+/// protos or the mapping that renames, adds or drops a key fails here; regenerate the file with
+/// `UPDATE_POLICY_KEYS=1` only after checking the new keys against upstream.
+#[test]
+fn the_policy_key_set_is_locked() {
+    let file = agent::file_descriptor();
+    let roots: Vec<_> = file
+        .services()
+        .flat_map(|s| s.methods().map(|m| m.input_type()).collect::<Vec<_>>())
+        .collect();
+    let keys = peerpod_protocols::json::policy_keys(&roots);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/policy-keys.txt");
+    let text = keys.join("\n") + "\n";
+    if std::env::var_os("UPDATE_POLICY_KEYS").is_some() {
+        std::fs::write(&path, &text).expect("write the key list");
+    }
+    let locked = std::fs::read_to_string(&path).expect("tests/data/policy-keys.txt");
+    let locked: Vec<&str> = locked.lines().collect();
+    let added: Vec<_> = keys
+        .iter()
+        .filter(|k| !locked.contains(&k.as_str()))
+        .collect();
+    let dropped: Vec<_> = locked
+        .iter()
+        .filter(|k| !keys.contains(&(**k).to_owned()))
+        .collect();
+    assert!(
+        added.is_empty() && dropped.is_empty(),
+        "the policy's key set changed: added {added:?}, dropped {dropped:?}"
+    );
+    assert!(locked.contains(&"grpc.LinuxSyscall.ErrnoRet.Errnoret"));
+    assert!(locked.contains(&"grpc.Mount.type_"));
+}
+
+#[test]
+fn a_syscall_errno_is_written_as_upstream_and_read_in_both_spellings() {
+    let mut syscall = peerpod_protocols::kata::oci::LinuxSyscall::new();
+    syscall.set_errnoret(1);
+    let json = to_json(&syscall);
+    assert_eq!(json["ErrnoRet"], serde_json::json!({"Errnoret": 1}));
+    for spelling in ["Errnoret", "errnoret"] {
+        let mut back = peerpod_protocols::kata::oci::LinuxSyscall::new();
+        from_json(&serde_json::json!({"ErrnoRet": {spelling: 1}}), &mut back).expect("reads");
+        assert_eq!(back.errnoret(), 1);
+    }
+}
