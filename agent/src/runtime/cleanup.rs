@@ -59,9 +59,9 @@ impl Runtime {
             .collect();
         for process in execs {
             process.exit.wait().await;
-            self.reaper.forget(process.pid);
+            self.reaper.forget(process.pid, &process.exit);
         }
-        self.reaper.forget(container.init.pid);
+        self.reaper.forget(container.init.pid, &container.init.exit);
         let delete = Request::Delete {
             id: id.clone(),
             root: self.root(),

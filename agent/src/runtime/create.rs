@@ -1,6 +1,6 @@
 //! CreateContainer: the bundle, the agent's rewrites of the spec, and the created container.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -21,13 +21,15 @@ impl Runtime {
     ) -> Result<(), AgentError> {
         let id = request.container_id.clone();
         check_id(&id, "container_id")?;
-        if self.container(&id).is_ok() {
-            return Err(AgentError::AlreadyExists {
-                what: format!("container {id:?}"),
-            });
-        }
+        // Reserved before anything touches the disk: a second request for the same id, even
+        // one that arrives while this one is still creating, is refused rather than sharing
+        // (and later deleting) this one's storages and bundle.
+        let _reservation = self.reserve(&id)?;
         let mut spec = spec::oci_spec(&request.OCI)
             .map_err(|e| AgentError::InvalidArgument(error_chain(&e)))?;
+        if let Some(process) = spec.process_mut() {
+            spec::pin_groups(process);
+        }
 
         let storages = storage::prepare_all(&request.storages)?;
         let result = self.create_prepared(&id, &request.exec_id, &mut spec).await;
@@ -40,6 +42,7 @@ impl Runtime {
                     .unwrap_or_default();
                 let container = Arc::new(Container {
                     id: id.clone(),
+                    process: spec.process().clone(),
                     bundle,
                     cgroup,
                     lifecycle: tokio::sync::Mutex::new(Status::Created),
@@ -58,6 +61,24 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Claims `id` for a container being created, until the returned guard is dropped.
+    fn reserve(&self, id: &str) -> Result<Reservation<'_>, AgentError> {
+        let containers = self
+            .containers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        if containers.contains_key(id) || !creating.insert(id.to_owned()) {
+            return Err(AgentError::AlreadyExists {
+                what: format!("container {id:?}"),
+            });
+        }
+        Ok(Reservation {
+            creating: &self.creating,
+            id: id.to_owned(),
+        })
     }
 
     async fn create_prepared(
@@ -223,4 +244,20 @@ fn apply_network_sysctls(spec: &mut Spec) -> Result<(), AgentError> {
     }
     linux.set_sysctl((!other.is_empty()).then_some(other));
     Ok(())
+}
+
+/// A container id claimed by a CreateContainer in progress; released when dropped (by then the
+/// container is in the runtime's map, or its creation failed).
+struct Reservation<'a> {
+    creating: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.creating
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
 }

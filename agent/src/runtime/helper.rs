@@ -136,12 +136,15 @@ impl Helper {
     ) -> Result<Answer, HelperError> {
         let exe = self.exe.clone();
         let reaper = Arc::clone(&self.reaper);
-        let (answer, slot, stderr) =
+        let (answer, pid, slot, stderr) =
             tokio::task::spawn_blocking(move || exchange(&exe, &reaper, &request, fds))
                 .await
                 .map_err(|e| HelperError::Launch(e.to_string()))??;
         // The helper exits right after answering; wait so its stderr is complete and it is gone.
+        // Then its slot goes (a helper that has not exited by then leaves its status with the
+        // reaper's unclaimed exits, which expire).
         let _ = tokio::time::timeout(Duration::from_secs(10), slot.wait()).await;
+        self.reaper.forget(pid, &slot);
         let stderr = read_all(stderr).await;
         if !stderr.trim().is_empty() {
             tracing::debug!(helper_stderr = %stderr.trim(), "runtime helper output");
@@ -154,7 +157,7 @@ impl Helper {
     }
 }
 
-type Exchanged = (Option<Answer>, Arc<super::reaper::ExitSlot>, OwnedFd);
+type Exchanged = (Option<Answer>, i32, Arc<super::reaper::ExitSlot>, OwnedFd);
 
 /// The blocking part: spawn, send, receive.
 fn exchange(
@@ -204,6 +207,7 @@ fn exchange(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+        reaper.forget(pid, &slot);
         return Err(launch("send the request", &e));
     }
 
@@ -220,7 +224,7 @@ fn exchange(
             None
         }
     };
-    Ok((answer, slot, stderr_read))
+    Ok((answer, pid, slot, stderr_read))
 }
 
 async fn read_all(fd: OwnedFd) -> String {

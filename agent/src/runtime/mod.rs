@@ -33,7 +33,7 @@ mod spawn;
 pub mod spec;
 mod storage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -87,6 +87,9 @@ enum Status {
 #[derive(Debug)]
 struct Container {
     id: String,
+    /// The container's process as configured (after the agent's rewrites): what its exec'd
+    /// processes inherit.
+    process: Option<oci_spec::runtime::Process>,
     bundle: PathBuf,
     /// The container's cgroup path (relative to each hierarchy's root).
     cgroup: PathBuf,
@@ -113,6 +116,8 @@ pub struct Runtime {
     reaper: Arc<Reaper>,
     sandbox: Mutex<Option<Sandbox>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids of containers whose CreateContainer is in progress.
+    creating: Mutex<HashSet<String>>,
     consoles: AtomicU64,
     /// Ids of containers in which the OOM killer struck, for GetOOMEvent.
     oom_tx: tokio::sync::mpsc::UnboundedSender<String>,
@@ -130,6 +135,7 @@ impl Runtime {
             reaper,
             sandbox: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
             consoles: AtomicU64::new(0),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),

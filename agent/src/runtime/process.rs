@@ -43,7 +43,7 @@ impl Runtime {
                 ),
             });
         }
-        let process = spec::oci_process(&request.process)
+        let process = spec::exec_process(&request.process, container.process.as_ref())
             .map_err(|e| AgentError::InvalidArgument(error_chain(&e)))?;
         let terminal = process.terminal().unwrap_or(false);
         let file = container
@@ -84,10 +84,30 @@ impl Runtime {
         Ok(())
     }
 
-    /// WaitProcess: the process's exit status, once it has exited.
+    /// WaitProcess: the process's exit status, once it has exited. As upstream, an exec'd
+    /// process is then released: its stdin closed, its entry and its reaper slot dropped (its
+    /// output pipes close once reads already in flight end); later requests naming it answer
+    /// NOT_FOUND, and its exec id may be used again.
     pub async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<i32, AgentError> {
+        let container = self.container(container_id)?;
         let process = self.process(container_id, exec_id)?;
         let exit: Exit = process.exit.wait().await;
+        if !Arc::ptr_eq(&process, &container.init) {
+            process.io.close_stdin().await;
+            let removed = {
+                let mut execs = container
+                    .execs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let ours = execs
+                    .get(&process.exec_id)
+                    .is_some_and(|p| Arc::ptr_eq(p, &process));
+                ours && execs.remove(&process.exec_id).is_some()
+            };
+            if removed {
+                self.reaper.forget(process.pid, &process.exit);
+            }
+        }
         Ok(exit.status())
     }
 

@@ -31,11 +31,13 @@ pub enum Exit {
 }
 
 impl Exit {
-    /// The status WaitProcess reports: the exit code, or the signal number for a killed process
-    /// (as the upstream agent reports it).
+    /// The status WaitProcess reports: the exit code, or 128 + the signal number for a killed
+    /// process, as a shell reports it and as the upstream agent does since 3.32 (Kubernetes
+    /// then shows 137 for a SIGKILL, such as the OOM killer's).
     pub fn status(self) -> i32 {
         match self {
-            Self::Code(code) | Self::Signal(code) => code,
+            Self::Code(code) => code,
+            Self::Signal(signal) => 128 + signal,
         }
     }
 }
@@ -105,26 +107,45 @@ impl Reaper {
         Ok(reaper)
     }
 
-    /// The slot for `pid`. Register a child's pid as soon as it is known; an exit that already
-    /// happened is delivered at once.
+    /// The slot for a new child `pid`. Register a child's pid as soon as it is known; an exit
+    /// that already happened is delivered at once. A slot left for an earlier process with the
+    /// same pid (one that has exited) is never reused: the kernel recycles pids, and the new
+    /// process must not look dead from the start.
     pub fn register(&self, pid: i32) -> Arc<ExitSlot> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = Arc::clone(
-            state
-                .slots
-                .entry(pid)
-                .or_insert_with(|| Arc::new(ExitSlot::new())),
-        );
+        let live = state
+            .slots
+            .get(&pid)
+            .filter(|slot| slot.exit().is_none())
+            .cloned();
+        let slot = live.unwrap_or_else(|| {
+            let fresh = Arc::new(ExitSlot::new());
+            state.slots.insert(pid, Arc::clone(&fresh));
+            fresh
+        });
         if let Some((exit, _)) = state.unclaimed.remove(&pid) {
             slot.tx.send_replace(Some(exit));
         }
         slot
     }
 
-    /// Forgets a registered pid once nobody needs its exit any more.
-    pub fn forget(&self, pid: i32) {
+    /// Forgets `slot`, registered for `pid`, once nobody needs its exit any more (a newer
+    /// registration of the same pid stays).
+    pub fn forget(&self, pid: i32, slot: &Arc<ExitSlot>) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.slots.remove(&pid);
+        if state.slots.get(&pid).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            state.slots.remove(&pid);
+        }
+    }
+
+    /// How many pids have a slot: for tests of the agent's own bookkeeping.
+    #[doc(hidden)]
+    pub fn registered(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .slots
+            .len()
     }
 
     /// Collects every child that has exited.
@@ -152,11 +173,14 @@ impl Reaper {
     fn deliver(&self, pid: i32, exit: Exit) {
         tracing::debug!(pid, ?exit, "child exited");
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match state.slots.get(&pid) {
+        // A slot that already holds an exit belongs to an earlier process with this pid: this
+        // exit is a newer process's, not yet registered.
+        match state.slots.get(&pid).filter(|slot| slot.exit().is_none()) {
             Some(slot) => {
                 slot.tx.send_replace(Some(exit));
             }
             None => {
+                state.slots.remove(&pid);
                 let now = Instant::now();
                 state
                     .unclaimed
@@ -164,5 +188,57 @@ impl Reaper {
                 state.unclaimed.insert(pid, (exit, now));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recycled_pid_gets_a_fresh_slot() {
+        let reaper = Reaper::default();
+        let old = reaper.register(100);
+        reaper.deliver(100, Exit::Code(3));
+        // Never forgotten; the kernel hands pid 100 to a new process.
+        let new = reaper.register(100);
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert_eq!(new.exit(), None, "the new process is alive");
+        reaper.deliver(100, Exit::Signal(9));
+        assert_eq!(new.exit(), Some(Exit::Signal(9)));
+        assert_eq!(
+            old.exit(),
+            Some(Exit::Code(3)),
+            "the old status is not overwritten"
+        );
+    }
+
+    #[test]
+    fn a_recycled_pid_that_exits_before_it_is_registered_keeps_its_exit() {
+        let reaper = Reaper::default();
+        let old = reaper.register(200);
+        reaper.deliver(200, Exit::Code(1));
+        reaper.deliver(200, Exit::Code(2));
+        assert_eq!(old.exit(), Some(Exit::Code(1)));
+        assert_eq!(reaper.register(200).exit(), Some(Exit::Code(2)));
+    }
+
+    #[test]
+    fn forgetting_an_old_slot_keeps_the_new_registration() {
+        let reaper = Reaper::default();
+        let old = reaper.register(300);
+        reaper.deliver(300, Exit::Code(0));
+        let new = reaper.register(300);
+        reaper.forget(300, &old);
+        assert_eq!(reaper.registered(), 1);
+        reaper.forget(300, &new);
+        assert_eq!(reaper.registered(), 0);
+    }
+
+    #[test]
+    fn a_killed_process_reports_128_plus_the_signal() {
+        assert_eq!(Exit::Signal(9).status(), 137);
+        assert_eq!(Exit::Signal(15).status(), 143);
+        assert_eq!(Exit::Code(7).status(), 7);
     }
 }

@@ -98,7 +98,7 @@ impl Runtime {
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 let _ = tokio::time::timeout(Duration::from_secs(5), exit.wait()).await;
-                self.reaper.forget(*pid);
+                self.reaper.forget(*pid, exit);
             }
             sandbox.storages.iter().for_each(storage::Mounted::release);
             if let Some(dir) = &sandbox.namespaces {

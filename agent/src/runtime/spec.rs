@@ -7,6 +7,14 @@
 //! the first letter lowered, except for a table of irregular names; `null`s and empty strings are
 //! dropped, and so are zeros inside `linux.resources`, where zero means "no limit" in the
 //! protobuf form. The result is checked by deserialising it into `oci_spec`'s typed `Spec`.
+//!
+//! Where upstream's agent accepts several spellings of an OCI enum, so does this conversion:
+//! namespace types `mnt`/`mount` and `net`/`network`, capabilities with or without `CAP_` (and
+//! JSON-quoted). Device cgroup rules are converted field by field: a negative major or minor is
+//! "any", zero is the number zero; a rule without a type denies everything or is refused.
+//!
+//! An exec'd process inherits from its container's process what its request leaves unset
+//! ([`exec_process`]).
 
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use peerpod_protocols::json::to_json;
@@ -22,6 +30,14 @@ pub enum SpecError {
     /// The converted spec is not a valid OCI spec.
     #[error("the OCI spec is invalid")]
     Invalid(#[source] serde_json::Error),
+    /// A device cgroup rule would allow more than it names.
+    #[error("device cgroup rule {index}: {reason}")]
+    DeviceRule {
+        /// The rule's position in the list.
+        index: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// Keys whose OCI name is not the protobuf name with its first letter lowered.
@@ -56,15 +72,70 @@ const DROPPED: &[&str] = &["Solaris", "Windows"];
 /// Converts the request's protobuf spec into a typed OCI spec.
 pub fn oci_spec(spec: &protobuf::MessageField<oci::Spec>) -> Result<Spec, SpecError> {
     let spec = spec.as_ref().ok_or(SpecError::Missing)?;
-    let json = convert(to_json(spec), false);
+    let json = convert(to_json(spec), false)?;
     serde_json::from_value(json).map_err(SpecError::Invalid)
 }
 
-/// Converts an ExecProcess request's protobuf process into a typed OCI process.
-pub fn oci_process(process: &protobuf::MessageField<oci::Process>) -> Result<Process, SpecError> {
+/// What an exec'd process takes from its container's process when its request leaves it unset:
+/// the user (with its groups), capabilities, rlimits and security labels. (Upstream inherits
+/// the capabilities; the rest is stricter than upstream, which runs an exec without `User` as
+/// root and without `Rlimits` unlimited. The seccomp profile is the container's in every case:
+/// see the executor.)
+const INHERITED: &[&str] = &[
+    "user",
+    "capabilities",
+    "rlimits",
+    "apparmorProfile",
+    "selinuxLabel",
+];
+
+/// Converts an ExecProcess request's protobuf process into a typed OCI process, filling what it
+/// leaves unset from `container`, the container's own process: see [`INHERITED`]. `no_new_privs`
+/// is set if either sets it. Without a user in either, the process runs as uid and gid 0, as
+/// upstream's.
+pub fn exec_process(
+    process: &protobuf::MessageField<oci::Process>,
+    container: Option<&Process>,
+) -> Result<Process, SpecError> {
     let process = process.as_ref().ok_or(SpecError::Missing)?;
-    let json = convert(to_json(process), false);
-    serde_json::from_value(json).map_err(SpecError::Invalid)
+    let mut json = convert(to_json(process), false)?;
+    let inherited = container
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(SpecError::Invalid)?
+        .unwrap_or(Value::Null);
+    if let Value::Object(exec) = &mut json {
+        for key in INHERITED {
+            let unset = match exec.get(*key) {
+                None => true,
+                Some(Value::Array(items)) => items.is_empty(),
+                Some(_) => false,
+            };
+            if unset && let Some(value) = inherited.get(*key) {
+                exec.insert((*key).to_owned(), value.clone());
+            }
+        }
+        if inherited.get("noNewPrivileges") == Some(&Value::Bool(true)) {
+            exec.insert("noNewPrivileges".to_owned(), Value::Bool(true));
+        }
+        exec.entry("user")
+            .or_insert_with(|| serde_json::json!({"uid": 0, "gid": 0}));
+    }
+    let mut process: Process = serde_json::from_value(json).map_err(SpecError::Invalid)?;
+    pin_groups(&mut process);
+    Ok(process)
+}
+
+/// Makes the process's supplementary groups explicit. libcontainer calls `setgroups` only for a
+/// non-empty `additionalGids`, so a process without them would keep the agent's own groups;
+/// with its primary gid as the one supplementary group it gets exactly what it asked for.
+pub fn pin_groups(process: &mut Process) {
+    let user = process.user();
+    if user.additional_gids().as_ref().is_none_or(Vec::is_empty) {
+        let mut user = user.clone();
+        user.set_additional_gids(Some(vec![user.gid()]));
+        process.set_user(user);
+    }
 }
 
 /// Converts an UpdateContainer request's protobuf resources into typed OCI resources.
@@ -72,7 +143,7 @@ pub fn oci_resources(
     resources: &protobuf::MessageField<oci::LinuxResources>,
 ) -> Result<LinuxResources, SpecError> {
     let resources = resources.as_ref().ok_or(SpecError::Missing)?;
-    let json = convert(to_json(resources), true);
+    let json = convert(to_json(resources), true)?;
     serde_json::from_value(json).map_err(SpecError::Invalid)
 }
 
@@ -87,8 +158,8 @@ fn oci_key(key: &str) -> String {
     }
 }
 
-fn convert(value: Value, in_resources: bool) -> Value {
-    match value {
+fn convert(value: Value, in_resources: bool) -> Result<Value, SpecError> {
+    Ok(match value {
         Value::Object(object) => {
             let mut out = Map::new();
             for (key, item) in object {
@@ -104,8 +175,14 @@ fn convert(value: Value, in_resources: bool) -> Value {
                 }
                 let converted = if MAPS.contains(&key.as_str()) {
                     item
+                } else if in_resources && key == "Devices" {
+                    device_rules(item)?
+                } else if key == "Namespaces" {
+                    namespaces(convert(item, in_resources)?)
+                } else if CAPABILITY_SETS.contains(&key.as_str()) {
+                    capabilities(item)
                 } else {
-                    convert(item, in_resources || key == "Resources")
+                    convert(item, in_resources || key == "Resources")?
                 };
                 if is_unset(&converted, in_resources) {
                     continue;
@@ -118,10 +195,116 @@ fn convert(value: Value, in_resources: bool) -> Value {
             items
                 .into_iter()
                 .map(|item| convert(item, in_resources))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => other,
+    })
+}
+
+/// The lists of capability names inside `Process.Capabilities`.
+const CAPABILITY_SETS: &[&str] = &[
+    "Bounding",
+    "Effective",
+    "Inheritable",
+    "Permitted",
+    "Ambient",
+];
+
+/// Capability names as upstream accepts them: a JSON-quoted name is unquoted (`oci_spec` takes
+/// care of the optional `CAP_` prefix and of case).
+fn capabilities(item: Value) -> Value {
+    match item {
+        Value::Array(names) => Value::Array(
+            names
+                .into_iter()
+                .map(|name| match name {
+                    Value::String(s) => match serde_json::from_str::<String>(&s) {
+                        Ok(unquoted) => Value::String(unquoted),
+                        Err(_) => Value::String(s),
+                    },
+                    other => other,
+                })
                 .collect(),
         ),
         other => other,
     }
+}
+
+/// Namespace types in the spelling `oci_spec` reads: upstream's runtime writes `mnt` and `net`.
+fn namespaces(item: Value) -> Value {
+    match item {
+        Value::Array(list) => Value::Array(
+            list.into_iter()
+                .map(|mut namespace| {
+                    if let Some(typ) = namespace.get_mut("type") {
+                        let canonical = match typ.as_str() {
+                            Some("mnt") => Some("mount"),
+                            Some("net") => Some("network"),
+                            _ => None,
+                        };
+                        if let Some(canonical) = canonical {
+                            *typ = Value::String(canonical.to_owned());
+                        }
+                    }
+                    namespace
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Device cgroup rules, each as the policy saw it. The protobuf form cannot leave a number out:
+/// a negative major or minor means "any" (what upstream's runtime sends for a wildcard); zero
+/// is device number zero, never a wildcard. A rule without a type is one of "all devices",
+/// which is kept when it denies (the usual first rule) and refused when it allows, since the
+/// policy could not have seen what it would allow.
+fn device_rules(item: Value) -> Result<Value, SpecError> {
+    let Value::Array(rules) = item else {
+        return Ok(item);
+    };
+    let mut out = Vec::with_capacity(rules.len());
+    for (index, rule) in rules.into_iter().enumerate() {
+        let allow = rule.get("Allow").and_then(Value::as_bool).unwrap_or(false);
+        let typ = rule.get("Type").and_then(Value::as_str).unwrap_or("");
+        let typ = match typ {
+            "" if allow => {
+                return Err(SpecError::DeviceRule {
+                    index,
+                    reason: "a rule that allows must name its device type",
+                });
+            }
+            "" => "a",
+            typ => typ,
+        };
+        let mut converted = Map::new();
+        converted.insert("allow".to_owned(), Value::Bool(allow));
+        converted.insert("type".to_owned(), Value::String(typ.to_owned()));
+        for (from, to) in [("Major", "major"), ("Minor", "minor")] {
+            match rule.get(from) {
+                None | Some(Value::Null) => {}
+                Some(number) => match number.as_i64() {
+                    Some(n) if n < 0 => {}
+                    Some(n) => {
+                        converted.insert(to.to_owned(), Value::from(n));
+                    }
+                    None => {
+                        return Err(SpecError::DeviceRule {
+                            index,
+                            reason: "a device number is not an integer",
+                        });
+                    }
+                },
+            }
+        }
+        if let Some(access) = rule.get("Access").and_then(Value::as_str)
+            && !access.is_empty()
+        {
+            converted.insert("access".to_owned(), Value::String(access.to_owned()));
+        }
+        out.push(Value::Object(converted));
+    }
+    Ok(Value::Array(out))
 }
 
 /// Whether a protobuf value means "not set".
@@ -252,6 +435,189 @@ mod tests {
             "-1 means any"
         );
         assert_eq!(json["root"]["readonly"], true);
+    }
+
+    fn resources(devices: serde_json::Value) -> protobuf::MessageField<oci::LinuxResources> {
+        let mut resources = oci::LinuxResources::new();
+        from_json(&serde_json::json!({ "Devices": devices }), &mut resources)
+            .expect("resources fit our protos");
+        protobuf::MessageField::some(resources)
+    }
+
+    #[test]
+    fn device_number_zero_is_not_a_wildcard() {
+        let converted = oci_resources(&resources(serde_json::json!([
+            {"Allow": false, "Type": "", "Access": "rwm", "Major": 0, "Minor": 0},
+            {"Allow": true, "Type": "c", "Access": "rw", "Major": 4, "Minor": 0},
+            {"Allow": true, "Type": "c", "Access": "rwm", "Major": 0, "Minor": 7},
+            {"Allow": true, "Type": "c", "Access": "rwm", "Major": 136, "Minor": -1}
+        ])))
+        .expect("valid rules");
+        let json = serde_json::to_value(&converted).expect("serialises");
+        let rules = &json["devices"];
+        assert_eq!(
+            rules[0]["type"], "a",
+            "an untyped deny rule denies everything"
+        );
+        assert_eq!(rules[0]["allow"], false);
+        assert_eq!(
+            (&rules[1]["major"], &rules[1]["minor"]),
+            (&4.into(), &0.into())
+        );
+        assert_eq!(
+            (&rules[2]["major"], &rules[2]["minor"]),
+            (&0.into(), &7.into())
+        );
+        assert_eq!(rules[3]["major"], 136);
+        assert!(rules[3].get("minor").is_none(), "-1 is any minor");
+    }
+
+    #[test]
+    fn an_untyped_allow_rule_is_refused() {
+        let untyped = resources(serde_json::json!([
+            {"Allow": true, "Type": "", "Access": "rwm", "Major": 4, "Minor": 0}
+        ]));
+        assert!(matches!(
+            oci_resources(&untyped),
+            Err(SpecError::DeviceRule { index: 0, .. })
+        ));
+        // The same rule in a CreateContainer spec.
+        let mut request = request();
+        let linux = request
+            .OCI
+            .mut_or_insert_default()
+            .Linux
+            .mut_or_insert_default();
+        linux.Resources = untyped;
+        assert!(matches!(
+            oci_spec(&request.OCI),
+            Err(SpecError::DeviceRule { .. })
+        ));
+    }
+
+    #[test]
+    fn namespace_types_in_every_upstream_spelling() {
+        let mut request = request();
+        let linux = request
+            .OCI
+            .mut_or_insert_default()
+            .Linux
+            .mut_or_insert_default();
+        linux.Namespaces.clear();
+        from_json(
+            &serde_json::json!({"Namespaces": [
+                {"Type": "mnt"}, {"Type": "mount"}, {"Type": "net"}, {"Type": "network"},
+                {"Type": "pid"}, {"Type": "ipc"}, {"Type": "uts"}, {"Type": "user"},
+                {"Type": "cgroup"}, {"Type": "time"}
+            ]}),
+            &mut *linux,
+        )
+        .expect("namespaces fit");
+        let spec = oci_spec(&request.OCI).expect("every spelling is accepted");
+        let types: Vec<String> = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default()
+            .iter()
+            .map(|n| n.typ().to_string())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "mnt", "mnt", "net", "net", "pid", "ipc", "uts", "user", "cgroup", "time"
+            ]
+        );
+        request
+            .OCI
+            .mut_or_insert_default()
+            .Linux
+            .mut_or_insert_default()
+            .Namespaces[0]
+            .Type = "netns".into();
+        assert!(
+            oci_spec(&request.OCI).is_err(),
+            "an unknown type is still refused"
+        );
+    }
+
+    #[test]
+    fn capabilities_in_every_upstream_spelling() {
+        let mut request = request();
+        let caps = request
+            .OCI
+            .mut_or_insert_default()
+            .Process
+            .mut_or_insert_default()
+            .Capabilities
+            .mut_or_insert_default();
+        caps.Bounding = vec!["KILL".into(), "\"CAP_CHOWN\"".into(), "cap_setuid".into()];
+        let spec = oci_spec(&request.OCI).expect("accepted");
+        let bounding = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| c.bounding().clone())
+            .expect("bounding set");
+        assert_eq!(bounding.len(), 3, "{bounding:?}");
+    }
+
+    fn exec(json: serde_json::Value) -> protobuf::MessageField<oci::Process> {
+        let mut process = oci::Process::new();
+        from_json(&json, &mut process).expect("process fits our protos");
+        protobuf::MessageField::some(process)
+    }
+
+    #[test]
+    fn an_exec_inherits_what_it_leaves_unset() {
+        let container = oci_spec(&request().OCI)
+            .expect("valid")
+            .process()
+            .clone()
+            .expect("a process");
+        let bare = exec(serde_json::json!({"Args": ["/bin/sh"], "Cwd": "/"}));
+        let process = exec_process(&bare, Some(&container)).expect("an exec without a user");
+        let json = serde_json::to_value(&process).expect("serialises");
+        assert_eq!(json["user"]["uid"], 1000, "the container's user");
+        assert_eq!(json["user"]["additionalGids"], serde_json::json!([1000]));
+        assert_eq!(
+            json["capabilities"]["bounding"],
+            serde_json::json!(["CAP_CHOWN"])
+        );
+        assert_eq!(json["noNewPrivileges"], true);
+        assert_eq!(json["rlimits"][0]["type"], "RLIMIT_NOFILE");
+
+        // What the exec sets is its own.
+        let own = exec(serde_json::json!({
+            "Args": ["/bin/sh"], "Cwd": "/",
+            "User": {"UID": 0, "GID": 0},
+            "Capabilities": {"Bounding": ["CAP_KILL"]},
+            "Rlimits": [{"Type": "RLIMIT_NPROC", "Hard": 10, "Soft": 10}]
+        }));
+        let json = serde_json::to_value(exec_process(&own, Some(&container)).expect("valid"))
+            .expect("json");
+        assert_eq!(json["user"]["uid"], 0);
+        assert_eq!(
+            json["user"]["additionalGids"],
+            serde_json::json!([0]),
+            "groups pinned"
+        );
+        assert_eq!(
+            json["capabilities"]["bounding"],
+            serde_json::json!(["CAP_KILL"])
+        );
+        assert_eq!(json["rlimits"][0]["type"], "RLIMIT_NPROC");
+        assert_eq!(
+            json["noNewPrivileges"], true,
+            "no_new_privs cannot be turned off"
+        );
+
+        // Without a container process (or user) to inherit from: uid and gid 0, as upstream.
+        let json = serde_json::to_value(exec_process(&bare, None).expect("valid")).expect("json");
+        assert_eq!(
+            (&json["user"]["uid"], &json["user"]["gid"]),
+            (&0.into(), &0.into())
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
                 Some(&source),
                 &mount_point,
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC | flags,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
                 None::<&str>,
             )
             .map_err(|e| {
@@ -105,10 +105,38 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
                     e,
                 )
             })?;
-            Ok(Mounted {
+            let mounted = Mounted {
                 mount_point,
                 mounted: true,
-            })
+            };
+            // The kernel ignores `ro`, `nosuid`, `nodev` and `noexec` when it makes a bind
+            // mount; they take effect only through a remount of the bind.
+            // The remount replaces the mount's flags, so those the bind already has (from its
+            // source) are kept: a storage never gets fewer restrictions than its source.
+            if !flags.is_empty() {
+                let kept = nix::sys::statvfs::statvfs(&mounted.mount_point)
+                    .map(|s| mount_flags(s.flags()))
+                    .unwrap_or_else(|_| MsFlags::empty());
+                let remounted = mount(
+                    None::<&str>,
+                    &mounted.mount_point,
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags | kept,
+                    None::<&str>,
+                );
+                if let Err(e) = remounted {
+                    mounted.release();
+                    return Err(AgentError::internal(
+                        format!(
+                            "cannot apply {:?} to the bind mount on {}",
+                            storage.options,
+                            mounted.mount_point.display()
+                        ),
+                        e,
+                    ));
+                }
+            }
+            Ok(mounted)
         }
         "image_guest_pull" => Err(AgentError::FailedPrecondition(
             "storage driver image_guest_pull: pulling images in the guest is not implemented yet"
@@ -133,6 +161,23 @@ fn checked_path(text: &str, field: &str) -> Result<PathBuf, AgentError> {
         )));
     }
     Ok(path.to_owned())
+}
+
+/// The per-mount flags of a mounted filesystem, as `mount(2)` takes them.
+fn mount_flags(flags: nix::sys::statvfs::FsFlags) -> MsFlags {
+    use nix::sys::statvfs::FsFlags;
+    [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(from, _)| flags.contains(*from))
+    .fold(MsFlags::empty(), |all, (_, to)| all | to)
 }
 
 /// Splits mount options into flags and filesystem data (`size=...,mode=...`).

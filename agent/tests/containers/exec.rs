@@ -88,3 +88,49 @@ async fn a_denied_exec_starts_nothing() {
         .await
         .expect("destroy");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waited_exec_is_released_and_a_signal_reports_128_plus_it() {
+    let (_agent, client, rootfs) = pod("exec-release", "policy/examples/allow-all.rego").await;
+    create_and_start(
+        &client,
+        &container_request("c", &rootfs, &["/bin/sleep", "1000"]),
+    )
+    .await;
+    client
+        .exec_process(ctx(), &exec_request("c", "t", &["/bin/sleep", "1000"]))
+        .await
+        .expect("exec");
+    let mut signal = agent::SignalProcessRequest::new();
+    signal.container_id = "c".into();
+    signal.exec_id = "t".into();
+    signal.signal = 15;
+    client
+        .signal_process(ctx(), &signal)
+        .await
+        .expect("SIGTERM");
+    assert_eq!(wait(&client, "c", "t").await, 143, "128 + SIGTERM");
+    // Released: it is no longer known, and its id can name a new process.
+    let mut write = agent::WriteStreamRequest::new();
+    write.container_id = "c".into();
+    write.exec_id = "t".into();
+    write.data = b"x".to_vec();
+    let (code, _) = status_of(client.write_stdin(ctx(), &write).await);
+    assert_eq!(code, Code::NOT_FOUND);
+    let (code, _) = status_of(client.signal_process(ctx(), &signal).await);
+    assert_eq!(code, Code::NOT_FOUND);
+    assert_eq!(run(&client, "c", "t", "echo again").await, "again\n");
+    // The container's own process stays known after it is waited for.
+    signal.exec_id = "c".into();
+    signal.signal = 9;
+    client
+        .signal_process(ctx(), &signal)
+        .await
+        .expect("SIGKILL");
+    assert_eq!(wait(&client, "c", "c").await, 137);
+    assert_eq!(wait(&client, "c", "c").await, 137, "waited twice");
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("destroy");
+}

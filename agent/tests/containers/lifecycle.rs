@@ -128,13 +128,7 @@ async fn a_pod_lives_and_dies() {
         .await
         .expect("remove other");
 
-    // The same exec id twice, and unknown ids.
-    let (code, _) = status_of(
-        client
-            .exec_process(ctx(), &exec_request("sleeper", "cat", &["/bin/true"]))
-            .await,
-    );
-    assert_eq!(code, Code::ALREADY_EXISTS);
+    // Unknown ids.
     let (code, message) = status_of(
         client
             .exec_process(ctx(), &exec_request("nope", "x", &["/bin/true"]))
@@ -160,6 +154,13 @@ async fn a_pod_lives_and_dies() {
         )
         .await
         .expect("exec");
+    // The id of a running process cannot be used twice.
+    let (code, _) = status_of(
+        client
+            .exec_process(ctx(), &exec_request("sleeper", "nap", &["/bin/true"]))
+            .await,
+    );
+    assert_eq!(code, Code::ALREADY_EXISTS);
     let mut signal = agent::SignalProcessRequest::new();
     signal.container_id = "sleeper".into();
     signal.exec_id = "nap".into();
@@ -168,7 +169,8 @@ async fn a_pod_lives_and_dies() {
         .signal_process(ctx(), &signal)
         .await
         .expect("signal one");
-    assert_eq!(wait(&client, "sleeper", "nap").await, 9);
+    // As upstream (since 3.32) and a shell: 128 + the signal.
+    assert_eq!(wait(&client, "sleeper", "nap").await, 137);
     // SIGTERM to the whole container (empty exec id): the init, pid 1 of its namespace, has no
     // SIGTERM handler and would ignore it, so the agent sends SIGKILL instead, as upstream does;
     // every process of the container gets it.
@@ -178,8 +180,8 @@ async fn a_pod_lives_and_dies() {
         .signal_process(ctx(), &signal)
         .await
         .expect("signal all");
-    assert_eq!(wait(&client, "sleeper", "sleeper").await, 9);
-    assert_eq!(wait(&client, "sleeper", "nap2").await, 9);
+    assert_eq!(wait(&client, "sleeper", "sleeper").await, 137);
+    assert_eq!(wait(&client, "sleeper", "nap2").await, 137);
     client
         .remove_container(ctx(), &remove("sleeper"))
         .await
@@ -361,4 +363,52 @@ async fn bad_container_requests_are_refused_clearly() {
     let (code, message) = status_of(client.create_container(ctx(), &nothing).await);
     assert_eq!(code, Code::INVALID_ARGUMENT);
     assert!(message.contains("no OCI spec"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_concurrent_creates_of_one_id_make_one_container() {
+    let (_agent, client, rootfs) = pod("create-race", "policy/examples/allow-all.rego").await;
+    let request = container_request("twin", &rootfs, &["/bin/sleep", "1000"]);
+    let (first, second) = tokio::join!(
+        client.create_container(ctx(), &request),
+        client.create_container(ctx(), &request)
+    );
+    let refused = match (first, second) {
+        (Ok(_), refused) | (refused, Ok(_)) => refused,
+        (a, b) => panic!("neither create succeeded: {a:?} {b:?}"),
+    };
+    let (code, message) = status_of(refused);
+    assert_eq!(code, Code::ALREADY_EXISTS, "{message}");
+    // The one made is intact: it starts, runs execs (which read its bundle) and is removed.
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = "twin".into();
+    client.start_container(ctx(), &start).await.expect("start");
+    assert_eq!(run(&client, "twin", "e", "echo intact").await, "intact\n");
+    client
+        .remove_container(ctx(), &remove("twin"))
+        .await
+        .expect("remove");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_types_as_upstreams_runtime_spells_them() {
+    let (_agent, client, rootfs) = pod("ns-spelling", "policy/examples/allow-all.rego").await;
+    let mut request = container_request("c", &rootfs, &["/bin/sleep", "1000"]);
+    let linux = request
+        .OCI
+        .mut_or_insert_default()
+        .Linux
+        .mut_or_insert_default();
+    linux.Namespaces.clear();
+    for typ in ["pid", "mnt", "ipc", "uts", "net", "cgroup"] {
+        let mut namespace = peerpod_protocols::kata::oci::LinuxNamespace::new();
+        namespace.Type = typ.into();
+        linux.Namespaces.push(namespace);
+    }
+    create_and_start(&client, &request).await;
+    assert_eq!(run(&client, "c", "h", "hostname").await, "pod\n");
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("destroy");
 }

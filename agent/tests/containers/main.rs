@@ -8,7 +8,9 @@ mod common;
 mod support;
 
 mod exec;
+mod leaks;
 mod lifecycle;
+mod privileges;
 mod resources;
 mod sealed;
 mod security;

@@ -129,8 +129,8 @@ async fn an_oom_kill_is_reported() {
     assert_eq!(event.container_id, "hog");
     assert_eq!(
         wait(&client, "hog", "hog").await,
-        9,
-        "the OOM killer's SIGKILL"
+        137,
+        "128 + the OOM killer's SIGKILL"
     );
     client
         .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())

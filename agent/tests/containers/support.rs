@@ -266,3 +266,39 @@ pub(crate) async fn run(
 pub(crate) fn cgroup_file(v2: &str, v1: &str) -> String {
     format!("cat /sys/fs/cgroup/{v2} 2>/dev/null || cat /sys/fs/cgroup/{v1}")
 }
+
+/// An ExecProcess request whose process is exactly `process` (protobuf JSON field names), for
+/// processes that leave fields unset.
+pub(crate) fn exec_request_raw(
+    container: &str,
+    exec: &str,
+    process: serde_json::Value,
+) -> agent::ExecProcessRequest {
+    let json = json!({"container_id": container, "exec_id": exec, "process": process});
+    let mut request = agent::ExecProcessRequest::new();
+    from_json(&json, &mut request).expect("request fits the protos");
+    request
+}
+
+/// Runs `request` and returns its stdout and exit status.
+pub(crate) async fn run_request(
+    client: &agent_ttrpc::AgentServiceClient,
+    request: &agent::ExecProcessRequest,
+) -> (String, i32) {
+    client
+        .exec_process(ctx(), request)
+        .await
+        .unwrap_or_else(|e| panic!("exec {}: {e:?}", request.exec_id));
+    let out = read_all(client, &request.container_id, &request.exec_id, false).await;
+    let status = wait(client, &request.container_id, &request.exec_id).await;
+    (out, status)
+}
+
+/// The value of one `Name:\tvalue` line of a /proc status listing.
+pub(crate) fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+}
