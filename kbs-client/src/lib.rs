@@ -7,8 +7,16 @@
 //! - [`get_resource`] fetches `/kbs/v0/resource/<path>` with a token and opens the JWE with the
 //!   TEE key; [`checked`] turns an error answer into a [`StatusError`] carrying the KBS's error
 //!   type and detail.
-//! - [`token_expiry`] reads a token's `exp` for caches.
+//! - [`token_expiry`] reads a token's `exp` for caches, with checked arithmetic: a token is
+//!   outside input.
+//! - [`read_body`] reads a reply with a size cap ([`MAX_KBS_REPLY`], [`MAX_IMDS_REPLY`]): a
+//!   hostile KBS or IMDS cannot make the guest buffer without bound.
+//! - [`check_scheme`] refuses a plain-`http://` KBS unless the configuration opts in: the
+//!   resource JWE is not authenticated, so on plain HTTP the host can swap a resource.
+//! - [`error_chain`] and [`rpc::status`] are the one error flattening and the one ttrpc status
+//!   builder that the attestation agent and the CDH share.
 
+pub mod rpc;
 pub mod tls;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,9 +51,50 @@ pub fn http_builder(url: &str) -> reqwest::ClientBuilder {
     }
 }
 
+/// The largest KBS reply read (4 MiB): a resource's JWE, a challenge, a token or an error body.
+/// Trustee's own request limit is 2 MiB; resources are keys, certificates and small files.
+pub const MAX_KBS_REPLY: usize = 4 << 20;
+
+/// The largest IMDS reply read (1 MiB): a VCEK certificate or a TD quote is a few KiB.
+pub const MAX_IMDS_REPLY: usize = 1 << 20;
+
+/// The most of an error body read to describe a refusal.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Refuses a plain-`http://` `url` unless `insecure_http`; with it, warns loudly. `key` names the
+/// configuration key that opts in, for the message.
+pub fn check_scheme(url: &str, insecure_http: bool, key: &'static str) -> Result<(), ClientError> {
+    if !url.starts_with("http://") {
+        return Ok(());
+    }
+    if !insecure_http {
+        return Err(ClientError::PlainHttp {
+            url: url.to_string(),
+            key,
+        });
+    }
+    tracing::warn!(
+        url,
+        "INSECURE: the KBS is reached over plain HTTP ({key} = true). The host can read the \
+         attestation exchange and replace any resource; use https:// outside tests."
+    );
+    Ok(())
+}
+
 /// Why an HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// A plain-HTTP KBS URL without the opt-in.
+    #[error(
+        "refusing the plain-HTTP KBS {url}: resources would cross the host unauthenticated; use \
+         https://, or set {key} = true (tests only)"
+    )]
+    PlainHttp {
+        /// The URL.
+        url: String,
+        /// The key that opts in.
+        key: &'static str,
+    },
     /// The configured certificate is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsConfigError),
@@ -94,6 +143,39 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Why a reply body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body is larger than the cap.
+    #[error("the reply is larger than {limit} bytes")]
+    TooLarge {
+        /// The cap.
+        limit: usize,
+    },
+    /// The connection failed while reading.
+    #[error("the reply could not be read")]
+    Read(#[source] reqwest::Error),
+}
+
+/// Reads `resp`'s body, refusing one larger than `limit` bytes (by its `Content-Length`, or as
+/// it arrives) without buffering more than `limit`.
+pub async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+    {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
+        if body.len().saturating_add(chunk.len()) > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The KBS answered with an error status.
 #[derive(Debug, thiserror::Error)]
 #[error("answered {status}: {detail}")]
@@ -110,13 +192,15 @@ pub async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, Statu
     if status.is_success() {
         return Ok(resp);
     }
-    let body = resp.bytes().await.unwrap_or_default();
-    let detail = match serde_json::from_slice::<ErrorInformation>(&body) {
-        Ok(info) => info.to_string(),
-        Err(_) => format!(
-            "(not a KBS error body) {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        ),
+    let detail = match read_body(resp, MAX_ERROR_BODY).await {
+        Ok(body) => match serde_json::from_slice::<ErrorInformation>(&body) {
+            Ok(info) => printable(&info.to_string(), 400),
+            Err(_) => format!(
+                "(not a KBS error body) {}",
+                printable(&String::from_utf8_lossy(&body), 200)
+            ),
+        },
+        Err(e) => format!("(error body unreadable: {e})"),
     };
     Err(StatusError {
         status: status.as_u16(),
@@ -124,8 +208,19 @@ pub async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, Statu
     })
 }
 
+/// At most `max` characters of `text`, control characters replaced: KBS text goes into logs.
+fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Trustee's default token lifetime, assumed when a token's `exp` is missing or unusable.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
 /// When a token expires: its `exp` claim, or five minutes from now (Trustee's default lifetime)
-/// when it has none.
+/// when it has none or one beyond what the clock can hold.
 pub fn token_expiry(token: &str) -> SystemTime {
     let exp = token
         .split('.')
@@ -133,9 +228,18 @@ pub fn token_expiry(token: &str) -> SystemTime {
         .and_then(|p| URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok())
         .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
         .and_then(|c| c["exp"].as_u64());
+    let default = || SystemTime::now() + DEFAULT_TOKEN_LIFETIME;
     match exp {
-        Some(secs) => UNIX_EPOCH + Duration::from_secs(secs),
-        None => SystemTime::now() + Duration::from_secs(300),
+        Some(secs) => UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .unwrap_or_else(|| {
+                tracing::warn!(
+                    exp = secs,
+                    "the token's exp is out of range; assuming 5 minutes"
+                );
+                default()
+            }),
+        None => default(),
     }
 }
 
@@ -160,13 +264,20 @@ pub enum ResourceError {
         #[source]
         source: StatusError,
     },
-    /// The answer is not a JWE.
-    #[error("the KBS's answer for {path} is not a JWE: {detail}")]
-    NotJwe {
+    /// The answer could not be read, or is too large.
+    #[error("the KBS's answer for {path} could not be read")]
+    Body {
         /// The resource.
         path: String,
         /// Why.
-        detail: String,
+        #[source]
+        source: BodyError,
+    },
+    /// The answer is not a JWE. The parser's complaint is left out: it would quote the body.
+    #[error("the KBS's answer for {path} is not a JWE")]
+    NotJwe {
+        /// The resource.
+        path: String,
     },
     /// The JWE does not open with our TEE key.
     #[error("cannot decrypt the resource {path}")]
@@ -192,6 +303,7 @@ impl ResourceError {
     pub fn is_transient(&self) -> bool {
         match self {
             ResourceError::Http { .. } => true,
+            ResourceError::Body { source, .. } => matches!(source, BodyError::Read(_)),
             ResourceError::Status { source, .. } => source.status >= 500,
             _ => false,
         }
@@ -222,12 +334,62 @@ pub async fn get_resource(
             path: path.to_string(),
             source,
         })?;
-    let sealed: JweResponse = resp.json().await.map_err(|e| ResourceError::NotJwe {
+    let body = read_body(resp, MAX_KBS_REPLY)
+        .await
+        .map_err(|source| ResourceError::Body {
+            path: path.to_string(),
+            source,
+        })?;
+    let sealed: JweResponse = serde_json::from_slice(&body).map_err(|_| ResourceError::NotJwe {
         path: path.to_string(),
-        detail: e.to_string(),
     })?;
     jwe::open(key, &sealed).map_err(|source| ResourceError::Decrypt {
         path: path.to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(claims: &str) -> String {
+        format!(
+            "eyJhbGciOiJub25lIn0.{}.sig",
+            URL_SAFE_NO_PAD.encode(claims.as_bytes())
+        )
+    }
+
+    #[test]
+    fn token_expiry_survives_any_exp() {
+        let exact = token_expiry(&token(r#"{"exp": 2000000000}"#));
+        assert_eq!(exact, UNIX_EPOCH + Duration::from_secs(2_000_000_000));
+        // Beyond what SystemTime holds: the default lifetime, not a panic.
+        for claims in [
+            format!(r#"{{"exp": {}}}"#, u64::MAX),
+            r#"{"exp": -1}"#.to_string(),
+            r#"{"exp": 1e300}"#.to_string(),
+            r#"{"exp": "soon"}"#.to_string(),
+        ] {
+            let expiry = token_expiry(&token(&claims));
+            let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+            assert!(left <= DEFAULT_TOKEN_LIFETIME, "{claims}: {left:?}");
+            assert!(left > Duration::from_secs(200), "{claims}: {left:?}");
+        }
+        assert!(token_expiry("not a token") > SystemTime::now());
+    }
+
+    #[test]
+    fn plain_http_needs_the_opt_in() {
+        let err =
+            check_scheme("http://kbs:8080", false, "[peerpod] insecure_http").expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("http://kbs:8080") && text.contains("[peerpod] insecure_http = true"),
+            "{text}"
+        );
+        check_scheme("http://kbs:8080", true, "x").expect("opted in");
+        check_scheme("https://kbs:8080", false, "x").expect("https");
+        check_scheme("", false, "x").expect("no URL is not plain HTTP");
+    }
 }
