@@ -20,6 +20,9 @@ use crate::gate::PolicyGate;
 use crate::network::Network;
 use crate::runtime::Runtime;
 
+/// Where CopyFile writes, as upstream's agent (its `KATA_GUEST_SHARE_DIR`).
+pub const DEFAULT_COPY_ROOT: &str = "/run/kata-containers/shared/containers";
+
 /// The storage drivers CreateSandbox and CreateContainer accept (see `runtime::storage`),
 /// reported in GetGuestDetails as upstream reports its storage handlers.
 pub const STORAGE_HANDLERS: &[&str] = &["bind", "ephemeral", "local"];
@@ -49,7 +52,9 @@ pub struct AgentRpc {
 pub struct GuestInfo {
     /// The sysfs mount, normally `/sys`.
     pub sysfs: PathBuf,
-    /// The only directory CopyFile writes under, normally `/run/kata-containers`.
+    /// The only directory CopyFile writes under, normally upstream's shared directory
+    /// `/run/kata-containers/shared/containers` (where the runtime copies files when it shares
+    /// no file system with the guest).
     pub copy_root: PathBuf,
     /// The guest's resolver configuration, which CreateSandbox's `dns` replaces.
     pub resolv_conf: PathBuf,
@@ -59,7 +64,7 @@ impl Default for GuestInfo {
     fn default() -> Self {
         Self {
             sysfs: PathBuf::from("/sys"),
-            copy_root: PathBuf::from("/run/kata-containers"),
+            copy_root: PathBuf::from(DEFAULT_COPY_ROOT),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
         }
     }

@@ -37,7 +37,7 @@ struct Cli {
     cgroup_parent: String,
 
     /// The only directory CopyFile may write under.
-    #[arg(long, default_value = "/run/kata-containers", hide = true)]
+    #[arg(long, default_value = kata_agent::rpc::DEFAULT_COPY_ROOT, hide = true)]
     copy_root: PathBuf,
 
     /// The resolver configuration CreateSandbox's DNS settings go to.
