@@ -154,6 +154,8 @@ enable_eventlog = true
 tpm = "$PEERPOD_VTPM"
 imds_url = "$PEERPOD_IMDS"
 allow_sample = false
+# The local test KBS serves plain HTTP: an explicit, test-only opt-in.
+insecure_http = true
 eventlog_path = "$work/aa-eventlog"
 TOML
     echo
@@ -201,6 +203,12 @@ url = "http://127.0.0.1:$port"
 
 [aa]
 aa_socket = "unix://$work/aa.sock"
+
+[peerpod]
+# The KBS resources sealed secrets may name as their verification key (kid).
+sealed_secret_verification_keys = ["kbs:///default/sign/"]
+# The local test KBS serves plain HTTP: an explicit, test-only opt-in.
+insecure_http = true
 TOML
     target/debug/confidential-data-hub -c "$work/cdh.toml" 2> "$work/cdh.log" &
     cdh_pid=$!

@@ -82,6 +82,7 @@ impl AttestationAgent {
                 kc.request_timeout = config.kbs_request_timeout;
                 kc.attempts = config.kbs_attempts;
                 kc.refresh_margin = config.token_refresh_margin;
+                kc.insecure_http = config.insecure_http;
                 Some(KbsClient::new(kc, Arc::clone(&attester))?)
             }
             None => None,
@@ -183,10 +184,14 @@ impl AttestationAgent {
             .await
             .map_err(|e| AaError::Service(format!("attestation service request failed: {e}")))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
+        let bytes = peerpod_kbs_client::read_body(resp, peerpod_kbs_client::MAX_KBS_REPLY)
             .await
-            .map_err(|e| AaError::Service(format!("attestation service reply: {e}")))?;
+            .map_err(|e| {
+                AaError::Service(format!(
+                    "attestation service reply: {}",
+                    peerpod_kbs_client::error_chain(&e)
+                ))
+            })?;
         if !status.is_success() {
             return Err(AaError::Service(format!(
                 "attestation service answered {status}: {}",

@@ -14,12 +14,13 @@
 //! enable_eventlog = false
 //!
 //! [log]
-//! level = "info"
+//! level = "info"             # any tracing filter: "info,attestation_agent=debug", "off"
 //!
 //! [peerpod]                  # ours; every key optional
 //! tpm = "device:/dev/tpmrm0"
 //! imds_url = "http://169.254.169.254"
-//! allow_sample = true        # false: outside a TEE, refuse to start instead of faking one
+//! allow_sample = false       # true: outside a TEE, use the sample TEE (tests only)
+//! insecure_http = false      # true: accept a plain-http:// KBS (tests only)
 //! eventlog_path = "/run/attestation-agent/eventlog"
 //! report_refresh_timeout_secs = 10
 //! kbs_request_timeout_secs = 30
@@ -97,8 +98,10 @@ pub struct AaConfig {
     pub imds_url: String,
     /// `[peerpod] tsm_root`.
     pub tsm_root: PathBuf,
-    /// `[peerpod] allow_sample`.
+    /// `[peerpod] allow_sample`: outside a TEE, use the sample TEE instead of failing.
     pub allow_sample: bool,
+    /// `[peerpod] insecure_http`: accept a plain-`http://` KBS URL.
+    pub insecure_http: bool,
     /// `[peerpod] eventlog_path`.
     pub eventlog_path: PathBuf,
     /// `[peerpod] report_refresh_timeout_secs`.
@@ -124,7 +127,8 @@ impl Default for AaConfig {
             tpm: peerpod_tpm::transport::Transport::DEFAULT.into(),
             imds_url: "http://169.254.169.254".into(),
             tsm_root: PathBuf::from(crate::attester::tsm_root()),
-            allow_sample: true,
+            allow_sample: false,
+            insecure_http: false,
             eventlog_path: PathBuf::from("/run/attestation-agent/eventlog"),
             report_refresh_timeout: Duration::from_secs(10),
             kbs_request_timeout: Duration::from_secs(30),
@@ -216,17 +220,19 @@ impl AaConfig {
                         match lk.as_str() {
                             "level" => {
                                 let level = string("log.level", lv)?;
-                                if !["trace", "debug", "info", "warn", "error"]
-                                    .contains(&level.to_ascii_lowercase().as_str())
-                                {
+                                // Any tracing filter, as upstream: a level, `off`, or directives
+                                // such as `info,attestation_agent=debug`.
+                                if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
                                     return Err(value_err(
                                         "log.level",
                                         format!(
-                                            "{level:?} is not trace, debug, info, warn or error"
+                                            "{level:?} is not a tracing filter (a level such as \
+                                             info, off, or directives like \
+                                             info,attestation_agent=debug)"
                                         ),
                                     ));
                                 }
-                                c.log_level = level.to_ascii_lowercase();
+                                c.log_level = level;
                             }
                             other => warnings.push(format!("log.{other}")),
                         }
@@ -353,6 +359,7 @@ fn parse_peerpod(
             "imds_url" => c.imds_url = string(&key, v)?,
             "tsm_root" => c.tsm_root = PathBuf::from(string(&key, v)?),
             "allow_sample" => c.allow_sample = boolean(&key, v)?,
+            "insecure_http" => c.insecure_http = boolean(&key, v)?,
             "eventlog_path" => c.eventlog_path = PathBuf::from(string(&key, v)?),
             "report_refresh_timeout_secs" => {
                 c.report_refresh_timeout = Duration::from_secs(integer(&key, v, 600)?.max(1))
@@ -380,6 +387,8 @@ mod tests {
     fn empty_and_full() {
         let c = AaConfig::parse("").expect("empty");
         assert_eq!(c.kbs, None);
+        assert!(!c.allow_sample, "the sample TEE only when configured");
+        assert!(!c.insecure_http, "plain HTTP only when configured");
         assert_eq!(c.init_pcr, 23);
         assert!(!c.enable_eventlog);
         let c = AaConfig::parse(
@@ -393,7 +402,7 @@ mod tests {
         assert_eq!(kbs.tee_key_algorithm, KeyAlgorithm::Rsa);
         assert_eq!(c.coco_as_url.as_deref(), Some("http://as"));
         assert_eq!((c.init_pcr, c.enable_eventlog), (17, true));
-        assert_eq!(c.log_level, "debug");
+        assert_eq!(c.log_level, "DEBUG");
         assert_eq!(c.tpm, "unix:/x");
         assert!(!c.allow_sample);
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
@@ -424,7 +433,14 @@ mod tests {
                 "[eventlog_config]\nenable_eventlog = \"yes\"\n",
                 "enable_eventlog",
             ),
-            ("[log]\nlevel = \"loud\"\n", "log.level"),
+            (
+                "[log]\nlevel = \"info,attestation_agent=loud\"\n",
+                "log.level",
+            ),
+            (
+                "[peerpod]\ninsecure_http = \"yes\"\n",
+                "peerpod.insecure_http",
+            ),
             ("token_configs = 3\n", "token_configs"),
         ] {
             let err = AaConfig::parse(text).expect_err(text).to_string();
@@ -434,6 +450,20 @@ mod tests {
             AaConfig::parse("[[["),
             Err(ConfigError::Toml { .. })
         ));
+    }
+
+    #[test]
+    fn log_level_is_any_tracing_filter() {
+        for level in [
+            "info",
+            "OFF",
+            "off",
+            "info,attestation_agent=debug",
+            "warn,kbs=trace",
+        ] {
+            let c = AaConfig::parse(&format!("[log]\nlevel = \"{level}\"\n")).expect(level);
+            assert_eq!(c.log_level, level);
+        }
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct KbsConfig {
     pub attempts: u32,
     /// Re-attest this long before the token expires.
     pub refresh_margin: Duration,
+    /// Accept a plain-`http://` URL (`[peerpod] insecure_http`; tests only).
+    pub insecure_http: bool,
 }
 
 impl KbsConfig {
@@ -75,6 +77,7 @@ impl KbsConfig {
             request_timeout: Duration::from_secs(30),
             attempts: 3,
             refresh_margin: Duration::from_secs(30),
+            insecure_http: false,
         }
     }
 }
@@ -106,6 +109,27 @@ pub enum KbsError {
     /// The KBS answered something we cannot use.
     #[error("KBS protocol error: {0}")]
     Protocol(String),
+    /// The KBS's reply could not be read, or is too large.
+    #[error("KBS {what} reply")]
+    Body {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: peerpod_kbs_client::BodyError,
+    },
+    /// The KBS's reply is not the message expected. The parser's complaint is left out: it
+    /// would quote the reply, and a token reply holds the token.
+    #[error("the KBS's {what} reply is not {expected}")]
+    Malformed {
+        /// The step.
+        what: &'static str,
+        /// The message expected.
+        expected: &'static str,
+    },
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Client(#[from] peerpod_kbs_client::ClientError),
     /// The attester failed.
     #[error("cannot make evidence")]
     Attester(#[from] AttestError),
@@ -119,6 +143,9 @@ impl KbsError {
     pub fn is_transient(&self) -> bool {
         match self {
             KbsError::Http { .. } => true,
+            KbsError::Body { source, .. } => {
+                matches!(source, peerpod_kbs_client::BodyError::Read(_))
+            }
             KbsError::Status { status, .. } => *status >= 500,
             KbsError::Resource(e) => e.is_transient(),
             _ => false,
@@ -168,9 +195,28 @@ async fn checked(
         })
 }
 
+/// A successful reply's body, at most [`peerpod_kbs_client::MAX_KBS_REPLY`] bytes, as `T`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    expected: &'static str,
+    resp: reqwest::Response,
+) -> Result<T, KbsError> {
+    let resp = checked(what, resp).await?;
+    let body = peerpod_kbs_client::read_body(resp, peerpod_kbs_client::MAX_KBS_REPLY)
+        .await
+        .map_err(|source| KbsError::Body { what, source })?;
+    let body = Zeroizing::new(body);
+    serde_json::from_slice(&body).map_err(|_| KbsError::Malformed { what, expected })
+}
+
 impl KbsClient {
     /// A client of the configured KBS, attesting with `attester`.
     pub fn new(config: KbsConfig, attester: Arc<dyn Attester>) -> Result<Self, KbsError> {
+        peerpod_kbs_client::check_scheme(
+            &config.url,
+            config.insecure_http,
+            "[peerpod] insecure_http in aa.toml",
+        )?;
         let http = peerpod_kbs_client::http_client(
             &config.url,
             config.cert.as_deref(),
@@ -251,10 +297,7 @@ impl KbsClient {
                 url: auth_url.clone(),
                 source,
             })?;
-        let challenge: Challenge =
-            checked("auth", resp).await?.json().await.map_err(|e| {
-                KbsError::Protocol(format!("the /auth reply is not a challenge: {e}"))
-            })?;
+        let challenge: Challenge = read_json("auth", "a challenge", resp).await?;
         let alg = match challenge.selected_hash_algorithm() {
             Some(name) => {
                 HashAlgorithm::from_name(name).map_err(|e| KbsError::Protocol(e.to_string()))?
@@ -291,10 +334,7 @@ impl KbsClient {
                 url: attest_url.clone(),
                 source,
             })?;
-        let token: TokenResponse =
-            checked("attest", resp).await?.json().await.map_err(|e| {
-                KbsError::Protocol(format!("the /attest reply is not a token: {e}"))
-            })?;
+        let token: TokenResponse = read_json("attest", "a token", resp).await?;
         self.attestations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(tee = self.attester.tee(), "attested to the KBS");
         Ok(Session {

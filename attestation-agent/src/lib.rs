@@ -16,11 +16,15 @@
 //!   [`server`] runs that on the agent's socket.
 //!
 //! The `attestation-agent` binary wires these together with upstream's flags.
+//!
+//! Feature `fuzzing`: the `fuzzing` module, the fuzz targets' entry points (`fuzz/` and the
+//! in-tree mutation test enable it; the binary does not carry it).
 
 pub mod api;
 pub mod attester;
 pub mod config;
 pub mod eventlog;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod kbs;
 pub mod rpc;

@@ -26,11 +26,10 @@ impl AaService {
     }
 }
 
-/// One mapping from our errors to ttrpc statuses: a request we cannot serve is
-/// INVALID_ARGUMENT or FAILED_PRECONDITION, a failure of the TEE or the KBS is INTERNAL; the
-/// message is the whole error chain, which names the cause (and never a secret).
+/// One mapping from our errors to ttrpc status codes: a request we cannot serve is
+/// INVALID_ARGUMENT or FAILED_PRECONDITION, a failure of the TEE or the KBS is INTERNAL. The
+/// message (the whole error chain) and the log line come from the helper the CDH shares.
 fn status(method: &str, e: AaError) -> ttrpc::Error {
-    use std::error::Error as _;
     let code = match &e {
         AaError::Request(_)
         | AaError::EventLog(crate::eventlog::EventLogError::Invalid(_))
@@ -42,14 +41,7 @@ fn status(method: &str, e: AaError) -> ttrpc::Error {
         }
         _ => ttrpc::Code::INTERNAL,
     };
-    let mut message = format!("{method}: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    tracing::warn!(method, error = %message, "request failed");
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+    peerpod_kbs_client::rpc::status(method, code, &e)
 }
 
 #[async_trait]

@@ -180,7 +180,7 @@ async fn the_binary_serves_every_method_over_its_socket() {
         format!(
             "[token_configs.kbs]\nurl = \"{}\"\n\n[eventlog_config]\nenable_eventlog = true\n\n\
              [peerpod]\ntpm = \"{}\"\nimds_url = \"{}\"\ntsm_root = \"/nonexistent-tsm\"\n\
-             allow_sample = false\neventlog_path = \"{}\"\n",
+             allow_sample = false\ninsecure_http = true\neventlog_path = \"{}\"\n",
             kbs.url(),
             cvm.tpm_spec(),
             cvm.imds_url(),

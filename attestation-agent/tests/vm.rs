@@ -51,7 +51,7 @@ fn the_agent_attests_from_inside_a_vm() {
         dir.path(),
         "aa.toml",
         "[token_configs.kbs]\nurl = \"http://10.0.2.100:8080\"\n\n[peerpod]\n\
-         imds_url = \"http://10.0.2.101\"\nallow_sample = false\n",
+         imds_url = \"http://10.0.2.101\"\nallow_sample = false\ninsecure_http = true\n",
     );
     let initdata_toml = write(dir.path(), "initdata.toml", &doc);
     let mut vm_options = VmOptions::new(VmOptions::built_agent_binary());

@@ -48,6 +48,7 @@ async fn servers(dir: &Path, run: usize, kbs: &RunningKbs, cvm: &SimulatedCvm) -
         imds_url: cvm.imds_url(),
         tsm_root: "/nonexistent-tsm".into(),
         allow_sample: false,
+        insecure_http: true,
         ..AaConfig::default()
     };
     let aa = Arc::new(AttestationAgent::new(&config, None).expect("AA"));
@@ -56,7 +57,8 @@ async fn servers(dir: &Path, run: usize, kbs: &RunningKbs, cvm: &SimulatedCvm) -
     let hub = Arc::new(
         Hub::new(
             CdhConfig::parse(&format!(
-                "[kbc]\nname = \"cc_kbc\"\nurl = \"{}\"\n[aa]\naa_socket = \"unix://{}\"\n",
+                "[kbc]\nname = \"cc_kbc\"\nurl = \"{}\"\n[aa]\naa_socket = \"unix://{}\"\n\
+                 [peerpod]\ninsecure_http = true\n",
                 kbs.url(),
                 aa_socket.display()
             ))

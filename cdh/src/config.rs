@@ -23,6 +23,8 @@
 //! [peerpod]                       # ours; every key optional
 //! credentials_root = "/run/confidential-containers/cdh"
 //! sealed_secret_key_dir = "/run/confidential-containers/cdh/sealed-secret"
+//! sealed_secret_verification_keys = ["kbs:///default/sealed-secret-keys/"]  # default: none
+//! insecure_http = false           # true: accept a plain-http:// KBS (tests only)
 //! luks_header_dir = "/run/confidential-containers/cdh/luks-headers"
 //! offline_fs_kbc_files = ["/etc/aa-offline_fs_kbc-keys.json", "/etc/aa-offline_fs_kbc-resources.json"]
 //! request_timeout_secs = 30
@@ -36,6 +38,8 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use peerpod_kbs_protocol::messages::ResourcePath;
 
 use crate::uri::ResourceUri;
 
@@ -108,6 +112,55 @@ pub struct Credential {
     pub path: PathBuf,
 }
 
+/// KBS resources a sealed secret may name as its verification key (`kid`): one resource
+/// (`kbs:///<repo>/<type>/<tag>`) or every resource under a prefix ending in `/`
+/// (`kbs:///<repo>/` or `kbs:///<repo>/<type>/`). The host part and query are ignored, as they
+/// are for fetches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPattern {
+    segments: Vec<String>,
+    prefix: bool,
+}
+
+impl KeyPattern {
+    /// Parses a pattern; `None` when it is neither a resource URI nor a prefix of one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix("kbs://")?;
+        let (_, path) = rest.split_once('/')?;
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let prefix = path.ends_with('/');
+        let segments: Vec<String> = path
+            .trim_end_matches('/')
+            .split('/')
+            .map(str::to_string)
+            .collect();
+        let complete = match (prefix, segments.len()) {
+            (false, 3) => segments.join("/"),
+            // Padded to a whole path so the protocol's own rule checks each segment.
+            (true, 1..=2) => {
+                let mut padded = segments.clone();
+                padded.resize(3, "x".to_string());
+                padded.join("/")
+            }
+            _ => return None,
+        };
+        ResourcePath::parse(&complete).ok()?;
+        Some(Self { segments, prefix })
+    }
+
+    /// Whether `uri` is this resource, or under this prefix.
+    pub fn matches(&self, uri: &ResourceUri) -> bool {
+        let path = uri.path.to_string();
+        let have: Vec<&str> = path.split('/').collect();
+        if self.prefix {
+            have.len() > self.segments.len() && self.segments.iter().zip(&have).all(|(a, b)| a == b)
+        } else {
+            have.len() == self.segments.len()
+                && self.segments.iter().zip(&have).all(|(a, b)| a == b)
+        }
+    }
+}
+
 /// The CDH's configuration.
 #[derive(Debug, Clone)]
 pub struct CdhConfig {
@@ -129,6 +182,10 @@ pub struct CdhConfig {
     pub credentials_root: PathBuf,
     /// Where sealed-secret verification keys named by a plain `kid` live.
     pub sealed_secret_key_dir: PathBuf,
+    /// The KBS resources a sealed secret's `kid` may name (default: none).
+    pub sealed_secret_verification_keys: Vec<KeyPattern>,
+    /// Accept a plain-`http://` KBS URL.
+    pub insecure_http: bool,
     /// Where detached LUKS headers are kept.
     pub luks_header_dir: PathBuf,
     /// The `offline_fs_kbc` files.
@@ -151,6 +208,8 @@ impl Default for CdhConfig {
             log_level: "info".into(),
             credentials_root: PathBuf::from(DEFAULT_CREDENTIALS_ROOT),
             sealed_secret_key_dir: PathBuf::from(DEFAULT_CREDENTIALS_ROOT).join("sealed-secret"),
+            sealed_secret_verification_keys: Vec::new(),
+            insecure_http: false,
             luks_header_dir: PathBuf::from(DEFAULT_CREDENTIALS_ROOT).join("luks-headers"),
             offline_fs_kbc_files: vec![
                 PathBuf::from("/etc/aa-offline_fs_kbc-keys.json"),
@@ -302,15 +361,14 @@ fn parse_kbc(t: &toml::Table, unknown: &mut Vec<String>) -> Result<Kbc, ConfigEr
         }
     }
     match name.as_deref() {
-        Some("cc_kbc") => {
-            let url = url
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| bad("kbc.url", "cc_kbc needs the KBS's URL"))?;
-            Ok(Kbc::CcKbc {
-                url: http_url("kbc.url", url)?,
-                cert,
-            })
-        }
+        // As upstream, a missing or empty URL fails only when a resource is fetched.
+        Some("cc_kbc") => Ok(Kbc::CcKbc {
+            url: match url.unwrap_or_default() {
+                u if u.is_empty() => u,
+                u => http_url("kbc.url", u)?,
+            },
+            cert,
+        }),
         Some("offline_fs_kbc") => Ok(Kbc::OfflineFs),
         Some(other) => Err(bad(
             "kbc.name",
@@ -347,6 +405,31 @@ fn parse_peerpod(
             "credentials_root" => c.credentials_root = PathBuf::from(string(&key, v)?),
             "sealed_secret_key_dir" => c.sealed_secret_key_dir = PathBuf::from(string(&key, v)?),
             "luks_header_dir" => c.luks_header_dir = PathBuf::from(string(&key, v)?),
+            "insecure_http" => {
+                c.insecure_http = v
+                    .as_bool()
+                    .ok_or_else(|| bad(&key, "must be true or false"))?;
+            }
+            "sealed_secret_verification_keys" => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| bad(&key, "must be a list of kbs:// URIs or prefixes"))?;
+                c.sealed_secret_verification_keys = list
+                    .iter()
+                    .map(|p| {
+                        let text = string(&key, p)?;
+                        KeyPattern::parse(&text).ok_or_else(|| {
+                            bad(
+                                &key,
+                                format!(
+                                    "{text:?} is not kbs:///<repo>/<type>/<tag>, kbs:///<repo>/<type>/ \
+                                     or kbs:///<repo>/"
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             "offline_fs_kbc_files" => {
                 let list = v
                     .as_array()
@@ -430,10 +513,72 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_kbs_url_is_accepted_until_used() {
+        for text in [
+            "[kbc]\nname = \"cc_kbc\"",
+            "[kbc]\nname = \"cc_kbc\"\nurl = \"\"",
+        ] {
+            let c = CdhConfig::parse(text).expect(text);
+            assert_eq!(
+                c.kbc,
+                Some(Kbc::CcKbc {
+                    url: String::new(),
+                    cert: None
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn verification_key_patterns() {
+        let c = CdhConfig::parse(
+            "[peerpod]\nsealed_secret_verification_keys = [\"kbs:///default/sign/\", \
+             \"kbs://host/other/jwk/one\", \"kbs:///whole/\"]\ninsecure_http = true\n",
+        )
+        .expect("parses");
+        assert!(c.insecure_http);
+        let allowed = |uri: &str| {
+            let uri = ResourceUri::parse(uri).expect(uri);
+            c.sealed_secret_verification_keys
+                .iter()
+                .any(|p| p.matches(&uri))
+        };
+        for ok in [
+            "kbs:///default/sign/jwk",
+            "kbs://any/default/sign/other",
+            "kbs:///other/jwk/one",
+            "kbs:///whole/a/b",
+        ] {
+            assert!(allowed(ok), "{ok}");
+        }
+        for no in [
+            "kbs:///default/key/db",
+            "kbs:///default/signx/jwk",
+            "kbs:///other/jwk/two",
+            "kbs:///wholesale/a/b",
+        ] {
+            assert!(!allowed(no), "{no}");
+        }
+        assert!(
+            CdhConfig::default()
+                .sealed_secret_verification_keys
+                .is_empty()
+        );
+        for bad in [
+            "kbs:///",
+            "kbs:///a/b",
+            "kbs:///a/../",
+            "http:///a/b/c",
+            "kbs:///a/b/c/",
+        ] {
+            assert!(KeyPattern::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         for (text, key) in [
             ("socket = \"/tmp/x\"", "socket"),
-            ("[kbc]\nname = \"cc_kbc\"", "kbc.url"),
             ("[kbc]\nname = \"sev\"", "kbc.name"),
             ("[kbc]\nname = \"cc_kbc\"\nurl = \"kbs:8080\"", "kbc.url"),
             (
@@ -447,6 +592,11 @@ mod tests {
             (
                 "[peerpod]\nrequest_timeout_secs = 0",
                 "peerpod.request_timeout_secs",
+            ),
+            ("[peerpod]\ninsecure_http = 1", "peerpod.insecure_http"),
+            (
+                "[peerpod]\nsealed_secret_verification_keys = [\"kbs:///a/b\"]",
+                "peerpod.sealed_secret_verification_keys",
             ),
         ] {
             let err = CdhConfig::parse(text).expect_err(text).to_string();

@@ -5,12 +5,13 @@ use peerpod_protocols::client::{CallError, Connection};
 
 use crate::error::CdhError;
 
-/// Runs `f` on `conn`. A status from the peer keeps its kind; the peer's INTERNAL becomes
-/// `internal`'s kind; a peer that cannot be reached is unavailable.
+/// Runs `f` on `conn`. A status from the peer keeps its kind (FAILED_PRECONDITION becomes
+/// INVALID_ARGUMENT; codes we do not answer become UNAVAILABLE); the peer's INTERNAL becomes
+/// `internal`; a peer that cannot be reached is unavailable.
 pub async fn call<T, F, Fut>(
     conn: &Connection,
-    what: &str,
-    internal: fn(String) -> CdhError,
+    method: &'static str,
+    internal: ttrpc::Code,
     f: F,
 ) -> Result<T, CdhError>
 where
@@ -19,19 +20,20 @@ where
 {
     conn.call(f).await.map_err(|e| match e {
         CallError::Status(s) => {
-            let message = format!("{}'s {what} failed: {}", conn.peer(), s.message());
-            match s.code() {
-                ttrpc::Code::INVALID_ARGUMENT | ttrpc::Code::FAILED_PRECONDITION => {
-                    CdhError::InvalidArgument(message)
-                }
-                ttrpc::Code::NOT_FOUND => CdhError::NotFound(message),
-                ttrpc::Code::PERMISSION_DENIED => CdhError::PermissionDenied(message),
-                ttrpc::Code::UNIMPLEMENTED => CdhError::Unimplemented(message),
-                ttrpc::Code::INTERNAL => internal(message),
-                _ => CdhError::Unavailable(message),
+            use ttrpc::Code;
+            let code = match s.code() {
+                Code::INVALID_ARGUMENT | Code::FAILED_PRECONDITION => Code::INVALID_ARGUMENT,
+                c @ (Code::NOT_FOUND | Code::PERMISSION_DENIED | Code::UNIMPLEMENTED) => c,
+                Code::INTERNAL => internal,
+                _ => Code::UNAVAILABLE,
+            };
+            CdhError::Peer {
+                peer: conn.peer(),
+                method,
+                code,
+                message: s.message().to_string(),
             }
         }
-        CallError::Unreachable(m) => CdhError::Unavailable(m),
-        CallError::Transport(m) => CdhError::Unavailable(format!("{what} failed: {m}")),
+        source => CdhError::Unreachable { method, source },
     })
 }

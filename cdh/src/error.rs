@@ -1,52 +1,325 @@
 //! One error type for every operation, with the ttrpc status each maps to.
+//!
+//! The message goes back to the caller (the kata agent, so the host) and into the log, so no
+//! variant can carry a resource, a key, a token or text derived from one: every field is a fixed
+//! reason, a URI or path the caller or the configuration named, a status code, or a source
+//! error of the transport. Parsers of fetched data (JWKs, the agent's token reply, offline files)
+//! report only that the data is unusable, never the parser's complaint, which quotes its input.
 
-/// Why an operation failed. Each message names the cause and, where there is one, the fix; none
-/// carries a secret.
+use std::path::PathBuf;
+
+use peerpod_kbs_client::{ClientError, ResourceError};
+
+use crate::uri::UriError;
+
+/// Why an operation failed. Variants are grouped by who has to act.
 #[derive(Debug, thiserror::Error)]
 pub enum CdhError {
-    /// The request is malformed (a bad URI, a sealed secret that does not parse, bad options).
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The KBS or the offline store has no such resource.
-    #[error("{0}")]
-    NotFound(String),
-    /// The KBS or the key's owner refused (policy, token, signature).
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// The attestation agent or the KBS could not be reached in time.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The operation is not supported here.
-    #[error("{0}")]
-    Unimplemented(String),
-    /// Anything else (a local tool failed, an I/O error).
-    #[error("{0}")]
-    Internal(String),
+    // The caller sent something unusable.
+    /// A resource URI does not parse.
+    #[error(transparent)]
+    Uri(#[from] UriError),
+    /// A sealed secret is malformed.
+    #[error("sealed secret: {reason}")]
+    Sealed {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A sealed secret's `kid` is neither a `kbs://` URI nor a plain file name.
+    #[error(
+        "sealed secret: kid {kid:?} is neither a kbs:// URI nor a file name in {}",
+        dir.display()
+    )]
+    BadKid {
+        /// The kid, as the secret names it.
+        kid: String,
+        /// The key directory.
+        dir: PathBuf,
+    },
+    /// An `UnWrapKey` request is malformed.
+    #[error("UnWrapKey: {reason}")]
+    Unwrap {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A secure-mount request is malformed.
+    #[error("secure mount: {reason}")]
+    Mount {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A secure-mount option is not one of upstream's keys.
+    #[error("secure mount: unknown option {option:?} (known: {known})")]
+    UnknownMountOption {
+        /// The option, as given.
+        option: String,
+        /// The known options.
+        known: &'static str,
+    },
+    /// A path in a request does not exist or is not usable.
+    #[error("{what} {} {reason}", path.display())]
+    BadPath {
+        /// What the path is.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A REST query or body is malformed.
+    #[error("{reason}")]
+    Query {
+        /// What is wrong and what is expected.
+        reason: &'static str,
+    },
+    /// A provider, volume type, algorithm or operation this CDH does not support.
+    #[error("{what} {value:?} is not supported here ({supported})")]
+    Unsupported {
+        /// What kind of thing.
+        what: &'static str,
+        /// The value, as the caller gave it.
+        value: String,
+        /// What is supported.
+        supported: &'static str,
+    },
+
+    // A key or signature does not check out.
+    /// The `kid` names a KBS resource outside the configured verification keys.
+    #[error(
+        "sealed secret: the verification key {kid} is not one of [peerpod] \
+         sealed_secret_verification_keys in cdh.toml"
+    )]
+    KeyNotAllowed {
+        /// The kid.
+        kid: String,
+    },
+    /// The verification key file cannot be read.
+    #[error("sealed secret: no verification key {}", path.display())]
+    NoKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The verification key is not a P-256 public JWK.
+    #[error("sealed secret: the verification key {kid} is not an EC P-256 public JWK")]
+    BadKey {
+        /// The kid.
+        kid: String,
+    },
+    /// The signature does not verify.
+    #[error("sealed secret: the signature does not verify with key {kid}")]
+    Signature {
+        /// The kid.
+        kid: String,
+    },
+    /// A key from the KBS (or a file) is not a 256-bit AES key.
+    #[error("the key for {what} is not a 256-bit AES key")]
+    KeySize {
+        /// What it should decrypt.
+        what: &'static str,
+    },
+    /// Ciphertext does not open with its key.
+    #[error("{what} does not decrypt with its key (wrong key or altered data)")]
+    Decrypt {
+        /// What was decrypted.
+        what: &'static str,
+    },
+
+    // The key broker (KBS, attestation agent, offline files) failed or refused.
+    /// No key broker client is configured.
+    #[error(
+        "no key broker configured: set [kbc] name and url in cdh.toml, or \
+         agent.aa_kbc_params=cc_kbc::<url>"
+    )]
+    NoKbc,
+    /// `cc_kbc` is configured without a URL.
+    #[error("[kbc] url in cdh.toml is empty: set the KBS's https:// URL")]
+    NoKbsUrl,
+    /// The resource does not exist.
+    #[error("the key broker has no resource {uri}")]
+    NotFound {
+        /// The resource.
+        uri: String,
+        /// The KBS's answer, when there was one.
+        #[source]
+        source: Option<ResourceError>,
+    },
+    /// The KBS refused the resource (its resource policy).
+    #[error("the KBS refused {uri} (its resource policy)")]
+    Refused {
+        /// The resource.
+        uri: String,
+        /// The KBS's answer.
+        #[source]
+        source: ResourceError,
+    },
+    /// The KBS refused the attestation agent's token, and a fresh one.
+    #[error(
+        "the KBS refused the attestation agent's token twice for {uri} (the agent renews its \
+         token when it expires; a KBS that restarted forgets tokens)"
+    )]
+    TokenRefused {
+        /// The resource.
+        uri: String,
+        /// The last answer.
+        #[source]
+        source: ResourceError,
+    },
+    /// Fetching a resource failed otherwise.
+    #[error("fetching {uri} from the KBS failed")]
+    Kbs {
+        /// The resource.
+        uri: String,
+        /// Why.
+        #[source]
+        source: ResourceError,
+    },
+    /// The KBS client cannot be set up from the configuration.
+    #[error("the KBS client cannot be set up ([kbc] in cdh.toml)")]
+    Client(#[from] ClientError),
+    /// A peer (the attestation agent, or the CDH for the REST endpoint) answered an error.
+    #[error("{peer}'s {method} failed: {message}")]
+    Peer {
+        /// The peer.
+        peer: &'static str,
+        /// The method.
+        method: &'static str,
+        /// Our status for the peer's answer (see [`crate::conn::call`]).
+        code: ttrpc::Code,
+        /// The peer's message (its own errors, built under the same rule as these).
+        message: String,
+    },
+    /// A peer cannot be reached.
+    #[error("{method} failed")]
+    Unreachable {
+        /// The method.
+        method: &'static str,
+        /// Why.
+        #[source]
+        source: peerpod_protocols::client::CallError,
+    },
+    /// The attestation agent's answer is unusable (what is wrong is not quoted: the reply holds
+    /// the token and the TEE key).
+    #[error("the attestation agent's GetToken(\"kbs\") reply {reason}")]
+    TokenReply {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// An `offline_fs_kbc` file is not a JSON object of base64 strings (where is given, not
+    /// what: the file holds secrets).
+    #[error(
+        "{} is not a JSON object of \"<repo>/<type>/<tag>\": \"<base64>\" (line {line}, column \
+         {column})",
+        path.display()
+    )]
+    OfflineFile {
+        /// The file.
+        path: PathBuf,
+        /// Where the parser stopped.
+        line: usize,
+        /// Where the parser stopped.
+        column: usize,
+    },
+    /// A value in an `offline_fs_kbc` file is not base64.
+    #[error("{}: the value of {resource:?} is not standard base64", path.display())]
+    OfflineValue {
+        /// The file.
+        path: PathBuf,
+        /// The resource.
+        resource: String,
+    },
+
+    // Start-up and local failures.
+    /// Writing a configured credential failed.
+    #[error("credential {uri} for {}", path.display())]
+    Credential {
+        /// The resource.
+        uri: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<CdhError>,
+    },
+    /// A credential path is outside the credentials root.
+    #[error(
+        "credential path {} must be an absolute path inside {} without . or .. ([peerpod] \
+         credentials_root)",
+        path.display(),
+        root.display()
+    )]
+    CredentialPath {
+        /// The path.
+        path: PathBuf,
+        /// The root.
+        root: PathBuf,
+    },
+    /// A file operation failed.
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        /// What we were doing.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local tool (`cryptsetup`, `mkfs.ext4`, `mount`) could not run or failed.
+    #[error("secure mount: {program} {step} failed: {detail}")]
+    Tool {
+        /// The program.
+        program: &'static str,
+        /// Its first argument.
+        step: String,
+        /// Its exit status and standard error (it never sees a key on its command line).
+        detail: String,
+    },
+    /// The system's random number generator failed.
+    #[error("no randomness available")]
+    Random,
 }
 
 impl CdhError {
     /// The ttrpc status code.
     pub fn code(&self) -> ttrpc::Code {
+        use ttrpc::Code;
         match self {
-            CdhError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
-            CdhError::NotFound(_) => ttrpc::Code::NOT_FOUND,
-            CdhError::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
-            CdhError::Unavailable(_) => ttrpc::Code::UNAVAILABLE,
-            CdhError::Unimplemented(_) => ttrpc::Code::UNIMPLEMENTED,
-            CdhError::Internal(_) => ttrpc::Code::INTERNAL,
-        }
-    }
-
-    /// The same error with `context: ` in front of its message.
-    pub fn context(self, context: &str) -> Self {
-        let wrap = |m: String| format!("{context}: {m}");
-        match self {
-            CdhError::InvalidArgument(m) => CdhError::InvalidArgument(wrap(m)),
-            CdhError::NotFound(m) => CdhError::NotFound(wrap(m)),
-            CdhError::PermissionDenied(m) => CdhError::PermissionDenied(wrap(m)),
-            CdhError::Unavailable(m) => CdhError::Unavailable(wrap(m)),
-            CdhError::Unimplemented(m) => CdhError::Unimplemented(wrap(m)),
-            CdhError::Internal(m) => CdhError::Internal(wrap(m)),
+            CdhError::Uri(_)
+            | CdhError::Sealed { .. }
+            | CdhError::BadKid { .. }
+            | CdhError::Unwrap { .. }
+            | CdhError::Mount { .. }
+            | CdhError::UnknownMountOption { .. }
+            | CdhError::BadPath { .. }
+            | CdhError::Query { .. }
+            | CdhError::KeySize { .. }
+            | CdhError::CredentialPath { .. }
+            | CdhError::Client(_)
+            | CdhError::OfflineFile { .. }
+            | CdhError::OfflineValue { .. } => Code::INVALID_ARGUMENT,
+            CdhError::Unsupported { .. } => Code::UNIMPLEMENTED,
+            CdhError::KeyNotAllowed { .. }
+            | CdhError::NoKeyFile { .. }
+            | CdhError::BadKey { .. }
+            | CdhError::Signature { .. }
+            | CdhError::Decrypt { .. }
+            | CdhError::Refused { .. }
+            | CdhError::TokenRefused { .. } => Code::PERMISSION_DENIED,
+            CdhError::NotFound { .. } => Code::NOT_FOUND,
+            CdhError::NoKbc | CdhError::NoKbsUrl | CdhError::Unreachable { .. } => {
+                Code::UNAVAILABLE
+            }
+            CdhError::Kbs { source, .. } if source.is_transient() => Code::UNAVAILABLE,
+            CdhError::Peer { code, .. } => *code,
+            CdhError::Credential { source, .. } => source.code(),
+            CdhError::Kbs { .. }
+            | CdhError::TokenReply { .. }
+            | CdhError::Io { .. }
+            | CdhError::Tool { .. }
+            | CdhError::Random => Code::INTERNAL,
         }
     }
 }

@@ -35,6 +35,7 @@ impl Hub {
             Some(Kbc::CcKbc { url, cert }) => Some(Source::Kbs(CcKbc::new(
                 url,
                 cert.as_deref(),
+                config.insecure_http,
                 Arc::new(AaClient::new(&config.aa_socket, config.request_timeout)),
                 config.request_timeout,
             )?)),
@@ -50,13 +51,13 @@ impl Hub {
     /// VM without its credentials should not start.
     pub async fn init(&self) -> Result<(), CdhError> {
         for c in &self.config.credentials {
-            self.write_credential(c).await.map_err(|e| {
-                e.context(&format!(
-                    "credential {} for {}",
-                    c.resource_uri,
-                    c.path.display()
-                ))
-            })?;
+            self.write_credential(c)
+                .await
+                .map_err(|e| CdhError::Credential {
+                    uri: c.resource_uri.to_string(),
+                    path: c.path.clone(),
+                    source: Box::new(e),
+                })?;
         }
         Ok(())
     }
@@ -64,11 +65,15 @@ impl Hub {
     async fn write_credential(&self, c: &Credential) -> Result<(), CdhError> {
         let path = checked_credential_path(&self.config.credentials_root, &c.path)?;
         let value = self.fetch(&c.resource_uri).await?;
-        let dir = path
-            .parent()
-            .ok_or_else(|| CdhError::InvalidArgument("the path has no directory".into()))?;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CdhError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let dir = path.parent().ok_or_else(|| CdhError::CredentialPath {
+            path: path.to_path_buf(),
+            root: self.config.credentials_root.clone(),
+        })?;
+        std::fs::create_dir_all(dir).map_err(|source| CdhError::Io {
+            action: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -85,9 +90,13 @@ impl Hub {
             f.sync_all()?;
             std::fs::rename(&tmp, path)
         };
-        write().map_err(|e| {
+        write().map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
-            CdhError::Internal(format!("cannot write {}: {e}", path.display()))
+            CdhError::Io {
+                action: "write",
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         tracing::info!(resource = %c.resource_uri, path = %path.display(), "credential written");
         Ok(())
@@ -97,27 +106,23 @@ impl Hub {
         let value = match &self.source {
             Some(Source::Kbs(k)) => k.get(uri).await?,
             Some(Source::Offline(o)) => o.get(uri)?,
-            None => {
-                return Err(CdhError::Unavailable(
-                    "no key broker configured: set [kbc] name and url in cdh.toml, or agent.aa_kbc_params=cc_kbc::<url>"
-                        .into(),
-                ));
-            }
+            None => return Err(CdhError::NoKbc),
         };
-        tracing::debug!(resource = %uri, bytes = value.len(), "resource fetched");
+        tracing::debug!(resource = %uri, "resource fetched");
         Ok(value)
     }
 
     /// `GetResource`: `ResourcePath` is a `kbs://` URI.
     pub async fn get_resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, CdhError> {
-        let uri = ResourceUri::parse(uri).map_err(|e| CdhError::InvalidArgument(e.to_string()))?;
+        let uri = ResourceUri::parse(uri)?;
         self.fetch(&uri).await
     }
 
     /// `UnsealSecret`: `sealed.<JWS>` → the secret.
     pub async fn unseal(&self, secret: &[u8]) -> Result<Zeroizing<Vec<u8>>, CdhError> {
-        let text = std::str::from_utf8(secret)
-            .map_err(|_| CdhError::InvalidArgument("sealed secret: not UTF-8".into()))?;
+        let text = std::str::from_utf8(secret).map_err(|_| CdhError::Sealed {
+            reason: "not UTF-8",
+        })?;
         let verify = !self.config.skip_sealed_secret_verification;
         let sealed = Sealed::parse(text.trim(), verify)?;
         if verify {
@@ -128,32 +133,38 @@ impl Hub {
         sealed.unseal(self).await
     }
 
+    /// The verification key a sealed secret's `kid` names: a KBS resource among
+    /// `sealed_secret_verification_keys` (checked before anything is fetched, so a secret cannot
+    /// make the CDH fetch and echo another resource), or a file in `sealed_secret_key_dir`.
     async fn verification_key(&self, kid: &str) -> Result<Zeroizing<Vec<u8>>, CdhError> {
         if kid.starts_with("kbs://") {
-            let uri = ResourceUri::parse(kid)
-                .map_err(|e| CdhError::InvalidArgument(format!("sealed secret: kid: {e}")))?;
-            return self
-                .fetch(&uri)
-                .await
-                .map_err(|e| e.context("sealed secret: the verification key"));
+            let uri = ResourceUri::parse(kid)?;
+            if !self
+                .config
+                .sealed_secret_verification_keys
+                .iter()
+                .any(|p| p.matches(&uri))
+            {
+                return Err(CdhError::KeyNotAllowed {
+                    kid: uri.to_string(),
+                });
+            }
+            return self.fetch(&uri).await;
         }
         let plain = !kid.is_empty()
             && Path::new(kid)
                 .components()
                 .all(|c| matches!(c, Component::Normal(_)));
         if !plain {
-            return Err(CdhError::InvalidArgument(format!(
-                "sealed secret: kid {kid:?} is neither a kbs:// URI nor a file name in {}",
-                self.config.sealed_secret_key_dir.display()
-            )));
+            return Err(CdhError::BadKid {
+                kid: kid.chars().take(200).collect(),
+                dir: self.config.sealed_secret_key_dir.clone(),
+            });
         }
         let path = self.config.sealed_secret_key_dir.join(kid);
-        std::fs::read(&path).map(Zeroizing::new).map_err(|e| {
-            CdhError::PermissionDenied(format!(
-                "sealed secret: no verification key {} ({e})",
-                path.display()
-            ))
-        })
+        std::fs::read(&path)
+            .map(Zeroizing::new)
+            .map_err(|source| CdhError::NoKeyFile { path, source })
     }
 
     /// `UnWrapKey` of the ocicrypt key-provider protocol: the request's annotation packet names
@@ -176,9 +187,11 @@ impl Hub {
         mount_point: &str,
     ) -> Result<String, CdhError> {
         if !matches!(volume_type, "block-device" | "BlockDevice") {
-            return Err(CdhError::Unimplemented(format!(
-                "secure mount: volume_type {volume_type:?} is not supported (block-device)"
-            )));
+            return Err(CdhError::Unsupported {
+                what: "secure mount: volume_type",
+                value: volume_type.to_string(),
+                supported: "block-device",
+            });
         }
         let dev = BlockDevice::parse(options, Path::new("/sys/dev/block"))?;
         let key = match &dev.key {
@@ -201,15 +214,17 @@ impl Hub {
         } else if key.starts_with("kbs://") {
             self.get_resource(key).await
         } else if let Some(path) = key.strip_prefix("file://") {
-            std::fs::read(path).map(Zeroizing::new).map_err(|e| {
-                CdhError::InvalidArgument(format!(
-                    "secure mount: cannot read the key file {path}: {e}"
-                ))
-            })
+            std::fs::read(path)
+                .map(Zeroizing::new)
+                .map_err(|source| CdhError::Io {
+                    action: "read the secure-mount key file",
+                    path: path.into(),
+                    source,
+                })
         } else {
-            Err(CdhError::InvalidArgument(
-                "secure mount: key must be sealed.…, kbs://… or file://…".into(),
-            ))
+            Err(CdhError::Mount {
+                reason: "key must be sealed.…, kbs://… or file://…",
+            })
         }
     }
 }
@@ -235,7 +250,7 @@ pub struct UnwrapRequest {
 impl UnwrapRequest {
     /// Parses the key-provider JSON and its base64 annotation packet.
     pub fn parse(input: &[u8]) -> Result<Self, CdhError> {
-        let bad = |m: String| CdhError::InvalidArgument(format!("UnWrapKey: {m}"));
+        let bad = |reason: &'static str| CdhError::Unwrap { reason };
         #[derive(Deserialize)]
         struct Request {
             op: String,
@@ -255,44 +270,49 @@ impl UnwrapRequest {
             provider: Option<String>,
         }
         let req: Request = serde_json::from_slice(input)
-            .map_err(|e| bad(format!("not a key-provider request: {e}")))?;
+            .map_err(|_| bad("not a key-provider request {op, keyunwrapparams}"))?;
         if req.op != "keyunwrap" {
-            return Err(bad(format!("op {:?} is not keyunwrap", req.op)));
+            return Err(bad("op is not keyunwrap"));
         }
         let annotation = req
             .keyunwrapparams
             .annotation
-            .ok_or_else(|| bad("keyunwrapparams.annotation is missing".into()))?;
+            .ok_or_else(|| bad("keyunwrapparams.annotation is missing"))?;
         let std = base64::engine::general_purpose::STANDARD;
         let packet = std
             .decode(annotation.trim())
-            .map_err(|e| bad(format!("the annotation is not standard base64: {e}")))?;
+            .map_err(|_| bad("the annotation is not standard base64"))?;
         let packet: Packet = serde_json::from_slice(&packet)
-            .map_err(|e| bad(format!("the annotation is not a key packet: {e}")))?;
+            .map_err(|_| bad("the annotation is not a key packet {kid, wrapped_data, iv}"))?;
         if let Some(p) = &packet.provider
             && !p.eq_ignore_ascii_case("kbs")
         {
-            return Err(CdhError::Unimplemented(format!(
-                "UnWrapKey: provider {p:?} is not supported here (kbs)"
-            )));
+            return Err(CdhError::Unsupported {
+                what: "UnWrapKey: provider",
+                value: p.clone(),
+                supported: "kbs",
+            });
         }
-        if packet.wrap_type.as_deref().unwrap_or("A256GCM") != "A256GCM" {
-            return Err(CdhError::Unimplemented(format!(
-                "UnWrapKey: wrap_type {:?} is not supported (A256GCM)",
-                packet.wrap_type
-            )));
+        if let Some(w) = packet.wrap_type.as_deref()
+            && w != "A256GCM"
+        {
+            return Err(CdhError::Unsupported {
+                what: "UnWrapKey: wrap_type",
+                value: w.to_string(),
+                supported: "A256GCM",
+            });
         }
-        let kid = ResourceUri::parse(&packet.kid).map_err(|e| bad(format!("kid: {e}")))?;
+        let kid = ResourceUri::parse(&packet.kid)?;
         let iv = std
             .decode(packet.iv.as_deref().unwrap_or_default())
-            .map_err(|e| bad(format!("iv is not standard base64: {e}")))?;
+            .map_err(|_| bad("iv is not standard base64"))?;
         let iv: [u8; 12] = iv
             .as_slice()
             .try_into()
-            .map_err(|_| bad(format!("iv is {} bytes, not 12", iv.len())))?;
+            .map_err(|_| bad("iv is not 12 bytes"))?;
         let wrapped = std
             .decode(&packet.wrapped_data)
-            .map_err(|e| bad(format!("wrapped_data is not standard base64: {e}")))?;
+            .map_err(|_| bad("wrapped_data is not standard base64"))?;
         Ok(Self { kid, iv, wrapped })
     }
 }
@@ -307,11 +327,10 @@ fn checked_credential_path<'a>(root: &Path, path: &'a Path) -> Result<&'a Path, 
                 .all(|s| !s.is_empty() && s != "." && s != "..")
         });
     if !clean || !path.starts_with(root) || path == root {
-        return Err(CdhError::InvalidArgument(format!(
-            "credential path {} must be an absolute path inside {} without . or .. ([peerpod] credentials_root)",
-            path.display(),
-            root.display()
-        )));
+        return Err(CdhError::CredentialPath {
+            path: path.to_path_buf(),
+            root: root.to_path_buf(),
+        });
     }
     Ok(path)
 }

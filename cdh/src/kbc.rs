@@ -50,15 +50,20 @@ impl AaClient {
             TokenType: token_type.into(),
             ..Default::default()
         };
-        crate::conn::call(&self.conn, "GetToken", CdhError::Unavailable, |c, ctx| {
-            let req = req.clone();
-            async move {
-                AttestationAgentServiceClient::new(c)
-                    .get_token(ctx, &req)
-                    .await
-                    .map(|r| r.Token)
-            }
-        })
+        crate::conn::call(
+            &self.conn,
+            "GetToken",
+            ttrpc::Code::UNAVAILABLE,
+            |c, ctx| {
+                let req = req.clone();
+                async move {
+                    AttestationAgentServiceClient::new(c)
+                        .get_token(ctx, &req)
+                        .await
+                        .map(|r| r.Token)
+                }
+            },
+        )
         .await
     }
 
@@ -68,15 +73,20 @@ impl AaClient {
             RuntimeData: runtime_data.to_vec(),
             ..Default::default()
         };
-        crate::conn::call(&self.conn, "GetEvidence", CdhError::Internal, |c, ctx| {
-            let req = req.clone();
-            async move {
-                AttestationAgentServiceClient::new(c)
-                    .get_evidence(ctx, &req)
-                    .await
-                    .map(|r| r.Evidence)
-            }
-        })
+        crate::conn::call(
+            &self.conn,
+            "GetEvidence",
+            ttrpc::Code::INTERNAL,
+            |c, ctx| {
+                let req = req.clone();
+                async move {
+                    AttestationAgentServiceClient::new(c)
+                        .get_evidence(ctx, &req)
+                        .await
+                        .map(|r| r.Evidence)
+                }
+            },
+        )
         .await
     }
 
@@ -85,7 +95,7 @@ impl AaClient {
         crate::conn::call(
             &self.conn,
             "GetTeeType",
-            CdhError::Internal,
+            ttrpc::Code::INTERNAL,
             |c, ctx| async move {
                 AttestationAgentServiceClient::new(c)
                     .get_tee_type(ctx, &GetTeeTypeRequest::default())
@@ -112,7 +122,7 @@ impl AaClient {
         crate::conn::call(
             &self.conn,
             "ExtendRuntimeMeasurement",
-            CdhError::Internal,
+            ttrpc::Code::INTERNAL,
             |c, ctx| {
                 let req = req.clone();
                 async move {
@@ -146,21 +156,28 @@ pub struct CcKbc {
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
 impl CcKbc {
-    /// The KBS at `url` (trusting only `cert` when given), through the agent `aa`.
+    /// The KBS at `url` (trusting only `cert` when given), through the agent `aa`. A plain
+    /// `http://` URL is refused unless `insecure_http`. An empty `url` is accepted, as upstream
+    /// does: each fetch then fails naming `[kbc] url`.
     pub fn new(
         url: &str,
         cert: Option<&str>,
+        insecure_http: bool,
         aa: Arc<AaClient>,
         timeout: Duration,
     ) -> Result<Self, CdhError> {
+        peerpod_kbs_client::check_scheme(
+            url,
+            insecure_http,
+            "[peerpod] insecure_http in cdh.toml",
+        )?;
         let http = peerpod_kbs_client::http_client(
             url,
             cert,
             timeout,
             concat!("peerpod-confidential-data-hub/", env!("CARGO_PKG_VERSION")),
             false,
-        )
-        .map_err(|e| CdhError::InvalidArgument(format!("{e} ([kbc] kbs_cert in cdh.toml)")))?;
+        )?;
         Ok(Self {
             url: url.to_string(),
             http,
@@ -182,16 +199,12 @@ impl CcKbc {
             token: String,
             tee_keypair: String,
         }
-        let reply: Reply = serde_json::from_slice(&reply).map_err(|e| {
-            CdhError::Internal(format!(
-                "the attestation agent's GetToken(\"kbs\") reply is not {{token, tee_keypair}}: {e}"
-            ))
+        let reply: Reply = serde_json::from_slice(&reply).map_err(|_| CdhError::TokenReply {
+            reason: "is not {token, tee_keypair}",
         })?;
         let pem = Zeroizing::new(reply.tee_keypair);
-        let key = TeeKeyPair::from_pem(&pem).map_err(|e| {
-            CdhError::Internal(format!(
-                "the attestation agent's TEE key does not parse: {e}"
-            ))
+        let key = TeeKeyPair::from_pem(&pem).map_err(|_| CdhError::TokenReply {
+            reason: "holds a TEE key that does not parse",
         })?;
         let session = Arc::new(Session {
             expires: peerpod_kbs_client::token_expiry(&reply.token),
@@ -211,8 +224,11 @@ impl CcKbc {
 
     /// Fetches and decrypts a resource.
     pub async fn get(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, CdhError> {
-        let mut refused = None;
-        for _ in 0..2 {
+        if self.url.is_empty() {
+            return Err(CdhError::NoKbsUrl);
+        }
+        let mut retried = false;
+        loop {
             let session = self.session().await?;
             match peerpod_kbs_client::get_resource(
                 &self.http,
@@ -224,32 +240,32 @@ impl CcKbc {
             .await
             {
                 Ok(bytes) => return Ok(bytes),
-                Err(e) if e.status() == Some(401) => {
+                Err(e) if e.status() == Some(401) && !retried => {
                     tracing::info!(resource = %uri, "the KBS refused the token; asking the attestation agent again");
                     self.forget(&session).await;
-                    refused = Some(e);
+                    retried = true;
+                }
+                Err(source) if source.status() == Some(401) => {
+                    return Err(CdhError::TokenRefused {
+                        uri: uri.to_string(),
+                        source,
+                    });
                 }
                 Err(e) => return Err(resource_error(uri, e)),
             }
         }
-        Err(CdhError::PermissionDenied(format!(
-            "the KBS refused the attestation agent's token twice for {uri}: {} (the agent renews its token when it expires; a KBS that restarted forgets tokens)",
-            refused
-                .map(|e| peerpod_kbs_client::error_chain(&e))
-                .unwrap_or_default()
-        )))
     }
 }
 
-fn resource_error(uri: &ResourceUri, e: ResourceError) -> CdhError {
-    let text = peerpod_kbs_client::error_chain(&e);
-    match e.status() {
-        Some(404) => CdhError::NotFound(format!("the KBS has no resource {uri}: {text}")),
-        Some(401 | 403) => CdhError::PermissionDenied(format!(
-            "the KBS refused {uri} (its resource policy): {text}"
-        )),
-        _ if e.is_transient() => CdhError::Unavailable(text),
-        _ => CdhError::Internal(text),
+fn resource_error(uri: &ResourceUri, source: ResourceError) -> CdhError {
+    let uri = uri.to_string();
+    match source.status() {
+        Some(404) => CdhError::NotFound {
+            uri,
+            source: Some(source),
+        },
+        Some(401 | 403) => CdhError::Refused { uri, source },
+        _ => CdhError::Kbs { uri, source },
     }
 }
 
@@ -269,28 +285,28 @@ impl OfflineFs {
                     tracing::warn!(file = %file.display(), "offline_fs_kbc file missing; skipped");
                     continue;
                 }
-                Err(e) => {
-                    return Err(CdhError::Internal(format!(
-                        "cannot read {}: {e}",
-                        file.display()
-                    )));
+                Err(source) => {
+                    return Err(CdhError::Io {
+                        action: "read",
+                        path: file.clone(),
+                        source,
+                    });
                 }
             };
-            let map: BTreeMap<String, String> = serde_json::from_slice(&text).map_err(|e| {
-                CdhError::InvalidArgument(format!(
-                    "{} is not a JSON object of \"<repo>/<type>/<tag>\": \"<base64>\": {e}",
-                    file.display()
-                ))
-            })?;
+            // The parser's complaint would quote the file, which holds secrets: only where.
+            let map: BTreeMap<String, String> =
+                serde_json::from_slice(&text).map_err(|e| CdhError::OfflineFile {
+                    path: file.clone(),
+                    line: e.line(),
+                    column: e.column(),
+                })?;
             for (path, b64) in map {
                 let b64 = Zeroizing::new(b64);
                 let value = base64::engine::general_purpose::STANDARD
                     .decode(b64.as_bytes())
-                    .map_err(|e| {
-                        CdhError::InvalidArgument(format!(
-                            "{}: the value of {path:?} is not standard base64: {e}",
-                            file.display()
-                        ))
+                    .map_err(|_| CdhError::OfflineValue {
+                        path: file.clone(),
+                        resource: path.clone(),
                     })?;
                 if resources
                     .insert(path.clone(), Zeroizing::new(value))
@@ -308,6 +324,9 @@ impl OfflineFs {
         self.resources
             .get(&uri.path.to_string())
             .cloned()
-            .ok_or_else(|| CdhError::NotFound(format!("offline_fs_kbc has no resource {uri}")))
+            .ok_or_else(|| CdhError::NotFound {
+                uri: uri.to_string(),
+                source: None,
+            })
     }
 }

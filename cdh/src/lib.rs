@@ -12,11 +12,16 @@
 //! - [`hub`]: the operations over one key broker client; [`rpc`] serves them as upstream's
 //!   ttrpc services and [`server`] runs that on the CDH socket.
 //! - [`rest`]: the REST endpoint for containers (upstream's `api-server-rest`, a binary here too).
-//! - [`error`]: one error type whose variants map to ttrpc status codes.
+//! - [`error`]: one error type whose variants map to ttrpc status codes and cannot carry
+//!   fetched bytes.
+//!
+//! Feature `fuzzing`: the `fuzzing` module, the fuzz targets' entry points (`fuzz/` and the
+//! in-tree mutation test enable it; the binaries do not carry it).
 
 pub mod config;
 pub mod conn;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hub;
 pub mod kbc;

@@ -90,16 +90,17 @@ impl Rest {
 }
 
 fn failure(e: CdhError) -> Response {
-    let status = match &e {
-        CdhError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        CdhError::NotFound(_) => StatusCode::NOT_FOUND,
-        CdhError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-        CdhError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        CdhError::Unimplemented(_) => StatusCode::NOT_IMPLEMENTED,
-        CdhError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    let status = match e.code() {
+        ttrpc::Code::INVALID_ARGUMENT => StatusCode::BAD_REQUEST,
+        ttrpc::Code::NOT_FOUND => StatusCode::NOT_FOUND,
+        ttrpc::Code::PERMISSION_DENIED => StatusCode::FORBIDDEN,
+        ttrpc::Code::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+        ttrpc::Code::UNIMPLEMENTED => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    tracing::warn!(status = status.as_u16(), error = %e, "request failed");
-    (status, e.to_string()).into_response()
+    let message = peerpod_kbs_client::error_chain(&e);
+    tracing::warn!(status = status.as_u16(), error = %message, "request failed");
+    (status, message).into_response()
 }
 
 fn bytes(data: Vec<u8>) -> Response {
@@ -149,7 +150,7 @@ async fn resource(
         ResourcePath: format!("kbs:///{repo}/{kind}/{tag}"),
         ..Default::default()
     };
-    let result = crate::conn::call(&rest.cdh, "GetResource", CdhError::Internal, |c, ctx| {
+    let result = crate::conn::call(&rest.cdh, "GetResource", ttrpc::Code::INTERNAL, |c, ctx| {
         let req = req.clone();
         async move {
             GetResourceServiceClient::new(c)
@@ -182,9 +183,9 @@ async fn token(
         return disabled("Attestation");
     }
     let Some(kind) = q.token_type.filter(|t| !t.is_empty()) else {
-        return failure(CdhError::InvalidArgument(
-            "token_type is required, e.g. /aa/token?token_type=kbs".into(),
-        ));
+        return failure(CdhError::Query {
+            reason: "token_type is required, e.g. /aa/token?token_type=kbs",
+        });
     };
     match rest.aa.get_token(&kind).await {
         Ok(data) => bytes(data),
@@ -210,9 +211,9 @@ async fn evidence(
         return disabled("Attestation");
     }
     let Some(text) = q.runtime_data else {
-        return failure(CdhError::InvalidArgument(
-            "runtime_data is required, e.g. /aa/evidence?runtime_data=nonce".into(),
-        ));
+        return failure(CdhError::Query {
+            reason: "runtime_data is required, e.g. /aa/evidence?runtime_data=nonce",
+        });
     };
     let data = match q.encoding.as_deref() {
         None => text.into_bytes(),
@@ -220,16 +221,18 @@ async fn evidence(
             .decode(text.trim_end_matches('='))
         {
             Ok(d) => d,
-            Err(e) => {
-                return failure(CdhError::InvalidArgument(format!(
-                    "runtime_data is not base64url: {e}"
-                )));
+            Err(_) => {
+                return failure(CdhError::Query {
+                    reason: "runtime_data is not base64url",
+                });
             }
         },
         Some(other) => {
-            return failure(CdhError::InvalidArgument(format!(
-                "encoding {other:?} is not supported (base64)"
-            )));
+            return failure(CdhError::Unsupported {
+                what: "encoding",
+                value: other.chars().take(100).collect(),
+                supported: "base64",
+            });
         }
     };
     match rest.aa.get_evidence(&data).await {
@@ -258,10 +261,10 @@ async fn aael(
     }
     let event: Aael = match serde_json::from_slice(&body) {
         Ok(e) => e,
-        Err(e) => {
-            return failure(CdhError::InvalidArgument(format!(
-                "the body is not {{\"domain\", \"operation\", \"content\"}}: {e}"
-            )));
+        Err(_) => {
+            return failure(CdhError::Query {
+                reason: "the body is not {\"domain\", \"operation\", \"content\"}",
+            });
         }
     };
     match rest

@@ -47,9 +47,7 @@ impl Services {
 }
 
 fn status(method: &str, e: CdhError) -> ttrpc::Error {
-    let message = format!("{method}: {e}");
-    tracing::warn!(method, error = %message, "request failed");
-    ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), message))
+    peerpod_kbs_client::rpc::status(method, e.code(), &e)
 }
 
 #[async_trait]
@@ -118,10 +116,11 @@ impl api_ttrpc::ImagePullService for Services {
     ) -> ttrpc::Result<ImagePullResponse> {
         Err(status(
             "PullImage",
-            CdhError::Unimplemented(format!(
-                "pulling {} in the guest is not built yet (the image work)",
-                req.image_url
-            )),
+            CdhError::Unsupported {
+                what: "pulling an image in the guest",
+                value: req.image_url.chars().take(200).collect(),
+                supported: "not built yet: the image work",
+            },
         ))
     }
 }

@@ -13,8 +13,10 @@
 //!   ours, so an envelope secret needs nothing outside the KBS.)
 //!
 //! Verification is on unless `skip_sealed_secret_verification` is set; then only the payload is
-//! read. Every way a secret can be malformed is an [`CdhError::InvalidArgument`] that says what
-//! is wrong; a signature that does not verify is [`CdhError::PermissionDenied`].
+//! read. Every way a secret can be malformed is a [`CdhError::Sealed`] that says what is wrong;
+//! a signature that does not verify is [`CdhError::Signature`]. The verification key and the
+//! key-encryption key come from outside (the KBS or a file): when one is unusable the error says
+//! so without quoting it.
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -33,8 +35,8 @@ pub const PREFIX: &str = "sealed.";
 /// The payload version.
 pub const VERSION: &str = "0.1.0";
 
-fn invalid(what: impl std::fmt::Display) -> CdhError {
-    CdhError::InvalidArgument(format!("sealed secret: {what}"))
+fn invalid(reason: &'static str) -> CdhError {
+    CdhError::Sealed { reason }
 }
 
 /// Where resources come from (the hub's key broker client).
@@ -87,10 +89,10 @@ pub struct Sealed {
     pub secret: Secret,
 }
 
-fn b64url(what: &str, part: &str) -> Result<Vec<u8>, CdhError> {
+fn b64url(reason: &'static str, part: &str) -> Result<Vec<u8>, CdhError> {
     URL_SAFE_NO_PAD
         .decode(part.trim_end_matches('='))
-        .map_err(|e| invalid(format!("the {what} is not base64url: {e}")))
+        .map_err(|_| invalid(reason))
 }
 
 impl Sealed {
@@ -102,29 +104,26 @@ impl Sealed {
             .ok_or_else(|| invalid("does not start with \"sealed.\""))?;
         let parts: Vec<&str> = jws.split('.').collect();
         let [header, payload, signature] = parts.as_slice() else {
-            return Err(invalid(format!(
-                "after \"sealed.\" comes a compact JWS of 3 parts, not {}",
-                parts.len()
-            )));
+            return Err(invalid(
+                "after \"sealed.\" comes a compact JWS of 3 parts (header.payload.signature)",
+            ));
         };
-        let payload_bytes = b64url("payload", payload)?;
+        let payload_bytes = b64url("the payload is not base64url", payload)?;
         let value: Value = serde_json::from_slice(&payload_bytes)
-            .map_err(|e| invalid(format!("the payload is not JSON: {e}")))?;
+            .map_err(|_| invalid("the payload is not JSON"))?;
         match value.get("version").and_then(Value::as_str) {
             Some(VERSION) => {}
-            Some(other) => return Err(invalid(format!("version {other:?} is not {VERSION:?}"))),
+            Some(_) => return Err(invalid("the payload's version is not \"0.1.0\"")),
             None => return Err(invalid("the payload has no version")),
         }
-        let secret: Secret = serde_json::from_value(value).map_err(|e| {
-            invalid(format!(
-                "the payload is not a vault or envelope secret: {e}"
-            ))
-        })?;
+        let secret: Secret = serde_json::from_value(value)
+            .map_err(|_| invalid("the payload is not a vault or envelope secret"))?;
         let kid = if verify {
-            let h: Header = serde_json::from_slice(&b64url("header", header)?)
-                .map_err(|e| invalid(format!("the JWS header needs alg and kid: {e}")))?;
+            let h: Header =
+                serde_json::from_slice(&b64url("the JWS header is not base64url", header)?)
+                    .map_err(|_| invalid("the JWS header needs alg and kid"))?;
             if h.alg != "ES256" {
-                return Err(invalid(format!("JWS alg {:?} is not ES256", h.alg)));
+                return Err(invalid("the JWS alg is not ES256"));
             }
             Some(h.kid)
         } else {
@@ -134,7 +133,7 @@ impl Sealed {
             kid,
             signing_input: format!("{header}.{payload}"),
             signature: if verify {
-                b64url("signature", signature)?
+                b64url("the signature is not base64url", signature)?
             } else {
                 Vec::new()
             },
@@ -147,18 +146,15 @@ impl Sealed {
         self.kid.as_deref()
     }
 
-    /// Checks the signature with `jwk` (a P-256 public JWK).
+    /// Checks the signature with `jwk` (a P-256 public JWK). The key comes from outside: when
+    /// it is unusable the error names the kid, never the key's contents.
     pub fn verify(&self, jwk: &[u8]) -> Result<(), CdhError> {
-        let key = verifying_key(jwk)?;
+        let kid = || self.kid().unwrap_or_default().to_string();
+        let key = verifying_key(jwk).ok_or_else(|| CdhError::BadKey { kid: kid() })?;
         let signature = p256::ecdsa::Signature::from_slice(&self.signature)
             .map_err(|_| invalid("the ES256 signature is not 64 bytes of r and s"))?;
         key.verify(self.signing_input.as_bytes(), &signature)
-            .map_err(|_| {
-                CdhError::PermissionDenied(format!(
-                    "sealed secret: the signature does not verify with key {:?}",
-                    self.kid().unwrap_or_default()
-                ))
-            })
+            .map_err(|_| CdhError::Signature { kid: kid() })
     }
 
     /// Resolves the secret through `resources`.
@@ -166,7 +162,7 @@ impl Sealed {
         match &self.secret {
             Secret::Vault { name, provider } => {
                 kbs_provider(provider)?;
-                let uri = ResourceUri::parse(name).map_err(|e| invalid(format!("name: {e}")))?;
+                let uri = ResourceUri::parse(name)?;
                 resources.resource(&uri).await
             }
             Secret::Envelope {
@@ -179,26 +175,24 @@ impl Sealed {
             } => {
                 kbs_provider(provider)?;
                 if wrap_type != "A256GCM" {
-                    return Err(CdhError::Unimplemented(format!(
-                        "sealed secret: wrap_type {wrap_type:?} is not supported (A256GCM)"
-                    )));
+                    return Err(CdhError::Unsupported {
+                        what: "sealed secret: wrap_type",
+                        value: wrap_type.clone(),
+                        supported: "A256GCM",
+                    });
                 }
-                let uri =
-                    ResourceUri::parse(key_id).map_err(|e| invalid(format!("key_id: {e}")))?;
-                let kek = resources.resource(&uri).await?;
-                let std = |what: &str, s: &str| {
-                    STANDARD
-                        .decode(s)
-                        .map_err(|e| invalid(format!("{what} is not standard base64: {e}")))
-                };
-                let wrapped = std("encrypted_key", encrypted_key)?;
-                let dek = gcm_open(&kek, &wrapped, "encrypted_key", &format!("the key {uri}"))?;
-                let iv = std("iv", iv)?;
+                let uri = ResourceUri::parse(key_id)?;
+                let std =
+                    |reason: &'static str, s: &str| STANDARD.decode(s).map_err(|_| invalid(reason));
+                let wrapped = std("encrypted_key is not standard base64", encrypted_key)?;
+                let iv = std("iv is not standard base64", iv)?;
                 let iv: [u8; 12] = iv
                     .as_slice()
                     .try_into()
-                    .map_err(|_| invalid(format!("iv is {} bytes, not 12", iv.len())))?;
-                let data = std("encrypted_data", encrypted_data)?;
+                    .map_err(|_| invalid("iv is not 12 bytes"))?;
+                let data = std("encrypted_data is not standard base64", encrypted_data)?;
+                let kek = resources.resource(&uri).await?;
+                let dek = gcm_open(&kek, &wrapped, "encrypted_key")?;
                 decrypt(&dek, &iv, &data, "encrypted_data")
             }
         }
@@ -209,31 +203,24 @@ fn kbs_provider(provider: &str) -> Result<(), CdhError> {
     if provider.eq_ignore_ascii_case("kbs") {
         Ok(())
     } else {
-        Err(CdhError::Unimplemented(format!(
-            "sealed secret: provider {provider:?} is not supported here (kbs)"
-        )))
+        Err(CdhError::Unsupported {
+            what: "sealed secret: provider",
+            value: provider.to_string(),
+            supported: "kbs",
+        })
     }
 }
 
 /// `nonce ‖ ciphertext ‖ tag` opened with `key`.
-fn gcm_open(
-    key: &[u8],
-    sealed: &[u8],
-    what: &str,
-    key_name: &str,
-) -> Result<Zeroizing<Vec<u8>>, CdhError> {
+fn gcm_open(key: &[u8], sealed: &[u8], what: &'static str) -> Result<Zeroizing<Vec<u8>>, CdhError> {
     if sealed.len() < 12 + 16 {
-        return Err(invalid(format!(
-            "{what} is {} bytes: too short for a nonce and a tag",
-            sealed.len()
-        )));
+        return Err(invalid("encrypted_key is too short for a nonce and a tag"));
     }
     let (nonce, body) = sealed.split_at(12);
-    let nonce: [u8; 12] = nonce.try_into().map_err(|_| invalid("nonce"))?;
-    decrypt(key, &nonce, body, what).map_err(|e| match e {
-        CdhError::PermissionDenied(m) => CdhError::PermissionDenied(format!("{m} ({key_name})")),
-        other => other,
-    })
+    let nonce: [u8; 12] = nonce
+        .try_into()
+        .map_err(|_| invalid("encrypted_key's nonce"))?;
+    decrypt(key, &nonce, body, what)
 }
 
 /// AES-256-GCM `body` (ciphertext ‖ tag) opened with `key` and `nonce`.
@@ -241,7 +228,7 @@ pub(crate) fn aes_gcm_open(
     key: &[u8],
     nonce: &[u8; 12],
     body: &[u8],
-    what: &str,
+    what: &'static str,
 ) -> Result<Zeroizing<Vec<u8>>, CdhError> {
     decrypt(key, nonce, body, what)
 }
@@ -250,25 +237,19 @@ fn decrypt(
     key: &[u8],
     nonce: &[u8; 12],
     body: &[u8],
-    what: &str,
+    what: &'static str,
 ) -> Result<Zeroizing<Vec<u8>>, CdhError> {
-    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| {
-        invalid(format!(
-            "the key for {what} is {} bytes, not 32 (AES-256)",
-            key.len()
-        ))
-    })?;
+    // The key comes from outside: its length is not reported.
+    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CdhError::KeySize { what })?;
     cipher
         .decrypt(&Nonce::from(*nonce), body)
         .map(Zeroizing::new)
-        .map_err(|_| {
-            CdhError::PermissionDenied(format!(
-                "sealed secret: {what} does not decrypt with its key (wrong key or altered data)"
-            ))
-        })
+        .map_err(|_| CdhError::Decrypt { what })
 }
 
-fn verifying_key(jwk: &[u8]) -> Result<p256::ecdsa::VerifyingKey, CdhError> {
+/// The P-256 key in a public JWK; `None` for anything else (why is not said: the bytes come
+/// from outside and may be anything, even a secret named by mistake).
+fn verifying_key(jwk: &[u8]) -> Option<p256::ecdsa::VerifyingKey> {
     #[derive(Deserialize)]
     struct Jwk {
         kty: String,
@@ -276,21 +257,17 @@ fn verifying_key(jwk: &[u8]) -> Result<p256::ecdsa::VerifyingKey, CdhError> {
         x: String,
         y: String,
     }
-    let jwk: Jwk = serde_json::from_slice(jwk)
-        .map_err(|e| invalid(format!("the verification key is not an EC JWK: {e}")))?;
+    let jwk: Jwk = serde_json::from_slice(jwk).ok()?;
     if jwk.kty != "EC" || jwk.crv != "P-256" {
-        return Err(invalid(format!(
-            "the verification key is {} {}, not EC P-256",
-            jwk.kty, jwk.crv
-        )));
+        return None;
     }
-    let (x, y) = (b64url("key's x", &jwk.x)?, b64url("key's y", &jwk.y)?);
+    let decode = |c: &str| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok();
+    let (x, y) = (decode(&jwk.x)?, decode(&jwk.y)?);
     if x.len() != 32 || y.len() != 32 {
-        return Err(invalid("the verification key's x and y must be 32 bytes"));
+        return None;
     }
     let point = [&[0x04][..], &x, &y].concat();
-    p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-        .map_err(|_| invalid("the verification key is not a point on P-256"))
+    p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).ok()
 }
 
 /// Making sealed secrets: what `confidential-data-hub seal` and the tests use.
@@ -301,8 +278,7 @@ pub mod make {
     pub fn generate_key() -> Result<p256::ecdsa::SigningKey, CdhError> {
         loop {
             let mut bytes = Zeroizing::new([0u8; 32]);
-            getrandom::fill(&mut bytes[..])
-                .map_err(|e| CdhError::Internal(format!("randomness: {e}")))?;
+            getrandom::fill(&mut bytes[..]).map_err(|_| CdhError::Random)?;
             // A draw outside the curve's order (about 2^-32 likely) is drawn again.
             if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&bytes[..]) {
                 return Ok(key);
@@ -331,13 +307,13 @@ pub mod make {
         let mut dek = Zeroizing::new([0u8; 32]);
         let (mut nonce, mut iv) = ([0u8; 12], [0u8; 12]);
         for buf in [&mut dek[..], &mut nonce[..], &mut iv[..]] {
-            getrandom::fill(buf).map_err(|e| CdhError::Internal(format!("randomness: {e}")))?;
+            getrandom::fill(buf).map_err(|_| CdhError::Random)?;
         }
         let seal = |key: &[u8], nonce: &[u8; 12], data: &[u8]| {
             Aes256Gcm::new_from_slice(key)
-                .map_err(|_| CdhError::Internal("AES key".into()))?
+                .map_err(|_| CdhError::KeySize { what: "sealing" })?
                 .encrypt(&Nonce::from(*nonce), data)
-                .map_err(|_| CdhError::Internal("AES-GCM".into()))
+                .map_err(|_| CdhError::Decrypt { what: "sealing" })
         };
         let wrapped = [&nonce[..], &seal(kek, &nonce, &dek[..])?].concat();
         Ok(
@@ -376,7 +352,10 @@ mod tests {
             self.0
                 .get(&uri.to_string())
                 .map(|v| Zeroizing::new(v.clone()))
-                .ok_or_else(|| CdhError::NotFound(uri.to_string()))
+                .ok_or_else(|| CdhError::NotFound {
+                    uri: uri.to_string(),
+                    source: None,
+                })
         }
     }
 
@@ -418,7 +397,7 @@ mod tests {
         let err = s
             .verify(make::public_jwk(&other).to_string().as_bytes())
             .expect_err("other key");
-        assert!(matches!(err, CdhError::PermissionDenied(_)), "{err}");
+        assert!(matches!(err, CdhError::Signature { .. }), "{err}");
 
         // A payload swapped under the same signature.
         let parts: Vec<&str> = sealed.split('.').collect();
@@ -434,7 +413,7 @@ mod tests {
         let payload = make::envelope(&[9u8; 32], "kbs:///default/key/kek", b"x").expect("env");
         let s = Sealed::parse(&make::seal(&payload, &key, "k1"), true).expect("parses");
         let err = s.unseal(&store).await.expect_err("wrong KEK");
-        assert!(matches!(err, CdhError::PermissionDenied(_)), "{err}");
+        assert!(matches!(err, CdhError::Decrypt { .. }), "{err}");
     }
 
     #[test]
@@ -471,7 +450,7 @@ mod tests {
                 Ok(_) => panic!("{text} parsed"),
                 Err(e) => e,
             };
-            assert!(matches!(err, CdhError::InvalidArgument(_)), "{err}");
+            assert!(matches!(err, CdhError::Sealed { .. }), "{err}");
             assert!(err.to_string().contains(needle), "{text}: {err}");
         }
         // Without verification the header and signature are not read.

@@ -36,9 +36,33 @@ use zeroize::Zeroizing;
 
 use crate::error::CdhError;
 
-fn invalid(m: impl std::fmt::Display) -> CdhError {
-    CdhError::InvalidArgument(format!("secure mount: {m}"))
+fn invalid(reason: &'static str) -> CdhError {
+    CdhError::Mount { reason }
 }
+
+fn bad_path(what: &'static str, path: &Path, reason: &'static str) -> CdhError {
+    CdhError::BadPath {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// The option keys, upstream's current and older forms.
+const KNOWN: [&str; 12] = [
+    "deviceId",
+    "devicePath",
+    "sourceType",
+    "encryptionType",
+    "targetType",
+    "filesystemType",
+    "mkfsOpts",
+    "key",
+    "dataIntegrity",
+    "mapperName",
+    "encryptType",
+    "encryptKey",
+];
 
 /// Where the key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,18 +92,18 @@ pub struct BlockDevice {
     pub mapper_name: String,
 }
 
-fn flag(key: &str, value: Option<&String>) -> Result<bool, CdhError> {
+fn flag(reason: &'static str, value: Option<&String>) -> Result<bool, CdhError> {
     match value.map(|v| v.to_ascii_lowercase()) {
         None => Ok(false),
         Some(v) if v == "true" => Ok(true),
         Some(v) if v == "false" => Ok(false),
-        Some(v) => Err(invalid(format!("{key} is {v:?}, not true or false"))),
+        Some(_) => Err(invalid(reason)),
     }
 }
 
 fn random_name() -> Result<String, CdhError> {
     let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|e| CdhError::Internal(format!("randomness: {e}")))?;
+    getrandom::fill(&mut b).map_err(|_| CdhError::Random)?;
     Ok(format!(
         "cdh-{}",
         b.iter().map(|x| format!("{x:02x}")).collect::<String>()
@@ -92,25 +116,13 @@ impl BlockDevice {
         options: &HashMap<String, String>,
         sys_dev_block: &Path,
     ) -> Result<Self, CdhError> {
-        let known = [
-            "deviceId",
-            "devicePath",
-            "sourceType",
-            "encryptionType",
-            "targetType",
-            "filesystemType",
-            "mkfsOpts",
-            "key",
-            "dataIntegrity",
-            "mapperName",
-            "encryptType",
-            "encryptKey",
-        ];
-        if let Some(k) = options.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(invalid(format!(
-                "unknown option {k:?} (known: {})",
-                known.join(", ")
-            )));
+        if let Some(k) = options.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(CdhError::UnknownMountOption {
+                option: k.chars().take(100).collect(),
+                known: "deviceId, devicePath, sourceType, encryptionType, targetType, \
+                        filesystemType, mkfsOpts, key, dataIntegrity, mapperName, encryptType, \
+                        encryptKey",
+            });
         }
         let get = |k: &str| options.get(k).filter(|v| !v.is_empty());
         let device = match (get("deviceId"), get("devicePath")) {
@@ -119,23 +131,26 @@ impl BlockDevice {
             (None, None) => return Err(invalid("devicePath or deviceId is required")),
         };
         if !device.is_absolute() {
-            return Err(invalid(format!(
-                "device {} is not an absolute path",
-                device.display()
-            )));
+            return Err(bad_path(
+                "secure mount: device",
+                &device,
+                "is not an absolute path",
+            ));
         }
         let legacy = get("encryptType").is_some();
         if let Some(t) = get("encryptType")
             && !t.eq_ignore_ascii_case("luks")
         {
-            return Err(invalid(format!("encryptType {t:?} is not LUKS")));
+            return Err(invalid("encryptType is not LUKS"));
         }
         if let Some(t) = get("encryptionType")
             && t != "luks2"
         {
-            return Err(CdhError::Unimplemented(format!(
-                "secure mount: encryptionType {t:?} is not supported (luks2)"
-            )));
+            return Err(CdhError::Unsupported {
+                what: "secure mount: encryptionType",
+                value: t.clone(),
+                supported: "luks2",
+            });
         }
         let key = match get("key").or(get("encryptKey")) {
             Some(k) => KeySource::Named(k.clone()),
@@ -144,11 +159,7 @@ impl BlockDevice {
         let format = match get("sourceType").map(String::as_str) {
             Some("empty") => true,
             Some("encrypted") => false,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "sourceType {other:?} is not empty or encrypted"
-                )));
-            }
+            Some(_) => return Err(invalid("sourceType is not empty or encrypted")),
             // The older form formats a volume unless a key to an existing one is given.
             None if legacy => key == KeySource::Random,
             None => return Err(invalid("sourceType (empty or encrypted) is required")),
@@ -159,18 +170,16 @@ impl BlockDevice {
         let file_system = match get("targetType").map(String::as_str) {
             None | Some("fileSystem") => true,
             Some("device") => false,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "targetType {other:?} is not fileSystem or device"
-                )));
-            }
+            Some(_) => return Err(invalid("targetType is not fileSystem or device")),
         };
         if let Some(fs) = get("filesystemType")
             && fs != "ext4"
         {
-            return Err(CdhError::Unimplemented(format!(
-                "secure mount: filesystemType {fs:?} is not supported (ext4)"
-            )));
+            return Err(CdhError::Unsupported {
+                what: "secure mount: filesystemType",
+                value: fs.clone(),
+                supported: "ext4",
+            });
         }
         let mapper_name = match get("mapperName") {
             Some(n)
@@ -179,7 +188,7 @@ impl BlockDevice {
             {
                 n.clone()
             }
-            Some(n) => return Err(invalid(format!("mapperName {n:?} must be [A-Za-z0-9_-]"))),
+            Some(_) => return Err(invalid("mapperName must be [A-Za-z0-9_-]")),
             None => random_name()?,
         };
         Ok(Self {
@@ -190,7 +199,10 @@ impl BlockDevice {
                 .map(|o| o.split_whitespace().map(str::to_string).collect())
                 .unwrap_or_default(),
             key,
-            integrity: flag("dataIntegrity", options.get("dataIntegrity"))?,
+            integrity: flag(
+                "dataIntegrity is not true or false",
+                options.get("dataIntegrity"),
+            )?,
             mapper_name,
         })
     }
@@ -201,62 +213,63 @@ fn resolve_device_id(id: &str, sys_dev_block: &Path) -> Result<PathBuf, CdhError
         !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
     });
     if !ok {
-        return Err(invalid(format!("deviceId {id:?} is not MAJOR:MINOR")));
+        return Err(invalid("deviceId is not MAJOR:MINOR"));
     }
     let uevent = sys_dev_block.join(id).join("uevent");
-    let text = std::fs::read_to_string(&uevent).map_err(|e| {
-        invalid(format!(
-            "deviceId {id}: cannot read {} ({e})",
-            uevent.display()
-        ))
-    })?;
+    let what = "secure mount: deviceId's";
+    let text = std::fs::read_to_string(&uevent)
+        .map_err(|_| bad_path(what, &uevent, "cannot be read (no such block device?)"))?;
     let name = text
         .lines()
         .find_map(|l| l.strip_prefix("DEVNAME="))
-        .ok_or_else(|| {
-            invalid(format!(
-                "deviceId {id}: {} has no DEVNAME",
-                uevent.display()
-            ))
-        })?;
+        .ok_or_else(|| bad_path(what, &uevent, "has no DEVNAME"))?;
     if name.split('/').any(|s| s == "..") {
-        return Err(invalid(format!("deviceId {id}: bad DEVNAME {name:?}")));
+        return Err(bad_path(what, &uevent, "has a DEVNAME with .."));
     }
     Ok(Path::new("/dev").join(name))
 }
 
 /// Runs `program args`, feeding `stdin`; a failure names the command and its stderr.
-async fn run(program: &str, args: &[String], stdin: Option<&[u8]>) -> Result<(), CdhError> {
+async fn run(program: &'static str, args: &[String], stdin: Option<&[u8]>) -> Result<(), CdhError> {
+    let tool = |detail: String| CdhError::Tool {
+        program,
+        step: args.first().cloned().unwrap_or_default(),
+        detail,
+    };
     let mut child = tokio::process::Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
-            CdhError::Internal(format!(
-                "secure mount: cannot run {program} ({e}): install it in the pod VM image (cryptsetup-bin, e2fsprogs)"
+            tool(format!(
+                "cannot run it ({e}): install it in the pod VM image (cryptsetup-bin, e2fsprogs)"
             ))
         })?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(data)
             .await
-            .map_err(|e| CdhError::Internal(format!("secure mount: {program} stdin: {e}")))?;
+            .map_err(|e| tool(format!("writing its standard input: {e}")))?;
         drop(pipe);
     }
     let out = child
         .wait_with_output()
         .await
-        .map_err(|e| CdhError::Internal(format!("secure mount: {program}: {e}")))?;
+        .map_err(|e| tool(format!("waiting for it: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
+    // Its standard error: cryptsetup reads the key from standard input and never prints it.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(CdhError::Internal(format!(
-        "secure mount: {program} {} failed ({}): {}",
-        args.first().map(String::as_str).unwrap_or_default(),
+    Err(tool(format!(
+        "({}): {}",
         out.status,
-        stderr.trim()
+        stderr.trim().chars().take(2000).collect::<String>()
     )))
 }
 
@@ -269,13 +282,18 @@ pub async fn mount(
 ) -> Result<(), CdhError> {
     let device = dev.device.display().to_string();
     if !dev.device.exists() {
-        return Err(invalid(format!("device {device} does not exist")));
+        return Err(bad_path(
+            "secure mount: device",
+            &dev.device,
+            "does not exist",
+        ));
     }
     if !mount_point.is_absolute() {
-        return Err(invalid(format!(
-            "mount point {} is not absolute",
-            mount_point.display()
-        )));
+        return Err(bad_path(
+            "secure mount: mount point",
+            mount_point,
+            "is not absolute",
+        ));
     }
     let header = (dev.key == KeySource::Random).then(|| {
         header_dir.join(format!(
@@ -307,17 +325,18 @@ pub async fn mount(
             args.extend([s("--integrity"), s("hmac-sha256")]);
         }
         if let Some(h) = &header {
-            std::fs::create_dir_all(header_dir).map_err(|e| {
-                CdhError::Internal(format!(
-                    "secure mount: cannot create {}: {e}",
-                    header_dir.display()
-                ))
-            })?;
-            let f = std::fs::File::create(h).map_err(|e| {
-                CdhError::Internal(format!("secure mount: cannot create {}: {e}", h.display()))
-            })?;
+            let io = |action: &'static str, path: &Path| {
+                let path = path.to_path_buf();
+                move |source| CdhError::Io {
+                    action,
+                    path,
+                    source,
+                }
+            };
+            std::fs::create_dir_all(header_dir).map_err(io("create", header_dir))?;
+            let f = std::fs::File::create(h).map_err(io("create", h))?;
             f.set_len(16 << 20)
-                .map_err(|e| CdhError::Internal(format!("secure mount: header file: {e}")))?;
+                .map_err(io("size the LUKS header file", h))?;
             args.extend([s("--header"), h.display().to_string()]);
         }
         args.push(device.clone());
@@ -339,11 +358,10 @@ pub async fn mount(
                 mkfs.push(mapped.clone());
                 run("mkfs.ext4", &mkfs, None).await?;
             }
-            std::fs::create_dir_all(mount_point).map_err(|e| {
-                CdhError::Internal(format!(
-                    "secure mount: cannot create {}: {e}",
-                    mount_point.display()
-                ))
+            std::fs::create_dir_all(mount_point).map_err(|source| CdhError::Io {
+                action: "create",
+                path: mount_point.to_path_buf(),
+                source,
             })?;
             run(
                 "mount",
@@ -363,11 +381,10 @@ pub async fn mount(
                 let _ = std::fs::create_dir_all(parent);
             }
             let _ = std::fs::remove_file(mount_point);
-            std::os::unix::fs::symlink(&mapped, mount_point).map_err(|e| {
-                CdhError::Internal(format!(
-                    "secure mount: cannot link {}: {e}",
-                    mount_point.display()
-                ))
+            std::os::unix::fs::symlink(&mapped, mount_point).map_err(|source| CdhError::Io {
+                action: "link",
+                path: mount_point.to_path_buf(),
+                source,
             })
         }
     }
@@ -383,7 +400,7 @@ pub async fn mount(
 /// A random 4096-byte key.
 pub fn random_key() -> Result<Zeroizing<Vec<u8>>, CdhError> {
     let mut k = Zeroizing::new(vec![0u8; 4096]);
-    getrandom::fill(&mut k).map_err(|e| CdhError::Internal(format!("randomness: {e}")))?;
+    getrandom::fill(&mut k).map_err(|_| CdhError::Random)?;
     Ok(k)
 }
 
@@ -519,6 +536,6 @@ mod tests {
             sys,
         )
         .expect_err("zfs");
-        assert!(matches!(err, CdhError::Unimplemented(_)), "{err}");
+        assert!(matches!(err, CdhError::Unsupported { .. }), "{err}");
     }
 }

@@ -90,17 +90,42 @@ async fn blocking<T: Send + 'static>(
 
 impl AzureVtpm {
     /// Reads the HCL report to tell whether this is an Azure CVM, and which. `Ok(None)` when
-    /// there is no TPM or no HCL report (not Azure).
+    /// there is no TPM (the device or socket does not exist) or the TPM has no HCL report index
+    /// (not Azure). A TPM that exists but cannot be opened or fails otherwise is an error: the
+    /// agent must not decide "not Azure" and attest as another TEE without the initdata bound.
     pub fn probe(tpm_spec: &str) -> Result<Option<AzureFlavour>, AttestError> {
-        let Ok(mut tpm) = Tpm::open(tpm_spec) else {
-            return Ok(None);
+        let mut tpm = match Tpm::open(tpm_spec) {
+            Ok(tpm) => tpm,
+            Err(peerpod_tpm::Error::Open { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(errno::ENOENT | errno::ENODEV | errno::ENXIO)
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(source) => {
+                return Err(AttestError::Tpm {
+                    action: "opening the vTPM (it exists but fails)",
+                    source,
+                });
+            }
         };
         // Only the type field: a read from offset 0 would make the paravisor refresh the report
         // and hold off the next refresh — the one our first attestation needs — for 2 s.
         let offset = peerpod_tee::hcl::REPORT_TYPE_OFFSET as u16;
         let bytes = match tpm.nv_read(AZURE_HCL_REPORT_INDEX, 4, offset) {
             Ok(b) => b,
-            Err(e) if e.response_code().is_some() => return Ok(None),
+            // No such index, or never written: a TPM that is not Azure's paravisor vTPM.
+            Err(e)
+                if e.response_code().is_some_and(|c| {
+                    c.is(ResponseCode::HANDLE)
+                        || c.is(ResponseCode::NV_UNINITIALIZED)
+                        || c.is(ResponseCode::NV_RANGE)
+                }) =>
+            {
+                return Ok(None);
+            }
             Err(source) => {
                 return Err(AttestError::Tpm {
                     action: "reading the HCL report's type",
@@ -155,7 +180,14 @@ impl AzureVtpm {
                 .and_then(reqwest::Response::error_for_status)
             {
                 Ok(resp) => {
-                    return resp.json::<Value>().await.map_err(|e| AttestError::Imds {
+                    let body =
+                        peerpod_kbs_client::read_body(resp, peerpod_kbs_client::MAX_IMDS_REPLY)
+                            .await
+                            .map_err(|e| AttestError::Imds {
+                                what,
+                                detail: peerpod_kbs_client::error_chain(&e),
+                            })?;
+                    return serde_json::from_slice::<Value>(&body).map_err(|e| AttestError::Imds {
                         what,
                         detail: format!("the reply is not JSON: {e}"),
                     });
@@ -217,6 +249,13 @@ impl AzureVtpm {
                 detail: format!("quote is not base64url: {e}"),
             })
     }
+}
+
+/// The errno values that mean "no such TPM" when opening it.
+mod errno {
+    pub(super) const ENOENT: i32 = 2;
+    pub(super) const ENXIO: i32 = 6;
+    pub(super) const ENODEV: i32 = 19;
 }
 
 /// The DER inside a one-certificate PEM.

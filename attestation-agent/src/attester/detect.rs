@@ -1,6 +1,8 @@
 //! Which TEE are we in? Upstream's order: `tdx`, then the Azure vTPMs (`az-tdx-vtpm`,
-//! `az-snp-vtpm`, told apart by the HCL report in the vTPM), then `snp`; `sample` when nothing is
-//! found, loudly — or an error when the configuration forbids it.
+//! `az-snp-vtpm`, told apart by the HCL report in the vTPM), then `snp`. When nothing is found
+//! it is an error, unless the configuration allows the `sample` TEE (`[peerpod] allow_sample`),
+//! which is then used loudly. A vTPM that exists but fails is an error, never "another TEE":
+//! falling through to the sample TEE would attest without binding the initdata.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ pub struct DetectOptions {
     pub azure: AzureOptions,
     /// The configfs-tsm report directory.
     pub tsm_root: PathBuf,
-    /// Whether to fall back to the sample TEE when no TEE is found.
+    /// Whether to fall back to the sample TEE when no TEE is found (default: no).
     pub allow_sample: bool,
 }
 
@@ -23,7 +25,7 @@ impl Default for DetectOptions {
         Self {
             azure: AzureOptions::default(),
             tsm_root: PathBuf::from(super::tsm::TSM_ROOT),
-            allow_sample: true,
+            allow_sample: false,
         }
     }
 }
@@ -45,15 +47,15 @@ pub fn detect(options: &DetectOptions) -> Result<Arc<dyn Attester>, AttestError>
         return Ok(Arc::new(Tsm::new(&options.tsm_root, TsmProvider::SevGuest)));
     }
     if !options.allow_sample {
-        return Err(AttestError::NotSupported(
-            "running outside a TEE (no configfs-tsm provider, no Azure vTPM HCL report) while the \
-             configuration forbids the sample TEE;",
-        ));
+        return Err(AttestError::NoTee {
+            tpm: options.azure.tpm.clone(),
+            tsm_root: options.tsm_root.display().to_string(),
+        });
     }
     tracing::warn!(
-        "NO TEE FOUND: using the sample TEE, whose evidence proves nothing. Expected a TEE? Check \
-         /dev/tpmrm0 (Azure CVMs) or /sys/kernel/config/tsm/report (bare SEV-SNP/TDX); set \
-         allow_sample = false in aa.toml to make this an error."
+        "NO TEE FOUND: using the sample TEE ([peerpod] allow_sample = true), whose evidence \
+         proves nothing. Expected a TEE? Check /dev/tpmrm0 (Azure CVMs) or \
+         /sys/kernel/config/tsm/report (bare SEV-SNP/TDX)."
     );
     Ok(Arc::new(Sample::default()))
 }

@@ -74,6 +74,18 @@ pub enum AttestError {
         #[source]
         source: std::io::Error,
     },
+    /// No TEE was found and the sample TEE is not allowed.
+    #[error(
+        "no TEE found (no Azure vTPM HCL report at {tpm}, no configfs-tsm provider in \
+         {tsm_root}); to run outside a TEE with the sample TEE, whose evidence proves nothing, \
+         set [peerpod] allow_sample = true in aa.toml"
+    )]
+    NoTee {
+        /// The TPM transport probed.
+        tpm: String,
+        /// The configfs-tsm directory probed.
+        tsm_root: String,
+    },
     /// An internal task failed.
     #[error("internal error: {0}")]
     Internal(String),

@@ -52,6 +52,8 @@ pub(crate) fn aa_config(kbs_url: &str, cvm: Option<&SimulatedCvm>) -> AaConfig {
             tee_key_algorithm: KeyAlgorithm::EcP256,
         }),
         allow_sample: cvm.is_none(),
+        // The local KBS serves plain HTTP.
+        insecure_http: true,
         kbs_request_timeout: Duration::from_secs(5),
         tsm_root: "/nonexistent-tsm".into(),
         ..AaConfig::default()

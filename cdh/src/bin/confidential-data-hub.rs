@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use confidential_data_hub::Hub;
 use confidential_data_hub::config::CdhConfig;
 use confidential_data_hub::sealed::make;
 use confidential_data_hub::server::serve;
-use confidential_data_hub::{CdhError, Hub};
 
 /// The confidential data hub of a peer-pod VM: KBS resources through the attestation agent,
 /// sealed secrets, encrypted volumes.
@@ -216,9 +216,9 @@ fn main() -> Result<()> {
             }) => {
                 let mut map = HashMap::new();
                 for o in options {
-                    let (k, v) = o.split_once('=').ok_or_else(|| {
-                        CdhError::InvalidArgument(format!("option {o:?} is not key=value"))
-                    })?;
+                    let (k, v) = o
+                        .split_once('=')
+                        .with_context(|| format!("option {o:?} is not key=value"))?;
                     map.insert(k.to_string(), v.to_string());
                 }
                 let path = hub.secure_mount("block-device", &map, &mount_point).await?;
