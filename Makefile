@@ -6,7 +6,7 @@ SHELL := /bin/bash
 .PHONY: demo test deps fmt-check clippy unit bench fuzz help
 
 ## demo: run the bundle's main job end to end on the embedded sample (see README).
-demo:
+demo: deps
 	@scripts/demo.sh
 
 ## test: install what the tests need, then fmt, clippy and every test.

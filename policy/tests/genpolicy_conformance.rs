@@ -2,28 +2,17 @@
 //! real genpolicy policy, in order on one engine, and checks every decision against the upstream
 //! engine's.
 
-use std::path::PathBuf;
-
 use peerpod_policy::differential::Reference;
 use peerpod_policy::{AgentPolicy, Denial, Verdict};
 
-fn fixture_dir() -> PathBuf {
-    let dir = std::env::var_os("PEERPOD_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-        .join("conformance/genpolicy");
-    assert!(
-        dir.join("cases.json").is_file(),
-        "the genpolicy conformance fixture is missing at {}: check out the shared files next to \
-         the project (../shared) or set PEERPOD_SHARED",
-        dir.display()
-    );
-    dir
-}
+#[path = "../../tests/src/shared_fixture.rs"]
+mod shared_fixture;
 
 #[test]
 fn decides_every_case_as_upstream() {
-    let dir = fixture_dir();
+    let Some(dir) = shared_fixture::shared_fixture("conformance/genpolicy") else {
+        return;
+    };
     let policy_text = std::fs::read_to_string(dir.join("policy.rego")).expect("policy.rego");
     let cases: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).expect("cases.json"))

@@ -8,6 +8,9 @@ use peerpod_protocols::json::{from_json, to_json};
 use peerpod_protocols::kata::agent;
 use protobuf::MessageDyn;
 
+#[path = "../../tests/src/shared_fixture.rs"]
+mod shared_fixture;
+
 fn message_for(kind: &str) -> Box<dyn MessageDyn> {
     match kind {
         "CreateContainerRequest" => Box::new(agent::CreateContainerRequest::new()),
@@ -25,10 +28,9 @@ fn message_for(kind: &str) -> Box<dyn MessageDyn> {
 
 #[test]
 fn upstream_policy_inputs_round_trip_through_our_messages() {
-    let dir = std::env::var_os("PEERPOD_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-        .join("conformance/genpolicy/cases.json");
+    let Some(dir) = shared_fixture::shared_fixture("conformance/genpolicy/cases.json") else {
+        return;
+    };
     let text = std::fs::read_to_string(&dir).unwrap_or_else(|e| {
         panic!(
             "the shared genpolicy fixture is missing at {}: {e}",

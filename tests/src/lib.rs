@@ -11,6 +11,7 @@
 //!   service — usable from the host or as a QEMU guest's TPM.
 //! - [`http`]: HTTP clients (rustls) for tests.
 //! - [`scratch`]: per-test scratch directories.
+//! - [`shared_fixture`]: the shared fixtures, skipped loudly outside CI when absent.
 //!
 //! Still to come here: the registry fixtures. The policy crate's conformance tests live with that
 //! crate (`policy/tests/`).
@@ -21,6 +22,7 @@ pub mod kbs;
 pub mod mutate;
 pub mod requests;
 pub mod scratch;
+pub mod shared_fixture;
 pub mod vm;
 
 pub use vm::{TestVm, VmError, VmImage, VmOptions};
