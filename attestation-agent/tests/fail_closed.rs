@@ -194,6 +194,22 @@ async fn a_plain_http_kbs_needs_the_opt_in() {
     );
     assert!(!ok);
     assert!(stderr.contains("insecure_http"), "{stderr}");
+    // Opted in: it works, and says loudly what that costs.
+    let (ok, stdout, stderr) = run(
+        dir.path(),
+        &format!(
+            "[token_configs.kbs]\nurl = \"{}\"\n{}",
+            kbs.url(),
+            no_tee_toml(dir.path(), "allow_sample = true\ninsecure_http = true\n")
+        ),
+        &["token"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(use_token(&kbs, stdout.as_bytes()).await, SECRET);
+    assert!(
+        stderr.contains("INSECURE") && stderr.contains("plain HTTP"),
+        "{stderr}"
+    );
 }
 
 /// An HTTP server on loopback answering every request with `body` (and `status`).

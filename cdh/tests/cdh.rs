@@ -222,6 +222,10 @@ async fn resources_sealed_secrets_and_credentials_end_to_end() {
     // No secret, credential, key or token reached the log.
     let log = cdh.log_text();
     assert!(log.contains("confidential data hub serving"), "{log}");
+    assert!(
+        log.contains("INSECURE") && log.contains("plain HTTP"),
+        "the plain-HTTP opt-in must warn: {log}"
+    );
     for (what, needle) in [
         ("resource", String::from_utf8_lossy(SECRET).to_string()),
         (
