@@ -30,6 +30,9 @@ pub enum SpecError {
     /// The converted spec is not a valid OCI spec.
     #[error("the OCI spec is invalid")]
     Invalid(#[source] serde_json::Error),
+    /// An exec'd process sets no capabilities and its container has none to give it.
+    #[error("the process sets no capabilities and its container has none to inherit")]
+    NoCapabilities,
     /// A device cgroup rule would allow more than it names.
     #[error("device cgroup rule {index}: {reason}")]
     DeviceRule {
@@ -120,6 +123,11 @@ pub fn exec_process(
         }
         exec.entry("user")
             .or_insert_with(|| serde_json::json!({"uid": 0, "gid": 0}));
+        // libcontainer leaves a process without capabilities with all of the agent's; as
+        // upstream, such an exec is refused.
+        if !exec.contains_key("capabilities") {
+            return Err(SpecError::NoCapabilities);
+        }
     }
     let mut process: Process = serde_json::from_value(json).map_err(SpecError::Invalid)?;
     pin_groups(&mut process);
@@ -612,12 +620,21 @@ mod tests {
             "no_new_privs cannot be turned off"
         );
 
-        // Without a container process (or user) to inherit from: uid and gid 0, as upstream.
-        let json = serde_json::to_value(exec_process(&bare, None).expect("valid")).expect("json");
+        // Without a user to inherit from: uid and gid 0, as upstream.
+        let caps_only = exec(serde_json::json!({
+            "Args": ["/bin/sh"], "Cwd": "/", "Capabilities": {"Bounding": ["CAP_KILL"]}
+        }));
+        let json =
+            serde_json::to_value(exec_process(&caps_only, None).expect("valid")).expect("json");
         assert_eq!(
             (&json["user"]["uid"], &json["user"]["gid"]),
             (&0.into(), &0.into())
         );
+        // Without capabilities to inherit: refused, as upstream, never the agent's own.
+        assert!(matches!(
+            exec_process(&bare, None),
+            Err(SpecError::NoCapabilities)
+        ));
     }
 
     #[test]

@@ -110,31 +110,21 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
                 mounted: true,
             };
             // The kernel ignores `ro`, `nosuid`, `nodev` and `noexec` when it makes a bind
-            // mount; they take effect only through a remount of the bind.
-            // The remount replaces the mount's flags, so those the bind already has (from its
-            // source) are kept: a storage never gets fewer restrictions than its source.
-            if !flags.is_empty() {
-                let kept = nix::sys::statvfs::statvfs(&mounted.mount_point)
-                    .map(|s| mount_flags(s.flags()))
-                    .unwrap_or_else(|_| MsFlags::empty());
-                let remounted = mount(
-                    None::<&str>,
-                    &mounted.mount_point,
-                    None::<&str>,
-                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags | kept,
-                    None::<&str>,
-                );
-                if let Err(e) = remounted {
-                    mounted.release();
-                    return Err(AgentError::internal(
-                        format!(
-                            "cannot apply {:?} to the bind mount on {}",
-                            storage.options,
-                            mounted.mount_point.display()
-                        ),
-                        e,
-                    ));
-                }
+            // mount; they take effect only through a remount, one mount at a time: every mount
+            // of the (recursive) bind gets them, so nothing under a read-only storage stays
+            // writable.
+            if !flags.is_empty()
+                && let Err(e) = remount_tree(&mounted.mount_point, flags)
+            {
+                mounted.release();
+                return Err(AgentError::internal(
+                    format!(
+                        "cannot apply {:?} to the bind mount on {}",
+                        storage.options,
+                        mounted.mount_point.display()
+                    ),
+                    e,
+                ));
             }
             Ok(mounted)
         }
@@ -161,6 +151,68 @@ fn checked_path(text: &str, field: &str) -> Result<PathBuf, AgentError> {
         )));
     }
     Ok(path.to_owned())
+}
+
+/// Remounts `top` and every mount below it with `flags` added. A remount replaces a mount's
+/// flags, so those each one already has (from its source) are kept: a storage never ends up
+/// with fewer restrictions than what it binds.
+fn remount_tree(top: &Path, flags: MsFlags) -> nix::Result<()> {
+    for target in mounts_at_or_below(top) {
+        let kept = nix::sys::statvfs::statvfs(&target)
+            .map(|s| mount_flags(s.flags()))
+            .unwrap_or_else(|_| MsFlags::empty());
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags | kept,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
+}
+
+/// The mount points at or below `top`, in mount order (parents first), from
+/// `/proc/self/mountinfo`.
+fn mounts_at_or_below(top: &Path) -> Vec<PathBuf> {
+    let top = std::fs::canonicalize(top).unwrap_or_else(|_| top.to_owned());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut targets: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|target| target.starts_with(&top))
+        .collect();
+    targets.dedup();
+    if targets.is_empty() {
+        targets.push(top);
+    }
+    targets
+}
+
+/// A mountinfo path field: the kernel writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|_| bytes[i] == b'\\')
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        match octal {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The per-mount flags of a mounted filesystem, as `mount(2)` takes them.
@@ -215,6 +267,13 @@ mod tests {
             MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV
         );
         assert_eq!(data.as_deref(), Some("mode=1777,size=67108864"));
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo("/run/a\\040b\\134c"), "/run/a b\\c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/odd\\9"), "/odd\\9");
     }
 
     #[test]

@@ -82,6 +82,15 @@ async fn a_read_only_bind_storage_is_read_only_in_the_container() {
     let source = agent.dir.join("volume");
     std::fs::create_dir_all(&source).expect("volume");
     std::fs::copy(rootfs.join("bin/busybox"), source.join("busybox")).expect("a program");
+    // A mount inside the volume: the storage's read-only flag reaches it too.
+    let sub = source.join("sub");
+    std::fs::create_dir_all(&sub).expect("sub");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .expect("mount");
+    assert!(mounted.success());
     let mount_point = agent.dir.join("storages/volume");
     let mut request = container_request("c", &rootfs, &["/bin/sleep", "1000"]);
     let mut storage = agent::Storage::new();
@@ -110,15 +119,20 @@ async fn a_read_only_bind_storage_is_read_only_in_the_container() {
             &[
                 "/bin/sh",
                 "-c",
-                "touch /data/new 2>&1; /data/busybox true 2>&1; ls /data",
+                "touch /data/new /data/sub/new 2>&1; /data/busybox true 2>&1; ls /data",
             ],
         ),
     )
     .await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("Read-only file system"), "{out}");
+    assert_eq!(
+        out.matches("Read-only file system").count(),
+        2,
+        "the volume and the mount inside it: {out}"
+    );
     assert!(out.contains("Permission denied"), "noexec: {out}");
     assert!(!source.join("new").exists());
+    assert!(!sub.join("new").exists());
     assert!(
         std::fs::write(mount_point.join("from-the-agent"), b"x").is_err(),
         "the storage itself is read-only"
@@ -127,6 +141,7 @@ async fn a_read_only_bind_storage_is_read_only_in_the_container() {
         .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
         .await
         .expect("destroy");
+    let _ = nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH);
 }
 
 #[tokio::test(flavor = "multi_thread")]
