@@ -40,13 +40,15 @@ impl GuestComponents {
             imds_url: cvm.imds_url(),
             tsm_root: "/nonexistent-tsm".into(),
             allow_sample: false,
+            // The local KBS speaks plain HTTP.
+            insecure_http: true,
             ..Default::default()
         };
         let aa = Arc::new(attestation_agent::AttestationAgent::new(&aa_config, None).expect("AA"));
         let aa_socket = dir.join("aa.sock");
         let cdh_socket = dir.join("cdh.sock");
         let cdh_config = confidential_data_hub::CdhConfig::parse(&format!(
-            "[kbc]\nname = \"cc_kbc\"\nurl = \"{}\"\n[aa]\naa_socket = \"unix://{}\"\n",
+            "[kbc]\nname = \"cc_kbc\"\nurl = \"{}\"\n[aa]\naa_socket = \"unix://{}\"\n[peerpod]\ninsecure_http = true\nsealed_secret_verification_keys = [\"kbs:///default/sign/jwk\"]\n",
             kbs.url(),
             aa_socket.display()
         ))
