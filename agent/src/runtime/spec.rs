@@ -16,7 +16,7 @@
 //! An exec'd process inherits from its container's process what its request leaves unset
 //! ([`exec_process`]).
 
-use oci_spec::runtime::{LinuxResources, Process, Spec};
+use oci_spec::runtime::{Capabilities, LinuxResources, Process, Spec};
 use peerpod_protocols::json::to_json;
 use peerpod_protocols::kata::oci;
 use serde_json::{Map, Value};
@@ -131,7 +131,35 @@ pub fn exec_process(
     }
     let mut process: Process = serde_json::from_value(json).map_err(SpecError::Invalid)?;
     pin_groups(&mut process);
+    if let Some(bounding) = container
+        .and_then(|c| c.capabilities().as_ref())
+        .and_then(|c| c.bounding().as_ref())
+    {
+        clamp_capabilities(&mut process, bounding);
+    }
     Ok(process)
+}
+
+/// Keeps an exec'd process's capabilities within its container's bounding set: whatever an
+/// exec asks for, it never holds what its container cannot (stricter than upstream, which
+/// grants what the request lists).
+fn clamp_capabilities(process: &mut Process, bounding: &Capabilities) {
+    let Some(mut caps) = process.capabilities().clone() else {
+        return;
+    };
+    let within = |set: &Option<Capabilities>| {
+        set.as_ref().map(|set| {
+            set.intersection(bounding)
+                .copied()
+                .collect::<Capabilities>()
+        })
+    };
+    caps.set_bounding(within(caps.bounding()));
+    caps.set_effective(within(caps.effective()));
+    caps.set_permitted(within(caps.permitted()));
+    caps.set_inheritable(within(caps.inheritable()));
+    caps.set_ambient(within(caps.ambient()));
+    process.set_capabilities(Some(caps));
 }
 
 /// Makes the process's supplementary groups explicit. libcontainer calls `setgroups` only for a
@@ -599,7 +627,7 @@ mod tests {
         let own = exec(serde_json::json!({
             "Args": ["/bin/sh"], "Cwd": "/",
             "User": {"UID": 0, "GID": 0},
-            "Capabilities": {"Bounding": ["CAP_KILL"]},
+            "Capabilities": {"Bounding": ["CAP_SYS_ADMIN", "CAP_CHOWN"], "Effective": ["CAP_SYS_ADMIN"]},
             "Rlimits": [{"Type": "RLIMIT_NPROC", "Hard": 10, "Soft": 10}]
         }));
         let json = serde_json::to_value(exec_process(&own, Some(&container)).expect("valid"))
@@ -610,10 +638,12 @@ mod tests {
             serde_json::json!([0]),
             "groups pinned"
         );
+        // Within the container's bounding set (CAP_CHOWN) whatever it asks for.
         assert_eq!(
             json["capabilities"]["bounding"],
-            serde_json::json!(["CAP_KILL"])
+            serde_json::json!(["CAP_CHOWN"])
         );
+        assert_eq!(json["capabilities"]["effective"], serde_json::json!([]));
         assert_eq!(json["rlimits"][0]["type"], "RLIMIT_NPROC");
         assert_eq!(
             json["noNewPrivileges"], true,

@@ -46,11 +46,20 @@ async fn execs_without_privileges_inherit_the_containers() {
         ("user", json!({"UID": 1000, "GID": 1000}), "1000", "1000"),
         // No user at all (upstream's client sends none): the container's, with its groups.
         ("nouser", serde_json::Value::Null, "1000", "2000"),
+        // Capabilities beyond the container's are not granted.
+        ("greedy", json!({"UID": 0, "GID": 0}), "0", "0"),
     ];
     for (exec, user, uid, groups) in cases {
         let mut process = json!({"Args": args, "Env": ["PATH=/bin"], "Cwd": "/"});
         if !user.is_null() {
             process["User"] = user;
+        }
+        if exec == "greedy" {
+            let all = json!(["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_KILL"]);
+            process["Capabilities"] = json!({
+                "Bounding": all, "Effective": all, "Permitted": all, "Inheritable": all,
+                "Ambient": all
+            });
         }
         let (status, code) = run_request(&client, &exec_request_raw("c", exec, process)).await;
         assert_eq!(code, 0, "{exec}: {status}");
