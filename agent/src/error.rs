@@ -93,6 +93,45 @@ impl From<AgentError> for ttrpc::Error {
     }
 }
 
+/// The longest error message a log line carries.
+const MAX_LOGGED_REASON: usize = 512;
+
+/// An error message as it may be logged: what the agent quotes from the request (values
+/// in double quotes or backticks, as `{:?}` and serde print them) is left out, and the text is
+/// cut to [`MAX_LOGGED_REASON`] characters. The caller gets the whole message; the log, which
+/// may travel further than the caller, gets this.
+pub fn loggable(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len().min(MAX_LOGGED_REASON));
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in reason.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q == '"' {
+                    escaped = true;
+                } else if c == q {
+                    out.push(c);
+                    quote = None;
+                }
+            }
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    out.push('…');
+                    quote = Some(c);
+                }
+            }
+        }
+        if out.chars().count() >= MAX_LOGGED_REASON {
+            out.push_str(" [cut]");
+            break;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +164,29 @@ mod tests {
             status(AgentError::internal("cannot write /run/x", io)),
             (Code::INTERNAL, "cannot write /run/x: disk full".into())
         );
+    }
+
+    #[test]
+    fn logged_reasons_leave_out_quoted_request_values() {
+        assert_eq!(
+            loggable("container \"c1\" not found"),
+            "container \"…\" not found"
+        );
+        assert_eq!(
+            loggable("invalid request: unknown variant `sk-live-123`, expected one of `a`"),
+            "invalid request: unknown variant `…`, expected one of `…`"
+        );
+        assert_eq!(
+            loggable(r#"bad value "a \"quoted\" secret" here"#),
+            "bad value \"…\" here"
+        );
+        assert_eq!(
+            loggable("cannot write /run/x: disk full"),
+            "cannot write /run/x: disk full"
+        );
+        // An unterminated quote hides the rest.
+        assert_eq!(loggable("oops \"sk-live"), "oops \"…");
+        let long = "x".repeat(2000);
+        assert!(loggable(&long).len() < 600);
     }
 }

@@ -100,6 +100,8 @@ impl PolicyGate {
         // The request itself (and the policy's prints, which quote it) may hold secrets such as
         // environment values: log only the entrypoint and the cause.
         if let peerpod_policy::Verdict::Denied(cause) = decision.verdict() {
+            // An evaluation error or a rule's odd result may quote the input: left out.
+            let cause = crate::error::loggable(&cause.to_string());
             tracing::warn!(rpc, entrypoint, %cause, "request denied by policy");
         }
         Err(AgentError::Denied(decision.denial_message()))

@@ -26,9 +26,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// the runtime before the connection closes.
 const DESTROYED_GRACE: Duration = Duration::from_millis(200);
 
-/// The longest reason a failed-request log line carries.
-const MAX_LOGGED_REASON: usize = 512;
-
 /// Why the agent could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -218,7 +215,7 @@ impl MethodHandler for Logged {
             Err(e) => (ttrpc::Code::INVALID_ARGUMENT, e.to_string()),
         };
         let method = self.method.as_str();
-        let reason = loggable_reason(&reason);
+        let reason = crate::error::loggable(&reason);
         match code {
             ttrpc::Code::PERMISSION_DENIED => {}
             ttrpc::Code::INTERNAL if reason == "EOF" && method.starts_with("Read") => {
@@ -227,69 +224,5 @@ impl MethodHandler for Logged {
             _ => tracing::warn!(method, code = ?code, %reason, "request failed"),
         }
         result
-    }
-}
-
-/// The reason of a failure as it may be logged: what the agent quotes from the request (values
-/// in double quotes or backticks, as `{:?}` and serde print them) is left out, and the text is
-/// cut to [`MAX_LOGGED_REASON`] characters.
-pub fn loggable_reason(reason: &str) -> String {
-    let mut out = String::with_capacity(reason.len().min(MAX_LOGGED_REASON));
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for c in reason.chars() {
-        match quote {
-            Some(q) => {
-                if escaped {
-                    escaped = false;
-                } else if c == '\\' && q == '"' {
-                    escaped = true;
-                } else if c == q {
-                    out.push(c);
-                    quote = None;
-                }
-            }
-            None => {
-                out.push(c);
-                if c == '"' || c == '`' {
-                    out.push('…');
-                    quote = Some(c);
-                }
-            }
-        }
-        if out.chars().count() >= MAX_LOGGED_REASON {
-            out.push_str(" [cut]");
-            break;
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logged_reasons_leave_out_quoted_request_values() {
-        assert_eq!(
-            loggable_reason("container \"c1\" not found"),
-            "container \"…\" not found"
-        );
-        assert_eq!(
-            loggable_reason("invalid request: unknown variant `sk-live-123`, expected one of `a`"),
-            "invalid request: unknown variant `…`, expected one of `…`"
-        );
-        assert_eq!(
-            loggable_reason(r#"bad value "a \"quoted\" secret" here"#),
-            "bad value \"…\" here"
-        );
-        assert_eq!(
-            loggable_reason("cannot write /run/x: disk full"),
-            "cannot write /run/x: disk full"
-        );
-        // An unterminated quote hides the rest.
-        assert_eq!(loggable_reason("oops \"sk-live"), "oops \"…");
-        let long = "x".repeat(2000);
-        assert!(loggable_reason(&long).len() < 600);
     }
 }

@@ -457,7 +457,23 @@ async fn a_failed_request_is_logged_without_what_it_carried() {
     let (code, _) = status_of(client.write_stdin(ctx(), &write).await);
     assert_eq!(code, Code::NOT_FOUND);
 
+    // A policy whose rule answers with a value from the request: the denial's cause quotes it.
+    let mut set = agent::SetPolicyRequest::new();
+    set.policy = "package agent_policy\nStartContainerRequest := input.container_id\n".into();
+    client.set_policy(ctx(), &set).await.expect("set policy");
+    let (code, _) = status_of(
+        client
+            .start_container(ctx(), &peerpod_tests::requests::start(PLANTED))
+            .await,
+    );
+    assert_eq!(code, Code::PERMISSION_DENIED);
+
     let log = agent.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("request denied by policy") && l.contains("StartContainer")),
+        "{log}"
+    );
     let failed: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("request failed"))
