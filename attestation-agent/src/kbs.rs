@@ -215,7 +215,7 @@ impl KbsClient {
         peerpod_kbs_client::check_scheme(
             &config.url,
             config.insecure_http,
-            "[peerpod] insecure_http in aa.toml",
+            "[peerpod] insecure_http = true in aa.toml",
         )?;
         let http = peerpod_kbs_client::http_client(
             &config.url,

@@ -169,7 +169,7 @@ impl CcKbc {
         peerpod_kbs_client::check_scheme(
             url,
             insecure_http,
-            "[peerpod] insecure_http in cdh.toml",
+            "[peerpod] insecure_http = true in cdh.toml",
         )?;
         let http = peerpod_kbs_client::http_client(
             url,

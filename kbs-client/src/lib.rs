@@ -61,21 +61,25 @@ pub const MAX_IMDS_REPLY: usize = 1 << 20;
 /// The most of an error body read to describe a refusal.
 const MAX_ERROR_BODY: usize = 64 << 10;
 
-/// Refuses a plain-`http://` `url` unless `insecure_http`; with it, warns loudly. `key` names the
-/// configuration key that opts in, for the message.
-pub fn check_scheme(url: &str, insecure_http: bool, key: &'static str) -> Result<(), ClientError> {
+/// Refuses a plain-`http://` `url` unless `insecure_http`; with it, warns loudly. `opt_in` says
+/// how the configuration opts in (`[peerpod] insecure_http = true in aa.toml`), for messages.
+pub fn check_scheme(
+    url: &str,
+    insecure_http: bool,
+    opt_in: &'static str,
+) -> Result<(), ClientError> {
     if !url.starts_with("http://") {
         return Ok(());
     }
     if !insecure_http {
         return Err(ClientError::PlainHttp {
             url: url.to_string(),
-            key,
+            opt_in,
         });
     }
     tracing::warn!(
         url,
-        "INSECURE: the KBS is reached over plain HTTP ({key} = true). The host can read the \
+        "INSECURE: the KBS is reached over plain HTTP ({opt_in}). The host can read the \
          attestation exchange and replace any resource; use https:// outside tests."
     );
     Ok(())
@@ -87,13 +91,13 @@ pub enum ClientError {
     /// A plain-HTTP KBS URL without the opt-in.
     #[error(
         "refusing the plain-HTTP KBS {url}: resources would cross the host unauthenticated; use \
-         https://, or set {key} = true (tests only)"
+         https://, or set {opt_in} (tests only)"
     )]
     PlainHttp {
         /// The URL.
         url: String,
-        /// The key that opts in.
-        key: &'static str,
+        /// How the configuration opts in.
+        opt_in: &'static str,
     },
     /// The configured certificate is unusable.
     #[error(transparent)]
@@ -381,11 +385,11 @@ mod tests {
 
     #[test]
     fn plain_http_needs_the_opt_in() {
-        let err =
-            check_scheme("http://kbs:8080", false, "[peerpod] insecure_http").expect_err("refused");
+        let opt_in = "[peerpod] insecure_http = true in cdh.toml";
+        let err = check_scheme("http://kbs:8080", false, opt_in).expect_err("refused");
         let text = err.to_string();
         assert!(
-            text.contains("http://kbs:8080") && text.contains("[peerpod] insecure_http = true"),
+            text.contains("http://kbs:8080") && text.contains(&format!("set {opt_in} (tests")),
             "{text}"
         );
         check_scheme("http://kbs:8080", true, "x").expect("opted in");
