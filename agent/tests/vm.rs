@@ -145,7 +145,11 @@ async fn pod_lifecycle(vm: &TestVm) {
         .signal_process(ctx(), &requests::signal("sleeper", "sleeper", 9))
         .await
         .expect("SignalProcess");
-    assert_eq!(wait(&client, "sleeper", "sleeper").await, 9);
+    assert_eq!(
+        wait(&client, "sleeper", "sleeper").await,
+        137,
+        "128 + SIGKILL"
+    );
     client
         .remove_container(ctx(), &requests::remove("sleeper"))
         .await

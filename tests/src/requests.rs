@@ -213,7 +213,7 @@ pub async fn read_all(
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// WaitProcess: the process's exit status (the signal number when a signal ended it).
+/// WaitProcess: the process's exit status (128 + the signal number when a signal ended it).
 pub async fn wait(
     client: &agent_ttrpc::AgentServiceClient,
     container: &str,
