@@ -40,6 +40,12 @@ impl Agent {
         Self::launch(name, None, config_extra, &["unshare", "--net", "--"])
     }
 
+    /// Starts the agent through `wrapper` (a program and its arguments, which ends by executing
+    /// the agent, e.g. `["setpriv", "--bounding-set", "-sys_time", "unshare", "--net", "--"]`).
+    pub fn start_wrapped(name: &str, config_extra: &str, wrapper: &[&str]) -> Self {
+        Self::launch(name, None, config_extra, wrapper)
+    }
+
     fn launch(name: &str, server_addr: Option<&str>, config_extra: &str, wrapper: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("agent-api-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
