@@ -251,7 +251,8 @@ impl AzureVtpm {
     }
 }
 
-/// The errno values that mean "no such TPM" when opening it.
+/// The errno values (Linux, the only target) that mean "no such TPM" when opening it: no device
+/// node or socket, or a node without a driver behind it.
 mod errno {
     pub(super) const ENOENT: i32 = 2;
     pub(super) const ENXIO: i32 = 6;
