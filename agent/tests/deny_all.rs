@@ -3,7 +3,8 @@
 //! containers, processes with stdin, a terminal and output, a network namespace. Each request
 //! is refused with PERMISSION_DENIED and changes nothing: no container starts, stops, pauses,
 //! resumes or changes limits; no process starts, gets a signal, input or EOF; nothing is
-//! mounted or written; the network, the terminal size and the policy stay as they were. The one
+//! mounted or written; the network, the terminal size, the clock, the entropy pool (a file
+//! bound over /dev/random in the agent's mount namespace) and the policy stay as they were. The one
 //! documented exception is ReadStdout/ReadStderr, which read first (as upstream does) and then
 //! answer empty data.
 
@@ -119,9 +120,9 @@ fn ip(agent_pid: u32, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Mount points under `dir` in the agent's (the host's) mount namespace.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
+/// Mount points under `dir` in the mount namespace of `pid`.
+fn mounts_under(pid: u32, dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .expect("mountinfo")
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4))
@@ -179,9 +180,16 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deny_all_policy_refuses_every_rpc_before_it_acts() {
-    // In its own network namespace, and without CAP_SYS_TIME: a SetGuestDateTime that got
-    // past the gate would fail with EPERM (INTERNAL, not PERMISSION_DENIED) instead of
-    // changing the test machine's clock.
+    // In its own network and mount namespaces, without CAP_SYS_TIME, and with a plain file
+    // over /dev/random: a SetGuestDateTime that got past the gate would fail with EPERM
+    // (INTERNAL, not PERMISSION_DENIED) instead of moving the test machine's clock, and a
+    // ReseedRandomDev would leave its bytes in the file.
+    let sink = std::env::temp_dir().join(format!("deny-all-random-{}", std::process::id()));
+    std::fs::write(&sink, "").expect("sink");
+    let script = format!(
+        "mount --bind {} /dev/random && exec \"$0\" \"$@\"",
+        sink.display()
+    );
     let mut agent = Agent::start_wrapped(
         "deny-all",
         &format!(
@@ -194,7 +202,11 @@ async fn a_deny_all_policy_refuses_every_rpc_before_it_acts() {
             "-sys_time",
             "unshare",
             "--net",
+            "--mount",
             "--",
+            "sh",
+            "-c",
+            &script,
         ],
     );
     let (client, health) = agent.connect().await;
@@ -253,6 +265,17 @@ async fn a_deny_all_policy_refuses_every_rpc_before_it_acts() {
         std::fs::read_to_string(tmp.join("tty-size")).is_ok_and(|s| s.trim() == "10 20")
     })
     .await;
+    let mut seed = agent::ReseedRandomDevRequest::new();
+    seed.data = b"allowed-seed".to_vec();
+    client
+        .reseed_random_dev(ctx(), &seed)
+        .await
+        .expect("reseed");
+    assert_eq!(
+        std::fs::read(&sink).expect("sink"),
+        b"allowed-seed",
+        "the sink catches what ReseedRandomDev writes"
+    );
     let c1 = one_process(&["/bin/sleep", "1001"]);
     let c3 = one_process(&["/bin/sleep", "1003"]);
     eventually("the exec's sleep", || {
@@ -267,7 +290,7 @@ async fn a_deny_all_policy_refuses_every_rpc_before_it_acts() {
         ip(pid, &["-o", "addr"]),
         ip(pid, &["route", "show", "table", "all"]),
         ip(pid, &["neigh"]),
-        mounts_under(&dir),
+        mounts_under(pid, &dir),
     );
 
     let mut set = agent::SetPolicyRequest::new();
@@ -417,7 +440,7 @@ async fn a_deny_all_policy_refuses_every_rpc_before_it_acts() {
     cpu.nb_cpus = 1;
     deny!("OnlineCPUMem", client.online_cpu_mem(ctx(), &cpu));
     let mut seed = agent::ReseedRandomDevRequest::new();
-    seed.data = vec![0; 64];
+    seed.data = b"DENIED-SEED".to_vec();
     deny!("ReseedRandomDev", client.reseed_random_dev(ctx(), &seed));
     deny!(
         "GetGuestDetails",
@@ -532,7 +555,7 @@ async fn a_deny_all_policy_refuses_every_rpc_before_it_acts() {
         ip(pid, &["-o", "addr"]),
         ip(pid, &["route", "show", "table", "all"]),
         ip(pid, &["neigh"]),
-        mounts_under(&dir),
+        mounts_under(pid, &dir),
     );
     assert_eq!(before, after, "network and mounts unchanged");
     assert!(
@@ -542,6 +565,11 @@ async fn a_deny_all_policy_refuses_every_rpc_before_it_acts() {
             .any(|m| m.ends_with("shm2") || m.ends_with("ephemeral"))
     );
     assert!(!dir.join("resolv.conf").exists(), "no DNS written");
+    assert_eq!(
+        std::fs::read(&sink).expect("sink"),
+        b"allowed-seed",
+        "no reseed"
+    );
     assert!(!copied.exists() && !dir.join("shared/containers").exists());
     let now_after = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
     assert!(
@@ -563,4 +591,5 @@ async fn a_deny_all_policy_refuses_every_rpc_before_it_acts() {
         assert!(line, "no denial logged for {name}");
     }
     assert!(!log.contains("planted input") && !log.contains("evil"));
+    let _ = std::fs::remove_file(&sink);
 }
