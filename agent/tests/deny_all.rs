@@ -4,9 +4,9 @@
 //! is refused with PERMISSION_DENIED and changes nothing: no container starts, stops, pauses,
 //! resumes or changes limits; no process starts, gets a signal, input or EOF; nothing is
 //! mounted or written; the network, the terminal size, the clock, the entropy pool (a file
-//! bound over /dev/random in the agent's mount namespace) and the policy stay as they were. The one
-//! documented exception is ReadStdout/ReadStderr, which read first (as upstream does) and then
-//! answer empty data.
+//! bound over /dev/random in the agent's mount namespace) and the policy stay as they were.
+//! The one documented exception is ReadStdout/ReadStderr, which read first (as upstream does)
+//! and then answer empty data.
 
 mod common;
 
