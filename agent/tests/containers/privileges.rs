@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::common::ctx;
 use crate::support::*;
 use peerpod_protocols::json::from_json;
-use peerpod_protocols::kata::agent;
+use peerpod_protocols::kata::{agent, agent_ttrpc};
 
 /// CAP_KILL (5) alone, as /proc/<pid>/status shows a capability set.
 const CAP_KILL_ONLY: &str = "0000000000000020";
@@ -180,11 +180,53 @@ async fn a_device_rule_for_minor_zero_allows_minor_zero_only() {
     )
     .expect("devices fit the protos");
     create_and_start(&client, &request).await;
-    let (out, _) = run_request(
+    assert_eq!(opened(&client, "after-create").await, (true, false));
+
+    // UpdateContainer converts its rules the same way.
+    update_devices(
         &client,
+        &json!([
+            {"Allow": false, "Type": "a", "Major": -1, "Minor": -1, "Access": "rwm"},
+            {"Allow": true, "Type": "c", "Major": 4, "Minor": 1, "Access": "rw"}
+        ]),
+    )
+    .await
+    .expect("update to 4:1");
+    assert_eq!(opened(&client, "after-4-1").await, (false, true));
+    update_devices(
+        &client,
+        &json!([
+            {"Allow": false, "Type": "a", "Major": -1, "Minor": -1, "Access": "rwm"},
+            {"Allow": true, "Type": "c", "Major": 4, "Minor": 0, "Access": "rw"}
+        ]),
+    )
+    .await
+    .expect("update to 4:0");
+    assert_eq!(opened(&client, "after-4-0").await, (true, false));
+    // An allow rule without a type would allow every device: refused.
+    let (code, message) = crate::common::status_of(
+        update_devices(
+            &client,
+            &json!([{"Allow": true, "Type": "", "Major": 4, "Minor": 0, "Access": "rw"}]),
+        )
+        .await,
+    );
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{message}");
+    assert_eq!(opened(&client, "after-refusal").await, (true, false));
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .expect("destroy");
+}
+
+/// Whether /dev/tty0 and /dev/tty1 open in container "c": only a device cgroup denial
+/// ("Operation not permitted") counts as not opened.
+async fn opened(client: &agent_ttrpc::AgentServiceClient, exec: &str) -> (bool, bool) {
+    let (out, _) = run_request(
+        client,
         &exec_request(
             "c",
-            "open",
+            exec,
             &[
                 "/bin/sh",
                 "-c",
@@ -193,18 +235,23 @@ async fn a_device_rule_for_minor_zero_allows_minor_zero_only() {
         ),
     )
     .await;
-    let tty1 = out.lines().find(|l| l.contains("tty1")).unwrap_or_default();
-    assert!(
-        tty1.contains("Operation not permitted"),
-        "4:1 is not 4:0: {out}"
-    );
-    let tty0 = out.lines().find(|l| l.contains("tty0")).unwrap_or_default();
-    assert!(
-        !tty0.contains("Operation not permitted"),
-        "4:0 is allowed: {out}"
-    );
-    client
-        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
-        .await
-        .expect("destroy");
+    let allowed = |tty: &str| {
+        !out.lines()
+            .any(|l| l.contains(tty) && l.contains("Operation not permitted"))
+    };
+    (allowed("tty0"), allowed("tty1"))
+}
+
+async fn update_devices(
+    client: &agent_ttrpc::AgentServiceClient,
+    devices: &serde_json::Value,
+) -> Result<protobuf::well_known_types::empty::Empty, ttrpc::Error> {
+    let mut update = agent::UpdateContainerRequest::new();
+    update.container_id = "c".into();
+    from_json(
+        &json!({"Devices": devices}),
+        &mut *update.resources.mut_or_insert_default(),
+    )
+    .expect("resources fit the protos");
+    client.update_container(ctx(), &update).await
 }
