@@ -1,23 +1,23 @@
-//! CopyFile: files the runtime copies into the guest (resolv.conf, hosts, service-account
-//! tokens, ...), in chunks, under the agent's shared directory only.
+//! CopyFile: files the runtime copies into the guest (resolv.conf, hosts, service-account tokens,
+//! ...), in chunks, under the agent's shared directory only.
 //!
 //! The host chooses both the bytes and the path, and may have planted anything in the shared
-//! directory before (a symlink at the target or at a parent, a hard link to a file elsewhere on
-//! the same file system). So nothing here resolves a path through the file system's names more
-//! than one component at a time: every directory is opened relative to its parent's descriptor
-//! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)`, modes and owners are set on opened
-//! descriptors (`fchmod`, `fchown`), and the final name is only ever replaced by `renameat`
-//! within the opened parent, which swaps the directory entry and never writes through it (a
-//! symlink or hard link planted there is replaced, its target untouched).
+//! directory before (a symlink at the target or at a parent, a hard link to a file elsewhere on the
+//! same file system). So nothing here resolves a path through the file system's names more than one
+//! component at a time: every directory is opened relative to its parent's descriptor with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)`, modes and owners are set on
+//! opened descriptors (`fchmod`, `fchown`), and the final name is only ever replaced by `renameat`
+//! within the opened parent, which swaps the directory entry and never writes through it (a symlink
+//! or hard link planted there is replaced, its target untouched).
 //!
 //! A file's chunks go to a temporary file with a random name, created with `O_EXCL`, held open
-//! between chunks; when the last chunk arrives (offset + length reaches the file's size) the
-//! file gets its mode and owner and is renamed into place, so a reader never sees a half-written
-//! file. Directories and symlinks come in one request (a symlink's data is its target).
+//! between chunks; when the last chunk arrives (offset + length reaches the file's size) the file
+//! gets its mode and owner and is renamed into place, so a reader never sees a half-written file.
+//! Directories and symlinks come in one request (a symlink's data is its target).
 //!
 //! A symlink whose target is absolute or has a `..` component could send a later reader of the
-//! shared directory elsewhere; such targets are refused unless the policy allows them
-//! explicitly (see [`crate::gate::PolicyGate::check_copy_file`]).
+//! shared directory elsewhere; such targets are refused unless the policy allows them explicitly
+//! (see [`crate::gate::PolicyGate::check_copy_file`]).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};

@@ -256,7 +256,9 @@ async fn a_deny_all_policy_refuses_every_rpc_before_it_acts() {
         false,
     )
     .await;
-    exec(&client, "tty", "while true; do stty size > /tmp/tty-size.new && mv /tmp/tty-size.new /tmp/tty-size; sleep 0.05; done", true).await;
+    let watch_size = "while true; do stty size > /tmp/tty-size.new \
+                      && mv /tmp/tty-size.new /tmp/tty-size; sleep 0.05; done";
+    exec(&client, "tty", watch_size, true).await;
     client
         .tty_win_resize(ctx(), &resize(10, 20))
         .await
