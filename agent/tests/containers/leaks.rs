@@ -21,18 +21,26 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn exec_and_wait(client: &agent_ttrpc::AgentServiceClient, exec: &str) {
+async fn exec_and_wait(client: &agent_ttrpc::AgentServiceClient, exec: &str, terminal: bool) {
     client
-        .exec_process(ctx(), &exec_request("c", exec, &["/bin/true"]))
+        .exec_process(
+            ctx(),
+            &exec_request_with("c", exec, &["/bin/true"], terminal),
+        )
         .await
         .unwrap_or_else(|e| panic!("exec {exec}: {e:?}"));
     assert_eq!(wait(client, "c", exec).await, 0);
 }
 
-async fn cycles(client: &agent_ttrpc::AgentServiceClient, prefix: &str, count: usize) {
+async fn cycles(
+    client: &agent_ttrpc::AgentServiceClient,
+    prefix: &str,
+    count: usize,
+    terminal: bool,
+) {
     let workers = (0..PARALLEL).map(|worker| async move {
         for n in (worker..count).step_by(PARALLEL) {
-            exec_and_wait(client, &format!("{prefix}-{n}")).await;
+            exec_and_wait(client, &format!("{prefix}-{n}"), terminal).await;
         }
     });
     futures::future::join_all(workers).await;
@@ -48,14 +56,18 @@ async fn two_thousand_execs_keep_descriptors_and_memory_flat() {
     .await;
     let pid = agent.child.id();
     // Warm up: allocator arenas, tokio's worker threads and the ttrpc connection settle.
-    cycles(&client, "warm", 200).await;
+    cycles(&client, "warm", 200, false).await;
+    cycles(&client, "warm-tty", 20, true).await;
     let (fds_before, rss_before) = (open_fds(pid), rss_kib(pid));
     let started = Instant::now();
-    cycles(&client, "x", CYCLES).await;
+    cycles(&client, "x", CYCLES, false).await;
+    // Processes with a terminal too (its master side is three more descriptors).
+    cycles(&client, "tty", CYCLES / 10, true).await;
     let (fds_after, rss_after) = (open_fds(pid), rss_kib(pid));
     eprintln!(
-        "{CYCLES} exec+wait cycles in {:?}: descriptors {fds_before} -> {fds_after}, \
+        "{CYCLES} exec+wait cycles (and {} with a terminal) in {:?}: descriptors {fds_before} -> {fds_after}, \
          RSS {rss_before} KiB -> {rss_after} KiB",
+        CYCLES / 10,
         started.elapsed()
     );
     // One descriptor kept per exec would be +2000; allow a few for tokio's and ttrpc's own.
@@ -75,7 +87,7 @@ async fn two_thousand_execs_keep_descriptors_and_memory_flat() {
     request.exec_id = "x-0".into();
     let (code, _) = crate::common::status_of(client.wait_process(ctx(), &request).await);
     assert_eq!(code, ttrpc::Code::NOT_FOUND);
-    exec_and_wait(&client, "x-0").await;
+    exec_and_wait(&client, "x-0", false).await;
     client
         .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
         .await
