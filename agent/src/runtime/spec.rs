@@ -611,8 +611,16 @@ mod tests {
             .process()
             .clone()
             .expect("a process");
+        let mut container = container;
+        container.set_apparmor_profile(Some("pod-profile".into()));
+        container.set_selinux_label(Some("system_u:system_r:container_t:s0".into()));
         let bare = exec(serde_json::json!({"Args": ["/bin/sh"], "Cwd": "/"}));
         let process = exec_process(&bare, Some(&container)).expect("an exec without a user");
+        assert_eq!(process.apparmor_profile().as_deref(), Some("pod-profile"));
+        assert_eq!(
+            process.selinux_label().as_deref(),
+            Some("system_u:system_r:container_t:s0")
+        );
         let json = serde_json::to_value(&process).expect("serialises");
         assert_eq!(json["user"]["uid"], 1000, "the container's user");
         assert_eq!(json["user"]["additionalGids"], serde_json::json!([1000]));
