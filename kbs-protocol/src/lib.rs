@@ -23,6 +23,7 @@ pub mod keys;
 pub mod messages;
 pub mod runtime_data;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 

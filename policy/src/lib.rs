@@ -31,8 +31,10 @@ pub mod initdata;
 
 pub use engine::{AgentPolicy, Decision, Denial, PolicyError, SetPolicyError, Verdict};
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod differential;

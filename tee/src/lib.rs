@@ -24,6 +24,7 @@ pub mod hcl;
 pub mod snp;
 pub mod tdx;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 

@@ -5,6 +5,9 @@
 //! Under CI (`CI=true`) a missing fixture is a failure, never a skip. This file is also
 //! included by path (`#[path]`) in the test crates that do not depend on `peerpod-tests`.
 
+// Public for `peerpod-tests`' users; private where a test crate includes the file by path.
+#![allow(unreachable_pub)]
+
 use std::io::Write as _;
 use std::path::PathBuf;
 

@@ -38,6 +38,7 @@ pub mod transport;
 pub mod types;
 pub mod wire;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 
