@@ -71,11 +71,17 @@ fn inside_own_pid_namespace() {
             None,
             "the new process is alive, not the old one's exit"
         );
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill");
+        // A signal meant for the old process does not reach the new one.
+        let sent = reaper
+            .signal(pid, &old, nix::sys::signal::Signal::SIGKILL)
+            .expect("signal");
+        assert!(!sent, "the old process is gone: nothing is sent");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(new.exit(), None, "the new process was not hit");
+        let sent = reaper
+            .signal(pid, &new, nix::sys::signal::Signal::SIGKILL)
+            .expect("signal");
+        assert!(sent);
         let exit = wait(new.clone()).await;
         assert_eq!(exit, Exit::Signal(9));
         assert_eq!(exit.status(), 137);

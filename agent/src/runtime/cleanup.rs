@@ -43,8 +43,9 @@ impl Runtime {
             if let Err(e) = self.helper.call(kill, Vec::new()).await {
                 // The init may have exited meanwhile; killing it directly is the fallback.
                 tracing::debug!(container = %id, error = %e, "kill through libcontainer failed");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(container.init.pid),
+                let _ = self.reaper.signal(
+                    container.init.pid,
+                    &container.init.exit,
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }

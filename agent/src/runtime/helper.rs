@@ -203,10 +203,7 @@ fn exchange(
     drop(borrowed);
     drop(fds);
     if let Err(e) = sent {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = reaper.signal(pid, &slot, nix::sys::signal::Signal::SIGKILL);
         reaper.forget(pid, &slot);
         return Err(launch("send the request", &e));
     }
@@ -217,10 +214,7 @@ fn exchange(
         Ok((n, _)) => serde_json::from_slice(&buf[..n]).ok(),
         Err(e) => {
             tracing::warn!(error = %e, "no answer from the runtime helper; killing it");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = reaper.signal(pid, &slot, nix::sys::signal::Signal::SIGKILL);
             None
         }
     };

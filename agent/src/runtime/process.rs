@@ -152,14 +152,9 @@ impl Runtime {
                 }
             }
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(process.pid), signal)
-            .or_else(|e| {
-                if e == nix::errno::Errno::ESRCH {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
+        self.reaper
+            .signal(process.pid, &process.exit, signal)
+            .map(drop)
             .map_err(|e| AgentError::internal(format!("cannot signal process {}", process.pid), e))
     }
 

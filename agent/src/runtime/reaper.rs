@@ -148,9 +148,32 @@ impl Reaper {
             .len()
     }
 
+    /// Sends `signal` to the child `pid` registered with `slot`, unless its exit has been seen:
+    /// returns whether it was sent. The reaper's lock is held across the check and the `kill`,
+    /// and across each `waitpid` and the delivery of its exit, so the pid signalled is still
+    /// this child (alive or a zombie), never a process that recycled its pid.
+    pub fn signal(
+        &self,
+        pid: i32,
+        slot: &ExitSlot,
+        signal: nix::sys::signal::Signal,
+    ) -> nix::Result<bool> {
+        let _state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.exit().is_some() {
+            return Ok(false);
+        }
+        match nix::sys::signal::kill(Pid::from_raw(pid), signal) {
+            Ok(()) => Ok(true),
+            Err(Errno::ESRCH) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Collects every child that has exited.
     fn reap_all(&self) {
         loop {
+            // Held from the wait to the delivery: see `signal`.
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let status = waitpid(
                 Pid::from_raw(-1),
                 Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
@@ -166,27 +189,32 @@ impl Reaper {
                     return;
                 }
             };
-            self.deliver(pid.as_raw(), exit);
+            deliver_locked(&mut state, pid.as_raw(), exit);
         }
     }
 
+    #[cfg(test)]
     fn deliver(&self, pid: i32, exit: Exit) {
-        tracing::debug!(pid, ?exit, "child exited");
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        // A slot that already holds an exit belongs to an earlier process with this pid: this
-        // exit is a newer process's, not yet registered.
-        match state.slots.get(&pid).filter(|slot| slot.exit().is_none()) {
-            Some(slot) => {
-                slot.tx.send_replace(Some(exit));
-            }
-            None => {
-                state.slots.remove(&pid);
-                let now = Instant::now();
-                state
-                    .unclaimed
-                    .retain(|_, (_, at)| now.duration_since(*at) < UNCLAIMED_TTL);
-                state.unclaimed.insert(pid, (exit, now));
-            }
+        deliver_locked(&mut state, pid, exit);
+    }
+}
+
+fn deliver_locked(state: &mut State, pid: i32, exit: Exit) {
+    tracing::debug!(pid, ?exit, "child exited");
+    // A slot that already holds an exit belongs to an earlier process with this pid: this exit
+    // is a newer process's, not yet registered.
+    match state.slots.get(&pid).filter(|slot| slot.exit().is_none()) {
+        Some(slot) => {
+            slot.tx.send_replace(Some(exit));
+        }
+        None => {
+            state.slots.remove(&pid);
+            let now = Instant::now();
+            state
+                .unclaimed
+                .retain(|_, (_, at)| now.duration_since(*at) < UNCLAIMED_TTL);
+            state.unclaimed.insert(pid, (exit, now));
         }
     }
 }

@@ -93,10 +93,9 @@ impl Runtime {
             .take();
         if let Some(sandbox) = sandbox {
             if let Some((pid, exit)) = &sandbox.pause {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = self
+                    .reaper
+                    .signal(*pid, exit, nix::sys::signal::Signal::SIGKILL);
                 let _ = tokio::time::timeout(Duration::from_secs(5), exit.wait()).await;
                 self.reaper.forget(*pid, exit);
             }
