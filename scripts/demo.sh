@@ -62,7 +62,20 @@ if [[ $(id -u) -eq 0 ]]; then netns=(unshare --net --); fi
     --state-dir "$work/state" --copy-root "$work/shared" --cgroup-parent "/peerpod-demo-$$" \
     2> "$work/agent.log" &
 agent_pid=$!
-trap 'kill -TERM $agent_pid 2>/dev/null; wait $agent_pid 2>/dev/null; rm -rf "$work"' EXIT
+# What the EXIT trap stops and removes. Processes may be gone already (a kata agent exits after
+# DestroySandbox), so no step of the clean-up may fail: under `set -e` a failing `kill` or `wait`
+# would end the trap before the rest, and make the script's status its own.
+pids=("$agent_pid")
+leftovers=("$work")
+cleanup() {
+    local status=$?
+    set +e
+    kill -TERM "${pids[@]}" 2>/dev/null
+    wait "${pids[@]}" 2>/dev/null
+    rm -rf "${leftovers[@]}"
+    exit "$status"
+}
+trap cleanup EXIT
 ctl() { target/debug/agent-ctl --addr "unix://$sock" call "$@"; }
 for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done
 echo "\$ agent-ctl call Check                      # Health: never gated"
@@ -136,7 +149,7 @@ TOML
     port=$((20000 + RANDOM % 20000))
     target/debug/test-kbs --config "$cvm_dir/kbs.toml" --listen "127.0.0.1:$port" > "$work/kbs.log" 2>&1 &
     kbs_pid=$!
-    trap 'kill -TERM $agent_pid $cvm_pid $kbs_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+    pids+=("$cvm_pid" "$kbs_pid")
     for _ in $(seq 200); do grep -q serving "$work/kbs.log" 2>/dev/null && break; sleep 0.05; done
     cat "$cvm_dir/ready.env"
     cat "$work/kbs.log"
@@ -222,12 +235,14 @@ TOML
         --state-dir "$work/state2" --copy-root "$work/shared2" --cgroup-parent "/peerpod-demo2-$$" \
         2> "$work/agent2.log" &
     agent2_pid=$!
-    trap 'kill -TERM $agent_pid $agent2_pid $rest_pid $cdh_pid $aa_pid $cvm_pid $kbs_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work" /run/peerpod-demo2' EXIT
+    pids+=("$agent2_pid" "$cdh_pid" "$aa_pid")
+    leftovers+=(/run/peerpod-demo2)
     for _ in $(seq 200); do [[ -S $sock2 && -S $work/cdh.sock && -S $work/aa.sock ]] && break; sleep 0.05; done
     nsenter --net=/proc/$agent2_pid/ns/net ip link set lo up
     nsenter --net=/proc/$agent2_pid/ns/net target/debug/api-server-rest -f all \
         -c "unix://$work/cdh.sock" -a "unix://$work/aa.sock" 2> "$work/rest.log" &
     rest_pid=$!
+    pids+=("$rest_pid")
     for _ in $(seq 200); do grep -q serving "$work/rest.log" 2>/dev/null && break; sleep 0.05; done
 
     sealed=$(target/debug/confidential-data-hub seal --signing-key "$work/signer.pem" \
