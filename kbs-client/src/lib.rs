@@ -21,8 +21,6 @@ pub mod tls;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use peerpod_kbs_protocol::jwe::{self, JweResponse};
 use peerpod_kbs_protocol::keys::TeeKeyPair;
 use peerpod_kbs_protocol::messages::{ErrorInformation, ResourcePath};
@@ -135,17 +133,9 @@ pub fn http_client(
         .map_err(|e| ClientError::Build(error_chain(&e)))
 }
 
-/// An error and its sources, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+/// An error and its sources, `: `-separated (the workspace's one definition, from
+/// `peerpod-text`, which the kata agent uses too).
+pub use peerpod_text::error_chain;
 
 /// Why a reply body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +219,7 @@ pub fn token_expiry(token: &str) -> SystemTime {
     let exp = token
         .split('.')
         .nth(1)
-        .and_then(|p| URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok())
+        .and_then(|p| peerpod_text::decode_b64url(p).ok())
         .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
         .and_then(|c| c["exp"].as_u64());
     let default = || SystemTime::now() + DEFAULT_TOKEN_LIFETIME;
@@ -356,6 +346,8 @@ pub async fn get_resource(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn token(claims: &str) -> String {
         format!(

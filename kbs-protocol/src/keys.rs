@@ -47,9 +47,7 @@ pub enum TeePubKey {
 
 /// Decodes a base64url JWK member (padding tolerated).
 pub(crate) fn b64(what: &'static str, text: &str) -> Result<Vec<u8>, Error> {
-    URL_SAFE_NO_PAD
-        .decode(text.trim_end_matches('='))
-        .map_err(|e| Error::invalid(what, e.to_string()))
+    peerpod_text::decode_b64url(text).map_err(|e| Error::invalid(what, e.to_string()))
 }
 
 pub(crate) fn enc(bytes: &[u8]) -> String {

@@ -167,12 +167,7 @@ impl ResourcePath {
             ));
         };
         for segment in [repository, kind, tag] {
-            let ok = !segment.is_empty()
-                && !segment.starts_with('.')
-                && segment
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-            if !ok {
+            if !peerpod_text::is_safe_name(segment) {
                 return Err(Error::invalid(
                     "resource path",
                     format!(
