@@ -377,14 +377,7 @@ fn read_map_key(key: &str, kind: &RuntimeType, path: &str) -> Result<ReflectValu
 
 fn type_error(path: &str, expected: &'static str, found: &Value) -> JsonError {
     let mut found = found.to_string();
-    if found.len() > 60 {
-        let mut cut = 57;
-        while !found.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        found.truncate(cut);
-        found.push_str("...");
-    }
+    peerpod_text::clip(&mut found, 60);
     JsonError::Type {
         path: if path.is_empty() {
             "(message)".to_owned()
