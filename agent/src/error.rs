@@ -84,11 +84,7 @@ impl From<AgentError> for ttrpc::Error {
             // The Internal display already includes its direct source.
             source = source.and_then(std::error::Error::source);
         }
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
+        peerpod_text::push_causes(&mut message, source);
         ttrpc::Error::RpcStatus(ttrpc::get_status(error.code(), message))
     }
 }

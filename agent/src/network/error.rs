@@ -94,14 +94,7 @@ impl NetworkError {
 
     /// This error and its causes, as one line.
     fn full_message(&self) -> String {
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        message
+        peerpod_text::error_chain(self)
     }
 }
 
