@@ -23,7 +23,6 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use peerpod_protocols::cdh::api::GetResourceRequest;
 use peerpod_protocols::cdh::api_ttrpc::GetResourceServiceClient;
 use serde::Deserialize;
@@ -217,9 +216,7 @@ async fn evidence(
     };
     let data = match q.encoding.as_deref() {
         None => text.into_bytes(),
-        Some("base64") => match base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text.trim_end_matches('='))
-        {
+        Some("base64") => match peerpod_text::decode_b64url(&text) {
             Ok(d) => d,
             Err(_) => {
                 return failure(CdhError::Query {

@@ -90,9 +90,7 @@ pub struct Sealed {
 }
 
 fn b64url(reason: &'static str, part: &str) -> Result<Vec<u8>, CdhError> {
-    URL_SAFE_NO_PAD
-        .decode(part.trim_end_matches('='))
-        .map_err(|_| invalid(reason))
+    peerpod_text::decode_b64url(part).map_err(|_| invalid(reason))
 }
 
 impl Sealed {
@@ -261,7 +259,7 @@ fn verifying_key(jwk: &[u8]) -> Option<p256::ecdsa::VerifyingKey> {
     if jwk.kty != "EC" || jwk.crv != "P-256" {
         return None;
     }
-    let decode = |c: &str| URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok();
+    let decode = |c: &str| peerpod_text::decode_b64url(c).ok();
     let (x, y) = (decode(&jwk.x)?, decode(&jwk.y)?);
     if x.len() != 32 || y.len() != 32 {
         return None;
