@@ -286,7 +286,30 @@ async fn evidence_and_tee_type_through_the_api() {
     let aa = AttestationAgent::new(&config, None).expect("AA");
     let evidence = aa.get_evidence(&[0x11; 48]).await.expect("evidence");
     let v: Value = serde_json::from_slice(&evidence).expect("JSON");
-    assert_eq!(v["version"], 1);
+    // Version 2: the HCL report was made after the report data was written, so its user-data
+    // starts with it (Trustee checks this for version 2).
+    assert_eq!(v["version"], 2);
+    let parsed: peerpod_tee::evidence::AzSnpEvidence =
+        serde_json::from_value(v.clone()).expect("az-snp-vtpm evidence");
+    let user_data = peerpod_tee::hcl::HclReport::parse(&parsed.hcl_report)
+        .expect("HCL report")
+        .claims()
+        .expect("claims")
+        .user_data_bytes()
+        .expect("user-data")
+        .expect("user-data present");
+    assert!(
+        user_data.starts_with(&[0x11; 48]),
+        "{}",
+        hex::encode(&user_data)
+    );
+    let hw = peerpod_tee::hcl::HclReport::parse(&parsed.hcl_report).expect("HCL report");
+    let report = peerpod_tee::snp::SnpReport::parse(&hw.hw_report).expect("SNP report");
+    assert_eq!(report.version, 3);
+    assert_eq!(
+        report.generation().expect("generation"),
+        peerpod_tee::snp::Generation::Milan
+    );
     assert!(v["vcek"].as_str().is_some_and(|s| !s.is_empty()));
     assert_eq!(v["tpm_quote"]["pcrs"].as_array().map(Vec::len), Some(24));
     let err = aa.get_evidence(&[0; 65]).await.expect_err("too long");

@@ -214,7 +214,7 @@ async fn the_binary_serves_every_method_over_its_socket() {
         .await
         .expect("GetEvidence");
     let v: Value = serde_json::from_slice(&evidence.Evidence).expect("evidence JSON");
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], 2);
     assert_eq!(v["tpm_quote"]["pcrs"].as_array().map(Vec::len), Some(24));
     let err = client
         .get_evidence(
@@ -507,7 +507,17 @@ async fn bare_snp_through_configfs_tsm() {
     assert_eq!(bytes("report_data"), data);
     assert_eq!(bytes("measurement"), measurement.to_vec());
     assert_eq!(bytes("host_data"), host_data.to_vec());
-    assert_eq!(report["version"], 2);
+    // Current firmware: version 3, with the CPUID fields Trustee picks the AMD chain by.
+    assert_eq!(report["version"], 3);
+    let milan = peerpod_tee::snp::Generation::Milan.cpuid();
+    assert_eq!(
+        [
+            &report["cpuid_fam_id"],
+            &report["cpuid_mod_id"],
+            &report["cpuid_step"]
+        ],
+        [&json!(milan[0]), &json!(milan[1]), &json!(milan[2])]
+    );
     assert_eq!(v["cert_chain"][0]["cert_type"], "VCEK");
 
     attester

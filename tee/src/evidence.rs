@@ -1,7 +1,7 @@
-//! The JSON evidence documents of the Azure vTPM TEEs, version 1 as upstream emits them.
+//! The JSON evidence documents of the Azure vTPM TEEs, version 2 as upstream emits them.
 //!
 //! ```json
-//! { "version": 1,
+//! { "version": 2,
 //!   "tpm_quote": { "signature": "<hex>", "message": "<hex>", "pcrs": ["<hex>", … 24] },
 //!   "hcl_report": "<base64url, padded>",
 //!   "vcek": "<base64url, padded>" }            // az-snp-vtpm: DER of the VCEK
@@ -11,6 +11,11 @@
 //! `signature` is the raw RSASSA signature, `message` the marshalled `TPMS_ATTEST`, `pcrs` the
 //! 24 SHA-256 PCR values. Hex is written lowercase and read in either case; base64url is
 //! written padded and read with or without padding.
+//!
+//! Versions 1 and 2 have the same shape. Version 2 promises more: the HCL report was made after
+//! the report data was written to NV `0x01400002`, so the runtime claims' `user-data` starts
+//! with it, and a verifier checks that (Trustee does so for version 2 only). Version 0, the
+//! legacy unversioned form with byte arrays, is not read here.
 
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
@@ -19,7 +24,28 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 
 /// The evidence format version we emit.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+
+/// The versions [`check_version`] accepts.
+pub const KNOWN_VERSIONS: [u32; 2] = [1, 2];
+
+/// Refuses a `version` field other than 1 or 2 (Trustee matches each version exactly).
+pub fn check_version(version: u32) -> Result<u32, Error> {
+    if KNOWN_VERSIONS.contains(&version) {
+        Ok(version)
+    } else {
+        Err(Error::invalid(
+            "evidence version",
+            format!("{version} is not 1 or 2"),
+        ))
+    }
+}
+
+/// Whether evidence of `version` promises that the HCL report's `user-data` starts with the
+/// report data (version 2 and later).
+pub fn binds_user_data(version: u32) -> bool {
+    version >= 2
+}
 
 /// A TPM quote with the PCR values it covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +65,7 @@ pub struct TpmQuote {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AzSnpEvidence {
-    /// Format version (1).
+    /// Format version ([`VERSION`] when we emit it).
     pub version: u32,
     /// The vTPM quote.
     pub tpm_quote: TpmQuote,
@@ -55,7 +81,7 @@ pub struct AzSnpEvidence {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AzTdxEvidence {
-    /// Format version (1).
+    /// Format version ([`VERSION`] when we emit it).
     pub version: u32,
     /// The vTPM quote.
     pub tpm_quote: TpmQuote,
@@ -156,6 +182,17 @@ mod tests {
         let back: AzSnpEvidence = parse("evidence", loose).expect("parse");
         assert_eq!(back.hcl_report, vec![0xDE, 0xAD, 0xBE, 0xEF]);
         assert_eq!(back.tpm_quote.signature, vec![0xDE, 0xAD]);
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(VERSION, 2);
+        assert_eq!(check_version(1).expect("v1"), 1);
+        assert_eq!(check_version(2).expect("v2"), 2);
+        for bad in [0, 3, u32::MAX] {
+            assert!(check_version(bad).is_err(), "{bad}");
+        }
+        assert!(!binds_user_data(1) && binds_user_data(2));
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //!
 //! 1184 bytes, little-endian, signed by the chip's VCEK (ECDSA P-384 over SHA-384 of the first
 //! 0x2A0 bytes). The layout here is the one of report versions 2 and 3 on Milan and Genoa.
+//!
+//! Version 3 (firmware ABI 1.55 and later, what current hardware produces) adds the CPUID
+//! family, model and stepping at 0x188. A verifier needs them to choose the AMD chain: Milan,
+//! Genoa and Turin have different roots. [`SnpReport::generation`] makes that choice with
+//! Trustee's table, and refuses a version-2 report as Trustee does.
 
 use crate::{Error, field, need, put, u32_le, u64_le};
 
@@ -11,6 +16,74 @@ pub const REPORT_SIZE: usize = 0x4A0;
 pub const SIGNATURE_OFFSET: usize = 0x2A0;
 /// `signature_algo` value for ECDSA P-384 with SHA-384.
 pub const SIG_ALGO_ECDSA_P384_SHA384: u32 = 1;
+
+/// The report version current firmware produces.
+pub const CURRENT_VERSION: u32 = 3;
+
+/// An AMD EPYC generation: which AMD root signs the chip's VCEK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Generation {
+    /// 3rd generation EPYC (family 0x19, models 0x00-0x0F).
+    Milan,
+    /// 4th generation EPYC (family 0x19, models 0x10-0x1F and 0xA0-0xAF).
+    Genoa,
+    /// 5th generation EPYC (family 0x1A, models 0x00-0x11).
+    Turin,
+}
+
+impl Generation {
+    /// Every generation.
+    pub const ALL: [Generation; 3] = [Generation::Milan, Generation::Genoa, Generation::Turin];
+
+    /// The name AMD uses in certificate names (`ARK-Milan`) and KDS URLs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Generation::Milan => "Milan",
+            Generation::Genoa => "Genoa",
+            Generation::Turin => "Turin",
+        }
+    }
+
+    /// The generation named `name` (case-insensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|g| g.name().eq_ignore_ascii_case(name))
+    }
+
+    /// CPUID family, model and stepping of a part of this generation (Milan B1, Genoa B1,
+    /// Turin C1), for reports that claim it.
+    pub fn cpuid(self) -> [u8; 3] {
+        match self {
+            Generation::Milan => [0x19, 0x01, 0x01],
+            Generation::Genoa => [0x19, 0x11, 0x01],
+            Generation::Turin => [0x1A, 0x02, 0x01],
+        }
+    }
+
+    /// The generation of a CPU with this CPUID family and model, by Trustee's table.
+    pub fn from_cpuid(family: u8, model: u8) -> Result<Self, Error> {
+        match (family, model) {
+            (0x19, 0x00..=0x0F) => Ok(Generation::Milan),
+            (0x19, 0x10..=0x1F | 0xA0..=0xAF) => Ok(Generation::Genoa),
+            (0x1A, 0x00..=0x11) => Ok(Generation::Turin),
+            (0x19 | 0x1A, _) => Err(Error::invalid(
+                "SNP report CPUID",
+                format!("processor model {model:#04x} of family {family:#04x} is not supported"),
+            )),
+            _ => Err(Error::invalid(
+                "SNP report CPUID",
+                format!("processor family {family:#04x} is not supported"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A TCB version (Milan/Genoa layout: one security patch level per firmware component).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,7 +142,7 @@ pub mod policy {
 /// An SEV-SNP attestation report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnpReport {
-    /// Report format version (2 or 3 today).
+    /// Report format version (2 on old firmware, 3 on current firmware).
     pub version: u32,
     /// The guest's SVN.
     pub guest_svn: u32,
@@ -105,7 +178,7 @@ pub struct SnpReport {
     pub report_id_ma: [u8; 32],
     /// The TCB the VCEK was derived from: what the VCEK's extensions must match.
     pub reported_tcb: TcbVersion,
-    /// CPUID family, model and stepping (version 3 reports).
+    /// CPUID family, model and stepping (version 3 reports; zero in version 2).
     pub cpuid: [u8; 3],
     /// Chip identifier: what the VCEK's hwID extension must match.
     pub chip_id: [u8; 64],
@@ -126,7 +199,7 @@ pub struct SnpReport {
 impl Default for SnpReport {
     fn default() -> Self {
         Self {
-            version: 2,
+            version: CURRENT_VERSION,
             guest_svn: 0,
             policy: policy::RESERVED_ONE | policy::SMT_ALLOWED,
             family_id: [0; 16],
@@ -144,7 +217,7 @@ impl Default for SnpReport {
             report_id: [0; 32],
             report_id_ma: [0; 32],
             reported_tcb: TcbVersion::default(),
-            cpuid: [0; 3],
+            cpuid: Generation::Milan.cpuid(),
             chip_id: [0; 64],
             committed_tcb: TcbVersion::default(),
             current_version: [0; 3],
@@ -195,6 +268,27 @@ impl SnpReport {
             signature_r: field(bytes, 0x2A0),
             signature_s: field(bytes, 0x2E8),
         })
+    }
+
+    /// CPUID family and model, which only reports of version 3 and later carry.
+    pub fn cpuid_family_model(&self) -> Option<(u8, u8)> {
+        (self.version >= 3).then_some((self.cpuid[0], self.cpuid[1]))
+    }
+
+    /// The processor generation, from the CPUID fields. A version-2 report has none: it is
+    /// refused with Trustee's words, since the chain to check it against cannot be chosen.
+    pub fn generation(&self) -> Result<Generation, Error> {
+        let (family, model) = self.cpuid_family_model().ok_or_else(|| {
+            Error::invalid(
+                "SNP report CPUID",
+                format!(
+                    "Attestation report version 3+ is missing CPU family ID (the report is \
+                     version {}; update the firmware)",
+                    self.version
+                ),
+            )
+        })?;
+        Generation::from_cpuid(family, model)
     }
 
     /// The report's bytes.
@@ -311,6 +405,38 @@ mod tests {
             ([0x01; 48], [0x02; 48])
         );
         assert_eq!(r.signed_bytes().len(), 0x2A0);
+    }
+
+    #[test]
+    fn generation_by_trustees_table() {
+        for g in Generation::ALL {
+            let r = SnpReport {
+                cpuid: g.cpuid(),
+                ..SnpReport::default()
+            };
+            let back = SnpReport::parse(&r.to_bytes()).expect("parse");
+            assert_eq!(back.generation().expect("generation"), g);
+            assert_eq!(Generation::from_name(&g.name().to_lowercase()), Some(g));
+        }
+        assert_eq!(
+            Generation::from_cpuid(0x19, 0xA5).expect("Genoa"),
+            Generation::Genoa
+        );
+        assert!(Generation::from_cpuid(0x19, 0x20).is_err());
+        assert!(Generation::from_cpuid(0x17, 0x01).is_err());
+        let v2 = SnpReport {
+            version: 2,
+            cpuid: [0; 3],
+            ..SnpReport::default()
+        };
+        let err = v2.generation().expect_err("v2").to_string();
+        assert!(err.contains("version 3+ is missing CPU family ID"), "{err}");
+        // A version-2 report's bytes at 0x188 are reserved: not read as CPUID even if set.
+        let v2_with_bytes = SnpReport {
+            version: 2,
+            ..SnpReport::default()
+        };
+        assert!(v2_with_bytes.generation().is_err());
     }
 
     #[test]

@@ -630,10 +630,10 @@ async fn tdx_quote_from_an_untrusted_root_is_refused() {
         peerpod_tests::cvm::platform::TdxPlatform::new(Default::default()).expect("platform");
     let verifier = Verifier {
         anchors: TrustAnchors {
-            amd: None,
             intel_roots: vec![
                 x509::from_pem("root", other.root_pem().expect("pem").as_bytes()).expect("root"),
             ],
+            ..TrustAnchors::default()
         },
         ..Verifier::default()
     };

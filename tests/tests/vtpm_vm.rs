@@ -31,7 +31,7 @@ fn guest_attests_through_the_simulated_vtpm() {
                 AmdAnchors::from_pem(anchors.amd_chain_pem.expect("SNP").as_bytes())
                     .expect("chain"),
             ),
-            intel_roots: vec![],
+            ..TrustAnchors::default()
         },
         ..Verifier::default()
     });

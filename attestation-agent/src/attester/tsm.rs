@@ -267,6 +267,11 @@ fn snp_json(r: &SnpReport) -> Value {
         "report_id": r.report_id,
         "report_id_ma": r.report_id_ma,
         "reported_tcb": tcb(r.reported_tcb),
+        // Version 3+ reports carry the CPUID fields a verifier chooses the AMD chain by;
+        // Trustee refuses a report without them.
+        "cpuid_fam_id": r.cpuid_family_model().map(|(family, _)| family),
+        "cpuid_mod_id": r.cpuid_family_model().map(|(_, model)| model),
+        "cpuid_step": (r.version >= 3).then_some(r.cpuid[2]),
         "chip_id": r.chip_id.to_vec(),
         "committed_tcb": tcb(r.committed_tcb),
         "current": r.current_version,

@@ -8,7 +8,7 @@
 use hmac::{KeyInit, Mac};
 use p256::ecdsa::signature::Signer;
 use p256::elliptic_curve::Generate;
-use peerpod_tee::snp::{SnpReport, TcbVersion};
+use peerpod_tee::snp::{Generation, SnpReport, TcbVersion};
 use peerpod_tee::tdx::{self, TdMeasurements, TdQuote, TdReport};
 use sha2::Sha256;
 use x509_cert::Certificate;
@@ -18,9 +18,16 @@ use super::certs::{self, AmdChain, CertError, IntelChain, VcekSpec};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
-/// How the simulated SNP chip is set up. [`SnpConfig::default`] is a healthy Milan part.
+/// How the simulated SNP chip is set up. [`SnpConfig::default`] is a healthy Milan part with
+/// current firmware (report version 3, CPUID fields set).
 #[derive(Debug, Clone)]
 pub struct SnpConfig {
+    /// The processor generation (Milan or Genoa): the CPUID fields in reports, and the AMD
+    /// chain (`ARK-<generation>`) and VCEK product name that go with it.
+    pub generation: Generation,
+    /// The report version: 3, as current firmware makes; 2, as old firmware did (no CPUID
+    /// fields, so a verifier cannot choose the chain and Trustee refuses it).
+    pub report_version: u32,
     /// Chip ID in reports and in the VCEK's hwID.
     pub chip_id: [u8; 64],
     /// The TCB in reports (`reported_tcb`, `current_tcb`, `committed_tcb`, `launch_tcb`).
@@ -50,6 +57,8 @@ impl Default for SnpConfig {
         let mut measurement = [0u8; 48];
         measurement[..8].copy_from_slice(b"peerpod!");
         Self {
+            generation: Generation::Milan,
+            report_version: peerpod_tee::snp::CURRENT_VERSION,
             chip_id,
             tcb: TcbVersion {
                 bootloader: 4,
@@ -82,16 +91,27 @@ pub struct SnpChip {
 impl SnpChip {
     /// A chip as configured.
     pub fn new(config: SnpConfig) -> Result<Self, CertError> {
-        let chain = AmdChain::generate("Milan")?;
+        let product = match config.generation {
+            Generation::Milan => "Milan-B0",
+            Generation::Genoa => "Genoa-B1",
+            // Turin's TCB layout (an FMC SPL, other byte positions) is not simulated.
+            Generation::Turin => {
+                return Err(CertError::Builder(
+                    "the simulated SNP chip is Milan or Genoa; Turin is not simulated".into(),
+                ));
+            }
+        };
+        let family = config.generation.name();
+        let chain = AmdChain::generate(family)?;
         let issuing_chain = if config.foreign_vcek {
-            Some(AmdChain::generate("Milan")?)
+            Some(AmdChain::generate(family)?)
         } else {
             None
         };
         let spec = VcekSpec {
             chip_id: config.chip_id,
             tcb: config.vcek_tcb.unwrap_or(config.tcb),
-            product: "Milan-B0".into(),
+            product: product.into(),
             validity: match config.vcek_validity {
                 Some(v) => v,
                 None => certs::default_validity()?,
@@ -111,7 +131,13 @@ impl SnpChip {
     pub fn report(&self, report_data: [u8; 64]) -> SnpReport {
         let c = &self.config;
         let mut r = SnpReport {
-            version: 2,
+            version: c.report_version,
+            // Version 2 reports have these bytes reserved (zero).
+            cpuid: if c.report_version >= 3 {
+                c.generation.cpuid()
+            } else {
+                [0; 3]
+            },
             policy: c.policy,
             vmpl: c.vmpl,
             current_tcb: c.tcb,
@@ -310,6 +336,36 @@ mod tests {
         )
         .expect("key");
         key.verify(&parsed.signed_bytes(), &sig).expect("verifies");
+    }
+
+    #[test]
+    fn snp_reports_name_their_generation() {
+        for generation in [Generation::Milan, Generation::Genoa] {
+            let chip = SnpChip::new(SnpConfig {
+                generation,
+                ..SnpConfig::default()
+            })
+            .expect("chip");
+            let report = SnpReport::parse(&chip.report([1; 64]).to_bytes()).expect("parse");
+            assert_eq!(report.version, 3);
+            assert_eq!(report.generation().expect("generation"), generation);
+            let chain = chip.trusted_chain_pem().expect("pem");
+            assert!(!chain.is_empty());
+        }
+        let old = SnpChip::new(SnpConfig {
+            report_version: 2,
+            ..SnpConfig::default()
+        })
+        .expect("chip");
+        let report = old.report([1; 64]);
+        assert_eq!((report.version, report.cpuid), (2, [0; 3]));
+        assert!(
+            SnpChip::new(SnpConfig {
+                generation: Generation::Turin,
+                ..SnpConfig::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! public_key = "admin-pub.pem"
 //!
 //! [trust]
-//! amd_chain = "amd-chain.pem"        # ASK then ARK, for az-snp-vtpm
+//! amd_chain = "amd-chain.pem"        # ASK then ARK, for az-snp-vtpm (its ARK names the
+//!                                    # generation: ARK-Milan, ARK-Genoa, ARK-Turin)
+//! # more_amd_chains = ["genoa.pem"]  # chains of further generations
 //! intel_roots = ["intel-root.pem"]   # for az-tdx-vtpm
 //!
 //! [verifier]
@@ -82,6 +84,8 @@ struct Admin {
 #[serde(deny_unknown_fields)]
 struct Trust {
     amd_chain: Option<PathBuf>,
+    #[serde(default)]
+    more_amd_chains: Vec<PathBuf>,
     #[serde(default)]
     intel_roots: Vec<PathBuf>,
 }
@@ -154,8 +158,8 @@ impl KbsConfig {
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
         let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut anchors = TrustAnchors::default();
-        if let Some(p) = &f.trust.amd_chain {
-            anchors.amd = Some(AmdAnchors::from_pem(
+        for p in f.trust.amd_chain.iter().chain(&f.trust.more_amd_chains) {
+            anchors.add_amd(AmdAnchors::from_pem(
                 read(base, p, "AMD chain")?.as_bytes(),
             )?);
         }

@@ -1,11 +1,15 @@
 //! The Azure vTPM verifiers (`az-snp-vtpm`, `az-tdx-vtpm`), in Trustee's order:
 //!
+//! 0. the evidence is version 1 or 2; SNP: the report's CPUID fields name a processor
+//!    generation whose AMD chain is configured (a version-2 report has none and is refused, as
+//!    Trustee refuses it, before anything else is looked at);
 //! 1. the TPM quote is signed by the attestation key the HCL report lists (`HCLAkPub`);
 //! 2. the quote's `extraData` is the expected report data;
 //! 3. the PCR values sent hash to the quote's PCR digest (and, stricter than Trustee, the quote
 //!    covers all 24 SHA-256 PCRs);
 //! 4. the hardware report binds the HCL runtime claims (`report_data[0..32] = SHA-256(var_data)`);
-//! 5. (option) the claims' `user-data` starts with the expected report data;
+//! 5. the claims' `user-data` starts with the expected report data: always for evidence version 2
+//!    (as Trustee), for version 1 only with the stricter-than-Trustee option;
 //! 6. the hardware report is genuine — SNP: VCEK chain to the AMD root, VCEK TCB and hwID
 //!    extensions equal the report's, report signature, VMPL 0; TDX: the TD quote's PCK chain to
 //!    an Intel root, QE report and quote signatures, QE binding of the attestation key;
@@ -18,14 +22,14 @@ use base64::engine::general_purpose::STANDARD;
 use p256::ecdsa::signature::Verifier as _;
 use peerpod_tee::evidence::{AzSnpEvidence, AzTdxEvidence, TpmQuote};
 use peerpod_tee::hcl::{HclReport, ReportType, RuntimeClaims};
-use peerpod_tee::snp::SnpReport;
+use peerpod_tee::snp::{Generation, SnpReport};
 use peerpod_tee::tdx::{TdMeasurements, TdQuote, qe_report_data};
 use peerpod_tpm::types::{Attest, PcrSelection, alg};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 
-use super::{Expected, Verifier, VerifyError, x509};
+use super::{AmdAnchors, Expected, Verifier, VerifyError, x509};
 
 const AMD: &str = "1.3.6.1.4.1.3704.1";
 
@@ -33,17 +37,23 @@ fn malformed(tee: &'static str) -> impl Fn(String) -> VerifyError {
     move |detail| VerifyError::Malformed { tee, detail }
 }
 
-/// Steps 1–3 and 5: the TPM quote, the HCL report's claims. Returns the parsed report, its
-/// claims and the PCR values.
+fn parse_hcl(tee: &'static str, hcl_bytes: &[u8]) -> Result<HclReport, VerifyError> {
+    HclReport::parse(hcl_bytes).map_err(|e| malformed(tee)(format!("HCL report: {e}")))
+}
+
+fn check_version(tee: &'static str, version: u32) -> Result<u32, VerifyError> {
+    peerpod_tee::evidence::check_version(version).map_err(|e| malformed(tee)(e.to_string()))
+}
+
+/// Steps 1–3 and 5: the TPM quote, the HCL report's claims. Returns the report's claims.
 fn verify_vtpm(
     tee: &'static str,
     v: &Verifier,
+    version: u32,
     quote: &TpmQuote,
-    hcl_bytes: &[u8],
+    hcl: &HclReport,
     expected: &Expected<'_>,
-) -> Result<(HclReport, RuntimeClaims), VerifyError> {
-    let hcl =
-        HclReport::parse(hcl_bytes).map_err(|e| malformed(tee)(format!("HCL report: {e}")))?;
+) -> Result<RuntimeClaims, VerifyError> {
     let claims = hcl
         .claims()
         .map_err(|e| malformed(tee)(format!("HCL runtime claims: {e}")))?;
@@ -93,7 +103,9 @@ fn verify_vtpm(
             "the PCR values sent do not hash to the quote's PCR digest",
         ));
     }
-    if v.options.require_user_data_binding {
+    // Version 2 evidence promises the binding and Trustee checks it; for version 1 Trustee
+    // does not, and the test world does only with its stricter option.
+    if peerpod_tee::evidence::binds_user_data(version) || v.options.require_user_data_binding {
         let user = claims
             .user_data_bytes()
             .map_err(|e| malformed(tee)(format!("user-data: {e}")))?
@@ -101,11 +113,29 @@ fn verify_vtpm(
         if !user.starts_with(expected.report_data) {
             return Err(VerifyError::rejected(
                 "user-data binding",
-                "the HCL report's user-data does not start with the runtime-data digest: the report was made before the nonce was written to NV 0x01400002 (re-read the report until user-data matches)",
+                format!(
+                    "User-data in HCL variable data doesn't match report_data (evidence version \
+                     {version}): the report was made before the nonce was written to NV \
+                     0x01400002 (re-read the report until user-data matches)"
+                ),
             ));
         }
     }
-    Ok((hcl, claims))
+    Ok(claims)
+}
+
+/// Step 0 for SNP: the processor generation from the report's CPUID fields, and its chain.
+fn amd_chain<'v>(v: &'v Verifier, report: &SnpReport) -> Result<&'v AmdAnchors, VerifyError> {
+    let generation: Generation = report
+        .generation()
+        .map_err(|e| VerifyError::rejected("processor generation", e.to_string()))?;
+    v.anchors
+        .amd_for(generation)
+        .ok_or(VerifyError::NotConfigured(match generation {
+            Generation::Milan => "the AMD Milan chain (ASK, ARK)",
+            Generation::Genoa => "the AMD Genoa chain (ASK, ARK)",
+            Generation::Turin => "the AMD Turin chain (ASK, ARK)",
+        }))
 }
 
 fn check_var_data(
@@ -169,19 +199,17 @@ pub(super) fn verify_snp(
     const TEE: &str = "az-snp-vtpm";
     let e: AzSnpEvidence =
         serde_json::from_value(evidence.clone()).map_err(|e| malformed(TEE)(e.to_string()))?;
-    let (hcl, _claims) = verify_vtpm(TEE, v, &e.tpm_quote, &e.hcl_report, expected)?;
+    let version = check_version(TEE, e.version)?;
+    let hcl = parse_hcl(TEE, &e.hcl_report)?;
     if hcl.report_type != ReportType::Snp {
         return Err(malformed(TEE)("the HCL report carries a TDX report".into()));
     }
     let report =
         SnpReport::parse(&hcl.hw_report).map_err(|e| malformed(TEE)(format!("SNP report: {e}")))?;
+    let amd = amd_chain(v, &report)?;
+    verify_vtpm(TEE, v, version, &e.tpm_quote, &hcl, expected)?;
     check_var_data(&hcl, &report.report_data, "SNP")?;
 
-    let amd = v
-        .anchors
-        .amd
-        .as_ref()
-        .ok_or(VerifyError::NotConfigured("the AMD chain (ASK, ARK)"))?;
     let vcek = x509::from_der("VCEK", &e.vcek).map_err(malformed(TEE))?;
     x509::verify_signed_by(&vcek, &amd.ask).map_err(|d| VerifyError::rejected("VCEK chain", d))?;
     for cert in [&amd.ark, &amd.ask, &vcek] {
@@ -348,7 +376,9 @@ pub(super) fn verify_tdx(
     const TEE: &str = "az-tdx-vtpm";
     let e: AzTdxEvidence =
         serde_json::from_value(evidence.clone()).map_err(|e| malformed(TEE)(e.to_string()))?;
-    let (hcl, _claims) = verify_vtpm(TEE, v, &e.tpm_quote, &e.hcl_report, expected)?;
+    let version = check_version(TEE, e.version)?;
+    let hcl = parse_hcl(TEE, &e.hcl_report)?;
+    verify_vtpm(TEE, v, version, &e.tpm_quote, &hcl, expected)?;
     if hcl.report_type != ReportType::Tdx {
         return Err(malformed(TEE)(
             "the HCL report carries an SNP report".into(),

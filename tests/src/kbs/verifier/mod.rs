@@ -9,25 +9,51 @@ mod azure;
 mod sample;
 pub mod x509;
 
+use peerpod_tee::snp::Generation;
 use serde_json::Value;
 use x509_cert::Certificate;
 
 /// The roots evidence must chain to.
 #[derive(Debug, Clone, Default)]
 pub struct TrustAnchors {
-    /// AMD's ASK and ARK for the VCEK chain (Trustee bundles Milan's; tests configure theirs).
+    /// AMD's ASK and ARK for the VCEK chain of one processor generation (Trustee bundles
+    /// Milan's, Genoa's and Turin's; tests configure theirs).
     pub amd: Option<AmdAnchors>,
+    /// The chains of further generations.
+    pub more_amd: Vec<AmdAnchors>,
     /// Intel roots the PCK chain in TD quotes must end at.
     pub intel_roots: Vec<Certificate>,
 }
 
-/// AMD's key distribution chain.
+impl TrustAnchors {
+    /// The AMD chain configured for `generation`.
+    pub fn amd_for(&self, generation: Generation) -> Option<&AmdAnchors> {
+        self.amd
+            .iter()
+            .chain(&self.more_amd)
+            .find(|a| a.generation == generation)
+    }
+
+    /// Adds an AMD chain: the first becomes `amd`, later ones `more_amd`.
+    pub fn add_amd(&mut self, chain: AmdAnchors) {
+        if self.amd.is_none() {
+            self.amd = Some(chain);
+        } else {
+            self.more_amd.push(chain);
+        }
+    }
+}
+
+/// AMD's key distribution chain for one processor generation.
 #[derive(Debug, Clone)]
 pub struct AmdAnchors {
     /// The intermediate that signs VCEKs.
     pub ask: Certificate,
     /// The root.
     pub ark: Certificate,
+    /// The generation, from the ARK's common name (`ARK-Milan`, `ARK-Genoa`, `ARK-Turin`, as
+    /// AMD names its roots).
+    pub generation: Generation,
 }
 
 impl AmdAnchors {
@@ -44,7 +70,21 @@ impl AmdAnchors {
         x509::verify_signed_by(&ark, &ark).map_err(|e| format!("ARK is not self-signed: {e}"))?;
         x509::verify_signed_by(&ask, &ark)
             .map_err(|e| format!("ASK is not signed by the ARK: {e}"))?;
-        Ok(Self { ask, ark })
+        let subject = x509::subject(&ark);
+        let generation = Generation::ALL
+            .into_iter()
+            .find(|g| subject.contains(&format!("CN=ARK-{}", g.name())))
+            .ok_or_else(|| {
+                format!(
+                    "cannot tell the processor generation of the AMD chain: its ARK ({subject}) \
+                     is not named ARK-Milan, ARK-Genoa or ARK-Turin"
+                )
+            })?;
+        Ok(Self {
+            ask,
+            ark,
+            generation,
+        })
     }
 }
 
