@@ -18,15 +18,7 @@ use peerpod_tests::scratch::ScratchDir;
 mod common;
 use common::*;
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
-}
+use peerpod_kbs_client::error_chain as chain;
 
 /// Runs `attestation-agent -c <dir>/aa.toml <args>` without RUST_LOG: (success, stdout, stderr).
 fn run(dir: &Path, toml: &str, args: &[&str]) -> (bool, String, String) {

@@ -242,12 +242,10 @@ impl AzureVtpm {
             what: "TD quote request",
             detail: "no quote in the reply".into(),
         })?;
-        URL_SAFE_NO_PAD
-            .decode(quote.trim_end_matches('='))
-            .map_err(|e| AttestError::Imds {
-                what: "TD quote request",
-                detail: format!("quote is not base64url: {e}"),
-            })
+        peerpod_text::decode_b64url(quote).map_err(|e| AttestError::Imds {
+            what: "TD quote request",
+            detail: format!("quote is not base64url: {e}"),
+        })
     }
 }
 
