@@ -18,7 +18,7 @@
 //! legacy unversioned form with byte arrays, is not read here.
 
 use base64::Engine;
-use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -98,10 +98,9 @@ pub fn parse<'a, T: Deserialize<'a>>(what: &'static str, json: &'a [u8]) -> Resu
     serde_json::from_slice(json).map_err(|source| Error::Json { what, source })
 }
 
-/// Decodes base64url with or without padding.
-pub fn decode_b64url(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
-    URL_SAFE_NO_PAD.decode(text.trim_end_matches('='))
-}
+/// Decodes base64url with or without padding (the workspace's one definition, from
+/// `peerpod-text`).
+pub use peerpod_text::decode_b64url;
 
 /// Encodes base64url with padding, as upstream's evidence does.
 pub fn encode_b64url(bytes: &[u8]) -> String {

@@ -232,9 +232,7 @@ impl RsaJwk {
             ));
         }
         let decode = |what: &'static str, v: &str| {
-            URL_SAFE_NO_PAD
-                .decode(v.trim_end_matches('='))
-                .map_err(|e| Error::invalid(what, e.to_string()))
+            peerpod_text::decode_b64url(v).map_err(|e| Error::invalid(what, e.to_string()))
         };
         Ok((decode("JWK n", &self.n)?, decode("JWK e", &self.e)?))
     }

@@ -152,7 +152,5 @@ pub async fn fetch_td_quote(imds_url: &str, td_report: &[u8]) -> Result<Vec<u8>,
     let quote = body["quote"]
         .as_str()
         .ok_or_else(|| CvmError::Imds("no quote in the response".into()))?;
-    URL_SAFE_NO_PAD
-        .decode(quote.trim_end_matches('='))
-        .map_err(|e| CvmError::Imds(format!("quote: {e}")))
+    peerpod_tee::evidence::decode_b64url(quote).map_err(|e| CvmError::Imds(format!("quote: {e}")))
 }

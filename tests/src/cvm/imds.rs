@@ -78,7 +78,7 @@ async fn td_quote(State(hw): State<Arc<Hardware>>, body: axum::body::Bytes) -> R
     let report = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("report").and_then(|r| r.as_str()).map(str::to_string))
-        .and_then(|r| URL_SAFE_NO_PAD.decode(r.trim_end_matches('=')).ok());
+        .and_then(|r| peerpod_tee::evidence::decode_b64url(&r).ok());
     let Some(report) = report else {
         return error(
             StatusCode::BAD_REQUEST,
