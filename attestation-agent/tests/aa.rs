@@ -190,12 +190,7 @@ fn assert_bounded(err: &AaError, started: Instant, limit: Duration, needle: &str
         "took {:?}: {err}",
         started.elapsed()
     );
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
+    let text = peerpod_kbs_client::error_chain(err);
     assert!(text.contains(needle), "expected {needle:?} in: {text}");
 }
 
