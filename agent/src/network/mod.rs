@@ -168,6 +168,18 @@ impl From<LinkMessage> for Link {
     }
 }
 
+/// The index of the link named `device` among `links`; NoSuchInterface when there is none.
+fn index_of(links: &[Link], device: &str) -> Result<u32, NetworkError> {
+    links
+        .iter()
+        .find(|link| link.name == device)
+        .map(|link| link.index)
+        .ok_or_else(|| NetworkError::NoSuchInterface {
+            hw_addr: String::new(),
+            name: device.to_owned(),
+        })
+}
+
 /// Every link in the namespace, by index.
 async fn dump_links(handle: &rtnetlink::Handle) -> Result<Vec<Link>, NetworkError> {
     let mut links: Vec<Link> = handle

@@ -4,7 +4,7 @@ use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use tracing::{debug, info};
 
 use super::parse::{NeighborSpec, format_mac};
-use super::{NetworkError, dump_links};
+use super::{NetworkError, dump_links, index_of};
 
 /// Adds or replaces each entry, after checking that every device exists.
 pub(super) async fn add(
@@ -14,14 +14,7 @@ pub(super) async fn add(
     let links = dump_links(handle).await?;
     let mut indexes = Vec::with_capacity(specs.len());
     for spec in specs {
-        let link = links
-            .iter()
-            .find(|link| link.name == spec.device)
-            .ok_or_else(|| NetworkError::NoSuchInterface {
-                hw_addr: String::new(),
-                name: spec.device.clone(),
-            })?;
-        indexes.push(link.index);
+        indexes.push(index_of(&links, &spec.device)?);
     }
     for (spec, index) in specs.iter().zip(indexes) {
         let target = format!("{} dev {}", spec.ip, spec.device);

@@ -15,7 +15,7 @@ use tracing::{debug, info};
 
 use super::error::errno_of;
 use super::parse::{RouteSpec, SETTABLE_ROUTE_FLAGS};
-use super::{NetworkError, dump_links};
+use super::{NetworkError, dump_links, index_of};
 
 /// Every IPv4 route, then every IPv6 route, of every table.
 async fn dump_routes(handle: &rtnetlink::Handle) -> Result<Vec<RouteMessage>, NetworkError> {
@@ -214,14 +214,7 @@ pub(super) async fn update(
     let links = dump_links(handle).await?;
     let mut devices: HashMap<&str, u32> = HashMap::new();
     for spec in specs {
-        let link = links
-            .iter()
-            .find(|link| link.name == spec.device)
-            .ok_or_else(|| NetworkError::NoSuchInterface {
-                hw_addr: String::new(),
-                name: spec.device.clone(),
-            })?;
-        devices.insert(spec.device.as_str(), link.index);
+        devices.insert(spec.device.as_str(), index_of(&links, &spec.device)?);
     }
     let indexes: HashSet<u32> = devices.values().copied().collect();
     let names: HashMap<u32, &str> = links
