@@ -60,3 +60,22 @@ pub async fn serve_unix(
     let _ = std::fs::remove_file(path);
     Ok(())
 }
+
+/// Completes when the process is told to stop: SIGTERM, SIGHUP or SIGINT, as the attestation
+/// agent and the CDH stop (if the SIGTERM/SIGHUP handlers cannot be installed, SIGINT only). For
+/// [`serve_unix`]'s `shutdown`.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}

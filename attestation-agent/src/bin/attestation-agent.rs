@@ -115,22 +115,12 @@ fn main() -> Result<()> {
         let mut out = std::io::stdout();
         match cli.command {
             None => {
-                let shutdown = async {
-                    use tokio::signal::unix::{SignalKind, signal};
-                    let (Ok(mut term), Ok(mut hup)) = (
-                        signal(SignalKind::terminate()),
-                        signal(SignalKind::hangup()),
-                    ) else {
-                        let _ = tokio::signal::ctrl_c().await;
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                        _ = hup.recv() => {}
-                    }
-                };
-                serve(&cli.socket, aa, shutdown).await?;
+                serve(
+                    &cli.socket,
+                    aa,
+                    peerpod_protocols::socket::shutdown_signal(),
+                )
+                .await?;
             }
             Some(Command::Token) => out.write_all(&aa.get_token("kbs").await?)?,
             Some(Command::Tee) => writeln!(out, "{}", aa.tee())?,

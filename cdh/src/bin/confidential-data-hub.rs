@@ -182,22 +182,12 @@ fn main() -> Result<()> {
                 hub.init()
                     .await
                     .context("cannot write the configured credentials")?;
-                let shutdown = async {
-                    use tokio::signal::unix::{SignalKind, signal};
-                    let (Ok(mut term), Ok(mut hup)) = (
-                        signal(SignalKind::terminate()),
-                        signal(SignalKind::hangup()),
-                    ) else {
-                        let _ = tokio::signal::ctrl_c().await;
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                        _ = hup.recv() => {}
-                    }
-                };
-                serve(&socket, Arc::new(hub), shutdown).await?;
+                serve(
+                    &socket,
+                    Arc::new(hub),
+                    peerpod_protocols::socket::shutdown_signal(),
+                )
+                .await?;
             }
             Some(Command::Resource { uri }) => out.write_all(&hub.get_resource(&uri).await?)?,
             Some(Command::Unseal { secret }) => {
