@@ -14,21 +14,12 @@ use std::time::{Duration, Instant};
 
 use attestation_agent::AttestationAgent;
 use common::{aa_config, cvm, kbs_options};
+use peerpod_tests::bench::{ms, percentile};
 use peerpod_tests::cvm::Flavour;
 use peerpod_tests::kbs::RunningKbs;
 
 /// How long the simulated paravisor (like Azure's) refuses to refresh the report again.
 const REFRESH_LIMIT: Duration = Duration::from_millis(2100);
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let at = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[at.min(samples.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 fn main() {
     let rounds: usize = std::env::var("BENCH_ITERS")

@@ -17,6 +17,7 @@ use confidential_data_hub::sealed::make;
 use confidential_data_hub::{CdhConfig, Hub};
 use peerpod_protocols::cdh::api::{GetResourceRequest, UnsealSecretInput};
 use peerpod_protocols::cdh::api_ttrpc::{GetResourceServiceClient, SealedSecretServiceClient};
+use peerpod_tests::bench::{ms, percentile};
 use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
 use peerpod_tests::kbs::{KbsOptions, RunningKbs};
 use peerpod_tests::scratch::ScratchDir;
@@ -94,16 +95,6 @@ async fn servers(dir: &Path, run: usize, kbs: &RunningKbs, cvm: &SimulatedCvm) -
 
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(30_000_000_000)
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let at = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[at.min(samples.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn main() {

@@ -10,12 +10,14 @@
 //!   that serves the HCL report, test AMD and Intel certificate chains, and the instance metadata
 //!   service — usable from the host or as a QEMU guest's TPM.
 //! - [`http`]: HTTP clients (rustls) for tests.
+//! - [`bench`]: percentiles and milliseconds for the benchmarks.
 //! - [`scratch`]: per-test scratch directories.
 //! - [`shared_fixture`]: the shared fixtures, skipped loudly outside CI when absent.
 //!
 //! Still to come here: the registry fixtures. The policy crate's conformance tests live with that
 //! crate (`policy/tests/`).
 
+pub mod bench;
 pub mod cvm;
 pub mod http;
 pub mod kbs;
