@@ -16,7 +16,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn engine_decides_generated_cases_as_the_reference() {
     let cases = env_u64("POLICY_DIFF_CASES", 2_000);
     let first = env_u64("POLICY_DIFF_SEED", 0);
-    let (mut loaded, mut requests, mut allowed) = (0u64, 0usize, 0usize);
+    let (mut loaded, mut requests, mut allowed, mut hoisted) = (0u64, 0usize, 0usize, 0u64);
     let mut failures = Vec::new();
     for seed in first..first + cases {
         let case = generate::case(&mut generate::Seeded::new(seed));
@@ -25,8 +25,10 @@ fn engine_decides_generated_cases_as_the_reference() {
             Ok(Agreement::Decided {
                 requests: r,
                 allowed: a,
+                hoisted: h,
             }) => {
                 loaded += 1;
+                hoisted += u64::from(h);
                 requests += r;
                 allowed += a;
             }
@@ -40,7 +42,8 @@ fn engine_decides_generated_cases_as_the_reference() {
         }
     }
     eprintln!(
-        "{cases} cases: {loaded} policies loaded, {requests} requests, {allowed} allowed, {} divergences",
+        "{cases} cases: {loaded} policies loaded ({hoisted} with hoisted constants), {requests} \
+         requests, {allowed} allowed, {} divergences",
         failures.len()
     );
     assert!(
@@ -58,5 +61,9 @@ fn engine_decides_generated_cases_as_the_reference() {
     assert!(
         allowed * 10 > requests,
         "only {allowed} of {requests} requests allowed"
+    );
+    assert!(
+        hoisted * 10 > loaded,
+        "only {hoisted} of {loaded} policies had constants hoisted"
     );
 }

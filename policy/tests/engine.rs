@@ -466,3 +466,37 @@ fn concurrent_evaluations_agree_and_state_changes_are_serialised() {
     let state = policy.state();
     assert_eq!(state.as_object().map(|o| o.len()), Some(11), "{state}");
 }
+
+/// A large constant document is read as JSON at load; a text that only looks like one (inside
+/// a raw string) is left as written, and so is a policy that could see the data document.
+#[test]
+fn constant_documents_are_hoisted_only_where_the_meaning_is_kept() {
+    let items: Vec<String> = (0..500).map(|i| format!("{{\"id\": {i}}}")).collect();
+    let document = format!("{{\"items\": [{}]}}", items.join(",\n"));
+    let hoistable = format!(
+        "package agent_policy\nimport rego.v1\nconsts := {document}\n\
+         default ExecProcessRequest := false\n\
+         ExecProcessRequest if {{ consts.items[input.n].id == input.n; print(\"ok\") }}\n"
+    );
+    let policy = load(&hoistable);
+    assert!(policy.hoisted_constants());
+    let decision = policy.decide("ExecProcessRequest", &json!({"n": 150}));
+    assert!(decision.is_allowed());
+    // Line numbers are kept: the print is on the line after the document.
+    let line = hoistable.lines().count();
+    assert_eq!(decision.prints(), [format!("policy.rego:{line}: ok")]);
+
+    let in_a_string = format!(
+        "package agent_policy\nimport rego.v1\ntext := `\nconsts := {document}\n`\n\
+         default ExecProcessRequest := false\n"
+    );
+    let policy = load(&in_a_string);
+    assert!(!policy.hoisted_constants());
+    assert_eq!(
+        policy.rule_value("text"),
+        Some(json!(format!("\nconsts := {document}\n")))
+    );
+
+    let sees_data = format!("{hoistable}everything := data\n");
+    assert!(!load(&sees_data).hoisted_constants());
+}

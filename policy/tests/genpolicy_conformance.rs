@@ -23,6 +23,14 @@ fn decides_every_case_as_upstream() {
     assert!(!policy.allows_failing_requests());
     // The reference interpreter, as the upstream agent drives it, in lockstep.
     let mut reference = Reference::load(&policy_text).expect("the reference loads it");
+    // policy_data is read as JSON at load rather than parsed as Rego (see docs/policy.md): it
+    // must be exactly the value the reference computes from the text.
+    assert!(
+        policy.hoisted_constants(),
+        "genpolicy's policy_data is hoisted"
+    );
+    let hoisted = policy.rule_value("policy_data").expect("policy_data");
+    assert_eq!(Some(hoisted), reference.rule_value("policy_data"));
 
     let mut mismatches = Vec::new();
     for (i, case) in cases.iter().enumerate() {

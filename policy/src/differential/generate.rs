@@ -88,6 +88,7 @@ pub fn case(c: &mut impl Choices) -> Case {
         fresh: 0,
         depth: 0,
         level: 0,
+        constants: false,
     };
     let policy = g.policy();
     let count = 1 + g.c.below(6);
@@ -109,6 +110,8 @@ struct Gen<'c, C: Choices> {
     /// Which helpers the body being generated may use, so that no rule refers to itself:
     /// 1 and up `f`, 2 `g`, 3 `h`, 4 `hs`, 5 `ho`.
     level: u8,
+    /// Whether the policy has the constant document `pd`.
+    constants: bool,
 }
 
 impl<C: Choices> Gen<'_, C> {
@@ -122,6 +125,11 @@ impl<C: Choices> Gen<'_, C> {
         }
         if self.c.one_in(8) {
             out.push_str("default AllowRequestsFailingPolicy := false\n");
+        }
+        // A large constant document, as genpolicy's policy_data (the engine may hoist it).
+        self.constants = self.c.one_in(4);
+        if self.constants {
+            out.push_str(&constant_document(self.c.below(4)));
         }
         // Helpers first: functions, rules, partial sets and objects.
         out.push_str(&self.helpers());
@@ -371,6 +379,23 @@ impl<C: Choices> Gen<'_, C> {
             let i = self.c.below(self.vars.len());
             return self.vars[i].clone();
         }
+        if self.constants && self.c.one_in(5) {
+            return self
+                .c
+                .pick(&[
+                    "pd",
+                    "pd.items",
+                    "pd.items[input.n]",
+                    "pd.items[_]",
+                    "pd.byname[input.s]",
+                    "pd.byname.abc",
+                    "pd.nums[input.a]",
+                    "pd.text",
+                    "data.consts",
+                    "count(pd.items)",
+                ])
+                .to_owned();
+        }
         let helpers: &[(u8, &str)] = &[
             (3, "h"),
             (4, "hs"),
@@ -492,5 +517,27 @@ impl<C: Choices> Gen<'_, C> {
         put(self, "id", &[json!("c1"), json!("c2"), json!("")]);
         put(self, "flag", &[json!(true), json!(false), json!(1)]);
         serde_json::Value::Object(obj)
+    }
+}
+
+/// `pd := {...}`: a constant document over 4 KiB with values the generated inputs can match,
+/// written one of a few ways (one line or many; with escapes; after or before the rules).
+fn constant_document(style: usize) -> String {
+    let items: Vec<String> = (0..64)
+        .map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\", \"tags\": [\"a,b\", \"\\u00e9\\n\", null, true]}}"))
+        .collect();
+    let sep = if style.is_multiple_of(2) {
+        ",\n    "
+    } else {
+        ", "
+    };
+    let body = format!(
+        "{{\"items\": [{}], \"byname\": {{\"abc\": 1, \"1\": [1, 2], \"k\": {{\"k\": 0}}}}, \"nums\": {{\"1\": -3, \"0\": 0}}, \"text\": \"q\\\"uote\"}}",
+        items.join(sep)
+    );
+    match style {
+        // A document the engine must not hoist: a number the two readings may not agree on.
+        3 => format!("pd := {}\n", body.replacen("\"id\": 7,", "\"id\": 7.0,", 1)),
+        _ => format!("pd := {body}\n"),
     }
 }

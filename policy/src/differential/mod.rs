@@ -14,7 +14,9 @@ use regorus::Value;
 use crate::AgentPolicy;
 
 /// The reference evaluator: one regorus interpreter, strict builtin errors off, the state in
-/// `data.pstate` replaced after each allowed state change — as the upstream agent does it.
+/// `data.pstate` replaced after each allowed state change — as the upstream agent does it —
+/// with the engine's documented limits on policy text (wider than regorus's defaults, which
+/// refuse lines over 1,024 columns that generated policies have).
 pub struct Reference {
     engine: regorus::Engine,
     data: serde_json::Value,
@@ -33,6 +35,11 @@ impl Reference {
         let mut engine = regorus::Engine::new();
         engine.set_strict_builtin_errors(false);
         engine.set_gather_prints(true);
+        engine.set_policy_length_config(regorus::PolicyLengthConfig {
+            max_col: std::num::NonZeroU32::new(64 * 1024)?,
+            max_file_bytes: std::num::NonZeroUsize::new(16 * 1024 * 1024)?,
+            max_lines: std::num::NonZeroUsize::new(200_000)?,
+        });
         engine
             .add_policy("policy.rego".to_owned(), text.to_owned())
             .ok()?;
@@ -43,6 +50,16 @@ impl Reference {
         engine.set_input(Value::new_object());
         engine.eval_query("true".to_owned(), false).ok()?;
         Some(Self { engine, data })
+    }
+
+    /// The value of the rule `data.agent_policy.<rule>` for an empty input, as JSON.
+    pub fn rule_value(&mut self, rule: &str) -> Option<serde_json::Value> {
+        self.engine.set_input(Value::new_object());
+        let value = self
+            .engine
+            .eval_rule(format!("data.agent_policy.{rule}"))
+            .ok()?;
+        serde_json::to_value(&value).ok()
     }
 
     /// The state document (`data.pstate`).
@@ -114,6 +131,8 @@ pub enum Agreement {
         requests: usize,
         /// Of those, allowed.
         allowed: usize,
+        /// Whether the engine hoisted constant documents out of the policy.
+        hoisted: bool,
     },
 }
 
@@ -200,5 +219,6 @@ pub fn check(
     Ok(Agreement::Decided {
         requests: case.requests.len(),
         allowed,
+        hoisted: policy.hoisted_constants(),
     })
 }

@@ -8,19 +8,33 @@ use std::time::Duration;
 
 use regorus::Value;
 
-use super::{Outcome, POLICY_PACKAGE, POLICY_SOURCE, PolicyError, interpret};
+use super::{Outcome, POLICY_PACKAGE, POLICY_SOURCE, PolicyError, hoist, interpret};
 use crate::engine::decision::Denial;
 
 /// Idle engines kept per state; more concurrent evaluations than this clone and drop.
 const POOL_CAP: usize = 16;
 
-/// Parses `text` into an engine with an empty data document: Rego v1 first, v0 only for
+/// Parses `text` into an engine, with large constant documents moved to the data document
+/// when that provably keeps the policy's meaning (see the `hoist` module). Returns the engine
+/// and the data document the hoisted constants need (empty when none were hoisted).
+pub(super) fn parse(text: &str) -> Result<(regorus::Engine, Value), PolicyError> {
+    if within_length_limits(text)
+        && let Some(hoisted) = hoist::hoist(text)
+        && let Ok(mut engine) = parse_text(&hoisted.text)
+        && hoisted.is_confirmed_by(&mut engine)
+    {
+        return Ok((engine, hoisted.constants));
+    }
+    Ok((parse_text(text)?, Value::new_object()))
+}
+
+/// Parses `text` as written into an engine with an empty data document: Rego v1 first, v0 only for
 /// policies v1 refuses that do not use v1 keywords unimported.
 ///
 /// Current genpolicy output is valid v1, and v1 refuses the ambiguous forms. Policies from older
 /// generators are v0 (rule bodies without `if`); v0 would read an unimported `if` as a plain
 /// identifier and silently change the policy's meaning, so such text is refused instead.
-pub(super) fn parse(text: &str) -> Result<regorus::Engine, PolicyError> {
+fn parse_text(text: &str) -> Result<regorus::Engine, PolicyError> {
     let mut engine = new_engine(false);
     let Err(v1_error) = engine.add_policy(POLICY_SOURCE.to_owned(), text.to_owned()) else {
         return Ok(engine);
@@ -48,6 +62,18 @@ fn new_engine(rego_v0: bool) -> regorus::Engine {
         check_interval: NonZeroU32::MIN.saturating_add(255),
     });
     engine
+}
+
+/// Whether `text` is within [`length_limits`] (counting bytes, which is never less than what
+/// regorus counts). Hoisting removes long lines from the text regorus sees, so a text outside
+/// the limits is parsed as written, and refused as it would be without hoisting.
+fn within_length_limits(text: &str) -> bool {
+    let limits = length_limits();
+    text.len() <= limits.max_file_bytes.get()
+        && text.lines().count() <= limits.max_lines.get()
+        && text
+            .lines()
+            .all(|line| line.len() <= limits.max_col.get() as usize)
 }
 
 /// Limits on policy text: wide enough for any generated policy (container env values such as
@@ -127,6 +153,13 @@ impl Interpreter {
             pool.push(engine);
         }
         (outcome, prints)
+    }
+
+    /// The value of the rule at `path` for an empty input (for tests).
+    pub(super) fn rule_value(&self, path: &str) -> Option<Value> {
+        let mut engine = self.template_clone();
+        engine.set_input(Value::new_object());
+        engine.eval_rule(path.to_owned()).ok()
     }
 
     pub(super) fn template_clone(&self) -> regorus::Engine {

@@ -35,6 +35,7 @@
 
 mod decision;
 mod entrypoint;
+mod hoist;
 mod interpreter;
 
 pub use decision::{Decision, Denial, Verdict};
@@ -109,6 +110,9 @@ struct Policy {
     /// The parsed policy with an empty state, prepared: the template for every state's
     /// interpreter.
     base: Interpreter,
+    /// The constant documents moved out of the text at load (see the `hoist` module), to be
+    /// merged into every data document; an empty object when there were none.
+    constants: Value,
     allow_failures: bool,
 }
 
@@ -163,6 +167,27 @@ impl AgentPolicy {
     /// Whether a policy is in force (as opposed to [`AgentPolicy::deny_all`]).
     pub fn is_loaded(&self) -> bool {
         matches!(self.snapshot().content, Content::Policy(_))
+    }
+
+    /// Whether constant documents were moved out of the policy text at load (see the `hoist`
+    /// module). For tests.
+    #[doc(hidden)]
+    pub fn hoisted_constants(&self) -> bool {
+        matches!(&self.snapshot().content, Content::Policy(c)
+            if c.policy.constants.as_object().is_ok_and(|o| !o.is_empty()))
+    }
+
+    /// The value of the rule `data.agent_policy.<rule>` for an empty input, as JSON. For tests.
+    #[doc(hidden)]
+    pub fn rule_value(&self, rule: &str) -> Option<serde_json::Value> {
+        let Content::Policy(c) = &self.snapshot().content else {
+            return None;
+        };
+        let value = c
+            .interpreter()
+            .ok()?
+            .rule_value(&format!("data.{POLICY_PACKAGE}.{rule}"))?;
+        serde_json::to_value(&value).ok()
     }
 
     /// Whether the policy in force sets `AllowRequestsFailingPolicy := true`.
@@ -319,7 +344,7 @@ impl AgentPolicy {
 
 impl Policy {
     fn compile(text: &str) -> Result<Arc<Self>, PolicyError> {
-        let mut engine = interpreter::parse(text)?;
+        let (mut engine, constants) = interpreter::parse(text)?;
         let packages = engine
             .get_packages()
             .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
@@ -331,9 +356,11 @@ impl Policy {
                 .collect();
             return Err(PolicyError::WrongPackage { found });
         }
-        engine
-            .add_data(empty_data_value())
-            .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
+        for document in [empty_data_value(), constants.clone()] {
+            engine
+                .add_data(document)
+                .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
+        }
         interpreter::prepare(&mut engine)?;
         let allow_failures = matches!(
             engine.eval_rule(ALLOW_FAILING_RULE.to_owned()),
@@ -343,6 +370,7 @@ impl Policy {
 
         Ok(Arc::new(Self {
             base: Interpreter::new(engine),
+            constants,
             allow_failures,
         }))
     }
@@ -384,9 +412,12 @@ impl Compiled {
             .get_or_init(|| {
                 let mut engine = self.policy.base.template_clone();
                 engine.clear_data();
-                engine
-                    .add_data(Value::from(self.data.clone()))
-                    .map_err(|e| format!("{e:#}"))?;
+                for document in [
+                    Value::from(self.data.clone()),
+                    self.policy.constants.clone(),
+                ] {
+                    engine.add_data(document).map_err(|e| format!("{e:#}"))?;
+                }
                 interpreter::prepare(&mut engine).map_err(|e| e.to_string())?;
                 Ok(Arc::new(Interpreter::new(engine)))
             })
