@@ -269,16 +269,7 @@ fn perform(request: Request, fds: Vec<OwnedFd>) -> Result<Answer, String> {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
 
-    let text = |e: libcontainer::error::LibcontainerError| {
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        message
-    };
+    let text = |e: libcontainer::error::LibcontainerError| peerpod_text::error_chain(&e);
     let with_stdio = |mut builder: ContainerBuilder, fds: Vec<OwnedFd>| {
         let mut fds = fds.into_iter();
         if let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next()) {

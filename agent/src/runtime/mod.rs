@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::error::AgentError;
 use helper::Helper;
 use io::ProcessIo;
+use peerpod_text::error_chain;
 use reaper::{ExitSlot, Reaper};
 
 /// Where the runtime keeps its files, and how it starts helpers.
@@ -176,28 +177,11 @@ impl Runtime {
 
 /// Container and exec ids become file names: keep them to a safe alphabet.
 fn check_id(id: &str, field: &str) -> Result<(), AgentError> {
-    let ok = !id.is_empty()
-        && id.len() <= 256
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !id.starts_with('.');
-    if ok {
+    if peerpod_text::is_safe_name(id) && id.len() <= 256 {
         Ok(())
     } else {
         Err(AgentError::InvalidArgument(format!(
             "{field} {id:?} must be 1-256 letters, digits, '-', '_' or '.', not starting with '.'"
         )))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
