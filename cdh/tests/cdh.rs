@@ -21,8 +21,6 @@ use peerpod_protocols::cdh::api_ttrpc::{
     GetResourceServiceClient, ImagePullServiceClient, SealedSecretServiceClient,
     SecureMountServiceClient,
 };
-use peerpod_protocols::cdh::keyprovider::KeyProviderKeyWrapProtocolInput;
-use peerpod_protocols::cdh::keyprovider_ttrpc::KeyProviderServiceClient;
 use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
 use peerpod_tests::kbs::{KbsOptions, RunningKbs};
 use peerpod_tests::scratch::ScratchDir;
@@ -177,18 +175,8 @@ async fn resources_sealed_secrets_and_credentials_end_to_end() {
         "iv": STANDARD.encode(iv), "wrap_type": "A256GCM"});
     let request = json!({"op": "keyunwrap", "keywrapparams": {},
         "keyunwrapparams": {"dc": null, "annotation": STANDARD.encode(packet.to_string())}});
-    let reply = KeyProviderServiceClient::new(raw.clone())
-        .un_wrap_key(
-            ctx(),
-            &KeyProviderKeyWrapProtocolInput {
-                KeyProviderKeyWrapProtocolInput: request.to_string().into_bytes(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("UnWrapKey");
-    let reply: Value =
-        serde_json::from_slice(&reply.KeyProviderKeyWrapProtocolOutput).expect("JSON");
+    let reply = unwrap_key(&raw, &request).await.expect("UnWrapKey");
+    let reply: Value = serde_json::from_slice(&reply).expect("JSON");
     let key: Vec<u8> =
         serde_json::from_value(reply["keyunwrapresults"]["optsdata"].clone()).expect("bytes");
     assert_eq!(key, layer_key);

@@ -12,8 +12,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use confidential_data_hub::sealed::make;
 use peerpod_protocols::cdh::api_ttrpc::{GetResourceServiceClient, SealedSecretServiceClient};
-use peerpod_protocols::cdh::keyprovider::KeyProviderKeyWrapProtocolInput;
-use peerpod_protocols::cdh::keyprovider_ttrpc::KeyProviderServiceClient;
 use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
 use peerpod_tests::kbs::{KbsOptions, RunningKbs};
 use peerpod_tests::scratch::ScratchDir;
@@ -130,16 +128,7 @@ async fn a_sealed_secret_cannot_make_the_cdh_leak_a_resource() {
         "iv": STANDARD.encode([0u8; 12]), "wrap_type": "A256GCM"});
     let request = json!({"op": "keyunwrap",
         "keyunwrapparams": {"annotation": STANDARD.encode(packet.to_string())}});
-    let err = KeyProviderServiceClient::new(raw.clone())
-        .un_wrap_key(
-            ctx(),
-            &KeyProviderKeyWrapProtocolInput {
-                KeyProviderKeyWrapProtocolInput: request.to_string().into_bytes(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect_err("not a KEK");
+    let err = unwrap_key(&raw, &request).await.expect_err("not a KEK");
     errors.push(message(&err));
 
     // An oversized reply is refused with a clear reason.

@@ -11,6 +11,8 @@ use attestation_agent::AttestationAgent;
 use attestation_agent::config::{AaConfig, KbsSection};
 use peerpod_protocols::cdh::api::{GetResourceRequest, UnsealSecretInput};
 use peerpod_protocols::cdh::api_ttrpc::{GetResourceServiceClient, SealedSecretServiceClient};
+use peerpod_protocols::cdh::keyprovider::KeyProviderKeyWrapProtocolInput;
+use peerpod_protocols::cdh::keyprovider_ttrpc::KeyProviderServiceClient;
 use peerpod_tests::cvm::SimulatedCvm;
 use ttrpc::context::{self, Context};
 
@@ -176,4 +178,21 @@ pub(crate) async fn unseal(
         )
         .await
         .map(|r| r.plaintext)
+}
+
+/// UnWrapKey with `request` (the key provider's JSON input); the reply's JSON bytes.
+pub(crate) async fn unwrap_key(
+    client: &ttrpc::r#async::Client,
+    request: &serde_json::Value,
+) -> ttrpc::Result<Vec<u8>> {
+    KeyProviderServiceClient::new(client.clone())
+        .un_wrap_key(
+            ctx(),
+            &KeyProviderKeyWrapProtocolInput {
+                KeyProviderKeyWrapProtocolInput: request.to_string().into_bytes(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|r| r.KeyProviderKeyWrapProtocolOutput)
 }
