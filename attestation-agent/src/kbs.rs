@@ -2,21 +2,17 @@
 //!
 //! One attestation serves every caller until the token is about to expire: the token and the
 //! TEE key it binds are cached, and concurrent callers wait for the one attestation in flight
-//! instead of starting their own. A resource request answered 401 (the KBS forgot us, or the
-//! token expired early) triggers exactly one re-attestation.
+//! instead of starting their own. A resource request the KBS refuses in a way a fresh token may
+//! pass (a token it no longer accepts, or a policy denial of this token's claims, by Trustee's
+//! error type) triggers exactly one re-attestation. The handshake itself is
+//! [`peerpod_kbs_client::rcar`], shared with the CDH.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use peerpod_kbs_protocol::PROTOCOL_VERSION;
 use peerpod_kbs_protocol::keys::TeeKeyPair;
-use peerpod_kbs_protocol::messages::{
-    Attestation, Challenge, InitDataBody, Request, ResourcePath, RuntimeData, TeeEvidence,
-    TokenResponse,
-};
-use peerpod_kbs_protocol::runtime_data::{self, HashAlgorithm};
-use serde_json::json;
+use peerpod_kbs_protocol::messages::ResourcePath;
 use zeroize::Zeroizing;
 
 use crate::attester::{AttestError, Attester};
@@ -181,34 +177,6 @@ pub struct KbsClient {
     attestations: AtomicU64,
 }
 
-/// Reads a response, turning an error status into [`KbsError::Status`] with the error body.
-async fn checked(
-    what: &'static str,
-    resp: reqwest::Response,
-) -> Result<reqwest::Response, KbsError> {
-    peerpod_kbs_client::checked(resp)
-        .await
-        .map_err(|e| KbsError::Status {
-            what,
-            status: e.status,
-            detail: e.detail,
-        })
-}
-
-/// A successful reply's body, at most [`peerpod_kbs_client::MAX_KBS_REPLY`] bytes, as `T`.
-async fn read_json<T: serde::de::DeserializeOwned>(
-    what: &'static str,
-    expected: &'static str,
-    resp: reqwest::Response,
-) -> Result<T, KbsError> {
-    let resp = checked(what, resp).await?;
-    let body = peerpod_kbs_client::read_body(resp, peerpod_kbs_client::MAX_KBS_REPLY)
-        .await
-        .map_err(|source| KbsError::Body { what, source })?;
-    let body = Zeroizing::new(body);
-    serde_json::from_slice(&body).map_err(|_| KbsError::Malformed { what, expected })
-}
-
 impl KbsClient {
     /// A client of the configured KBS, attesting with `attester`.
     pub fn new(config: KbsConfig, attester: Arc<dyn Attester>) -> Result<Self, KbsError> {
@@ -278,68 +246,36 @@ impl KbsClient {
     }
 
     async fn handshake(&self) -> Result<Session, KbsError> {
-        let base = self.config.url.trim_end_matches('/');
+        use peerpod_kbs_client::rcar::{Handshake, RcarError};
         let key = self.config.key_algorithm.generate()?;
-        let auth_url = format!("{base}/kbs/v0/auth");
-        let request = Request {
-            version: PROTOCOL_VERSION.to_string(),
-            tee: self.attester.tee().to_string(),
-            extra_params: json!({"supported-hash-algorithms": HashAlgorithm::ALL.map(HashAlgorithm::name)}),
+        let handshake = Handshake {
+            http: &self.http,
+            base: &self.config.url,
+            tee: self.attester.tee(),
+            key: &key,
+            init_data: self.config.init_data.as_deref(),
         };
-        let resp = self
-            .http
-            .post(&auth_url)
-            .json(&request)
-            .send()
+        let attester = Arc::clone(&self.attester);
+        let token = handshake
+            .run(|report_data| async move { attester.evidence(&report_data).await })
             .await
-            .map_err(|source| KbsError::Http {
-                what: "auth",
-                url: auth_url.clone(),
-                source,
+            .map_err(|e| match e {
+                RcarError::Http { what, url, source } => KbsError::Http { what, url, source },
+                RcarError::Status { what, source } => KbsError::Status {
+                    what,
+                    status: source.status,
+                    detail: source.detail,
+                },
+                RcarError::Body { what, source } => KbsError::Body { what, source },
+                RcarError::Malformed { what, expected } => KbsError::Malformed { what, expected },
+                RcarError::Protocol(text) => KbsError::Protocol(text),
+                RcarError::Evidence(e) => KbsError::Attester(e),
             })?;
-        let challenge: Challenge = read_json("auth", "a challenge", resp).await?;
-        let alg = match challenge.selected_hash_algorithm() {
-            Some(name) => {
-                HashAlgorithm::from_name(name).map_err(|e| KbsError::Protocol(e.to_string()))?
-            }
-            None => HashAlgorithm::default(),
-        };
-        let tee_pubkey = key.public_key();
-        let report_data = runtime_data::digest(alg, &tee_pubkey, &challenge.nonce, "")
-            .map_err(|e| KbsError::Protocol(e.to_string()))?;
-        let evidence = self.attester.evidence(&report_data).await?;
-        let body = Attestation {
-            init_data: self.config.init_data.as_ref().map(|text| InitDataBody {
-                format: "toml".into(),
-                body: text.clone(),
-            }),
-            runtime_data: RuntimeData {
-                nonce: challenge.nonce,
-                tee_pubkey,
-            },
-            tee_evidence: TeeEvidence {
-                primary_evidence: evidence,
-                additional_evidence: String::new(),
-            },
-        };
-        let attest_url = format!("{base}/kbs/v0/attest");
-        let resp = self
-            .http
-            .post(&attest_url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|source| KbsError::Http {
-                what: "attest",
-                url: attest_url.clone(),
-                source,
-            })?;
-        let token: TokenResponse = read_json("attest", "a token", resp).await?;
         self.attestations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(tee = self.attester.tee(), "attested to the KBS");
         Ok(Session {
-            expires: peerpod_kbs_client::token_expiry(&token.token),
-            token: token.token,
+            expires: peerpod_kbs_client::token_expiry(&token),
+            token: token.to_string(),
             key,
         })
     }
@@ -359,7 +295,11 @@ impl KbsClient {
             )
             .await
             {
-                Err(e) if e.status() == Some(401) && !retried => {
+                // A refused token or a denial of this token's claims: one fresh attestation
+                // may pass (see peerpod_kbs_client::Refusal).
+                Err(e)
+                    if !retried && e.refusal().is_some_and(|r| r.may_pass_with_a_fresh_token()) =>
+                {
                     tracing::info!(resource = %path, "the KBS refused our token; attesting again");
                     self.forget(&session).await;
                     retried = true;

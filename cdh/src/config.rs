@@ -27,7 +27,8 @@
 //! insecure_http = false           # true: accept a plain-http:// KBS (tests only)
 //! luks_header_dir = "/run/confidential-containers/cdh/luks-headers"
 //! offline_fs_kbc_files = ["/etc/aa-offline_fs_kbc-keys.json", "/etc/aa-offline_fs_kbc-resources.json"]
-//! request_timeout_secs = 30
+//! request_timeout_secs = 30       # each request to the KBS or the attestation agent
+//! kbs_timeout_secs = 90           # one resource fetch, with at most one attestation
 //! ```
 //!
 //! A missing file, or a file without `[kbc]`, takes the KBS from `AA_KBC_PARAMS` or the kernel
@@ -192,6 +193,8 @@ pub struct CdhConfig {
     pub offline_fs_kbc_files: Vec<PathBuf>,
     /// Timeout of each request to the KBS or the attestation agent.
     pub request_timeout: Duration,
+    /// Timeout of one resource fetch from the KBS, with the (at most one) attestation it needs.
+    pub kbs_timeout: Duration,
     /// Warnings about the file (unknown keys), for the log.
     pub warnings: Vec<String>,
 }
@@ -216,6 +219,7 @@ impl Default for CdhConfig {
                 PathBuf::from("/etc/aa-offline_fs_kbc-resources.json"),
             ],
             request_timeout: Duration::from_secs(30),
+            kbs_timeout: Duration::from_secs(90),
             warnings: Vec::new(),
         }
     }
@@ -446,6 +450,13 @@ fn parse_peerpod(
                     .ok_or_else(|| bad(&key, "must be an integer from 1 to 600"))?;
                 c.request_timeout = Duration::from_secs(secs.unsigned_abs());
             }
+            "kbs_timeout_secs" => {
+                let secs = v
+                    .as_integer()
+                    .filter(|s| (1..=600).contains(s))
+                    .ok_or_else(|| bad(&key, "must be an integer from 1 to 600"))?;
+                c.kbs_timeout = Duration::from_secs(secs.unsigned_abs());
+            }
             other => unknown.push(format!("peerpod.{other}")),
         }
     }
@@ -464,7 +475,7 @@ mod tests {
              [aa]\naa_socket = \"unix:///tmp/aa.sock\"\n\
              [[credentials]]\nresource_uri = \"kbs:///default/cred/a\"\npath = \"/run/x/a\"\n\
              [image]\nmax_concurrent_layer_downloads_per_image = 3\n[log]\nlevel = \"DEBUG\"\n\
-             [peerpod]\nrequest_timeout_secs = 5\nfuture = 1\n[later]\nx = 1\n",
+             [peerpod]\nrequest_timeout_secs = 5\nkbs_timeout_secs = 7\nfuture = 1\n[later]\nx = 1\n",
         )
         .expect("parses");
         assert_eq!(c.socket, "unix:///tmp/cdh.sock");
@@ -481,6 +492,7 @@ mod tests {
         assert_eq!(c.image.len(), 1);
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.kbs_timeout, Duration::from_secs(7));
         assert_eq!(
             c.warnings,
             [
@@ -592,6 +604,10 @@ mod tests {
             (
                 "[peerpod]\nrequest_timeout_secs = 0",
                 "peerpod.request_timeout_secs",
+            ),
+            (
+                "[peerpod]\nkbs_timeout_secs = 601",
+                "peerpod.kbs_timeout_secs",
             ),
             ("[peerpod]\ninsecure_http = 1", "peerpod.insecure_http"),
             (

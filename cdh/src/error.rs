@@ -146,8 +146,11 @@ pub enum CdhError {
         #[source]
         source: Option<ResourceError>,
     },
-    /// The KBS refused the resource (its resource policy).
-    #[error("the KBS refused {uri} (its resource policy)")]
+    /// The KBS's resource policy denies the resource to this TEE's (freshly attested) claims.
+    #[error(
+        "the KBS's resource policy denies {uri} to this TEE, also after a fresh attestation \
+         (check the resource policy and the reference values the attestation policy uses)"
+    )]
     Refused {
         /// The resource.
         uri: String,
@@ -155,10 +158,10 @@ pub enum CdhError {
         #[source]
         source: ResourceError,
     },
-    /// The KBS refused the attestation agent's token, and a fresh one.
+    /// The KBS refused our token, and one from a fresh attestation.
     #[error(
-        "the KBS refused the attestation agent's token twice for {uri} (the agent renews its \
-         token when it expires; a KBS that restarted forgets tokens)"
+        "the KBS refused the token for {uri}, also one from a fresh attestation (is the KBS's \
+         token verifier configured to trust its own token signer?)"
     )]
     TokenRefused {
         /// The resource.
@@ -166,6 +169,26 @@ pub enum CdhError {
         /// The last answer.
         #[source]
         source: ResourceError,
+    },
+    /// The CDH's attestation to the KBS failed.
+    #[error("attesting to the KBS at {url} failed")]
+    Attestation {
+        /// The KBS.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<crate::kbc::AttestError>,
+    },
+    /// A fetch, with its attestation, took longer than allowed.
+    #[error(
+        "fetching {uri} from the KBS took longer than {seconds} s (the KBS or the attestation \
+         agent hangs; [peerpod] kbs_timeout_secs in cdh.toml)"
+    )]
+    KbsTimeout {
+        /// The resource.
+        uri: String,
+        /// The limit.
+        seconds: u64,
     },
     /// Fetching a resource failed otherwise.
     #[error("fetching {uri} from the KBS failed")]
@@ -313,6 +336,17 @@ impl CdhError {
                 Code::UNAVAILABLE
             }
             CdhError::Kbs { source, .. } if source.is_transient() => Code::UNAVAILABLE,
+            CdhError::KbsTimeout { .. } => Code::UNAVAILABLE,
+            CdhError::Attestation { source, .. } => match source.as_ref() {
+                e if e.is_transient() => Code::UNAVAILABLE,
+                peerpod_kbs_client::rcar::RcarError::Evidence(e) => e.code(),
+                peerpod_kbs_client::rcar::RcarError::Status { source, .. }
+                    if source.refusal() == peerpod_kbs_client::Refusal::Attestation =>
+                {
+                    Code::PERMISSION_DENIED
+                }
+                _ => Code::INTERNAL,
+            },
             CdhError::Peer { code, .. } => *code,
             CdhError::Credential { source, .. } => source.code(),
             CdhError::Kbs { .. }

@@ -38,6 +38,7 @@ impl Hub {
                 config.insecure_http,
                 Arc::new(AaClient::new(&config.aa_socket, config.request_timeout)),
                 config.request_timeout,
+                config.kbs_timeout,
             )?)),
             Some(Kbc::OfflineFs) => Some(Source::Offline(OfflineFs::load(
                 &config.offline_fs_kbc_files,

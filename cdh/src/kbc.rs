@@ -1,9 +1,10 @@
 //! Key broker clients: where resources come from.
 //!
-//! - [`CcKbc`]: the KBS, with the attestation agent's token and TEE key (`GetToken("kbs")` over
-//!   ttrpc). The agent attests once and caches; this client also keeps the token and key until
-//!   shortly before the token expires, so a fetch costs one HTTP round trip to the KBS. A 401
-//!   drops them and asks the agent again, once.
+//! - [`CcKbc`]: the KBS. The CDH attests itself (the RCAR handshake, with evidence from the
+//!   attestation agent's `GetEvidence`, as upstream's CDH does) and keeps the token and its TEE
+//!   key until shortly before the token expires, so a fetch costs one HTTP round trip to the
+//!   KBS. A refusal a fresh token may pass (Trustee's `TokenNotFound`, `TokenVerifierError`,
+//!   `PolicyDeny`) drops them and attests again, once, within the same call.
 //! - [`OfflineFs`]: `offline_fs_kbc`, resources from local JSON files
 //!   (`{"<repo>/<type>/<tag>": "<base64>"}`).
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use peerpod_kbs_client::ResourceError;
+use peerpod_kbs_client::{Refusal, ResourceError};
 use peerpod_kbs_protocol::keys::TeeKeyPair;
 use peerpod_protocols::aa::attestation_agent::{
     ExtendRuntimeMeasurementRequest, GetEvidenceRequest, GetTeeTypeRequest, GetTokenRequest,
@@ -137,34 +138,45 @@ impl AaClient {
     }
 }
 
-/// A token and the TEE key it binds, as the agent handed them over.
+/// A token and the TEE key it binds, from this CDH's own attestation.
 struct Session {
     token: Zeroizing<String>,
     key: TeeKeyPair,
     expires: SystemTime,
 }
 
-/// Resources from the KBS with the attestation agent's token.
+/// Resources from the KBS. The CDH holds its own KBS session: it runs the RCAR handshake itself
+/// with evidence from the attestation agent's `GetEvidence`, as upstream's CDH does. So a token
+/// the KBS refuses is replaced within the same call (one re-attestation), whatever the agent
+/// caches, and an agent that attests anew on every `GetToken` works the same.
 pub struct CcKbc {
     url: String,
     http: reqwest::Client,
     aa: Arc<AaClient>,
+    tee: tokio::sync::OnceCell<String>,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    fetch_timeout: Duration,
+    attestations: std::sync::atomic::AtomicU64,
 }
 
-/// Re-fetch the token this long before it expires.
+/// Re-attest this long before the token expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
+/// Why the CDH's attestation to the KBS failed.
+pub type AttestError = peerpod_kbs_client::rcar::RcarError<CdhError>;
+
 impl CcKbc {
-    /// The KBS at `url` (trusting only `cert` when given), through the agent `aa`. A plain
-    /// `http://` URL is refused unless `insecure_http`. An empty `url` is accepted, as upstream
-    /// does: each fetch then fails naming `[kbc] url`.
+    /// The KBS at `url` (trusting only `cert` when given), with evidence from the agent `aa`.
+    /// Each HTTP request times out after `timeout`; one fetch, with at most one attestation,
+    /// after `fetch_timeout`. A plain `http://` URL is refused unless `insecure_http`. An
+    /// empty `url` is accepted, as upstream does: each fetch then fails naming `[kbc] url`.
     pub fn new(
         url: &str,
         cert: Option<&str>,
         insecure_http: bool,
         aa: Arc<AaClient>,
         timeout: Duration,
+        fetch_timeout: Duration,
     ) -> Result<Self, CdhError> {
         peerpod_kbs_client::check_scheme(
             url,
@@ -176,43 +188,68 @@ impl CcKbc {
             cert,
             timeout,
             concat!("peerpod-confidential-data-hub/", env!("CARGO_PKG_VERSION")),
-            false,
+            // The KBS session of the handshake is a cookie.
+            true,
         )?;
         Ok(Self {
             url: url.to_string(),
             http,
             aa,
+            tee: tokio::sync::OnceCell::new(),
             session: tokio::sync::Mutex::new(None),
+            fetch_timeout,
+            attestations: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    async fn session(&self) -> Result<Arc<Session>, CdhError> {
+    /// How many attestations this client has run.
+    pub fn attestations(&self) -> u64 {
+        self.attestations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The cached session, or a new one from a fresh attestation (`true` when new). Concurrent
+    /// callers share one attestation: the lock is held across it on purpose.
+    async fn session(&self) -> Result<(Arc<Session>, bool), CdhError> {
         let mut guard = self.session.lock().await;
         if let Some(s) = guard.as_ref()
             && SystemTime::now() + REFRESH_MARGIN < s.expires
         {
-            return Ok(Arc::clone(s));
+            return Ok((Arc::clone(s), false));
         }
-        let reply = Zeroizing::new(self.aa.get_token("kbs").await?);
-        #[derive(serde::Deserialize)]
-        struct Reply {
-            token: String,
-            tee_keypair: String,
-        }
-        let reply: Reply = serde_json::from_slice(&reply).map_err(|_| CdhError::TokenReply {
-            reason: "is not {token, tee_keypair}",
-        })?;
-        let pem = Zeroizing::new(reply.tee_keypair);
-        let key = TeeKeyPair::from_pem(&pem).map_err(|_| CdhError::TokenReply {
-            reason: "holds a TEE key that does not parse",
-        })?;
+        let tee = self.tee.get_or_try_init(|| self.aa.tee()).await?.clone();
+        let key = TeeKeyPair::generate();
+        let handshake = peerpod_kbs_client::rcar::Handshake {
+            http: &self.http,
+            base: &self.url,
+            tee: &tee,
+            key: &key,
+            init_data: None,
+        };
+        let aa = Arc::clone(&self.aa);
+        let token = handshake
+            .run(|report_data| async move {
+                let bytes = Zeroizing::new(aa.get_evidence(&report_data).await?);
+                serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|_| {
+                    CdhError::TokenReply {
+                        reason: "GetEvidence answered evidence that is not JSON",
+                    }
+                })
+            })
+            .await
+            .map_err(|source| CdhError::Attestation {
+                url: self.url.clone(),
+                source: Box::new(source),
+            })?;
+        self.attestations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(tee = %tee, "attested to the KBS");
         let session = Arc::new(Session {
-            expires: peerpod_kbs_client::token_expiry(&reply.token),
-            token: Zeroizing::new(reply.token),
+            expires: peerpod_kbs_client::token_expiry(&token),
+            token,
             key,
         });
         *guard = Some(Arc::clone(&session));
-        Ok(session)
+        Ok((session, true))
     }
 
     async fn forget(&self, stale: &Arc<Session>) {
@@ -222,14 +259,23 @@ impl CcKbc {
         }
     }
 
-    /// Fetches and decrypts a resource.
+    /// Fetches and decrypts a resource, within the fetch timeout.
     pub async fn get(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, CdhError> {
         if self.url.is_empty() {
             return Err(CdhError::NoKbsUrl);
         }
+        tokio::time::timeout(self.fetch_timeout, self.fetch(uri))
+            .await
+            .map_err(|_| CdhError::KbsTimeout {
+                uri: uri.to_string(),
+                seconds: self.fetch_timeout.as_secs(),
+            })?
+    }
+
+    async fn fetch(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, CdhError> {
         let mut retried = false;
         loop {
-            let session = self.session().await?;
+            let (session, fresh) = self.session().await?;
             match peerpod_kbs_client::get_resource(
                 &self.http,
                 &self.url,
@@ -240,16 +286,22 @@ impl CcKbc {
             .await
             {
                 Ok(bytes) => return Ok(bytes),
-                Err(e) if e.status() == Some(401) && !retried => {
-                    tracing::info!(resource = %uri, "the KBS refused the token; asking the attestation agent again");
+                // A refused token (rotated signing key, expired) or a denial of this token's
+                // claims (reference values or the attestation policy fixed since it was
+                // issued): one fresh attestation may pass. Bounded to one per call.
+                Err(e)
+                    if !fresh
+                        && !retried
+                        && e.refusal()
+                            .is_some_and(Refusal::may_pass_with_a_fresh_token) =>
+                {
+                    tracing::info!(
+                        resource = %uri,
+                        refusal = ?e.refusal(),
+                        "the KBS refused our token; attesting again"
+                    );
                     self.forget(&session).await;
                     retried = true;
-                }
-                Err(source) if source.status() == Some(401) => {
-                    return Err(CdhError::TokenRefused {
-                        uri: uri.to_string(),
-                        source,
-                    });
                 }
                 Err(e) => return Err(resource_error(uri, e)),
             }
@@ -259,12 +311,13 @@ impl CcKbc {
 
 fn resource_error(uri: &ResourceUri, source: ResourceError) -> CdhError {
     let uri = uri.to_string();
-    match source.status() {
-        Some(404) => CdhError::NotFound {
+    match source.refusal() {
+        Some(Refusal::NotFound) => CdhError::NotFound {
             uri,
             source: Some(source),
         },
-        Some(401 | 403) => CdhError::Refused { uri, source },
+        Some(Refusal::Policy) => CdhError::Refused { uri, source },
+        Some(Refusal::Token) => CdhError::TokenRefused { uri, source },
         _ => CdhError::Kbs { uri, source },
     }
 }

@@ -13,11 +13,17 @@
 //!   hostile KBS or IMDS cannot make the guest buffer without bound.
 //! - [`check_scheme`] refuses a plain-`http://` KBS unless the configuration opts in: the
 //!   resource JWE is not authenticated, so on plain HTTP the host can swap a resource.
+//! - [`rcar::Handshake`] runs the RCAR handshake with evidence from the caller; [`Refusal`]
+//!   says what a KBS error answer means, by Trustee's error type.
 //! - [`error_chain`] and [`rpc::status`] are the one error flattening and the one ttrpc status
 //!   builder that the attestation agent and the CDH share.
 
+pub mod rcar;
+mod refusal;
 pub mod rpc;
 pub mod tls;
+
+pub use refusal::Refusal;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -178,6 +184,17 @@ pub struct StatusError {
     pub status: u16,
     /// The error body's type and detail, or the start of the raw body.
     pub detail: String,
+    /// The Trustee error variant named by the body's RFC 7807 `type` (`PolicyDeny`,
+    /// `TokenVerifierError`, …), when the body is a KBS error body with Trustee's prefix.
+    pub kind: Option<String>,
+}
+
+impl StatusError {
+    /// What the refusal means for the client, by Trustee's error type first and the status
+    /// second (see [`Refusal`]).
+    pub fn refusal(&self) -> Refusal {
+        Refusal::classify(self.status, self.kind.as_deref())
+    }
 }
 
 /// Passes a successful response; turns an error status into a [`StatusError`].
@@ -186,9 +203,16 @@ pub async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, Statu
     if status.is_success() {
         return Ok(resp);
     }
+    let mut kind = None;
     let detail = match read_body(resp, MAX_ERROR_BODY).await {
         Ok(body) => match serde_json::from_slice::<ErrorInformation>(&body) {
-            Ok(info) => printable(&info.to_string(), 400),
+            Ok(info) => {
+                kind = info
+                    .variant()
+                    .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric()))
+                    .map(str::to_string);
+                printable(&info.to_string(), 400)
+            }
             Err(_) => format!(
                 "(not a KBS error body) {}",
                 printable(&String::from_utf8_lossy(&body), 200)
@@ -199,6 +223,7 @@ pub async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, Statu
     Err(StatusError {
         status: status.as_u16(),
         detail,
+        kind,
     })
 }
 
@@ -289,6 +314,14 @@ impl ResourceError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ResourceError::Status { source, .. } => Some(source.status),
+            _ => None,
+        }
+    }
+
+    /// What a refusal means (`None` when the KBS did not answer with an error status).
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            ResourceError::Status { source, .. } => Some(source.refusal()),
             _ => None,
         }
     }

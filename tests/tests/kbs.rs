@@ -138,6 +138,15 @@ fn cvm(
     (dir, cvm)
 }
 
+/// The status and Trustee error type (the statuses of Trustee 33e1bc57, the KBS's default).
+fn assert_kind(err: &ClientError, status: u16, kind: &str) {
+    assert_eq!(
+        (err.status(), err.kind()),
+        (Some(status), Some(kind)),
+        "{err}"
+    );
+}
+
 fn assert_refused(err: ClientError, status: u16, needle: &str) {
     assert_eq!(err.status(), Some(status), "{err}");
     assert!(
@@ -242,7 +251,8 @@ async fn az_snp_vtpm_attests_and_gets_its_resource() {
         .resource(SECRET_PATH, None)
         .await
         .expect_err("unexpected initdata");
-    assert_refused(err, 403, "\"configuration\":36");
+    assert_kind(&err, 401, "PolicyDeny");
+    assert_refused(err, 401, "\"configuration\":36");
 }
 
 #[tokio::test]
@@ -332,7 +342,8 @@ async fn protocol_refusals() {
         .resource("default/key/nothing-here", None)
         .await
         .expect_err("unknown");
-    assert_refused(err, 404, "resource not found: default/key/nothing-here");
+    assert_kind(&err, 401, "PluginInternalError");
+    assert_refused(err, 401, "resource not found: default/key/nothing-here");
     let resp = peerpod_tests::http::client()
         .get(format!("{}/kbs/v0/vault/x", kbs.url()))
         .send()
@@ -394,7 +405,8 @@ async fn policy_refusals() {
         .resource(SECRET_PATH, None)
         .await
         .expect_err("missing reference values");
-    assert_refused(err, 403, "\"executables\":33");
+    assert_kind(&err, 401, "PolicyDeny");
+    assert_refused(err, 401, "\"executables\":33");
 
     // An explicit deny policy, uploaded by an authenticated admin.
     let (private, public) = admin_keypair().expect("admin key");
@@ -419,7 +431,8 @@ async fn policy_refusals() {
         .await
         .expect("deny-all policy");
     let err = c.resource(SECRET_PATH, None).await.expect_err("denied");
-    assert_refused(err, 403, "Access denied by policy");
+    assert_kind(&err, 401, "PolicyDeny");
+    assert_refused(err, 401, "Access denied by policy");
 
     // Admin endpoints refuse anyone without the key, and broken policies.
     let (other_private, _) = admin_keypair().expect("key");
@@ -697,4 +710,37 @@ async fn https_with_a_test_ca() {
         .await
         .expect_err("untrusted server");
     assert!(matches!(err, ClientError::Http(_)), "{err}");
+}
+
+#[tokio::test]
+async fn newer_trustee_statuses_are_an_option() {
+    // The default answers as Trustee 33e1bc57; `Newer` as 079fcf84: only PolicyDeny moves (403).
+    for (errors, deny_status) in [
+        (peerpod_tests::kbs::TrusteeErrors::Pinned, 401),
+        (peerpod_tests::kbs::TrusteeErrors::Newer, 403),
+    ] {
+        for affirming in [false, true] {
+            let mut options = KbsOptions::new(Verifier::default());
+            options.trustee_errors = errors;
+            if affirming {
+                options.reference_values =
+                    serde_json::from_value(json!({"launch_digest": ["abcde"], "svn": ["1"]}))
+                        .expect("refs");
+            }
+            let kbs = RunningKbs::start(options, "127.0.0.1:0", None).expect("KBS");
+            let c = client(&kbs);
+            attest_sample(&c).await;
+            let err = c
+                .resource("default/key/absent", None)
+                .await
+                .expect_err("refused");
+            if affirming {
+                // Released by the policy, then missing: the resource plugin fails.
+                assert_kind(&err, 401, "PluginInternalError");
+            } else {
+                // No reference values: not affirming, denied before the plugin runs.
+                assert_kind(&err, deny_status, "PolicyDeny");
+            }
+        }
+    }
 }

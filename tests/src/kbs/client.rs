@@ -38,6 +38,14 @@ impl ClientError {
         }
     }
 
+    /// The Trustee error variant the body's `type` names (`PolicyDeny`, …).
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            ClientError::Kbs { info, .. } => info.variant(),
+            _ => None,
+        }
+    }
+
     /// The error body's detail, or the error's text.
     pub fn detail(&self) -> String {
         match self {

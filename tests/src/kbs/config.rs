@@ -6,6 +6,8 @@
 //! # tls_cert = "server.pem"          # HTTPS when both are set
 //! # tls_key = "server-key.pem"
 //! session_timeout_secs = 300
+//! trustee_errors = "pinned"          # statuses of Trustee 33e1bc57 (PolicyDeny 401);
+//!                                    # "newer": Trustee 079fcf84 (PolicyDeny 403)
 //!
 //! [admin]
 //! mode = "ed25519"                   # "ed25519", "insecure" (anyone) or "deny"
@@ -52,6 +54,8 @@ struct File {
     tls_key: Option<PathBuf>,
     #[serde(default = "default_timeout")]
     session_timeout_secs: u64,
+    #[serde(default)]
+    trustee_errors: Option<String>,
     #[serde(default)]
     admin: Admin,
     #[serde(default)]
@@ -177,6 +181,15 @@ impl KbsConfig {
             },
         });
         options.session_timeout = Duration::from_secs(f.session_timeout_secs);
+        options.trustee_errors = match f.trustee_errors.as_deref() {
+            None | Some("pinned") => super::TrusteeErrors::Pinned,
+            Some("newer") => super::TrusteeErrors::Newer,
+            Some(other) => {
+                return Err(format!(
+                    "trustee_errors {other:?} is not one of \"pinned\", \"newer\""
+                ));
+            }
+        };
         options.admin = match (f.admin.mode.as_deref(), &f.admin.public_key) {
             (Some("insecure"), _) => AdminAuth::InsecureAllowAll,
             (Some("deny") | None, None) => AdminAuth::DenyAll,

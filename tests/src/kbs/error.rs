@@ -1,6 +1,9 @@
-//! The KBS's errors, shaped like Trustee's: `{"type": ".../errors/<Variant>", "detail"}`, 404
-//! for unknown paths and plugins, 403 for a policy denial (as the newest Trustee), 401 for the
-//! rest. Our `detail` texts add the cause, so a failing client learns what to fix.
+//! The KBS's errors, shaped like Trustee's: `{"type": ".../errors/<Variant>", "detail"}`, with
+//! the statuses of the Trustee commit the docs name ([`TrusteeErrors::Pinned`], 33e1bc57): 404
+//! for unknown paths and plugins, 401 for everything else — a policy denial (`PolicyDeny`) and
+//! a missing resource (`PluginInternalError`) included. [`TrusteeErrors::Newer`] answers 403
+//! for `PolicyDeny`, as Trustee 079fcf84 does. Our `detail` texts add the cause, so a failing
+//! client learns what to fix.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -31,8 +34,8 @@ pub enum KbsError {
     /// A path the KBS does not serve.
     #[error("Invalid request path: {0}")]
     InvalidRequestPath(String),
-    /// The resource does not exist.
-    #[error("resource not found: {0}")]
+    /// The resource does not exist (Trustee: the resource plugin fails).
+    #[error("Plugin internal error: resource not found: {0}")]
     ResourceNotFound(String),
     /// The resource could not be encrypted to the TEE key.
     #[error("JWE failed: {0}")]
@@ -61,21 +64,35 @@ impl KbsError {
         }
     }
 
-    fn status(&self) -> StatusCode {
+    fn status(&self, errors: TrusteeErrors) -> StatusCode {
         match self {
-            KbsError::PluginNotFound(_)
-            | KbsError::InvalidRequestPath(_)
-            | KbsError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
-            KbsError::PolicyDeny(_) => StatusCode::FORBIDDEN,
+            KbsError::PluginNotFound(_) | KbsError::InvalidRequestPath(_) => StatusCode::NOT_FOUND,
+            KbsError::PolicyDeny(_) if errors == TrusteeErrors::Newer => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
+
+    /// The answer, with the statuses of `errors`.
+    pub fn respond(self, errors: TrusteeErrors) -> Response {
+        let status = self.status(errors);
+        let body = ErrorInformation::new(self.variant(), self.to_string());
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Which Trustee's status codes the KBS answers with (the `type`s are the same in both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrusteeErrors {
+    /// Trustee 33e1bc57 (`kbs/src/error.rs`): 404 for `InvalidRequestPath` and
+    /// `PluginNotFound`, 401 for every other error.
+    #[default]
+    Pinned,
+    /// Trustee 079fcf84: as `Pinned`, but 403 for `PolicyDeny`.
+    Newer,
 }
 
 impl IntoResponse for KbsError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let body = ErrorInformation::new(self.variant(), self.to_string());
-        (status, Json(body)).into_response()
+        self.respond(TrusteeErrors::Pinned)
     }
 }

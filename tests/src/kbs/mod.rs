@@ -8,5 +8,5 @@ pub mod server;
 mod tls;
 pub mod verifier;
 
-pub use error::KbsError;
+pub use error::{KbsError, TrusteeErrors};
 pub use server::{AdminAuth, KbsOptions, KbsStats, RunningKbs, TlsFiles};

@@ -21,7 +21,7 @@ use peerpod_policy::initdata::InitData;
 use serde_json::{Value, json};
 
 use super::appraisal::{self, TokenSigner};
-use super::error::KbsError;
+use super::error::{KbsError, TrusteeErrors};
 use super::verifier::{Expected, Verifier};
 use crate::http::{ServerThread, serve_axum};
 
@@ -60,6 +60,8 @@ pub struct KbsOptions {
     pub max_body: usize,
     /// Counters, shared with whoever holds a clone of the `Arc`.
     pub stats: Arc<KbsStats>,
+    /// Whose status codes error answers carry (default: the pinned Trustee's).
+    pub trustee_errors: TrusteeErrors,
 }
 
 /// What the KBS has done, for tests.
@@ -93,6 +95,7 @@ impl KbsOptions {
             resources: BTreeMap::new(),
             max_body: 2 << 20,
             stats: Arc::new(KbsStats::default()),
+            trustee_errors: TrusteeErrors::default(),
         }
     }
 
@@ -154,7 +157,13 @@ struct AppState {
     resource_policy: RwLock<String>,
     reference_values: RwLock<BTreeMap<String, Value>>,
     resources: RwLock<BTreeMap<String, Vec<u8>>>,
-    signer: TokenSigner,
+    signer: RwLock<Arc<TokenSigner>>,
+}
+
+impl AppState {
+    fn signer(&self) -> Arc<TokenSigner> {
+        read(&self.signer)
+    }
 }
 
 type Shared = Arc<AppState>;
@@ -169,6 +178,12 @@ fn write<T>(lock: &RwLock<T>, value: T) {
 
 /// Builds the KBS's router.
 pub fn router(options: KbsOptions) -> Result<axum::Router, appraisal::AppraisalError> {
+    Ok(router_and_state(options)?.0)
+}
+
+fn router_and_state(
+    options: KbsOptions,
+) -> Result<(axum::Router, Shared), appraisal::AppraisalError> {
     appraisal::compile_check(&options.attestation_policy)?;
     let state = Arc::new(AppState {
         sessions: Mutex::new(HashMap::new()),
@@ -176,11 +191,13 @@ pub fn router(options: KbsOptions) -> Result<axum::Router, appraisal::AppraisalE
         resource_policy: RwLock::new(options.resource_policy.clone()),
         reference_values: RwLock::new(options.reference_values.clone()),
         resources: RwLock::new(options.resources.clone()),
-        signer: TokenSigner::new(options.token_lifetime.as_secs())?,
+        signer: RwLock::new(Arc::new(TokenSigner::new(
+            options.token_lifetime.as_secs(),
+        )?)),
         options,
     });
     let max_body = state.options.max_body;
-    Ok(axum::Router::new()
+    let router = axum::Router::new()
         .route("/kbs/v0/auth", post(auth))
         .route("/kbs/v0/attest", post(attest))
         .route(
@@ -196,7 +213,8 @@ pub fn router(options: KbsOptions) -> Result<axum::Router, appraisal::AppraisalE
         .route("/kbs/v0/reference-value/{id}", get(get_reference_value))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state))
+        .with_state(Arc::clone(&state));
+    Ok((router, state))
 }
 
 async fn fallback(uri: axum::http::Uri) -> KbsError {
@@ -386,12 +404,11 @@ async fn attest(
     let policy = read(&st.attestation_policy);
     let appraisal =
         appraisal::appraise(&policy, &input, &refs).map_err(|e| KbsError::Attest(e.to_string()))?;
-    let token = st
-        .signer
+    let signer = st.signer();
+    let token = signer
         .issue(&appraisal, input)
         .map_err(|e| KbsError::Attest(e.to_string()))?;
-    let token_claims = st
-        .signer
+    let token_claims = signer
         .verify(&token)
         .map_err(|e| KbsError::Attest(e.to_string()))?;
     {
@@ -423,14 +440,14 @@ fn token_claims(st: &AppState, headers: &HeaderMap) -> Result<Value, KbsError> {
             && let Some((token, _)) = &s.token
         {
             return st
-                .signer
+                .signer()
                 .verify(token)
                 .map_err(|e| KbsError::TokenVerifier(e.to_string()));
         }
     }
     match bearer(headers) {
         Some(token) => st
-            .signer
+            .signer()
             .verify(token)
             .map_err(|e| KbsError::TokenVerifier(e.to_string())),
         None => Err(KbsError::TokenNotFound),
@@ -450,10 +467,15 @@ async fn get_resource(
     State(st): State<Shared>,
     Path(path): Path<String>,
     headers: HeaderMap,
-) -> Result<Response, KbsError> {
+) -> Response {
+    let errors = st.options.trustee_errors;
+    release_resource(&st, &path, &headers).unwrap_or_else(|e| e.respond(errors))
+}
+
+fn release_resource(st: &AppState, path: &str, headers: &HeaderMap) -> Result<Response, KbsError> {
     let path =
-        ResourcePath::parse(&path).map_err(|e| KbsError::InvalidRequestPath(e.to_string()))?;
-    let claims = token_claims(&st, &headers)?;
+        ResourcePath::parse(path).map_err(|e| KbsError::InvalidRequestPath(e.to_string()))?;
+    let claims = token_claims(st, headers)?;
     let policy = read(&st.resource_policy);
     let allowed =
         appraisal::resource_allowed(&policy, &claims, &path.to_string()).map_err(|e| {
@@ -630,6 +652,7 @@ async fn get_reference_value(
 pub struct RunningKbs {
     server: ServerThread,
     scheme: &'static str,
+    state: Shared,
 }
 
 /// TLS material for HTTPS.
@@ -644,7 +667,7 @@ pub struct TlsFiles {
 impl RunningKbs {
     /// Starts the KBS on `listen` (`127.0.0.1:0` for a free port), over HTTPS when `tls` is set.
     pub fn start(options: KbsOptions, listen: &str, tls: Option<TlsFiles>) -> Result<Self, String> {
-        let app = router(options).map_err(|e| e.to_string())?;
+        let (app, state) = router_and_state(options).map_err(|e| e.to_string())?;
         let acceptor = match &tls {
             Some(t) => Some(super::tls::acceptor(t)?),
             None => None,
@@ -659,7 +682,18 @@ impl RunningKbs {
         Ok(Self {
             server,
             scheme: if tls.is_some() { "https" } else { "http" },
+            state,
         })
+    }
+
+    /// Replaces the token-signing key, as a Trustee whose key is rotated (or which restarts
+    /// without a configured one): every token issued so far stops verifying
+    /// (`TokenVerifierError`).
+    pub fn rotate_token_key(&self) -> Result<(), String> {
+        let fresh = TokenSigner::new(self.state.options.token_lifetime.as_secs())
+            .map_err(|e| e.to_string())?;
+        write(&self.state.signer, Arc::new(fresh));
+        Ok(())
     }
 
     /// The base URL, e.g. `http://127.0.0.1:40123`.
