@@ -1,6 +1,7 @@
 //! The engine against the reference interpreter on generated policies and requests: every
 //! decision and every state must be the same. `POLICY_DIFF_CASES` sets how many cases (default
-//! 2,000) and `POLICY_DIFF_SEED` the first seed, for long runs.
+//! 2,000), `POLICY_DIFF_SEED` the first seed and `POLICY_DIFF_MAX_REQUESTS` the longest request
+//! sequence per policy (default 6), for long runs.
 
 use peerpod_policy::AgentPolicy;
 use peerpod_policy::differential::{Agreement, check, generate};
@@ -16,10 +17,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn engine_decides_generated_cases_as_the_reference() {
     let cases = env_u64("POLICY_DIFF_CASES", 2_000);
     let first = env_u64("POLICY_DIFF_SEED", 0);
+    let max_requests = usize::try_from(env_u64("POLICY_DIFF_MAX_REQUESTS", 6)).unwrap_or(6);
     let (mut loaded, mut requests, mut allowed, mut hoisted) = (0u64, 0usize, 0usize, 0u64);
     let mut failures = Vec::new();
     for seed in first..first + cases {
-        let case = generate::case(&mut generate::Seeded::new(seed));
+        let case = generate::case_with(&mut generate::Seeded::new(seed), max_requests);
         match check(&case, |text| AgentPolicy::load(text).ok()) {
             Ok(Agreement::BothRefused) => {}
             Ok(Agreement::Decided {

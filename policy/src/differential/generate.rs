@@ -80,8 +80,13 @@ pub struct Case {
 /// The entrypoints generated policies define.
 const ENTRYPOINTS: &[&str] = &["ExecProcessRequest", "CreateContainerRequest"];
 
-/// Generates one case.
+/// Generates one case of up to 6 requests.
 pub fn case(c: &mut impl Choices) -> Case {
+    case_with(c, 6)
+}
+
+/// Generates one case of 1 to `max_requests` requests.
+pub fn case_with(c: &mut impl Choices, max_requests: usize) -> Case {
     let mut g = Gen {
         c,
         vars: Vec::new(),
@@ -91,7 +96,7 @@ pub fn case(c: &mut impl Choices) -> Case {
         constants: false,
     };
     let policy = g.policy();
-    let count = 1 + g.c.below(6);
+    let count = 1 + g.c.below(max_requests.max(1));
     let requests = (0..count)
         .map(|_| {
             let entrypoint = g.c.pick(ENTRYPOINTS).to_owned();
