@@ -122,3 +122,35 @@ async fn refused_tokens_are_replaced_within_the_call() {
     assert!(log.contains("attesting again"), "{log}");
     assert!(!log.contains("eyJ"), "a JWT in the log:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_kbs_is_bounded_by_kbs_timeout_secs() {
+    let dir = ScratchDir::new("cdh-hung").expect("scratch");
+    let cvm = SimulatedCvm::start(CvmOptions::new(Flavour::Snp, dir.path())).expect("CVM");
+    // A "KBS" that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let aa = Aa::start(dir.path(), &url, &cvm).await;
+    // Each request may take 5 s (request_timeout_secs); the whole fetch only 2.
+    let toml = cdh_toml(dir.path(), &url, &aa.socket, "").replace(
+        "request_timeout_secs = 5\n",
+        "request_timeout_secs = 5\nkbs_timeout_secs = 2\n",
+    );
+    let cdh = Cdh::start(dir.path(), &toml);
+    let client = GetResourceServiceClient::new(cdh.connect().await);
+    let started = std::time::Instant::now();
+    let err = get(&client, URI).await.expect_err("hung KBS");
+    let took = started.elapsed();
+    assert_eq!(code(&err), ttrpc::Code::UNAVAILABLE, "{err:?}");
+    assert!(message(&err).contains("kbs_timeout_secs"), "{err:?}");
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+}
