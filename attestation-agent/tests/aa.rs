@@ -97,6 +97,31 @@ async fn token_expiry_triggers_reattestation() {
 }
 
 #[tokio::test]
+async fn refusals_reattest_only_when_a_fresh_token_may_pass() {
+    let kbs = RunningKbs::start(kbs_options(None), "127.0.0.1:0", None).expect("KBS");
+    let aa = sample_aa(&aa_config(&kbs.url(), None));
+    let client = aa.kbs().expect("kbs");
+    client.resource("default/key/pod").await.expect("resource");
+    assert_eq!(client.attestations(), 1);
+    // A missing resource (Trustee: 401 PluginInternalError) is no reason to attest again.
+    let err = client
+        .resource("default/key/absent")
+        .await
+        .expect_err("absent");
+    assert!(err.to_string().contains("PluginInternalError"), "{err}");
+    assert_eq!(
+        client.attestations(),
+        1,
+        "no re-attestation for a missing resource"
+    );
+    // A rotated signing key (401 TokenVerifierError) is: exactly once, within the call.
+    kbs.rotate_token_key().expect("rotate");
+    let secret = client.resource("default/key/pod").await.expect("resource");
+    assert_eq!(secret.as_slice(), SECRET);
+    assert_eq!(client.attestations(), 2);
+}
+
+#[tokio::test]
 async fn every_tee_key_algorithm_works() {
     let kbs = RunningKbs::start(kbs_options(None), "127.0.0.1:0", None).expect("KBS");
     for alg in [
