@@ -82,7 +82,8 @@ echo "\$ agent-ctl call Check                      # Health: never gated"
 ctl Check
 echo
 echo "\$ agent-ctl call GetGuestDetails            # allowed by the sample policy"
-ctl GetGuestDetails | head -8
+# sed, not head: head would stop reading, and agent-ctl fail on the closed pipe (set -o pipefail).
+ctl GetGuestDetails | sed -n 1,8p
 echo
 echo "\$ agent-ctl call ExecProcess exec-shell.json  # a shell in the web container: denied"
 ctl ExecProcess policy/examples/requests/exec-shell.json | cut -c1-220 || true
