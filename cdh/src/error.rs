@@ -223,10 +223,11 @@ pub enum CdhError {
         #[source]
         source: peerpod_protocols::client::CallError,
     },
-    /// The attestation agent's answer is unusable (what is wrong is not quoted: the reply holds
-    /// the token and the TEE key).
-    #[error("the attestation agent's GetToken(\"kbs\") reply {reason}")]
-    TokenReply {
+    /// The attestation agent's answer is unusable (what is wrong is not quoted).
+    #[error("the attestation agent's {method} reply {reason}")]
+    AgentReply {
+        /// The method.
+        method: &'static str,
         /// What is wrong.
         reason: &'static str,
     },
@@ -350,7 +351,7 @@ impl CdhError {
             CdhError::Peer { code, .. } => *code,
             CdhError::Credential { source, .. } => source.code(),
             CdhError::Kbs { .. }
-            | CdhError::TokenReply { .. }
+            | CdhError::AgentReply { .. }
             | CdhError::Io { .. }
             | CdhError::Tool { .. }
             | CdhError::Random => Code::INTERNAL,

@@ -230,8 +230,9 @@ impl CcKbc {
             .run(|report_data| async move {
                 let bytes = Zeroizing::new(aa.get_evidence(&report_data).await?);
                 serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|_| {
-                    CdhError::TokenReply {
-                        reason: "GetEvidence answered evidence that is not JSON",
+                    CdhError::AgentReply {
+                        method: "GetEvidence",
+                        reason: "is not JSON evidence",
                     }
                 })
             })
