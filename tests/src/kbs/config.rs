@@ -267,7 +267,14 @@ mod tests {
         )
         .expect("config");
         assert_eq!(c.options.resources["a/b/c"], b"x");
+        assert_eq!(
+            c.options.trustee_errors,
+            super::super::TrusteeErrors::Pinned
+        );
+        let c = KbsConfig::parse("trustee_errors = \"newer\"\n", Path::new(".")).expect("newer");
+        assert_eq!(c.options.trustee_errors, super::super::TrusteeErrors::Newer);
         for (bad, needle) in [
+            ("trustee_errors = \"latest\"\n", "is not one of"),
             ("lisen = \"x\"", "unknown field"),
             ("[admin]\nmode = \"ed25519\"\n", "needs public_key"),
             ("[admin]\nmode = \"open\"\n", "is not one of"),
@@ -279,6 +286,10 @@ mod tests {
             ("tls_cert = \"c.pem\"\n", "both tls_cert and tls_key"),
             (
                 "[trust]\namd_chain = \"/nonexistent.pem\"\n",
+                "cannot read AMD chain",
+            ),
+            (
+                "[trust]\nmore_amd_chains = [\"/nonexistent-genoa.pem\"]\n",
                 "cannot read AMD chain",
             ),
         ] {
