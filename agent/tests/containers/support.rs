@@ -47,44 +47,8 @@ pub(crate) fn container_request_with(
     args: &[&str],
     resources: serde_json::Value,
 ) -> agent::CreateContainerRequest {
-    let json = json!({
-        "container_id": id,
-        "exec_id": id,
-        "OCI": {
-            "Version": "1.1.0",
-            "Hostname": "busybox",
-            "Root": {"Path": rootfs.display().to_string(), "Readonly": false},
-            "Process": {
-                "Args": args,
-                "Env": ["PATH=/bin", "GREETING=hello"],
-                "Cwd": "/",
-                "User": {"UID": 0, "GID": 0},
-                "NoNewPrivileges": true,
-                "Capabilities": {
-                    "Bounding": ["CAP_KILL"], "Effective": ["CAP_KILL"], "Permitted": ["CAP_KILL"]
-                }
-            },
-            "Mounts": [
-                {"destination": "/proc", "type_": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-                {"destination": "/dev", "type_": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755", "size=65536k"]},
-                {"destination": "/dev/pts", "type_": "devpts", "source": "devpts",
-                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-                {"destination": "/sys", "type_": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-                {"destination": "/sys/fs/cgroup", "type_": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
-            ],
-            "Linux": {
-                "Namespaces": [
-                    {"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}, {"Type": "network"}
-                ],
-                "MaskedPaths": ["/proc/kcore"],
-                "ReadonlyPaths": ["/proc/sys"],
-                "Resources": resources
-            }
-        }
-    });
-    let mut request = agent::CreateContainerRequest::new();
-    from_json(&json, &mut request).expect("request fits the protos");
-    request
+    requests::container_with(id, &rootfs.display().to_string(), args, resources)
+        .expect("request fits the protos")
 }
 
 pub(crate) fn exec_request(
@@ -101,20 +65,8 @@ pub(crate) fn exec_request_with(
     args: &[&str],
     terminal: bool,
 ) -> agent::ExecProcessRequest {
-    let json = json!({
-        "container_id": container,
-        "exec_id": exec,
-        "process": {
-            "Terminal": terminal,
-            "Args": args,
-            "Env": ["PATH=/bin"],
-            "Cwd": "/",
-            "User": {"UID": 0, "GID": 0},
-            "NoNewPrivileges": true
-        }
-    });
-    let mut request = agent::ExecProcessRequest::new();
-    from_json(&json, &mut request).expect("request fits the protos");
+    let mut request = requests::exec(container, exec, args).expect("request fits the protos");
+    request.process.mut_or_insert_default().Terminal = terminal;
     request
 }
 
