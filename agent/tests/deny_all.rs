@@ -11,11 +11,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Agent, ctx, repo_file, status_of};
+use common::{Agent, busybox_rootfs, ctx, repo_file, status_of};
 use peerpod_policy::engine::RPC_ENTRYPOINTS;
 use peerpod_protocols::json::from_json;
 use peerpod_protocols::kata::{agent, agent_ttrpc, health};
@@ -23,25 +23,6 @@ use peerpod_tests::requests;
 use serde_json::json;
 use ttrpc::Code;
 use ttrpc::context;
-
-const BUSYBOX: &str = "/bin/busybox";
-
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    assert!(
-        Path::new(BUSYBOX).is_file(),
-        "{BUSYBOX} is missing: install Debian's busybox-static (make deps does)"
-    );
-    let rootfs = dir.join("rootfs");
-    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(sub)).expect("rootfs dir");
-    }
-    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "echo", "cat", "sleep", "stty"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
-            .expect("applet link");
-    }
-    rootfs
-}
 
 /// A policy that says no to every entrypoint, explicitly.
 fn deny_all_policy() -> String {

@@ -144,3 +144,27 @@ pub fn status_of(result: Result<impl std::fmt::Debug, ttrpc::Error>) -> (Code, S
         other => panic!("expected an RPC status, got {other:?}"),
     }
 }
+
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A root filesystem under `dir` holding Debian's static busybox, its applets the tests run, and
+/// the directories a container needs.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    assert!(
+        Path::new(BUSYBOX).is_file(),
+        "{BUSYBOX} is missing: install Debian's busybox-static (make deps does)"
+    );
+    let rootfs = dir.join("rootfs");
+    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(sub)).expect("rootfs dir");
+    }
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
+    for applet in [
+        "sh", "echo", "cat", "sleep", "id", "hostname", "ls", "wc", "true", "kill", "stty", "tty",
+        "grep", "tail", "readlink",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+            .expect("applet link");
+    }
+    rootfs
+}

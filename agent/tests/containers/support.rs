@@ -8,30 +8,8 @@ use peerpod_protocols::kata::{agent, agent_ttrpc};
 use peerpod_tests::requests::{self, Stream};
 use serde_json::json;
 
+pub(crate) use crate::common::busybox_rootfs;
 use crate::common::{Agent, ctx, repo_file};
-
-pub(crate) const BUSYBOX: &str = "/bin/busybox";
-
-/// A root filesystem holding a static busybox and the directories a container needs.
-pub(crate) fn busybox_rootfs(dir: &Path) -> PathBuf {
-    assert!(
-        Path::new(BUSYBOX).is_file(),
-        "{BUSYBOX} is missing: install Debian's busybox-static (make deps does)"
-    );
-    let rootfs = dir.join("rootfs");
-    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(sub)).expect("rootfs dir");
-    }
-    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
-    for applet in [
-        "sh", "echo", "cat", "sleep", "id", "hostname", "ls", "wc", "true", "kill", "stty", "tty",
-        "grep", "tail", "readlink",
-    ] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
-            .expect("applet link");
-    }
-    rootfs
-}
 
 pub(crate) fn container_request(
     id: &str,
