@@ -3,6 +3,7 @@
 //!
 //! ```sh
 //! simulated-cvm run --flavour snp --dir /tmp/cvm        # prints the vTPM socket and IMDS URL,
+//!                                                       # (--generation genoa: a Genoa part)
 //!                                                       # writes /tmp/cvm/kbs.toml for test-kbs
 //! test-kbs --config /tmp/cvm/kbs.toml
 //! simulated-cvm attest --dir /tmp/cvm --kbs http://127.0.0.1:8080 --resource default/key/demo
@@ -40,6 +41,14 @@ enum FlavourArg {
     Tdx,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GenerationArg {
+    /// AMD EPYC 3rd generation.
+    Milan,
+    /// AMD EPYC 4th generation.
+    Genoa,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start the CVM and keep it running until interrupted (Ctrl-C or SIGTERM).
@@ -47,6 +56,9 @@ enum Command {
         /// Which CVM.
         #[arg(long, value_enum, default_value = "snp")]
         flavour: FlavourArg,
+        /// The SEV-SNP processor generation: the CPUID fields of its reports and its AMD chain.
+        #[arg(long, value_enum, default_value = "milan")]
+        generation: GenerationArg,
         /// State directory: vTPM state and sockets, trust anchors, reference values, and a
         /// `kbs.toml` for `test-kbs`.
         #[arg(long)]
@@ -85,10 +97,11 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run {
             flavour,
+            generation,
             dir,
             for_vm,
             initdata,
-        } => rt.block_on(run(flavour, &dir, for_vm, initdata.as_deref())),
+        } => rt.block_on(run(flavour, generation, &dir, for_vm, initdata.as_deref())),
         Command::Attest {
             dir,
             kbs,
@@ -98,13 +111,23 @@ fn main() -> Result<()> {
     }
 }
 
-async fn run(flavour: FlavourArg, dir: &Path, for_vm: bool, initdata: Option<&Path>) -> Result<()> {
+async fn run(
+    flavour: FlavourArg,
+    generation: GenerationArg,
+    dir: &Path,
+    for_vm: bool,
+    initdata: Option<&Path>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let flavour = match flavour {
         FlavourArg::Snp => Flavour::Snp,
         FlavourArg::Tdx => Flavour::Tdx,
     };
-    let options = CvmOptions::new(flavour, dir);
+    let mut options = CvmOptions::new(flavour, dir);
+    options.snp.generation = match generation {
+        GenerationArg::Milan => peerpod_tee::snp::Generation::Milan,
+        GenerationArg::Genoa => peerpod_tee::snp::Generation::Genoa,
+    };
     let cvm = if for_vm {
         SimulatedCvm::start_for_vm(options)
     } else {
