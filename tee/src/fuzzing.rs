@@ -19,6 +19,7 @@ pub fn evidence_bytes(data: &[u8]) {
     }
     if let Ok(r) = SnpReport::parse(data) {
         let _ = r.signature_p384();
+        let _ = r.generation();
     }
     let _ = TdReport::parse(data);
     let _ = TdReport::hashes_consistent(data);
@@ -31,6 +32,8 @@ pub fn evidence_bytes(data: &[u8]) {
         );
         let _ = q.qe_report_data();
     }
-    let _ = evidence::parse::<AzSnpEvidence>("fuzz", data);
+    if let Ok(e) = evidence::parse::<AzSnpEvidence>("fuzz", data) {
+        let _ = evidence::check_version(e.version);
+    }
     let _ = evidence::parse::<AzTdxEvidence>("fuzz", data);
 }
