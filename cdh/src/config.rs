@@ -29,6 +29,7 @@
 //! offline_fs_kbc_files = ["/etc/aa-offline_fs_kbc-keys.json", "/etc/aa-offline_fs_kbc-resources.json"]
 //! request_timeout_secs = 30       # each request to the KBS or the attestation agent
 //! kbs_timeout_secs = 90           # one resource fetch, with at most one attestation
+//! initdata = "/run/peerpod/initdata.toml"   # sent in the CDH's /attest; default: none
 //! ```
 //!
 //! A missing file, or a file without `[kbc]`, takes the KBS from `AA_KBC_PARAMS` or the kernel
@@ -195,6 +196,8 @@ pub struct CdhConfig {
     pub request_timeout: Duration,
     /// Timeout of one resource fetch from the KBS, with the (at most one) attestation it needs.
     pub kbs_timeout: Duration,
+    /// The initdata document the CDH sends in its `/attest` (the one the TEE was bound to).
+    pub initdata: Option<PathBuf>,
     /// Warnings about the file (unknown keys), for the log.
     pub warnings: Vec<String>,
 }
@@ -220,6 +223,7 @@ impl Default for CdhConfig {
             ],
             request_timeout: Duration::from_secs(30),
             kbs_timeout: Duration::from_secs(90),
+            initdata: None,
             warnings: Vec::new(),
         }
     }
@@ -409,6 +413,7 @@ fn parse_peerpod(
             "credentials_root" => c.credentials_root = PathBuf::from(string(&key, v)?),
             "sealed_secret_key_dir" => c.sealed_secret_key_dir = PathBuf::from(string(&key, v)?),
             "luks_header_dir" => c.luks_header_dir = PathBuf::from(string(&key, v)?),
+            "initdata" => c.initdata = Some(PathBuf::from(string(&key, v)?)),
             "insecure_http" => {
                 c.insecure_http = v
                     .as_bool()
@@ -493,6 +498,7 @@ mod tests {
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.request_timeout, Duration::from_secs(5));
         assert_eq!(c.kbs_timeout, Duration::from_secs(7));
+        assert_eq!(c.initdata, None);
         assert_eq!(
             c.warnings,
             [

@@ -32,14 +32,29 @@ impl Hub {
     /// Sets up the configured key broker client (nothing is contacted yet).
     pub fn new(config: CdhConfig) -> Result<Self, CdhError> {
         let source = match &config.kbc {
-            Some(Kbc::CcKbc { url, cert }) => Some(Source::Kbs(CcKbc::new(
-                url,
-                cert.as_deref(),
-                config.insecure_http,
-                Arc::new(AaClient::new(&config.aa_socket, config.request_timeout)),
-                config.request_timeout,
-                config.kbs_timeout,
-            )?)),
+            Some(Kbc::CcKbc { url, cert }) => {
+                let init_data = match &config.initdata {
+                    Some(path) => {
+                        Some(
+                            std::fs::read_to_string(path).map_err(|source| CdhError::Io {
+                                action: "read the initdata document",
+                                path: path.clone(),
+                                source,
+                            })?,
+                        )
+                    }
+                    None => None,
+                };
+                Some(Source::Kbs(CcKbc::new(
+                    url,
+                    cert.as_deref(),
+                    config.insecure_http,
+                    Arc::new(AaClient::new(&config.aa_socket, config.request_timeout)),
+                    config.request_timeout,
+                    config.kbs_timeout,
+                    init_data,
+                )?))
+            }
             Some(Kbc::OfflineFs) => Some(Source::Offline(OfflineFs::load(
                 &config.offline_fs_kbc_files,
             )?)),

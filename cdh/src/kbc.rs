@@ -156,6 +156,7 @@ pub struct CcKbc {
     tee: tokio::sync::OnceCell<String>,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     fetch_timeout: Duration,
+    init_data: Option<String>,
     attestations: std::sync::atomic::AtomicU64,
 }
 
@@ -168,8 +169,9 @@ pub type AttestError = peerpod_kbs_client::rcar::RcarError<CdhError>;
 impl CcKbc {
     /// The KBS at `url` (trusting only `cert` when given), with evidence from the agent `aa`.
     /// Each HTTP request times out after `timeout`; one fetch, with at most one attestation,
-    /// after `fetch_timeout`. A plain `http://` URL is refused unless `insecure_http`. An
-    /// empty `url` is accepted, as upstream does: each fetch then fails naming `[kbc] url`.
+    /// after `fetch_timeout`. `init_data`, the document the TEE was bound to, goes into each
+    /// `/attest` when given. A plain `http://` URL is refused unless `insecure_http`. An empty
+    /// `url` is accepted, as upstream does: each fetch then fails naming `[kbc] url`.
     pub fn new(
         url: &str,
         cert: Option<&str>,
@@ -177,6 +179,7 @@ impl CcKbc {
         aa: Arc<AaClient>,
         timeout: Duration,
         fetch_timeout: Duration,
+        init_data: Option<String>,
     ) -> Result<Self, CdhError> {
         peerpod_kbs_client::check_scheme(
             url,
@@ -198,6 +201,7 @@ impl CcKbc {
             tee: tokio::sync::OnceCell::new(),
             session: tokio::sync::Mutex::new(None),
             fetch_timeout,
+            init_data,
             attestations: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -223,7 +227,7 @@ impl CcKbc {
             base: &self.url,
             tee: &tee,
             key: &key,
-            init_data: None,
+            init_data: self.init_data.as_deref(),
         };
         let aa = Arc::clone(&self.aa);
         let token = handshake

@@ -154,3 +154,67 @@ async fn a_hung_kbs_is_bounded_by_kbs_timeout_secs() {
         "{took:?}"
     );
 }
+
+const INITDATA: &str =
+    "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"note\" = \"cdh\"\n";
+
+/// The attestation agent on `dir/aa.sock`, having bound `initdata` into PCR 8.
+async fn aa_bound_to(dir: &std::path::Path, kbs_url: &str, cvm: &SimulatedCvm) -> Aa {
+    use sha2::Digest;
+    let aa = Aa::start(dir, kbs_url, cvm).await;
+    let channel = ttrpc::r#async::Client::connect(&format!("unix://{}", aa.socket.display()))
+        .await
+        .expect("AA");
+    let client =
+        peerpod_protocols::aa::attestation_agent_ttrpc::AttestationAgentServiceClient::new(channel);
+    client
+        .bind_init_data(
+            ctx(),
+            &peerpod_protocols::aa::attestation_agent::BindInitDataRequest {
+                Digest: sha2::Sha256::digest(INITDATA.as_bytes()).to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("BindInitData");
+    aa
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_initdata_goes_into_the_cdhs_attestation() {
+    let dir = ScratchDir::new("cdh-initdata").expect("scratch");
+    let cvm = SimulatedCvm::start(CvmOptions::new(Flavour::Snp, dir.path())).expect("CVM");
+    let mut options = KbsOptions::for_cvm(&cvm, Some(INITDATA.as_bytes())).expect("KBS options");
+    options
+        .resources
+        .insert("default/key/pod".into(), SECRET.to_vec());
+    let kbs = RunningKbs::start(options, "127.0.0.1:0", None).expect("KBS");
+    let aa = aa_bound_to(dir.path(), &kbs.url(), &cvm).await;
+
+    // The document the TEE was bound to: the KBS recomputes its digest, checks PCR 8, passes.
+    std::fs::write(dir.path().join("initdata.toml"), INITDATA).expect("initdata");
+    let extra = format!("initdata = \"{}/initdata.toml\"\n", dir.path().display());
+    let toml = cdh_toml(dir.path(), &kbs.url(), &aa.socket, "").replace(
+        "insecure_http = true\n",
+        &format!("insecure_http = true\n{extra}"),
+    );
+    {
+        let cdh = Cdh::start(dir.path(), &toml);
+        let client = GetResourceServiceClient::new(cdh.connect().await);
+        assert_eq!(get(&client, URI).await.expect("resource"), SECRET);
+    }
+
+    // Another document: the KBS's initdata check refuses the attestation, so it was sent.
+    std::fs::write(
+        dir.path().join("initdata.toml"),
+        INITDATA.replace("cdh", "not what was measured"),
+    )
+    .expect("initdata");
+    // The stopped CDH left its socket file behind.
+    let _ = std::fs::remove_file(dir.path().join("cdh.sock"));
+    let cdh = Cdh::start(dir.path(), &toml);
+    let client = GetResourceServiceClient::new(cdh.connect().await);
+    let err = get(&client, URI).await.expect_err("other initdata");
+    assert_eq!(code(&err), ttrpc::Code::PERMISSION_DENIED, "{err:?}");
+    assert!(message(&err).contains("initdata check failed"), "{err:?}");
+}
