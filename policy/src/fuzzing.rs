@@ -118,3 +118,25 @@ pub fn policy_differential(data: &[u8]) {
         panic!("the engine diverged from the reference: {divergence}");
     }
 }
+
+/// Arbitrary bytes as a policy text (as `SetPolicy` or initdata would bring it): loading must
+/// never panic, the engine must load no text the reference interpreter refuses (in Rego v1, or
+/// v0 for the older policies the engine also reads; the load-time reading of constant documents
+/// included), and where both load they must decide an exec request alike.
+pub fn policy_text(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let engine = AgentPolicy::load(&text).ok();
+    let reference = Reference::load(&text).or_else(|| Reference::load_dialect(&text, true));
+    assert!(
+        engine.is_none() || reference.is_some(),
+        "the engine loaded a text the reference refuses: {text:?}"
+    );
+    if let (Some(engine), Some(mut reference)) = (engine, reference) {
+        let input = serde_json::json!({"container_id": "c1", "n": 1});
+        assert_eq!(
+            engine.decide("ExecProcessRequest", &input).is_allowed(),
+            reference.decide("ExecProcessRequest", &input).allowed,
+            "the engine and the reference disagree on a decision"
+        );
+    }
+}

@@ -60,6 +60,46 @@ fn policy_engine_survives_mutations_and_evaluators_agree() {
     }
 }
 
+/// Policy texts: the example policies, and one with a constant document large enough to be
+/// read as JSON at load.
+fn policy_text_seeds() -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/examples");
+    let mut seeds: Vec<Vec<u8>> = [
+        "allow-all.rego",
+        "allow-all-except-exec.rego",
+        "stateful.rego",
+    ]
+    .iter()
+    .map(|name| std::fs::read(dir.join(name)).expect("example policy"))
+    .collect();
+    let items: Vec<String> = (0..400)
+        .map(|i| format!("{{\"id\": {i}, \"s\": \"v{i}\"}}"))
+        .collect();
+    seeds.push(
+        format!(
+            "package agent_policy\nimport rego.v1\nconsts := {{\"items\": [{}]}}\n\
+             default ExecProcessRequest := false\n\
+             ExecProcessRequest if consts.items[input.n].id == input.n\n",
+            items.join(",\n")
+        )
+        .into_bytes(),
+    );
+    seeds
+}
+
+#[test]
+fn policy_texts_load_alike_in_the_engine_and_the_reference() {
+    let seeds = policy_text_seeds();
+    let mut rng = Rng(0x5eed_0003);
+    for seed in &seeds {
+        fuzzing::policy_text(seed);
+    }
+    for _ in 0..300 {
+        let seed = &seeds[rng.below(seeds.len())];
+        fuzzing::policy_text(&mutate(&mut rng, seed, &seeds));
+    }
+}
+
 fn tpm_seeds() -> Vec<Vec<u8>> {
     use peerpod_tpm::frame::{CommandBuilder, ResponseBuilder, cc};
     use peerpod_tpm::types::{PcrSelection, Public, alg};

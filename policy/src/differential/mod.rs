@@ -35,7 +35,13 @@ pub struct RefDecision {
 impl Reference {
     /// Loads `text` with an empty state; `None` when the interpreter refuses the text.
     pub fn load(text: &str) -> Option<Self> {
+        Self::load_dialect(text, false)
+    }
+
+    /// Like [`Reference::load`], reading the text as Rego v0 when `rego_v0` is set.
+    pub fn load_dialect(text: &str, rego_v0: bool) -> Option<Self> {
         let mut engine = regorus::Engine::new();
+        engine.set_rego_v0(rego_v0);
         engine.set_strict_builtin_errors(false);
         engine.set_gather_prints(true);
         engine.set_policy_length_config(regorus::PolicyLengthConfig {

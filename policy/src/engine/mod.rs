@@ -498,13 +498,6 @@ fn interpret(value: Value) -> Outcome {
 /// A value's JSON, cut to a length fit for an error message.
 fn short(value: &serde_json::Value) -> String {
     let mut text = value.to_string();
-    if text.len() > 120 {
-        let mut cut = 117;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("...");
-    }
+    peerpod_text::clip(&mut text, 120);
     text
 }
