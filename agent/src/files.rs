@@ -235,7 +235,7 @@ impl CopyFiles {
         if upload.started == 0 {
             upload.started = uploads.started;
         }
-        if uploads.by_path.len() >= MAX_UPLOADS {
+        if !uploads.by_path.contains_key(path) && uploads.by_path.len() >= MAX_UPLOADS {
             let oldest = uploads
                 .by_path
                 .iter()
@@ -246,7 +246,10 @@ impl CopyFiles {
                 dropped.discard();
             }
         }
-        uploads.by_path.insert(path.to_owned(), upload);
+        // Two first chunks for one path raced: the one replaced is discarded, not left behind.
+        if let Some(replaced) = uploads.by_path.insert(path.to_owned(), upload) {
+            replaced.discard();
+        }
     }
 }
 

@@ -365,3 +365,29 @@ fn contained_symlink_targets() {
         assert!(!is_contained_symlink_target(bad), "{bad}");
     }
 }
+
+/// Two first chunks for one path that race (the host sends them at once; each handler finds no
+/// upload in progress and starts one): the upload that is replaced leaves no temporary file.
+#[test]
+fn a_replaced_upload_leaves_no_temporary_file() {
+    let (root, _) = dirs("replaced");
+    let files = CopyFiles::new(&root);
+    let path = root.join("f");
+    let dir = files
+        .open_parent(Path::new(""), &request(&path, b"", 0, 2, 0o100_644))
+        .expect("root");
+    for _ in 0..2 {
+        let dir = dir.try_clone().expect("dir");
+        let (temp, file) = create_temp(&dir, OsStr::new("f"), &path).expect("temp");
+        let upload = Upload {
+            dir,
+            temp,
+            file,
+            size: 2,
+            started: 0,
+        };
+        files.keep_upload(&path, upload);
+    }
+    let temps = std::fs::read_dir(&root).expect("list").count();
+    assert_eq!(temps, 1, "only the upload kept has a temporary file");
+}
