@@ -247,17 +247,21 @@ const CAPABILITY_SETS: &[&str] = &[
 ];
 
 /// Capability names as upstream accepts them: a JSON-quoted name is unquoted (`oci_spec` takes
-/// care of the optional `CAP_` prefix and of case).
+/// care of the optional `CAP_` prefix and of case). Only a plain quoted name is unquoted: with
+/// escapes inside (`"CAP_SYS_\u0041DMIN"`) the policy would have judged one text and the agent
+/// run another, so such a name is left as it is, and refused as no capability.
 fn capabilities(item: Value) -> Value {
     match item {
         Value::Array(names) => Value::Array(
             names
                 .into_iter()
                 .map(|name| match name {
-                    Value::String(s) => match serde_json::from_str::<String>(&s) {
-                        Ok(unquoted) => Value::String(unquoted),
-                        Err(_) => Value::String(s),
-                    },
+                    Value::String(s) if !s.contains('\\') => {
+                        match serde_json::from_str::<String>(&s) {
+                            Ok(unquoted) => Value::String(unquoted),
+                            Err(_) => Value::String(s),
+                        }
+                    }
                     other => other,
                 })
                 .collect(),
@@ -595,7 +599,22 @@ mod tests {
             .and_then(|p| p.capabilities().as_ref())
             .and_then(|c| c.bounding().clone())
             .expect("bounding set");
-        assert_eq!(bounding.len(), 3, "{bounding:?}");
+        let mut names: Vec<String> = bounding.iter().map(|c| c.to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["CHOWN", "KILL", "SETUID"]);
+        // A quoted name with escapes would be one text to the policy and another here.
+        request
+            .OCI
+            .mut_or_insert_default()
+            .Process
+            .mut_or_insert_default()
+            .Capabilities
+            .mut_or_insert_default()
+            .Bounding = vec!["\"CAP_SYS_\\u0041DMIN\"".into()];
+        assert!(
+            oci_spec(&request.OCI).is_err(),
+            "an escaped name is refused"
+        );
     }
 
     fn exec(json: serde_json::Value) -> protobuf::MessageField<oci::Process> {
