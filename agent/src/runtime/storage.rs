@@ -156,11 +156,11 @@ fn checked_path(text: &str, field: &str) -> Result<PathBuf, AgentError> {
 /// Remounts `top` and every mount below it with `flags` added. A remount replaces a mount's
 /// flags, so those each one already has (from its source) are kept: a storage never ends up
 /// with fewer restrictions than what it binds.
+/// A mount whose flags or whose sub-mounts cannot be read fails the storage rather than being
+/// remounted with fewer restrictions, or only partly.
 fn remount_tree(top: &Path, flags: MsFlags) -> nix::Result<()> {
-    for target in mounts_at_or_below(top) {
-        let kept = nix::sys::statvfs::statvfs(&target)
-            .map(|s| mount_flags(s.flags()))
-            .unwrap_or_else(|_| MsFlags::empty());
+    for target in mounts_at_or_below(top)? {
+        let kept = mount_flags(nix::sys::statvfs::statvfs(&target)?.flags());
         mount(
             None::<&str>,
             &target,
@@ -174,9 +174,11 @@ fn remount_tree(top: &Path, flags: MsFlags) -> nix::Result<()> {
 
 /// The mount points at or below `top`, in mount order (parents first), from
 /// `/proc/self/mountinfo`.
-fn mounts_at_or_below(top: &Path) -> Vec<PathBuf> {
-    let top = std::fs::canonicalize(top).unwrap_or_else(|_| top.to_owned());
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+fn mounts_at_or_below(top: &Path) -> nix::Result<Vec<PathBuf>> {
+    let errno =
+        |e: std::io::Error| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO));
+    let top = std::fs::canonicalize(top).map_err(errno)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(errno)?;
     let mut targets: Vec<PathBuf> = mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
@@ -187,7 +189,7 @@ fn mounts_at_or_below(top: &Path) -> Vec<PathBuf> {
     if targets.is_empty() {
         targets.push(top);
     }
-    targets
+    Ok(targets)
 }
 
 /// A mountinfo path field: the kernel writes space, tab, newline and backslash as `\ooo`.
