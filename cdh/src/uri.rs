@@ -9,6 +9,9 @@ use std::fmt;
 
 use peerpod_kbs_protocol::messages::ResourcePath;
 
+/// The longest authority and query accepted.
+const MAX_PART: usize = 256;
+
 /// A parsed resource URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceUri {
@@ -43,10 +46,19 @@ impl ResourceUri {
         let (authority, rest) = rest
             .split_once('/')
             .ok_or_else(|| err("no path after the authority"))?;
-        if authority.contains(['@', ' ', '\\']) {
+        // The URI comes from the host (a request or a sealed secret's kid) and is quoted in
+        // errors and logs: host[:port] characters only, and a printable query, both short.
+        let host_char =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '[' | ']');
+        if authority.len() > MAX_PART || !authority.chars().all(host_char) {
             return Err(err("the authority must be host[:port]"));
         }
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if query.len() > MAX_PART || !query.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(err(
+                "the query must be printable ASCII of at most 256 bytes",
+            ));
+        }
         let path = ResourcePath::parse(path).map_err(|e| err(&e.to_string()))?;
         Ok(Self {
             authority: authority.to_string(),
@@ -87,6 +99,8 @@ mod tests {
 
     #[test]
     fn forms_that_do_not() {
+        let long_query = format!("kbs:///a/b/c?{}", "x".repeat(257));
+        let long_host = format!("kbs://{}/a/b/c", "h".repeat(257));
         for text in [
             "http:///a/b/c",
             "kbs://a/b/c",
@@ -96,6 +110,12 @@ mod tests {
             "kbs:///a/b/.hidden",
             "kbs://user@host/a/b/c",
             "kbs:///a//c",
+            "kbs://host\nforged log line/a/b/c",
+            "kbs://ho\u{1b}[31mst/a/b/c",
+            "kbs:///a/b/c?x=1\nforged",
+            "kbs:///a/b/c?x=\u{7f}",
+            long_query.as_str(),
+            long_host.as_str(),
             "",
         ] {
             let err = ResourceUri::parse(text).expect_err(text);
