@@ -195,7 +195,7 @@ impl AttestationAgent {
         if !status.is_success() {
             return Err(AaError::Service(format!(
                 "attestation service answered {status}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                peerpod_kbs_client::printable(&String::from_utf8_lossy(&bytes), 200)
             )));
         }
         Ok(bytes.to_vec())

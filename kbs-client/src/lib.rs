@@ -227,8 +227,9 @@ pub async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, Statu
     })
 }
 
-/// At most `max` characters of `text`, control characters replaced: KBS text goes into logs.
-fn printable(text: &str, max: usize) -> String {
+/// At most `max` characters of `text`, control characters replaced: text from a KBS or an
+/// attestation service goes into logs and errors.
+pub fn printable(text: &str, max: usize) -> String {
     text.chars()
         .take(max)
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -2,17 +2,21 @@
 
 /// Cuts `text` to at most `max` bytes when it is longer: it keeps the longest prefix of at most
 /// `max - 3` bytes that ends on a character boundary and appends `...`. Text of `max` bytes or
-/// fewer is left alone. For quoting values in error messages.
+/// fewer is left alone; below 3 bytes there is no room for the mark and the text is only cut.
+/// For quoting values in error messages.
 pub fn clip(text: &mut String, max: usize) {
     if text.len() <= max {
         return;
     }
-    let mut cut = max.saturating_sub(3);
+    let marked = max >= 3;
+    let mut cut = if marked { max - 3 } else { max };
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
     text.truncate(cut);
-    text.push_str("...");
+    if marked {
+        text.push_str("...");
+    }
 }
 
 #[cfg(test)]
@@ -30,7 +34,8 @@ mod tests {
         assert_eq!(clipped("abcdef", 6), "abcdef");
         assert_eq!(clipped("abcdefg", 6), "abc...");
         assert_eq!(clipped("", 0), "");
-        assert_eq!(clipped("ab", 1), "...");
+        assert_eq!(clipped("ab", 1), "a");
+        assert_eq!(clipped("abcd", 3), "...");
     }
 
     #[test]

@@ -189,7 +189,12 @@ impl AzureVtpm {
                             })?;
                     return serde_json::from_slice::<Value>(&body).map_err(|e| AttestError::Imds {
                         what,
-                        detail: format!("the reply is not JSON: {e}"),
+                        // Where, not the parser's complaint: that would quote the reply.
+                        detail: format!(
+                            "the reply is not JSON (line {}, column {})",
+                            e.line(),
+                            e.column()
+                        ),
                     });
                 }
                 Err(e) => {
