@@ -128,6 +128,12 @@ pub fn loggable(reason: &str) -> String {
     out
 }
 
+/// A path from a request, for an error message: quoted as `{:?}` quotes it, so that the log line
+/// of a failed request leaves it out (see [`loggable`]) while the caller still gets it.
+pub fn quoted(path: &std::path::Path) -> String {
+    format!("{path:?}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

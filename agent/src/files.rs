@@ -130,7 +130,7 @@ impl CopyFiles {
             let Component::Normal(name) = component else {
                 return Err(AgentError::InvalidArgument(format!(
                     "CopyFile path {} has a component that is not a plain name",
-                    current.display()
+                    crate::error::quoted(&current)
                 )));
             };
             current.push(name);
@@ -140,7 +140,7 @@ impl CopyFiles {
                     match mkdirat(&dir, name, Mode::from_bits_truncate(0o700)) {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => {
-                            let what = format!("cannot create {}", current.display());
+                            let what = format!("cannot create {}", crate::error::quoted(&current));
                             return Err(AgentError::internal(what, e));
                         }
                     }
@@ -195,14 +195,14 @@ impl CopyFiles {
             let upload = self.take_upload(path).ok_or_else(|| {
                 AgentError::FailedPrecondition(format!(
                     "no upload of {} is in progress for the chunk at offset {offset}",
-                    path.display()
+                    crate::error::quoted(path)
                 ))
             })?;
             if upload.size != size {
                 upload.discard();
                 return Err(AgentError::InvalidArgument(format!(
                     "the file size changed during the upload of {}",
-                    path.display()
+                    crate::error::quoted(path)
                 )));
             }
             upload
@@ -210,7 +210,7 @@ impl CopyFiles {
 
         if let Err(e) = upload.file.write_all_at(&request.data, offset) {
             upload.discard();
-            let what = format!("cannot write {}", path.display());
+            let what = format!("cannot write {}", crate::error::quoted(path));
             return Err(AgentError::internal(what, e));
         }
         if end < size {
@@ -308,9 +308,9 @@ fn beneath_error(path: &Path, errno: Errno) -> AgentError {
         Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => AgentError::InvalidArgument(format!(
             "CopyFile path {} is a symlink, a mount point or not a directory; CopyFile does not \
              follow symlinks or enter mounts",
-            path.display()
+            crate::error::quoted(path)
         )),
-        e => AgentError::internal(format!("cannot open {}", path.display()), e),
+        e => AgentError::internal(format!("cannot open {}", crate::error::quoted(path)), e),
     }
 }
 
@@ -326,7 +326,7 @@ fn make_dir(
         Ok(()) | Err(Errno::ENOENT | Errno::EISDIR) => {}
         Err(e) => {
             return Err(AgentError::internal(
-                format!("cannot replace {}", path.display()),
+                format!("cannot replace {}", crate::error::quoted(path)),
                 e,
             ));
         }
@@ -334,7 +334,7 @@ fn make_dir(
     match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => {
-            let what = format!("cannot create {}", path.display());
+            let what = format!("cannot create {}", crate::error::quoted(path));
             return Err(AgentError::internal(what, e));
         }
     }
@@ -370,18 +370,21 @@ fn make_symlink(
                 .and_then(|()| renameat(parent, temp.as_os_str(), parent, name));
                 return owned.map_err(|e| {
                     let _ = unlinkat(parent, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-                    AgentError::internal(format!("cannot create the symlink {}", path.display()), e)
+                    AgentError::internal(
+                        format!("cannot create the symlink {}", crate::error::quoted(path)),
+                        e,
+                    )
                 });
             }
             Err(Errno::EEXIST) => last = Errno::EEXIST,
             Err(e) => {
-                let what = format!("cannot create the symlink {}", path.display());
+                let what = format!("cannot create the symlink {}", crate::error::quoted(path));
                 return Err(AgentError::internal(what, e));
             }
         }
     }
     Err(AgentError::internal(
-        format!("cannot create the symlink {}", path.display()),
+        format!("cannot create the symlink {}", crate::error::quoted(path)),
         last,
     ))
 }
@@ -400,13 +403,19 @@ fn create_temp(
             Ok(fd) => return Ok((temp, std::fs::File::from(fd))),
             Err(Errno::EEXIST) => last = Errno::EEXIST,
             Err(e) => {
-                let what = format!("cannot create a temporary file for {}", path.display());
+                let what = format!(
+                    "cannot create a temporary file for {}",
+                    crate::error::quoted(path)
+                );
                 return Err(AgentError::internal(what, e));
             }
         }
     }
     Err(AgentError::internal(
-        format!("cannot create a temporary file for {}", path.display()),
+        format!(
+            "cannot create a temporary file for {}",
+            crate::error::quoted(path)
+        ),
         last,
     ))
 }
@@ -431,10 +440,14 @@ fn finish(
     request: &CopyFileRequest,
 ) -> Result<(), AgentError> {
     set_mode_and_owner(&upload.file, request.file_mode & 0o7777, request, path)?;
-    fsync(upload.file.as_fd())
-        .map_err(|e| AgentError::internal(format!("cannot write {}", path.display()), e))?;
+    fsync(upload.file.as_fd()).map_err(|e| {
+        AgentError::internal(format!("cannot write {}", crate::error::quoted(path)), e)
+    })?;
     renameat(&upload.dir, upload.temp.as_os_str(), &upload.dir, name).map_err(|e| {
-        AgentError::internal(format!("cannot move the file into {}", path.display()), e)
+        AgentError::internal(
+            format!("cannot move the file into {}", crate::error::quoted(path)),
+            e,
+        )
     })
 }
 
@@ -445,10 +458,17 @@ fn set_mode_and_owner(
     path: &Path,
 ) -> Result<(), AgentError> {
     fchmod(fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| {
-        AgentError::internal(format!("cannot set the mode of {}", path.display()), e)
+        AgentError::internal(
+            format!("cannot set the mode of {}", crate::error::quoted(path)),
+            e,
+        )
     })?;
-    fchown(fd.as_fd(), uid(request), gid(request))
-        .map_err(|e| AgentError::internal(format!("cannot set the owner of {}", path.display()), e))
+    fchown(fd.as_fd(), uid(request), gid(request)).map_err(|e| {
+        AgentError::internal(
+            format!("cannot set the owner of {}", crate::error::quoted(path)),
+            e,
+        )
+    })
 }
 
 fn dir_mode(mode: u32) -> u32 {

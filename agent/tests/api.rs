@@ -432,9 +432,10 @@ async fn a_failed_request_is_logged_without_what_it_carried() {
     assert_eq!(code, Code::NOT_FOUND);
     assert!(message.contains(PLANTED), "the caller is told: {message}");
     // A secret environment value in a container request that fails (no such root).
+    // Its root filesystem path, which the error names, carries the value too.
+    let rootfs = format!("/nonexistent/{PLANTED}/rootfs");
     let mut create =
-        peerpod_tests::requests::container("failing", "/nonexistent/rootfs", &["/bin/true"])
-            .expect("request");
+        peerpod_tests::requests::container("failing", &rootfs, &["/bin/true"]).expect("request");
     if let Some(process) = create.OCI.as_mut().and_then(|s| s.Process.as_mut()) {
         process.Env.push(format!("DB_PASSWORD={PLANTED}"));
     }
@@ -452,6 +453,16 @@ async fn a_failed_request_is_logged_without_what_it_carried() {
     bad.OCI = protobuf::MessageField::some(spec);
     let (code, _) = status_of(client.create_container(ctx(), &bad).await);
     assert_ne!(code, Code::OK);
+    // A CopyFile path the error names (outside this agent's copy root, so refused).
+    let mut copy = agent::CopyFileRequest::new();
+    copy.path = format!("/run/kata-containers/shared/containers/{PLANTED}-file");
+    copy.offset = 1;
+    copy.file_size = 2;
+    copy.file_mode = 0o100_644;
+    copy.data = b"x".to_vec();
+    let (code, message) = status_of(client.copy_file(ctx(), &copy).await);
+    assert_ne!(code, Code::OK, "{message}");
+    assert!(message.contains(PLANTED), "the caller is told: {message}");
     // Stdin data for a process that is not there.
     let write = peerpod_tests::requests::write_stdin("nope", "nope", PLANTED.as_bytes());
     let (code, _) = status_of(client.write_stdin(ctx(), &write).await);

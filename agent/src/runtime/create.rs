@@ -95,7 +95,7 @@ impl Runtime {
         if !root_path.is_dir() {
             return Err(AgentError::FailedPrecondition(format!(
                 "the container's root filesystem {} does not exist; prepare it with a storage",
-                root_path.display()
+                crate::error::quoted(&root_path)
             )));
         }
         self.rewrite(id, spec);

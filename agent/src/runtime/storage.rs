@@ -48,8 +48,12 @@ pub(crate) fn prepare_all(storages: &[Storage]) -> Result<Vec<Mounted>, AgentErr
 /// Prepares one storage.
 fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
     let mount_point = checked_path(&storage.mount_point, "mount_point")?;
-    std::fs::create_dir_all(&mount_point)
-        .map_err(|e| AgentError::internal(format!("cannot create {}", mount_point.display()), e))?;
+    std::fs::create_dir_all(&mount_point).map_err(|e| {
+        AgentError::internal(
+            format!("cannot create {}", crate::error::quoted(&mount_point)),
+            e,
+        )
+    })?;
     match storage.driver.as_str() {
         "local" => Ok(Mounted {
             mount_point,
@@ -76,7 +80,10 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
             )
             .map_err(|e| {
                 AgentError::internal(
-                    format!("cannot mount tmpfs on {}", mount_point.display()),
+                    format!(
+                        "cannot mount tmpfs on {}",
+                        crate::error::quoted(&mount_point)
+                    ),
                     e,
                 )
             })?;
@@ -99,8 +106,8 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
                 AgentError::internal(
                     format!(
                         "cannot bind {} on {}",
-                        source.display(),
-                        mount_point.display()
+                        crate::error::quoted(&source),
+                        crate::error::quoted(&mount_point)
                     ),
                     e,
                 )
@@ -121,7 +128,7 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
                     format!(
                         "cannot apply {:?} to the bind mount on {}",
                         storage.options,
-                        mounted.mount_point.display()
+                        crate::error::quoted(&mounted.mount_point)
                     ),
                     e,
                 ));
