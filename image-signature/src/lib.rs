@@ -1,0 +1,3 @@
+//! Container image signature policy (containers policy.json): simple signing and cosign.
+//!
+//! Not built yet: this crate is being written.

@@ -1,0 +1,3 @@
+//! Pod VM provisioning from user data (process-user-data).
+//!
+//! Not built yet: this crate is being written.
