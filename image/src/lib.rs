@@ -1,3 +1,45 @@
-//! OCI images for peer-pod VMs: pull, verify, decrypt and unpack container images in the guest.
+//! OCI images for peer-pod VMs: the registry client and the pull pipeline the confidential
+//! data hub's `PullImage` runs. The worker node never sees the image; every byte of it comes
+//! from a registry the host can impersonate, so every byte is checked before it is used.
 //!
-//! **Not built yet.** This crate holds no working code until the image issue lands.
+//! - [`reference`]: image references (`docker.io` and `library/` defaults, tags, digests).
+//! - [`config`]: the `[image]` table of `cdh.toml` with image-rs's keys and defaults.
+//! - [`auth`]: credentials from a containers `auth.json`; [`challenge`]: `WWW-Authenticate`.
+//! - [`registries`]: `registries.conf` mirrors, remapping, blocking and insecure registries.
+//! - [`manifest`]: OCI and Docker v2 schema 2 manifests and indexes (the guest's platform is
+//!   chosen), configurations, layer media types, and the size and count bounds.
+//! - [`client`]: the HTTP client (rustls; extra roots; proxies) and per-repository sessions
+//!   (Bearer tokens or Basic, retries with backoff, bounded replies).
+//! - [`pull`]: [`Puller`] — layers fetched concurrently, each in one pass: the blob is hashed
+//!   as it streams, resumed with `Range` after a dropped connection, decompressed (gzip, zstd
+//!   or none) and hashed again against its diff_id on its way into the layer store
+//!   ([`stream`]); layers the store has are not fetched, and two pulls sharing a layer fetch it
+//!   once. The root filesystem is mounted at `bundle/rootfs`; [`Puller::release`] undoes it.
+//! - [`store`]: the [`Layers`] trait the puller writes into; [`resources`]: `kbs://` and
+//!   `file://` configuration files through the embedding program's KBS client.
+//!
+//! Not built yet (refused, never skipped): with an image security policy configured
+//! (`image_security_policy_uri`), every pull is refused until signature verification is
+//! wired in; an image with an encrypted layer (`+encrypted`) is refused until decryption is.
+
+pub mod auth;
+pub mod challenge;
+pub mod client;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod pull;
+pub mod reference;
+pub mod registries;
+pub mod resources;
+pub mod store;
+pub mod stream;
+
+pub use config::ImageConfig;
+pub use digest::Digest;
+pub use error::ImageError;
+pub use pull::{PullOutcome, Puller};
+pub use reference::Reference;
+pub use resources::Resources;
+pub use store::Layers;

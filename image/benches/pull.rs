@@ -1,0 +1,2 @@
+//! Placeholder until the pull benchmark is written.
+fn main() {}

@@ -1,0 +1,24 @@
+//! What the puller needs from a layer store, as a trait so the pipeline is independent of how
+//! layers are unpacked and mounted. [`crate::LayerDirStore`] implements it over
+//! `peerpod-image-layer` once that crate is in; tests may implement it too.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use crate::digest::Digest;
+
+/// A store of unpacked layers, shared by diff_id.
+pub trait Layers: Send + Sync + 'static {
+    /// Whether the layer is already unpacked.
+    fn contains(&self, diff_id: &Digest) -> bool;
+    /// Unpacks the tar read from `tar` as `diff_id`. Must read `tar` to EOF before making the
+    /// layer visible: the reader verifies both digests only there, and a failed read means
+    /// the layer must be discarded.
+    fn install(&self, diff_id: &Digest, tar: &mut dyn Read) -> io::Result<()>;
+    /// Mounts the layers (lowest first) as `bundle/rootfs`.
+    fn mount_rootfs(&self, diff_ids: &[Digest], bundle: &Path) -> io::Result<()>;
+    /// Unmounts `bundle/rootfs`.
+    fn unmount_rootfs(&self, bundle: &Path) -> io::Result<()>;
+    /// Removes the layers no mounted bundle uses; `in_use` are those still needed.
+    fn gc(&self, in_use: &[Digest]) -> io::Result<()>;
+}
