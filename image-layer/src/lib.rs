@@ -1,3 +1,29 @@
-//! OCI layer unpacking (hostile-input proof), the layer store shared by digest, overlay rootfs mounts.
+//! OCI image layers in the pod VM: hostile-input-proof unpacking, a store of unpacked layers
+//! shared by diff ID, and overlayfs root filesystems over them.
 //!
-//! Not built yet: this crate is being written.
+//! - [`unpack`] writes an uncompressed tar stream beneath a directory and nowhere else (see its
+//!   documentation for what is refused), turning OCI whiteouts into overlayfs's form.
+//! - [`LayerStore`] keeps each layer once under `<work_dir>/layers/<algorithm>/<hex>`,
+//!   installed atomically from a stream ([`LayerStore::install`]), mounts a bundle's
+//!   `rootfs` as an overlay of its layers with a private upper and work directory
+//!   ([`LayerStore::mount_rootfs`]), and deletes layers no mounted bundle uses
+//!   ([`LayerStore::gc`]).
+//!
+//! Everything here is blocking `std::io`; async callers run it on a blocking thread. The image
+//! puller (`peerpod-image`) fetches, verifies and decompresses; this crate never sees
+//! compressed or unverified bytes except through the reader it is handed, which it reads to
+//! the end so the reader's own digest check can fail the install.
+
+mod digest;
+mod entry;
+mod error;
+mod fsops;
+mod options;
+mod overlay;
+mod store;
+mod unpack;
+
+pub use error::LayerError;
+pub use options::{UnpackOptions, UnpackStats};
+pub use store::{GcStats, INSTALL_GRACE, LayerStore};
+pub use unpack::unpack;

@@ -1,0 +1,71 @@
+//! What an unpack may do and how much, and what it did.
+
+/// Limits and choices for [`unpack`](crate::unpack) and [`LayerStore::install`](crate::LayerStore::install).
+///
+/// The defaults fit a real-world image layer in a pod VM: device nodes refused, ownership kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackOptions {
+    /// Most tar headers read (extension headers included). Default 1,000,000.
+    pub max_entries: u64,
+    /// Most bytes of entry data in the archive (file contents and metadata records), and of
+    /// padding after the end-of-archive marker. Default 32 GiB.
+    pub max_total_bytes: u64,
+    /// Longest entry name or link target in bytes. Default 4096 (Linux `PATH_MAX`).
+    pub max_path_bytes: usize,
+    /// Most bytes of extended attributes (names and values) on one entry. Default 64 KiB
+    /// (Linux's largest single value).
+    pub max_xattr_bytes: usize,
+    /// Largest PAX extended header or GNU long name/link record, read into memory.
+    /// Default 1 MiB.
+    pub max_metadata_bytes: u64,
+    /// Create character and block device entries (never in a normal image). Default `false`:
+    /// a layer with a device node is refused. Overlay whiteouts are made either way.
+    pub allow_devices: bool,
+    /// Give entries the owner and group recorded in the archive (needs `CAP_CHOWN`). Default
+    /// `true`; with `false` everything belongs to the unpacking user.
+    pub keep_ownership: bool,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        Self {
+            max_entries: 1_000_000,
+            max_total_bytes: 32 << 30,
+            max_path_bytes: 4096,
+            max_xattr_bytes: 64 << 10,
+            max_metadata_bytes: 1 << 20,
+            allow_devices: false,
+            keep_ownership: true,
+        }
+    }
+}
+
+/// What an unpack wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnpackStats {
+    /// Entries applied (extension headers not counted).
+    pub entries: u64,
+    /// Bytes of regular file contents written.
+    pub bytes: u64,
+    /// Regular files written.
+    pub files: u64,
+    /// Directories created or updated.
+    pub dirs: u64,
+    /// Symbolic links made.
+    pub symlinks: u64,
+    /// Hard links made.
+    pub hardlinks: u64,
+    /// Device nodes and FIFOs made.
+    pub special: u64,
+    /// Overlay whiteouts made from `.wh.<name>` entries.
+    pub whiteouts: u64,
+    /// Directories marked opaque from `.wh..wh..opq` entries.
+    pub opaque_dirs: u64,
+    /// Extended attributes not applied: overlayfs's own (`trusted.overlay.*`,
+    /// `user.overlay.*`, which a layer must not forge) and those the filesystem does not
+    /// support.
+    pub xattrs_dropped: u64,
+    /// Bytes read after the end-of-archive marker.
+    pub trailing_bytes: u64,
+}

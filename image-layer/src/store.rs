@@ -1,0 +1,389 @@
+//! The layer store: unpacked layers shared by diff ID, bundles' overlay mounts, and garbage
+//! collection.
+//!
+//! Layout under the work directory:
+//!
+//! ```text
+//! layers/<algorithm>/<hex>/      one unpacked layer, read-only in use (an overlay lower dir)
+//! layers/.tmp/                    layers being unpacked, renamed into place when complete
+//! overlay/<sha256 of bundle>/     per bundle: upper/, work/, `layers` (its diff IDs), `bundle`
+//! .lock                           flock taken by mount, unmount and gc
+//! ```
+//!
+//! A layer is referenced while a bundle's `layers` file names it; [`LayerStore::gc`] deletes the
+//! others, except layers this store installed in the last [`INSTALL_GRACE`] and no bundle has
+//! mounted yet (an image pull installs its layers, then mounts them).
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{self as rfs, FlockOperation, RenameFlags};
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+
+use crate::digest::DiffId;
+use crate::error::{LayerError, show};
+use crate::options::{UnpackOptions, UnpackStats};
+use crate::overlay;
+
+/// How long a freshly installed layer is safe from [`LayerStore::gc`] before a bundle mounts it.
+pub const INSTALL_GRACE: Duration = Duration::from_secs(30 * 60);
+
+/// What [`LayerStore::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcStats {
+    /// Layers deleted.
+    pub removed: u64,
+    /// Layers kept: referenced by a mounted bundle, or installed within [`INSTALL_GRACE`].
+    pub kept: u64,
+}
+
+/// Unpacked layers shared by diff ID under a work directory, and the overlay root filesystems
+/// made of them. Share one store per work directory in a process (`&LayerStore` is `Sync`).
+#[derive(Debug)]
+pub struct LayerStore {
+    work_dir: PathBuf,
+    /// Installed by this store and not yet mounted, with when.
+    fresh: Mutex<HashMap<String, Instant>>,
+    counter: AtomicU64,
+}
+
+impl LayerStore {
+    /// Opens (creating as needed, mode 0700) the store under `work_dir` (upstream's default is
+    /// `/run/image-rs`), and removes layers left half-unpacked by a process that is gone.
+    pub fn open(work_dir: &Path) -> Result<Self, LayerError> {
+        if !work_dir.is_absolute() {
+            return Err(LayerError::InvalidArgument(format!(
+                "the work directory {} is not an absolute path",
+                show(work_dir)
+            )));
+        }
+        overlay::check_option_path(work_dir)?;
+        let store = Self {
+            work_dir: work_dir.to_path_buf(),
+            fresh: Mutex::new(HashMap::new()),
+            counter: AtomicU64::new(0),
+        };
+        for dir in [
+            store.work_dir.clone(),
+            store.layers_dir(),
+            store.tmp_dir(),
+            store.overlay_dir(),
+        ] {
+            create_private_dir(&dir)?;
+        }
+        store.remove_stale_tmp();
+        Ok(store)
+    }
+
+    /// Whether the layer `diff_id` is installed (`false` for an invalid diff ID too).
+    pub fn contains(&self, diff_id: &str) -> bool {
+        DiffId::parse(diff_id).is_ok_and(|id| self.layer_path(id).is_dir())
+    }
+
+    /// The directory of an installed layer (`None` when not installed or invalid).
+    pub fn layer_dir(&self, diff_id: &str) -> Option<PathBuf> {
+        let path = self.layer_path(DiffId::parse(diff_id).ok()?);
+        path.is_dir().then_some(path)
+    }
+
+    /// Installs the layer `diff_id` from its uncompressed tar stream.
+    ///
+    /// The stream is unpacked into a private temporary directory with [`unpack`](crate::unpack),
+    /// read to its end (past the end-of-archive marker, so a verifying reader that returns an
+    /// error at EOF on a digest mismatch fails the install), and only then renamed into place
+    /// atomically. On any error nothing is left behind. When two installs of one diff ID race,
+    /// both succeed and one copy is kept. When the layer is already installed, the stream is not
+    /// read and the stats are zero.
+    pub fn install(
+        &self,
+        diff_id: &str,
+        tar: impl Read,
+        opts: &UnpackOptions,
+    ) -> Result<UnpackStats, LayerError> {
+        let id = DiffId::parse(diff_id)?;
+        let target = self.layer_path(id);
+        if target.is_dir() {
+            return Ok(UnpackStats::default());
+        }
+        let parent = self.layers_dir().join(id.algorithm);
+        create_private_dir(&parent)?;
+        let staging = self.tmp_dir().join(format!(
+            "{}-{}.{}.{}",
+            id.algorithm,
+            id.hex,
+            std::process::id(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = crate::unpack(tar, &staging, opts).and_then(|stats| {
+            match rfs::renameat_with(
+                rfs::CWD,
+                &staging,
+                rfs::CWD,
+                &target,
+                RenameFlags::NOREPLACE,
+            ) {
+                Ok(()) => Ok(stats),
+                // Another install of the same layer finished first: keep its copy.
+                Err(Errno::EXIST | Errno::NOTEMPTY) => {
+                    remove_tree(&staging);
+                    Ok(stats)
+                }
+                Err(e) => Err(LayerError::io(
+                    "move the unpacked layer into place at",
+                    show(&target),
+                    e,
+                )),
+            }
+        });
+        match result {
+            Ok(stats) => {
+                self.fresh_lock()
+                    .insert(diff_id.to_string(), Instant::now());
+                tracing::debug!(
+                    diff_id,
+                    entries = stats.entries,
+                    bytes = stats.bytes,
+                    "layer installed"
+                );
+                Ok(stats)
+            }
+            Err(e) => {
+                remove_tree(&staging);
+                Err(e)
+            }
+        }
+    }
+
+    /// Mounts an overlay at `bundle/rootfs` (created if missing) whose lower directories are the
+    /// layers `diff_ids`, given bottom layer first, with an upper and a work directory private to
+    /// this bundle, and records that the bundle references those layers. Answers the mount point.
+    pub fn mount_rootfs(&self, diff_ids: &[String], bundle: &Path) -> Result<PathBuf, LayerError> {
+        if diff_ids.is_empty() {
+            return Err(LayerError::InvalidArgument(
+                "an image needs at least one layer to mount".into(),
+            ));
+        }
+        if !bundle.is_absolute() {
+            return Err(LayerError::InvalidArgument(format!(
+                "the bundle path {} is not absolute",
+                show(bundle)
+            )));
+        }
+        let mut lowers = Vec::with_capacity(diff_ids.len());
+        for diff_id in diff_ids {
+            let id = DiffId::parse(diff_id)?;
+            lowers.push(self.layer_path(id));
+        }
+        let _lock = self.lock()?;
+        for (diff_id, path) in diff_ids.iter().zip(&lowers) {
+            if !path.is_dir() {
+                return Err(LayerError::NotInstalled(diff_id.clone()));
+            }
+        }
+        let state = self.bundle_state(bundle);
+        match fs::create_dir(&state) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(LayerError::AlreadyMounted(show(bundle)));
+            }
+            Err(e) => return Err(LayerError::io("create", show(&state), e)),
+        }
+        let rootfs = bundle.join("rootfs");
+        let result = (|| {
+            let upper = state.join("upper");
+            let work = state.join("work");
+            for dir in [&upper, &work] {
+                fs::create_dir(dir).map_err(|e| LayerError::io("create", show(dir), e))?;
+            }
+            let mut refs = diff_ids.join("\n");
+            refs.push('\n');
+            write_file(&state.join("layers"), refs.as_bytes())?;
+            write_file(&state.join("bundle"), bundle.as_os_str().as_bytes())?;
+            fs::create_dir_all(&rootfs).map_err(|e| LayerError::io("create", show(&rootfs), e))?;
+            overlay::mount(&lowers, &upper, &work, &rootfs)
+        })();
+        match result {
+            Ok(()) => {
+                let mut fresh = self.fresh_lock();
+                for diff_id in diff_ids {
+                    fresh.remove(diff_id);
+                }
+                Ok(rootfs)
+            }
+            Err(e) => {
+                remove_tree(&state);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unmounts `bundle/rootfs` and drops the bundle's references and its upper directory (the
+    /// container's writes). Succeeds when the bundle was not mounted.
+    pub fn unmount_rootfs(&self, bundle: &Path) -> Result<(), LayerError> {
+        let _lock = self.lock()?;
+        let rootfs = bundle.join("rootfs");
+        overlay::unmount(&rootfs)?;
+        let state = self.bundle_state(bundle);
+        if state.exists() {
+            fs::remove_dir_all(&state).map_err(|e| LayerError::io("remove", show(&state), e))?;
+        }
+        // Leave the bundle as it was before the mount: the empty mount point goes too.
+        let _ = fs::remove_dir(&rootfs);
+        Ok(())
+    }
+
+    /// Deletes the layers that no mounted bundle references (see [`INSTALL_GRACE`]).
+    pub fn gc(&self) -> Result<GcStats, LayerError> {
+        let _lock = self.lock()?;
+        let referenced = self.referenced()?;
+        let mut fresh = self.fresh_lock();
+        fresh.retain(|_, when| when.elapsed() < INSTALL_GRACE);
+        let mut stats = GcStats::default();
+        for algorithm in ["sha256", "sha512"] {
+            let dir = self.layers_dir().join(algorithm);
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(LayerError::io("list", show(&dir), e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| LayerError::io("list", show(&dir), e))?;
+                let diff_id = format!("{algorithm}:{}", entry.file_name().to_string_lossy());
+                if referenced.contains(&diff_id) || fresh.contains_key(&diff_id) {
+                    stats.kept += 1;
+                    continue;
+                }
+                // Out of the layers directory first (atomic), so a half-deleted layer is never
+                // taken for an installed one.
+                let doomed = self.tmp_dir().join(format!(
+                    "gc-{}.{}.{}",
+                    entry.file_name().to_string_lossy(),
+                    std::process::id(),
+                    self.counter.fetch_add(1, Ordering::Relaxed)
+                ));
+                fs::rename(entry.path(), &doomed)
+                    .map_err(|e| LayerError::io("remove", show(&entry.path()), e))?;
+                fs::remove_dir_all(&doomed)
+                    .map_err(|e| LayerError::io("remove", show(&doomed), e))?;
+                tracing::debug!(diff_id, "layer garbage-collected");
+                stats.removed += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Every diff ID a bundle's `layers` file names. An unreadable or garbled file fails the
+    /// collection rather than letting it delete a layer in use.
+    fn referenced(&self) -> Result<HashSet<String>, LayerError> {
+        let mut out = HashSet::new();
+        let dir = self.overlay_dir();
+        for entry in fs::read_dir(&dir).map_err(|e| LayerError::io("list", show(&dir), e))? {
+            let entry = entry.map_err(|e| LayerError::io("list", show(&dir), e))?;
+            let refs = entry.path().join("layers");
+            let text = match fs::read_to_string(&refs) {
+                Ok(text) => text,
+                // A mount that failed half-way removes its directory; an empty one has no refs.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(LayerError::io("read", show(&refs), e)),
+            };
+            for line in text.lines() {
+                DiffId::parse(line)?;
+                out.insert(line.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    fn layers_dir(&self) -> PathBuf {
+        self.work_dir.join("layers")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.layers_dir().join(".tmp")
+    }
+
+    fn overlay_dir(&self) -> PathBuf {
+        self.work_dir.join("overlay")
+    }
+
+    fn layer_path(&self, id: DiffId<'_>) -> PathBuf {
+        self.layers_dir().join(id.algorithm).join(id.hex)
+    }
+
+    fn bundle_state(&self, bundle: &Path) -> PathBuf {
+        let digest = Sha256::digest(bundle.as_os_str().as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.overlay_dir().join(hex)
+    }
+
+    fn fresh_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        // A panic while holding this map cannot leave it inconsistent (single inserts/removes).
+        self.fresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An exclusive flock on `<work_dir>/.lock`, released when the file is dropped. Each call
+    /// opens the file anew, so threads of one process exclude each other too.
+    fn lock(&self) -> Result<fs::File, LayerError> {
+        let path = self.work_dir.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| LayerError::io("open", show(&path), e))?;
+        rfs::flock(&file, FlockOperation::LockExclusive)
+            .map_err(|e| LayerError::io("lock", show(&path), e))?;
+        Ok(file)
+    }
+
+    /// Removes staging directories whose process is gone (a crash mid-install).
+    fn remove_stale_tmp(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let pid = name.rsplit('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|pid| {
+                pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+            });
+            if !alive {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), LayerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(LayerError::io("create", show(dir), e)),
+    }
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<(), LayerError> {
+    fs::write(path, data).map_err(|e| LayerError::io("write", show(path), e))
+}
+
+/// Best-effort removal of a tree this store made (std's remove_dir_all does not follow
+/// symbolic links).
+fn remove_tree(path: &Path) {
+    if let Err(e) = fs::remove_dir_all(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %show(path), error = %e, "could not remove a layer store directory");
+    }
+}
