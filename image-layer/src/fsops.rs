@@ -9,13 +9,18 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+/// For openat2: RESOLVE_NO_SYMLINKS covers the last component too (and answers ELOOP, where
+/// O_NOFOLLOW with O_DIRECTORY would answer ENOTDIR).
 const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
+/// For the walk without openat2.
+const WALK_FLAGS: OFlags = DIR_FLAGS.union(OFlags::NOFOLLOW);
 
 /// Opens the directory `path` (relative, components already checked) beneath `dir`.
+/// An empty `path` is `dir` itself. A symbolic link anywhere on the way answers `ELOOP`.
 pub(crate) fn open_dir_beneath(dir: BorrowedFd<'_>, path: &[u8]) -> Result<OwnedFd, Errno> {
+    let path = if path.is_empty() { &b"."[..] } else { path };
     let resolve = ResolveFlags::BENEATH
         | ResolveFlags::NO_SYMLINKS
         | ResolveFlags::NO_MAGICLINKS
@@ -43,11 +48,16 @@ fn open_dir_walk(dir: BorrowedFd<'_>, path: &[u8]) -> Result<OwnedFd, Errno> {
             return Err(Errno::XDEV);
         }
         let base = current.as_ref().map_or(dir, |fd| fd.as_fd());
-        current = Some(rfs::openat(base, part, DIR_FLAGS, Mode::empty())?);
+        current = Some(match rfs::openat(base, part, WALK_FLAGS, Mode::empty()) {
+            Err(Errno::NOTDIR) if file_type_at(base, part) == Ok(rfs::FileType::Symlink) => {
+                return Err(Errno::LOOP);
+            }
+            other => other?,
+        });
     }
     match current {
         Some(fd) => Ok(fd),
-        None => rfs::openat(dir, ".", DIR_FLAGS, Mode::empty()),
+        None => rfs::openat(dir, ".", WALK_FLAGS, Mode::empty()),
     }
 }
 
@@ -85,4 +95,55 @@ pub(crate) fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
     let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     path.extend_from_slice(name);
     path
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The walk used on kernels without openat2 refuses symbolic links like openat2 does.
+    #[test]
+    fn walk_without_openat2_refuses_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink("/", tmp.path().join("a/up")).unwrap();
+        std::fs::write(tmp.path().join("a/file"), b"").unwrap();
+        let root = rfs::open(tmp.path(), DIR_FLAGS, Mode::empty()).unwrap();
+        assert!(open_dir_walk(root.as_fd(), b"a/b").is_ok());
+        assert!(open_dir_walk(root.as_fd(), b"").is_ok());
+        assert_eq!(
+            open_dir_walk(root.as_fd(), b"a/up").unwrap_err(),
+            Errno::LOOP
+        );
+        assert_eq!(
+            open_dir_walk(root.as_fd(), b"a/up/etc").unwrap_err(),
+            Errno::LOOP
+        );
+        assert_eq!(
+            open_dir_walk(root.as_fd(), b"a/file").unwrap_err(),
+            Errno::NOTDIR
+        );
+        assert_eq!(
+            open_dir_walk(root.as_fd(), b"a/../a").unwrap_err(),
+            Errno::XDEV
+        );
+        // And openat2 answers the same.
+        assert_eq!(
+            open_dir_beneath(root.as_fd(), b"a/up").unwrap_err(),
+            Errno::LOOP
+        );
+        assert_eq!(
+            open_dir_beneath(root.as_fd(), b"a/up/etc").unwrap_err(),
+            Errno::LOOP
+        );
+        assert_eq!(
+            open_dir_beneath(root.as_fd(), b"a/file").unwrap_err(),
+            Errno::NOTDIR
+        );
+        assert_eq!(
+            open_dir_beneath(root.as_fd(), b"a/../..").unwrap_err(),
+            Errno::XDEV
+        );
+    }
 }

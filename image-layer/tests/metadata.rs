@@ -1,0 +1,289 @@
+//! What an unpack keeps (owners, modes with setuid, mtimes, xattrs) and its limits.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use common::*;
+use peerpod_image_layer::{LayerError, UnpackOptions, unpack};
+
+#[test]
+fn owners_modes_mtimes_and_xattrs_round_trip() {
+    if !require_root("owners_modes_mtimes_and_xattrs_round_trip") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let tar = Tar::new()
+        .pax(&[("mtime", b"1500000000.25"), ("SCHILY.xattr.user.dir", b"d")])
+        .add(Member {
+            mode: 0o1750,
+            uid: 7,
+            gid: 8,
+            ..Member::dir(b"d/")
+        })
+        .pax(&[
+            ("uid", b"3000000"),
+            ("gid", b"4000000"),
+            ("SCHILY.xattr.user.note", b"hello\0binary\xff"),
+            ("SCHILY.xattr.trusted.info", b"t"),
+        ])
+        .add(Member {
+            mode: 0o4755,
+            mtime: 1_234_567_890,
+            ..Member::file(b"d/suid", b"#!/bin/true\n")
+        })
+        .add(Member {
+            mode: 0o2711,
+            uid: 1,
+            gid: 2,
+            ..Member::file(b"d/sgid", b"")
+        })
+        .add(Member {
+            uid: 11,
+            gid: 12,
+            mtime: 1_111_111_111,
+            ..Member::symlink(b"d/link", b"suid")
+        })
+        .add(Member {
+            mode: 0o640,
+            uid: 5,
+            gid: 6,
+            mtime: 999,
+            ..Member::new(b"d/fifo", FIFO)
+        })
+        .add(Member {
+            mode: 0o700,
+            mtime: 42,
+            ..Member::dir(b"./")
+        })
+        .finish();
+    let stats = unpack(&tar[..], &sb.dest, &UnpackOptions::default()).unwrap();
+    assert_eq!(
+        (stats.files, stats.dirs, stats.symlinks, stats.special),
+        (2, 2, 1, 1)
+    );
+
+    let md = |p: &str| std::fs::symlink_metadata(sb.dest.join(p)).unwrap();
+    let d = md("d");
+    assert_eq!((d.mode() & 0o7777, d.uid(), d.gid()), (0o1750, 7, 8));
+    // The directory's mtime survives the members written into it afterwards.
+    assert_eq!((d.mtime(), d.mtime_nsec()), (1_500_000_000, 250_000_000));
+    assert_eq!(
+        xattrs(&sb.dest.join("d")),
+        vec![("user.dir".into(), b"d".to_vec())]
+    );
+
+    let suid = md("d/suid");
+    assert_eq!(suid.mode() & 0o7777, 0o4755, "setuid kept after chown");
+    assert_eq!((suid.uid(), suid.gid()), (3_000_000, 4_000_000));
+    assert_eq!(suid.mtime(), 1_234_567_890);
+    assert_eq!(
+        xattrs(&sb.dest.join("d/suid")),
+        vec![
+            ("trusted.info".into(), b"t".to_vec()),
+            ("user.note".into(), b"hello\0binary\xff".to_vec())
+        ]
+    );
+    let sgid = md("d/sgid");
+    assert_eq!(
+        (sgid.mode() & 0o7777, sgid.uid(), sgid.gid()),
+        (0o2711, 1, 2)
+    );
+
+    let link = md("d/link");
+    assert!(link.file_type().is_symlink());
+    assert_eq!(
+        (link.uid(), link.gid(), link.mtime()),
+        (11, 12, 1_111_111_111)
+    );
+
+    let fifo = md("d/fifo");
+    assert!(fifo.file_type().is_fifo());
+    assert_eq!(
+        (fifo.mode() & 0o7777, fifo.uid(), fifo.gid(), fifo.mtime()),
+        (0o640, 5, 6, 999)
+    );
+
+    let root = std::fs::symlink_metadata(&sb.dest).unwrap();
+    assert_eq!((root.mode() & 0o7777, root.mtime()), (0o700, 42));
+    sb.assert_outside_untouched();
+}
+
+#[test]
+fn keep_ownership_off_leaves_the_unpacking_user() {
+    let sb = Sandbox::new();
+    let tar = Tar::new()
+        .add(Member {
+            uid: 4242,
+            gid: 4343,
+            mode: 0o4755,
+            ..Member::file(b"f", b"x")
+        })
+        .finish();
+    let opts = UnpackOptions {
+        keep_ownership: false,
+        ..Default::default()
+    };
+    unpack(&tar[..], &sb.dest, &opts).unwrap();
+    let md = std::fs::metadata(sb.dest.join("f")).unwrap();
+    assert_eq!(md.uid(), rustix::process::geteuid().as_raw());
+    assert_eq!(md.mode() & 0o7777, 0o4755);
+}
+
+#[test]
+fn whiteouts_and_opaque_markers_take_overlay_form() {
+    if !require_root("whiteouts_and_opaque_markers_take_overlay_form") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let tar = Tar::new()
+        .add(Member::file(b"a/.wh.gone", b""))
+        .add(Member::file(b"b/.wh..wh..opq", b""))
+        .add(Member::file(b"b/new", b"n"))
+        .add(Member::file(b".wh..wh.plnk", b""))
+        // A member and a whiteout of the same name in one layer: the member stays.
+        .add(Member::file(b"both", b"kept"))
+        .add(Member::file(b".wh.both", b""))
+        .finish();
+    let stats = unpack(&tar[..], &sb.dest, &UnpackOptions::default()).unwrap();
+    assert_eq!((stats.whiteouts, stats.opaque_dirs), (2, 1));
+    let gone = std::fs::symlink_metadata(sb.dest.join("a/gone")).unwrap();
+    assert!(gone.file_type().is_char_device());
+    assert_eq!(gone.rdev(), 0);
+    assert!(!sb.dest.join("a/.wh.gone").exists());
+    assert_eq!(
+        xattrs(&sb.dest.join("b")),
+        vec![("trusted.overlay.opaque".into(), b"y".to_vec())]
+    );
+    assert!(!sb.dest.join("b/.wh..wh..opq").exists());
+    assert!(!sb.dest.join(".wh..wh.plnk").exists());
+    assert_eq!(std::fs::read(sb.dest.join("both")).unwrap(), b"kept");
+}
+
+fn limit_field(err: LayerError) -> &'static str {
+    match err {
+        LayerError::Limit { field, .. } => field,
+        other => panic!("expected a limit error, got {other}"),
+    }
+}
+
+#[test]
+fn limits_are_enforced() {
+    let many = {
+        let mut t = Tar::new();
+        for i in 0..11 {
+            let name = format!("f{i}");
+            t.push(&Member::file(name.as_bytes(), b""));
+        }
+        t.finish()
+    };
+    let sb = Sandbox::new();
+    let opts = UnpackOptions {
+        max_entries: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        limit_field(unpack(&many[..], &sb.dest, &opts).unwrap_err()),
+        "max_entries"
+    );
+    let sb = Sandbox::new();
+    let opts = UnpackOptions {
+        max_entries: 11,
+        ..Default::default()
+    };
+    assert_eq!(unpack(&many[..], &sb.dest, &opts).unwrap().entries, 11);
+
+    let big = Tar::new()
+        .add(Member::file(b"a", &[1; 600]))
+        .add(Member::file(b"b", &[2; 600]))
+        .finish();
+    let sb = Sandbox::new();
+    let opts = UnpackOptions {
+        max_total_bytes: 1000,
+        ..Default::default()
+    };
+    assert_eq!(
+        limit_field(unpack(&big[..], &sb.dest, &opts).unwrap_err()),
+        "max_total_bytes"
+    );
+    // Refused before the member over the limit is written.
+    assert!(!sb.dest.join("b").exists());
+
+    // Trailing bytes after the end-of-archive marker count too.
+    let mut padded = Tar::new().add(Member::file(b"a", &[1; 100])).finish();
+    padded.extend_from_slice(&[0; 4096]);
+    let sb = Sandbox::new();
+    let opts = UnpackOptions {
+        max_total_bytes: 1000,
+        ..Default::default()
+    };
+    assert_eq!(
+        limit_field(unpack(&padded[..], &sb.dest, &opts).unwrap_err()),
+        "max_total_bytes"
+    );
+    let sb = Sandbox::new();
+    let stats = unpack(&padded[..], &sb.dest, &UnpackOptions::default()).unwrap();
+    assert!(stats.trailing_bytes >= 4096);
+
+    let long = vec![b'a'; 200];
+    let long_name = [&long[..], b"/", &long[..]].concat();
+    let tar = Tar::new()
+        .pax(&[("path", &long_name)])
+        .add(Member::file(b"x", b""))
+        .finish();
+    let sb = Sandbox::new();
+    let opts = UnpackOptions {
+        max_path_bytes: 300,
+        ..Default::default()
+    };
+    assert_eq!(
+        limit_field(unpack(&tar[..], &sb.dest, &opts).unwrap_err()),
+        "max_path_bytes"
+    );
+    let sb = Sandbox::new();
+    unpack(&tar[..], &sb.dest, &UnpackOptions::default()).unwrap();
+    assert!(sb.dest.join(String::from_utf8(long_name).unwrap()).exists());
+
+    let tar = Tar::new()
+        .pax(&[("SCHILY.xattr.user.big", &[b'v'; 2000])])
+        .add(Member::file(b"x", b""))
+        .finish();
+    let sb = Sandbox::new();
+    let opts = UnpackOptions {
+        max_xattr_bytes: 1024,
+        ..Default::default()
+    };
+    assert_eq!(
+        limit_field(unpack(&tar[..], &sb.dest, &opts).unwrap_err()),
+        "max_xattr_bytes"
+    );
+}
+
+#[test]
+fn the_stream_is_read_to_its_end_so_a_verifying_reader_can_fail_it() {
+    /// Yields the archive, then the error a digest check returns at EOF.
+    struct FailsAtEof(std::io::Cursor<Vec<u8>>);
+    impl std::io::Read for FailsAtEof {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(std::io::Error::other(
+                    "digest mismatch: layer is not sha256:0000",
+                )),
+                n => Ok(n),
+            }
+        }
+    }
+    let tar = Tar::new().add(Member::file(b"f", b"x")).finish();
+    let sb = Sandbox::new();
+    let err = unpack(
+        FailsAtEof(std::io::Cursor::new(tar)),
+        &sb.dest,
+        &UnpackOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, LayerError::Archive { .. }), "{err:?}");
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("digest mismatch"), "{source}");
+}
