@@ -227,7 +227,7 @@ fn limits_are_enforced() {
     let stats = unpack(&padded[..], &sb.dest, &UnpackOptions::default()).unwrap();
     assert!(stats.trailing_bytes >= 4096);
 
-    let long = vec![b'a'; 200];
+    let long = [b'a'; 200];
     let long_name = [&long[..], b"/", &long[..]].concat();
     let tar = Tar::new()
         .pax(&[("path", &long_name)])
