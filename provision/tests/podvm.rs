@@ -1,0 +1,227 @@
+//! The pod VM's systemd units and files in `podvm/`: `systemd-analyze verify` accepts them
+//! (the only complaints allowed are our binaries missing from this machine's
+//! `/usr/local/bin`), and the start order that keeps a failed provisioning from serving is
+//! what the units say.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::require;
+
+fn podvm() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../podvm")
+}
+
+fn units() -> Vec<PathBuf> {
+    let dir = podvm().join("etc/systemd/system");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("podvm/etc/systemd/system")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "service" || e == "path"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `key` → values (space-separated values of repeated keys merged) of one unit file.
+fn unit(name: &str) -> BTreeMap<String, Vec<String>> {
+    let text =
+        std::fs::read_to_string(podvm().join("etc/systemd/system").join(name)).expect("unit file");
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once('=')
+            && !line.starts_with('#')
+            && !line.starts_with(' ')
+        {
+            out.entry(k.trim().to_owned())
+                .or_default()
+                .extend(v.split_whitespace().map(str::to_owned));
+        }
+    }
+    out
+}
+
+fn has(u: &BTreeMap<String, Vec<String>>, key: &str, value: &str) -> bool {
+    u.get(key).is_some_and(|v| v.iter().any(|x| x == value))
+}
+
+fn verify(files: &[PathBuf]) -> String {
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("--man=no")
+        .args(files)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("systemd-analyze");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    let ok = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(ok, "systemd-analyze (Debian's systemd)") {
+        return;
+    }
+    let files = units();
+    assert_eq!(files.len(), 15, "{files:?}");
+    let report = verify(&files);
+    let ours = [
+        "process-user-data",
+        "kata-agent",
+        "agent-protocol-forwarder",
+        "attestation-agent",
+        "confidential-data-hub",
+        "api-server-rest",
+    ];
+    let complaints: Vec<&str> = report
+        .lines()
+        .filter(|l| {
+            !ours
+                .iter()
+                .any(|b| l.contains(&format!("Command /usr/local/bin/{b} is not executable")))
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:#?}");
+
+    // The check can fail: a unit with a typo is reported.
+    let dir = peerpod_tests::scratch::ScratchDir::new("podvm-verify").expect("scratch");
+    let bad = dir.path().join("bad.service");
+    std::fs::write(
+        &bad,
+        "[Unit]\nAfterr=x.service\n[Service]\nExecStart=/bin/true\n",
+    )
+    .expect("bad unit");
+    assert!(verify(&[bad]).contains("Afterr"));
+}
+
+#[test]
+fn provisioning_gates_every_service() {
+    for name in [
+        "attestation-agent.service",
+        "confidential-data-hub.service",
+        "kata-agent.service",
+        "api-server-rest.service",
+        "agent-protocol-forwarder.service",
+        "scratch-storage.service",
+    ] {
+        let u = unit(name);
+        assert!(has(&u, "Requires", "process-user-data.service"), "{name}");
+        assert!(has(&u, "After", "process-user-data.service"), "{name}");
+    }
+    let agent = unit("kata-agent.service");
+    assert!(has(&agent, "Requires", "scratch-storage.service"));
+    assert!(has(&agent, "After", "scratch-storage.service"));
+    assert!(has(&agent, "BindsTo", "netns@podns.service"));
+    let scratch = unit("scratch-storage.service");
+    assert!(has(&scratch, "Before", "kata-agent.service"));
+    assert!(has(
+        &scratch,
+        "ConditionPathExists",
+        "/run/peerpod/scratch-space.marker"
+    ));
+    let pud = unit("process-user-data.service");
+    assert!(has(&pud, "Type", "oneshot"));
+    assert!(has(&pud, "RemainAfterExit", "yes"));
+    assert!(has(&pud, "StandardError", "journal+console"));
+    let apf = unit("agent-protocol-forwarder.service");
+    for flag in [
+        "-pod-namespace",
+        "/run/netns/podns",
+        "-kata-agent-socket",
+        "/run/kata-containers/agent.sock",
+    ] {
+        assert!(has(&apf, "ExecStart", flag), "{flag}");
+    }
+}
+
+#[test]
+fn path_activation_is_upstreams() {
+    for (path, watched, service) in [
+        (
+            "process-user-data.path",
+            "/media/cidata/user-data",
+            "process-user-data.service",
+        ),
+        (
+            "attestation-agent.path",
+            "/run/peerpod/aa.toml",
+            "attestation-agent.service",
+        ),
+        (
+            "confidential-data-hub.path",
+            "/run/confidential-containers/attestation-agent/attestation-agent.sock",
+            "confidential-data-hub.service",
+        ),
+        (
+            "kata-agent.path",
+            "/run/confidential-containers/cdh.sock",
+            "kata-agent.service",
+        ),
+        (
+            "api-server-rest.path",
+            "/run/confidential-containers/cdh.sock",
+            "api-server-rest.service",
+        ),
+        (
+            "agent-protocol-forwarder.path",
+            "/run/kata-containers/agent.sock",
+            "agent-protocol-forwarder.service",
+        ),
+        (
+            "scratch-storage.path",
+            "/run/peerpod/scratch-space.marker",
+            "scratch-storage.service",
+        ),
+    ] {
+        let u = unit(path);
+        assert!(has(&u, "PathExists", watched), "{path}");
+        assert!(has(&u, "Unit", service), "{path}");
+        assert!(has(&u, "WantedBy", "multi-user.target"), "{path}");
+    }
+}
+
+#[test]
+fn policy_fallback_and_seeds() {
+    let etc = podvm().join("etc");
+    assert_eq!(
+        std::fs::read_link(etc.join("kata-opa/default-policy.rego")).expect("symlink"),
+        Path::new("/run/peerpod/policy.rego")
+    );
+    let policy = std::fs::read_to_string(etc.join("tmpfiles.d/policy.conf")).expect("policy.conf");
+    assert!(policy.contains("C       /run/peerpod/policy.rego"));
+    assert!(policy.contains("/etc/kata-opa/allow-all.rego"));
+    // The seeded allow-all policy is the repository's, and compiles as an agent policy.
+    let allow = std::fs::read_to_string(etc.join("kata-opa/allow-all.rego")).expect("allow-all");
+    let examples = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/examples/allow-all.rego"),
+    )
+    .expect("policy/examples/allow-all.rego");
+    assert_eq!(allow, examples);
+    peerpod_policy::AgentPolicy::validate(&allow).expect("allow-all.rego compiles");
+    let auth = std::fs::read_to_string(etc.join("tmpfiles.d/auth.conf")).expect("auth.conf");
+    assert!(auth.contains("/etc/kata-oci/empty-auth.json"));
+    let empty = std::fs::read_to_string(etc.join("kata-oci/empty-auth.json")).expect("auth");
+    assert_eq!(empty.trim(), "{\"auths\":{}}");
+    let cfg = std::fs::read_to_string(etc.join("agent-config.toml")).expect("agent-config");
+    let table: toml::Table = cfg.parse().expect("agent-config.toml is TOML");
+    assert_eq!(
+        table.get("server_addr").and_then(|v| v.as_str()),
+        Some("unix:///run/kata-containers/agent.sock")
+    );
+    assert_eq!(
+        table.get("guest_components_procs").and_then(|v| v.as_str()),
+        Some("none")
+    );
+}
