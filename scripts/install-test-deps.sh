@@ -26,6 +26,8 @@ REQUIRED=(
     # devices for the tests.
     "cryptsetup-bin:cryptsetup"
     "e2fsprogs:mkfs.ext4"
+    # agent-protocol-forwarder: the NOTRACK rules for the pod network's VXLAN port.
+    "iptables:iptables"
 )
 
 missing=()

@@ -1,0 +1,354 @@
+//! A hostile or failing registry (an axum server under the test's control): blobs whose
+//! digest or diff_id does not match, oversized and overlong replies, connections dropped mid
+//! blob (resumed with Range; refused after the bounded attempts), a registry that stalls.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use common::*;
+use peerpod_image::resources::NoResources;
+use peerpod_image::{Digest, ImageError, Puller};
+
+/// How the fake registry misbehaves on blob requests for the layer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    None,
+    /// Drop the connection half-way through the first `n` layer replies.
+    Truncate(usize),
+    /// Send half the layer, then stall.
+    Stall,
+    /// Drop half-way through the first `n` replies, and ignore Range (always 200, whole blob).
+    TruncateNoRange(usize),
+}
+
+struct Fake {
+    manifest: Vec<u8>,
+    blobs: HashMap<String, Bytes>,
+    layer_digest: String,
+    fault: Fault,
+    layer_requests: AtomicUsize,
+    ranges: Mutex<Vec<String>>,
+}
+
+async fn manifests(
+    State(f): State<Arc<Fake>>,
+    Path(_r): Path<(String, String, String)>,
+) -> Response {
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .body(Body::from(f.manifest.clone()))
+        .unwrap()
+}
+
+async fn blobs(
+    State(f): State<Arc<Fake>>,
+    Path((_a, _b, digest)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(blob) = f.blobs.get(&digest).cloned() else {
+        return Response::builder().status(404).body(Body::empty()).unwrap();
+    };
+    if digest != f.layer_digest {
+        return Response::new(Body::from(blob));
+    }
+    let n = f.layer_requests.fetch_add(1, Ordering::SeqCst);
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let start = match (&range, f.fault) {
+        (Some(r), fault) if !matches!(fault, Fault::TruncateNoRange(_)) => {
+            f.ranges.lock().unwrap().push(r.clone());
+            r.trim_start_matches("bytes=")
+                .trim_end_matches('-')
+                .parse::<usize>()
+                .unwrap()
+        }
+        _ => 0,
+    };
+    let body = blob.slice(start..);
+    let total = blob.len();
+    let mut builder = Response::builder().header(header::CONTENT_LENGTH, body.len());
+    builder = if start > 0 {
+        builder.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{total}", total - 1),
+        )
+    } else {
+        builder.status(StatusCode::OK)
+    };
+    let half = body.len() / 2;
+    let stream: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = match f.fault {
+        Fault::Truncate(k) | Fault::TruncateNoRange(k) if n < k => {
+            let first = body.slice(..half);
+            // Half the body, time for it to reach the client, then the connection drops.
+            Box::pin(futures::stream::unfold(Some(first), |s| async move {
+                match s {
+                    Some(b) => Some((Ok(b), None)),
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Some((Err(std::io::Error::other("dropped")), None))
+                    }
+                }
+            }))
+        }
+        Fault::Stall => {
+            let first = body.slice(..half);
+            Box::pin(futures::stream::unfold(Some(first), |s| async move {
+                match s {
+                    Some(b) => Some((Ok(b), None)),
+                    None => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        None
+                    }
+                }
+            }))
+        }
+        _ => Box::pin(futures::stream::iter(vec![Ok(body)])),
+    };
+    builder.body(Body::from_stream(stream)).unwrap()
+}
+
+/// A one-layer image: the layer's tar, its gzip blob, a config naming `diff_id`.
+struct Image {
+    manifest: Vec<u8>,
+    blobs: HashMap<String, Bytes>,
+    layer_digest: String,
+    diff_id: Digest,
+}
+
+fn image(payload: usize, corrupt: impl Fn(&mut Vec<u8>, &mut String, &mut u64)) -> Image {
+    let mut tar = tar::Builder::new(Vec::new());
+    let data: Vec<u8> = (0..payload).map(|i| (i * 7919 % 251) as u8).collect();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "data/file", &data[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let diff_id = Digest::of(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let mut blob = gz.finish().unwrap();
+    let mut layer_digest = Digest::of(&blob).to_string();
+    let mut size = blob.len() as u64;
+    let mut diff = diff_id.to_string();
+    corrupt(&mut blob, &mut diff, &mut size);
+    let _ = &mut layer_digest;
+    let config = serde_json::json!({
+        "architecture": peerpod_image::manifest::guest_architecture(), "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff]}
+    })
+    .to_string()
+    .into_bytes();
+    let config_digest = Digest::of(&config).to_string();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": size}]
+    })
+    .to_string()
+    .into_bytes();
+    let mut blobs = HashMap::new();
+    blobs.insert(config_digest, Bytes::from(config));
+    blobs.insert(layer_digest.clone(), Bytes::from(blob));
+    Image {
+        manifest,
+        blobs,
+        layer_digest,
+        diff_id: Digest::parse(&diff).unwrap_or(diff_id),
+    }
+}
+
+async fn serve(img: &Image, fault: Fault) -> (String, Arc<Fake>) {
+    serve_manifest(img, img.manifest.clone(), fault).await
+}
+
+async fn serve_manifest(img: &Image, manifest: Vec<u8>, fault: Fault) -> (String, Arc<Fake>) {
+    let fake = Arc::new(Fake {
+        manifest,
+        blobs: img.blobs.clone(),
+        layer_digest: img.layer_digest.clone(),
+        fault,
+        layer_requests: AtomicUsize::new(0),
+        ranges: Mutex::new(Vec::new()),
+    });
+    let app = axum::Router::new()
+        .route("/v2/{a}/{b}/manifests/{r}", axum::routing::get(manifests))
+        .route("/v2/{a}/{b}/blobs/{d}", axum::routing::get(blobs))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, fake)
+}
+
+fn puller(addr: &str, scratch: &Scratch, store: &Arc<RecordingStore>) -> Puller {
+    let mut config = test_config(&scratch.path().join("work"));
+    config.registry_configuration_uri =
+        Some(file_uri(scratch.path(), "r.conf", &insecure_conf(addr)));
+    Puller::new(config, Arc::new(NoResources), store.clone()).unwrap()
+}
+
+async fn pull(
+    addr: &str,
+    store: &Arc<RecordingStore>,
+) -> Result<peerpod_image::PullOutcome, ImageError> {
+    let scratch = Scratch::new("hostile");
+    puller(addr, &scratch, store)
+        .pull(&format!("{addr}/evil/img:v1"), &PathBuf::from("/run/b/h"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_well_behaved_fake_serves_a_pullable_image() -> Result<()> {
+    let img = image(300_000, |_, _, _| {});
+    let (addr, _) = serve(&img, Fault::None).await;
+    let store = Arc::new(RecordingStore::default());
+    let out = pull(&addr, &store).await?;
+    assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
+    assert_eq!(
+        store.layers.lock().unwrap()[&img.diff_id],
+        vec!["data/file".to_string()]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_not_matching_its_digest_is_refused_and_nothing_installed() -> Result<()> {
+    // The manifest names the real digest, the registry serves other bytes of the same size.
+    let mut img = image(100_000, |_, _, _| {});
+    let blob = img.blobs.get_mut(&img.layer_digest).unwrap();
+    let mut tampered = blob.to_vec();
+    let last = tampered.len() - 20;
+    tampered[last] ^= 0xff;
+    *blob = Bytes::from(tampered);
+    let (addr, _) = serve(&img, Fault::None).await;
+    let store = Arc::new(RecordingStore::default());
+    let e = pull(&addr, &store).await.unwrap_err();
+    assert!(matches!(e, ImageError::DigestMismatch { .. }), "{e}");
+    assert!(e.to_string().contains(&img.layer_digest), "{e}");
+    assert!(store.installs.lock().unwrap().is_empty());
+    assert!(store.mounts.lock().unwrap().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tar_not_matching_its_diff_id_is_refused() -> Result<()> {
+    let wrong = format!("sha256:{}", "e".repeat(64));
+    let img = image(50_000, |_, diff, _| *diff = wrong.clone());
+    let (addr, _) = serve(&img, Fault::None).await;
+    let store = Arc::new(RecordingStore::default());
+    let e = pull(&addr, &store).await.unwrap_err();
+    assert!(matches!(e, ImageError::DigestMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("uncompressed"), "{e}");
+    assert!(store.installs.lock().unwrap().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_longer_than_its_descriptor_is_refused() -> Result<()> {
+    let img = image(50_000, |_, _, size| *size -= 100);
+    let (addr, _) = serve(&img, Fault::None).await;
+    let store = Arc::new(RecordingStore::default());
+    let e = pull(&addr, &store).await.unwrap_err();
+    assert!(matches!(e, ImageError::SizeMismatch { .. }), "{e}");
+    assert!(store.installs.lock().unwrap().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_manifest_refused_as_it_arrives() -> Result<()> {
+    let img = image(1000, |_, _, _| {});
+    let huge = vec![b' '; peerpod_image::manifest::MAX_MANIFEST + 10];
+    let (addr, _) = serve_manifest(&img, huge, Fault::None).await;
+    let e = pull(&addr, &Arc::default()).await.unwrap_err();
+    assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_connection_resumes_with_range() -> Result<()> {
+    let img = image(400_000, |_, _, _| {});
+    let (addr, fake) = serve(&img, Fault::Truncate(2)).await;
+    let store = Arc::new(RecordingStore::default());
+    let out = pull(&addr, &store).await?;
+    assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
+    assert_eq!(fake.layer_requests.load(Ordering::SeqCst), 3);
+    let ranges = fake.ranges.lock().unwrap().clone();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert!(
+        ranges
+            .iter()
+            .all(|r| r.starts_with("bytes=") && r != "bytes=0-"),
+        "{ranges:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_ignoring_range_is_resumed_by_skipping() -> Result<()> {
+    let img = image(400_000, |_, _, _| {});
+    let (addr, fake) = serve(&img, Fault::TruncateNoRange(1)).await;
+    let store = Arc::new(RecordingStore::default());
+    let out = pull(&addr, &store).await?;
+    assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
+    assert_eq!(fake.layer_requests.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        store.layers.lock().unwrap()[&img.diff_id],
+        vec!["data/file".to_string()]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_that_keeps_truncating_fails_after_bounded_attempts() -> Result<()> {
+    let img = image(400_000, |_, _, _| {});
+    let (addr, fake) = serve(&img, Fault::Truncate(usize::MAX)).await;
+    let store = Arc::new(RecordingStore::default());
+    let e = pull(&addr, &store).await.unwrap_err();
+    assert!(
+        matches!(e, ImageError::Transport { attempts: 3, .. }),
+        "{e}"
+    );
+    assert_eq!(fake.layer_requests.load(Ordering::SeqCst), 3);
+    assert!(store.installs.lock().unwrap().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_registry_times_out_with_a_clear_error() -> Result<()> {
+    let img = image(400_000, |_, _, _| {});
+    let (addr, _) = serve(&img, Fault::Stall).await;
+    let store = Arc::new(RecordingStore::default());
+    let started = std::time::Instant::now();
+    let e = pull(&addr, &store).await.unwrap_err();
+    assert!(matches!(e, ImageError::Transport { .. }), "{e}");
+    assert!(
+        e.to_string().contains("timed out") || e.to_string().contains("cut short"),
+        "{e}"
+    );
+    // 3 attempts x 2 s read timeout + backoff, well below the stall.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(store.installs.lock().unwrap().is_empty());
+    Ok(())
+}
