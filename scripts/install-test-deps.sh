@@ -28,6 +28,13 @@ REQUIRED=(
     "e2fsprogs:mkfs.ext4"
     # agent-protocol-forwarder: the NOTRACK rules for the pod network's VXLAN port.
     "iptables:iptables"
+    # Image pulls (peerpod-image): a local registry (htpasswd auth: apache2-utils' htpasswd makes
+    # the bcrypt file; TLS certificates from openssl), images built with umoci, pushed with skopeo.
+    "docker-registry:docker-registry"
+    "umoci:umoci"
+    "skopeo:skopeo"
+    "apache2-utils:htpasswd"
+    "openssl:openssl"
 )
 
 missing=()
