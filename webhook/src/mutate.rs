@@ -1,0 +1,307 @@
+//! The pod mutation: VM size annotations from the containers' resources, then the pod VM
+//! extended resource in their place.
+//!
+//! The rules are cloud-api-adaptor's webhook's, kept exactly:
+//!
+//! - only pods whose `runtimeClassName` is the target runtime class are changed;
+//! - CPU, memory and `nvidia.com/gpu` requests and limits are summed over the containers and
+//!   the init containers (pod overhead is not counted: the VM is outside the node);
+//! - CPU: when the request sum is not zero and the limit sum is at least the request sum, the
+//!   limit sum is used, else a positive request sum; either is rounded up to whole CPUs and
+//!   written to `io.katacontainers.config.hypervisor.default_vcpus`;
+//! - memory: the same choice, rounded up to whole MiB, in `…default_memory`;
+//! - GPUs: a positive request sum, as its canonical quantity text, in `…default_gpus`;
+//! - no annotation is written for a value that is not chosen; other annotations are kept;
+//! - every container's and init container's `resources` becomes `{}`, then the first
+//!   container's becomes `{"requests": {R: "1"}, "limits": {R: "1"}}` for the pod VM resource R.
+//!
+//! The edit is made on the pod's JSON as received, so fields this crate's Kubernetes types do
+//! not know are never touched, and the JSON Patch is the difference between the two.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+use serde_json::{Map, Value, json};
+
+use crate::quantity::{Quantity, QuantityError};
+
+/// The runtime class mutated unless `TARGET_RUNTIMECLASS` says otherwise.
+pub const DEFAULT_RUNTIME_CLASS: &str = "kata-remote";
+/// The pod VM extended resource unless `POD_VM_EXTENDED_RESOURCE` says otherwise.
+pub const DEFAULT_VM_RESOURCE: &str = "kata.peerpods.io/vm";
+/// The annotation carrying the pod VM's vCPU count.
+pub const CPU_ANNOTATION: &str = "io.katacontainers.config.hypervisor.default_vcpus";
+/// The annotation carrying the pod VM's memory in MiB.
+pub const MEMORY_ANNOTATION: &str = "io.katacontainers.config.hypervisor.default_memory";
+/// The annotation carrying the pod VM's GPU count.
+pub const GPU_ANNOTATION: &str = "io.katacontainers.config.hypervisor.default_gpus";
+/// The GPU resource summed into [`GPU_ANNOTATION`].
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// What the mutation needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutationConfig {
+    /// Pods of this runtime class are mutated; others pass untouched.
+    pub runtime_class: String,
+    /// The extended resource every mutated pod requests one of.
+    pub vm_resource: String,
+}
+
+impl Default for MutationConfig {
+    fn default() -> Self {
+        Self {
+            runtime_class: DEFAULT_RUNTIME_CLASS.to_owned(),
+            vm_resource: DEFAULT_VM_RESOURCE.to_owned(),
+        }
+    }
+}
+
+impl MutationConfig {
+    /// From `TARGET_RUNTIMECLASS` and `POD_VM_EXTENDED_RESOURCE` (empty or unset: the
+    /// defaults), through `lookup` so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let or = |name: &str, default: &str| {
+            lookup(name)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        Self {
+            runtime_class: or("TARGET_RUNTIMECLASS", DEFAULT_RUNTIME_CLASS),
+            vm_resource: or("POD_VM_EXTENDED_RESOURCE", DEFAULT_VM_RESOURCE),
+        }
+    }
+}
+
+/// Why a pod could not be mutated (the review is answered "denied" with this reason).
+#[derive(Debug, thiserror::Error)]
+pub enum MutateError {
+    /// The object is not a pod as Kubernetes' types describe it.
+    #[error("the object is not a valid Pod")]
+    NotAPod(#[source] serde_json::Error),
+    /// A container's resource quantity is not a quantity.
+    #[error("container {container:?}: {resource} {kind}")]
+    Quantity {
+        /// The container's name.
+        container: String,
+        /// The resource name.
+        resource: String,
+        /// `request` or `limit`.
+        kind: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: QuantityError,
+    },
+    /// A sum overflowed, or a rounded value does not fit the annotation.
+    #[error("the pod's total {0} is out of range")]
+    OutOfRange(&'static str),
+    /// A pod of the target runtime class without containers (the API server would refuse it
+    /// too; upstream's webhook crashes on it).
+    #[error("the pod has no containers")]
+    NoContainers,
+}
+
+/// The summed resources of a pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// CPU requests.
+    pub cpu_request: Quantity,
+    /// CPU limits.
+    pub cpu_limit: Quantity,
+    /// Memory requests.
+    pub memory_request: Quantity,
+    /// Memory limits.
+    pub memory_limit: Quantity,
+    /// GPU requests.
+    pub gpu_request: Quantity,
+}
+
+impl Totals {
+    /// Sums the resources of `pod`'s containers and init containers.
+    pub fn of(pod: &Pod) -> Result<Self, MutateError> {
+        let mut t = Totals::default();
+        let Some(spec) = pod.spec.as_ref() else {
+            return Ok(t);
+        };
+        let all = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten());
+        for c in all {
+            let Some(res) = c.resources.as_ref() else {
+                continue;
+            };
+            let requests = res.requests.as_ref();
+            let limits = res.limits.as_ref();
+            add(
+                &mut t.cpu_request,
+                c,
+                requests,
+                "cpu",
+                "request",
+                "CPU request",
+            )?;
+            add(&mut t.cpu_limit, c, limits, "cpu", "limit", "CPU limit")?;
+            add(
+                &mut t.memory_request,
+                c,
+                requests,
+                "memory",
+                "request",
+                "memory request",
+            )?;
+            add(
+                &mut t.memory_limit,
+                c,
+                limits,
+                "memory",
+                "limit",
+                "memory limit",
+            )?;
+            add(
+                &mut t.gpu_request,
+                c,
+                requests,
+                GPU_RESOURCE,
+                "request",
+                "GPU request",
+            )?;
+        }
+        Ok(t)
+    }
+
+    /// The annotations these totals give, by upstream's rules (see the module documentation).
+    pub fn annotations(&self) -> Result<Vec<(&'static str, String)>, MutateError> {
+        let mut out = Vec::with_capacity(3);
+        if let Some(cpu) = chosen(self.cpu_request, self.cpu_limit) {
+            let vcpus = cpu.ceil_units().ok_or(MutateError::OutOfRange("CPU"))?;
+            out.push((CPU_ANNOTATION, vcpus.to_string()));
+        }
+        if let Some(memory) = chosen(self.memory_request, self.memory_limit) {
+            let mib = memory.ceil_mib().ok_or(MutateError::OutOfRange("memory"))?;
+            out.push((MEMORY_ANNOTATION, mib.to_string()));
+        }
+        if self.gpu_request.is_positive() {
+            out.push((GPU_ANNOTATION, self.gpu_request.to_decimal_si()));
+        }
+        Ok(out)
+    }
+}
+
+/// The limit when the request is set and the limit covers it, else a positive request.
+fn chosen(request: Quantity, limit: Quantity) -> Option<Quantity> {
+    if !request.is_zero() && limit >= request {
+        Some(limit)
+    } else if request.is_positive() {
+        Some(request)
+    } else {
+        None
+    }
+}
+
+fn add(
+    total: &mut Quantity,
+    container: &Container,
+    list: Option<&BTreeMap<String, K8sQuantity>>,
+    resource: &str,
+    kind: &'static str,
+    what: &'static str,
+) -> Result<(), MutateError> {
+    let Some(text) = list.and_then(|l| l.get(resource)) else {
+        return Ok(());
+    };
+    let value = Quantity::parse(&text.0).map_err(|source| MutateError::Quantity {
+        container: container.name.chars().take(64).collect(),
+        resource: resource.to_owned(),
+        kind,
+        source,
+    })?;
+    *total = total
+        .checked_add(value)
+        .map_err(|_| MutateError::OutOfRange(what))?;
+    Ok(())
+}
+
+/// The outcome of looking at one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// Not of the target runtime class: admitted as it is.
+    Untouched,
+    /// Admitted with this JSON Patch (RFC 6902) applied.
+    Patch(json_patch::Patch),
+}
+
+/// Mutates `object` (a pod as JSON, as the API server sent it) under `config`.
+pub fn mutate(config: &MutationConfig, object: &Value) -> Result<Mutation, MutateError> {
+    let pod: Pod = serde_json::from_value(object.clone()).map_err(MutateError::NotAPod)?;
+    let runtime_class = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.runtime_class_name.as_deref());
+    if runtime_class != Some(config.runtime_class.as_str()) {
+        return Ok(Mutation::Untouched);
+    }
+    if pod.spec.as_ref().is_none_or(|s| s.containers.is_empty()) {
+        return Err(MutateError::NoContainers);
+    }
+    let annotations = Totals::of(&pod)?.annotations()?;
+
+    let mut mutated = object.clone();
+    edit(&mut mutated, &annotations, &config.vm_resource);
+    Ok(Mutation::Patch(json_patch::diff(object, &mutated)))
+}
+
+/// Applies the mutation to the pod's JSON. The typed decode has already checked the shape:
+/// `spec.containers` is a non-empty array of objects.
+fn edit(pod: &mut Value, annotations: &[(&str, String)], vm_resource: &str) {
+    if !annotations.is_empty()
+        && let Some(pod) = pod.as_object_mut()
+    {
+        let metadata = object_entry(pod, "metadata");
+        let map = object_entry(metadata, "annotations");
+        for (key, value) in annotations {
+            map.insert((*key).to_owned(), Value::String(value.clone()));
+        }
+    }
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for list in ["containers", "initContainers"] {
+        if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+                c.insert("resources".to_owned(), json!({}));
+            }
+        }
+    }
+    if let Some(first) = spec
+        .get_mut("containers")
+        .and_then(Value::as_array_mut)
+        .and_then(|c| c.first_mut())
+        .and_then(Value::as_object_mut)
+    {
+        let one = || {
+            let mut m = Map::new();
+            m.insert(vm_resource.to_owned(), Value::String("1".to_owned()));
+            Value::Object(m)
+        };
+        first.insert(
+            "resources".to_owned(),
+            json!({ "requests": one(), "limits": one() }),
+        );
+    }
+}
+
+/// `parent[key]` as an object, replacing a missing or `null` value with `{}`.
+fn object_entry<'a>(parent: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    let slot = parent
+        .entry(key.to_owned())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
+    }
+    match slot {
+        Value::Object(map) => map,
+        // Made an object just above.
+        _ => unreachable!("slot was set to an object"),
+    }
+}

@@ -1,0 +1,153 @@
+//! AdmissionReview in, AdmissionReview out: the HTTP-independent core of the webhook.
+//!
+//! A body that is not an AdmissionReview (not JSON, no `request`, another kind) is a
+//! [`ReviewError`], answered with HTTP 400 and the reason. A well-formed review whose object
+//! cannot be mutated (not a pod, a bad quantity) is answered with a review that denies it,
+//! code 400 and the reason — as upstream's webhook does — so the API server refuses the pod
+//! and tells its author why.
+
+use kube_core::DynamicObject;
+use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube_core::response::Status;
+
+use crate::mutate::{Mutation, MutationConfig, mutate};
+
+/// The largest review read (the API server's own request limit is 3 MiB per object; a review
+/// carries the object and may carry its old version).
+pub const MAX_REVIEW_BYTES: usize = 8 << 20;
+/// The longest reason sent back (longer reasons are cut).
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// What the server does with a well-formed review.
+#[derive(Debug, Clone)]
+pub enum Handler {
+    /// The peer-pods mutation.
+    Mutate(MutationConfig),
+    /// Admit every object unchanged: the same parsing and answering with no mutation (the
+    /// benchmark's baseline).
+    Echo,
+}
+
+/// Why a request body is not a usable AdmissionReview.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The body is empty.
+    #[error("the request body is empty")]
+    Empty,
+    /// The body is larger than [`MAX_REVIEW_BYTES`].
+    #[error("the AdmissionReview is larger than {MAX_REVIEW_BYTES} bytes")]
+    TooLarge,
+    /// Not JSON, or not an AdmissionReview's shape.
+    #[error("the body is not an AdmissionReview: {0}")]
+    Json(#[source] serde_json::Error),
+    /// Another kind or API version.
+    #[error(
+        "expected kind AdmissionReview of admission.k8s.io/v1 (or v1beta1), got kind {kind:?} \
+         of {api_version:?}"
+    )]
+    Kind {
+        /// The kind sent.
+        kind: String,
+        /// The API version sent.
+        api_version: String,
+    },
+    /// No `request` in the review.
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    /// The answer could not be serialised (a bug).
+    #[error("the AdmissionReview response could not be serialised: {0}")]
+    Serialize(#[source] serde_json::Error),
+}
+
+/// Parses an AdmissionReview request body (the fuzzing entry point).
+pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
+    if body.is_empty() {
+        return Err(ReviewError::Empty);
+    }
+    if body.len() > MAX_REVIEW_BYTES {
+        return Err(ReviewError::TooLarge);
+    }
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(ReviewError::Json)?;
+    let types = &review.types;
+    if types.kind != "AdmissionReview"
+        || !matches!(
+            types.api_version.as_str(),
+            "admission.k8s.io/v1" | "admission.k8s.io/v1beta1"
+        )
+    {
+        return Err(ReviewError::Kind {
+            kind: clip(&types.kind, 64),
+            api_version: clip(&types.api_version, 64),
+        });
+    }
+    review.try_into().map_err(|_| ReviewError::NoRequest)
+}
+
+/// Answers one review body: the response body (HTTP 200), or why the body is unusable (HTTP
+/// 400).
+pub fn handle(handler: &Handler, body: &[u8]) -> Result<Vec<u8>, ReviewError> {
+    let request = parse_review(body)?;
+    let response = respond(handler, &request);
+    serde_json::to_vec(&response.into_review()).map_err(ReviewError::Serialize)
+}
+
+fn respond(handler: &Handler, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    let allowed = AdmissionResponse::from(request);
+    let config = match handler {
+        Handler::Echo => return allowed,
+        Handler::Mutate(config) => config,
+    };
+    let denied = |reason: String| {
+        let mut r = allowed.clone().deny("");
+        r.result = Status::failure(&clip(&reason, MAX_REASON_LEN), "BadRequest").with_code(400);
+        r
+    };
+    let Some(object) = request.object.as_ref() else {
+        return denied(format!(
+            "the {:?} request carries no object to mutate",
+            request.operation
+        ));
+    };
+    let kind = &request.kind;
+    if !(kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod") {
+        return denied(format!(
+            "expected a v1 Pod, got {}",
+            clip(
+                &format!("{}/{} {}", kind.group, kind.version, kind.kind),
+                128
+            )
+        ));
+    }
+    let json = match serde_json::to_value(object) {
+        Ok(v) => v,
+        Err(e) => return denied(format!("the object could not be read: {e}")),
+    };
+    match mutate(config, &json) {
+        Ok(Mutation::Untouched) => allowed,
+        Ok(Mutation::Patch(patch)) if patch.0.is_empty() => allowed,
+        Ok(Mutation::Patch(patch)) => match allowed.clone().with_patch(patch) {
+            Ok(r) => r,
+            Err(e) => denied(format!("the patch could not be serialised: {e}")),
+        },
+        Err(e) => denied(crate::error_chain(&e)),
+    }
+}
+
+/// At most `max` characters of `text`, with control characters escaped (the reason goes back
+/// to whoever created the pod, and into logs).
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for (n, c) in text.chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
