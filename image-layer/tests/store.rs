@@ -1,0 +1,269 @@
+//! The layer store: atomic, deduplicated installs, overlay root filesystems over several layers
+//! (whiteouts and opaque directories seen through a real overlay mount), references and GC.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use peerpod_image_layer::{LayerError, LayerStore, UnpackOptions};
+use sha2::{Digest, Sha256};
+
+fn diff_id(tar: &[u8]) -> String {
+    let d = Sha256::digest(tar);
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn install_is_atomic_and_checks_the_diff_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LayerStore::open(tmp.path()).unwrap();
+    let tar = Tar::new()
+        .add(Member::file(b"etc/os-release", b"ID=test\n"))
+        .finish();
+    let id = diff_id(&tar);
+    assert!(!store.contains(&id));
+    let stats = store
+        .install(&id, &tar[..], &UnpackOptions::default())
+        .unwrap();
+    assert_eq!(stats.files, 1);
+    assert!(store.contains(&id));
+    let dir = store.layer_dir(&id).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("etc/os-release")).unwrap(),
+        b"ID=test\n"
+    );
+    // Installed already: the stream is not read again.
+    let again = store
+        .install(&id, std::io::empty(), &UnpackOptions::default())
+        .unwrap();
+    assert_eq!(again.entries, 0);
+
+    for bad in ["sha256:../../etc", "sha256:ABC", "", "md5:00"] {
+        assert!(!store.contains(bad));
+        let err = store
+            .install(bad, &tar[..], &UnpackOptions::default())
+            .unwrap_err();
+        assert!(matches!(err, LayerError::InvalidDiffId(_)), "{err:?}");
+    }
+    assert!(names(&tmp.path().join("layers/.tmp")).is_empty());
+    assert!(LayerStore::open(Path::new("relative/dir")).is_err());
+    assert!(LayerStore::open(Path::new("/tmp/a,b")).is_err());
+}
+
+#[test]
+fn a_failed_install_leaves_nothing_behind() {
+    struct FailsAtEof(std::io::Cursor<Vec<u8>>);
+    impl std::io::Read for FailsAtEof {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(std::io::Error::other("digest mismatch")),
+                n => Ok(n),
+            }
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LayerStore::open(tmp.path()).unwrap();
+    let tar = Tar::new()
+        .add(Member::file(b"a", b"x"))
+        .add(Member::file(b"b/c", b"y"))
+        .finish();
+    let id = diff_id(&tar);
+    // The whole archive unpacks, then the reader fails at EOF: the layer must not appear.
+    let err = store
+        .install(
+            &id,
+            FailsAtEof(std::io::Cursor::new(tar.clone())),
+            &UnpackOptions::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, LayerError::Archive { .. }), "{err:?}");
+    assert!(!store.contains(&id));
+    // A hostile layer half-way.
+    let hostile = Tar::new()
+        .add(Member::file(b"ok", b"x"))
+        .add(Member::file(b"../escape", b"x"))
+        .finish();
+    assert!(
+        store
+            .install(&diff_id(&hostile), &hostile[..], &UnpackOptions::default())
+            .is_err()
+    );
+    assert!(names(&tmp.path().join("layers/.tmp")).is_empty());
+    assert!(names(&tmp.path().join("layers/sha256")).is_empty());
+    assert!(!tmp.path().join("escape").exists() && !tmp.path().join("layers/escape").exists());
+}
+
+#[test]
+fn concurrent_installs_of_one_layer_keep_one_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LayerStore::open(tmp.path()).unwrap();
+    let mut tar = Tar::new();
+    for i in 0..300 {
+        let name = format!("dir{}/file{i}", i % 7);
+        tar.push(&Member::file(name.as_bytes(), &[i as u8; 3000]));
+    }
+    let tar = tar.finish();
+    let id = diff_id(&tar);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| store.install(&id, &tar[..], &UnpackOptions::default())))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results {
+        r.as_ref().unwrap();
+    }
+    assert_eq!(names(&tmp.path().join("layers/sha256")).len(), 1);
+    assert!(names(&tmp.path().join("layers/.tmp")).is_empty());
+    let dir = store.layer_dir(&id).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("dir3/file10")).unwrap(),
+        vec![10u8; 3000]
+    );
+}
+
+#[test]
+fn open_removes_staging_left_by_a_dead_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(LayerStore::open(tmp.path()).unwrap());
+    // pid 0 is never a live process.
+    let stale = tmp.path().join("layers/.tmp/sha256-abc.0.0");
+    std::fs::create_dir_all(stale.join("sub")).unwrap();
+    drop(LayerStore::open(tmp.path()).unwrap());
+    assert!(!stale.exists());
+}
+
+/// Three layers: whiteouts, an opaque directory and a re-added file, seen through overlayfs.
+#[test]
+fn overlay_rootfs_applies_whiteouts_and_opaque_dirs_then_gc_after_unmount() {
+    if !require_root("overlay_rootfs_applies_whiteouts_and_opaque_dirs_then_gc_after_unmount") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LayerStore::open(&tmp.path().join("work")).unwrap();
+    let base = Tar::new()
+        .add(Member::dir(b"a/"))
+        .add(Member::file(b"a/keep", b"keep"))
+        .add(Member::file(b"a/gone", b"gone"))
+        .add(Member::dir(b"b/"))
+        .add(Member::file(b"b/old1", b"old"))
+        .add(Member::dir(b"b/olddir/"))
+        .add(Member::file(b"b/olddir/x", b"x"))
+        .add(Member::file(b"top", b"v1"))
+        .add(Member::file(b"dirgone/x", b"x"))
+        .finish();
+    let delete = Tar::new()
+        .add(Member::file(b"a/.wh.gone", b""))
+        .add(Member::file(b"b/.wh..wh..opq", b""))
+        .add(Member::file(b"b/new", b"new"))
+        .add(Member::file(b".wh.top", b""))
+        .add(Member::file(b".wh.dirgone", b""))
+        .finish();
+    let readd = Tar::new().add(Member::file(b"top", b"v3")).finish();
+    let ids: Vec<String> = [&base, &delete, &readd]
+        .iter()
+        .map(|t| diff_id(t))
+        .collect();
+    for (id, tar) in ids.iter().zip([&base, &delete, &readd]) {
+        store
+            .install(id, &tar[..], &UnpackOptions::default())
+            .unwrap();
+    }
+    let bundle = tmp.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let rootfs = store.mount_rootfs(&ids, &bundle).unwrap();
+    assert_eq!(rootfs, bundle.join("rootfs"));
+
+    assert_eq!(names(&rootfs), vec!["a", "b", "top"]);
+    assert_eq!(names(&rootfs.join("a")), vec!["keep"]);
+    assert_eq!(
+        names(&rootfs.join("b")),
+        vec!["new"],
+        "opaque directory hides the lower b/"
+    );
+    assert_eq!(std::fs::read(rootfs.join("top")).unwrap(), b"v3");
+
+    // Writes go to this bundle's upper directory, never into a shared layer.
+    std::fs::write(rootfs.join("a/keep"), b"changed").unwrap();
+    std::fs::write(rootfs.join("created"), b"c").unwrap();
+    assert_eq!(
+        std::fs::read(store.layer_dir(&ids[0]).unwrap().join("a/keep")).unwrap(),
+        b"keep"
+    );
+    assert!(!store.layer_dir(&ids[2]).unwrap().join("created").exists());
+
+    // Mounted twice, or with a layer not installed: refused.
+    assert!(matches!(
+        store.mount_rootfs(&ids, &bundle),
+        Err(LayerError::AlreadyMounted(_))
+    ));
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let other = tmp.path().join("other");
+    assert!(matches!(
+        store.mount_rootfs(std::slice::from_ref(&missing), &other),
+        Err(LayerError::NotInstalled(_))
+    ));
+    assert!(matches!(
+        store.mount_rootfs(&[], &other),
+        Err(LayerError::InvalidArgument(_))
+    ));
+
+    // A second bundle shares the base layer only.
+    let bundle2 = tmp.path().join("bundle2");
+    let rootfs2 = store.mount_rootfs(&ids[..1], &bundle2).unwrap();
+    assert_eq!(std::fs::read(rootfs2.join("top")).unwrap(), b"v1");
+    assert_eq!(std::fs::read(rootfs2.join("a/keep")).unwrap(), b"keep");
+
+    // In use: nothing collected.
+    assert_eq!(store.gc().unwrap().removed, 0);
+    store.unmount_rootfs(&bundle).unwrap();
+    assert!(!rootfs.exists(), "mount point removed");
+    let gc = store.gc().unwrap();
+    assert_eq!((gc.removed, gc.kept), (2, 1));
+    assert!(store.contains(&ids[0]) && !store.contains(&ids[1]) && !store.contains(&ids[2]));
+    // Unmounting again is fine.
+    store.unmount_rootfs(&bundle).unwrap();
+    store.unmount_rootfs(&bundle2).unwrap();
+    assert_eq!(store.gc().unwrap().removed, 1);
+    assert!(names(&tmp.path().join("work/layers/sha256")).is_empty());
+    assert!(names(&tmp.path().join("work/overlay")).is_empty());
+    assert!(names(&tmp.path().join("work/layers/.tmp")).is_empty());
+}
+
+#[test]
+fn gc_keeps_freshly_installed_layers_until_mounted_and_fails_closed_on_garbled_refs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LayerStore::open(tmp.path()).unwrap();
+    let tar = Tar::new().add(Member::file(b"f", b"x")).finish();
+    let id = diff_id(&tar);
+    store
+        .install(&id, &tar[..], &UnpackOptions::default())
+        .unwrap();
+    // An image pull installs, then mounts: GC in between must not take the layer.
+    let gc = store.gc().unwrap();
+    assert_eq!((gc.removed, gc.kept), (0, 1));
+    // Another store (another process, after a restart) does not know it is fresh: collected.
+    let later = LayerStore::open(tmp.path()).unwrap();
+    assert_eq!(later.gc().unwrap().removed, 1);
+    assert!(!store.contains(&id));
+
+    // A references file that is not diff IDs: GC refuses rather than guess.
+    std::fs::create_dir_all(tmp.path().join("overlay/x")).unwrap();
+    std::fs::write(tmp.path().join("overlay/x/layers"), b"garbage\n").unwrap();
+    assert!(matches!(store.gc(), Err(LayerError::InvalidDiffId(_))));
+}
