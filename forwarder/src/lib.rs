@@ -1,3 +1,44 @@
-//! The pod VM's front door on TCP 15150 (agent-protocol-forwarder) and the pod network.
+//! The pod VM's front door on TCP 15150 (`agent-protocol-forwarder`) and the pod network.
 //!
-//! Not built yet: this crate is being written.
+//! The kata shim on the worker node reaches the agent of a peer-pod VM over TCP 15150, with
+//! TLS and a client certificate. This crate is what listens there, as a drop-in for
+//! cloud-api-adaptor's forwarder (same binary name, flags, `apf.json` keys and defaults):
+//!
+//! - [`config`]: `apf.json` (`/run/peerpod/apf.json`): TLS material and settings, and the pod
+//!   network, checked strictly and bounded (it comes from the host).
+//! - [`podnet`]: the pod network before anything is served: a VXLAN device towards the worker
+//!   node moved into the pod's namespace (`/run/netns/podns`), MTU at most 1450, address, MAC,
+//!   routes (gateway-less first), neighbours, NOTRACK rules for the tunnel port; torn down on
+//!   exit. Netlink through rtnetlink from threads inside the right namespace; the rules through
+//!   Debian's `iptables`.
+//! - [`tls`]: the rustls server configuration (ring, TLS 1.2 or newer, client certificate
+//!   required when a client CA is configured, Go's version and suite names mapped).
+//! - [`frame`]: ttrpc framing (10-byte header, 4 MiB payload bound) and a copy-free read of a
+//!   request's service and method.
+//! - [`rewrite`]: CreateContainer joins the pod network namespace (any network namespace the
+//!   host named is replaced) and gets its missing bind-mount sources below
+//!   `/run/kata-containers/`; CreateSandbox loses its DNS entries. Nothing else is decoded.
+//! - [`proxy`]: one agent connection per client connection, whole frames relayed both ways
+//!   so ttrpc's multiplexed streams pass through; refused requests answered on their stream;
+//!   hostile framing ends the connection with a log line naming why.
+//! - [`server`]: the TCP listener, bounded TLS handshakes, one task per connection.
+//!
+//! The binary (`src/bin/agent-protocol-forwarder.rs`) reads the flags, sets up the pod
+//! network, waits for the agent's socket, and only then binds the port.
+//!
+//! Not built: upstream's secure-comms SSH tunnel (`-secure-comms`, `sc` in `apf.json`:
+//! refused with a message), the `external-net-via-pod-vm` routing (refused), IPv6 VXLAN
+//! remotes, the IMDS NAT set-up, and the cloud-volume (`cloud_volumes` annotation) mounting
+//! upstream's interceptor does.
+
+pub mod config;
+pub mod frame;
+pub mod podnet;
+pub mod proxy;
+pub mod rewrite;
+pub mod server;
+pub mod tls;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;

@@ -1,0 +1,195 @@
+//! `agent-protocol-forwarder`: the peer-pod VM's front door on TCP 15150, with upstream's flags
+//! (Go style: `-flag value`, `-flag=value`, `--flag` all work).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{ArgAction, Parser};
+use peerpod_forwarder::config::ApfConfig;
+use peerpod_forwarder::podnet::PodNetwork;
+use peerpod_forwarder::proxy::{Forwarder, connect_agent};
+use peerpod_forwarder::rewrite::{RewriteOptions, Rewriter};
+use peerpod_forwarder::tls::{TlsFlags, server_config};
+use tracing::{error, info, warn};
+
+/// How long each client connection waits for the agent's socket (upstream: 150 s).
+const AGENT_DIAL_TIMEOUT: Duration = Duration::from_secs(150);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent-protocol-forwarder",
+    about = "The peer-pod VM's front door: TLS on 15150 to the kata agent's socket"
+)]
+struct Flags {
+    /// Path to the daemon config file (apf.json).
+    #[arg(long, default_value = "/run/peerpod/daemon.json")]
+    config: PathBuf,
+    /// Listen address.
+    #[arg(long, default_value = "0.0.0.0:15150")]
+    listen: String,
+    /// Path to the kata agent socket.
+    #[arg(
+        long = "kata-agent-socket",
+        default_value = "/run/kata-containers/agent.sock"
+    )]
+    kata_agent_socket: PathBuf,
+    /// Path to the network namespace where the pod runs.
+    #[arg(long = "pod-namespace", default_value = "/run/netns/podns")]
+    pod_namespace: PathBuf,
+    /// Network interface used for tunnel traffic (accepted for compatibility; the kernel picks
+    /// the route to the worker).
+    #[arg(long = "host-interface", default_value = "")]
+    host_interface: String,
+    /// CA certificate file: client certificates must chain to it.
+    #[arg(long = "ca-cert-file")]
+    ca_cert_file: Option<String>,
+    /// Server certificate file.
+    #[arg(long = "cert-file")]
+    cert_file: Option<String>,
+    /// Server key file.
+    #[arg(long = "cert-key")]
+    cert_key: Option<String>,
+    /// Do not check client certificates (tests only).
+    #[arg(long = "tls-skip-verify", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", require_equals = true)]
+    tls_skip_verify: bool,
+    /// Serve plain TCP (tests only).
+    #[arg(long = "disable-tls", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", require_equals = true)]
+    disable_tls: bool,
+    /// Upstream's SSH tunnel: not supported here.
+    #[arg(long = "secure-comms", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", require_equals = true)]
+    secure_comms: bool,
+    /// Upstream's SSH tunnel inbounds: not supported here.
+    #[arg(long = "secure-comms-inbounds", default_value = "")]
+    secure_comms_inbounds: String,
+    /// Upstream's SSH tunnel outbounds: not supported here.
+    #[arg(long = "secure-comms-outbounds", default_value = "")]
+    secure_comms_outbounds: String,
+    /// Print the version and exit.
+    #[arg(long, action = ArgAction::SetTrue)]
+    version: bool,
+    /// Log level (RUST_LOG overrides).
+    #[arg(long = "log-level", default_value = "info")]
+    log_level: String,
+}
+
+/// Go's flag package takes `-name`; clap takes `--name`. Single-dash long flags get a dash.
+fn go_style(args: impl Iterator<Item = String>) -> Vec<String> {
+    args.enumerate()
+        .map(|(i, a)| {
+            if i > 0 && a.len() > 2 && a.starts_with('-') && !a.starts_with("--") {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse_from(go_style(std::env::args()));
+    if flags.version {
+        println!("agent-protocol-forwarder {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    peerpod_logging::init(&flags.log_level, peerpod_logging::Format::Text)
+        .context("cannot set up logging")?;
+    if flags.secure_comms
+        || !flags.secure_comms_inbounds.is_empty()
+        || !flags.secure_comms_outbounds.is_empty()
+    {
+        bail!(
+            "-secure-comms (upstream's SSH tunnel) is not supported by this forwarder: use TLS (apf.json tls-server-cert, tls-server-key, tls-client-ca)"
+        );
+    }
+    if !flags.host_interface.is_empty() {
+        info!(interface = %flags.host_interface, "-host-interface is accepted and not needed: the VXLAN socket follows the route to the worker");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(run(flags))
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let config = ApfConfig::load(&flags.config).with_context(|| {
+        format!(
+            "the forwarder configuration {} is unusable",
+            flags.config.display()
+        )
+    })?;
+    let tls = if flags.disable_tls {
+        warn!("-disable-tls: the agent API is served in plain TCP (tests only)");
+        None
+    } else {
+        let tls_flags = TlsFlags {
+            cert_file: flags.cert_file.clone(),
+            key_file: flags.cert_key.clone(),
+            ca_file: flags.ca_cert_file.clone(),
+            skip_verify: flags.tls_skip_verify,
+        };
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            server_config(&config.tls, &tls_flags).context("TLS cannot be set up")?,
+        )))
+    };
+
+    // The pod network first: nothing is served before the pod can reach its network.
+    let network = match &config.pod_network {
+        Some(net) => {
+            let network = PodNetwork::new(net.clone(), flags.pod_namespace.clone(), None);
+            network
+                .setup()
+                .await
+                .map_err(|e| anyhow::anyhow!(peerpod_text::error_chain(&e)))
+                .context("the pod network cannot be set up")?;
+            Some(network)
+        }
+        None => {
+            warn!("apf.json has no pod-network: no tunnel is set up");
+            None
+        }
+    };
+
+    let served = serve(&flags, tls).await;
+    if let Some(network) = network
+        && let Err(e) = network.teardown().await
+    {
+        error!(reason = %peerpod_text::error_chain(&e), "the pod network was not fully torn down");
+    }
+    served
+}
+
+async fn serve(flags: &Flags, tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<()> {
+    info!(socket = %flags.kata_agent_socket.display(), "waiting for the agent's socket");
+    drop(connect_agent(&flags.kata_agent_socket, None).await?);
+    let listener = tokio::net::TcpListener::bind(&flags.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", flags.listen))?;
+    info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "agent-protocol-forwarder serving");
+    let forwarder = Arc::new(Forwarder::new(
+        Rewriter::new(RewriteOptions {
+            pod_netns: flags.pod_namespace.display().to_string(),
+            ..RewriteOptions::default()
+        }),
+        flags.kata_agent_socket.clone(),
+        AGENT_DIAL_TIMEOUT,
+    ));
+    peerpod_forwarder::server::serve(listener, tls, forwarder, shutdown_signal()).await;
+    info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

@@ -1,0 +1,390 @@
+//! The two requests the forwarder changes on their way to the agent, as upstream's
+//! interceptor does:
+//!
+//! - `CreateContainer`: the container joins the pod's network namespace. Every `network`
+//!   namespace entry the host sent is replaced by exactly one naming the pod namespace
+//!   (`/run/netns/podns`), so the host cannot point a container at the VM's own network
+//!   namespace or another. Missing bind-mount sources are created as directories, but only
+//!   below the allowed prefixes (`/run/kata-containers/` by default, where the shim's
+//!   shared paths live), never through a symbolic link, at most [`MAX_CREATED_SOURCES`] per
+//!   request. Sources elsewhere are left to the agent (and its policy) to refuse.
+//! - `CreateSandbox`: the DNS entries are dropped, so the host does not rewrite the pod VM's
+//!   `/etc/resolv.conf` (upstream's cloud-api-adaptor issue 98).
+//!
+//! Every other request passes untouched, without being decoded. A request that is to be
+//! rewritten but does not decode is refused (it is never forwarded unrewritten: a container
+//! must not escape the pod's network namespace because its request was malformed).
+
+use std::path::{Component, Path, PathBuf};
+
+use peerpod_protocols::kata::{agent, oci};
+use protobuf::Message as _;
+use tracing::{debug, info, warn};
+
+use crate::frame::{ScanError, request_method};
+
+/// The most bind-mount source directories one CreateContainer may create.
+pub const MAX_CREATED_SOURCES: usize = 64;
+/// The agent service's name on the wire.
+pub const AGENT_SERVICE: &str = "grpc.AgentService";
+/// The pod's network namespace upstream uses.
+pub const DEFAULT_POD_NETNS: &str = "/run/netns/podns";
+/// Where missing bind-mount sources may be created by default.
+pub const DEFAULT_BIND_SOURCE_PREFIX: &str = "/run/kata-containers";
+
+/// Why a request was refused instead of forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    /// The ttrpc request envelope is malformed.
+    #[error(transparent)]
+    Envelope(#[from] ScanError),
+    /// The request to rewrite does not decode.
+    #[error("{method} request does not decode: {reason}")]
+    Decode {
+        /// The method.
+        method: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// CreateContainer without an OCI spec.
+    #[error("CreateContainer carries no OCI spec")]
+    NoSpec,
+    /// The rewritten request could not be encoded.
+    #[error("{method} request cannot be re-encoded: {reason}")]
+    Encode {
+        /// The method.
+        method: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the rewrites do.
+#[derive(Debug, Clone)]
+pub struct RewriteOptions {
+    /// The pod's network namespace path (`-pod-namespace`).
+    pub pod_netns: String,
+    /// The directories below which missing bind-mount sources are created.
+    pub bind_source_prefixes: Vec<PathBuf>,
+}
+
+impl Default for RewriteOptions {
+    fn default() -> Self {
+        Self {
+            pod_netns: DEFAULT_POD_NETNS.to_owned(),
+            bind_source_prefixes: vec![PathBuf::from(DEFAULT_BIND_SOURCE_PREFIX)],
+        }
+    }
+}
+
+/// Rewrites requests per [`RewriteOptions`].
+#[derive(Debug, Clone, Default)]
+pub struct Rewriter {
+    options: RewriteOptions,
+}
+
+impl Rewriter {
+    /// A rewriter with `options`.
+    pub fn new(options: RewriteOptions) -> Self {
+        Self { options }
+    }
+
+    /// The rewritten `ttrpc.Request` for `payload`, or `None` when it passes unchanged.
+    pub fn rewrite(&self, payload: &[u8]) -> Result<Option<Vec<u8>>, RewriteError> {
+        let (service, method) = request_method(payload)?;
+        if service != AGENT_SERVICE.as_bytes() {
+            return Ok(None);
+        }
+        match method {
+            b"CreateContainer" => self
+                .rewrite_inner(payload, "CreateContainer", |this, bytes| {
+                    this.create_container(bytes)
+                })
+                .map(Some),
+            b"CreateSandbox" => self
+                .rewrite_inner(payload, "CreateSandbox", |_, bytes| create_sandbox(bytes))
+                .map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn rewrite_inner(
+        &self,
+        payload: &[u8],
+        method: &'static str,
+        change: impl FnOnce(&Self, &[u8]) -> Result<Vec<u8>, RewriteError>,
+    ) -> Result<Vec<u8>, RewriteError> {
+        let mut request =
+            ttrpc::Request::parse_from_bytes(payload).map_err(|e| RewriteError::Decode {
+                method,
+                reason: e.to_string(),
+            })?;
+        request.payload = change(self, &request.payload)?;
+        request.write_to_bytes().map_err(|e| RewriteError::Encode {
+            method,
+            reason: e.to_string(),
+        })
+    }
+
+    fn create_container(&self, bytes: &[u8]) -> Result<Vec<u8>, RewriteError> {
+        const M: &str = "CreateContainer";
+        let mut req = agent::CreateContainerRequest::parse_from_bytes(bytes).map_err(|e| {
+            RewriteError::Decode {
+                method: M,
+                reason: e.to_string(),
+            }
+        })?;
+        let spec = req.OCI.as_mut().ok_or(RewriteError::NoSpec)?;
+        let linux = spec.Linux.mut_or_insert_default();
+        let before = linux.Namespaces.len();
+        linux.Namespaces.retain(|ns| ns.Type != "network");
+        let dropped = before - linux.Namespaces.len();
+        let mut podns = oci::LinuxNamespace::new();
+        podns.Type = "network".into();
+        podns.Path = self.options.pod_netns.clone();
+        linux.Namespaces.push(podns);
+        info!(
+            container = %peerpod_text_safe(&req.container_id),
+            netns = %self.options.pod_netns,
+            replaced = dropped,
+            "CreateContainer: the container joins the pod network namespace"
+        );
+        let mut created = 0usize;
+        for mount in &spec.Mounts {
+            if mount.type_ != "bind" || mount.source.is_empty() {
+                continue;
+            }
+            let source = Path::new(&mount.source);
+            if source.symlink_metadata().is_ok() {
+                continue;
+            }
+            if created == MAX_CREATED_SOURCES {
+                warn!(
+                    "CreateContainer: more than {MAX_CREATED_SOURCES} missing bind-mount sources; \
+                     the rest are left to the agent"
+                );
+                break;
+            }
+            match self.create_source(source) {
+                Ok(true) => created += 1,
+                Ok(false) => {
+                    debug!(source = %source.display(), "missing bind-mount source outside the allowed prefixes: left to the agent")
+                }
+                Err(reason) => {
+                    warn!(source = %source.display(), %reason, "missing bind-mount source not created")
+                }
+            }
+        }
+        req.write_to_bytes().map_err(|e| RewriteError::Encode {
+            method: M,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Creates `source` as a directory if it is a clean absolute path below an allowed
+    /// prefix, without following symbolic links. `Ok(false)`: not below an allowed prefix.
+    fn create_source(&self, source: &Path) -> Result<bool, String> {
+        if !source.is_absolute()
+            || source
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Ok(false);
+        }
+        let Some(prefix) = self
+            .options
+            .bind_source_prefixes
+            .iter()
+            .find(|p| source.starts_with(p) && source != p.as_path())
+        else {
+            return Ok(false);
+        };
+        let meta = prefix
+            .symlink_metadata()
+            .map_err(|e| format!("the prefix {} is unusable: {e}", prefix.display()))?;
+        if !meta.is_dir() {
+            return Err(format!(
+                "the prefix {} is not a directory",
+                prefix.display()
+            ));
+        }
+        let rest = source
+            .strip_prefix(prefix)
+            .map_err(|_| "not below the prefix".to_owned())?;
+        let mut path = prefix.clone();
+        for part in rest.components() {
+            path.push(part);
+            match path.symlink_metadata() {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "{} exists and is not a directory (a symbolic link is never followed)",
+                        path.display()
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    use std::os::unix::fs::DirBuilderExt as _;
+                    std::fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&path)
+                        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                }
+                Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+            }
+        }
+        info!(source = %source.display(), "created a missing bind-mount source");
+        Ok(true)
+    }
+}
+
+fn create_sandbox(bytes: &[u8]) -> Result<Vec<u8>, RewriteError> {
+    const M: &str = "CreateSandbox";
+    let mut req =
+        agent::CreateSandboxRequest::parse_from_bytes(bytes).map_err(|e| RewriteError::Decode {
+            method: M,
+            reason: e.to_string(),
+        })?;
+    if !req.dns.is_empty() {
+        info!(
+            entries = req.dns.len(),
+            "CreateSandbox: DNS settings dropped, so the host does not rewrite the pod VM's resolv.conf"
+        );
+        req.dns.clear();
+    }
+    req.write_to_bytes().map_err(|e| RewriteError::Encode {
+        method: M,
+        reason: e.to_string(),
+    })
+}
+
+/// A host-chosen string for a log line: printable ASCII, at most 80 characters.
+fn peerpod_text_safe(s: &str) -> String {
+    s.chars()
+        .take(80)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn envelope(method: &str, payload: Vec<u8>) -> Vec<u8> {
+        let mut r = ttrpc::Request::new();
+        r.service = AGENT_SERVICE.into();
+        r.method = method.into();
+        r.payload = payload;
+        r.write_to_bytes().unwrap()
+    }
+
+    fn decode_cc(bytes: &[u8]) -> agent::CreateContainerRequest {
+        let env = ttrpc::Request::parse_from_bytes(bytes).unwrap();
+        agent::CreateContainerRequest::parse_from_bytes(&env.payload).unwrap()
+    }
+
+    #[test]
+    fn host_network_namespaces_are_replaced_by_the_pod_one() {
+        let mut req = agent::CreateContainerRequest::new();
+        req.container_id = "c1".into();
+        let mut spec = oci::Spec::new();
+        let mut linux = oci::Linux::new();
+        for (t, p) in [
+            ("network", "/proc/1/ns/net"),
+            ("mount", ""),
+            ("network", ""),
+        ] {
+            let mut ns = oci::LinuxNamespace::new();
+            ns.Type = t.into();
+            ns.Path = p.into();
+            linux.Namespaces.push(ns);
+        }
+        spec.Linux = Some(linux).into();
+        req.OCI = Some(spec).into();
+        let out = Rewriter::default()
+            .rewrite(&envelope("CreateContainer", req.write_to_bytes().unwrap()))
+            .unwrap()
+            .unwrap();
+        let got = decode_cc(&out);
+        let ns: Vec<_> = got
+            .OCI
+            .Linux
+            .Namespaces
+            .iter()
+            .map(|n| (n.Type.as_str(), n.Path.as_str()))
+            .collect();
+        assert_eq!(ns, [("mount", ""), ("network", "/run/netns/podns")]);
+        assert_eq!(got.container_id, "c1");
+    }
+
+    #[test]
+    fn other_requests_pass_undecoded_and_bad_ones_are_refused() {
+        let r = Rewriter::default();
+        assert!(
+            r.rewrite(&envelope("StartContainer", vec![0xFF, 0xFF]))
+                .unwrap()
+                .is_none()
+        );
+        let err = r
+            .rewrite(&envelope("CreateContainer", vec![0xFF, 0xFF]))
+            .unwrap_err();
+        assert!(matches!(err, RewriteError::Decode { .. }), "{err}");
+        let err = r
+            .rewrite(&envelope("CreateContainer", Vec::new()))
+            .unwrap_err();
+        assert!(matches!(err, RewriteError::NoSpec), "{err}");
+        assert!(r.rewrite(&[0x0A, 0x09, b'g']).is_err());
+    }
+
+    #[test]
+    fn sandbox_dns_is_dropped() {
+        let mut req = agent::CreateSandboxRequest::new();
+        req.hostname = "pod".into();
+        req.dns = vec!["nameserver 10.96.0.10".into()];
+        let out = Rewriter::default()
+            .rewrite(&envelope("CreateSandbox", req.write_to_bytes().unwrap()))
+            .unwrap()
+            .unwrap();
+        let env = ttrpc::Request::parse_from_bytes(&out).unwrap();
+        let got = agent::CreateSandboxRequest::parse_from_bytes(&env.payload).unwrap();
+        assert!(got.dns.is_empty());
+        assert_eq!(got.hostname, "pod");
+    }
+
+    #[test]
+    fn bind_sources_are_created_only_below_the_prefix_and_never_through_links() {
+        let base = std::env::temp_dir().join(format!("fwd-bind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let allowed = base.join("kata");
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, allowed.join("link")).unwrap();
+        let r = Rewriter::new(RewriteOptions {
+            pod_netns: "/run/netns/podns".into(),
+            bind_source_prefixes: vec![allowed.clone()],
+        });
+        let mut spec = oci::Spec::new();
+        for src in [
+            allowed.join("shared/containers/c1-hostname"),
+            allowed.join("link/escaped"),
+            base.join("elsewhere"),
+            allowed.join("a/../../dotdot"),
+        ] {
+            let mut m = oci::Mount::new();
+            m.type_ = "bind".into();
+            m.source = src.display().to_string();
+            m.destination = "/x".into();
+            spec.Mounts.push(m);
+        }
+        let mut req = agent::CreateContainerRequest::new();
+        req.OCI = Some(spec).into();
+        r.rewrite(&envelope("CreateContainer", req.write_to_bytes().unwrap()))
+            .unwrap();
+        assert!(allowed.join("shared/containers/c1-hostname").is_dir());
+        assert!(!outside.join("escaped").exists(), "a link was followed");
+        assert!(!base.join("elsewhere").exists());
+        assert!(!base.join("dotdot").exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

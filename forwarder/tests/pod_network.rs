@@ -1,0 +1,287 @@
+//! The pod network between network namespaces: a "worker" namespace with its own VXLAN end, a
+//! "pod VM" namespace (where the forwarder's host side runs) joined to it by a veth pair, and
+//! the pod namespace inside the pod VM. Traffic must cross the tunnel, with MTU 1450; teardown
+//! must leave nothing.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::Command;
+
+use peerpod_forwarder::config::{NeighborConfig, PodNetworkConfig, RouteConfig};
+use peerpod_forwarder::podnet::{PodNetwork, netns};
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2) runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Three named namespaces, deleted on drop.
+struct World {
+    worker: String,
+    vm: String,
+    pod: String,
+}
+
+impl World {
+    fn new(tag: &str) -> Self {
+        let id = std::process::id() % 100_000;
+        let w = Self {
+            worker: format!("fw-w{tag}{id}"),
+            vm: format!("fw-v{tag}{id}"),
+            pod: format!("fw-p{tag}{id}"),
+        };
+        for ns in [&w.worker, &w.vm, &w.pod] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+            ip(&["netns", "add", ns]);
+        }
+        let (a, b) = (format!("fva{tag}{id}"), format!("fvb{tag}{id}"));
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &a, "netns", &w.worker]);
+        ip(&["link", "set", &b, "netns", &w.vm]);
+        ip(&["-n", &w.worker, "addr", "add", "192.168.77.1/24", "dev", &a]);
+        ip(&["-n", &w.vm, "addr", "add", "192.168.77.2/24", "dev", &b]);
+        for (ns, dev) in [(&w.worker, &a), (&w.vm, &b)] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        // The worker's end of the tunnel, as the cloud-api-adaptor sets it up on the node.
+        ip(&[
+            "-n",
+            &w.worker,
+            "link",
+            "add",
+            "vx0",
+            "address",
+            "0a:58:0a:f4:01:01",
+            "type",
+            "vxlan",
+            "id",
+            "555001",
+            "remote",
+            "192.168.77.2",
+            "dstport",
+            "9000",
+        ]);
+        ip(&[
+            "-n",
+            &w.worker,
+            "addr",
+            "add",
+            "10.244.1.1/24",
+            "dev",
+            "vx0",
+        ]);
+        ip(&["-n", &w.worker, "link", "set", "vx0", "mtu", "1450", "up"]);
+        w
+    }
+
+    fn path(ns: &str) -> PathBuf {
+        PathBuf::from("/run/netns").join(ns)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for ns in [&self.worker, &self.vm, &self.pod] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn config() -> PodNetworkConfig {
+    PodNetworkConfig {
+        pod_ip: (IpAddr::V4(Ipv4Addr::new(10, 244, 1, 5)), 24),
+        pod_hw_addr: Some([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05]),
+        interface: "eth0".into(),
+        worker_node_ip: Ipv4Addr::new(192, 168, 77, 1),
+        // Listed gateway first: the set-up must add the gateway-less route before it.
+        routes: vec![
+            RouteConfig {
+                dst: Some((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
+                gw: Some(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 1))),
+                dev: "eth0".into(),
+                protocol: 0,
+                scope: 0,
+            },
+            RouteConfig {
+                dst: Some((IpAddr::V4(Ipv4Addr::new(10, 244, 1, 0)), 24)),
+                gw: None,
+                dev: "eth0".into(),
+                protocol: 0,
+                scope: 253,
+            },
+        ],
+        neighbors: vec![NeighborConfig {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 244, 1, 1)),
+            hw_addr: [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01],
+            dev: "eth0".into(),
+            state: 0,
+        }],
+        mtu: 1500,
+        vxlan_port: 9000,
+        vxlan_id: 555001,
+        external_net_via_pod_vm: false,
+    }
+}
+
+#[tokio::test]
+async fn vxlan_carries_pod_traffic_with_mtu_1450_and_teardown_leaves_nothing() {
+    let w = World::new("a");
+    let net = PodNetwork::new(config(), World::path(&w.pod), Some(World::path(&w.vm)));
+    net.setup().await.unwrap();
+
+    // The device: in the pod namespace, renamed, the pod's MAC, MTU clamped, a VXLAN to the
+    // worker on port 9000.
+    let link = ip(&["-n", &w.pod, "-d", "link", "show", "eth0"]);
+    assert!(link.contains("mtu 1450"), "{link}");
+    assert!(link.contains("0a:58:0a:f4:01:05"), "{link}");
+    assert!(
+        link.contains("vxlan id 555001 remote 192.168.77.1"),
+        "{link}"
+    );
+    assert!(link.contains("dstport 9000"), "{link}");
+    assert!(
+        ip(&["-n", &w.pod, "link", "show", "lo"]).contains("UP"),
+        "lo is up in the pod namespace"
+    );
+    assert!(
+        !ip(&["-n", &w.vm, "link"]).contains("ppvx"),
+        "nothing left in the pod VM's namespace"
+    );
+    let routes = ip(&["-n", &w.pod, "route"]);
+    assert!(
+        routes.contains("default via 10.244.1.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(routes.contains("10.244.1.0/24 dev eth0"), "{routes}");
+    let neigh = ip(&["-n", &w.pod, "neigh"]);
+    assert!(
+        neigh.contains("10.244.1.1 dev eth0 lladdr 0a:58:0a:f4:01:01 PERMANENT"),
+        "{neigh}"
+    );
+    let rules = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "raw", "-S"]).stdout)
+        .into_owned();
+    assert!(rules.contains("-A peerpod-OUTPUT -d 192.168.77.1/32 -p udp -m comment --comment \"peerpod [vni:555001]\" -m udp --dport 9000 -j NOTRACK"), "{rules}");
+    assert!(rules.contains("-A peerpod-PREROUTING -s 192.168.77.1/32 -p udp -m comment --comment \"peerpod [vni:555001]\" -m udp --dport 9000 -j NOTRACK"), "{rules}");
+    assert!(rules.contains("-A OUTPUT -j peerpod-OUTPUT"), "{rules}");
+
+    // Pings across the tunnel, both ways.
+    let ping = in_ns(
+        &w.worker,
+        &["busybox", "ping", "-c", "2", "-W", "3", "10.244.1.5"],
+    );
+    assert!(
+        ping.status.success(),
+        "worker → pod: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let ping = in_ns(
+        &w.pod,
+        &["busybox", "ping", "-c", "1", "-W", "3", "10.244.1.1"],
+    );
+    assert!(
+        ping.status.success(),
+        "pod → worker: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+
+    // TCP: 1 MiB from the worker to a listener in the pod namespace, in full-size segments.
+    let server = tokio::spawn(netns::run_in(Some(&World::path(&w.pod)), || async {
+        use tokio::io::AsyncReadExt as _;
+        let l = tokio::net::TcpListener::bind("10.244.1.5:8080")
+            .await
+            .unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    }));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let sent = payload.clone();
+    netns::run_in(Some(&World::path(&w.worker)), move || async move {
+        use tokio::io::AsyncWriteExt as _;
+        let mut s = tokio::net::TcpStream::connect("10.244.1.5:8080")
+            .await
+            .unwrap();
+        s.write_all(&sent).await.unwrap();
+        s.shutdown().await.unwrap();
+    })
+    .await
+    .unwrap();
+    let got = server.await.unwrap().unwrap();
+    assert_eq!(got, payload, "the pod received the bytes intact");
+
+    net.teardown().await.unwrap();
+    let links = ip(&["-n", &w.pod, "link"]);
+    assert!(!links.contains("eth0"), "{links}");
+    let rules = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "raw", "-S"]).stdout)
+        .into_owned();
+    assert!(!rules.contains("peerpod"), "rules left behind: {rules}");
+    assert!(!ip(&["-n", &w.vm, "link"]).contains("ppvx"));
+    // Teardown twice is harmless.
+    net.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_set_up_removes_what_it_made() {
+    let w = World::new("b");
+    let mut cfg = config();
+    // A route on a device the pod namespace does not have: set-up fails part-way.
+    cfg.routes.push(RouteConfig {
+        dst: Some((IpAddr::V4(Ipv4Addr::new(10, 9, 0, 0)), 16)),
+        gw: None,
+        dev: "nosuch0".into(),
+        protocol: 0,
+        scope: 0,
+    });
+    let net = PodNetwork::new(cfg, World::path(&w.pod), Some(World::path(&w.vm)));
+    let err = net
+        .setup()
+        .await
+        .expect_err("a missing route device fails the set-up");
+    assert!(err.to_string().contains("nosuch0"), "{err}");
+    assert!(
+        !ip(&["-n", &w.pod, "link"]).contains("eth0"),
+        "the device was removed"
+    );
+    let rules = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "raw", "-S"]).stdout)
+        .into_owned();
+    assert!(!rules.contains("peerpod"), "rules left behind: {rules}");
+}
+
+#[tokio::test]
+async fn teardown_leaves_a_non_vxlan_interface_alone() {
+    let w = World::new("c");
+    ip(&[
+        "-n", &w.pod, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    let net = PodNetwork::new(config(), World::path(&w.pod), Some(World::path(&w.vm)));
+    let err = net.teardown().await.expect_err("not ours");
+    assert!(err.to_string().contains("not a VXLAN device"), "{err}");
+    assert!(ip(&["-n", &w.pod, "link"]).contains("eth0"));
+}
