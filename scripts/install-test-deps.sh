@@ -26,6 +26,10 @@ REQUIRED=(
     # devices for the tests.
     "cryptsetup-bin:cryptsetup"
     "e2fsprogs:mkfs.ext4"
+    # Pod VM provisioning: the cidata ISO of process-user-data's guest test, and
+    # `systemd-analyze verify` of the podvm/ units.
+    "genisoimage:genisoimage"
+    "systemd:systemd-analyze"
     # agent-protocol-forwarder: the NOTRACK rules for the pod network's VXLAN port.
     "iptables:iptables"
     # Image pulls (peerpod-image): a local registry (htpasswd auth: apache2-utils' htpasswd makes
