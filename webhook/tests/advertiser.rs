@@ -1,0 +1,455 @@
+//! The per-node VM limit advertiser against a stand-in of the API server's node endpoints: a
+//! real HTTPS server (hyper over rustls) that checks the bearer token and applies the JSON
+//! Patches it receives with RFC 6902 semantics (`test` included) to a node object, answering
+//! 422 when a patch does not apply, as kube-apiserver does. (Debian has no kube-apiserver
+//! package, so a real one cannot run here.)
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use common::{Certs, TestResult};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use peerpod_webhook::advertiser::{
+    AdvertiseError, Advertised, Advertiser, AdvertiserConfig, OWNER_ANNOTATION, Withdrawn,
+};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "sa-token-for-the-advertiser";
+const NODE: &str = "worker-0";
+
+#[derive(Default)]
+struct State {
+    node: Value,
+    log: Vec<(String, String, String)>,
+    /// After this many GETs, another advertiser (this name) takes the node over.
+    takeover: Option<(usize, String)>,
+    gets: usize,
+}
+
+struct ApiServer {
+    url: String,
+    certs: Certs,
+    state: Arc<Mutex<State>>,
+}
+
+fn status(code: u16, message: &str) -> Response<Full<Bytes>> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                      "message": message, "code": code});
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = hyper::StatusCode::from_u16(code).expect("status code");
+    r
+}
+
+async fn api(
+    state: Arc<Mutex<State>>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return status(400, "body"),
+    };
+    let mut s = state.lock().expect("state");
+    s.log.push((
+        method.clone(),
+        path.clone(),
+        String::from_utf8_lossy(&body).into_owned(),
+    ));
+    if auth.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+        return status(401, "Unauthorized");
+    }
+    let node_path = format!("/api/v1/nodes/{NODE}");
+    let ok = |v: &Value| Response::new(Full::new(Bytes::from(v.to_string())));
+    match (method.as_str(), path.as_str()) {
+        ("GET", p) if p == node_path => {
+            s.gets += 1;
+            if let Some((after, other)) = s.takeover.clone()
+                && s.gets >= after
+            {
+                s.node["metadata"]["annotations"][OWNER_ANNOTATION] = json!(other);
+                s.takeover = None;
+                // The takeover lands after this GET's answer was made.
+                let before = s.node.clone();
+                let mut answer = before;
+                answer["metadata"]["annotations"][OWNER_ANNOTATION] = json!("advertiser-a");
+                return ok(&answer);
+            }
+            ok(&s.node)
+        }
+        ("PATCH", p) if p == format!("{node_path}/status") => {
+            if content_type.as_deref() != Some("application/json-patch+json") {
+                return status(415, "unsupported patch type");
+            }
+            let Ok(patch) = serde_json::from_slice::<json_patch::Patch>(&body) else {
+                return status(400, "not a JSON patch");
+            };
+            let mut node = s.node.clone();
+            if let Err(e) = json_patch::patch(&mut node, &patch) {
+                return status(
+                    422,
+                    &format!("the server rejected our request due to an error in our request: {e}"),
+                );
+            }
+            s.node = node;
+            ok(&s.node)
+        }
+        _ => status(404, "not found"),
+    }
+}
+
+impl ApiServer {
+    async fn start(node: Value) -> Self {
+        common::install_provider();
+        let certs = Certs::generate("kubernetes");
+        let state = Arc::new(Mutex::new(State {
+            node,
+            ..State::default()
+        }));
+        let dir = common::TempDir::new("api");
+        certs.write(&dir.0);
+        let cert = peerpod_webhook::tls::ReloadingCert::load(
+            &dir.0.join("tls.crt"),
+            &dir.0.join("tls.key"),
+        )
+        .expect("certificate");
+        let tls = peerpod_webhook::tls::TlsOptions::default()
+            .server_config(cert)
+            .expect("tls");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "https://localhost:{}",
+            listener.local_addr().expect("addr").port()
+        );
+        let st = Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let st = Arc::clone(&st);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| {
+                        let st = Arc::clone(&st);
+                        async move { Ok::<_, Infallible>(api(st, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        ApiServer { url, certs, state }
+    }
+
+    fn advertiser(&self, owner: &str, limit: i64, token: &str) -> Advertiser {
+        let config = AdvertiserConfig {
+            node_name: NODE.to_owned(),
+            limit,
+            resource: "kata.peerpods.io/vm".to_owned(),
+            owner: owner.to_owned(),
+        };
+        Advertiser::new(&self.url, self.certs.ca_pem.as_bytes(), token, config).expect("advertiser")
+    }
+
+    fn node(&self) -> Value {
+        self.state.lock().expect("state").node.clone()
+    }
+
+    fn requests(&self) -> usize {
+        self.state.lock().expect("state").log.len()
+    }
+}
+
+fn a_node() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+        "spec": {"podCIDR": "10.244.0.0/24"},
+        "status": {"capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+                   "allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"}}
+    })
+}
+
+#[tokio::test]
+async fn advertise_sets_the_capacity_with_the_owner_and_withdraw_removes_both() -> TestResult {
+    let api = ApiServer::start(a_node()).await;
+    let a = api.advertiser("advertiser-a", 10, TOKEN);
+    assert_eq!(a.advertise().await?, Advertised::Set);
+    let node = api.node();
+    assert_eq!(node["status"]["capacity"]["kata.peerpods.io/vm"], "10");
+    assert_eq!(node["status"]["capacity"]["cpu"], "4");
+    assert_eq!(
+        node["metadata"]["annotations"][OWNER_ANNOTATION],
+        "advertiser-a"
+    );
+    assert_eq!(
+        node["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"],
+        "0"
+    );
+    // The patch path is upstream's, with the resource name escaped.
+    let log = api.state.lock().expect("state").log.clone();
+    let (_, path, body) = log.iter().find(|(m, _, _)| m == "PATCH").expect("a patch");
+    assert_eq!(path, "/api/v1/nodes/worker-0/status");
+    assert!(
+        body.contains("/status/capacity/kata.peerpods.io~1vm"),
+        "{body}"
+    );
+
+    assert_eq!(a.withdraw().await?, Withdrawn::Removed);
+    let node = api.node();
+    assert!(
+        node["status"]["capacity"]
+            .get("kata.peerpods.io/vm")
+            .is_none(),
+        "{node}"
+    );
+    assert!(
+        node["metadata"]["annotations"]
+            .get(OWNER_ANNOTATION)
+            .is_none(),
+        "{node}"
+    );
+    assert_eq!(node["status"]["capacity"]["pods"], "110");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_without_annotations_or_capacity_gets_them() -> TestResult {
+    let api = ApiServer::start(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "status": {}}),
+    )
+    .await;
+    let a = api.advertiser("advertiser-a", 3, TOKEN);
+    a.advertise().await?;
+    let node = api.node();
+    assert_eq!(node["status"]["capacity"]["kata.peerpods.io/vm"], "3");
+    assert_eq!(
+        node["metadata"]["annotations"][OWNER_ANNOTATION],
+        "advertiser-a"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn withdraw_leaves_another_owners_capacity() -> TestResult {
+    let api = ApiServer::start(a_node()).await;
+    let old = api.advertiser("advertiser-a", 10, TOKEN);
+    let new = api.advertiser("advertiser-b", 8, TOKEN);
+    old.advertise().await?;
+    new.advertise().await?;
+    assert_eq!(
+        old.withdraw().await?,
+        Withdrawn::NotOwner(Some("advertiser-b".to_owned()))
+    );
+    let node = api.node();
+    assert_eq!(node["status"]["capacity"]["kata.peerpods.io/vm"], "8");
+    assert_eq!(
+        node["metadata"]["annotations"][OWNER_ANNOTATION],
+        "advertiser-b"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_takeover_between_read_and_patch_is_not_undone() -> TestResult {
+    let api = ApiServer::start(a_node()).await;
+    let a = api.advertiser("advertiser-a", 10, TOKEN);
+    a.advertise().await?;
+    // The next GET (withdraw's read) still shows us as owner, but b has taken over by the time
+    // the patch arrives: the patch's `test` must fail and nothing be removed.
+    {
+        let mut s = api.state.lock().expect("state");
+        let gets = s.gets;
+        s.takeover = Some((gets + 1, "advertiser-b".to_owned()));
+        s.node["status"]["capacity"]["kata.peerpods.io/vm"] = json!("8");
+    }
+    assert_eq!(
+        a.withdraw().await?,
+        Withdrawn::NotOwner(Some("advertiser-b".to_owned()))
+    );
+    let node = api.node();
+    assert_eq!(node["status"]["capacity"]["kata.peerpods.io/vm"], "8");
+    assert_eq!(
+        node["metadata"]["annotations"][OWNER_ANNOTATION],
+        "advertiser-b"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_negative_limit_advertises_nothing_and_sends_nothing() -> TestResult {
+    let api = ApiServer::start(a_node()).await;
+    let a = api.advertiser("advertiser-a", -1, TOKEN);
+    assert_eq!(a.advertise().await?, Advertised::Skipped);
+    assert_eq!(a.withdraw().await?, Withdrawn::Skipped);
+    assert!(!a.ensure().await?);
+    assert_eq!(api.requests(), 0);
+    assert_eq!(api.node(), a_node());
+    Ok(())
+}
+
+#[tokio::test]
+async fn ensure_readds_a_dropped_capacity_but_not_over_another_owner() -> TestResult {
+    let api = ApiServer::start(a_node()).await;
+    let a = api.advertiser("advertiser-a", 10, TOKEN);
+    a.advertise().await?;
+    assert!(!a.ensure().await?, "present: nothing to do");
+    // A kubelet restart dropped it.
+    api.state.lock().expect("state").node["status"]["capacity"]
+        .as_object_mut()
+        .expect("capacity")
+        .remove("kata.peerpods.io/vm");
+    assert!(a.ensure().await?);
+    assert_eq!(
+        api.node()["status"]["capacity"]["kata.peerpods.io/vm"],
+        "10"
+    );
+    // Owned by b and dropped: a does not fight over it.
+    {
+        let mut s = api.state.lock().expect("state");
+        s.node["metadata"]["annotations"][OWNER_ANNOTATION] = json!("advertiser-b");
+        s.node["status"]["capacity"]
+            .as_object_mut()
+            .expect("capacity")
+            .remove("kata.peerpods.io/vm");
+    }
+    assert!(!a.ensure().await?);
+    assert!(
+        api.node()["status"]["capacity"]
+            .get("kata.peerpods.io/vm")
+            .is_none()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_errors_name_the_status_and_the_servers_reason() -> TestResult {
+    let api = ApiServer::start(a_node()).await;
+    let e = api
+        .advertiser("advertiser-a", 10, "wrong-token")
+        .advertise()
+        .await
+        .expect_err("accepted");
+    assert!(
+        matches!(e, AdvertiseError::Status { status: 401, .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("401") && e.to_string().contains("Unauthorized"),
+        "{e}"
+    );
+    assert_eq!(api.node(), a_node(), "nothing changed");
+
+    // Another node: 404 from GET.
+    let mut other = api.advertiser("advertiser-a", 10, TOKEN);
+    other = Advertiser::new(
+        &api.url,
+        api.certs.ca_pem.as_bytes(),
+        TOKEN,
+        AdvertiserConfig {
+            node_name: "worker-9".to_owned(),
+            ..other.config().clone()
+        },
+    )?;
+    let e = other.advertise().await.expect_err("found");
+    assert!(
+        matches!(e, AdvertiseError::Status { status: 404, .. }),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_api_server_with_another_ca_is_refused() -> TestResult {
+    let api = ApiServer::start(a_node()).await;
+    let stranger = Certs::generate("stranger");
+    let config = api.advertiser("a", 10, TOKEN).config().clone();
+    let a = Advertiser::new(&api.url, stranger.ca_pem.as_bytes(), TOKEN, config)?;
+    let e = a
+        .advertise()
+        .await
+        .expect_err("an untrusted server was believed");
+    assert!(matches!(e, AdvertiseError::Http(_)), "{e}");
+    assert_eq!(api.requests(), 0, "the token never reached it");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hostile_node_name_stays_one_path_segment() -> TestResult {
+    let api = ApiServer::start(a_node()).await;
+    let config = AdvertiserConfig {
+        node_name: "../namespaces/kube-system/secrets/x?y#z".to_owned(),
+        ..api.advertiser("a", 10, TOKEN).config().clone()
+    };
+    let a = Advertiser::new(&api.url, api.certs.ca_pem.as_bytes(), TOKEN, config)?;
+    assert!(a.advertise().await.is_err());
+    let log = api.state.lock().expect("state").log.clone();
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        log[0].1,
+        "/api/v1/nodes/..%2Fnamespaces%2Fkube-system%2Fsecrets%2Fx%3Fy%23z"
+    );
+    Ok(())
+}
+
+#[test]
+fn configuration_from_the_environment() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    let c = AdvertiserConfig::from_lookup(env(&[("NODE_NAME", "n1"), ("POD_NAME", "adv-xyz")]))
+        .expect("config");
+    assert_eq!(
+        (
+            c.node_name.as_str(),
+            c.limit,
+            c.resource.as_str(),
+            c.owner.as_str()
+        ),
+        ("n1", 10, "kata.peerpods.io/vm", "adv-xyz")
+    );
+    let c = AdvertiserConfig::from_lookup(env(&[
+        ("NODE_NAME", "n1"),
+        ("PEERPODS_LIMIT_PER_NODE", "-1"),
+        ("POD_VM_EXTENDED_RESOURCE", "kata.peerpods.io/vm-gcp"),
+    ]))
+    .expect("config");
+    assert_eq!(
+        (c.limit, c.resource.as_str()),
+        (-1, "kata.peerpods.io/vm-gcp")
+    );
+    let e = AdvertiserConfig::from_lookup(env(&[("PEERPODS_LIMIT_PER_NODE", "5")]))
+        .expect_err("no node");
+    assert!(e.to_string().contains("NODE_NAME"), "{e}");
+    let e = AdvertiserConfig::from_lookup(env(&[
+        ("NODE_NAME", "n"),
+        ("PEERPODS_LIMIT_PER_NODE", "ten"),
+    ]))
+    .expect_err("not a number");
+    assert!(e.to_string().contains("PEERPODS_LIMIT_PER_NODE"), "{e}");
+}

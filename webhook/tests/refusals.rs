@@ -1,0 +1,255 @@
+//! What the webhook refuses, over the real HTTPS server: malformed reviews get HTTP 400 with
+//! the reason; well-formed reviews of pods that cannot be mutated are denied (code 400, the
+//! reason) so the API server refuses the pod; nothing hostile comes back unescaped.
+
+mod common;
+
+use common::{Conn, Server, TestResult, container, pod, review_of};
+use peerpod_webhook::mutate::MutationConfig;
+use peerpod_webhook::review::{Handler, MAX_REVIEW_BYTES};
+use peerpod_webhook::tls::TlsOptions;
+use serde_json::{Value, json};
+
+async fn setup() -> Result<(Server, Conn), common::BoxError> {
+    let server = Server::start(
+        Handler::Mutate(MutationConfig::default()),
+        TlsOptions::default(),
+        None,
+    )
+    .await;
+    let conn = Conn::connect(server.addr, server.client_config()).await?;
+    Ok((server, conn))
+}
+
+async fn bad_request(
+    conn: &mut Conn,
+    body: Vec<u8>,
+    content_type: &str,
+) -> Result<String, common::BoxError> {
+    let reply = conn
+        .send("POST", "/mutate-v1-pod", Some(content_type), body)
+        .await?;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    Ok(reply.text())
+}
+
+#[tokio::test]
+async fn malformed_reviews_get_400_with_the_reason() -> TestResult {
+    let (_server, mut conn) = setup().await?;
+    let json = "application/json";
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (vec![], json, "the request body is empty"),
+        (b"{not json".to_vec(), json, "not an AdmissionReview"),
+        (b"[]".to_vec(), json, "not an AdmissionReview"),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+            json,
+            "has no request",
+        ),
+        (
+            br#"{"apiVersion":"v1","kind":"Pod","request":null}"#.to_vec(),
+            json,
+            "expected kind AdmissionReview",
+        ),
+        (
+            serde_json::to_vec(&json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": 7}
+            }))?,
+            json,
+            "not an AdmissionReview",
+        ),
+        (
+            serde_json::to_vec(&review_of(pod(Some("kata-remote"), vec![], vec![])))?,
+            "text/plain",
+            "Content-Type must be application/json",
+        ),
+    ];
+    for (body, content_type, reason) in cases {
+        let text = bad_request(&mut conn, body.clone(), content_type).await?;
+        assert!(
+            text.contains(reason),
+            "{:?}: {text}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    // The connection survived all of them.
+    let ok = conn
+        .review(&review_of(pod(
+            None,
+            vec![],
+            vec![container("c", &[], &[])],
+        )))
+        .await?;
+    assert_eq!(ok.status, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_oversized_review_is_refused_without_reading_it_all() -> TestResult {
+    let (_server, mut conn) = setup().await?;
+    let body = vec![b' '; MAX_REVIEW_BYTES + 1];
+    let reply = conn
+        .send("POST", "/mutate-v1-pod", Some("application/json"), body)
+        .await?;
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    Ok(())
+}
+
+#[tokio::test]
+async fn other_paths_and_methods_are_refused() -> TestResult {
+    let (_server, mut conn) = setup().await?;
+    assert_eq!(
+        conn.send("GET", "/mutate-v1-pod", None, vec![])
+            .await?
+            .status,
+        405
+    );
+    assert_eq!(
+        conn.send(
+            "POST",
+            "/validate",
+            Some("application/json"),
+            b"{}".to_vec()
+        )
+        .await?
+        .status,
+        404
+    );
+    assert_eq!(
+        conn.send("GET", "/healthz", None, vec![]).await?.status,
+        200
+    );
+    assert_eq!(conn.send("GET", "/readyz", None, vec![]).await?.status, 200);
+    Ok(())
+}
+
+/// Posts a review and expects it denied with code 400; returns the message.
+async fn denied(conn: &mut Conn, review: Value) -> Result<String, common::BoxError> {
+    let reply = conn.review(&review).await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert_eq!(answer["response"]["status"]["code"], 400, "{answer}");
+    assert!(answer["response"]["patch"].is_null(), "{answer}");
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    Ok(answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+#[tokio::test]
+async fn unmutable_pods_are_denied_with_the_reason() -> TestResult {
+    let (_server, mut conn) = setup().await?;
+
+    let bad_quantity = pod(
+        Some("kata-remote"),
+        vec![],
+        vec![container("app", &[("cpu", "two")], &[])],
+    );
+    let m = denied(&mut conn, review_of(bad_quantity)).await?;
+    assert!(
+        m.contains("\"app\"") && m.contains("cpu request") && m.contains("\"two\""),
+        "{m}"
+    );
+
+    let huge = pod(
+        Some("kata-remote"),
+        vec![],
+        vec![container("app", &[("memory", "1e30")], &[])],
+    );
+    let m = denied(&mut conn, review_of(huge)).await?;
+    assert!(m.contains("out of range"), "{m}");
+
+    let overflowing_sum = pod(
+        Some("kata-remote"),
+        vec![],
+        (0..3)
+            .map(|i| container(&format!("c{i}"), &[("cpu", "100000000000000000000E")], &[]))
+            .collect(),
+    );
+    let m = denied(&mut conn, review_of(overflowing_sum)).await?;
+    assert!(m.contains("out of range"), "{m}");
+
+    let no_containers = pod(Some("kata-remote"), vec![], vec![]);
+    let m = denied(&mut conn, review_of(no_containers)).await?;
+    assert!(m.contains("no containers"), "{m}");
+
+    let mut not_a_pod = review_of(pod(
+        Some("kata-remote"),
+        vec![],
+        vec![container("c", &[], &[])],
+    ));
+    not_a_pod["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    let m = denied(&mut conn, not_a_pod).await?;
+    assert!(
+        m.contains("expected a v1 Pod") && m.contains("apps/v1 Deployment"),
+        "{m}"
+    );
+
+    let mut wrong_shape = pod(Some("kata-remote"), vec![], vec![container("c", &[], &[])]);
+    wrong_shape["spec"]["containers"][0]["resources"]["requests"] = json!(["cpu", "2"]);
+    let m = denied(&mut conn, review_of(wrong_shape)).await?;
+    assert!(m.contains("not a valid Pod"), "{m}");
+
+    let mut delete = review_of(pod(
+        Some("kata-remote"),
+        vec![],
+        vec![container("c", &[], &[])],
+    ));
+    delete["request"]["operation"] = json!("DELETE");
+    delete["request"]["object"] = Value::Null;
+    let m = denied(&mut conn, delete).await?;
+    assert!(m.contains("no object"), "{m}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_text_comes_back_escaped_and_bounded() -> TestResult {
+    let (_server, mut conn) = setup().await?;
+    let name = format!("evil\nINFO forged log line\u{1b}[31m{}", "x".repeat(5000));
+    let p = pod(
+        Some("kata-remote"),
+        vec![],
+        vec![container(&name, &[("cpu", "1\n2")], &[])],
+    );
+    let m = denied(&mut conn, review_of(p)).await?;
+    assert!(!m.contains('\n') && !m.contains('\u{1b}'), "{m:?}");
+    assert!(
+        m.chars().count() <= 1100,
+        "{} characters",
+        m.chars().count()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_v1beta1_review_is_answered_in_v1beta1() -> TestResult {
+    let (_server, mut conn) = setup().await?;
+    let mut review = review_of(pod(
+        Some("kata-remote"),
+        vec![],
+        vec![container("c", &[("cpu", "1")], &[])],
+    ));
+    review["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let answer = conn.review(&review).await?.json();
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1beta1");
+    assert_eq!(answer["response"]["allowed"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn echo_admits_everything_unchanged() -> TestResult {
+    let server = Server::start(Handler::Echo, TlsOptions::default(), None).await;
+    let mut conn = Conn::connect(server.addr, server.client_config()).await?;
+    let p = pod(
+        Some("kata-remote"),
+        vec![],
+        vec![container("c", &[("cpu", "1")], &[])],
+    );
+    let answer = conn.review(&review_of(p)).await?.json();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"]["patch"].is_null());
+    Ok(())
+}
