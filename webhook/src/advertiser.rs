@@ -191,8 +191,11 @@ impl Advertiser {
     }
 
     /// In a pod: the API server from `KUBERNETES_SERVICE_HOST`/`_PORT`, the service account's
-    /// token and CA.
-    pub fn in_cluster(config: AdvertiserConfig) -> Result<Self, AdvertiseError> {
+    /// `token` and `ca.crt` from `account_dir` (normally [`SERVICE_ACCOUNT_DIR`]).
+    pub fn in_cluster(
+        config: AdvertiserConfig,
+        account_dir: &Path,
+    ) -> Result<Self, AdvertiseError> {
         let env = |name: &'static str| {
             std::env::var(name).map_err(|_| AdvertiseError::Env {
                 name,
@@ -207,7 +210,7 @@ impl Advertiser {
             host
         };
         let read = |name: &str| {
-            let path = Path::new(SERVICE_ACCOUNT_DIR).join(name);
+            let path = account_dir.join(name);
             std::fs::read(&path).map_err(|source| AdvertiseError::Read {
                 path: path.display().to_string(),
                 source,

@@ -453,3 +453,76 @@ fn configuration_from_the_environment() {
     .expect_err("not a number");
     assert!(e.to_string().contains("PEERPODS_LIMIT_PER_NODE"), "{e}");
 }
+
+/// Waits until `check` holds on the stand-in's node (10 s at most).
+async fn wait_for(api: &ApiServer, what: &str, check: impl Fn(&Value) -> bool) -> TestResult {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check(&api.node()) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}: {}", api.node()).into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_binary_advertises_in_cluster_and_withdraws_on_sigterm() -> TestResult {
+    let api = ApiServer::start(a_node()).await;
+    let sa = common::TempDir::new("sa");
+    std::fs::write(sa.0.join("token"), format!("{TOKEN}\n"))?;
+    std::fs::write(sa.0.join("ca.crt"), &api.certs.ca_pem)?;
+    let port = api.url.rsplit(':').next().ok_or("port")?.to_owned();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_peerpod-vm-advertiser"))
+        .arg("--service-account-dir")
+        .arg(&sa.0)
+        .env_clear()
+        .env("KUBERNETES_SERVICE_HOST", "localhost")
+        .env("KUBERNETES_SERVICE_PORT", &port)
+        .env("NODE_NAME", NODE)
+        .env("POD_NAME", "peerpod-vm-advertiser-x7k2p")
+        .env("PEERPODS_LIMIT_PER_NODE", "7")
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_for(&api, "the capacity", |n| {
+        n["status"]["capacity"]["kata.peerpods.io/vm"] == "7"
+    })
+    .await?;
+    assert_eq!(
+        api.node()["metadata"]["annotations"][OWNER_ANNOTATION],
+        "peerpod-vm-advertiser-x7k2p"
+    );
+    let pid = child.id().ok_or("no pid")?;
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()?;
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await??;
+    assert!(status.success(), "{status}");
+    let node = api.node();
+    assert!(
+        node["status"]["capacity"]
+            .get("kata.peerpods.io/vm")
+            .is_none(),
+        "{node}"
+    );
+    assert!(
+        node["metadata"]["annotations"]
+            .get(OWNER_ANNOTATION)
+            .is_none(),
+        "{node}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_binary_without_node_name_fails_naming_it() -> TestResult {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_peerpod-vm-advertiser"))
+        .env_clear()
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("NODE_NAME"), "{stderr}");
+    Ok(())
+}

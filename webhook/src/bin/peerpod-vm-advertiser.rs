@@ -18,6 +18,9 @@ struct Args {
     /// Seconds between checks that the capacity is still there (re-added when missing).
     #[arg(long, default_value_t = 60)]
     recheck_seconds: u64,
+    /// Where the service account's token and ca.crt are mounted.
+    #[arg(long, default_value = peerpod_webhook::advertiser::SERVICE_ACCOUNT_DIR)]
+    service_account_dir: std::path::PathBuf,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -32,7 +35,8 @@ async fn main() -> anyhow::Result<()> {
     peerpod_logging::init(&args.log_level, args.log_format.parse()?)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = AdvertiserConfig::from_lookup(|n| std::env::var(n).ok())?;
-    let advertiser = Advertiser::in_cluster(config).context("cannot reach the API server")?;
+    let advertiser = Advertiser::in_cluster(config, &args.service_account_dir)
+        .context("cannot reach the API server")?;
     run(
         &advertiser,
         Duration::from_secs(args.recheck_seconds.max(1)),
