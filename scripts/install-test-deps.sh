@@ -26,6 +26,9 @@ REQUIRED=(
     # devices for the tests.
     "cryptsetup-bin:cryptsetup"
     "e2fsprogs:mkfs.ext4"
+    # Image layers (peerpod-image-layer): umoci writes the real-tool layers (whiteouts included)
+    # the unpacker is compared against, next to GNU tar.
+    "umoci:umoci"
     # Pod VM provisioning: the cidata ISO of process-user-data's guest test, and
     # `systemd-analyze verify` of the podvm/ units.
     "genisoimage:genisoimage"

@@ -66,6 +66,10 @@ pub struct UnpackStats {
     /// `user.overlay.*`, which a layer must not forge) and those the filesystem does not
     /// support.
     pub xattrs_dropped: u64,
+    /// Directories created, mode 0755 and owned by root, because a member's parent was not in
+    /// the archive. In an overlay they hide the attributes of the same directory in lower
+    /// layers (as with Docker's overlay2 driver; containerd copies them from the lower layers).
+    pub implicit_dirs: u64,
     /// Bytes read after the end-of-archive marker.
     pub trailing_bytes: u64,
 }

@@ -55,7 +55,11 @@ pub fn unpack(
     }
     .map_err(|e| LayerError::io("open the destination directory", show(dest), e))?;
     let mut unpacker = Unpacker {
-        tree: Tree { root, cache: None },
+        tree: Tree {
+            root,
+            cache: None,
+            implicit: 0,
+        },
         opts,
         dirs: Vec::new(),
         buf: vec![0; 256 << 10],
@@ -151,6 +155,7 @@ pub fn unpack(
         });
     }
     unpacker.stats.trailing_bytes = trailing;
+    unpacker.stats.implicit_dirs = unpacker.tree.implicit;
     Ok(unpacker.stats)
 }
 
@@ -198,6 +203,8 @@ struct Tree {
     root: OwnedFd,
     /// The last parent directory opened, by its path below the root.
     cache: Option<(Vec<u8>, OwnedFd)>,
+    /// Directories created for members whose parents the archive did not list.
+    implicit: u64,
 }
 
 struct Unpacker<'o> {
@@ -259,17 +266,27 @@ impl Tree {
         }
     }
 
-    fn make_parents(&self, parents: &[&[u8]], name: &[u8]) -> Result<OwnedFd, LayerError> {
+    fn make_parents(&mut self, parents: &[&[u8]], name: &[u8]) -> Result<OwnedFd, LayerError> {
         let mut current: Option<OwnedFd> = None;
         for part in parents {
             let base = current.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
             let next = match fsops::open_dir_beneath(base, part) {
                 Err(Errno::NOENT) => {
-                    match rfs::mkdirat(base, *part, Mode::from_bits_retain(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
+                    let created = match rfs::mkdirat(base, *part, Mode::from_bits_retain(0o755)) {
+                        Ok(()) => true,
+                        Err(Errno::EXIST) => false,
                         Err(e) => return Err(path_error("create a directory for", name, e)),
+                    };
+                    let fd = fsops::open_dir_beneath(base, part)
+                        .map_err(|e| path_error("open the directory of", name, e))?;
+                    if created {
+                        // 0755 whatever the process umask.
+                        rfs::fchmod(&fd, Mode::from_bits_retain(0o755)).map_err(|e| {
+                            LayerError::io("set the mode of a directory for", quote(name), e)
+                        })?;
+                        self.implicit += 1;
                     }
-                    fsops::open_dir_beneath(base, part)
+                    Ok(fd)
                 }
                 other => other,
             }

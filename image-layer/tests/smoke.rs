@@ -16,6 +16,16 @@ fn unpacks_a_simple_layer() {
     let stats = peerpod_image_layer::unpack(&tar[..], &sb.dest, &Default::default()).unwrap();
     assert_eq!(stats.files, 2);
     assert_eq!(stats.hardlinks, 1);
+    assert_eq!(stats.implicit_dirs, 2, "deep/ and deep/er/");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(sb.dest.join("deep/er"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
     assert_eq!(std::fs::read(sb.dest.join("etc/hard")).unwrap(), b"pod\n");
     assert_eq!(
         std::fs::read_link(sb.dest.join("etc/alias"))

@@ -202,6 +202,7 @@ pub struct Node {
     pub uid: u32,
     pub gid: u32,
     pub mtime: i64,
+    pub mtime_nsec: i64,
     pub content: Vec<u8>,
     pub rdev: u64,
     pub xattrs: Vec<(String, Vec<u8>)>,
@@ -247,6 +248,7 @@ fn walk_into(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
             uid: md.uid(),
             gid: md.gid(),
             mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec(),
             content,
             rdev: md.rdev(),
             xattrs: xattrs(&path),
@@ -295,4 +297,87 @@ pub fn require_root(test: &str) -> bool {
     use std::io::Write as _;
     let _ = std::io::stderr().write_all(format!("\n*** SKIPPED: {msg} ***\n").as_bytes());
     false
+}
+
+/// The path of `tool`, or `None` after a loud note (a failure under `CI=true`).
+pub fn require_tool(test: &str, tool: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let msg = format!("{test} needs `{tool}` (scripts/install-test-deps.sh installs it)");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg} (CI=true: not skipped)");
+        }
+        use std::io::Write as _;
+        let _ = std::io::stderr().write_all(format!("\n*** SKIPPED: {msg} ***\n").as_bytes());
+    }
+    found
+}
+
+/// Runs a command, panicking with its stderr when it fails.
+pub fn run(cmd: &mut std::process::Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Two trees are the same: every path, kind, mode, owner, mtime, content, device, xattr, and
+/// the same hard-link groups (inode numbers themselves differ).
+pub fn assert_same_tree(expected: &Path, actual: &Path, skip_root: bool) {
+    assert_same_tree_but(expected, actual, skip_root, false);
+}
+
+/// [`assert_same_tree`], optionally ignoring directory mtimes.
+pub fn assert_same_tree_but(
+    expected: &Path,
+    actual: &Path,
+    skip_root: bool,
+    ignore_dir_mtimes: bool,
+) {
+    let a = walk(expected);
+    let b = walk(actual);
+    let keys_a: Vec<_> = a.keys().collect();
+    let keys_b: Vec<_> = b.keys().collect();
+    assert_eq!(keys_a, keys_b, "different paths");
+    let strip = |n: &Node| {
+        let mut n = Node {
+            ino: 0,
+            ..n.clone()
+        };
+        if ignore_dir_mtimes && n.kind == "dir" {
+            (n.mtime, n.mtime_nsec) = (0, 0);
+        }
+        n
+    };
+    for (path, na) in &a {
+        assert_eq!(strip(na), strip(&b[path]), "{} differs", path.display());
+    }
+    let groups = |t: &BTreeMap<PathBuf, Node>| {
+        let mut by_ino: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
+        for (p, n) in t {
+            if n.kind != "dir" {
+                by_ino.entry(n.ino).or_default().push(p.clone());
+            }
+        }
+        let mut g: Vec<Vec<PathBuf>> = by_ino.into_values().filter(|v| v.len() > 1).collect();
+        g.sort();
+        g
+    };
+    assert_eq!(groups(&a), groups(&b), "different hard-link groups");
+    if !skip_root {
+        let ra = std::fs::symlink_metadata(expected).unwrap();
+        let rb = std::fs::symlink_metadata(actual).unwrap();
+        assert_eq!(
+            (ra.mode(), ra.uid(), ra.gid(), ra.mtime()),
+            (rb.mode(), rb.uid(), rb.gid(), rb.mtime()),
+            "roots differ"
+        );
+    }
 }
