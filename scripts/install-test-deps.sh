@@ -26,6 +26,11 @@ REQUIRED=(
     # devices for the tests.
     "cryptsetup-bin:cryptsetup"
     "e2fsprogs:mkfs.ext4"
+    # Image signatures (peerpod-image-signature): GnuPG makes the keys and simple-signing
+    # signatures the tests verify, and is the benchmark's baseline; skopeo's standalone-sign is
+    # the real producer of simple-signing signatures.
+    "gnupg:gpg"
+    "skopeo:skopeo"
     # Image layers (peerpod-image-layer): umoci writes the real-tool layers (whiteouts included)
     # the unpacker is compared against, next to GNU tar.
     "umoci:umoci"

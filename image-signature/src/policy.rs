@@ -122,7 +122,16 @@ impl Policy {
         if let Some(transports) = top.get("transports") {
             let transports = object(transports, "transports")?;
             for (transport, scopes) in transports {
-                let at = format!("transports.{}", quote(transport));
+                let at = if !transport.is_empty()
+                    && transport.len() <= 64
+                    && transport
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
+                    format!("transports.{transport}")
+                } else {
+                    format!("transports.{}", quote(transport))
+                };
                 let scopes = object(scopes, &at)?;
                 if scopes.len() > MAX_SCOPES {
                     return Err(invalid(&at, format!("more than {MAX_SCOPES} scopes")));
@@ -188,7 +197,16 @@ fn check_docker_scope(scope: &str) -> Result<(), String> {
             .map_err(|r| format!("wildcard scope: {r}"));
     }
     if !scope.contains('/') {
-        return reference::check_registry(scope).map_err(|r| format!("scope: {r}"));
+        reference::check_registry(scope).map_err(|r| format!("scope: {r}"))?;
+        if !scope.contains(['.', ':']) && scope != "localhost" {
+            return Err(format!(
+                "{scope:?} is neither a registry host nor a full repository: write {:?} for the Docker Hub repository",
+                DockerReference::parse(scope)
+                    .map(|r| r.text())
+                    .unwrap_or_else(|_| "host/repository".into())
+            ));
+        }
+        return Ok(());
     }
     let parsed = DockerReference::parse(scope)?;
     if parsed.text() != scope {
@@ -528,7 +546,11 @@ fn only_keys(obj: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(),
 
 /// A JSON-quoted, clipped copy of `text` for a path in a message.
 pub(crate) fn quote(text: &str) -> String {
-    serde_json::to_string(reference::peerpod_clip(text)).unwrap_or_default()
+    let mut end = text.len().min(reference::MAX_REFERENCE);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    serde_json::to_string(&text[..end]).unwrap_or_default()
 }
 
 fn invalid(at: &str, reason: String) -> SignatureError {

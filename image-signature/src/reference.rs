@@ -79,14 +79,24 @@ impl DockerReference {
 }
 
 fn split_registry(name: &str) -> (String, String) {
-    match name.split_once('/') {
+    let (registry, path) = match name.split_once('/') {
         Some((first, rest))
             if first.contains('.') || first.contains(':') || first == "localhost" =>
         {
-            (first.to_string(), rest.to_string())
+            (first, rest)
         }
-        _ if !name.contains('/') => (DOCKER_HUB.to_string(), format!("library/{name}")),
-        _ => (DOCKER_HUB.to_string(), name.to_string()),
+        _ => (DOCKER_HUB, name),
+    };
+    // Docker's legacy index name is the same registry.
+    let registry = if registry == "index.docker.io" {
+        DOCKER_HUB
+    } else {
+        registry
+    };
+    if registry == DOCKER_HUB && !path.contains('/') {
+        (registry.to_string(), format!("library/{path}"))
+    } else {
+        (registry.to_string(), path.to_string())
     }
 }
 
