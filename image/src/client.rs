@@ -111,6 +111,11 @@ impl Client {
     pub fn transfer(&self) -> &Transfer {
         &self.transfer
     }
+
+    /// The HTTP client (its TLS trust and proxies), for lookaside signature stores.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
 }
 
 /// Requests to one repository, sharing their authorization.

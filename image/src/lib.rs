@@ -15,12 +15,16 @@
 //!   or none) and hashed again against its diff_id on its way into the layer store
 //!   ([`stream`]); layers the store has are not fetched, and two pulls sharing a layer fetch it
 //!   once. The root filesystem is mounted at `bundle/rootfs`; [`Puller::release`] undoes it.
-//! - [`store`]: the [`Layers`] trait the puller writes into; [`resources`]: `kbs://` and
-//!   `file://` configuration files through the embedding program's KBS client.
-//!
-//! Not built yet (refused, never skipped): with an image security policy configured
-//! (`image_security_policy_uri`), every pull is refused until signature verification is
-//! wired in; an image with an encrypted layer (`+encrypted`) is refused until decryption is.
+//! - Signatures: with `image_security_policy_uri` (or `image_security_policy`) set, the
+//!   containers `policy.json` is enforced by `peerpod-image-signature` on the digest the
+//!   reference resolved to, before any layer is fetched; keys come through [`Resources`].
+//! - Encrypted layers (`+encrypted`, ocicrypt): the layer key is unwrapped by
+//!   `peerpod-image-crypt` with a KEK fetched through [`Resources`] (the CDH: the KBS, after
+//!   attestation) before the layer is downloaded, and the layer is decrypted as it streams; its
+//!   HMAC is checked before the store sees the end of the tar.
+//! - [`store`]: the [`Layers`] trait the puller writes into, and [`LayerDirStore`] over
+//!   `peerpod-image-layer` (hostile-input-proof unpacking, overlay mounts, garbage collection);
+//!   [`resources`]: `kbs://` and `file://` configuration files through the embedding program.
 
 pub mod auth;
 pub mod challenge;
@@ -28,6 +32,7 @@ pub mod client;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod layer_store;
 pub mod manifest;
 pub mod pull;
 pub mod reference;
@@ -35,10 +40,12 @@ pub mod registries;
 pub mod resources;
 pub mod store;
 pub mod stream;
+mod verify;
 
 pub use config::ImageConfig;
 pub use digest::Digest;
 pub use error::ImageError;
+pub use layer_store::LayerDirStore;
 pub use pull::{PullOutcome, Puller};
 pub use reference::Reference;
 pub use resources::Resources;

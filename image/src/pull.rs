@@ -3,12 +3,15 @@
 //! digest, decompression, diff_id, unpack into the store) → `bundle/rootfs` mounted.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 use std::sync::{Arc, Mutex as StdMutex};
 
+use bytes::Bytes;
+use peerpod_image_crypt::{LayerDecryptor, LayerKey};
+use peerpod_image_signature::{LookasideConfig, Policy};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Mutex, OnceCell, Semaphore, mpsc};
+use zeroize::Zeroizing;
 
 use crate::auth::{AuthFile, MAX_AUTH_FILE};
 use crate::client::{Client, Session, backoff, describe};
@@ -20,7 +23,8 @@ use crate::reference::Reference;
 use crate::registries::{MAX_REGISTRIES_FILE, RegistryConfig, Source};
 use crate::resources::{self, Resources};
 use crate::store::Layers;
-use crate::stream::{ChannelReader, Chunk, DiffIdMismatch, TarReader};
+use crate::stream::{ChannelReader, Chunk, TarReader};
+use crate::verify::{self, Keys, Verifier};
 
 /// Chunks in flight between a layer's download and its unpacking (each up to ~16 KiB as
 /// hyper delivers them): the download waits when the unpacking falls behind, so memory stays
@@ -57,10 +61,9 @@ pub struct Puller {
     store: Arc<dyn Layers>,
     auth: OnceCell<Option<Arc<AuthFile>>>,
     registries: OnceCell<Arc<RegistryConfig>>,
+    verifier: OnceCell<Option<Arc<Verifier>>>,
     /// One lock per layer being fetched: two pulls sharing a layer fetch it once.
     in_flight: StdMutex<HashMap<Digest, Arc<Mutex<()>>>>,
-    /// The layers each mounted bundle uses (for garbage collection).
-    bundles: StdMutex<HashMap<PathBuf, Vec<Digest>>>,
 }
 
 impl Puller {
@@ -78,8 +81,8 @@ impl Puller {
             store,
             auth: OnceCell::new(),
             registries: OnceCell::new(),
+            verifier: OnceCell::new(),
             in_flight: StdMutex::new(HashMap::new()),
-            bundles: StdMutex::new(HashMap::new()),
         })
     }
 
@@ -92,7 +95,7 @@ impl Puller {
     pub async fn pull(&self, image: &str, bundle: &Path) -> Result<PullOutcome, ImageError> {
         let reference = Reference::parse(image)?;
         check_bundle(bundle)?;
-        self.check_signature_policy(&reference)?;
+        let verifier = self.verifier().await?;
         let registries = self.registries().await?;
         let sources = registries
             .sources(&reference)
@@ -104,7 +107,10 @@ impl Puller {
                 .as_ref()
                 .and_then(|a| a.lookup(&source.reference).cloned());
             let session = self.client.session(source, credential);
-            match self.pull_from(&reference, source, &session).await {
+            match self
+                .pull_from(&reference, source, &session, verifier.as_deref())
+                .await
+            {
                 Ok(outcome) => {
                     self.store
                         .mount_rootfs(&outcome.diff_ids, bundle)
@@ -112,7 +118,6 @@ impl Puller {
                             path: bundle.to_path_buf(),
                             reason: format!("cannot mount the root filesystem: {e}"),
                         })?;
-                    lock(&self.bundles).insert(bundle.to_path_buf(), outcome.diff_ids.clone());
                     tracing::info!(
                         image = %reference,
                         source = %outcome.source,
@@ -147,31 +152,61 @@ impl Puller {
         self.store
             .unmount_rootfs(bundle)
             .map_err(|e| bundle_err(format!("cannot unmount the root filesystem: {e}")))?;
-        let in_use: Vec<Digest> = {
-            let mut bundles = lock(&self.bundles);
-            bundles.remove(bundle);
-            let set: HashSet<Digest> = bundles.values().flatten().cloned().collect();
-            set.into_iter().collect()
-        };
         self.store
-            .gc(&in_use)
+            .gc()
             .map_err(|e| bundle_err(format!("cannot remove unused layers: {e}")))
     }
 
-    fn check_signature_policy(&self, reference: &Reference) -> Result<(), ImageError> {
-        if self.config.image_security_policy_uri.is_some()
-            || self.config.image_security_policy.is_some()
-        {
-            // Fail closed: with a policy configured, no image is pulled unverified.
-            return Err(ImageError::Signature {
-                reference: reference.to_string(),
-                reason: "an image security policy is configured (image_security_policy_uri) \
-                         but signature verification is not built into this CDH yet; remove the \
-                         policy only if unsigned images are acceptable"
-                    .to_string(),
-            });
-        }
-        Ok(())
+    /// The signature policy (`image_security_policy_uri`, else `image_security_policy`) and
+    /// the lookaside configuration (`sigstore_config_uri`, else `sigstore_config`).
+    async fn verifier(&self) -> Result<Option<Arc<Verifier>>, ImageError> {
+        self.verifier
+            .get_or_try_init(|| async {
+                let c = &self.config;
+                let policy = match (&c.image_security_policy_uri, &c.image_security_policy) {
+                    (Some(uri), _) => Zeroizing::new(
+                        resources::fetch(
+                            self.resources.as_ref(),
+                            "image_security_policy_uri",
+                            uri,
+                            peerpod_image_signature::MAX_POLICY_BYTES,
+                        )
+                        .await?
+                        .to_vec(),
+                    ),
+                    (None, Some(text)) => Zeroizing::new(text.as_bytes().to_vec()),
+                    (None, None) => return Ok(None),
+                };
+                let policy = Policy::parse(&policy)
+                    .map_err(|e| ImageError::Config(format!("image security policy: {e}")))?;
+                let lookaside = match (&c.sigstore_config_uri, &c.sigstore_config) {
+                    (Some(uri), _) => Some(
+                        resources::fetch(
+                            self.resources.as_ref(),
+                            "sigstore_config_uri",
+                            uri,
+                            1 << 20,
+                        )
+                        .await?
+                        .to_vec(),
+                    ),
+                    (None, Some(text)) => Some(text.as_bytes().to_vec()),
+                    (None, None) => None,
+                };
+                let lookaside = match lookaside {
+                    Some(bytes) => Some(
+                        LookasideConfig::parse(&bytes)
+                            .map_err(|e| {
+                                ImageError::Config(format!("sigstore configuration: {e}"))
+                            })?
+                            .with_http_client(self.client.http().clone()),
+                    ),
+                    None => None,
+                };
+                Ok(Some(Arc::new(Verifier { policy, lookaside })))
+            })
+            .await
+            .cloned()
     }
 
     async fn auth(&self) -> Result<Option<Arc<AuthFile>>, ImageError> {
@@ -221,6 +256,7 @@ impl Puller {
         original: &Reference,
         source: &Source,
         session: &Session,
+        verifier: Option<&Verifier>,
     ) -> Result<PullOutcome, ImageError> {
         let r = &source.reference;
         let what = format!("manifest of {r}");
@@ -243,6 +279,10 @@ impl Puller {
                 expected: Digest::parse(&header).unwrap_or_else(|_| top.clone()),
                 actual: top,
             });
+        }
+        // The policy judges what the reference resolved to, before anything else is fetched.
+        if let Some(v) = verifier {
+            verify::check(v, self.resources.clone(), original, r, session, &top).await?;
         }
         let (image_manifest, image_manifest_digest) = match manifest::parse(&body, ct.as_deref())? {
             Fetched::Manifest(m) => (m, top.clone()),
@@ -284,15 +324,7 @@ impl Puller {
             .await?;
         let diff_ids = manifest::diff_ids(&config)?;
         let layers = manifest::layers(&image_manifest, &diff_ids)?;
-        if let Some(l) = layers.iter().find(|l| l.encrypted) {
-            return Err(ImageError::Encrypted {
-                reference: original.to_string(),
-                digest: l.digest.clone(),
-                media_type: l.media_type.clone(),
-                reason: "decrypting image layers is not built into this CDH yet; refused".into(),
-            });
-        }
-        let (fetched, reused, bytes) = self.fetch_layers(session, &layers).await?;
+        let (fetched, reused, bytes) = self.fetch_layers(original, session, &layers).await?;
         Ok(PullOutcome {
             manifest_digest: top,
             image_manifest_digest,
@@ -309,6 +341,7 @@ impl Puller {
     /// at once; the first failure stops the others.
     async fn fetch_layers(
         &self,
+        original: &Reference,
         session: &Session,
         layers: &[Layer],
     ) -> Result<(usize, usize, u64), ImageError> {
@@ -330,6 +363,8 @@ impl Puller {
             let permits = permits.clone();
             let session = session.clone();
             let store = self.store.clone();
+            let resources = self.resources.clone();
+            let image = original.to_string();
             tasks.spawn(async move {
                 let _guard = lock.lock().await;
                 if store.contains(&layer.diff_id) {
@@ -338,8 +373,24 @@ impl Puller {
                 let _permit = permits
                     .acquire_owned()
                     .await
-                    .map_err(|_| ImageError::Config("closed".into()))?;
-                fetch_layer(&session, store, &layer).await.map(Some)
+                    .map_err(|_| ImageError::Config("the download slots were closed".into()))?;
+                // The key first: a layer that cannot be decrypted is not downloaded.
+                let key = if layer.encrypted {
+                    let key = peerpod_image_crypt::layer_key(&layer.annotations, &Keys(resources))
+                        .await
+                        .map_err(|e| ImageError::Encrypted {
+                            reference: image.clone(),
+                            digest: layer.digest.clone(),
+                            media_type: layer.media_type.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    Some(key)
+                } else {
+                    None
+                };
+                fetch_layer(&session, store, &layer, key.as_ref(), &image)
+                    .await
+                    .map(Some)
             });
         }
         let (mut fetched, mut reused, mut bytes) = (0, 0, 0);
@@ -365,17 +416,24 @@ async fn fetch_layer(
     session: &Session,
     store: Arc<dyn Layers>,
     layer: &Layer,
+    key: Option<&LayerKey>,
+    image: &str,
 ) -> Result<u64, ImageError> {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let diff_id = layer.diff_id.clone();
     let compression = layer.compression;
-    let unpack = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-        let mut tar = TarReader::new(ChannelReader::new(rx), compression, diff_id.clone())?;
-        store.install(&diff_id, &mut tar)?;
-        tar.finish()?;
-        Ok(tar.bytes)
+    let unpack = tokio::task::spawn_blocking(move || {
+        let mut tar = match TarReader::new(ChannelReader::new(rx), compression, diff_id.clone()) {
+            Ok(t) => t,
+            Err(e) => return (Err(e), None),
+        };
+        let result = store
+            .install(&diff_id, &mut tar)
+            .and_then(|()| tar.finish())
+            .map(|()| tar.bytes);
+        (result, tar.mismatch.take())
     });
-    let downloaded = download(session, layer, tx).await;
+    let downloaded = download(session, layer, tx, key.map(LayerDecryptor::new), image).await;
     let unpacked = unpack.await.map_err(|e| ImageError::Layer {
         diff_id: layer.diff_id.clone(),
         reason: format!("the unpacking task failed: {e}"),
@@ -383,23 +441,19 @@ async fn fetch_layer(
     // The download's error is the cause when both failed.
     downloaded?;
     match unpacked? {
-        Ok(n) => {
+        (Ok(n), _) => {
             tracing::debug!(layer = %layer.digest, bytes = layer.size, unpacked = n, "layer installed");
             Ok(layer.size)
         }
-        Err(e) => {
-            if let Some(m) = e.get_ref().and_then(|i| i.downcast_ref::<DiffIdMismatch>()) {
-                return Err(ImageError::DigestMismatch {
-                    what: format!("uncompressed layer {}", layer.digest),
-                    expected: m.expected.clone(),
-                    actual: m.actual.clone(),
-                });
-            }
-            Err(ImageError::Layer {
-                diff_id: layer.diff_id.clone(),
-                reason: e.to_string(),
-            })
-        }
+        (Err(_), Some(m)) => Err(ImageError::DigestMismatch {
+            what: format!("uncompressed layer {}", layer.digest),
+            expected: m.expected,
+            actual: m.actual,
+        }),
+        (Err(e), None) => Err(ImageError::Layer {
+            diff_id: layer.diff_id.clone(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -407,6 +461,8 @@ async fn download(
     session: &Session,
     layer: &Layer,
     tx: mpsc::Sender<Chunk>,
+    mut decryptor: Option<LayerDecryptor>,
+    image: &str,
 ) -> Result<(), ImageError> {
     let what = format!("layer {}", layer.digest);
     let path = format!("blobs/{}", layer.digest);
@@ -454,6 +510,14 @@ async fn download(
                         });
                     }
                     hasher.update(&c);
+                    let c = match decryptor.as_mut() {
+                        Some(d) => {
+                            let mut plain = c.to_vec();
+                            d.update(&mut plain);
+                            Bytes::from(plain)
+                        }
+                        None => c,
+                    };
                     if tx.send(Chunk::Data(c)).await.is_err() {
                         // The unpacking stopped: its error is reported by the caller.
                         return Ok(());
@@ -477,6 +541,14 @@ async fn download(
                     expected: layer.digest.clone(),
                     actual,
                 });
+            }
+            if let Some(d) = decryptor {
+                d.finish().map_err(|e| ImageError::Encrypted {
+                    reference: image.to_string(),
+                    digest: layer.digest.clone(),
+                    media_type: layer.media_type.clone(),
+                    reason: e.to_string(),
+                })?;
             }
             let _ = tx.send(Chunk::Verified).await;
             return Ok(());

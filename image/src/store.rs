@@ -1,6 +1,6 @@
 //! What the puller needs from a layer store, as a trait so the pipeline is independent of how
 //! layers are unpacked and mounted. [`crate::LayerDirStore`] implements it over
-//! `peerpod-image-layer` once that crate is in; tests may implement it too.
+//! `peerpod-image-layer`; tests may implement it too.
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -19,6 +19,6 @@ pub trait Layers: Send + Sync + 'static {
     fn mount_rootfs(&self, diff_ids: &[Digest], bundle: &Path) -> io::Result<()>;
     /// Unmounts `bundle/rootfs`.
     fn unmount_rootfs(&self, bundle: &Path) -> io::Result<()>;
-    /// Removes the layers no mounted bundle uses; `in_use` are those still needed.
-    fn gc(&self, in_use: &[Digest]) -> io::Result<()>;
+    /// Removes the layers no mounted bundle uses.
+    fn gc(&self) -> io::Result<()>;
 }

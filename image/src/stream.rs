@@ -97,7 +97,7 @@ impl Read for Decoder {
 }
 
 /// The diff_id did not match: the layer store gets this as an I/O error's inner error.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("the uncompressed layer's digest {actual} is not its diff_id {expected}")]
 pub struct DiffIdMismatch {
     /// The configuration's diff_id.
@@ -114,6 +114,8 @@ pub struct TarReader {
     done: bool,
     /// Uncompressed bytes read so far.
     pub bytes: u64,
+    /// Set when the tar did not match the diff_id (the read that found it failed).
+    pub mismatch: Option<DiffIdMismatch>,
 }
 
 impl TarReader {
@@ -138,6 +140,7 @@ impl TarReader {
             expected: diff_id,
             done: false,
             bytes: 0,
+            mismatch: None,
         })
     }
 
@@ -165,13 +168,13 @@ impl Read for TarReader {
         self.decoder.inner().drain()?;
         let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
         if actual != self.expected {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                DiffIdMismatch {
-                    expected: self.expected.clone(),
-                    actual,
-                },
-            ));
+            let mismatch = DiffIdMismatch {
+                expected: self.expected.clone(),
+                actual,
+            };
+            let e = io::Error::new(io::ErrorKind::InvalidData, mismatch.to_string());
+            self.mismatch = Some(mismatch);
+            return Err(e);
         }
         self.done = true;
         Ok(0)

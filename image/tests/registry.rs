@@ -332,11 +332,21 @@ async fn signature_policy_and_bad_bundle_refused_before_any_fetch() -> Result<()
     config.image_security_policy_uri = Some("kbs:///default/security-policy/test".into());
     let store = Arc::new(RecordingStore::default());
     let p = puller(config, &store);
+    // The policy cannot be fetched (no KBS here): refused, nothing pulled unverified.
     let e = p
         .pull("127.0.0.1:1/a/b:v1", &PathBuf::from("/run/b/p"))
         .await
         .unwrap_err();
-    assert!(matches!(e, ImageError::Signature { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ImageError::Resource {
+                what: "image_security_policy_uri",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let p = puller(test_config(&scratch.path().join("work")), &store);
     for bad in ["relative/b", "/run/../etc", "/run/./b"] {
         let e = p
@@ -352,4 +362,147 @@ async fn signature_policy_and_bad_bundle_refused_before_any_fetch() -> Result<()
 fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The registry and an image in it, for the policy tests.
+async fn policy_puller(
+    scratch: &Scratch,
+    registry: &Registry,
+    policy: &str,
+) -> Result<(Puller, Arc<RecordingStore>)> {
+    let mut config = test_config(&scratch.path().join("work"));
+    config.registry_configuration_uri = Some(file_uri(
+        scratch.path(),
+        "r.conf",
+        &insecure_conf(&registry.addr),
+    ));
+    config.image_security_policy_uri = Some(file_uri(scratch.path(), "policy.json", policy));
+    let store = Arc::new(RecordingStore::default());
+    Ok((puller(config, &store), store))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signature_policy_accepts_refuses_and_names_the_rule() -> Result<()> {
+    if !tools_present() {
+        return Ok(());
+    }
+    let scratch = Scratch::new("sigpolicy");
+    let registry = Registry::start(RegistryOptions::default())?;
+    let layout = scratch.path().join("layout");
+    build_image(&layout, "v1", &[vec![Step::Write("/hello", b"hi")]])?;
+    registry.push(&layout, "v1", "signed/app", "v1", "oci")?;
+    let image = format!("{}/signed/app:v1", registry.addr);
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && openssl ecparam -name prime256v1 -genkey -noout -out cosign.key && \
+         openssl ec -in cosign.key -pubout -out cosign.pub 2>/dev/null",
+        scratch.path().display()
+    )))?;
+    let key = scratch.path().join("cosign.pub");
+
+    // insecureAcceptAnything for this repository: pulled.
+    let accept = format!(
+        r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{}/signed":[{{"type":"insecureAcceptAnything"}}]}}}}}}"#,
+        registry.addr
+    );
+    let (p, store) = policy_puller(&scratch, &registry, &accept).await?;
+    p.pull(&image, &PathBuf::from("/run/b/s1")).await?;
+    assert_eq!(store.installs.lock().unwrap().len(), 1);
+
+    // The default rejects everything else: refused, naming the rule, nothing fetched.
+    let (p, store) =
+        policy_puller(&scratch, &registry, r#"{"default":[{"type":"reject"}]}"#).await?;
+    let e = p
+        .pull(&image, &PathBuf::from("/run/b/s2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ImageError::Signature { .. }), "{e}");
+    assert!(e.to_string().contains("default[0] reject"), "{e}");
+    assert!(store.installs.lock().unwrap().is_empty());
+
+    // A cosign key is required and the image is unsigned: refused, nothing fetched.
+    let signed = format!(
+        r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"file://{}"}}]}}"#,
+        key.display()
+    );
+    let (p, store) = policy_puller(&scratch, &registry, &signed).await?;
+    let e = p
+        .pull(&image, &PathBuf::from("/run/b/s3"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ImageError::Signature { .. }), "{e}");
+    assert!(e.to_string().contains("sigstoreSigned"), "{e}");
+    assert!(store.installs.lock().unwrap().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pulled_image_is_an_overlay_rootfs_with_whiteouts_applied_and_collected_on_release()
+-> Result<()> {
+    if !tools_present() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"\n*** SKIPPED: overlay mounts need root ***\n",
+        );
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI runs as root"
+        );
+        return Ok(());
+    }
+    let scratch = Scratch::new("overlay");
+    let registry = Registry::start(RegistryOptions::default())?;
+    let layout = scratch.path().join("layout");
+    build_image(
+        &layout,
+        "v1",
+        &[
+            vec![Step::Busybox],
+            vec![
+                Step::Write("/etc/one", b"one"),
+                Step::Write("/data/two", b"two"),
+            ],
+            vec![Step::Remove("/etc/one")],
+        ],
+    )?;
+    registry.push(&layout, "v1", "real/store", "v1", "oci")?;
+    let work = scratch.path().join("work");
+    let mut config = test_config(&work);
+    config.registry_configuration_uri = Some(file_uri(
+        scratch.path(),
+        "r.conf",
+        &insecure_conf(&registry.addr),
+    ));
+    let store = Arc::new(peerpod_image::LayerDirStore::open(
+        &work,
+        Default::default(),
+    )?);
+    let p = Puller::new(config, Arc::new(NoResources), store.clone())?;
+    let bundle = scratch.path().join("bundle");
+    std::fs::create_dir_all(&bundle)?;
+    let out = p
+        .pull(&format!("{}/real/store:v1", registry.addr), &bundle)
+        .await?;
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(std::fs::read(rootfs.join("data/two"))?, b"two");
+    assert!(!rootfs.join("etc/one").exists(), "the whiteout hides it");
+    let ran = run(Command::new("chroot")
+        .arg(&rootfs)
+        .args(["/bin/busybox", "cat", "/data/two"]))?;
+    assert_eq!(ran, "two");
+    for d in &out.diff_ids {
+        assert!(store.inner().contains(&d.to_string()));
+    }
+    p.release(&bundle)?;
+    assert!(!rootfs.exists());
+    for d in &out.diff_ids {
+        assert!(!store.inner().contains(&d.to_string()), "{d} collected");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    run(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0")
 }

@@ -349,8 +349,16 @@ impl Layers for RecordingStore {
         self.mounts.lock().unwrap().remove(bundle);
         Ok(())
     }
-    fn gc(&self, in_use: &[Digest]) -> std::io::Result<()> {
-        self.gcs.lock().unwrap().push(in_use.to_vec());
+    fn gc(&self) -> std::io::Result<()> {
+        let in_use: Vec<Digest> = self
+            .mounts
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        self.gcs.lock().unwrap().push(in_use.clone());
         self.layers
             .lock()
             .unwrap()

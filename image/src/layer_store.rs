@@ -1,0 +1,68 @@
+//! [`Layers`] over `peerpod-image-layer`'s [`LayerStore`]: hostile-input-proof unpacking into
+//! `<work_dir>/layers`, overlay root filesystems, garbage collection of unmounted layers.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use peerpod_image_layer::{LayerStore, UnpackOptions};
+
+use crate::digest::Digest;
+use crate::store::Layers;
+
+/// The layer store of a work directory.
+pub struct LayerDirStore {
+    store: LayerStore,
+    options: UnpackOptions,
+}
+
+impl LayerDirStore {
+    /// Opens (creating) the store under `work_dir`, unpacking with `options`.
+    pub fn open(work_dir: &Path, options: UnpackOptions) -> io::Result<Self> {
+        let store = LayerStore::open(work_dir).map_err(to_io)?;
+        Ok(Self { store, options })
+    }
+
+    /// The store itself.
+    pub fn inner(&self) -> &LayerStore {
+        &self.store
+    }
+}
+
+fn to_io(e: peerpod_image_layer::LayerError) -> io::Error {
+    io::Error::other(peerpod_text::error_chain(&e))
+}
+
+impl Layers for LayerDirStore {
+    fn contains(&self, diff_id: &Digest) -> bool {
+        self.store.contains(&diff_id.to_string())
+    }
+
+    fn install(&self, diff_id: &Digest, tar: &mut dyn Read) -> io::Result<()> {
+        self.store
+            .install(&diff_id.to_string(), tar, &self.options)
+            .map(|_| ())
+            .map_err(to_io)
+    }
+
+    fn mount_rootfs(&self, diff_ids: &[Digest], bundle: &Path) -> io::Result<()> {
+        let ids: Vec<String> = diff_ids.iter().map(Digest::to_string).collect();
+        self.store
+            .mount_rootfs(&ids, bundle)
+            .map(|_| ())
+            .map_err(to_io)
+    }
+
+    fn unmount_rootfs(&self, bundle: &Path) -> io::Result<()> {
+        self.store.unmount_rootfs(bundle).map_err(to_io)
+    }
+
+    fn gc(&self) -> io::Result<()> {
+        let stats = self.store.gc().map_err(to_io)?;
+        tracing::debug!(
+            removed = stats.removed,
+            kept = stats.kept,
+            "layers collected"
+        );
+        Ok(())
+    }
+}
