@@ -26,6 +26,10 @@ pub mod review;
 pub mod server;
 pub mod tls;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// An error and its causes on one line (`a: b: c`), for logs and replies.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

@@ -1,0 +1,142 @@
+//! The fuzz target's entry points (`fuzz/fuzz_targets/webhook_review.rs`) over seed reviews
+//! and thousands of deterministic mutations of them, on every test run.
+
+mod common;
+
+use common::{container, pod, review_of};
+use peerpod_webhook::fuzzing;
+
+fn seeds() -> Vec<Vec<u8>> {
+    let pods = [
+        pod(
+            Some("kata-remote"),
+            vec![],
+            vec![container(
+                "c",
+                &[("cpu", "2"), ("memory", "4Gi")],
+                &[("cpu", "3")],
+            )],
+        ),
+        pod(
+            Some("kata-remote"),
+            vec![container("i", &[("cpu", "200m")], &[("cpu", "0.7")])],
+            vec![
+                container("a", &[("nvidia.com/gpu", "1")], &[]),
+                container("b", &[], &[]),
+            ],
+        ),
+        pod(
+            Some("other"),
+            vec![],
+            vec![container("c", &[("memory", "1G")], &[])],
+        ),
+        pod(Some("kata-remote"), vec![], vec![]),
+    ];
+    pods.into_iter()
+        .map(|p| serde_json::to_vec(&review_of(p)).expect("JSON"))
+        .collect()
+}
+
+/// xorshift: deterministic, so a failure reproduces.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const INTERESTING: &[&[u8]] = &[
+    b"\"",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"null",
+    b"-",
+    b"1e30",
+    b"Ei",
+    b"0.1n",
+    b"\"kata-remote\"",
+    b"\"containers\"",
+    b"\"resources\"",
+    b"\\u0000",
+    b"99999999999999999999999",
+];
+
+fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+    let mut d = seed.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(d.len());
+        match rng.below(4) {
+            0 => {
+                let i = at.min(d.len().saturating_sub(1));
+                d[i] = rng.next() as u8;
+            }
+            1 => {
+                let end = (at + rng.below(16)).min(d.len());
+                d.drain(at..end);
+            }
+            2 => {
+                let piece = INTERESTING[rng.below(INTERESTING.len())];
+                d.splice(at..at, piece.iter().copied());
+            }
+            _ => {
+                // Replace a quantity-looking string's contents.
+                let piece = INTERESTING[rng.below(INTERESTING.len())];
+                let end = (at + piece.len()).min(d.len());
+                d.splice(at..end, piece.iter().copied());
+            }
+        }
+        if d.is_empty() {
+            break;
+        }
+    }
+    d
+}
+
+#[test]
+fn reviews_and_mutations_of_them_never_panic_and_patches_apply() {
+    let seeds = seeds();
+    let mut rng = Rng(0x5eed_cafe_f00d_beef);
+    for seed in &seeds {
+        assert!(fuzzing::review(seed).is_some(), "a seed was refused");
+    }
+    let (mut refused, mut patched) = (0, 0);
+    for _ in 0..4000 {
+        let seed = &seeds[rng.below(seeds.len())];
+        match fuzzing::review(&mutate(&mut rng, seed)) {
+            None => refused += 1,
+            Some(true) => patched += 1,
+            Some(false) => {}
+        }
+    }
+    // The mutations reach both the refusals and the mutation itself.
+    assert!(
+        refused > 100 && patched > 100,
+        "refused {refused}, patched {patched}"
+    );
+}
+
+#[test]
+fn quantities_round_trip_through_their_canonical_text() {
+    let mut rng = Rng(42);
+    let alphabet = b"0123456789.+-eEkMGTPEimunKi ";
+    for text in [
+        "1", "500m", "4Gi", "1.5Ki", "2e3", "0.1n", "-7", "1e-40", "1000000k",
+    ] {
+        fuzzing::quantity(text.as_bytes());
+    }
+    for _ in 0..20000 {
+        let len = 1 + rng.below(12);
+        let text: Vec<u8> = (0..len)
+            .map(|_| alphabet[rng.below(alphabet.len())])
+            .collect();
+        fuzzing::quantity(&text);
+    }
+}
