@@ -12,19 +12,19 @@
 //! - `insecureAcceptAnything` accepts, `reject` refuses;
 //! - `signedBy` (`GPGKeys`): simple-signing signatures from the lookaside
 //!   (`<lookaside>/<repository>@sha256=<hex>/signature-<n>`), OpenPGP-verified against the
-//!   policy's keys ([`simple`]), whose payload must name the image's manifest digest and an
+//!   policy's keys (`simple.rs`), whose payload must name the image's manifest digest and an
 //!   identity that `signedIdentity` accepts;
 //! - `sigstoreSigned` (public keys): cosign signatures stored in the registry under the tag
-//!   `sha256-<hex>.sig`, ECDSA P-256 verified ([`cosign`]), same payload checks.
+//!   `sha256-<hex>.sig`, ECDSA P-256 verified (`cosign.rs`), same payload checks.
 //!
 //! A refusal is [`SignatureError::Refused`] naming the rule (`transports.docker["registry.example/app"][0]
 //! signedBy`) and why. Everything read from outside is bounded: policy, keys, signature count
 //! and sizes, manifests, payloads.
 //!
-//! Not supported (refused when a policy asks for them, never ignored): `signedBy` with X.509
-//! keys, `signedBaseLayer`, `sigstoreSigned` with Fulcio, Rekor or PKI, signatures stored in
-//! the registry for simple signing (the "X-Registry-Supports-Signatures" API), and lookaside
-//! `file://` stores other than through the resource fetcher.
+//! Not supported, and refused when a policy asks for them (never ignored): `signedBy` with
+//! X.509 keys, `signedBaseLayer`, and `sigstoreSigned` with Fulcio, Rekor or PKI. Simple-signing
+//! signatures stored in the registry (the "X-Registry-Supports-Signatures" API) are not read.
+//! See docs/image-signature.md for the bounds and the differences from image-rs.
 
 mod cosign;
 mod error;

@@ -20,6 +20,9 @@ pub(crate) const MAX_SIGNATURES: usize = 16;
 pub(crate) const MAX_SIGNATURE_BYTES: usize = 64 << 10;
 /// The time one signature fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// The time reading all of an image's signatures may take (a store that answers slowly, one
+/// signature after another, must not hold the pull for [`MAX_SIGNATURES`] × [`FETCH_TIMEOUT`]).
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The lookaside (signature store) configuration: `default-docker` and per-namespace `docker`
 /// entries, each with a `lookaside` (or the older `sigstore`) base URL.
@@ -113,6 +116,18 @@ impl LookasideConfig {
     /// The signatures stored for `image`: `signature-1` … until the first that does not exist,
     /// at most [`MAX_SIGNATURES`].
     pub(crate) async fn signatures(&self, image: &ImageIdentity) -> Result<Vec<Vec<u8>>, String> {
+        tokio::time::timeout(LIST_TIMEOUT, self.signatures_unbounded(image))
+            .await
+            .map_err(|_| {
+                format!(
+                    "reading the signatures of {} from the lookaside took more than {} s",
+                    image.name(),
+                    LIST_TIMEOUT.as_secs()
+                )
+            })?
+    }
+
+    async fn signatures_unbounded(&self, image: &ImageIdentity) -> Result<Vec<Vec<u8>>, String> {
         let base = self.base_for(image).ok_or_else(|| {
             format!(
                 "no lookaside for {} (add a docker or default-docker entry with a lookaside URL to the sigstore_config_uri document)",

@@ -354,6 +354,21 @@ fn lookaside_configurations_are_checked() {
             other => panic!("{bad}: {other:?}"),
         }
     }
+    // Alias expansion (a "billion laughs" document) is refused, not expanded.
+    let mut laughs = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (i, c) in ('b'..='j').enumerate() {
+        let p = char::from(b'a' + i as u8);
+        laughs.push_str(&format!(
+            "{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        ));
+    }
+    laughs.push_str("default-docker:\n  lookaside: https://x\n");
+    let started = std::time::Instant::now();
+    assert!(LookasideConfig::parse(laughs.as_bytes()).is_err());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused without expanding"
+    );
     let big = format!(
         "default-docker:\n  lookaside: https://x/{}\n",
         "a".repeat(300 << 10)
