@@ -38,11 +38,22 @@ pub enum CryptError {
         "the encrypted layer's key is wrapped only for {protocols}, which the pod VM cannot \
          unwrap: re-encrypt the image with coco-keyprovider \
          (`--encryption-key provider:attestation-agent:keyid=kbs:///…`) so that the KEK comes \
-         from the KBS after attestation"
+         from the KBS after attestation (or, for jwe, configure its private key)"
     )]
     UnsupportedProtocol {
         /// The protocols found (`jwe`, `pgp`, `provider.<name>`, …), quoted.
         protocols: String,
+    },
+    /// No configured JWE private key opens any recipient of the layer's JWE.
+    #[error(
+        "none of the layer's JWE recipients ({recipients}) opens with the configured private \
+         keys ({keys}): configure the private key the image was encrypted to"
+    )]
+    JweNoKey {
+        /// The recipients' `alg`s, quoted.
+        recipients: String,
+        /// The kinds of the keys tried.
+        keys: String,
     },
     /// The public options annotation is missing.
     #[error("the encrypted layer has no {annotation} annotation (the cipher and the HMAC)")]

@@ -30,7 +30,8 @@ impl KeyResolver for Fixed {
 }
 
 /// Feeds `data` to the parsers. The first byte picks the input: 0 the public options JSON,
-/// 1 the private options JSON, 2 a key packet JSON, anything else annotations as
+/// 1 the private options JSON, 2 a key packet JSON, 3 a JWE (opened with a fixed P-256 key),
+/// anything else annotations as
 /// `name=value` lines, then (if a key comes out) the rest after a blank line as ciphertext.
 pub fn annotations(data: &[u8]) {
     let Some((&kind, body)) = data.split_first() else {
@@ -50,6 +51,11 @@ pub fn annotations(data: &[u8]) {
                 let _ = p.open(&FUZZ_KEK);
             }
         }
+        3 => {
+            if let Some(key) = crate::jwe::JwePrivateKey::fuzz_key() {
+                let _ = crate::jwe::open(body, std::slice::from_ref(&key));
+            }
+        }
         _ => layer(body),
     }
 }
@@ -62,7 +68,8 @@ fn layer(body: &[u8]) {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let fut = pin!(crate::key::layer_key(&map, &Fixed));
+    let jwe: Vec<_> = crate::jwe::JwePrivateKey::fuzz_key().into_iter().collect();
+    let fut = pin!(crate::key::layer_key_with(&map, &Fixed, &jwe));
     let mut cx = Context::from_waker(Waker::noop());
     // The fixed resolver never waits: one poll finishes.
     let Poll::Ready(result) = fut.poll(&mut cx) else {

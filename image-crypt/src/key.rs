@@ -9,9 +9,10 @@ use base64::engine::general_purpose::STANDARD;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::error::{CryptError, quote};
+use crate::jwe::JwePrivateKey;
 use crate::options::{Tag, parse_private, parse_public};
 use crate::packet::Packet;
-use crate::{KEYPROVIDER_ANNOTATION, KEYS_ANNOTATION_PREFIX, PUBOPTS_ANNOTATION};
+use crate::{JWE_ANNOTATION, KEYPROVIDER_ANNOTATION, KEYS_ANNOTATION_PREFIX, PUBOPTS_ANNOTATION};
 
 /// Longest key-provider annotation value (base64 text).
 pub(crate) const MAX_KEYS_ANNOTATION: usize = 64 * 1024;
@@ -40,7 +41,8 @@ pub struct LayerKey {
 }
 
 impl LayerKey {
-    /// The resource URI of the KEK that unwrapped this key.
+    /// Which key unwrapped this one: the KEK's resource URI, or `jwe:` and the kind of the JWE
+    /// private key (`jwe:P-256`, `jwe:RSA`, …).
     pub fn kid(&self) -> &str {
         &self.kid
     }
@@ -78,12 +80,29 @@ impl fmt::Debug for LayerKey {
 /// is the first one's (wrapped in [`CryptError::NoUsableKey`] when there were several).
 ///
 /// A layer whose key is wrapped only for other protocols (`jwe`, `pgp`, …) is refused with
-/// [`CryptError::UnsupportedProtocol`].
+/// [`CryptError::UnsupportedProtocol`]; [`layer_key_with`] also reads `jwe`.
 pub async fn layer_key(
     annotations: &BTreeMap<String, String>,
     keys: &dyn KeyResolver,
 ) -> Result<LayerKey, CryptError> {
-    let Some(wrapped) = annotations.get(KEYPROVIDER_ANNOTATION) else {
+    layer_key_with(annotations, keys, &[]).await
+}
+
+/// [`layer_key`], and when the key-provider annotation is missing or gives no key, the `jwe`
+/// protocol's annotation (`org.opencontainers.image.enc.keys.jwe`, what
+/// `skopeo copy --encryption-key jwe:pub.pem` writes) opened with one of `jwe_keys`. With no
+/// `jwe_keys` it is [`layer_key`]. The error, when neither gives a key, is the key provider's
+/// if that annotation is there, else the JWE one's.
+pub async fn layer_key_with(
+    annotations: &BTreeMap<String, String>,
+    keys: &dyn KeyResolver,
+    jwe_keys: &[JwePrivateKey],
+) -> Result<LayerKey, CryptError> {
+    let provider = annotations.get(KEYPROVIDER_ANNOTATION);
+    let jwe = annotations
+        .get(JWE_ANNOTATION)
+        .filter(|_| !jwe_keys.is_empty());
+    if provider.is_none() && jwe.is_none() {
         let others: Vec<String> = annotations
             .keys()
             .filter_map(|k| k.strip_prefix(KEYS_ANNOTATION_PREFIX))
@@ -98,26 +117,66 @@ pub async fn layer_key(
                 protocols: others.join(", "),
             }
         });
-    };
+    }
     let public_tag = public_tag(annotations)?;
-    if wrapped.len() > MAX_KEYS_ANNOTATION {
+    let mut first = None;
+    if let Some(wrapped) = provider {
+        match each_entry(wrapped, "the key-provider annotation", |entry| {
+            unwrap_entry(entry, public_tag, keys)
+        })
+        .await
+        {
+            Ok(key) => return Ok(key),
+            Err(e) => first = Some(e),
+        }
+    }
+    if let Some(wrapped) = jwe {
+        let opened = each_entry(wrapped, "the jwe annotation", |entry| async move {
+            let (opts, label) = crate::jwe::open(&crate::jwe::entry_json(entry)?, jwe_keys)?;
+            key_from_options(&opts, public_tag, label)
+        })
+        .await;
+        match opened {
+            Ok(key) => return Ok(key),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    Err(first.unwrap_or(CryptError::NoKeyAnnotation {
+        annotation: KEYPROVIDER_ANNOTATION,
+    }))
+}
+
+/// Tries `f` on each comma-separated entry of an annotation (bounded in size and count) until
+/// one gives a key.
+async fn each_entry<'a, F, Fut>(
+    value: &'a str,
+    what: &'static str,
+    f: F,
+) -> Result<LayerKey, CryptError>
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: std::future::Future<Output = Result<LayerKey, CryptError>>,
+{
+    if value.len() > MAX_KEYS_ANNOTATION {
         return Err(CryptError::TooLarge {
-            what: "the key-provider annotation",
-            len: wrapped.len(),
+            what,
+            len: value.len(),
             max: MAX_KEYS_ANNOTATION,
         });
     }
-    let entries: Vec<&str> = wrapped.split(',').collect();
+    let entries: Vec<&str> = value.split(',').collect();
     if entries.len() > MAX_ENTRIES {
         return Err(CryptError::TooLarge {
-            what: "the key-provider annotation's entry count",
+            what: "an annotation's entry count",
             len: entries.len(),
             max: MAX_ENTRIES,
         });
     }
     let mut first = None;
     for entry in &entries {
-        match unwrap_entry(entry, public_tag, keys).await {
+        match f(entry).await {
             Ok(key) => return Ok(key),
             Err(e) => {
                 first.get_or_insert(e);
@@ -180,8 +239,16 @@ async fn unwrap_entry(
         })?;
     let opts = packet.open(&kek)?;
     drop(kek);
-    let private = parse_private(&opts)?;
-    drop(opts);
+    key_from_options(&opts, public_tag, packet.kid)
+}
+
+/// Checks unwrapped private options against the public HMAC and makes the key.
+fn key_from_options(
+    opts: &[u8],
+    public_tag: Option<Tag>,
+    kid: String,
+) -> Result<LayerKey, CryptError> {
+    let private = parse_private(opts)?;
     let hmac = match (public_tag, private.hmac) {
         (Some(p), Some(q)) if p != q => {
             return Err(CryptError::Malformed {
@@ -202,6 +269,6 @@ async fn unwrap_entry(
         nonce: private.nonce,
         hmac,
         digest: private.digest,
-        kid: packet.kid,
+        kid,
     })
 }

@@ -22,6 +22,12 @@
 //!   bounded), asks a [`KeyResolver`] (the confidential data hub: a KBS resource fetched after
 //!   attestation) for the KEK named by `kid`, unwraps and checks the options, and gives a
 //!   [`LayerKey`], zeroized on drop.
+//! - [`layer_key_with`] (module `jwe`): also the `jwe` protocol
+//!   (`org.opencontainers.image.enc.keys.jwe`, what `skopeo copy --encryption-key jwe:pub.pem`
+//!   writes: a JWE per entry, `ECDH-ES+A256KW` on P-256/P-384/P-521 or `RSA-OAEP`/`RSA-OAEP-256`,
+//!   `A256GCM`), opened with [`JwePrivateKey`]s the caller holds. Where such a key would come
+//!   from in the pod VM (a KBS resource named in the configuration, for instance) is the
+//!   caller's choice; upstream's guest components do not read this protocol at all.
 //! - [`decrypting_reader`] and [`LayerDecryptor`] (module `reader`): AES-256-CTR decryption while
 //!   the layer streams, with the HMAC checked at the end of the stream. The plaintext read before
 //!   that end is not authenticated yet: a caller keeps nothing of a layer whose reader ended in
@@ -30,17 +36,19 @@
 //! Errors ([`CryptError`]) name the layer's `kid` and what to fix; they never carry key
 //! material, the KEK or the contents of a KBS resource, and neither does any `Debug` output.
 //!
-//! Not supported (refused with an error that says so): the `jwe`, `pkcs7`, `pgp` and `pkcs11`
-//! key-wrapping protocols and key providers other than `attestation-agent`; upstream's KMS
+//! Not supported (refused with an error that says so): the `pkcs7`, `pgp` and `pkcs11`
+//! key-wrapping protocols (and `jwe` without a private key) and key providers other than
+//! `attestation-agent`; upstream's KMS
 //! providers other than `kbs` in the annotation packet; the `A256CTR` wrap type.
 //!
-//! Features: `testing` adds [`testing::encrypt_layer`] (a coco-keyprovider-compatible
+//! Features: `testing` adds `testing::encrypt_layer` (a coco-keyprovider-compatible
 //! encrypter) and the `image-crypt-keyprovider` test binary; `fuzzing` adds the fuzz entry
 //! points.
 
 #![forbid(unsafe_code)]
 
 mod error;
+mod jwe;
 mod key;
 mod media;
 mod options;
@@ -53,13 +61,16 @@ pub mod fuzzing;
 pub mod testing;
 
 pub use error::CryptError;
-pub use key::{KeyResolver, LayerKey, layer_key};
+pub use jwe::JwePrivateKey;
+pub use key::{KeyResolver, LayerKey, layer_key, layer_key_with};
 pub use media::{decrypted_media_type, is_encrypted};
 pub use reader::{DecryptingReader, LayerDecryptor, decrypting_reader};
 
 /// The annotation that holds the wrapped layer keys for Confidential Containers' key provider.
 pub const KEYPROVIDER_ANNOTATION: &str =
     "org.opencontainers.image.enc.keys.provider.attestation-agent";
+/// The annotation of the `jwe` protocol (what `skopeo copy --encryption-key jwe:…` writes).
+pub const JWE_ANNOTATION: &str = "org.opencontainers.image.enc.keys.jwe";
 /// The annotation that holds the public layer options (cipher and HMAC).
 pub const PUBOPTS_ANNOTATION: &str = "org.opencontainers.image.enc.pubopts";
 /// The prefix of every key-wrapping annotation (`jwe`, `pkcs7`, `pgp`, `pkcs11`, `provider.<name>`).

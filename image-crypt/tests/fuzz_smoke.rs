@@ -7,6 +7,9 @@ use peerpod_image_crypt::fuzzing::{FUZZ_KEK, annotations};
 use peerpod_image_crypt::testing;
 use peerpod_tests::mutate::{Rng, mutate};
 
+/// The shape of the JWEs skopeo writes (two recipients, general serialization).
+const JWE: &str = r#"{"protected":"eyJlbmMiOiJBMjU2R0NNIn0","recipients":[{"header":{"alg":"ECDH-ES+A256KW","epk":{"kty":"EC","crv":"P-256","x":"gEVxwbF634pJmLKVGqbDBjmv_LMcUFbRBOB74iwC0jg","y":"-eKSlFY68XG_xJtIh_JxS9k-pHVrZHEaBgHJfITi6Is"}},"encrypted_key":"B6HITte8rWO-QjQxQ4Lsev8mS0JR6WfXlJMX-VjTSwsSfoy8xf12-w"},{"header":{"alg":"RSA-OAEP"},"encrypted_key":"bQlJ_kPAO"}],"iv":"3N0GbCAff5-mvlRg","ciphertext":"uuUvpCFMcooGhFPT3Ph5etKkA65tQ4jZ","tag":"x7anZPeP_AK6J7gx5v8Mug"}"#;
+
 fn seeds() -> Vec<Vec<u8>> {
     let with = |kind: u8, body: &[u8]| [&[kind][..], body].concat();
     let (cipher, ann) = testing::encrypt_layer(
@@ -32,9 +35,10 @@ fn seeds() -> Vec<Vec<u8>> {
         with(0, &public),
         with(1, &private),
         with(2, &packet),
-        with(3, format!("{layer}{lossy}").as_bytes()),
-        with(3, layer.as_bytes()),
-        with(3, b"org.opencontainers.image.enc.keys.jwe=e30=\n"),
+        with(3, JWE.as_bytes()),
+        with(4, format!("{layer}{lossy}").as_bytes()),
+        with(4, layer.as_bytes()),
+        with(4, b"org.opencontainers.image.enc.keys.jwe=e30=\n"),
     ]
 }
 
