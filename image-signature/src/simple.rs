@@ -64,6 +64,9 @@ pub(crate) fn verify(
 fn verifiers(keyrings: &[Vec<u8>]) -> Result<Vec<Verifier>, String> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     for ring in keyrings {
         let (keys, _) = SignedPublicKey::from_reader_many(Cursor::new(ring.as_slice()))
             .map_err(|e| format!("the policy key is not an OpenPGP public key: {e}"))?;
@@ -82,17 +85,55 @@ fn verifiers(keyrings: &[Vec<u8>]) -> Result<Vec<Verifier>, String> {
                 ));
                 continue;
             }
+            let fingerprint = hex::encode_upper(key.fingerprint().as_bytes());
+            // The bindings verified, so a revocation signature here is the key owner's.
+            if !key.details.revocation_signatures.is_empty() {
+                problems.push(format!("key {fingerprint} is revoked"));
+                continue;
+            }
+            let self_signatures = key
+                .details
+                .users
+                .iter()
+                .flat_map(|u| u.signatures.iter())
+                .chain(key.details.direct_signatures.iter());
+            if let Some(expired) = expired(key.primary_key.created_at(), self_signatures, now) {
+                problems.push(format!(
+                    "key {fingerprint} expired at {expired} (Unix time)"
+                ));
+                continue;
+            }
             for subkey in &key.public_subkeys {
+                let sub_fingerprint = hex::encode_upper(subkey.fingerprint().as_bytes());
                 let signing = subkey.signatures.iter().any(|s| s.key_flags().sign());
-                if signing && subkey.verify_bindings(&key.primary_key).is_ok() {
-                    out.push(Verifier {
-                        fingerprint: hex::encode_upper(subkey.fingerprint().as_bytes()),
-                        key: Box::new(subkey.clone()),
-                    });
+                if !signing || subkey.verify_bindings(&key.primary_key).is_err() {
+                    continue;
                 }
+                if subkey
+                    .signatures
+                    .iter()
+                    .any(|s| s.typ() == Some(SignatureType::SubkeyRevocation))
+                {
+                    problems.push(format!("subkey {sub_fingerprint} is revoked"));
+                    continue;
+                }
+                let bindings = subkey
+                    .signatures
+                    .iter()
+                    .filter(|s| s.typ() == Some(SignatureType::SubkeyBinding));
+                if let Some(expired) = expired(subkey.created_at(), bindings, now) {
+                    problems.push(format!(
+                        "subkey {sub_fingerprint} expired at {expired} (Unix time)"
+                    ));
+                    continue;
+                }
+                out.push(Verifier {
+                    fingerprint: sub_fingerprint,
+                    key: Box::new(subkey.clone()),
+                });
             }
             out.push(Verifier {
-                fingerprint: hex::encode_upper(key.fingerprint().as_bytes()),
+                fingerprint,
                 key: Box::new(key.primary_key.clone()),
             });
         }
@@ -108,6 +149,22 @@ fn verifiers(keyrings: &[Vec<u8>]) -> Result<Vec<Verifier>, String> {
         ));
     }
     Ok(out)
+}
+
+/// When the newest of `signatures` (self-signatures or bindings) gives the key an expiry time
+/// that has passed at `now`, that time.
+fn expired<'s>(
+    created: pgp::types::Timestamp,
+    signatures: impl Iterator<Item = &'s pgp::packet::Signature>,
+    now: u64,
+) -> Option<u64> {
+    let newest = signatures.max_by_key(|s| s.created().map_or(0, |t| t.as_secs()))?;
+    let lifetime = newest.key_expiration_time()?.as_secs();
+    if lifetime == 0 {
+        return None;
+    }
+    let expiry = u64::from(created.as_secs()) + u64::from(lifetime);
+    (expiry <= now).then_some(expiry)
 }
 
 /// Verifies one signature; the signing key's fingerprint and the signed payload.

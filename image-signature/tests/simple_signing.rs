@@ -554,3 +554,53 @@ async fn skopeo_standalone_signature_is_accepted() -> TestResult {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn expired_and_revoked_keys_do_not_verify() -> TestResult {
+    let Some(w) = world() else { return Ok(()) };
+    let img = image("registry.example", "app", Some("v1"), &w.digest);
+    let payload = simple_payload("registry.example/app:v1", &w.digest);
+    // Expired: made and used in 2020, with a lifetime of one day.
+    let old = w.gpg.generate_expired("old");
+    let sig = w
+        .gpg
+        .sign(&old, &payload, &["--faked-system-time", "20200101T010000"]);
+    w.lookaside.put("app", &w.digest, 1, sig);
+    let resources = MemResources::with(KEY_URI, w.gpg.export(&old, false));
+    let (_, reason) = refusal(
+        check(
+            &policy_for_key_uri(""),
+            &img,
+            &MemRegistry::default(),
+            &resources,
+            Some(&w.lookaside.config()),
+        )
+        .await,
+    );
+    assert!(reason.contains("expired"), "{reason}");
+    // Revoked: a good signature, then the owner revokes the key.
+    let sig = w.gpg.sign(&w.key, &payload, &[]);
+    w.lookaside.put("app", &w.digest, 1, sig);
+    check(
+        &policy_for_key_uri(""),
+        &img,
+        &MemRegistry::default(),
+        &w.resources,
+        Some(&w.lookaside.config()),
+    )
+    .await?;
+    w.gpg.revoke(&w.key);
+    let resources = MemResources::with(KEY_URI, w.gpg.export(&w.key, false));
+    let (_, reason) = refusal(
+        check(
+            &policy_for_key_uri(""),
+            &img,
+            &MemRegistry::default(),
+            &resources,
+            Some(&w.lookaside.config()),
+        )
+        .await,
+    );
+    assert!(reason.contains("revoked"), "{reason}");
+    Ok(())
+}

@@ -164,6 +164,37 @@ impl Gpg {
         self.fingerprint(name)
     }
 
+    /// A key made on 2020-01-01 that expired a day later; its fingerprint.
+    pub fn generate_expired(&self, name: &str) -> String {
+        self.run(&[
+            "--faked-system-time",
+            "20200101T000000",
+            "--quick-gen-key",
+            &format!("{name} <{name}@example.test>"),
+            "ed25519",
+            "sign",
+            "1d",
+        ]);
+        self.fingerprint(name)
+    }
+
+    /// Revokes `fingerprint` with the revocation certificate gpg stored when it made the key.
+    pub fn revoke(&self, fingerprint: &str) {
+        let cert = self
+            .home
+            .path()
+            .join(format!("openpgp-revocs.d/{fingerprint}.rev"));
+        let text = std::fs::read_to_string(&cert).expect("revocation certificate");
+        // gpg stores it with the armor's first line escaped against accidental import.
+        let armored = text.replace(
+            ":-----BEGIN PGP PUBLIC KEY BLOCK-----",
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----",
+        );
+        let path = self.home.path().join("revocation.asc");
+        std::fs::write(&path, armored).expect("write revocation");
+        self.run(&["--import", path.to_str().expect("path")]);
+    }
+
     /// The fingerprint of the primary key with `name` in its user ID.
     pub fn fingerprint(&self, name: &str) -> String {
         let listing =
