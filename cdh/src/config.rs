@@ -16,7 +16,17 @@
 //! resource_uri = "kbs:///default/credential/registry"
 //! path = "/run/confidential-containers/cdh/kbs/registry-auth.json"
 //!
-//! [image]                         # kept for the image work
+//! [image]                         # image pulls (PullImage), image-rs's keys:
+//! work_dir = "/run/image-rs"
+//! authenticated_registry_credentials_uri = "kbs:///default/credential/registry"  # auth.json
+//! registry_configuration_uri = "file:///etc/containers/registries.conf"
+//! image_security_policy_uri = "kbs:///default/security-policy/test"            # policy.json
+//! sigstore_config_uri = "kbs:///default/sigstore-config/test"
+//! max_concurrent_layer_downloads_per_image = 3
+//! extra_root_certificates = ["<PEM>"]
+//! [image.image_pull_proxy]
+//! https_proxy = "http://proxy:3128"
+//! no_proxy = "10.0.0.0/8"
 //! [log]
 //! level = "info"
 //!
@@ -176,8 +186,8 @@ pub struct CdhConfig {
     pub credentials: Vec<Credential>,
     /// Accept sealed secrets without checking their signature.
     pub skip_sealed_secret_verification: bool,
-    /// `[image]`, kept as given for the image work.
-    pub image: toml::Table,
+    /// `[image]`: image pulls.
+    pub image: peerpod_image::ImageConfig,
     /// Log level.
     pub log_level: String,
     /// Credentials must be written under this directory.
@@ -210,7 +220,7 @@ impl Default for CdhConfig {
             aa_socket: DEFAULT_AA_SOCKET.into(),
             credentials: Vec::new(),
             skip_sealed_secret_verification: false,
-            image: toml::Table::new(),
+            image: peerpod_image::ImageConfig::default(),
             log_level: "info".into(),
             credentials_root: PathBuf::from(DEFAULT_CREDENTIALS_ROOT),
             sealed_secret_key_dir: PathBuf::from(DEFAULT_CREDENTIALS_ROOT).join("sealed-secret"),
@@ -307,7 +317,13 @@ impl CdhConfig {
                             .push(parse_credential(i, table("credentials", item)?)?);
                     }
                 }
-                "image" => c.image = table(k, v)?.clone(),
+                "image" => {
+                    let (image, unknown_keys) =
+                        peerpod_image::ImageConfig::from_table(table(k, v)?)
+                            .map_err(|e| bad("image", e.to_string()))?;
+                    c.image = image;
+                    unknown.extend(unknown_keys.into_iter().map(|u| format!("image.{u}")));
+                }
                 "log" => {
                     for (lk, lv) in table(k, v)? {
                         match lk.as_str() {
@@ -479,7 +495,7 @@ mod tests {
              [kbc]\nname = \"cc_kbc\"\nurl = \"https://kbs:8080\"\nkbs_cert = \"\"\n\
              [aa]\naa_socket = \"unix:///tmp/aa.sock\"\n\
              [[credentials]]\nresource_uri = \"kbs:///default/cred/a\"\npath = \"/run/x/a\"\n\
-             [image]\nmax_concurrent_layer_downloads_per_image = 3\n[log]\nlevel = \"DEBUG\"\n\
+             [image]\nmax_concurrent_layer_downloads_per_image = 5\nsnapshotter = \"x\"\n[log]\nlevel = \"DEBUG\"\n\
              [peerpod]\nrequest_timeout_secs = 5\nkbs_timeout_secs = 7\nfuture = 1\n[later]\nx = 1\n",
         )
         .expect("parses");
@@ -494,7 +510,8 @@ mod tests {
         );
         assert_eq!(c.aa_socket, "unix:///tmp/aa.sock");
         assert_eq!(c.credentials[0].path, PathBuf::from("/run/x/a"));
-        assert_eq!(c.image.len(), 1);
+        assert_eq!(c.image.max_concurrent_layer_downloads_per_image, 5);
+        assert_eq!(c.image.work_dir, PathBuf::from("/run/image-rs"));
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.request_timeout, Duration::from_secs(5));
         assert_eq!(c.kbs_timeout, Duration::from_secs(7));
@@ -502,10 +519,29 @@ mod tests {
         assert_eq!(
             c.warnings,
             [
+                "unknown key \"image.snapshotter\" ignored",
                 "unknown key \"later\" ignored",
                 "unknown key \"peerpod.future\" ignored"
             ]
         );
+    }
+
+    #[test]
+    fn bad_image_values_are_named() {
+        for (text, want) in [
+            (
+                "[image]\nmax_concurrent_layer_downloads_per_image = 0",
+                "max_concurrent",
+            ),
+            ("[image]\nwork_dir = 3", "image"),
+            (
+                "[image]\nregistry_configuration_uri = \"https://x\"",
+                "registry_configuration_uri",
+            ),
+        ] {
+            let e = CdhConfig::parse(text).expect_err(text).to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

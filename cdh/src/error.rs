@@ -72,6 +72,13 @@ pub enum CdhError {
         /// What is wrong and what is expected.
         reason: &'static str,
     },
+    /// An image pull failed (its message names the cause; it carries no credentials).
+    #[error("cannot pull the image")]
+    Image {
+        /// Why.
+        #[source]
+        source: Box<peerpod_image::ImageError>,
+    },
     /// A provider, volume type, algorithm or operation this CDH does not support.
     #[error("{what} {value:?} is not supported here ({supported})")]
     Unsupported {
@@ -349,6 +356,7 @@ impl CdhError {
                 _ => Code::INTERNAL,
             },
             CdhError::Peer { code, .. } => *code,
+            CdhError::Image { source } => image_code(source),
             CdhError::Credential { source, .. } => source.code(),
             CdhError::Kbs { .. }
             | CdhError::AgentReply { .. }
@@ -356,5 +364,25 @@ impl CdhError {
             | CdhError::Tool { .. }
             | CdhError::Random => Code::INTERNAL,
         }
+    }
+}
+
+fn image_code(e: &peerpod_image::ImageError) -> ttrpc::Code {
+    use peerpod_image::ImageError as E;
+    use ttrpc::Code;
+    match e {
+        E::Reference(_) | E::Bundle { .. } => Code::INVALID_ARGUMENT,
+        E::Config(_) => Code::FAILED_PRECONDITION,
+        E::Unauthorized { .. } | E::Signature { .. } | E::Encrypted { .. } => {
+            Code::PERMISSION_DENIED
+        }
+        E::Status { status: 404, .. } => Code::NOT_FOUND,
+        E::Transport { .. } | E::AllSources { .. } | E::Resource { .. } => Code::UNAVAILABLE,
+        E::DigestMismatch { .. }
+        | E::SizeMismatch { .. }
+        | E::TooLarge { .. }
+        | E::Manifest(_)
+        | E::Status { .. } => Code::FAILED_PRECONDITION,
+        E::Layer { .. } => Code::INTERNAL,
     }
 }

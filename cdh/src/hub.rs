@@ -22,10 +22,43 @@ enum Source {
     Offline(OfflineFs),
 }
 
+/// The event-log domain of image pulls (upstream's).
+pub const PULL_IMAGE_DOMAIN: &str = "github.com/confidential-containers";
+
 /// The confidential data hub.
 pub struct Hub {
     config: CdhConfig,
-    source: Option<Source>,
+    source: Arc<Option<Source>>,
+    /// Made at the first PullImage (it creates the layer store under `[image] work_dir`).
+    puller: tokio::sync::OnceCell<Arc<peerpod_image::Puller>>,
+}
+
+/// The hub's key broker as the image puller's source of `kbs://` files and keys.
+struct ImageResources(Arc<Option<Source>>);
+
+#[async_trait::async_trait]
+impl peerpod_image::Resources for ImageResources {
+    async fn resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+        let uri = ResourceUri::parse(uri).map_err(|e| e.to_string())?;
+        fetch_from(&self.0, &uri).await.map_err(|e| {
+            let mut text = e.to_string();
+            peerpod_text::push_causes(&mut text, std::error::Error::source(&e));
+            text
+        })
+    }
+}
+
+async fn fetch_from(
+    source: &Option<Source>,
+    uri: &ResourceUri,
+) -> Result<Zeroizing<Vec<u8>>, CdhError> {
+    let value = match source {
+        Some(Source::Kbs(k)) => k.get(uri).await?,
+        Some(Source::Offline(o)) => o.get(uri)?,
+        None => return Err(CdhError::NoKbc),
+    };
+    tracing::debug!(resource = %uri, "resource fetched");
+    Ok(value)
 }
 
 impl Hub {
@@ -60,7 +93,91 @@ impl Hub {
             )?)),
             None => None,
         };
-        Ok(Self { config, source })
+        Ok(Self {
+            config,
+            source: Arc::new(source),
+            puller: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// `PullImage`: pulls `image_url` and mounts it at `bundle_path/rootfs`; answers the digest
+    /// the reference resolved to.
+    pub async fn pull_image(&self, image_url: &str, bundle_path: &str) -> Result<String, CdhError> {
+        let image = |source| CdhError::Image {
+            source: Box::new(source),
+        };
+        // The request is checked before the layer store is created.
+        peerpod_image::Reference::parse(image_url).map_err(|e| image(e.into()))?;
+        peerpod_image::pull::check_bundle(Path::new(bundle_path)).map_err(image)?;
+        let puller = self
+            .puller
+            .get_or_try_init(|| async {
+                let config = self.config.image.clone();
+                let work_dir = config.work_dir.clone();
+                let store = tokio::task::spawn_blocking(move || {
+                    peerpod_image::LayerDirStore::open(&work_dir, Default::default())
+                })
+                .await
+                .map_err(|e| CdhError::Io {
+                    action: "open the layer store in",
+                    path: self.config.image.work_dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?
+                .map_err(|source| CdhError::Io {
+                    action: "open the layer store in",
+                    path: self.config.image.work_dir.clone(),
+                    source,
+                })?;
+                let resources = Arc::new(ImageResources(self.source.clone()));
+                peerpod_image::Puller::new(config, resources, Arc::new(store))
+                    .map(Arc::new)
+                    .map_err(image)
+            })
+            .await?;
+        let bundle = Path::new(bundle_path);
+        let outcome = puller.pull(image_url, bundle).await.map_err(image)?;
+        // As upstream: the platform manifest's digest, recorded in the attestation agent's
+        // event log before the container can use the image.
+        let digest = outcome.image_manifest_digest.to_string();
+        if let Err(e) = self.measure_pull(image_url, &digest).await {
+            // Not measured, not used: the root filesystem goes away again.
+            if let Err(undo) = puller.release(bundle) {
+                tracing::warn!(bundle = %bundle.display(), error = %undo, "cannot unmount after a failed measurement");
+            }
+            return Err(e);
+        }
+        Ok(digest)
+    }
+
+    /// Records `PullImage` `{"image", "digest"}` in the attestation agent's event log (domain
+    /// `github.com/confidential-containers`, upstream's event). Without an agent socket it is
+    /// skipped with a warning, as upstream does; a platform or agent without runtime
+    /// measurements is a warning too; an agent that fails the request fails the pull.
+    async fn measure_pull(&self, image_url: &str, digest: &str) -> Result<(), CdhError> {
+        let path = self
+            .config
+            .aa_socket
+            .strip_prefix("unix://")
+            .unwrap_or(&self.config.aa_socket);
+        if !Path::new(path).exists() {
+            tracing::warn!(socket = %self.config.aa_socket, "no attestation agent: the image pull is not recorded in the event log");
+            return Ok(());
+        }
+        let content = serde_json::json!({"image": image_url, "digest": digest}).to_string();
+        let aa = AaClient::new(&self.config.aa_socket, self.config.request_timeout);
+        let result = aa
+            .extend_runtime_measurement(PULL_IMAGE_DOMAIN, "PullImage", &content)
+            .await?;
+        if result == "OK" {
+            tracing::info!(
+                image = image_url,
+                digest,
+                "image pull recorded in the event log"
+            );
+        } else {
+            tracing::warn!(image = image_url, digest, result = %result, "the attestation agent did not record the image pull");
+        }
+        Ok(())
     }
 
     /// Fetches the `[[credentials]]` and writes them (mode 0600). Any failure is an error: a pod
@@ -119,13 +236,7 @@ impl Hub {
     }
 
     async fn fetch(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, CdhError> {
-        let value = match &self.source {
-            Some(Source::Kbs(k)) => k.get(uri).await?,
-            Some(Source::Offline(o)) => o.get(uri)?,
-            None => return Err(CdhError::NoKbc),
-        };
-        tracing::debug!(resource = %uri, "resource fetched");
-        Ok(value)
+        fetch_from(&self.source, uri).await
     }
 
     /// `GetResource`: `ResourcePath` is a `kbs://` URI.

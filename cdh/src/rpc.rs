@@ -114,14 +114,15 @@ impl api_ttrpc::ImagePullService for Services {
         _ctx: &TtrpcContext,
         req: ImagePullRequest,
     ) -> ttrpc::Result<ImagePullResponse> {
-        Err(status(
-            "PullImage",
-            CdhError::Unsupported {
-                what: "pulling an image in the guest",
-                value: req.image_url.chars().take(200).collect(),
-                supported: "not built yet: the image work",
-            },
-        ))
+        let manifest_digest = self
+            .hub
+            .pull_image(&req.image_url, &req.bundle_path)
+            .await
+            .map_err(|e| status("PullImage", e))?;
+        Ok(ImagePullResponse {
+            manifest_digest,
+            ..Default::default()
+        })
     }
 }
 

@@ -181,7 +181,8 @@ async fn resources_sealed_secrets_and_credentials_end_to_end() {
         serde_json::from_value(reply["keyunwrapresults"]["optsdata"].clone()).expect("bytes");
     assert_eq!(key, layer_key);
 
-    // What is not served says so.
+    // PullImage is served (tests/image_pull.rs); a request without a bundle path is refused
+    // before anything is fetched.
     let err = ImagePullServiceClient::new(raw.clone())
         .pull_image(
             ctx(),
@@ -192,7 +193,9 @@ async fn resources_sealed_secrets_and_credentials_end_to_end() {
         )
         .await
         .expect_err("image pull");
-    assert_eq!(code(&err), ttrpc::Code::UNIMPLEMENTED, "{err:?}");
+    assert_eq!(code(&err), ttrpc::Code::INVALID_ARGUMENT, "{err:?}");
+    assert!(format!("{err:?}").contains("bundle path"), "{err:?}");
+    // What is not served says so.
     let err = SecureMountServiceClient::new(raw)
         .secure_mount(
             ctx(),

@@ -576,7 +576,8 @@ fn content_range_starts_at(response: &reqwest::Response, offset: u64) -> bool {
         == Some(offset)
 }
 
-fn check_bundle(bundle: &Path) -> Result<(), ImageError> {
+/// Refuses a bundle path that is not absolute or has `.` or `..` components.
+pub fn check_bundle(bundle: &Path) -> Result<(), ImageError> {
     let ok = bundle.is_absolute()
         && bundle
             .components()

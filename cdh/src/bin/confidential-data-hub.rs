@@ -165,6 +165,10 @@ fn main() -> Result<()> {
         std::env::var("AA_KBC_PARAMS").ok().as_deref(),
         cmdline.as_deref(),
     );
+    // Upstream's override of [image] authenticated_registry_credentials_uri.
+    config.image = config
+        .image
+        .with_credentials_env(std::env::var(peerpod_image::config::CREDENTIALS_ENV).ok());
     peerpod_logging::init(&config.log_level, cli.log_format.parse()?)?;
     for w in &config.warnings {
         tracing::warn!("cdh.toml: {w}");
