@@ -28,6 +28,7 @@
 
 mod cosign;
 mod error;
+mod json;
 mod lookaside;
 mod payload;
 mod policy;

@@ -29,7 +29,7 @@ pub(crate) fn parse(bytes: &[u8], expected_type: &str) -> Result<Claims, String>
         return Err(format!("payload larger than {MAX_PAYLOAD_BYTES} bytes"));
     }
     let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("payload is not JSON: {e}"))?;
+        crate::json::parse(bytes).map_err(|e| format!("payload is not JSON: {e}"))?;
     let top = value.as_object().ok_or("payload is not a JSON object")?;
     if let Some(k) = top.keys().find(|k| *k != "critical" && *k != "optional") {
         return Err(format!(

@@ -105,7 +105,7 @@ impl Policy {
                 format!("larger than {MAX_POLICY_BYTES} bytes"),
             ));
         }
-        let value: Value = serde_json::from_slice(json)
+        let value: Value = crate::json::parse(json)
             .map_err(|e| invalid("(document)", format!("not JSON: {e}")))?;
         let top = object(&value, "(document)")?;
         only_keys(top, "(document)", &["default", "transports"])?;

@@ -433,3 +433,26 @@ async fn cosign_and_simple_signing_together() -> TestResult {
     );
     Ok(())
 }
+
+/// A payload with two `docker-manifest-digest` keys is refused even when correctly signed:
+/// another parser could read the other copy.
+#[tokio::test]
+async fn signed_payload_with_duplicate_keys_is_refused() {
+    let (key, resources, registry, digest) = setup();
+    let (_, other) = manifest("other");
+    let payload = format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{NAME}"}},"image":{{"docker-manifest-digest":"{other}","docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    );
+    registry.cosign_sign(NAME, &digest, &key, payload.as_bytes());
+    let (_, reason) = refusal(
+        check(
+            &policy(""),
+            &app(Some("v1"), &digest),
+            &registry,
+            &resources,
+            None,
+        )
+        .await,
+    );
+    assert!(reason.contains("duplicate key"), "{reason}");
+}

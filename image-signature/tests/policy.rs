@@ -375,3 +375,19 @@ fn lookaside_configurations_are_checked() {
     );
     assert!(LookasideConfig::parse(big.as_bytes()).is_err());
 }
+
+#[test]
+fn duplicate_keys_are_refused() {
+    for json in [
+        r#"{"default":[{"type":"reject"}],"default":[{"type":"insecureAcceptAnything"}]}"#,
+        r#"{"default":[{"type":"reject","type":"insecureAcceptAnything"}]}"#,
+        r#"{"default":[{"type":"reject"}],"transports":{"docker":{"r.example/a":[{"type":"reject"}],"r.example/a":[{"type":"insecureAcceptAnything"}]}}}"#,
+    ] {
+        match Policy::parse(json.as_bytes()) {
+            Err(SignatureError::InvalidPolicy { reason, .. }) => {
+                assert!(reason.contains("duplicate key"), "{json}: {reason}")
+            }
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+}
