@@ -15,13 +15,17 @@
 //! - every container's and init container's `resources` becomes `{}`, then the first
 //!   container's becomes `{"requests": {R: "1"}, "limits": {R: "1"}}` for the pod VM resource R.
 //!
-//! The edit is made on the pod's JSON as received, so fields this crate's Kubernetes types do
-//! not know are never touched, and the JSON Patch is the difference between the two.
+//! The JSON Patch is made against the pod's JSON as received and touches only the annotations
+//! and the containers' `resources`, so fields this crate's Kubernetes types do not know are
+//! never removed.
 
 use std::collections::BTreeMap;
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+use serde::Deserialize as _;
 use serde_json::{Map, Value, json};
 
 use crate::quantity::{Quantity, QuantityError};
@@ -233,7 +237,7 @@ pub enum Mutation {
 
 /// Mutates `object` (a pod as JSON, as the API server sent it) under `config`.
 pub fn mutate(config: &MutationConfig, object: &Value) -> Result<Mutation, MutateError> {
-    let pod: Pod = serde_json::from_value(object.clone()).map_err(MutateError::NotAPod)?;
+    let pod = Pod::deserialize(object).map_err(MutateError::NotAPod)?;
     let runtime_class = pod
         .spec
         .as_ref()
@@ -245,63 +249,73 @@ pub fn mutate(config: &MutationConfig, object: &Value) -> Result<Mutation, Mutat
         return Err(MutateError::NoContainers);
     }
     let annotations = Totals::of(&pod)?.annotations()?;
-
-    let mut mutated = object.clone();
-    edit(&mut mutated, &annotations, &config.vm_resource);
-    Ok(Mutation::Patch(json_patch::diff(object, &mutated)))
+    Ok(Mutation::Patch(patch(
+        object,
+        &annotations,
+        &config.vm_resource,
+    )))
 }
 
-/// Applies the mutation to the pod's JSON. The typed decode has already checked the shape:
-/// `spec.containers` is a non-empty array of objects.
-fn edit(pod: &mut Value, annotations: &[(&str, String)], vm_resource: &str) {
-    if !annotations.is_empty()
-        && let Some(pod) = pod.as_object_mut()
-    {
-        let metadata = object_entry(pod, "metadata");
-        let map = object_entry(metadata, "annotations");
-        for (key, value) in annotations {
-            map.insert((*key).to_owned(), Value::String(value.clone()));
+/// The JSON Patch that applies the mutation to the pod's JSON: one `add` per annotation (or of
+/// the whole map when there is none), one `add` (which replaces) per container whose
+/// `resources` is not already what it must be. The typed decode has already checked the
+/// shape. Nothing else in the pod is touched.
+fn patch(pod: &Value, annotations: &[(&str, String)], vm_resource: &str) -> json_patch::Patch {
+    let mut ops = Vec::new();
+    let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
+    if !annotations.is_empty() {
+        let as_map = || {
+            Value::Object(
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), Value::String(v.clone())))
+                    .collect(),
+            )
+        };
+        match &pod["metadata"] {
+            Value::Object(meta) if meta.get("annotations").is_some_and(Value::is_object) => {
+                for (key, value) in annotations {
+                    ops.push(add(
+                        PointerBuf::from_tokens(["metadata", "annotations", key]),
+                        Value::String(value.clone()),
+                    ));
+                }
+            }
+            Value::Object(_) => ops.push(add(
+                PointerBuf::from_tokens(["metadata", "annotations"]),
+                as_map(),
+            )),
+            _ => ops.push(add(
+                PointerBuf::from_tokens(["metadata"]),
+                json!({ "annotations": as_map() }),
+            )),
         }
     }
-    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
-        return;
+    let one = || {
+        let mut m = Map::new();
+        m.insert(vm_resource.to_owned(), Value::String("1".to_owned()));
+        Value::Object(m)
     };
+    let first = json!({ "requests": one(), "limits": one() });
+    let empty = json!({});
     for list in ["containers", "initContainers"] {
-        if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
-            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-                c.insert("resources".to_owned(), json!({}));
+        let Some(containers) = pod["spec"][list].as_array() else {
+            continue;
+        };
+        for (i, c) in containers.iter().enumerate() {
+            let want = if list == "containers" && i == 0 {
+                &first
+            } else {
+                &empty
+            };
+            if c.get("resources") != Some(want) {
+                let index = i.to_string();
+                ops.push(add(
+                    PointerBuf::from_tokens(["spec", list, index.as_str(), "resources"]),
+                    want.clone(),
+                ));
             }
         }
     }
-    if let Some(first) = spec
-        .get_mut("containers")
-        .and_then(Value::as_array_mut)
-        .and_then(|c| c.first_mut())
-        .and_then(Value::as_object_mut)
-    {
-        let one = || {
-            let mut m = Map::new();
-            m.insert(vm_resource.to_owned(), Value::String("1".to_owned()));
-            Value::Object(m)
-        };
-        first.insert(
-            "resources".to_owned(),
-            json!({ "requests": one(), "limits": one() }),
-        );
-    }
-}
-
-/// `parent[key]` as an object, replacing a missing or `null` value with `{}`.
-fn object_entry<'a>(parent: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    let slot = parent
-        .entry(key.to_owned())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !slot.is_object() {
-        *slot = Value::Object(Map::new());
-    }
-    match slot {
-        Value::Object(map) => map,
-        // Made an object just above.
-        _ => unreachable!("slot was set to an object"),
-    }
+    json_patch::Patch(ops)
 }

@@ -23,8 +23,11 @@ pub const MUTATE_PATH: &str = "/mutate-v1-pod";
 pub const DEFAULT_PORT: u16 = 9443;
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request's headers.
+/// How long a client may take to send a request's headers (an idle keep-alive connection is
+/// closed after this too).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait in the listen backlog until one closes.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Serves `handler` on `listener` with `tls` until `shutdown` completes; connections already
 /// open are then left to finish on their own tasks.
@@ -36,8 +39,17 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let handler = Arc::new(handler);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => return,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(s) => s,
+                // The semaphore is never closed.
+                Err(_) => return,
+            },
+        };
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
@@ -53,6 +65,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let handler = Arc::clone(&handler);
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {

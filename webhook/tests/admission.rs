@@ -368,3 +368,22 @@ async fn many_reviews_share_one_keep_alive_connection() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn reinvocation_of_a_mutated_pod_changes_nothing() -> TestResult {
+    // The configuration says reinvocationPolicy: IfNeeded, so a mutated pod can come back.
+    let p = pod(
+        Some("kata-remote"),
+        vec![container("i", &[("cpu", "1")], &[("cpu", "1")])],
+        vec![
+            container("a", &[("cpu", "2"), ("memory", "1Gi")], &[("cpu", "2")]),
+            container("b", &[("nvidia.com/gpu", "2")], &[]),
+        ],
+    );
+    let (once, _) = admit(&p).await?;
+    expect(&once, Some("3"), Some("1024"), Some("2"));
+    let (twice, review) = admit(&once).await?;
+    assert!(patch_of(&review).is_none_or(|p| p.0.is_empty()), "{review}");
+    assert_eq!(twice, once);
+    Ok(())
+}
