@@ -493,10 +493,10 @@ async fn the_binary_advertises_in_cluster_and_withdraws_on_sigterm() -> TestResu
         "peerpod-vm-advertiser-x7k2p"
     );
     let pid = child.id().ok_or("no pid")?;
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
     let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await??;
     assert!(status.success(), "{status}");
     let node = api.node();

@@ -68,10 +68,10 @@ async fn the_binary_serves_reviews_with_its_environment_and_stops_on_sigterm() -
     assert!(tls12.is_err(), "a TLS 1.2 client got in");
 
     let pid = child.id().ok_or("no pid")?;
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
     assert!(status.success(), "{status}");
     Ok(())
