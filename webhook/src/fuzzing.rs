@@ -20,18 +20,20 @@ pub fn review(data: &[u8]) -> Option<bool> {
     let response = &answer["response"];
     assert_eq!(response["uid"].as_str(), Some(request.uid.as_str()));
     let allowed = response["allowed"].as_bool().expect("allowed is a bool");
-    if let Some(bytes) = response["patch"].as_array() {
+    if let Some(text) = response["patch"].as_str() {
+        use base64::Engine as _;
         assert!(allowed, "a denied review carries a patch");
-        let bytes: Vec<u8> = bytes
-            .iter()
-            .map(|b| u8::try_from(b.as_u64().expect("patch byte")).expect("patch byte"))
-            .collect();
+        assert_eq!(response["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("the patch is base64");
         let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("the patch parses");
         let mut object = serde_json::to_value(request.object.as_ref().expect("a patched object"))
             .expect("the object is JSON");
         json_patch::patch(&mut object, &patch).expect("the patch applies to the object");
         return Some(true);
     }
+    assert!(response["patch"].is_null() && response["patchType"].is_null());
     Some(false)
 }
 

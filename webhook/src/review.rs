@@ -6,9 +6,13 @@
 //! code 400 and the reason — as upstream's webhook does — so the API server refuses the pod
 //! and tells its author why.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use kube_core::DynamicObject;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube_core::response::Status;
+
+use serde_json::Value;
 
 use crate::mutate::{Mutation, MutationConfig, mutate};
 
@@ -88,8 +92,16 @@ pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, Revi
 /// 400).
 pub fn handle(handler: &Handler, body: &[u8]) -> Result<Vec<u8>, ReviewError> {
     let request = parse_review(body)?;
-    let response = respond(handler, &request);
-    serde_json::to_vec(&response.into_review()).map_err(ReviewError::Serialize)
+    let mut response = respond(handler, &request);
+    // kube-core writes the patch bytes as a JSON array of numbers (kube-rs issue 1781); the
+    // AdmissionReview API, and every Go webhook, send them base64-encoded as `[]byte` is.
+    let patch = response.patch.take();
+    let mut review =
+        serde_json::to_value(response.into_review()).map_err(ReviewError::Serialize)?;
+    if let Some(bytes) = patch {
+        review["response"]["patch"] = Value::String(BASE64.encode(bytes));
+    }
+    serde_json::to_vec(&review).map_err(ReviewError::Serialize)
 }
 
 fn respond(handler: &Handler, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {

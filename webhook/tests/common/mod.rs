@@ -459,13 +459,18 @@ pub fn container(
     })
 }
 
-/// The patch of an allowed review's response (kube-core sends its bytes as a JSON array of
-/// numbers; Go webhooks as base64: both are read).
+/// The patch of an allowed review's response: base64 of the JSON Patch, as the
+/// AdmissionReview API's `[]byte` is encoded.
 pub fn patch_of(review: &serde_json::Value) -> Option<json_patch::Patch> {
-    let patch = &review["response"]["patch"];
-    let bytes: Vec<u8> = match patch {
-        serde_json::Value::Null => return None,
-        serde_json::Value::Array(a) => a.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
+    use base64::Engine as _;
+    let bytes = match &review["response"]["patch"] {
+        serde_json::Value::Null => {
+            assert!(review["response"]["patchType"].is_null(), "{review}");
+            return None;
+        }
+        serde_json::Value::String(text) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap_or_else(|e| panic!("the patch is not base64 ({e}): {text}")),
         other => panic!("unexpected patch encoding {other}"),
     };
     assert_eq!(review["response"]["patchType"], "JSONPatch");
