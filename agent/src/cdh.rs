@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use peerpod_protocols::cdh::api::UnsealSecretInput;
-use peerpod_protocols::cdh::api_ttrpc::SealedSecretServiceClient;
+use peerpod_protocols::cdh::api::{ImagePullRequest, UnsealSecretInput};
+use peerpod_protocols::cdh::api_ttrpc::{ImagePullServiceClient, SealedSecretServiceClient};
 use peerpod_protocols::client::Connection;
 use peerpod_protocols::kata::agent::CreateContainerRequest;
 
@@ -24,19 +24,63 @@ pub const SEALED_PREFIX: &str = "sealed.";
 #[derive(Debug)]
 pub struct CdhClient {
     conn: Connection,
+    /// The same socket with `image_pull_timeout` for `PullImage`.
+    pull: Connection,
+    addr: String,
 }
 
 impl CdhClient {
     /// The CDH at `addr`; each call times out after `timeout` (`cdh_api_timeout`).
     pub fn new(addr: impl Into<String>, timeout: Duration) -> Self {
+        let addr = addr.into();
         Self {
             conn: Connection::new(
                 "the confidential data hub",
                 "cdh_socket in the agent configuration",
-                addr,
+                addr.clone(),
                 timeout,
             ),
+            pull: Connection::new(
+                "the confidential data hub",
+                "cdh_socket in the agent configuration",
+                addr.clone(),
+                Duration::from_secs(1200),
+            ),
+            addr,
         }
+    }
+
+    /// `PullImage` calls time out after `timeout` (`image_pull_timeout`).
+    pub fn with_image_pull_timeout(mut self, timeout: Duration) -> Self {
+        self.pull = Connection::new(
+            "the confidential data hub",
+            "cdh_socket in the agent configuration",
+            self.addr.clone(),
+            timeout,
+        );
+        self
+    }
+
+    /// `PullImage`: the CDH pulls `image` and mounts it at `bundle/rootfs`; the digest it
+    /// answers. The error is the CDH's reason.
+    pub async fn pull_image(&self, image: &str, bundle: &str) -> Result<String, String> {
+        let req = ImagePullRequest {
+            image_url: image.to_owned(),
+            bundle_path: bundle.to_owned(),
+            ..Default::default()
+        };
+        self.pull
+            .call(|c, ctx| {
+                let req = req.clone();
+                async move {
+                    ImagePullServiceClient::new(c)
+                        .pull_image(ctx, &req)
+                        .await
+                        .map(|r| r.manifest_digest)
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Unseals one value; the error is the CDH's reason.

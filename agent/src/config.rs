@@ -157,6 +157,8 @@ pub struct AgentConfig {
     pub cdh_api_timeout: Duration,
     /// The confidential data hub's socket (a peerpod-guest key; upstream's is fixed).
     pub cdh_socket: String,
+    /// Timeout of one guest image pull (`PullImage` to the CDH); upstream's default 1200 s.
+    pub image_pull_timeout: Duration,
     /// HTTPS proxy for guest pulls.
     pub https_proxy: Option<String>,
     /// Hosts that bypass the proxy.
@@ -176,6 +178,7 @@ impl Default for AgentConfig {
             image_policy_file: None,
             cdh_api_timeout: Duration::from_secs(50),
             cdh_socket: crate::cdh::DEFAULT_CDH_SOCKET.to_owned(),
+            image_pull_timeout: Duration::from_secs(1200),
             https_proxy: None,
             no_proxy: None,
         }
@@ -295,15 +298,23 @@ impl AgentConfig {
         notes: &mut Vec<ConfigNote>,
     ) -> Result<(), ConfigError> {
         for (key, value) in table {
-            if let ("cdh_api_timeout", toml::Value::Table(duration)) = (key.as_str(), value) {
-                // Upstream's agent reads this key as a serde Duration: `{ secs = N, nanos = M }`.
-                self.cdh_api_timeout =
-                    duration_table(duration).ok_or_else(|| ConfigError::Value {
-                        origin: origin.to_owned(),
-                        key: key.clone(),
-                        expected: DURATION_FORMS,
-                        found: value.to_string(),
-                    })?;
+            if let (
+                timeout @ ("cdh_api_timeout" | "image_pull_timeout"),
+                toml::Value::Table(duration),
+            ) = (key.as_str(), value)
+            {
+                // Upstream's agent reads these keys as a serde Duration: `{ secs = N, nanos = M }`.
+                let parsed = duration_table(duration).ok_or_else(|| ConfigError::Value {
+                    origin: origin.to_owned(),
+                    key: key.clone(),
+                    expected: DURATION_FORMS,
+                    found: value.to_string(),
+                })?;
+                if timeout == "cdh_api_timeout" {
+                    self.cdh_api_timeout = parsed;
+                } else {
+                    self.image_pull_timeout = parsed;
+                }
                 continue;
             }
             let text = match value {
@@ -410,6 +421,10 @@ impl AgentConfig {
             "image_policy_file" => self.image_policy_file = non_empty(value).map(str::to_owned),
             "cdh_api_timeout" => {
                 self.cdh_api_timeout = parse_seconds(value).ok_or_else(|| bad(DURATION_FORMS))?;
+            }
+            "image_pull_timeout" => {
+                self.image_pull_timeout =
+                    parse_seconds(value).ok_or_else(|| bad(DURATION_FORMS))?;
             }
             "cdh_socket" => {
                 if !value.starts_with("unix:///") {
@@ -604,6 +619,34 @@ mod tests {
                 .to_string()
                 .contains("missing.toml")
         );
+    }
+
+    #[test]
+    fn image_pull_timeout_in_both_forms_and_on_the_command_line() {
+        let timeout = |text: &str| {
+            AgentConfig::from_toml(text, "f.toml").map(|(config, _)| config.image_pull_timeout)
+        };
+        assert_eq!(
+            AgentConfig::default().image_pull_timeout,
+            Duration::from_secs(1200)
+        );
+        assert_eq!(
+            timeout("image_pull_timeout = 90\n").expect("integer"),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            timeout("image_pull_timeout = { secs = 30, nanos = 0 }\n").expect("duration"),
+            Duration::from_secs(30)
+        );
+        assert!(timeout("image_pull_timeout = 'soon'\n").is_err());
+        let env = |_: &str| None;
+        let sources = Sources {
+            config_file: None,
+            cmdline: Some("quiet agent.image_pull_timeout=45"),
+            env: &env,
+        };
+        let (config, _) = AgentConfig::load(&sources).expect("cmdline");
+        assert_eq!(config.image_pull_timeout, Duration::from_secs(45));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod error;
 pub mod files;
 pub mod gate;
 pub mod guest;
+pub mod guest_pull;
 pub mod network;
 pub mod rpc;
 pub mod runtime;

@@ -41,6 +41,7 @@ pub struct AgentRpc {
     network: Result<Arc<Network>, String>,
     runtime: Arc<Runtime>,
     cdh: Arc<CdhClient>,
+    guest_pull: crate::guest_pull::GuestPull,
     files: Arc<CopyFiles>,
     /// Told once DestroySandbox has destroyed the sandbox, so that the agent stops.
     destroyed: Option<Arc<tokio::sync::Notify>>,
@@ -89,7 +90,14 @@ impl AgentRpc {
                 std::time::Duration::from_secs(50),
             )),
             destroyed: None,
+            guest_pull: crate::guest_pull::GuestPull::default(),
         }
+    }
+
+    /// Where `image_guest_pull` storages put their bundles and find the pause bundle.
+    pub fn with_guest_pull(mut self, guest_pull: crate::guest_pull::GuestPull) -> Self {
+        self.guest_pull = guest_pull;
+        self
     }
 
     /// Notifies `destroyed` once DestroySandbox has destroyed the sandbox (after which
@@ -226,7 +234,8 @@ impl agent_ttrpc::AgentService for AgentRpc {
         self.gate.check("CreateContainer", &req).await?;
         let mut req = req;
         self.cdh.unseal_env(&mut req).await?;
-        self.runtime.create_container(&req).await?;
+        let pulled = self.guest_pull.prepare(&self.cdh, &mut req).await?;
+        self.runtime.create_container_pulled(&req, pulled).await?;
         Ok(Empty::new())
     }
 

@@ -129,10 +129,10 @@ pub async fn serve(
         network,
         Arc::clone(&runtime),
     )
-    .with_cdh(crate::cdh::CdhClient::new(
-        &config.cdh_socket,
-        config.cdh_api_timeout,
-    ))
+    .with_cdh(
+        crate::cdh::CdhClient::new(&config.cdh_socket, config.cdh_api_timeout)
+            .with_image_pull_timeout(config.image_pull_timeout),
+    )
     .on_sandbox_destroyed(Arc::clone(&destroyed));
     let agent_service = logged(agent_ttrpc::create_agent_service(Arc::new(agent)));
     let health_service = health_ttrpc::create_health(Arc::new(HealthRpc));

@@ -19,6 +19,34 @@ impl Runtime {
         &self,
         request: &agent::CreateContainerRequest,
     ) -> Result<(), AgentError> {
+        self.create_container_pulled(request, None).await
+    }
+
+    /// CreateContainer with a root filesystem a guest pull prepared ([`crate::guest_pull`]):
+    /// released with the container (or now, if the creation fails); its process, when it has
+    /// one (the pause bundle's), replaces the request's.
+    pub async fn create_container_pulled(
+        &self,
+        request: &agent::CreateContainerRequest,
+        pulled: Option<crate::guest_pull::Pulled>,
+    ) -> Result<(), AgentError> {
+        let pulled_rootfs = pulled
+            .as_ref()
+            .map(|p| storage::Mounted::pulled(p.rootfs.clone(), p.mounted));
+        // On a failure the pulled root filesystem goes too (a second release of it, when the
+        // storages were already released, finds nothing mounted and does nothing).
+        self.create_with(request, pulled).await.inspect_err(|_| {
+            if let Some(m) = &pulled_rootfs {
+                m.release();
+            }
+        })
+    }
+
+    async fn create_with(
+        &self,
+        request: &agent::CreateContainerRequest,
+        pulled: Option<crate::guest_pull::Pulled>,
+    ) -> Result<(), AgentError> {
         let id = request.container_id.clone();
         check_id(&id, "container_id")?;
         // Reserved before anything touches the disk: a second request for the same id, even
@@ -27,11 +55,20 @@ impl Runtime {
         let _reservation = self.reserve(&id)?;
         let mut spec = spec::oci_spec(&request.OCI)
             .map_err(|e| AgentError::InvalidArgument(error_chain(&e)))?;
+        let mut pulled_storage = None;
+        if let Some(p) = pulled {
+            if let Some(process) = p.process {
+                spec.set_process(Some(process));
+            }
+            pulled_storage = Some(storage::Mounted::pulled(p.rootfs, p.mounted));
+        }
         if let Some(process) = spec.process_mut() {
             spec::pin_groups(process);
         }
 
-        let storages = storage::prepare_all(&request.storages)?;
+        let mut storages = storage::prepare_all(&request.storages)?;
+        // Last: released after the container's other storages, which may sit inside it.
+        storages.extend(pulled_storage);
         let result = self.create_prepared(&id, &request.exec_id, &mut spec).await;
         match result {
             Ok((bundle, init)) => {

@@ -1,9 +1,10 @@
 //! Storages: the mounts a request asks the agent to prepare before containers use them.
 //!
 //! Supported drivers: `ephemeral` (a tmpfs, such as the sandbox's `/dev/shm`), `local` (an empty
-//! directory) and `bind` (a bind mount of a guest path). Others — `image_guest_pull`, block
-//! devices, virtio-fs — answer a clear error until they are implemented; the image issue plugs
-//! guest pulls in here.
+//! directory) and `bind` (a bind mount of a guest path). `image_guest_pull` is prepared before
+//! the runtime sees the request ([`crate::guest_pull`]), its root filesystem released here with
+//! the container ([`Mounted::pulled`]). Others — block devices, virtio-fs — answer a clear
+//! error.
 
 use std::path::{Path, PathBuf};
 
@@ -20,10 +21,20 @@ pub(crate) struct Mounted {
 }
 
 impl Mounted {
+    /// A guest-pulled root filesystem: unmounted with the container when it is a mount.
+    pub(crate) fn pulled(rootfs: PathBuf, mounted: bool) -> Self {
+        Self {
+            mount_point: rootfs,
+            mounted,
+        }
+    }
+
     /// Unmounts, lazily, so that a busy mount still goes away.
     pub(crate) fn release(&self) {
         if self.mounted
             && let Err(e) = umount2(&self.mount_point, MntFlags::MNT_DETACH)
+            // Not a mount (any more): nothing to undo.
+            && e != nix::errno::Errno::EINVAL
         {
             tracing::warn!(mount_point = %self.mount_point.display(), error = %e, "cannot unmount storage");
         }
@@ -135,9 +146,8 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
             }
             Ok(mounted)
         }
-        "image_guest_pull" => Err(AgentError::FailedPrecondition(
-            "storage driver image_guest_pull: pulling images in the guest is not implemented yet"
-                .to_owned(),
+        "image_guest_pull" => Err(AgentError::InvalidArgument(
+            "storage driver image_guest_pull is for CreateContainer (one per container)".to_owned(),
         )),
         other => Err(AgentError::FailedPrecondition(format!(
             "storage driver {other:?} is not supported by this agent (supported: ephemeral, local, bind)"

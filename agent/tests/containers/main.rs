@@ -8,6 +8,7 @@ mod common;
 mod support;
 
 mod exec;
+mod guest_pull;
 mod leaks;
 mod lifecycle;
 mod privileges;
