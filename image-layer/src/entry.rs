@@ -251,14 +251,12 @@ fn pax_time(value: &[u8]) -> Option<(i64, u32)> {
     Some((secs, nanos))
 }
 
-/// The components of a member name, checked: relative, no `..`, no NUL, each at most
-/// `NAME_MAX`; `.` and empty components dropped. An empty list is the layer's root (`./`).
+/// The components of a member name (or hard link target), checked: no `..`, no NUL, each at
+/// most `NAME_MAX`; `.` and empty components dropped, so an absolute name is anchored at the
+/// layer's root as GNU tar, containerd and image-rs do. An empty list is the root (`./`).
 pub(crate) fn components(name: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
     if name.is_empty() {
         return Err("empty name");
-    }
-    if name.starts_with(b"/") {
-        return Err("absolute path");
     }
     if name.contains(&0) {
         return Err("NUL byte in name");
@@ -285,7 +283,11 @@ mod tests {
         assert_eq!(components(b"./"), Ok(vec![]));
         assert!(components(b"../x").is_err());
         assert!(components(b"a/../../x").is_err());
-        assert!(components(b"/etc/passwd").is_err());
+        assert_eq!(
+            components(b"/etc//passwd"),
+            Ok(vec![&b"etc"[..], b"passwd"])
+        );
+        assert_eq!(components(b"/"), Ok(vec![]));
         assert!(components(b"").is_err());
         assert!(components(b"a\0b").is_err());
         assert!(components(&[b'a'; 256]).is_err());

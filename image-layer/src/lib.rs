@@ -18,6 +18,9 @@ mod digest;
 mod entry;
 mod error;
 mod fsops;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod options;
 mod overlay;
 mod store;

@@ -26,8 +26,9 @@ const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
 /// Unpacks the tar stream `tar` (uncompressed: decompress and verify before this) into the
 /// directory `dest`, created if missing (its parent must exist).
 ///
-/// Every member is written beneath `dest` and nothing is followed: a name with `..`, an
-/// absolute name, a name that crosses a symbolic link or a non-directory, a hard link whose
+/// Every member is written beneath `dest` and nothing is followed: absolute names (and absolute
+/// hard link targets) are anchored at `dest`, as GNU tar does; a name with `..`, a name that
+/// crosses a symbolic link or a non-directory, a hard link whose
 /// target is not an earlier member of this archive, a device node (unless
 /// [`UnpackOptions::allow_devices`]), a sparse file or an unknown member type is refused, and the
 /// unpack stops at the first refusal (what was written so far stays: unpack into a private
@@ -40,7 +41,8 @@ const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
 /// (`trusted.overlay.*`, `user.overlay.*`), which are dropped and counted.
 ///
 /// After the end-of-archive marker the stream is read to its end, so a reader that checks a
-/// digest at EOF can still fail the unpack.
+/// digest at EOF can still fail the unpack; anything but zero padding there is refused (a
+/// second archive appended would be members other readers see and this one does not).
 pub fn unpack(
     tar: impl Read,
     dest: &Path,
@@ -143,10 +145,18 @@ pub fn unpack(
     let allowance = opts.max_total_bytes.saturating_sub(consumed);
     let mut rest = archive.into_inner().take(allowance.saturating_add(1));
     let trailing =
-        std::io::copy(&mut rest, &mut std::io::sink()).map_err(|source| LayerError::Archive {
+        drain_zeros(&mut rest, &mut unpacker.buf).map_err(|source| LayerError::Archive {
             entry: index,
             source,
         })?;
+    let Some(trailing) = trailing else {
+        return Err(LayerError::Malformed {
+            entry: index,
+            reason: "data after the end-of-archive marker (concatenated archives are not \
+                     accepted: other readers would see members this unpacker does not)"
+                .into(),
+        });
+    };
     if trailing > allowance {
         return Err(LayerError::Limit {
             what: "archive data bytes (with the padding after the end-of-archive marker)",
@@ -157,6 +167,23 @@ pub fn unpack(
     unpacker.stats.trailing_bytes = trailing;
     unpacker.stats.implicit_dirs = unpacker.tree.implicit;
     Ok(unpacker.stats)
+}
+
+/// Reads `reader` to its end; answers how many bytes, or `None` when one of them is not zero.
+fn drain_zeros(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<Option<u64>> {
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(buf) {
+            Ok(0) => return Ok(Some(total)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(None);
+        }
+        total += n as u64;
+    }
 }
 
 fn open_root(dest: &Path) -> Result<OwnedFd, Errno> {
