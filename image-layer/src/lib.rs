@@ -13,6 +13,9 @@
 //! puller (`peerpod-image`) fetches, verifies and decompresses; this crate never sees
 //! compressed or unverified bytes except through the reader it is handed, which it reads to
 //! the end so the reader's own digest check can fail the install.
+//!
+//! What is refused, kept and limited, the store's layout and the differences from image-rs:
+//! `docs/image-layer.md`.
 
 mod digest;
 mod entry;

@@ -28,13 +28,9 @@ pub(crate) fn check_option_path(path: &Path) -> Result<(), LayerError> {
     Ok(())
 }
 
-/// The options string: `lowerdir=` takes the topmost layer first, so `lowers` (bottom first)
-/// is reversed.
-pub(crate) fn options(
-    lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
-) -> Result<CString, LayerError> {
+/// The options string for `mount(2)`: `lowerdir=` takes the topmost layer first, so `lowers`
+/// (bottom first) is reversed. `None` when it does not fit in a page.
+pub(crate) fn options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Option<CString> {
     let mut text = b"lowerdir=".to_vec();
     for (i, lower) in lowers.iter().rev().enumerate() {
         if i > 0 {
@@ -47,16 +43,14 @@ pub(crate) fn options(
     text.extend_from_slice(b",workdir=");
     text.extend_from_slice(work.as_os_str().as_bytes());
     if text.len() > MAX_OPTIONS {
-        return Err(LayerError::InvalidArgument(format!(
-            "{} layers make {} bytes of overlay mount options, over the kernel's {MAX_OPTIONS}: use a shorter work directory",
-            lowers.len(),
-            text.len()
-        )));
+        return None;
     }
-    CString::new(text)
-        .map_err(|_| LayerError::InvalidArgument("NUL byte in an overlay path".into()))
+    CString::new(text).ok()
 }
 
+/// Mounts the overlay at `target`: with `mount(2)` when the options fit in a page (every
+/// kernel), otherwise with the new mount API, one `lowerdir+` per layer (Linux 6.8 and later),
+/// which has no such limit.
 pub(crate) fn mount(
     lowers: &[PathBuf],
     upper: &Path,
@@ -66,15 +60,46 @@ pub(crate) fn mount(
     for path in lowers.iter().map(PathBuf::as_path).chain([upper, work]) {
         check_option_path(path)?;
     }
-    let data = options(lowers, upper, work)?;
-    rmount::mount(
-        "overlay",
+    match options(lowers, upper, work) {
+        Some(data) => rmount::mount("overlay", target, "overlay", MountFlags::empty(), Some(data.as_c_str()))
+            .map_err(|e| LayerError::io("mount the overlay root filesystem at", show(target), e)),
+        None => mount_layer_by_layer(lowers, upper, work, target).map_err(|e| match e {
+            Errno::INVAL | Errno::NOSYS => LayerError::InvalidArgument(format!(
+                "{} layers do not fit in one page of overlay mount options, and this kernel's overlayfs \
+                 does not take them one by one (lowerdir+, Linux 6.8): use a shorter work directory",
+                lowers.len()
+            )),
+            e => LayerError::io("mount the overlay root filesystem at", show(target), e),
+        }),
+    }
+}
+
+fn mount_layer_by_layer(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), Errno> {
+    let fs = rmount::fsopen("overlay", rmount::FsOpenFlags::FSOPEN_CLOEXEC)?;
+    // Topmost first, as in `lowerdir=`.
+    for lower in lowers.iter().rev() {
+        rmount::fsconfig_set_string(&fs, "lowerdir+", lower.as_path())?;
+    }
+    rmount::fsconfig_set_string(&fs, "upperdir", upper)?;
+    rmount::fsconfig_set_string(&fs, "workdir", work)?;
+    rmount::fsconfig_create(&fs)?;
+    let mnt = rmount::fsmount(
+        &fs,
+        rmount::FsMountFlags::FSMOUNT_CLOEXEC,
+        rmount::MountAttrFlags::empty(),
+    )?;
+    rmount::move_mount(
+        &mnt,
+        "",
+        rustix::fs::CWD,
         target,
-        "overlay",
-        MountFlags::empty(),
-        Some(data.as_c_str()),
+        rmount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
-    .map_err(|e| LayerError::io("mount the overlay root filesystem at", show(target), e))
 }
 
 /// Unmounts `target`; not mounted (or missing) is success.

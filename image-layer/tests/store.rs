@@ -267,3 +267,39 @@ fn gc_keeps_freshly_installed_layers_until_mounted_and_fails_closed_on_garbled_r
     std::fs::write(tmp.path().join("overlay/x/layers"), b"garbage\n").unwrap();
     assert!(matches!(store.gc(), Err(LayerError::InvalidDiffId(_))));
 }
+
+/// More layers than one page of `lowerdir=` holds: mounted layer by layer (`lowerdir+`).
+#[test]
+fn an_image_with_many_layers_mounts_in_order() {
+    if !require_root("an_image_with_many_layers_mounts_in_order") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LayerStore::open(&tmp.path().join("work")).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..80u32 {
+        let own = format!("layer{i}");
+        let top = i.to_string();
+        let tar = Tar::new()
+            .add(Member::file(own.as_bytes(), b"x"))
+            .add(Member::file(b"top", top.as_bytes()))
+            .finish();
+        let id = diff_id(&tar);
+        store
+            .install(&id, &tar[..], &UnpackOptions::default())
+            .unwrap();
+        ids.push(id);
+    }
+    let bundle = tmp.path().join("bundle");
+    let rootfs = store.mount_rootfs(&ids, &bundle).unwrap();
+    let seen = names(&rootfs);
+    store.unmount_rootfs(&bundle).unwrap();
+    let contents_after = names(&tmp.path().join("work/overlay"));
+    assert_eq!(seen.len(), 81, "{seen:?}");
+    assert!(contents_after.is_empty());
+    // Mount again to read the topmost `top` (the last layer given wins).
+    let rootfs = store.mount_rootfs(&ids, &bundle).unwrap();
+    let top = std::fs::read(rootfs.join("top")).unwrap();
+    store.unmount_rootfs(&bundle).unwrap();
+    assert_eq!(top, b"79");
+}
