@@ -111,6 +111,9 @@ impl LayerStore {
         let id = DiffId::parse(diff_id)?;
         let target = self.layer_path(id);
         if target.is_dir() {
+            // A pull is about to mount it: keep it from a GC in between, as a fresh install.
+            self.fresh_lock()
+                .insert(diff_id.to_string(), Instant::now());
             return Ok(UnpackStats::default());
         }
         let parent = self.layers_dir().join(id.algorithm);

@@ -259,6 +259,16 @@ fn gc_keeps_freshly_installed_layers_until_mounted_and_fails_closed_on_garbled_r
     assert_eq!((gc.removed, gc.kept), (0, 1));
     // Another store (another process, after a restart) does not know it is fresh: collected.
     let later = LayerStore::open(tmp.path()).unwrap();
+    let restarted = LayerStore::open(tmp.path()).unwrap();
+    // Installing a layer already there (another image's pull) protects it the same way.
+    assert_eq!(
+        restarted
+            .install(&id, std::io::empty(), &UnpackOptions::default())
+            .unwrap()
+            .entries,
+        0
+    );
+    assert_eq!(restarted.gc().unwrap().removed, 0);
     assert_eq!(later.gc().unwrap().removed, 1);
     assert!(!store.contains(&id));
 
