@@ -35,6 +35,23 @@ async fn time_calls(client: &health_ttrpc::HealthClient, n: usize, out: &mut Vec
     }
 }
 
+async fn connect_health(addr: &str) -> health_ttrpc::HealthClient {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(c) = ttrpc::r#async::Client::connect(addr).await {
+            let h = health_ttrpc::HealthClient::new(c);
+            if h.check(ctx(), &health::CheckRequest::new()).await.is_ok() {
+                return h;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent at {addr} did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn agent_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KATA_AGENT_BIN") {
         return Some(PathBuf::from(p));
@@ -48,8 +65,8 @@ fn agent_binary() -> Option<PathBuf> {
 
 fn report(name: &str, samples: &mut [Duration], base_p50: f64, base_mean: f64) -> (f64, f64) {
     let mean = ms(samples.iter().sum::<Duration>()) / samples.len() as f64;
-    let p50 = ms(percentile(samples, 50.0));
-    let p99 = ms(percentile(samples, 99.0));
+    let p50 = ms(percentile(samples, 0.5));
+    let p99 = ms(percentile(samples, 0.99));
     if base_p50 > 0.0 {
         println!(
             "{name:<34} p50 {:>7.1} us  p99 {:>7.1} us  mean {:>7.1} us  p50 x{:.3} (+{:.1} us)  mean x{:.3}",
@@ -80,14 +97,21 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = scratch("bench");
-        let (agent_kind, socket, _real, _stand_in) = match agent_binary() {
+        let tcp_port = free_port();
+        let (agent_kind, socket, real, _stand_in) = match agent_binary() {
             Some(bin) => {
                 let agent = RealAgent::start(&bin, &dir);
+                // A second agent on TCP: what a shim would see with no forwarder at all.
+                let on_tcp = RealAgent::start_on(
+                    &bin,
+                    &dir.join("tcp"),
+                    &format!("tcp://127.0.0.1:{tcp_port}"),
+                );
                 let socket = agent.socket.clone();
                 (
                     format!("kata-agent ({})", bin.display()),
                     socket,
-                    Some(agent),
+                    Some((agent, on_tcp)),
                     None,
                 )
             }
@@ -97,16 +121,10 @@ fn main() {
                 ("stand-in ttrpc agent".to_owned(), socket, None, Some(s))
             }
         };
-        let direct = loop {
-            if let Ok(c) =
-                ttrpc::r#async::Client::connect(&format!("unix://{}", socket.display())).await
-            {
-                let h = health_ttrpc::HealthClient::new(c);
-                if h.check(ctx(), &health::CheckRequest::new()).await.is_ok() {
-                    break h;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let direct = connect_health(&format!("unix://{}", socket.display())).await;
+        let direct_tcp = match &real {
+            Some(_) => Some(connect_health(&format!("tcp://127.0.0.1:{tcp_port}")).await),
+            None => None,
         };
 
         let pki = Pki::new();
@@ -150,11 +168,14 @@ fn main() {
         for c in [&direct, &via_tls, &via_tcp] {
             time_calls(c, 200, &mut scratch_samples).await;
         }
-        let (mut d, mut t, mut p) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut d, mut t, mut p, mut dt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             time_calls(&direct, PER_ROUND, &mut d).await;
             time_calls(&via_tls, PER_ROUND, &mut t).await;
             time_calls(&via_tcp, PER_ROUND, &mut p).await;
+            if let Some(c) = &direct_tcp {
+                time_calls(c, PER_ROUND, &mut dt).await;
+            }
         }
         println!(
             "Health/Check round trips, {} each, agent: {agent_kind}",
@@ -163,6 +184,9 @@ fn main() {
         let (bp50, bmean) = report("direct on the agent's unix socket", &mut d, 0.0, 0.0);
         report("through the forwarder, TCP + mTLS", &mut t, bp50, bmean);
         report("through the forwarder, plain TCP", &mut p, bp50, bmean);
+        if !dt.is_empty() {
+            report("agent itself on TCP (no forwarder)", &mut dt, bp50, bmean);
+        }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
 }

@@ -6,7 +6,6 @@
 //! 4 MiB, or of a type ttrpc does not define, ends the connection with a log line saying so.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
@@ -116,10 +115,12 @@ impl Forwarder {
     {
         let (client_r, client_w) = tokio::io::split(client);
         let (agent_r, mut agent_w) = tokio::io::split(agent);
-        let client_w = Arc::new(Mutex::new(client_w));
+        let client_w = Mutex::new(client_w);
 
-        let to_client = Arc::clone(&client_w);
-        let mut back = tokio::spawn(async move {
+        // Both directions are polled by this one task: a reply wakes the task that relays it,
+        // with no hand-over between threads.
+        let to_client = &client_w;
+        let back = async move {
             let mut reader = BufReader::with_capacity(64 << 10, agent_r);
             let mut payload = Vec::new();
             let mut out = Vec::new();
@@ -133,7 +134,7 @@ impl Forwarder {
                 let mut w = to_client.lock().await;
                 write(&mut *w, &out, "client").await?;
             }
-        });
+        };
 
         let forth = async {
             let mut reader = BufReader::with_capacity(64 << 10, client_r);
@@ -179,9 +180,8 @@ impl Forwarder {
 
         let result = tokio::select! {
             r = forth => r,
-            r = &mut back => r.unwrap_or(Ok(())),
+            r = back => r,
         };
-        back.abort();
         debug!("connection closed");
         result
     }

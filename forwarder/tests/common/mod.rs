@@ -328,13 +328,17 @@ pub struct RealAgent {
 impl RealAgent {
     pub fn start(bin: &Path, dir: &Path) -> Self {
         let socket = dir.join("agent.sock");
+        Self::start_on(bin, dir, &format!("unix://{}", socket.display()))
+    }
+
+    /// The agent serving on `server_addr` (`unix://…` or `tcp://host:port`).
+    pub fn start_on(bin: &Path, dir: &Path, server_addr: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("agent.sock");
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
-            format!(
-                "server_addr = 'unix://{}'\nlog_level = 'info'\n",
-                socket.display()
-            ),
+            format!("server_addr = '{server_addr}'\nlog_level = 'info'\n"),
         )
         .unwrap();
         let child = Command::new(bin)
@@ -347,7 +351,11 @@ impl RealAgent {
             .arg("--resolv-conf")
             .arg(dir.join("resolv.conf"))
             .arg("--cgroup-parent")
-            .arg(format!("/fwd-test-{}", std::process::id()))
+            .arg(format!(
+                "/fwd-test-{}-{}",
+                std::process::id(),
+                dir.file_name().and_then(|n| n.to_str()).unwrap_or("agent")
+            ))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
             .spawn()
