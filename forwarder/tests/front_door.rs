@@ -427,3 +427,38 @@ fn upstream_flag_spellings_are_accepted() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not supported"));
 }
+
+#[tokio::test]
+async fn systemd_hears_ready_only_once_the_port_accepts() {
+    let dir = scratch("notify");
+    let socket = dir.join("agent.sock");
+    let (_server, _s) = stand_in(&socket).await;
+    let pki = Pki::new();
+    std::fs::write(dir.join("apf.json"), pki.apf_json("")).unwrap();
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify.sock")).unwrap();
+    notify.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agent-protocol-forwarder"))
+        .args(["-config", &dir.join("apf.json").display().to_string()])
+        .args(["-listen", &format!("127.0.0.1:{port}")])
+        .args(["-kata-agent-socket", &socket.display().to_string()])
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "READY=1 came before the port accepted"
+    );
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+}

@@ -24,7 +24,7 @@ const AGENT_DIAL_TIMEOUT: Duration = Duration::from_secs(150);
 )]
 struct Flags {
     /// Path to the daemon config file (apf.json).
-    #[arg(long, default_value = "/run/peerpod/daemon.json")]
+    #[arg(long, default_value = "/run/peerpod/apf.json")]
     config: PathBuf,
     /// Listen address.
     #[arg(long, default_value = "0.0.0.0:15150")]
@@ -165,6 +165,10 @@ async fn serve(flags: &Flags, tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow:
         .await
         .with_context(|| format!("cannot listen on {}", flags.listen))?;
     info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "agent-protocol-forwarder serving");
+    // Signal handlers first, so a stop right after READY is a clean one.
+    let shutdown = shutdown_signal()?;
+    // The unit is Type=notify: ready only now, with the pod network up and the port bound.
+    sd_notify("READY=1");
     let forwarder = Arc::new(Forwarder::new(
         Rewriter::new(RewriteOptions {
             pod_netns: flags.pod_namespace.display().to_string(),
@@ -173,23 +177,43 @@ async fn serve(flags: &Flags, tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow:
         flags.kata_agent_socket.clone(),
         AGENT_DIAL_TIMEOUT,
     ));
-    peerpod_forwarder::server::serve(listener, tls, forwarder, shutdown_signal()).await;
+    peerpod_forwarder::server::serve(listener, tls, forwarder, shutdown).await;
+    sd_notify("STOPPING=1");
     info!("shutting down");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
+/// Tells systemd `state` over `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket);
+/// nothing when the variable is unset.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.to_string_lossy().into_owned();
+    let addr = match target.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&target),
+    };
+    let sent = addr.and_then(|addr| {
+        let socket = UnixDatagram::unbound()?;
+        socket.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        warn!(socket = %target, error = %e, "cannot notify systemd");
     }
+}
+
+/// SIGTERM or SIGINT, with the handlers installed now.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
