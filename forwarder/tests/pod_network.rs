@@ -4,6 +4,8 @@
 //! must leave nothing.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::Command;
@@ -284,4 +286,73 @@ async fn teardown_leaves_a_non_vxlan_interface_alone() {
     let err = net.teardown().await.expect_err("not ours");
     assert!(err.to_string().contains("not a VXLAN device"), "{err}");
     assert!(ip(&["-n", &w.pod, "link"]).contains("eth0"));
+}
+
+/// The binary as in a pod VM: run in the "pod VM" namespace with a pod network in apf.json, the
+/// shim connecting from the worker namespace over the underlay. The port opens only with the
+/// tunnel up, the shim's requests reach the agent, and SIGTERM tears the tunnel down.
+#[tokio::test]
+async fn the_binary_sets_up_the_tunnel_before_serving_and_removes_it_on_exit() {
+    use common::*;
+    let w = World::new("d");
+    let dir = scratch("e2e-net");
+    let socket = dir.join("agent.sock");
+    let (_server, stand_in) = stand_in(&socket).await;
+    let pki = Pki::new();
+    let net = r#""pod-network": {"tunnel-type": "vxlan", "podip": "10.244.1.5/24", "pod-hw-addr": "0a:58:0a:f4:01:05", "interface": "eth0", "worker-node-ip": "192.168.77.1/24", "vxlan-port": 9000, "vxlan-id": 555001, "mtu": 1500, "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.1.1", "dev": "eth0"}, {"dst": "10.244.1.0/24", "dev": "eth0", "scope": 253}]}, "#;
+    std::fs::write(dir.join("apf.json"), pki.apf_json(net)).unwrap();
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify.sock")).unwrap();
+    notify.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &w.vm,
+            env!("CARGO_BIN_EXE_agent-protocol-forwarder"),
+        ])
+        .args(["-config", &dir.join("apf.json").display().to_string()])
+        .args(["-listen", "192.168.77.2:15150"])
+        .args(["-kata-agent-socket", &socket.display().to_string()])
+        .args(["-pod-namespace", &World::path(&w.pod).display().to_string()])
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .stderr(std::fs::File::create(dir.join("forwarder.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 32];
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means the tunnel is up already.
+    assert!(ip(&["-n", &w.pod, "link", "show", "eth0"]).contains("mtu 1450"));
+
+    let (ca, cert, key) = (
+        pki.server.ca_pem.clone(),
+        pki.client.cert_pem.clone(),
+        pki.client.key_pem.clone(),
+    );
+    let sandboxes = netns::run_in(Some(&World::path(&w.worker)), move || async move {
+        let cfg = client_config(&ca, Some((&cert, &key)));
+        let tls = tls_connect("192.168.77.2:15150".parse().unwrap(), cfg)
+            .await
+            .unwrap();
+        let (agent_client, _) = ttrpc_clients(tls);
+        let mut req = peerpod_protocols::kata::agent::CreateSandboxRequest::new();
+        req.dns = vec!["nameserver 10.96.0.10".into()];
+        agent_client.create_sandbox(ctx(), &req).await.unwrap();
+    })
+    .await;
+    sandboxes.unwrap();
+    assert_eq!(stand_in.recorded.lock().unwrap().sandboxes.len(), 1);
+
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.join("forwarder.log")).unwrap_or_default();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("pod network torn down"), "{log}");
+    assert!(!ip(&["-n", &w.pod, "link"]).contains("eth0"));
+    let rules = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "raw", "-S"]).stdout)
+        .into_owned();
+    assert!(!rules.contains("peerpod"), "rules left behind: {rules}");
 }
