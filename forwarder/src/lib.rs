@@ -9,8 +9,9 @@
 //! - [`podnet`]: the pod network before anything is served: a VXLAN device towards the worker
 //!   node moved into the pod's namespace (`/run/netns/podns`), MTU at most 1450, address, MAC,
 //!   routes (gateway-less first), neighbours, NOTRACK rules for the tunnel port; torn down on
-//!   exit. Netlink through rtnetlink from threads inside the right namespace; the rules through
-//!   Debian's `iptables`.
+//!   exit; optionally the pod's NATed path to the IMDS (`169.254.169.254`) through the pod VM,
+//!   as upstream's `setup-nat-for-imds`. Netlink through rtnetlink from threads inside the
+//!   right namespace; the rules through Debian's `iptables`.
 //! - [`tls`]: the rustls server configuration (ring, TLS 1.2 or newer, client certificate
 //!   required when a client CA is configured, Go's version and suite names mapped).
 //! - [`frame`]: ttrpc framing (10-byte header, 4 MiB payload bound) and a copy-free read of a
@@ -28,7 +29,7 @@
 //!
 //! Not built: upstream's secure-comms SSH tunnel (`-secure-comms`, `sc` in `apf.json`:
 //! refused with a message), the `external-net-via-pod-vm` routing (refused), IPv6 VXLAN
-//! remotes, the IMDS NAT set-up, and the cloud-volume (`cloud_volumes` annotation) mounting
+//! remotes, and the cloud-volume (`cloud_volumes` annotation) mounting
 //! upstream's interceptor does.
 
 pub mod config;

@@ -356,3 +356,139 @@ async fn the_binary_sets_up_the_tunnel_before_serving_and_removes_it_on_exit() {
         .into_owned();
     assert!(!rules.contains("peerpod"), "rules left behind: {rules}");
 }
+
+/// An IMDS stand-in namespace joined to the "pod VM" one: 169.254.169.254 lives there and the
+/// pod VM routes to it over a veth, as a cloud VM routes to its IMDS. Deleted on drop.
+struct Imds {
+    ns: String,
+}
+
+impl Imds {
+    fn new(w: &World, tag: &str) -> Self {
+        let id = std::process::id() % 100_000;
+        let ns = format!("fw-i{tag}{id}");
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["netns", "add", &ns]);
+        let (a, b) = (format!("fia{tag}{id}"), format!("fib{tag}{id}"));
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &a, "netns", &w.vm]);
+        ip(&["link", "set", &b, "netns", &ns]);
+        ip(&["-n", &w.vm, "addr", "add", "10.99.0.1/24", "dev", &a]);
+        ip(&["-n", &ns, "addr", "add", "10.99.0.2/24", "dev", &b]);
+        ip(&["-n", &ns, "addr", "add", "169.254.169.254/32", "dev", &b]);
+        ip(&["-n", &w.vm, "link", "set", &a, "up"]);
+        ip(&["-n", &ns, "link", "set", &b, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &w.vm,
+            "route",
+            "add",
+            "169.254.169.254/32",
+            "via",
+            "10.99.0.2",
+        ]);
+        Self { ns }
+    }
+
+    /// Serves on 169.254.169.254:80: every connection is answered with the address it came
+    /// from, then closed.
+    fn serve(&self) -> tokio::task::JoinHandle<()> {
+        let ns = World::path(&self.ns);
+        tokio::spawn(async move {
+            let _ = netns::run_in(Some(&ns), || async {
+                use tokio::io::AsyncWriteExt as _;
+                let l = tokio::net::TcpListener::bind("169.254.169.254:80")
+                    .await
+                    .unwrap();
+                loop {
+                    let (mut s, peer) = l.accept().await.unwrap();
+                    let _ = s.write_all(peer.ip().to_string().as_bytes()).await;
+                }
+            })
+            .await;
+        })
+    }
+}
+
+impl Drop for Imds {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// From the pod namespace: what the IMDS stand-in answers, or the connection error.
+async fn ask_imds(pod: &str) -> Result<String, String> {
+    netns::run_in(Some(&World::path(pod)), || async {
+        use tokio::io::AsyncReadExt as _;
+        let connect = tokio::net::TcpStream::connect("169.254.169.254:80");
+        let mut s = match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("timed out".to_owned()),
+        };
+        let mut got = String::new();
+        s.read_to_string(&mut got)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(got)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_pod_reaches_the_imds_through_the_pod_vm_with_nat_and_teardown_removes_it() {
+    let w = World::new("e");
+    let imds = Imds::new(&w, "e");
+    let _server = imds.serve();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // Without the NAT set-up, the pod's only way out is the tunnel: no IMDS.
+    let plain = PodNetwork::new(config(), World::path(&w.pod), Some(World::path(&w.vm)));
+    plain.setup().await.unwrap();
+    let before = ask_imds(&w.pod).await;
+    assert!(before.is_err(), "the IMDS answered without NAT: {before:?}");
+    plain.teardown().await.unwrap();
+
+    let net = PodNetwork::new(config(), World::path(&w.pod), Some(World::path(&w.vm)))
+        .with_imds_nat(true);
+    net.setup().await.unwrap();
+    let pod_routes = ip(&["-n", &w.pod, "route"]);
+    assert!(
+        pod_routes.contains("169.254.169.254 dev veth2"),
+        "{pod_routes}"
+    );
+    let nat = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "nat", "-S"]).stdout)
+        .into_owned();
+    assert!(
+        nat.contains("-A POSTROUTING -s 10.244.1.5/32 -d 169.254.169.254/32 -j MASQUERADE"),
+        "{nat}"
+    );
+    // The IMDS sees the pod VM's address, not the pod's.
+    assert_eq!(ask_imds(&w.pod).await.as_deref(), Ok("10.99.0.1"));
+    // The tunnel still carries the rest of the pod's traffic.
+    let ping = in_ns(
+        &w.pod,
+        &["busybox", "ping", "-c", "1", "-W", "3", "10.244.1.1"],
+    );
+    assert!(ping.status.success(), "pod → worker with the IMDS path up");
+
+    net.teardown().await.unwrap();
+    assert!(!ip(&["-n", &w.vm, "link"]).contains("veth1"));
+    let nat = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "nat", "-S"]).stdout)
+        .into_owned();
+    assert!(!nat.contains("169.254.169.254"), "NAT rule left: {nat}");
+    assert!(
+        ask_imds(&w.pod).await.is_err(),
+        "the IMDS path outlived teardown"
+    );
+    // Twice is harmless.
+    net.teardown().await.unwrap();
+}

@@ -57,6 +57,11 @@ struct Flags {
     /// Serve plain TCP (tests only).
     #[arg(long = "disable-tls", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", require_equals = true)]
     disable_tls: bool,
+    /// Give the pod a path to the cloud's instance metadata service (169.254.169.254) through
+    /// the pod VM, with NAT, as upstream's setup-nat-for-imds service does (off by default:
+    /// the IMDS serves the pod VM's user data).
+    #[arg(long = "imds-nat", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", require_equals = true)]
+    imds_nat: bool,
     /// Upstream's SSH tunnel: not supported here.
     #[arg(long = "secure-comms", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true", require_equals = true)]
     secure_comms: bool,
@@ -135,7 +140,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     // The pod network first: nothing is served before the pod can reach its network.
     let network = match &config.pod_network {
         Some(net) => {
-            let network = PodNetwork::new(net.clone(), flags.pod_namespace.clone(), None);
+            let network = PodNetwork::new(net.clone(), flags.pod_namespace.clone(), None)
+                .with_imds_nat(flags.imds_nat);
             network
                 .setup()
                 .await

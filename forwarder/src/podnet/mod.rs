@@ -11,10 +11,14 @@
 //! 4. the routes, those without a gateway first (a gateway must be reachable when its route is
 //!    added), and the neighbour entries.
 //!
+//! 5. optionally ([`PodNetwork::with_imds_nat`]), the pod's path to the cloud's instance
+//!    metadata service through the pod VM, with NAT ([`imds`]).
+//!
 //! A failure part-way removes what was made. [`PodNetwork::teardown`] deletes the device and
 //! the rules. Every netlink call goes over rtnetlink from a thread inside the right namespace
 //! ([`netns`]).
 
+pub mod imds;
 pub mod iptables;
 pub mod netns;
 
@@ -42,6 +46,9 @@ pub enum PodNetworkError {
     /// The NOTRACK rules failed.
     #[error("the NOTRACK rules for the VXLAN port could not be set")]
     Iptables(#[from] IptablesError),
+    /// The IMDS NAT rule failed.
+    #[error("the NAT rule that lets the pod reach the IMDS could not be set or removed")]
+    Nat(#[source] IptablesError),
     /// A netlink request failed.
     #[error("{step} failed: {source}")]
     Netlink {
@@ -70,6 +77,7 @@ pub struct PodNetwork {
     config: PodNetworkConfig,
     pod_ns: PathBuf,
     host_ns: Option<PathBuf>,
+    imds_nat: bool,
 }
 
 fn connect() -> Result<rtnetlink::Handle, PodNetworkError> {
@@ -112,6 +120,25 @@ impl PodNetwork {
             config,
             pod_ns,
             host_ns,
+            imds_nat: false,
+        }
+    }
+
+    /// With `on`, the set-up also gives the pod a path to the IMDS through the pod VM
+    /// ([`imds::ImdsNat`]; IPv4 pod addresses only) and the teardown removes it.
+    pub fn with_imds_nat(mut self, on: bool) -> Self {
+        self.imds_nat = on;
+        self
+    }
+
+    fn imds(&self) -> Option<imds::ImdsNat> {
+        match self.config.pod_ip.0 {
+            IpAddr::V4(ip) if self.imds_nat => Some(imds::ImdsNat::new(
+                ip,
+                self.pod_ns.clone(),
+                self.host_ns.clone(),
+            )),
+            _ => None,
         }
     }
 
@@ -126,7 +153,15 @@ impl PodNetwork {
             path: self.pod_ns.display().to_string(),
             source,
         })?;
-        match self.setup_inner().await {
+        let mut result = self.setup_inner().await;
+        if result.is_ok()
+            && let Some(imds) = self.imds()
+        {
+            result = imds.setup().await;
+        } else if self.imds_nat && self.imds().is_none() {
+            warn!("no IMDS NAT: the pod address is not IPv4");
+        }
+        match result {
             Ok(()) => {
                 info!(
                     interface = %self.config.interface,
@@ -284,6 +319,10 @@ impl PodNetwork {
     /// Deletes the VXLAN device (from the pod namespace, or the host one if it never moved)
     /// and the NOTRACK rules. Missing pieces are not an error.
     pub async fn teardown(&self) -> Result<(), PodNetworkError> {
+        let imds = match self.imds() {
+            Some(imds) => imds.teardown().await,
+            None => Ok(()),
+        };
         let name = self.config.interface.clone();
         let pod = netns::run_in(Some(&self.pod_ns), move || async move {
             let handle = connect()?;
@@ -324,6 +363,7 @@ impl PodNetwork {
             Err(e) => return Err(e.into()),
         }
         host??;
+        imds?;
         info!(interface = %self.config.interface, "pod network torn down");
         Ok(())
     }

@@ -1,0 +1,256 @@
+//! The path from the pod to the cloud's instance metadata service (IMDS, `169.254.169.254`),
+//! as upstream's `setup-nat-for-imds.sh` lays it out on Azure and AWS pod VMs:
+//!
+//! - a veth pair, `veth1` in the pod VM's namespace and `veth2` moved into the pod's;
+//! - `veth1` holds `169.254.99.99/32` (proxy ARP answers only on an interface with an
+//!   address), proxy ARP on (`proxy_delay` 0) and IPv4 forwarding on, so `veth1` answers the
+//!   pod's ARP for the IMDS address and the pod VM routes the packets on to the real IMDS;
+//! - in the pod: `169.254.169.254/32 dev veth2` (everything else keeps going to the tunnel);
+//! - in the pod VM: `<pod ip>/32 dev veth1` with a permanent neighbour entry for `veth2`'s
+//!   MAC, and `iptables -t nat -A POSTROUTING -s <pod ip>/32 -d 169.254.169.254/32 -j
+//!   MASQUERADE`, so the IMDS sees the pod VM's own address.
+//!
+//! [`teardown`] deletes the pair (the routes and the neighbour entry go with it) and the NAT
+//! rule; IPv4 forwarding is left on (it may have been on before, and other services may rely
+//! on it). Netlink calls run on threads inside the right namespace ([`super::netns`]).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use futures::TryStreamExt as _;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
+use tracing::info;
+
+use super::iptables::IptablesError;
+use super::netns::{self, NetnsError};
+use super::{PodNetworkError, connect, link_index, nl};
+
+/// The instance metadata service's address.
+pub const IMDS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// The address `veth1` holds so that proxy ARP works on it (upstream's).
+pub const PROXY_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 99, 99);
+/// The pair's end in the pod VM's namespace (upstream's name).
+pub const HOST_VETH: &str = "veth1";
+/// The pair's end in the pod's namespace (upstream's name).
+pub const POD_VETH: &str = "veth2";
+
+/// The pod's route to the IMDS through the pod VM, with NAT.
+#[derive(Debug, Clone)]
+pub struct ImdsNat {
+    pod_ip: Ipv4Addr,
+    pod_ns: PathBuf,
+    host_ns: Option<PathBuf>,
+}
+
+fn nat_rule(pod_ip: Ipv4Addr) -> Vec<String> {
+    vec![
+        "POSTROUTING".into(),
+        "-s".into(),
+        format!("{pod_ip}/32"),
+        "-d".into(),
+        format!("{IMDS_ADDR}/32"),
+        "-j".into(),
+        "MASQUERADE".into(),
+    ]
+}
+
+/// `iptables -w -t nat <op> <rule>`: `Ok(false)` when it exits 1 (a check that did not match).
+fn nat(op: &str, rule: &[String]) -> Result<bool, IptablesError> {
+    let out = Command::new("iptables")
+        .args(["-w", "-t", "nat", op])
+        .args(rule)
+        .output()
+        .map_err(IptablesError::Spawn)?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) if op == "-C" => Ok(false),
+        _ => Err(IptablesError::Failed {
+            args: format!("-t nat {op} {}", rule.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }),
+    }
+}
+
+/// Writes `value` to the sysctl at `/proc/sys/<key>` (of the calling thread's namespace).
+fn sysctl(key: &str, value: &str) -> Result<(), PodNetworkError> {
+    let path = Path::new("/proc/sys").join(key);
+    std::fs::write(&path, value)
+        .map_err(|e| PodNetworkError::Device(format!("cannot set {}: {e}", path.display())))
+}
+
+impl ImdsNat {
+    /// The IMDS path for the pod at `pod_ip` in the namespace `pod_ns`; the pod VM's side is
+    /// `host_ns` (the caller's namespace when `None`).
+    pub fn new(pod_ip: Ipv4Addr, pod_ns: PathBuf, host_ns: Option<PathBuf>) -> Self {
+        Self {
+            pod_ip,
+            pod_ns,
+            host_ns,
+        }
+    }
+
+    /// Sets the path up (after the pod network: the pod's address must be known). A `veth1`
+    /// left behind by an earlier run is replaced.
+    pub async fn setup(&self) -> Result<(), PodNetworkError> {
+        let pod_ns = self.pod_ns.clone();
+        netns::run_in(self.host_ns.as_deref(), move || async move {
+            let handle = connect()?;
+            if let Some((index, _)) = link_index(&handle, HOST_VETH).await? {
+                handle
+                    .link()
+                    .del(index)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("deleting the old {HOST_VETH}")))?;
+            }
+            handle
+                .link()
+                .add(LinkVeth::new(HOST_VETH, POD_VETH).build())
+                .execute()
+                .await
+                .map_err(nl(format!("creating the veth pair {HOST_VETH}/{POD_VETH}")))?;
+            let (host, _) = link_index(&handle, HOST_VETH).await?.ok_or_else(|| {
+                PodNetworkError::Device(format!("{HOST_VETH} vanished after creation"))
+            })?;
+            let (peer, _) = link_index(&handle, POD_VETH).await?.ok_or_else(|| {
+                PodNetworkError::Device(format!("{POD_VETH} vanished after creation"))
+            })?;
+            handle
+                .address()
+                .add(host, IpAddr::V4(PROXY_ADDR), 32)
+                .execute()
+                .await
+                .map_err(nl(format!("adding {PROXY_ADDR}/32 to {HOST_VETH}")))?;
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(host).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("bringing {HOST_VETH} up")))?;
+            sysctl("net/ipv4/ip_forward", "1")?;
+            sysctl(&format!("net/ipv4/conf/{HOST_VETH}/proxy_arp"), "1")?;
+            sysctl(&format!("net/ipv4/neigh/{HOST_VETH}/proxy_delay"), "0")?;
+            let ns = std::fs::File::open(&pod_ns).map_err(|source| NetnsError::Open {
+                path: pod_ns.display().to_string(),
+                source,
+            })?;
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(peer)
+                        .setns_by_fd(ns.as_raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(nl(format!("moving {POD_VETH} into {}", pod_ns.display())))?;
+            Ok::<(), PodNetworkError>(())
+        })
+        .await??;
+
+        let mac = netns::run_in(Some(&self.pod_ns), move || async move {
+            let handle = connect()?;
+            let (index, _) = link_index(&handle, POD_VETH).await?.ok_or_else(|| {
+                PodNetworkError::Device(format!("{POD_VETH} is not in the pod namespace"))
+            })?;
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("bringing {POD_VETH} up")))?;
+            handle
+                .route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(IMDS_ADDR, 32)
+                        .output_interface(index)
+                        .build(),
+                )
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!(
+                    "adding the route {IMDS_ADDR}/32 dev {POD_VETH}"
+                )))?;
+            let mut links = handle.link().get().match_index(index).execute();
+            let msg = links
+                .try_next()
+                .await
+                .map_err(nl(format!("reading {POD_VETH}")))?
+                .ok_or_else(|| PodNetworkError::Device(format!("{POD_VETH} vanished")))?;
+            msg.attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::Address(mac) => Some(mac.clone()),
+                    _ => None,
+                })
+                .ok_or_else(|| PodNetworkError::Device(format!("{POD_VETH} has no MAC address")))
+        })
+        .await??;
+
+        let pod_ip = self.pod_ip;
+        netns::run_in(self.host_ns.as_deref(), move || async move {
+            let handle = connect()?;
+            let (host, _) = link_index(&handle, HOST_VETH).await?.ok_or_else(|| {
+                PodNetworkError::Device(format!("{HOST_VETH} is not in the pod VM's namespace"))
+            })?;
+            handle
+                .route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(pod_ip, 32)
+                        .output_interface(host)
+                        .build(),
+                )
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!("adding the route {pod_ip}/32 dev {HOST_VETH}")))?;
+            handle
+                .neighbours()
+                .add(host, IpAddr::V4(pod_ip))
+                .link_layer_address(&mac)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!("adding the neighbour {pod_ip} dev {HOST_VETH}")))?;
+            let rule = nat_rule(pod_ip);
+            if !nat("-C", &rule).map_err(PodNetworkError::Nat)? {
+                nat("-A", &rule).map_err(PodNetworkError::Nat)?;
+            }
+            Ok::<(), PodNetworkError>(())
+        })
+        .await??;
+        info!(pod_ip = %self.pod_ip, imds = %IMDS_ADDR, "the pod reaches the IMDS through the pod VM (NAT)");
+        Ok(())
+    }
+
+    /// Removes the pair and the NAT rule; missing pieces are not an error.
+    pub async fn teardown(&self) -> Result<(), PodNetworkError> {
+        let pod_ip = self.pod_ip;
+        netns::run_in(self.host_ns.as_deref(), move || async move {
+            let handle = connect()?;
+            if let Some((index, _)) = link_index(&handle, HOST_VETH).await? {
+                handle
+                    .link()
+                    .del(index)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("deleting {HOST_VETH}")))?;
+            }
+            let rule = nat_rule(pod_ip);
+            while nat("-C", &rule).map_err(PodNetworkError::Nat)? {
+                nat("-D", &rule).map_err(PodNetworkError::Nat)?;
+            }
+            Ok::<(), PodNetworkError>(())
+        })
+        .await??;
+        Ok(())
+    }
+}
