@@ -299,20 +299,26 @@ pub async fn stand_in(socket: &Path) -> (ttrpc::r#async::Server, StandIn) {
 /// The real kata-agent binary (built by `make test` / `cargo build -p kata-agent`), or `None`
 /// with a loud note (a failure under CI=true).
 pub fn kata_agent_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("KATA_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kata-agent")
-        });
+    workspace_binary("kata-agent", "KATA_AGENT_BIN", "kata-agent")
+}
+
+/// Another crate's binary `name` in the workspace's debug target directory (or `$env`), or
+/// `None` with a loud note (a failure under CI=true).
+pub fn workspace_binary(name: &str, env: &str, package: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/debug")
+            .join(name)
+    });
     if path.is_file() {
         return Some(path);
     }
     let message = format!(
-        "{} is missing: build it (cargo build -p kata-agent) or set KATA_AGENT_BIN",
+        "{} is missing: build it (cargo build -p {package}) or set {env}",
         path.display()
     );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{message} (CI=true: a missing agent fails)");
+        panic!("{message} (CI=true: a missing binary fails)");
     }
     let _ = std::io::stderr().write_all(format!("\n*** SKIPPED: {message} ***\n").as_bytes());
     None
