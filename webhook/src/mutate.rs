@@ -236,7 +236,14 @@ pub enum Mutation {
 }
 
 /// Mutates `object` (a pod as JSON, as the API server sent it) under `config`.
+///
+/// Pods of other runtime classes are passed before being decoded: whatever else is wrong with
+/// them is the API server's to refuse, not this webhook's (upstream refuses any pod its types
+/// cannot decode).
 pub fn mutate(config: &MutationConfig, object: &Value) -> Result<Mutation, MutateError> {
+    if object["spec"]["runtimeClassName"].as_str() != Some(config.runtime_class.as_str()) {
+        return Ok(Mutation::Untouched);
+    }
     let pod = Pod::deserialize(object).map_err(MutateError::NotAPod)?;
     let runtime_class = pod
         .spec

@@ -387,3 +387,19 @@ async fn reinvocation_of_a_mutated_pod_changes_nothing() -> TestResult {
     assert_eq!(twice, once);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_malformed_pod_of_another_runtime_class_is_left_to_the_api_server() -> TestResult {
+    let mut p = pod(Some("runc"), vec![], vec![container("c", &[], &[])]);
+    p["spec"]["containers"][0]["resources"]["requests"] = json!(["not", "a", "map"]);
+    let (out, review) = admit(&p).await?;
+    assert!(patch_of(&review).is_none());
+    assert_eq!(out, p);
+    // The same pod in the peer-pods class is refused (tests/refusals.rs checks the reason).
+    p["spec"]["runtimeClassName"] = json!("kata-remote");
+    let server = server().await;
+    let mut conn = Conn::connect(server.addr, server.client_config()).await?;
+    let answer = conn.review(&review_of(p)).await?.json();
+    assert_eq!(answer["response"]["allowed"], false);
+    Ok(())
+}
