@@ -41,6 +41,19 @@
 //! `attestation-agent`; upstream's KMS
 //! providers other than `kbs` in the annotation packet; the `A256CTR` wrap type.
 //!
+//! Where it differs from upstream (ocicrypt, ocicrypt-rs, image-rs and the CDH's key provider),
+//! always by refusing more:
+//!
+//! - The counter block comes from the private (authenticated) options only; ocicrypt prefers a
+//!   `nonce` in the public options, which the host can rewrite. A public `nonce`, or any public
+//!   cipher option other than `hmac`, is refused.
+//! - The HMAC is read from `hmac` (ocicrypt-rs, and ocicrypt today) or `cipheroptions.hmac`
+//!   (older ocicrypt); when both are there they must agree, and a layer with neither is refused
+//!   before any byte is fetched.
+//! - The `A256CTR` wrap type (unauthenticated) that upstream's CDH also accepts is refused.
+//! - Sizes and counts of everything read from the annotations are bounded (64 KiB per key
+//!   annotation, 16 entries, 16 JWE recipients, 16 KiB per packet, 4 KiB of options).
+//!
 //! Features: `testing` adds `testing::encrypt_layer` (a coco-keyprovider-compatible
 //! encrypter) and the `image-crypt-keyprovider` test binary; `fuzzing` adds the fuzz entry
 //! points.
