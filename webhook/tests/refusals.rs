@@ -253,3 +253,32 @@ async fn echo_admits_everything_unchanged() -> TestResult {
     assert!(answer["response"]["patch"].is_null());
     Ok(())
 }
+
+#[tokio::test]
+async fn stalled_clients_do_not_hold_up_others() -> TestResult {
+    use tokio::io::AsyncWriteExt as _;
+    let (server, mut conn) = setup().await?;
+    // One connection that never starts TLS, one that sends half a ClientHello, one TLS client
+    // that sends half a request.
+    let _silent = tokio::net::TcpStream::connect(server.addr).await?;
+    let mut half_hello = tokio::net::TcpStream::connect(server.addr).await?;
+    half_hello
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await?;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await?;
+    let mut half_request =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(server.client_config()))
+            .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+            .await?;
+    half_request
+        .write_all(b"POST /mutate-v1-pod HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersion\"")
+        .await?;
+    half_request.flush().await?;
+    // Others are served meanwhile, on the open connection and on new ones.
+    let p = pod(None, vec![], vec![container("c", &[], &[])]);
+    assert_eq!(conn.review(&review_of(p.clone())).await?.status, 200);
+    let mut fresh = Conn::connect(server.addr, server.client_config()).await?;
+    assert_eq!(fresh.review(&review_of(p)).await?.status, 200);
+    drop(half_request);
+    Ok(())
+}
