@@ -96,3 +96,26 @@ fn a_second_wrapped_key_is_used_when_the_first_cannot_be() {
         ]
     );
 }
+
+#[test]
+fn the_first_packet_form_without_version_and_provider_is_read() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let kek = [0x14u8; 32];
+    let plain = bytes(5000, 4);
+    let (cipher, mut ann) = testing::encrypt_layer(&plain, &kek, KID);
+    let name = peerpod_image_crypt::KEYPROVIDER_ANNOTATION;
+    let mut packet: serde_json::Value =
+        serde_json::from_slice(&STANDARD.decode(&ann[name]).expect("b64")).expect("JSON");
+    let obj = packet.as_object_mut().expect("object");
+    for field in ["version", "provider", "provider_settings", "annotations"] {
+        assert!(obj.remove(field).is_some(), "{field}");
+    }
+    let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["iv", "kid", "wrap_type", "wrapped_data"]);
+    ann.insert(name.to_string(), STANDARD.encode(packet.to_string()));
+    let key = block_on(layer_key(&ann, &Kbs::with(KID, &kek))).expect("v1 packet");
+    let (out, end) = read_all(&mut decrypting_reader(cipher.as_slice(), &key), 1000);
+    end.expect("authentic");
+    assert_eq!(out, plain);
+}
