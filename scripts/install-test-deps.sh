@@ -47,6 +47,17 @@ REQUIRED=(
     "skopeo:skopeo"
     "apache2-utils:htpasswd"
     "openssl:openssl"
+    # The pod VM image (make podvm, podvm-image/build.sh): mmdebstrap for the root, veritysetup
+    # (cryptsetup-bin, above) for dm-verity, the UKI stub, the ESP (FAT without mounting), the GPT,
+    # the initramfs archive, qcow2/VHD conversion.
+    "mmdebstrap:mmdebstrap"
+    "systemd-boot-efi:/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+    "dosfstools:mkfs.vfat"
+    "mtools:mcopy"
+    "fdisk:sfdisk"
+    "cpio:cpio"
+    "binutils:objcopy"
+    "qemu-utils:qemu-img"
 )
 
 missing=()

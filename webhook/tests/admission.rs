@@ -403,3 +403,55 @@ async fn a_malformed_pod_of_another_runtime_class_is_left_to_the_api_server() ->
     assert_eq!(answer["response"]["allowed"], false);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_review_in_a_real_clusters_shape() -> TestResult {
+    // A ReplicaSet's pod as kube-apiserver sends it at mutating admission: generateName and no
+    // name yet, managedFields, a projected token volume, an init container, defaults filled in.
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/review-replicaset-pod.json"
+    ))?;
+    let review: Value = serde_json::from_slice(&body)?;
+    let server = server().await;
+    let mut conn = Conn::connect(server.addr, server.client_config()).await?;
+    let reply = conn
+        .send("POST", "/mutate-v1-pod", Some("application/json"), body)
+        .await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(
+        answer["response"]["uid"],
+        "3c8a7d29-5b0e-4f43-9d53-2f1f1c6b7a10"
+    );
+    let before = &review["request"]["object"];
+    let after = patched(before, &answer);
+    // CPU: requests 0.1 + 0.5 + 0.05 = 0.65, limits 0.25 + 1 = 1.25 ≥ 0.65 → 2 vCPUs.
+    // Memory: requests 64 + 256 + 32 = 352 Mi, limits 128 + 512 = 640 Mi → 640.
+    assert_eq!(annotation(&after, CPU_ANNOTATION), Some("2"));
+    assert_eq!(annotation(&after, MEMORY_ANNOTATION), Some("640"));
+    assert_eq!(annotation(&after, GPU_ANNOTATION), None);
+    assert_eq!(
+        annotation(&after, "io.katacontainers.config.hypervisor.machine_type"),
+        Some("Standard_DC2as_v5")
+    );
+    assert_eq!(
+        after["spec"]["containers"][0]["resources"],
+        json!({"requests": {VM: "1"}, "limits": {VM: "1"}})
+    );
+    assert_eq!(after["spec"]["containers"][1]["resources"], json!({}));
+    assert_eq!(after["spec"]["initContainers"][0]["resources"], json!({}));
+    // Everything else is as it came, overhead and managedFields included.
+    let mut rest_before = before.clone();
+    let mut rest_after = after.clone();
+    for pod in [&mut rest_before, &mut rest_after] {
+        pod["metadata"]["annotations"] = Value::Null;
+        for list in ["containers", "initContainers"] {
+            for c in pod["spec"][list].as_array_mut().expect("containers") {
+                c["resources"] = Value::Null;
+            }
+        }
+    }
+    assert_eq!(rest_before, rest_after);
+    Ok(())
+}

@@ -32,9 +32,18 @@ fn seeds() -> Vec<Vec<u8>> {
         ),
         pod(Some("kata-remote"), vec![], vec![]),
     ];
-    pods.into_iter()
+    let mut seeds: Vec<Vec<u8>> = pods
+        .into_iter()
         .map(|p| serde_json::to_vec(&review_of(p)).expect("JSON"))
-        .collect()
+        .collect();
+    seeds.push(
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/review-replicaset-pod.json"
+        ))
+        .expect("the recorded review"),
+    );
+    seeds
 }
 
 /// xorshift: deterministic, so a failure reproduces.
