@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo test deps fmt-check clippy unit bench fuzz help
+.PHONY: demo test deps fmt-check clippy unit bench fuzz help podvm
 
 ## demo: run the bundle's main job end to end on the embedded sample (see README).
 demo: deps
@@ -31,6 +31,10 @@ bench:
 	$(CARGO) bench -p kata-agent --bench agent
 	$(CARGO) bench -p attestation-agent --bench attest
 	$(CARGO) bench -p confidential-data-hub --bench resource
+
+## podvm: the pod VM disk image (qcow2 + fixed VHD + UKI) in target/podvm-image/out (root; see docs/podvm-image.md).
+podvm:
+	@podvm-image/build.sh
 
 ## fuzz: coverage-guided fuzzing of every target for FUZZ_SECONDS each (needs cargo-fuzz).
 FUZZ_SECONDS ?= 60

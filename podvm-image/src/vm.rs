@@ -1,0 +1,243 @@
+//! One pod VM under QEMU: the image's disk (through a throw-away qcow2 overlay), direct kernel
+//! boot with the image's command line (dm-verity root hash included), the simulated Azure SNP
+//! vTPM as a TPM TIS device, a cidata ISO, user-mode networking with 15150 forwarded to a host
+//! port, and the serial console captured with timestamps.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
+
+use crate::{Console, PodvmError, PodvmImage};
+
+/// How to boot a pod VM.
+#[derive(Debug, Clone)]
+pub struct PodVmOptions {
+    /// The image.
+    pub image: PodvmImage,
+    /// The cloud-config user data put on the cidata ISO.
+    pub user_data: String,
+    /// A directory for this VM's files (overlay disk, ISO, vTPM state, console log).
+    pub dir: PathBuf,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// Guest CPUs.
+    pub cpus: u32,
+    /// Appended to the image's kernel command line.
+    pub extra_cmdline: String,
+}
+
+impl PodVmOptions {
+    /// Defaults: 1 GiB, 2 CPUs.
+    pub fn new(image: PodvmImage, user_data: String, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            image,
+            user_data,
+            dir: dir.into(),
+            memory_mib: 1024,
+            cpus: 2,
+            // Unit names, not descriptions, in systemd's console status: the timeline's markers
+            // are unit names, and descriptions get cut to the console's width.
+            extra_cmdline: "systemd.status_unit_format=name".into(),
+        }
+    }
+}
+
+/// A running pod VM; dropping it stops QEMU and the vTPM.
+pub struct PodVm {
+    child: Child,
+    console: Console,
+    port: u16,
+    started: Instant,
+    dir: PathBuf,
+    // Dropped after QEMU (fields drop in order), so the guest never loses its TPM mid-run.
+    _cvm: SimulatedCvm,
+}
+
+fn free_port() -> Result<u16, PodvmError> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| PodvmError::io("pick a free port", e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| PodvmError::io("pick a free port", e))
+}
+
+fn run(cmd: &mut Command) -> Result<(), PodvmError> {
+    let out = cmd
+        .output()
+        .map_err(|e| PodvmError::io(format!("run {cmd:?}"), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(PodvmError::Command {
+        command: format!("{cmd:?}"),
+        output: format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    })
+}
+
+fn require(tool: &'static str, package: &'static str) -> Result<(), PodvmError> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(PodvmError::MissingTool { tool, package })
+    }
+}
+
+impl PodVm {
+    /// Boots the VM (returns once QEMU runs; the guest is still booting).
+    pub fn boot(options: &PodVmOptions) -> Result<Self, PodvmError> {
+        require("qemu-system-x86_64", "qemu-system-x86")?;
+        require("qemu-img", "qemu-utils")?;
+        require("swtpm", "swtpm")?;
+        let dir = &options.dir;
+        std::fs::create_dir_all(dir).map_err(|e| PodvmError::io("create the VM directory", e))?;
+        let disk = dir.join("disk.qcow2");
+        let _ = std::fs::remove_file(&disk);
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(options.image.qcow2())
+            .arg(&disk))?;
+        let iso = crate::cidata::cidata_iso(dir, &options.user_data)?;
+        let cvm = SimulatedCvm::start_for_vm(CvmOptions::new(Flavour::Snp, dir.join("cvm")))?;
+        let port = free_port()?;
+        let cmdline = format!(
+            "{} {}",
+            options.image.cmdline().unwrap_or_default(),
+            options.extra_cmdline
+        );
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max"])
+            .args(["-m", &options.memory_mib.to_string()])
+            .args(["-smp", &options.cpus.to_string()])
+            .args([
+                "-nodefaults",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-monitor",
+                "none",
+            ])
+            .args(["-serial", "stdio"])
+            .arg("-kernel")
+            .arg(options.image.kernel())
+            .arg("-initrd")
+            .arg(options.image.initrd())
+            .args(["-append", cmdline.trim()])
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                iso.display()
+            ))
+            .args(["-netdev"])
+            .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:15150"))
+            .args(["-device", "virtio-net-pci,netdev=n0"])
+            .args(["-device", "virtio-rng-pci"])
+            .args(cvm.qemu_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("qemu.stderr"))
+                    .map_err(|e| PodvmError::io("create qemu.stderr", e))?,
+            ));
+        let _ = std::fs::write(dir.join("qemu.cmdline"), format!("{cmd:?}\n"));
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| PodvmError::io("start qemu-system-x86_64", e))?;
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            return Err(PodvmError::io(
+                "QEMU's console",
+                std::io::Error::other("no stdout pipe"),
+            ));
+        };
+        let console = Console::capture(stdout, started, &dir.join("console.log"))
+            .map_err(|e| PodvmError::io("capture the console", e))?;
+        Ok(Self {
+            child,
+            console,
+            port,
+            started,
+            dir: dir.clone(),
+            _cvm: cvm,
+        })
+    }
+
+    /// 15150 as forwarded to the host.
+    pub fn forwarder_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The console.
+    pub fn console(&self) -> &Console {
+        &self.console
+    }
+
+    /// When QEMU was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// This VM's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Fails if QEMU has exited (with the console's tail).
+    pub fn check_running(&mut self, what: &str) -> Result<(), PodvmError> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(PodvmError::Exited {
+                status: status.to_string(),
+                what: what.to_string(),
+                tail: self.console.tail(40),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for a console line containing `needle`; returns its time since QEMU started.
+    pub fn wait_console(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<Duration, PodvmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.console.find(needle) {
+                return Ok(line.at);
+            }
+            self.check_running(&format!("console line {needle:?}"))?;
+            if Instant::now() >= deadline {
+                return Err(PodvmError::Timeout {
+                    what: format!("console line {needle:?}"),
+                    secs: timeout.as_secs(),
+                    tail: self.console.tail(40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops QEMU.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PodVm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
