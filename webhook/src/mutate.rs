@@ -1,7 +1,9 @@
 //! The pod mutation: VM size annotations from the containers' resources, then the pod VM
 //! extended resource in their place.
 //!
-//! The rules are cloud-api-adaptor's webhook's, kept exactly:
+//! The rules are cloud-api-adaptor's webhook's, kept exactly (one difference: a pod of another
+//! runtime class is passed without being decoded, where upstream refuses one its types cannot
+//! read):
 //!
 //! - only pods whose `runtimeClassName` is the target runtime class are changed;
 //! - CPU, memory and `nvidia.com/gpu` requests and limits are summed over the containers and

@@ -6,7 +6,6 @@
 //! (it, too, keeps at most nano precision, rounding finer input away from zero when parsing).
 //! A value beyond ±1.7·10²⁹ units is refused rather than approximated.
 
-use std::cmp::Ordering;
 use std::fmt;
 
 /// Longest quantity text accepted (apimachinery has no limit; no real quantity comes close).
@@ -177,18 +176,6 @@ impl Quantity {
             e => format!("e{e}"),
         };
         format!("{mantissa}{suffix}")
-    }
-}
-
-impl PartialOrd<i64> for Quantity {
-    fn partial_cmp(&self, other: &i64) -> Option<Ordering> {
-        Some(self.nanos.cmp(&(i128::from(*other) * NANOS_PER_UNIT)))
-    }
-}
-
-impl PartialEq<i64> for Quantity {
-    fn eq(&self, other: &i64) -> bool {
-        self.nanos == i128::from(*other) * NANOS_PER_UNIT
     }
 }
 
