@@ -50,7 +50,9 @@ fn serve(body: String, ready: Arc<Mutex<Instant>>) -> u16 {
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
                 }
-                metadata |= line.to_ascii_lowercase().trim_end() == "metadata: true";
+                metadata |= line.split_once(':').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("metadata") && v.trim() == "true"
+                });
             }
             let ok = metadata && Instant::now() >= *ready.lock().expect("ready");
             let (status, reply) = if ok { (200, body.as_str()) } else { (503, "") };
@@ -96,7 +98,7 @@ fn baseline(url: &str, root: &Path, retry_pause: &str) -> Duration {
     std::fs::create_dir_all(root).expect("root");
     let file = root.join("user-data");
     let script = format!(
-        "until curl -sf -H Metadata:true '{url}' > '{f}.b64'; do sleep {retry_pause}; done; \
+        "until curl -sf -H 'Metadata: true' '{url}' > '{f}.b64'; do sleep {retry_pause}; done; \
          base64 -d < '{f}.b64' > '{f}'",
         f = file.display()
     );

@@ -121,8 +121,10 @@ fn handle(stream: TcpStream, seen: &Mutex<Seen>, statuses: &[u16], body: &str) {
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
         }
-        let lower = line.to_ascii_lowercase();
-        if lower.trim_end() == "metadata: true" {
+        if line
+            .split_once(':')
+            .is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("metadata") && v.trim() == "true")
+        {
             metadata = true;
         }
     }
