@@ -272,3 +272,42 @@ fn version_and_help() {
     assert!(help.contains("--user-data-fetch-timeout"), "{help}");
     assert!(help.contains("-t"), "{help}");
 }
+
+#[test]
+fn initdata_data_keys_off_the_list_are_ignored() {
+    let dir = ScratchDir::new("prov-keys").expect("scratch");
+    let root = make_root(&dir);
+    let escape = dir.path().join("escaped-key");
+    let doc = format!(
+        "{}\"../../../etc/evil\" = \"x\"\n\"{}\" = \"x\"\n\"apf.json\" = \"{{}}\"\n\
+         \"initdata.digest\" = \"00\"\n",
+        initdata_doc("sha256"),
+        escape.display()
+    );
+    let ud = cloud_config(&[("/run/peerpod/initdata", &encoded(&doc))]);
+    let out = provision(&root, &["--user-data-file", &user_data(&dir, &ud)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        written(&root),
+        [
+            "aa.toml",
+            "cdh.toml",
+            "initdata",
+            "initdata.digest",
+            "initdata.toml",
+            "policy.rego"
+        ]
+    );
+    assert!(!escape.exists());
+    // The digest is the document's, not the data key's "00".
+    assert_eq!(
+        std::fs::read_to_string(peerpod(&root, "initdata.digest")).expect("digest"),
+        digest_hex(&doc)
+    );
+    assert_eq!(
+        stderr(&out).matches("not written").count(),
+        4,
+        "{}",
+        stderr(&out)
+    );
+}
