@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo test deps fmt-check clippy unit bench fuzz help podvm
+.PHONY: demo test deps fmt-check clippy unit bench fuzz help podvm webhook-image
 
 ## demo: run the bundle's main job end to end on the embedded sample (see README).
 demo: deps
@@ -35,6 +35,10 @@ bench:
 ## podvm: the pod VM disk image (qcow2 + fixed VHD + UKI) in target/podvm-image/out (root; see docs/podvm-image.md).
 podvm:
 	@podvm-image/build.sh
+
+## webhook-image: the webhook's container image (OCI layout + docker-archive) in target/webhook-image (see docs/webhook.md).
+webhook-image:
+	@webhook/image/build.sh
 
 ## fuzz: coverage-guided fuzzing of every target for FUZZ_SECONDS each (needs cargo-fuzz).
 FUZZ_SECONDS ?= 60

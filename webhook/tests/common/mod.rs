@@ -1,7 +1,10 @@
 //! Shared by the webhook's integration tests and its benchmark: test certificates, a running
-//! webhook server on a loopback port, and a real TLS + HTTP/1.1 keep-alive client.
+//! webhook server on a loopback port, a real TLS + HTTP/1.1 keep-alive client, and (in
+//! `apiserver`) a stand-in of the API server's node endpoints.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+pub mod apiserver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
