@@ -22,6 +22,9 @@
 //!   `peerpod-image-crypt` with a KEK fetched through [`Resources`] (the CDH: the KBS, after
 //!   attestation) before the layer is downloaded, and the layer is decrypted as it streams; its
 //!   HMAC is checked before the store sees the end of the tar.
+//! Feature `fuzzing`: the `fuzzing` module, the fuzz target's entry point (`fuzz/` and the
+//! in-tree mutation test enable it).
+//!
 //! - [`store`]: the [`Layers`] trait the puller writes into, and [`LayerDirStore`] over
 //!   `peerpod-image-layer` (hostile-input-proof unpacking, overlay mounts, garbage collection);
 //!   [`resources`]: `kbs://` and `file://` configuration files through the embedding program.
@@ -32,6 +35,8 @@ pub mod client;
 pub mod config;
 pub mod digest;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod layer_store;
 pub mod manifest;
 pub mod pull;

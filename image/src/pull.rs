@@ -29,7 +29,7 @@ use crate::verify::{self, Keys, Verifier};
 /// Chunks in flight between a layer's download and its unpacking (each up to ~16 KiB as
 /// hyper delivers them): the download waits when the unpacking falls behind, so memory stays
 /// flat whatever the layer's size.
-const CHANNEL_CHUNKS: usize = 64;
+const CHANNEL_CHUNKS: usize = 16;
 
 /// What a pull did.
 #[derive(Debug, Clone)]

@@ -228,6 +228,8 @@ pub enum Step<'a> {
     Remove(&'a str),
     /// Random bytes of the given size (incompressible) at a path.
     Random(&'a str, usize),
+    /// Pseudo-random bytes from a seed (the same each run: layers can be rebuilt equal).
+    Seeded(&'a str, usize, u64),
 }
 
 /// Builds `layout:tag` with umoci: one layer per group of steps.
@@ -240,10 +242,18 @@ pub fn build_image(layout: &Path, tag: &str, layers: &[Vec<Step<'_>>]) -> Result
     }
     let image = format!("{}:{tag}", layout.display());
     run(Command::new("umoci").args(["new", "--image", &image]))?;
-    let bundle = layout.with_extension(format!("bundle-{tag}"));
+    extend_image(layout, tag, tag, layers)
+}
+
+/// `layout:to` made of `layout:from`'s layers (shared, byte for byte) with one more layer per
+/// group of steps on top.
+pub fn extend_image(layout: &Path, from: &str, to: &str, layers: &[Vec<Step<'_>>]) -> Result<()> {
+    let source = format!("{}:{from}", layout.display());
+    let image = format!("{}:{to}", layout.display());
+    let bundle = layout.with_extension(format!("bundle-{to}"));
     let _ = std::fs::remove_dir_all(&bundle);
     run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
+        .args(["unpack", "--image", &source])
         .arg(&bundle))?;
     let rootfs = bundle.join("rootfs");
     for steps in layers {
@@ -270,6 +280,25 @@ pub fn build_image(layout: &Path, tag: &str, layers: &[Vec<Step<'_>>]) -> Result
                     } else {
                         std::fs::remove_file(p)?;
                     }
+                }
+                Step::Seeded(path, size, seed) => {
+                    let p = rootfs.join(path.trim_start_matches('/'));
+                    if let Some(parent) = p.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    // xorshift64*: cheap, incompressible, the same bytes for a seed.
+                    let mut x = *seed | 1;
+                    let mut bytes = Vec::with_capacity(*size + 8);
+                    while bytes.len() < *size {
+                        x ^= x >> 12;
+                        x ^= x << 25;
+                        x ^= x >> 27;
+                        bytes.extend_from_slice(
+                            &x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes(),
+                        );
+                    }
+                    bytes.truncate(*size);
+                    std::fs::write(p, bytes)?;
                 }
                 Step::Random(path, size) => {
                     let p = rootfs.join(path.trim_start_matches('/'));
