@@ -61,14 +61,50 @@ fn open_dir_walk(dir: BorrowedFd<'_>, path: &[u8]) -> Result<OwnedFd, Errno> {
     }
 }
 
-/// Creates a regular file `name` in `dir` (which must not exist).
-pub(crate) fn create_file(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
+/// Creates a regular file `name` in `dir` (which must not exist) with the permission bits
+/// `mode` (before the umask or the directory's default ACL).
+pub(crate) fn create_file(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> Result<OwnedFd, Errno> {
     rfs::openat(
         dir,
         name,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_bits_retain(0o600),
+        Mode::from_bits_retain(mode & 0o777),
     )
+}
+
+/// What a file created in a directory gets without being told: its group, and whether a
+/// default ACL (rather than the umask) decides its mode.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Inherit {
+    pub(crate) gid: u32,
+    pub(crate) default_acl: bool,
+}
+
+impl Inherit {
+    /// For the directory open as `dir`, in a process whose effective group is `egid`.
+    pub(crate) fn of(dir: BorrowedFd<'_>, egid: u32) -> Result<Self, Errno> {
+        let st = rfs::fstat(dir)?;
+        let gid = if st.st_mode & 0o2000 != 0 {
+            st.st_gid
+        } else {
+            egid
+        };
+        let default_acl = match rfs::fgetxattr(dir, "system.posix_acl_default", &mut [0u8; 0][..]) {
+            Ok(_) => true,
+            Err(Errno::NODATA | Errno::OPNOTSUPP) => false,
+            // Unknown: assume an ACL, so the mode is always set explicitly.
+            Err(_) => true,
+        };
+        Ok(Self { gid, default_acl })
+    }
+}
+
+/// The process umask, from `/proc/self/status` (reading it with umask(2) would change it for
+/// every thread). `None` when unknown.
+pub(crate) fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// What is at `name` in `dir`, without following a symbolic link.

@@ -61,7 +61,12 @@ pub fn unpack(
             root,
             cache: None,
             implicit: 0,
+            inherit: None,
+            root_inherit: None,
         },
+        euid: rustix::process::geteuid().as_raw(),
+        egid: rustix::process::getegid().as_raw(),
+        umask: fsops::process_umask(),
         opts,
         dirs: Vec::new(),
         buf: vec![0; 256 << 10],
@@ -232,11 +237,19 @@ struct Tree {
     cache: Option<(Vec<u8>, OwnedFd)>,
     /// Directories created for members whose parents the archive did not list.
     implicit: u64,
+    /// What new files inherit in the cached parent directory, and in the root.
+    inherit: Option<fsops::Inherit>,
+    root_inherit: Option<fsops::Inherit>,
 }
 
 struct Unpacker<'o> {
     tree: Tree,
     opts: &'o UnpackOptions,
+    /// Who new files belong to, and the umask, to skip a chown or chmod that would change
+    /// nothing.
+    euid: u32,
+    egid: u32,
+    umask: Option<u32>,
     /// Directories whose mtime is set once everything below them is written.
     dirs: Vec<(Vec<u8>, Timestamps)>,
     buf: Vec<u8>,
@@ -282,6 +295,7 @@ impl Tree {
                 Err(e) => return Err(path_error("open the directory of", name, e)),
             };
             self.cache = Some((key, fd));
+            self.inherit = None;
         }
         match &self.cache {
             Some((_, fd)) => Ok(fd.as_fd()),
@@ -291,6 +305,41 @@ impl Tree {
                 Errno::NOENT,
             )),
         }
+    }
+
+    /// What a file created in the member's directory inherits (computed once per directory).
+    fn inherit(
+        &mut self,
+        parents: &[&[u8]],
+        name: &[u8],
+        egid: u32,
+    ) -> Result<fsops::Inherit, LayerError> {
+        let cached = if parents.is_empty() {
+            self.root_inherit
+        } else {
+            // Makes the cached directory this one (forgetting what was learnt of another).
+            self.parent(parents, name)?;
+            self.inherit
+        };
+        if let Some(inherit) = cached {
+            return Ok(inherit);
+        }
+        let dir = self.parent(parents, name)?;
+        let inherit = fsops::Inherit::of(dir, egid)
+            .map_err(|e| LayerError::io("inspect the directory of", quote(name), e))?;
+        if parents.is_empty() {
+            self.root_inherit = Some(inherit);
+        } else {
+            self.inherit = Some(inherit);
+        }
+        Ok(inherit)
+    }
+
+    /// A directory's attributes may have changed: forget what was learnt about it.
+    fn forget(&mut self) {
+        self.cache = None;
+        self.inherit = None;
+        self.root_inherit = None;
     }
 
     fn make_parents(&mut self, parents: &[&[u8]], name: &[u8]) -> Result<OwnedFd, LayerError> {
@@ -358,9 +407,10 @@ impl Unpacker<'_> {
                 Mode::empty(),
             )
             .map_err(|e| LayerError::io("open", "the layer root", e))?;
-            set_attrs(root.as_fd(), meta, self.opts, &mut self.stats)?;
+            set_attrs(root.as_fd(), meta, self.opts, &mut self.stats, Skip::NONE)?;
             self.dirs.push((Vec::new(), timestamps(meta)));
             self.stats.dirs += 1;
+            self.tree.forget();
             return Ok(());
         };
         if last == OPAQUE_MARKER {
@@ -427,7 +477,7 @@ impl Unpacker<'_> {
         let dir = self.tree.parent(parents, &meta.name)?;
         let fd =
             fsops::open_dir_beneath(dir, last).map_err(|e| path_error("open", &meta.name, e))?;
-        set_attrs(fd.as_fd(), meta, self.opts, &mut self.stats)?;
+        set_attrs(fd.as_fd(), meta, self.opts, &mut self.stats, Skip::NONE)?;
         let mut path = parents.join(&b'/');
         if !path.is_empty() {
             path.push(b'/');
@@ -435,6 +485,7 @@ impl Unpacker<'_> {
         path.extend_from_slice(last);
         self.dirs.push((path, timestamps(meta)));
         self.stats.dirs += 1;
+        self.tree.forget();
         Ok(())
     }
 
@@ -446,12 +497,13 @@ impl Unpacker<'_> {
         data: &mut impl Read,
         index: u64,
     ) -> Result<(), LayerError> {
+        let inherit = self.tree.inherit(parents, &meta.name, self.egid)?;
         let dir = self.tree.parent(parents, &meta.name)?;
-        let fd = match fsops::create_file(dir, last) {
+        let fd = match fsops::create_file(dir, last, meta.mode) {
             Err(Errno::EXIST) => {
                 self.tree.clear(parents, last, &meta.name)?;
                 let dir = self.tree.parent(parents, &meta.name)?;
-                fsops::create_file(dir, last)
+                fsops::create_file(dir, last, meta.mode)
             }
             other => other,
         }
@@ -478,7 +530,15 @@ impl Unpacker<'_> {
                 .map_err(|e| LayerError::io("write", quote(&meta.name), e))?;
             left -= n as u64;
         }
-        set_attrs(file.as_fd(), meta, self.opts, &mut self.stats)?;
+        // Created with its permission bits: a chown or chmod that would change nothing is
+        // skipped (most files of an image are root's, 0644 or 0755).
+        let skip = Skip {
+            owner: (meta.uid, meta.gid) == (self.euid, inherit.gid),
+            mode: meta.mode & 0o7000 == 0
+                && !inherit.default_acl
+                && self.umask.is_some_and(|umask| meta.mode & umask == 0),
+        };
+        set_attrs(file.as_fd(), meta, self.opts, &mut self.stats, skip)?;
         rfs::futimens(&file, &timestamps(meta))
             .map_err(|e| LayerError::io("set the mtime of", quote(&meta.name), e))?;
         self.stats.files += 1;
@@ -685,13 +745,28 @@ impl Unpacker<'_> {
 }
 
 /// Owner, then mode (a chown clears setuid and setgid), then extended attributes.
+/// Attribute changes known to change nothing.
+#[derive(Clone, Copy)]
+struct Skip {
+    owner: bool,
+    mode: bool,
+}
+
+impl Skip {
+    const NONE: Self = Self {
+        owner: false,
+        mode: false,
+    };
+}
+
 fn set_attrs(
     fd: BorrowedFd<'_>,
     meta: &Meta,
     opts: &UnpackOptions,
     stats: &mut UnpackStats,
+    skip: Skip,
 ) -> Result<(), LayerError> {
-    if opts.keep_ownership {
+    if opts.keep_ownership && !skip.owner {
         rfs::fchown(
             fd,
             Some(rfs::Uid::from_raw(meta.uid)),
@@ -699,8 +774,10 @@ fn set_attrs(
         )
         .map_err(|e| LayerError::io("set the owner of", quote(&meta.name), e))?;
     }
-    rfs::fchmod(fd, Mode::from_bits_retain(meta.mode))
-        .map_err(|e| LayerError::io("set the mode of", quote(&meta.name), e))?;
+    if !skip.mode {
+        rfs::fchmod(fd, Mode::from_bits_retain(meta.mode))
+            .map_err(|e| LayerError::io("set the mode of", quote(&meta.name), e))?;
+    }
     for (name, value) in &meta.xattrs {
         if is_overlay_xattr(name) {
             tracing::warn!(entry = %quote(&meta.name), xattr = %quote(name), "dropped an overlayfs attribute carried by the layer");

@@ -287,3 +287,56 @@ fn the_stream_is_read_to_its_end_so_a_verifying_reader_can_fail_it() {
     let source = std::error::Error::source(&err).unwrap().to_string();
     assert!(source.contains("digest mismatch"), "{source}");
 }
+
+/// The chown and chmod a new file seems not to need are skipped only when they would change
+/// nothing: a setgid directory's group and a default ACL are taken into account.
+#[test]
+fn setgid_directories_and_default_acls_do_not_leak_into_files() {
+    if !require_root("setgid_directories_and_default_acls_do_not_leak_into_files") {
+        return;
+    }
+    // system.posix_acl_default: user::rwx, group::---, other::--- (version 2 entries).
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 0), (0x20, 0)] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    let sb = Sandbox::new();
+    let tar = Tar::new()
+        .add(Member {
+            mode: 0o2775,
+            gid: 50,
+            ..Member::dir(b"sg/")
+        })
+        .add(Member::file(b"sg/f", b"x"))
+        .pax(&[("SCHILY.xattr.system.posix_acl_default", &acl)])
+        .add(Member::dir(b"acl/"))
+        .add(Member {
+            mode: 0o644,
+            ..Member::file(b"acl/f", b"x")
+        })
+        .add(Member {
+            mode: 0o755,
+            ..Member::file(b"acl/g", b"x")
+        })
+        .finish();
+    let stats = unpack(&tar[..], &sb.dest, &UnpackOptions::default()).unwrap();
+    assert_eq!(
+        stats.xattrs_dropped, 0,
+        "the test filesystem must take ACLs"
+    );
+    let md = |p: &str| std::fs::metadata(sb.dest.join(p)).unwrap();
+    assert_eq!(md("sg").gid(), 50);
+    assert_eq!(
+        (md("sg/f").uid(), md("sg/f").gid()),
+        (0, 0),
+        "not the setgid directory's group"
+    );
+    assert_eq!(
+        md("acl/f").mode() & 0o7777,
+        0o644,
+        "not the default ACL's mode"
+    );
+    assert_eq!(md("acl/g").mode() & 0o7777, 0o755);
+}
