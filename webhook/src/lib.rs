@@ -1,5 +1,5 @@
 //! The peer-pods admission webhook and the per-node pod VM limit advertiser (cluster side: a
-//! separate container image, never in the pod VM).
+//! separate container image, built by `webhook/image/build.sh`, never in the pod VM).
 //!
 //! Every peer pod runs in its own VM, counted as the node extended resource
 //! `kata.peerpods.io/vm`. Two small programs keep the scheduler honest about it:

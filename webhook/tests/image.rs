@@ -9,7 +9,7 @@
 //!
 //! The image is built here from this test profile's binaries (`--no-cargo`), or taken from
 //! `$PEERPOD_WEBHOOK_IMAGE` (the output directory of `make webhook-image`, e.g.
-//! `target/webhook-image`). Needs root (chroot, chown) and umoci, skopeo and strip: without
+//! `target/webhook-image`, relative to the workspace root). Needs root (chroot, chown) and umoci, skopeo and strip: without
 //! them the tests print SKIPPED, and fail under CI=true.
 
 mod common;
@@ -99,7 +99,8 @@ fn run_build(out: &Path, extra_env: &[(&str, &str)]) -> Result<std::process::Out
 
 fn image() -> Result<Image, BoxError> {
     if let Some(out) = std::env::var_os("PEERPOD_WEBHOOK_IMAGE") {
-        let out = PathBuf::from(out);
+        // Relative to the workspace root, where `make webhook-image` runs (tests run in webhook/).
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(out);
         let env = std::fs::read_to_string(out.join("image.env"))
             .map_err(|e| format!("PEERPOD_WEBHOOK_IMAGE={}: no image.env: {e}", out.display()))?;
         let tag = env
