@@ -50,6 +50,7 @@ need umoci umoci
 need skopeo skopeo
 need ldd libc-bin
 need strip binutils
+[ "$(id -u)" = 0 ] || die "run as root: the root's files are chowned (root, and $USER_ID for its home) and umoci keeps owners"
 [ -f "$CA_BUNDLE" ] || die "$CA_BUNDLE is missing: apt-get install ca-certificates"
 [[ $TAG =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$ ]] || die "WEBHOOK_IMAGE_TAG '$TAG' is not a valid tag"
 
