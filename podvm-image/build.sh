@@ -28,7 +28,7 @@ STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
 
 # The image's packages: systemd as init, udev + kmod to load drivers, what the units and the
 # binaries call (ip, iptables, cryptsetup, mkfs.ext4, mount), libseccomp for the agent.
-PACKAGES=(systemd systemd-sysv udev kmod iproute2 iptables cryptsetup-bin e2fsprogs libseccomp2
+PACKAGES=(systemd systemd-sysv udev kmod iproute2 iptables cryptsetup-bin e2fsprogs libseccomp2 ca-certificates
     mount util-linux)
 # Drivers the initramfs loads before it opens the verity root: virtio (QEMU) and Hyper-V (Azure)
 # disks, device-mapper verity.
@@ -160,7 +160,7 @@ rm -rf "$PARTS" && mkdir -p "$PARTS"
 ROOT_KIB=$(du -sk --apparent-size "$ROOT" | cut -f1)
 ROOT_MB=$(( (ROOT_KIB * 12 / 10 + 16384) / 1024 ))
 log "root: ${ROOT_KIB} KiB of files, ext4 of ${ROOT_MB} MiB"
-mkfs.ext4 -q -t ext4 -L podvm-root -U clear -E hash_seed=00000000-0000-0000-0000-000000000000 \
+mkfs.ext4 -q -t ext4 -b 4096 -L podvm-root -U clear -E hash_seed=00000000-0000-0000-0000-000000000000 \
     -O ^has_journal -m 0 -d "$ROOT" "$PARTS/root.img" "${ROOT_MB}M"
 veritysetup format --salt=- "$PARTS/root.img" "$PARTS/verity.img" > "$WORK/verity.txt"
 ROOTHASH=$(awk '/^Root hash:/ { print $3 }' "$WORK/verity.txt")

@@ -11,17 +11,21 @@
 //! - [`console`]: the serial console with host-side timestamps.
 //! - [`client`]: mTLS + ttrpc clients of 15150.
 //! - [`timeline`]: boot markers and the firmware/kernel/userspace split.
+//! - [`memory`]: the guest userspace's RSS/PSS, read by a container with the guest's `/proc`
+//!   bound in.
 //!
 //! The end-to-end tests are in `tests/e2e.rs` (gated by `PEERPOD_PODVM_E2E=1`, see
-//! docs/podvm-image.md); the boot benchmark in `benches/boot.rs`. Not built yet: containers,
-//! exec under an initdata policy, KBS secrets and the OVMF/UKI boot path in the harness (the UKI
-//! is built but the harness boots the kernel directly).
+//! docs/podvm-image.md); the boot benchmark in `benches/boot.rs`. Not built yet: guest-pulled
+//! containers, exec allowed/denied by an initdata policy, KBS secrets after attestation, sealed
+//! secrets, scratch space in the e2e, and the OVMF/UKI boot path in the harness (the UKI is
+//! built but the harness boots the kernel directly).
 
 pub mod cidata;
 pub mod client;
 pub mod console;
 mod error;
 pub mod image;
+pub mod memory;
 pub mod pki;
 pub mod timeline;
 pub mod vm;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::Console;
 
-/// Console markers, in boot order: (label, text the line contains).
+/// Console markers, in boot order: (label, text the line contains). systemd's own status lines
+/// stop once the boot transaction is done, and the services start later (path-activated), so
+/// the services are marked by their own "serving" log lines (their stderr goes to the console).
 pub const MARKERS: &[(&str, &str)] = &[
     ("initramfs", "podvm-initramfs: started"),
     (
@@ -14,16 +16,14 @@ pub const MARKERS: &[(&str, &str)] = &[
         "podvm-initramfs: root",
     ),
     ("systemd", "Welcome to"),
+    ("cidata mounted", "Mounted media-cidata.mount"),
     ("provisioning done", "Finished process-user-data.service"),
+    ("attestation agent serving", "attestation agent serving"),
+    ("CDH serving", "confidential data hub serving"),
+    ("kata agent serving", "\"message\":\"agent serving\""),
     (
-        "attestation agent started",
-        "Started attestation-agent.service",
-    ),
-    ("CDH started", "Started confidential-data-hub.service"),
-    ("kata agent started", "Started kata-agent.service"),
-    (
-        "forwarder ready (15150)",
-        "Started agent-protocol-forwarder.service",
+        "forwarder serving on 15150",
+        "agent-protocol-forwarder serving",
     ),
 ];
 

@@ -137,18 +137,44 @@ fn pod_vm_serves_check_and_a_sandbox_over_mtls_and_refuses_a_client_without_a_ce
 
     // CreateSandbox and DestroySandbox as the shim sends them.
     let t = Instant::now();
-    let sandbox = peerpod_tests::requests::sandbox(
-        "podvm-e2e",
-        "podvm-e2e",
-        "/run/kata-containers/sandbox/shm",
-    )
-    .expect("CreateSandbox request");
+    let sandbox =
+        peerpod_tests::requests::sandbox("podvm-e2e", "podvm-e2e", peerpod_podvm::memory::SHM)
+            .expect("CreateSandbox request");
     rt.block_on(
         shim.agent
             .create_sandbox(ctx(Duration::from_secs(120)), &sandbox),
     )
     .unwrap_or_else(|e| panic!("CreateSandbox: {e}\n{}", vm.console().tail(60)));
     eprintln!("CreateSandbox answered in {:?}", t.elapsed());
+
+    // Inside the guest: every userspace process, read by a container on the guest's root.
+    let memory = rt
+        .block_on(peerpod_podvm::memory::guest_memory(&shim))
+        .unwrap_or_else(|e| panic!("memory probe: {e}\n{}", vm.console().tail(60)));
+    eprintln!(
+        "guest userspace after the run: RSS {} KiB, PSS {} KiB, {} processes",
+        memory.rss_kib(),
+        memory.pss_kib(),
+        memory.processes.len()
+    );
+    for p in &memory.processes {
+        eprintln!(
+            "  {:>8} KiB RSS {:>8} KiB PSS  {}",
+            p.rss_kib, p.pss_kib, p.name
+        );
+    }
+    for service in [
+        "kata-agent",
+        "attestation-age",
+        "confidential-da",
+        "agent-protocol-",
+    ] {
+        assert!(
+            memory.processes.iter().any(|p| p.name.starts_with(service)),
+            "{service} is not running in the guest: {:?}",
+            memory.processes
+        );
+    }
     let destroy = peerpod_protocols::kata::agent::DestroySandboxRequest::new();
     rt.block_on(
         shim.agent

@@ -1,0 +1,177 @@
+//! The guest's userspace memory, read from inside the pod VM through the agent: a container
+//! on an empty tmpfs root (the sandbox's shm storage, [`SHM`]) with the guest's read-only
+//! `/usr` bound in, sharing the guest's PID namespace, reads every process's `VmRSS` (`/proc/PID/status`) and `Pss`
+//! (`/proc/PID/smaps_rollup`). The image has no shell to log in to; this is how the test sees
+//! inside. The probe's own `sh`/`awk`/`cat` are left out of the sums.
+
+use std::time::Duration;
+
+use peerpod_protocols::kata::agent;
+use peerpod_tests::requests::{self, Stream};
+use serde_json::json;
+
+use crate::PodvmError;
+use crate::client::{ShimClient, ctx};
+
+/// One guest process.
+#[derive(Debug, Clone)]
+pub struct GuestProcess {
+    /// `Name:` from its status.
+    pub name: String,
+    /// Resident set, KiB.
+    pub rss_kib: u64,
+    /// Proportional set, KiB.
+    pub pss_kib: u64,
+}
+
+/// Every userspace process of the guest (kernel threads have no RSS and are left out).
+#[derive(Debug, Clone, Default)]
+pub struct GuestMemory {
+    /// The processes, largest RSS first.
+    pub processes: Vec<GuestProcess>,
+}
+
+impl GuestMemory {
+    /// Sum of RSS (shared pages counted once per process), KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.processes.iter().map(|p| p.rss_kib).sum()
+    }
+
+    /// Sum of PSS (shared pages divided among their users), KiB.
+    pub fn pss_kib(&self) -> u64 {
+        self.processes.iter().map(|p| p.pss_kib).sum()
+    }
+}
+
+/// Where the sandbox's shm storage is mounted (the tests' CreateSandbox puts it there).
+pub const SHM: &str = "/run/kata-containers/sandbox/shm";
+
+const SCRIPT: &str = "for d in /guestproc/[0-9]*; do \
+    n=$(sed -n 's/^Name:[[:space:]]*//p' $d/status 2>/dev/null); \
+    r=$(sed -n 's/^VmRSS:[[:space:]]*\\([0-9]*\\).*/\\1/p' $d/status 2>/dev/null); \
+    p=$(sed -n 's/^Pss:[[:space:]]*\\([0-9]*\\).*/\\1/p' $d/smaps_rollup 2>/dev/null); \
+    [ -n \"$r\" ] && echo \"PROC $n $r ${p:-0}\"; done; echo END";
+
+fn parse(out: &str) -> Result<GuestMemory, String> {
+    if !out.lines().any(|l| l.trim() == "END") {
+        return Err(format!("the probe did not finish: {out:?}"));
+    }
+    let mut processes = Vec::new();
+    for line in out.lines() {
+        let Some(rest) = line.strip_prefix("PROC ") else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let [name, rss, pss] = f[..] else {
+            return Err(format!("bad probe line {line:?}"));
+        };
+        // The probe itself.
+        if matches!(name, "sh" | "sed" | "cat") {
+            continue;
+        }
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("bad number in {line:?}"))
+        };
+        processes.push(GuestProcess {
+            name: name.to_string(),
+            rss_kib: num(rss)?,
+            pss_kib: num(pss)?,
+        });
+    }
+    processes.sort_by_key(|p| std::cmp::Reverse(p.rss_kib));
+    Ok(GuestMemory { processes })
+}
+
+fn request(id: &str) -> Result<agent::CreateContainerRequest, PodvmError> {
+    let value = json!({
+        "container_id": id,
+        "exec_id": id,
+        "OCI": {
+            "Version": "1.1.0",
+            "Hostname": "memory-probe",
+            // An empty tmpfs (the sandbox's shm storage) with the guest's /usr bound in.
+            "Root": {"Path": SHM, "Readonly": false},
+            "Process": {
+                "Args": ["/usr/bin/sh", "-c", SCRIPT],
+                "Env": ["PATH=/usr/bin"],
+                "Cwd": "/",
+                "User": {"UID": 0, "GID": 0},
+                "NoNewPrivileges": true,
+                "Capabilities": {
+                    "Bounding": ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"],
+                    "Effective": ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"],
+                    "Permitted": ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"]
+                }
+            },
+            "Mounts": [
+                {"destination": "/proc", "type_": "proc", "source": "proc",
+                 "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/dev", "type_": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "mode=755", "size=65536k"]},
+                {"destination": "/usr", "type_": "bind", "source": "/usr",
+                 "options": ["rbind", "ro"]},
+                // The guest's own /proc (the agent's, in the guest's PID namespace): the agent
+                // gives every container a PID namespace of its own.
+                {"destination": "/guestproc", "type_": "bind", "source": "/proc",
+                 "options": ["rbind", "ro"]},
+                {"destination": "/lib", "type_": "bind", "source": "/usr/lib",
+                 "options": ["rbind", "ro"]},
+                {"destination": "/lib64", "type_": "bind", "source": "/usr/lib64",
+                 "options": ["rbind", "ro"]}
+            ],
+            "Linux": {
+                // No PID namespace: the probe sees the guest's processes.
+                "Namespaces": [{"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}, {"Type": "network"}],
+                "Resources": {"Pids": {"Limit": 64}}
+            }
+        }
+    });
+    let mut message = agent::CreateContainerRequest::new();
+    peerpod_protocols::json::from_json(&value, &mut message)
+        .map_err(|e| PodvmError::Tls(format!("memory probe request: {e}")))?;
+    Ok(message)
+}
+
+/// Runs the probe in the sandbox the shim created; removes it afterwards.
+pub async fn guest_memory(shim: &ShimClient) -> Result<GuestMemory, PodvmError> {
+    let id = "podvm-memory-probe";
+    let long = ctx(Duration::from_secs(120));
+    shim.agent
+        .create_container(long.clone(), &request(id)?)
+        .await?;
+    shim.agent
+        .start_container(long.clone(), &requests::start(id))
+        .await?;
+    let out = requests::read_all(&shim.agent, id, id, Stream::Stdout).await;
+    let err = requests::read_all(&shim.agent, id, id, Stream::Stderr).await;
+    let status = requests::wait(&shim.agent, id, id).await;
+    let _ = shim
+        .agent
+        .remove_container(long, &requests::remove(id))
+        .await;
+    parse(&out).map_err(|reason| PodvmError::Command {
+        command: "the guest memory probe".into(),
+        output: format!("{reason}; exit {status:?}; stderr {err:?}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_output_is_summed_without_the_probe_itself() {
+        let m =
+            parse("PROC systemd 9000 4000\nPROC kata-agent 12000 10000\nPROC sh 900 300\nEND\n")
+                .expect("parses");
+        assert_eq!(m.rss_kib(), 21000);
+        assert_eq!(m.pss_kib(), 14000);
+        assert_eq!(m.processes[0].name, "kata-agent");
+        assert!(
+            parse("PROC systemd 9000 4000\n").is_err(),
+            "an unfinished probe is refused"
+        );
+        assert!(parse("PROC systemd x 1\nEND\n").is_err());
+    }
+}
