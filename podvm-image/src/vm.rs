@@ -25,9 +25,19 @@ pub struct PodVmOptions {
     pub memory_mib: u32,
     /// Guest CPUs.
     pub cpus: u32,
-    /// Appended to the image's kernel command line.
+    /// Appended to the image's kernel command line (direct boot only).
     pub extra_cmdline: String,
+    /// Boot the disk's UKI through UEFI firmware (OVMF) instead of the kernel directly: the
+    /// command line is then the UKI's own, root hash included.
+    pub uefi: bool,
+    /// Changes to the disk before boot: (byte offset in the disk, bytes) written into the
+    /// overlay with `qemu-io` (the image itself is never touched). For attacker tests.
+    pub tamper: Vec<(u64, Vec<u8>)>,
 }
+
+/// OVMF's code, and the variable store template copied per VM.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 impl PodVmOptions {
     /// Defaults: 1 GiB, 2 CPUs.
@@ -41,6 +51,8 @@ impl PodVmOptions {
             // Unit names, not descriptions, in systemd's console status: the timeline's markers
             // are unit names, and descriptions get cut to the console's width.
             extra_cmdline: "systemd.status_unit_format=name".into(),
+            uefi: false,
+            tamper: Vec::new(),
         }
     }
 }
@@ -106,6 +118,18 @@ impl PodVm {
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
             .arg(options.image.qcow2())
             .arg(&disk))?;
+        for (offset, bytes) in &options.tamper {
+            let data = dir.join(format!("tamper-{offset}"));
+            std::fs::write(&data, bytes).map_err(|e| PodvmError::io("write tamper data", e))?;
+            run(Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c"])
+                .arg(format!(
+                    "write -s {} {offset} {}",
+                    data.display(),
+                    bytes.len()
+                ))
+                .arg(&disk))?;
+        }
         let iso = crate::cidata::cidata_iso(dir, &options.user_data)?;
         let cvm = SimulatedCvm::start_for_vm(CvmOptions::new(Flavour::Snp, dir.join("cvm")))?;
         let port = free_port()?;
@@ -126,13 +150,28 @@ impl PodVm {
                 "-monitor",
                 "none",
             ])
-            .args(["-serial", "stdio"])
-            .arg("-kernel")
-            .arg(options.image.kernel())
-            .arg("-initrd")
-            .arg(options.image.initrd())
-            .args(["-append", cmdline.trim()])
-            .arg("-drive")
+            .args(["-serial", "stdio"]);
+        if options.uefi {
+            if !Path::new(OVMF_CODE).is_file() {
+                return Err(PodvmError::MissingTool {
+                    tool: "OVMF_CODE_4M.fd",
+                    package: "ovmf",
+                });
+            }
+            let vars = dir.join("OVMF_VARS.fd");
+            std::fs::copy(OVMF_VARS, &vars).map_err(|e| PodvmError::io("copy OVMF_VARS", e))?;
+            cmd.arg("-drive")
+                .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+        } else {
+            cmd.arg("-kernel")
+                .arg(options.image.kernel())
+                .arg("-initrd")
+                .arg(options.image.initrd())
+                .args(["-append", cmdline.trim()]);
+        }
+        cmd.arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
             .arg("-drive")
             .arg(format!(
@@ -217,7 +256,11 @@ impl PodVm {
             if let Some(line) = self.console.find(needle) {
                 return Ok(line.at);
             }
-            self.check_running(&format!("console line {needle:?}"))?;
+            if let Err(e) = self.check_running(&format!("console line {needle:?}")) {
+                // The console thread may still hold QEMU's last lines.
+                std::thread::sleep(Duration::from_millis(300));
+                return self.console.find(needle).map(|l| l.at).ok_or(e);
+            }
             if Instant::now() >= deadline {
                 return Err(PodvmError::Timeout {
                     what: format!("console line {needle:?}"),

@@ -237,3 +237,61 @@ fn corrupt_initdata_never_serves_15150_and_the_console_says_why() {
     vm.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Where the root partition starts on the disk (after 1 MiB of GPT and the ESP).
+fn root_offset(image: &PodvmImage) -> u64 {
+    (1 + image.number("ESP_MIB").expect("ESP_MIB in image.env")) * 1024 * 1024
+}
+
+#[test]
+fn an_altered_root_partition_never_boots_and_the_console_says_why() {
+    let Some(image) = image() else { return };
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let offset = root_offset(&image);
+    let dir = run_dir("tampered");
+    let mut options = PodVmOptions::new(image, UserData::new().to_cloud_config(), &dir);
+    // The host rewrites the root file system's first block (its superblock) on the disk.
+    options.tamper = vec![(offset, vec![0x41; 4096])];
+    let mut vm = PodVm::boot(&options).expect("boot");
+    vm.wait_console("podvm-initramfs: error", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        vm.console().find("Welcome to").is_none(),
+        "systemd started from an altered root:\n{}",
+        vm.console().tail(40)
+    );
+    assert!(
+        vm.console().find("podvm-initramfs: root").is_none(),
+        "the altered root was reported verified"
+    );
+    vm.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_uki_boots_through_uefi_with_its_own_root_hash() {
+    let Some(image) = image() else { return };
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let roothash = image.roothash().expect("root hash").to_string();
+    let dir = run_dir("uefi");
+    let mut options = PodVmOptions::new(image, UserData::new().to_cloud_config(), &dir);
+    options.uefi = true;
+    let mut vm = PodVm::boot(&options).expect("boot");
+    let firmware = vm
+        .wait_console("podvm-initramfs: started", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_console("Welcome to", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        vm.console().find("BdsDxe: starting").is_some(),
+        "not booted by the firmware:\n{}",
+        vm.console().tail(40)
+    );
+    assert!(vm.console().find("podvm-initramfs: root").is_some());
+    eprintln!(
+        "UKI via OVMF: initramfs at {:.1} s after QEMU start (root hash {roothash} from the UKI's command line)",
+        firmware.as_secs_f64()
+    );
+    vm.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
