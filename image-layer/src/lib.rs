@@ -9,6 +9,10 @@
 //!   ([`LayerStore::mount_rootfs`]), and deletes layers no mounted bundle uses
 //!   ([`LayerStore::gc`]).
 //!
+//! Inside: `entry` reads tar members (raw, with bounded PAX and GNU long-name records),
+//! `unpack` applies them, `tree` and `fsops` hold the fd-relative filesystem work, `store` and
+//! `overlay` the layer store and its mounts.
+//!
 //! Everything here is blocking `std::io`; async callers run it on a blocking thread. The image
 //! puller (`peerpod-image`) fetches, verifies and decompresses; this crate never sees
 //! compressed or unverified bytes except through the reader it is handed, which it reads to
@@ -27,6 +31,7 @@ pub mod fuzzing;
 mod options;
 mod overlay;
 mod store;
+mod tree;
 mod unpack;
 
 pub use error::LayerError;

@@ -15,6 +15,7 @@ use crate::entry::{self, Kind, Meta, Pending};
 use crate::error::{LayerError, quote, show};
 use crate::fsops;
 use crate::options::{UnpackOptions, UnpackStats};
+use crate::tree::{Tree, path_error};
 
 /// The AUFS whiteout prefix OCI layers use for deletions.
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -230,18 +231,6 @@ fn read_record(
     Ok(data)
 }
 
-/// The layer's root and the last parent directory opened beneath it.
-struct Tree {
-    root: OwnedFd,
-    /// The last parent directory opened, by its path below the root.
-    cache: Option<(Vec<u8>, OwnedFd)>,
-    /// Directories created for members whose parents the archive did not list.
-    implicit: u64,
-    /// What new files inherit in the cached parent directory, and in the root.
-    inherit: Option<fsops::Inherit>,
-    root_inherit: Option<fsops::Inherit>,
-}
-
 struct Unpacker<'o> {
     tree: Tree,
     opts: &'o UnpackOptions,
@@ -256,18 +245,6 @@ struct Unpacker<'o> {
     stats: UnpackStats,
 }
 
-/// An error from creating `name`, mapped to a refusal when it means the layer tried to
-/// go somewhere it may not.
-fn path_error(op: &'static str, name: &[u8], e: Errno) -> LayerError {
-    match e {
-        Errno::LOOP => LayerError::refused(name, "a path component is a symbolic link"),
-        Errno::NOTDIR => LayerError::refused(name, "a path component is not a directory"),
-        Errno::XDEV => LayerError::refused(name, "the path leaves the layer directory"),
-        Errno::NOTEMPTY => LayerError::refused(name, "replaces a non-empty directory"),
-        _ => LayerError::io(op, quote(name), e),
-    }
-}
-
 fn timestamps(meta: &Meta) -> Timestamps {
     let t = Timespec {
         tv_sec: meta.mtime_sec,
@@ -276,114 +253,6 @@ fn timestamps(meta: &Meta) -> Timestamps {
     Timestamps {
         last_access: t,
         last_modification: t,
-    }
-}
-
-impl Tree {
-    /// The directory holding a member, created (with its missing ancestors, mode 0755) when
-    /// absent, never through a symbolic link.
-    fn parent(&mut self, parents: &[&[u8]], name: &[u8]) -> Result<BorrowedFd<'_>, LayerError> {
-        if parents.is_empty() {
-            return Ok(self.root.as_fd());
-        }
-        let key = parents.join(&b'/');
-        let hit = matches!(&self.cache, Some((k, _)) if *k == key);
-        if !hit {
-            let fd = match fsops::open_dir_beneath(self.root.as_fd(), &key) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) => self.make_parents(parents, name)?,
-                Err(e) => return Err(path_error("open the directory of", name, e)),
-            };
-            self.cache = Some((key, fd));
-            self.inherit = None;
-        }
-        match &self.cache {
-            Some((_, fd)) => Ok(fd.as_fd()),
-            None => Err(LayerError::io(
-                "open the directory of",
-                quote(name),
-                Errno::NOENT,
-            )),
-        }
-    }
-
-    /// What a file created in the member's directory inherits (computed once per directory).
-    fn inherit(
-        &mut self,
-        parents: &[&[u8]],
-        name: &[u8],
-        egid: u32,
-    ) -> Result<fsops::Inherit, LayerError> {
-        let cached = if parents.is_empty() {
-            self.root_inherit
-        } else {
-            // Makes the cached directory this one (forgetting what was learnt of another).
-            self.parent(parents, name)?;
-            self.inherit
-        };
-        if let Some(inherit) = cached {
-            return Ok(inherit);
-        }
-        let dir = self.parent(parents, name)?;
-        let inherit = fsops::Inherit::of(dir, egid)
-            .map_err(|e| LayerError::io("inspect the directory of", quote(name), e))?;
-        if parents.is_empty() {
-            self.root_inherit = Some(inherit);
-        } else {
-            self.inherit = Some(inherit);
-        }
-        Ok(inherit)
-    }
-
-    /// A directory's attributes may have changed: forget what was learnt about it.
-    fn forget(&mut self) {
-        self.cache = None;
-        self.inherit = None;
-        self.root_inherit = None;
-    }
-
-    fn make_parents(&mut self, parents: &[&[u8]], name: &[u8]) -> Result<OwnedFd, LayerError> {
-        let mut current: Option<OwnedFd> = None;
-        for part in parents {
-            let base = current.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
-            let next = match fsops::open_dir_beneath(base, part) {
-                Err(Errno::NOENT) => {
-                    let created = match rfs::mkdirat(base, *part, Mode::from_bits_retain(0o755)) {
-                        Ok(()) => true,
-                        Err(Errno::EXIST) => false,
-                        Err(e) => return Err(path_error("create a directory for", name, e)),
-                    };
-                    let fd = fsops::open_dir_beneath(base, part)
-                        .map_err(|e| path_error("open the directory of", name, e))?;
-                    if created {
-                        // 0755 whatever the process umask.
-                        rfs::fchmod(&fd, Mode::from_bits_retain(0o755)).map_err(|e| {
-                            LayerError::io("set the mode of a directory for", quote(name), e)
-                        })?;
-                        self.implicit += 1;
-                    }
-                    Ok(fd)
-                }
-                other => other,
-            }
-            .map_err(|e| path_error("open the directory of", name, e))?;
-            current = Some(next);
-        }
-        current.ok_or_else(|| LayerError::io("open the directory of", quote(name), Errno::NOENT))
-    }
-
-    /// Removes what is at `last` so a member can take its place (tar semantics: a later
-    /// member replaces an earlier one of the same name).
-    fn clear(&mut self, parents: &[&[u8]], last: &[u8], name: &[u8]) -> Result<(), LayerError> {
-        let was_dir = {
-            let dir = self.parent(parents, name)?;
-            fsops::remove(dir, last).map_err(|e| path_error("replace", name, e))?
-        };
-        if was_dir {
-            // A cached descriptor may be the directory just removed.
-            self.cache = None;
-        }
-        Ok(())
     }
 }
 
