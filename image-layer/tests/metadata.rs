@@ -340,3 +340,31 @@ fn setgid_directories_and_default_acls_do_not_leak_into_files() {
     );
     assert_eq!(md("acl/g").mode() & 0o7777, 0o755);
 }
+
+/// File capabilities survive: they are set after the owner (a chown clears them) and after the
+/// data (a write clears them).
+#[test]
+fn file_capabilities_are_kept_on_files_owned_by_others() {
+    if !require_root("file_capabilities_are_kept_on_files_owned_by_others") {
+        return;
+    }
+    // VFS_CAP_REVISION_2, effective; permitted = CAP_NET_RAW (13).
+    let mut cap = (0x0200_0000u32 | 1).to_le_bytes().to_vec();
+    for word in [1u32 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    let sb = Sandbox::new();
+    let tar = Tar::new()
+        .pax(&[("SCHILY.xattr.security.capability", &cap)])
+        .add(Member {
+            uid: 1000,
+            gid: 1000,
+            mode: 0o755,
+            ..Member::file(b"ping", b"\x7fELF...")
+        })
+        .finish();
+    unpack(&tar[..], &sb.dest, &UnpackOptions::default()).unwrap();
+    let got = xattrs(&sb.dest.join("ping"));
+    assert_eq!(got, vec![("security.capability".to_string(), cap)]);
+    assert_eq!(std::fs::metadata(sb.dest.join("ping")).unwrap().uid(), 1000);
+}
