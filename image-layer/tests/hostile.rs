@@ -493,3 +493,40 @@ fn error_messages_quote_hostile_names() {
     assert!(!text.contains('\n') && !text.contains('\x1b'), "{text:?}");
     assert!(text.contains("\\x1b[2J\\nERROR forged/../x"), "{text}");
 }
+
+#[test]
+fn later_members_replace_earlier_ones_of_the_same_name() {
+    let sb = Sandbox::new();
+    let tar = Tar::new()
+        .add(Member::dir(b"was-dir/"))
+        .add(Member::file(b"was-dir", b"now a file"))
+        .add(Member::file(b"was-file", b"x"))
+        .add(Member::dir(b"was-file/"))
+        .add(Member::file(b"was-file/inside", b"y"))
+        .add(Member::file(b"was-link", b"z"))
+        .add(Member::symlink(b"was-link", b"target"))
+        .finish();
+    unpack(&tar[..], &sb.dest, &UnpackOptions::default()).unwrap();
+    assert_eq!(
+        std::fs::read(sb.dest.join("was-dir")).unwrap(),
+        b"now a file"
+    );
+    assert_eq!(
+        std::fs::read(sb.dest.join("was-file/inside")).unwrap(),
+        b"y"
+    );
+    assert_eq!(
+        std::fs::read_link(sb.dest.join("was-link"))
+            .unwrap()
+            .to_str(),
+        Some("target")
+    );
+    // A directory with contents is not replaced.
+    refused(
+        Tar::new()
+            .add(Member::file(b"d/keep", b"k"))
+            .add(Member::file(b"d", b"file"))
+            .finish(),
+        "replaces a non-empty directory",
+    );
+}
