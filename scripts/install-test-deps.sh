@@ -31,9 +31,6 @@ REQUIRED=(
     # the real producer of simple-signing signatures.
     "gnupg:gpg"
     "skopeo:skopeo"
-    # Image layers (peerpod-image-layer): umoci writes the real-tool layers (whiteouts included)
-    # the unpacker is compared against, next to GNU tar.
-    "umoci:umoci"
     # Pod VM provisioning: the cidata ISO of process-user-data's guest test, and
     # `systemd-analyze verify` of the podvm/ units.
     "genisoimage:genisoimage"
