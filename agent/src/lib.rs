@@ -16,6 +16,9 @@
 //! - [`error`]: `AgentError` and its mapping to ttrpc codes, in one place.
 //! - [`runtime`]: sandbox, containers and processes on youki's libcontainer; [`network`]:
 //!   interfaces, routes and neighbours over rtnetlink.
+//! - [`front_door`]: optionally, the pod VM's front door on TCP 15150 (TLS, the forwarder's
+//!   request rewrites before the policy) served by the agent itself, without the separate
+//!   forwarder's extra hop.
 //! - [`cdh`]: the confidential data hub client that unseals `sealed.` environment values in
 //!   CreateContainer.
 //!
@@ -26,6 +29,7 @@ pub mod cdh;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod front_door;
 pub mod gate;
 pub mod guest;
 pub mod guest_pull;

@@ -103,6 +103,20 @@ pub async fn serve(
     runtime: RuntimeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    serve_with_front_door(config, policy, guest, runtime, None, shutdown).await
+}
+
+/// As [`serve`], and with `front_door`, the same services (one agent, one policy state) on the
+/// pod VM's front door too; systemd hears `READY=1` once both serve, and the pod network is
+/// torn down at the end.
+pub async fn serve_with_front_door(
+    config: &AgentConfig,
+    policy: AgentPolicy,
+    guest: GuestInfo,
+    runtime: RuntimeConfig,
+    front_door: Option<crate::front_door::Prepared>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let addr = config.server_addr.to_uri();
     if let Some(path) = config.server_addr.unix_path() {
         peerpod_protocols::socket::prepare_unix_socket(path).map_err(|source| {
@@ -134,7 +148,13 @@ pub async fn serve(
             .with_image_pull_timeout(config.image_pull_timeout),
     )
     .on_sandbox_destroyed(Arc::clone(&destroyed));
-    let agent_service = logged(agent_ttrpc::create_agent_service(Arc::new(agent)));
+    let agent: Arc<dyn agent_ttrpc::AgentService + Send + Sync> = Arc::new(agent);
+    let front_door = front_door.map(|door| {
+        let mut services = logged(agent_ttrpc::create_agent_service(Arc::clone(&agent)));
+        services.extend(health_ttrpc::create_health(Arc::new(HealthRpc)));
+        door.start(services)
+    });
+    let agent_service = logged(agent_ttrpc::create_agent_service(agent));
     let health_service = health_ttrpc::create_health(Arc::new(HealthRpc));
     let mut server = ttrpc::r#async::Server::new()
         .bind(&addr)
@@ -146,6 +166,9 @@ pub async fn serve(
         .register_service(health_service);
     server.start().await.map_err(ServeError::Server)?;
     tracing::info!(%addr, "agent serving");
+    if front_door.is_some() {
+        peerpod_forwarder::front_door::notify("READY=1");
+    }
 
     // As upstream's agent, stop after DestroySandbox: the pod is gone, nothing is left to serve.
     tokio::select! {
@@ -156,6 +179,9 @@ pub async fn serve(
         }
     }
     tracing::info!("shutting down");
+    if let Some(door) = front_door {
+        door.stop().await;
+    }
     if let Err(e) = runtime.shutdown().await {
         tracing::warn!(error = %e, "containers left behind at shutdown");
     }

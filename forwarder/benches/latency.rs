@@ -1,6 +1,8 @@
-//! Per-RPC latency added by the forwarder: `grpc.Health/Check` round trips from a shim-side
-//! ttrpc client through the forwarder (TCP + mTLS, and plain TCP) against the same client
-//! directly on the agent's unix socket, in the same run, alternating in rounds.
+//! Per-RPC latency added by the front door: `grpc.Health/Check` round trips from a shim-side
+//! ttrpc client through the forwarder (TCP + mTLS, and plain TCP) and through the agent's own
+//! front door (`kata-agent --front-door-config`, TCP + mTLS and plain TCP: no extra hop)
+//! against the same client directly on the agent's unix socket, in the same run, alternating
+//! in rounds.
 //!
 //! The agent is the real `kata-agent` when its binary is found (`KATA_AGENT_BIN`, else
 //! `target/release/kata-agent`, else `target/debug/kata-agent`), and a stand-in ttrpc server
@@ -98,8 +100,34 @@ fn main() {
     rt.block_on(async {
         let dir = scratch("bench");
         let tcp_port = free_port();
+        let pki = Pki::new();
+        let (in_agent_tls_port, in_agent_plain_port) = (free_port(), free_port());
         let (agent_kind, socket, real, _stand_in) = match agent_binary() {
             Some(bin) => {
+                // Two agents serving the front door themselves (mTLS, and plain TCP).
+                let apf = dir.join("apf.json");
+                std::fs::write(&apf, pki.apf_json("")).unwrap();
+                let apf = apf.display().to_string();
+                let in_agent = [
+                    ("in-agent-tls", in_agent_tls_port, false),
+                    ("in-agent-plain", in_agent_plain_port, true),
+                ]
+                .map(|(name, port, plain)| {
+                    let sub = dir.join(name);
+                    let listen = format!("127.0.0.1:{port}");
+                    let mut args =
+                        vec!["--front-door-config", &apf, "--front-door-listen", &listen];
+                    if plain {
+                        args.push("--front-door-disable-tls");
+                    }
+                    RealAgent::launch(
+                        &bin,
+                        &sub,
+                        &format!("unix://{}", sub.join("agent.sock").display()),
+                        "",
+                        &args,
+                    )
+                });
                 let agent = RealAgent::start(&bin, &dir);
                 // A second agent on TCP: what a shim would see with no forwarder at all.
                 let on_tcp = RealAgent::start_on(
@@ -111,7 +139,7 @@ fn main() {
                 (
                     format!("kata-agent ({})", bin.display()),
                     socket,
-                    Some((agent, on_tcp)),
+                    Some((agent, on_tcp, in_agent)),
                     None,
                 )
             }
@@ -127,7 +155,6 @@ fn main() {
             None => None,
         };
 
-        let pki = Pki::new();
         let settings = TlsSettings {
             server_cert: Some(pki.server.cert_pem.clone()),
             server_key: Some(pki.server.key_pem.clone()),
@@ -162,19 +189,55 @@ fn main() {
         let tcp = tokio::net::TcpStream::connect(plain_addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let (_, via_tcp) = ttrpc_clients(tcp);
+        let in_agent = match &real {
+            Some(_) => {
+                let deadline = Instant::now() + TIMEOUT;
+                while std::net::TcpStream::connect(("127.0.0.1", in_agent_tls_port)).is_err()
+                    || std::net::TcpStream::connect(("127.0.0.1", in_agent_plain_port)).is_err()
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the agents' front doors did not open"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let cfg = client_config(
+                    &pki.server.ca_pem,
+                    Some((&pki.client.cert_pem, &pki.client.key_pem)),
+                );
+                let tls_addr = format!("127.0.0.1:{in_agent_tls_port}").parse().unwrap();
+                let (_, tls) = ttrpc_clients(tls_connect(tls_addr, cfg).await.unwrap());
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", in_agent_plain_port))
+                    .await
+                    .unwrap();
+                tcp.set_nodelay(true).unwrap();
+                let (_, plain) = ttrpc_clients(tcp);
+                Some((tls, plain))
+            }
+            None => None,
+        };
 
         // Warm-up, then rounds that alternate the three paths.
         let mut scratch_samples = Vec::new();
         for c in [&direct, &via_tls, &via_tcp] {
             time_calls(c, 200, &mut scratch_samples).await;
         }
+        if let Some((tls, plain)) = &in_agent {
+            time_calls(tls, 200, &mut scratch_samples).await;
+            time_calls(plain, 200, &mut scratch_samples).await;
+        }
         let (mut d, mut t, mut p, mut dt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut it, mut ip) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             time_calls(&direct, PER_ROUND, &mut d).await;
             time_calls(&via_tls, PER_ROUND, &mut t).await;
             time_calls(&via_tcp, PER_ROUND, &mut p).await;
             if let Some(c) = &direct_tcp {
                 time_calls(c, PER_ROUND, &mut dt).await;
+            }
+            if let Some((tls, plain)) = &in_agent {
+                time_calls(tls, PER_ROUND, &mut it).await;
+                time_calls(plain, PER_ROUND, &mut ip).await;
             }
         }
         println!(
@@ -186,6 +249,12 @@ fn main() {
         report("through the forwarder, plain TCP", &mut p, bp50, bmean);
         if !dt.is_empty() {
             report("agent itself on TCP (no forwarder)", &mut dt, bp50, bmean);
+        }
+        if !it.is_empty() {
+            report("agent's front door, TCP + mTLS", &mut it, bp50, bmean);
+            report("agent's front door, plain TCP", &mut ip, bp50, bmean);
+        } else {
+            println!("(no kata-agent binary: the agent's own front door is not measured)");
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));

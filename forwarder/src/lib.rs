@@ -33,7 +33,9 @@
 //! upstream's interceptor does.
 
 pub mod config;
+pub mod dispatch;
 pub mod frame;
+pub mod front_door;
 pub mod podnet;
 pub mod proxy;
 pub mod rewrite;

@@ -187,13 +187,13 @@ impl Forwarder {
     }
 }
 
-fn encode(out: &mut Vec<u8>, header: Header, payload: &[u8]) {
+pub(crate) fn encode(out: &mut Vec<u8>, header: Header, payload: &[u8]) {
     out.clear();
     out.extend_from_slice(&header.encode());
     out.extend_from_slice(payload);
 }
 
-async fn write<W: AsyncWrite + Unpin>(
+pub(crate) async fn write<W: AsyncWrite + Unpin>(
     w: &mut W,
     bytes: &[u8],
     side: &'static str,

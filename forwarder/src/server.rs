@@ -1,5 +1,6 @@
-//! The listener on 15150: accept, TLS handshake (bounded in time), then relay each connection
-//! in its own task until shutdown.
+//! The listener on 15150: accept, TLS handshake (bounded in time), then hand each connection
+//! to a [`Connections`] handler in its own task until shutdown: the separate forwarder's relay
+//! ([`Forwarder`]) or the agent's in-process dispatch ([`Dispatcher`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,17 +10,46 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::dispatch::Dispatcher;
 use crate::proxy::{ConnectionError, Forwarder};
+
+/// What serves an accepted (and TLS-terminated) client connection.
+pub trait Connections: Send + Sync + 'static {
+    /// Serves `client` until it closes.
+    fn serve<S>(&self, client: S) -> impl Future<Output = Result<(), ConnectionError>> + Send
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static;
+}
+
+impl Connections for Forwarder {
+    fn serve<S>(&self, client: S) -> impl Future<Output = Result<(), ConnectionError>> + Send
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        self.serve_connection(client)
+    }
+}
+
+impl Connections for Dispatcher {
+    fn serve<S>(&self, client: S) -> impl Future<Output = Result<(), ConnectionError>> + Send
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        self.serve_connection(client)
+    }
+}
 
 /// How long a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections on `listener` until `shutdown` completes; with `tls`, each must
 /// complete a TLS handshake (with a client certificate if the configuration requires one).
-pub async fn serve(
+pub async fn serve<C: Connections>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    forwarder: Arc<Forwarder>,
+    forwarder: Arc<C>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -42,7 +72,7 @@ pub async fn serve(
             let result = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => forwarder.serve_connection(stream).await,
+                        Ok(Ok(stream)) => forwarder.serve(stream).await,
                         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                             info!(%peer, "connection closed before the TLS handshake finished");
                             return;
@@ -57,7 +87,7 @@ pub async fn serve(
                         }
                     }
                 }
-                None => forwarder.serve_connection(tcp).await,
+                None => forwarder.serve(tcp).await,
             };
             log_end(&peer.to_string(), result);
         });

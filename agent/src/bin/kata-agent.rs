@@ -43,6 +43,28 @@ struct Cli {
     /// The resolver configuration CreateSandbox's DNS settings go to.
     #[arg(long, default_value = "/etc/resolv.conf", hide = true)]
     resolv_conf: PathBuf,
+
+    /// Serve the pod VM's front door (TLS on 15150, agent-protocol-forwarder's rewrites) in the
+    /// agent itself, configured by this apf.json (as agent-protocol-forwarder's -config);
+    /// the pod network is set up before anything is served.
+    #[arg(long)]
+    front_door_config: Option<PathBuf>,
+
+    /// The front door's listen address.
+    #[arg(long, default_value = "0.0.0.0:15150")]
+    front_door_listen: String,
+
+    /// The pod's network namespace (the tunnel goes there, containers join it).
+    #[arg(long, default_value = "/run/netns/podns")]
+    pod_namespace: PathBuf,
+
+    /// Give the pod a NATed path to the IMDS (169.254.169.254) through the pod VM.
+    #[arg(long)]
+    imds_nat: bool,
+
+    /// Serve the front door in plain TCP (tests only).
+    #[arg(long, hide = true)]
+    front_door_disable_tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -97,9 +119,31 @@ fn main() -> Result<()> {
             resolv_conf: cli.resolv_conf.clone(),
             ..GuestInfo::default()
         };
-        server::serve(&config, policy, guest, runtime, shutdown_signal())
-            .await
-            .with_context(|| format!("the agent failed on {}", config.server_addr))
+        let front_door = match &cli.front_door_config {
+            Some(apf) => Some(
+                kata_agent::front_door::prepare(kata_agent::front_door::options(
+                    apf.clone(),
+                    cli.front_door_listen.clone(),
+                    cli.pod_namespace.clone(),
+                    cli.imds_nat,
+                    cli.front_door_disable_tls,
+                ))
+                .await
+                .map_err(|e| anyhow::anyhow!(peerpod_text::error_chain(&e)))
+                .context("the front door cannot open")?,
+            ),
+            None => None,
+        };
+        server::serve_with_front_door(
+            &config,
+            policy,
+            guest,
+            runtime,
+            front_door,
+            shutdown_signal(),
+        )
+        .await
+        .with_context(|| format!("the agent failed on {}", config.server_addr))
     })
 }
 

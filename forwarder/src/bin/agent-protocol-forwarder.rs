@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{ArgAction, Parser};
-use peerpod_forwarder::config::ApfConfig;
-use peerpod_forwarder::podnet::PodNetwork;
+use peerpod_forwarder::front_door::{FrontDoor, FrontDoorOptions, notify};
 use peerpod_forwarder::proxy::{Forwarder, connect_agent};
-use peerpod_forwarder::rewrite::{RewriteOptions, Rewriter};
-use peerpod_forwarder::tls::{TlsFlags, server_config};
-use tracing::{error, info, warn};
+use peerpod_forwarder::tls::TlsFlags;
+use tracing::info;
 
 /// How long each client connection waits for the agent's socket (upstream: 150 s).
 const AGENT_DIAL_TIMEOUT: Duration = Duration::from_secs(150);
@@ -116,99 +114,50 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
-    let config = ApfConfig::load(&flags.config).with_context(|| {
-        format!(
-            "the forwarder configuration {} is unusable",
-            flags.config.display()
-        )
-    })?;
-    let tls = if flags.disable_tls {
-        warn!("-disable-tls: the agent API is served in plain TCP (tests only)");
-        None
-    } else {
-        let tls_flags = TlsFlags {
+    let options = FrontDoorOptions {
+        config: flags.config.clone(),
+        listen: flags.listen.clone(),
+        pod_namespace: flags.pod_namespace.clone(),
+        tls: TlsFlags {
             cert_file: flags.cert_file.clone(),
             key_file: flags.cert_key.clone(),
             ca_file: flags.ca_cert_file.clone(),
             skip_verify: flags.tls_skip_verify,
-        };
-        Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-            server_config(&config.tls, &tls_flags).context("TLS cannot be set up")?,
-        )))
+        },
+        disable_tls: flags.disable_tls,
+        imds_nat: flags.imds_nat,
     };
-
-    // The pod network first: nothing is served before the pod can reach its network.
-    let network = match &config.pod_network {
-        Some(net) => {
-            let network = PodNetwork::new(net.clone(), flags.pod_namespace.clone(), None)
-                .with_imds_nat(flags.imds_nat);
-            network
-                .setup()
-                .await
-                .map_err(|e| anyhow::anyhow!(peerpod_text::error_chain(&e)))
-                .context("the pod network cannot be set up")?;
-            Some(network)
-        }
-        None => {
-            warn!("apf.json has no pod-network: no tunnel is set up");
-            None
-        }
-    };
-
-    let served = serve(&flags, tls).await;
-    if let Some(network) = network
-        && let Err(e) = network.teardown().await
-    {
-        error!(reason = %peerpod_text::error_chain(&e), "the pod network was not fully torn down");
-    }
+    // Configuration, TLS and the pod network first: nothing is served before the pod can
+    // reach its network.
+    let door = FrontDoor::prepare(options)
+        .await
+        .map_err(|e| anyhow::anyhow!(peerpod_text::error_chain(&e)))?;
+    let served = serve(&flags, &door).await;
+    door.teardown().await;
     served
 }
 
-async fn serve(flags: &Flags, tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<()> {
+async fn serve(flags: &Flags, door: &FrontDoor) -> anyhow::Result<()> {
     info!(socket = %flags.kata_agent_socket.display(), "waiting for the agent's socket");
     drop(connect_agent(&flags.kata_agent_socket, None).await?);
-    let listener = tokio::net::TcpListener::bind(&flags.listen)
+    let listener = door
+        .bind()
         .await
-        .with_context(|| format!("cannot listen on {}", flags.listen))?;
-    info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "agent-protocol-forwarder serving");
+        .map_err(|e| anyhow::anyhow!(peerpod_text::error_chain(&e)))?;
+    info!("agent-protocol-forwarder serving");
     // Signal handlers first, so a stop right after READY is a clean one.
     let shutdown = shutdown_signal()?;
     // The unit is Type=notify: ready only now, with the pod network up and the port bound.
-    sd_notify("READY=1");
+    notify("READY=1");
     let forwarder = Arc::new(Forwarder::new(
-        Rewriter::new(RewriteOptions {
-            pod_netns: flags.pod_namespace.display().to_string(),
-            ..RewriteOptions::default()
-        }),
+        door.rewriter(),
         flags.kata_agent_socket.clone(),
         AGENT_DIAL_TIMEOUT,
     ));
-    peerpod_forwarder::server::serve(listener, tls, forwarder, shutdown).await;
-    sd_notify("STOPPING=1");
+    door.serve(listener, forwarder, shutdown).await;
+    notify("STOPPING=1");
     info!("shutting down");
     Ok(())
-}
-
-/// Tells systemd `state` over `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket);
-/// nothing when the variable is unset.
-fn sd_notify(state: &str) {
-    use std::os::linux::net::SocketAddrExt as _;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let target = target.to_string_lossy().into_owned();
-    let addr = match target.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
-        None => SocketAddr::from_pathname(&target),
-    };
-    let sent = addr.and_then(|addr| {
-        let socket = UnixDatagram::unbound()?;
-        socket.send_to_addr(state.as_bytes(), &addr)
-    });
-    if let Err(e) = sent {
-        warn!(socket = %target, error = %e, "cannot notify systemd");
-    }
 }
 
 /// SIGTERM or SIGINT, with the handlers installed now.

@@ -339,15 +339,28 @@ impl RealAgent {
 
     /// The agent serving on `server_addr` (`unix://…` or `tcp://host:port`).
     pub fn start_on(bin: &Path, dir: &Path, server_addr: &str) -> Self {
+        Self::launch(bin, dir, server_addr, "", &[])
+    }
+
+    /// The agent serving on `server_addr`, with `config_extra` in its configuration file and
+    /// `args` on its command line.
+    pub fn launch(
+        bin: &Path,
+        dir: &Path,
+        server_addr: &str,
+        config_extra: &str,
+        args: &[&str],
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("agent.sock");
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
-            format!("server_addr = '{server_addr}'\nlog_level = 'info'\n"),
+            format!("server_addr = '{server_addr}'\nlog_level = 'info'\n{config_extra}"),
         )
         .unwrap();
         let child = Command::new(bin)
+            .args(args)
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")

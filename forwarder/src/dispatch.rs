@@ -1,0 +1,231 @@
+//! The front door inside the agent, without an extra hop: each client connection's ttrpc
+//! frames go through the same [`Rewriter`] as the separate forwarder's, then straight to the
+//! agent's registered services (`ttrpc::r#async::Service`, as the agent's own ttrpc server
+//! holds them), so the agent policy sees exactly the request it would see behind
+//! `agent-protocol-forwarder`. No socket, no copy to another process.
+//!
+//! The ttrpc server behaviour is kept: requests on one connection run concurrently (one task
+//! each), answers go on the request's stream; even stream ids, unknown services and methods,
+//! requests that do not decode and answers over 4 MiB get ttrpc's statuses; a client deadline
+//! (`timeout_nano`) ends the call with `DEADLINE_EXCEEDED`. Streaming methods are not served
+//! (the agent API has none): a data frame is answered `INVALID_ARGUMENT`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, WriteHalf};
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+use ttrpc::r#async::{Service, TtrpcContext};
+
+use crate::frame::{self, Header, TYPE_DATA, TYPE_REQUEST, TYPE_RESPONSE};
+use crate::proxy::{ConnectionError, encode, write};
+use crate::rewrite::Rewriter;
+
+/// Serves registered ttrpc services on client connections, after the rewrites.
+pub struct Dispatcher {
+    rewriter: Rewriter,
+    services: Arc<HashMap<String, Service>>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("rewriter", &self.rewriter)
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+type Writer<S> = Arc<Mutex<WriteHalf<S>>>;
+
+impl Dispatcher {
+    /// Serves `services` (as built by the generated `create_*` functions) after `rewriter`.
+    pub fn new(rewriter: Rewriter, services: HashMap<String, Service>) -> Self {
+        Self {
+            rewriter,
+            services: Arc::new(services),
+        }
+    }
+
+    /// Serves one client connection until the client closes it or breaks the framing.
+    pub async fn serve_connection<S>(&self, client: S) -> Result<(), ConnectionError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (reader, writer) = tokio::io::split(client);
+        let writer: Writer<S> = Arc::new(Mutex::new(writer));
+        let mut reader = BufReader::with_capacity(64 << 10, reader);
+        let mut payload = Vec::new();
+        loop {
+            let header = match frame::read_frame(&mut reader, &mut payload).await {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    debug!("connection closed");
+                    return Ok(());
+                }
+                Err(e) => return Err(ConnectionError::Client(e)),
+            };
+            if header.stream_id % 2 != 1 {
+                let status =
+                    ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, "stream id must be odd");
+                spawn_answer(&writer, header.stream_id, Err(status));
+                continue;
+            }
+            match header.kind {
+                TYPE_REQUEST => {}
+                TYPE_DATA => {
+                    let status = ttrpc::get_status(
+                        ttrpc::Code::INVALID_ARGUMENT,
+                        "Stream is no longer active",
+                    );
+                    spawn_answer(&writer, header.stream_id, Err(status));
+                    continue;
+                }
+                _ => {
+                    warn!(header = ?header, "a frame of a type the agent does not serve: ignored");
+                    continue;
+                }
+            }
+            let request = match self.rewriter.rewrite(&payload) {
+                Ok(None) => ttrpc::Request::parse_from_bytes(&payload),
+                Ok(Some(new)) => ttrpc::Request::parse_from_bytes(&new),
+                Err(e) => {
+                    warn!(stream = header.stream_id, error = %e, "request refused, not served");
+                    let status = ttrpc::get_status(
+                        ttrpc::Code::INVALID_ARGUMENT,
+                        format!("agent-protocol-forwarder: {e}"),
+                    );
+                    spawn_answer(&writer, header.stream_id, Err(status));
+                    continue;
+                }
+            };
+            let request = match request {
+                Ok(r) => r,
+                Err(e) => {
+                    let status = ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, e.to_string());
+                    spawn_answer(&writer, header.stream_id, Err(status));
+                    continue;
+                }
+            };
+            let services = Arc::clone(&self.services);
+            let writer = Arc::clone(&writer);
+            tokio::spawn(async move {
+                let answer = call(&services, header, request).await;
+                if let Err(e) = answer_on(&writer, header.stream_id, answer).await {
+                    debug!(error = %e, "the answer could not be written: the client left");
+                }
+            });
+        }
+    }
+}
+
+/// Runs the request's method, as ttrpc's server does.
+async fn call(
+    services: &HashMap<String, Service>,
+    header: Header,
+    request: ttrpc::Request,
+) -> Result<ttrpc::Response, ttrpc::Status> {
+    let Some(service) = services.get(&request.service) else {
+        return Err(ttrpc::get_status(
+            ttrpc::Code::INVALID_ARGUMENT,
+            format!("{} service does not exist", request.service),
+        ));
+    };
+    let Some(method) = service.methods.get(&request.method) else {
+        return Err(ttrpc::get_status(
+            ttrpc::Code::UNIMPLEMENTED,
+            format!("{} method", request.method),
+        ));
+    };
+    let mut metadata: HashMap<String, Vec<String>> = HashMap::new();
+    for kv in &request.metadata {
+        metadata
+            .entry(kv.key.clone())
+            .or_default()
+            .push(kv.value.clone());
+    }
+    let timeout_nano = request.timeout_nano;
+    let ctx = TtrpcContext {
+        mh: ttrpc::MessageHeader {
+            length: header.length,
+            stream_id: header.stream_id,
+            type_: header.kind,
+            flags: header.flags,
+        },
+        metadata,
+        timeout_nano,
+        ..TtrpcContext::default()
+    };
+    let path = format!("/{}/{}", request.service, request.method);
+    let unknown = |e: ttrpc::Error| {
+        warn!(method = %path, error = %e, "the method failed");
+        ttrpc::get_status(ttrpc::Code::UNKNOWN, e.to_string())
+    };
+    if timeout_nano <= 0 {
+        method.handler(ctx, request).await.map_err(unknown)
+    } else {
+        match tokio::time::timeout(
+            Duration::from_nanos(timeout_nano as u64),
+            method.handler(ctx, request),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(unknown),
+            Err(_) => Err(ttrpc::get_status(ttrpc::Code::DEADLINE_EXCEEDED, "timeout")),
+        }
+    }
+}
+
+fn spawn_answer<S>(
+    writer: &Writer<S>,
+    stream_id: u32,
+    answer: Result<ttrpc::Response, ttrpc::Status>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let writer = Arc::clone(writer);
+    tokio::spawn(async move {
+        let _ = answer_on(&writer, stream_id, answer).await;
+    });
+}
+
+async fn answer_on<S>(
+    writer: &Writer<S>,
+    stream_id: u32,
+    answer: Result<ttrpc::Response, ttrpc::Status>,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let status_only = |status: ttrpc::Status| {
+        let mut r = ttrpc::Response::new();
+        r.status = Some(status).into();
+        r
+    };
+    let response = answer.unwrap_or_else(status_only);
+    let mut body = response.write_to_bytes().unwrap_or_default();
+    if body.len() > frame::MAX_PAYLOAD as usize {
+        let status = ttrpc::get_status(
+            ttrpc::Code::INVALID_ARGUMENT,
+            format!(
+                "message length {} exceed maximum message size of {}",
+                body.len(),
+                frame::MAX_PAYLOAD
+            ),
+        );
+        body = status_only(status).write_to_bytes().unwrap_or_default();
+    }
+    let header = Header {
+        length: body.len() as u32,
+        stream_id,
+        kind: TYPE_RESPONSE,
+        flags: 0,
+    };
+    let mut out = Vec::with_capacity(frame::HEADER_LEN + body.len());
+    encode(&mut out, header, &body);
+    let mut w = writer.lock().await;
+    write(&mut *w, &out, "client").await
+}
