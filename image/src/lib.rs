@@ -22,12 +22,16 @@
 //!   `peerpod-image-crypt` with a KEK fetched through [`Resources`] (the CDH: the KBS, after
 //!   attestation) before the layer is downloaded, and the layer is decrypted as it streams; its
 //!   HMAC is checked before the store sees the end of the tar.
-//! Feature `fuzzing`: the `fuzzing` module, the fuzz target's entry point (`fuzz/` and the
-//! in-tree mutation test enable it).
-//!
 //! - [`store`]: the [`Layers`] trait the puller writes into, and [`LayerDirStore`] over
 //!   `peerpod-image-layer` (hostile-input-proof unpacking, overlay mounts, garbage collection);
 //!   [`resources`]: `kbs://` and `file://` configuration files through the embedding program.
+//!
+//! Feature `fuzzing`: the `fuzzing` module, the fuzz target's entry point (`fuzz/` and the
+//! in-tree mutation test enable it).
+//!
+//! Not done: `anonymous_fallback_on_unauthorized` is read but not acted on; nothing in the CDH
+//! calls [`Puller::release`] yet (upstream's API has no release call), so layers stay in
+//! `work_dir` for the pod VM's life (see `docs/image.md`).
 
 pub mod auth;
 pub mod challenge;
