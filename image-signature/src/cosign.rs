@@ -24,6 +24,9 @@ pub(crate) const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signatur
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// The most signature layers examined.
 const MAX_LAYERS: usize = 64;
+/// The time reading one image's signature manifest and payloads may take (a registry that
+/// answers slowly, payload after payload, must not hold the pull for [`MAX_LAYERS`] fetches).
+const VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The largest base64 signature (a DER P-256 signature is at most 72 bytes).
 const MAX_SIGNATURE_B64: usize = 512;
 
@@ -35,8 +38,29 @@ pub(crate) struct SignatureLayer {
     pub(crate) signature: Vec<u8>,
 }
 
-/// Accepts when a cosign signature of the image verifies with one of `keys`.
+/// Accepts when a cosign signature of the image verifies with one of `keys`, within
+/// [`VERIFY_TIMEOUT`].
 pub(crate) async fn verify(
+    keys: &[Vec<u8>],
+    registry: &dyn RegistryAccess,
+    image: &ImageIdentity,
+    identity: &SignedIdentity,
+) -> Result<AcceptedBy, String> {
+    tokio::time::timeout(
+        VERIFY_TIMEOUT,
+        verify_unbounded(keys, registry, image, identity),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "reading the cosign signatures of {} from the registry took more than {} s",
+            image.name(),
+            VERIFY_TIMEOUT.as_secs()
+        )
+    })?
+}
+
+async fn verify_unbounded(
     keys: &[Vec<u8>],
     registry: &dyn RegistryAccess,
     image: &ImageIdentity,
@@ -111,9 +135,12 @@ fn verify_signature(
     payload: &[u8],
     signature: &[u8],
 ) -> Result<usize, String> {
-    let signature = Signature::from_der(signature)
-        .or_else(|_| Signature::from_slice(signature))
-        .map_err(|_| "the signature is not an ECDSA P-256 signature".to_string())?;
+    // cosign writes, and sigstore verifies, ASN.1 DER only; the fixed-size r || s form of
+    // the same signature is another encoding that containers/image refuses.
+    let signature = Signature::from_der(signature).map_err(|_| {
+        "the signature is not an ECDSA P-256 signature in ASN.1 DER (as cosign writes it)"
+            .to_string()
+    })?;
     // Go's ECDSA does not normalise s; verify the normalised form too.
     let normalized = signature.normalize_s();
     keys.iter()

@@ -64,9 +64,7 @@ pub(crate) fn verify(
 fn verifiers(keyrings: &[Vec<u8>]) -> Result<Vec<Verifier>, String> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = unix_now();
     for ring in keyrings {
         let (keys, _) = SignedPublicKey::from_reader_many(Cursor::new(ring.as_slice()))
             .map_err(|e| format!("the policy key is not an OpenPGP public key: {e}"))?;
@@ -167,6 +165,23 @@ fn expired<'s>(
     (expiry <= now).then_some(expiry)
 }
 
+/// When a signature stops being valid (its creation time plus its expiration time subpacket),
+/// if it says; an expiration time of zero means never.
+fn signature_expiry(signature: &pgp::packet::Signature) -> Option<u64> {
+    let lifetime = u64::from(signature.signature_expiration_time()?.as_secs());
+    if lifetime == 0 {
+        return None;
+    }
+    let created = signature.created().map_or(0, |t| u64::from(t.as_secs()));
+    Some(created + lifetime)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Verifies one signature; the signing key's fingerprint and the signed payload.
 fn verify_one(verifiers: &[Verifier], signature: &[u8]) -> Result<(String, Vec<u8>), String> {
     let message = Message::from_bytes(Cursor::new(signature))
@@ -207,6 +222,16 @@ fn verify_one(verifiers: &[Verifier], signature: &[u8]) -> Result<(String, Vec<u
                 Some(SignatureType::Binary | SignatureType::Text)
             ) {
                 return Err("not a signature over data".into());
+            }
+            // gpg --default-sig-expire / --ask-sig-expire: past it, gpgme (and so
+            // containers/image) no longer accepts the signature.
+            if let Some(expiry) = signature_expiry(signature)
+                && expiry <= unix_now()
+            {
+                return Err(format!(
+                    "the signature by {} expired at {expiry} (Unix time): sign the image again",
+                    verifier.fingerprint
+                ));
             }
             return Ok((verifier.fingerprint.clone(), body));
         }
