@@ -29,8 +29,7 @@
 //! Feature `fuzzing`: the `fuzzing` module, the fuzz target's entry point (`fuzz/` and the
 //! in-tree mutation test enable it).
 //!
-//! Not done: `anonymous_fallback_on_unauthorized` is read but not acted on; nothing in the CDH
-//! calls [`Puller::release`] yet (upstream's API has no release call), so layers stay in
+//! Not done: nothing in the CDH calls [`Puller::release`] yet (upstream's API has no release call), so layers stay in
 //! `work_dir` for the pod VM's life (see `docs/image.md`).
 
 pub mod auth;

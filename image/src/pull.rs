@@ -106,11 +106,24 @@ impl Puller {
             let credential = auth
                 .as_ref()
                 .and_then(|a| a.lookup(&source.reference).cloned());
+            let had_credential = credential.is_some();
             let session = self.client.session(source, credential);
-            match self
+            let mut result = self
                 .pull_from(&reference, source, &session, verifier.as_deref())
-                .await
+                .await;
+            // As image-rs: a registry that refuses the configured credentials (an expired
+            // token, say) may still serve the image anonymously, when the configuration says so.
+            if matches!(result, Err(ImageError::Unauthorized { .. }))
+                && had_credential
+                && self.config.anonymous_fallback_on_unauthorized
             {
+                tracing::warn!(source = %source.reference, "the registry refused the configured credentials; retrying anonymously (anonymous_fallback_on_unauthorized)");
+                let anonymous = self.client.session(source, None);
+                result = self
+                    .pull_from(&reference, source, &anonymous, verifier.as_deref())
+                    .await;
+            }
+            match result {
                 Ok(outcome) => {
                     self.store
                         .mount_rootfs(&outcome.diff_ids, bundle)

@@ -35,6 +35,9 @@ enum Fault {
 }
 
 struct Fake {
+    /// Bearer auth: a token for anonymous requests, 401 for any Basic credentials.
+    bearer: bool,
+    addr: std::sync::OnceLock<String>,
     manifest: Vec<u8>,
     blobs: HashMap<String, Bytes>,
     layer_digest: String,
@@ -43,10 +46,44 @@ struct Fake {
     ranges: Mutex<Vec<String>>,
 }
 
+const GOOD_TOKEN: &str = "Bearer anonymous-token";
+
+/// `Some(401)` when bearer auth is on and the request lacks the token.
+fn challenge(f: &Fake, headers: &HeaderMap) -> Option<Response> {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == GOOD_TOKEN.as_bytes());
+    (f.bearer && !authorized).then(|| {
+        Response::builder()
+            .status(401)
+            .header(
+                header::WWW_AUTHENTICATE,
+                format!(
+                    r#"Bearer realm="http://{}/token",service="fake",scope="repository:evil/img:pull""#,
+                    f.addr.get().map(String::as_str).unwrap_or_default()
+                ),
+            )
+            .body(Body::empty())
+            .unwrap()
+    })
+}
+
+async fn token(headers: HeaderMap) -> Response {
+    if headers.contains_key(header::AUTHORIZATION) {
+        // The configured credentials are refused (expired, say).
+        return Response::builder().status(401).body(Body::empty()).unwrap();
+    }
+    Response::new(Body::from(r#"{"token":"anonymous-token"}"#))
+}
+
 async fn manifests(
     State(f): State<Arc<Fake>>,
     Path(_r): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
+    if let Some(r) = challenge(&f, &headers) {
+        return r;
+    }
     Response::builder()
         .header(
             header::CONTENT_TYPE,
@@ -61,6 +98,9 @@ async fn blobs(
     Path((_a, _b, digest)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(r) = challenge(&f, &headers) {
+        return r;
+    }
     let Some(blob) = f.blobs.get(&digest).cloned() else {
         return Response::builder().status(404).body(Body::empty()).unwrap();
     };
@@ -182,7 +222,18 @@ async fn serve(img: &Image, fault: Fault) -> (String, Arc<Fake>) {
 }
 
 async fn serve_manifest(img: &Image, manifest: Vec<u8>, fault: Fault) -> (String, Arc<Fake>) {
+    serve_with(img, manifest, fault, false).await
+}
+
+async fn serve_with(
+    img: &Image,
+    manifest: Vec<u8>,
+    fault: Fault,
+    bearer: bool,
+) -> (String, Arc<Fake>) {
     let fake = Arc::new(Fake {
+        bearer,
+        addr: std::sync::OnceLock::new(),
         manifest,
         blobs: img.blobs.clone(),
         layer_digest: img.layer_digest.clone(),
@@ -193,9 +244,11 @@ async fn serve_manifest(img: &Image, manifest: Vec<u8>, fault: Fault) -> (String
     let app = axum::Router::new()
         .route("/v2/{a}/{b}/manifests/{r}", axum::routing::get(manifests))
         .route("/v2/{a}/{b}/blobs/{d}", axum::routing::get(blobs))
+        .route("/token", axum::routing::get(token))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let _ = fake.addr.set(addr.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -475,5 +528,35 @@ async fn tampered_ciphertext_with_a_matching_digest_is_refused_by_the_hmac() -> 
         .unwrap_err();
     assert!(matches!(e, ImageError::Encrypted { .. }), "{e}");
     assert!(store.installs.lock().unwrap().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_fall_back_to_anonymous_only_when_configured() -> Result<()> {
+    let img = image(10_000, |_, _, _| {});
+    let (addr, _) = serve_with(&img, img.manifest.clone(), Fault::None, true).await;
+    let scratch = Scratch::new("fallback");
+    let auth = serde_json::json!({"auths": {addr.clone(): {"username": "old", "password": "expired-pass"}}});
+    let mut config = test_config(&scratch.path().join("work"));
+    config.registry_configuration_uri =
+        Some(file_uri(scratch.path(), "r.conf", &insecure_conf(&addr)));
+    config.authenticated_registry_credentials_uri =
+        Some(file_uri(scratch.path(), "auth.json", &auth.to_string()));
+    let image = format!("{addr}/evil/img:v1");
+    // Without the option: refused, naming the credentials, not quoting them.
+    let store = Arc::new(RecordingStore::default());
+    let e = Puller::new(config.clone(), Arc::new(NoResources), store.clone())?
+        .pull(&image, &PathBuf::from("/run/b/f1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ImageError::Unauthorized { .. }), "{e}");
+    assert!(!e.to_string().contains("expired-pass"), "{e}");
+    assert!(store.installs.lock().unwrap().is_empty());
+    // With it: pulled anonymously (a Bearer token without credentials).
+    config.anonymous_fallback_on_unauthorized = true;
+    let out = Puller::new(config, Arc::new(NoResources), store.clone())?
+        .pull(&image, &PathBuf::from("/run/b/f2"))
+        .await?;
+    assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
     Ok(())
 }
