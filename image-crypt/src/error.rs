@@ -87,13 +87,12 @@ pub enum CryptError {
         /// The resolver's reason, quoted and clipped.
         reason: String,
     },
-    /// The KEK is not an AES-256 key.
-    #[error("the KEK {kid} is {len} bytes, not the 32 of an AES-256 key: fix the KBS resource")]
+    /// The KEK is not an AES-256 key. Its length is not said: the `kid` is the image's to
+    /// choose, and may name any KBS resource the pod can read.
+    #[error("the KEK {kid} is not a 32-byte AES-256 key: fix the KBS resource, or the image's kid")]
     KekSize {
         /// The KEK's resource URI.
         kid: String,
-        /// Its length.
-        len: usize,
     },
     /// AES-256-GCM refused the wrapped options: another KEK, or a tampered packet.
     #[error(

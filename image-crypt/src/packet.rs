@@ -138,7 +138,6 @@ impl Packet {
     pub(crate) fn open(&self, kek: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptError> {
         let cipher = Aes256Gcm::new_from_slice(kek).map_err(|_| CryptError::KekSize {
             kid: self.kid.clone(),
-            len: kek.len(),
         })?;
         cipher
             .decrypt(&Nonce::from(self.iv), self.wrapped.as_slice())
