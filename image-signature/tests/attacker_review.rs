@@ -291,3 +291,89 @@ fn policy_bounds() {
     let e = Policy::parse(big_key.as_bytes()).expect_err("key too large");
     assert!(e.to_string().contains("a key larger than"), "{e}");
 }
+
+/// A signed message that inflates past the payload bound (gpg compresses what it signs: 16 MiB
+/// of spaces make a signature of a few KiB) is refused without being inflated in full.
+#[tokio::test]
+async fn a_compressed_signature_that_inflates_past_the_bound_is_refused() -> TestResult {
+    let Some(gpg) = Gpg::new() else {
+        return Ok(());
+    };
+    let key = gpg.generate("bomber", "ed25519");
+    let key_uri = "kbs:///default/simple-signing-key/app";
+    let resources = MemResources::with(key_uri, gpg.export(&key, false));
+    let policy = format!(
+        r#"{{"default":[{{"type":"signedBy","keyType":"GPGKeys","keyPath":"{key_uri}"}}]}}"#
+    );
+    let (_, digest) = manifest("bomb");
+    let mut payload = simple_payload("registry.example/app:v1", &digest);
+    payload.extend(std::iter::repeat_n(b' ', 16 << 20));
+    let signature = gpg.sign(&key, &payload, &["--compress-algo", "zlib", "-z", "9"]);
+    assert!(signature.len() < 64 << 10, "{} bytes", signature.len());
+    let lookaside = Lookaside::start();
+    lookaside.put("app", &digest, 1, signature);
+    let (_, reason) = refusal(
+        check(
+            &policy,
+            &image("registry.example", "app", Some("v1"), &digest),
+            &MemRegistry::default(),
+            &resources,
+            Some(&lookaside.config()),
+        )
+        .await,
+    );
+    assert!(reason.contains("signed data larger than"), "{reason}");
+    Ok(())
+}
+
+/// A keyring of more than 64 keys: only the first 64 are read, so a signature by the 65th
+/// does not verify.
+#[tokio::test]
+async fn keys_past_the_keyring_bound_are_not_read() -> TestResult {
+    let Some(gpg) = Gpg::new() else {
+        return Ok(());
+    };
+    let mut ring = Vec::new();
+    let mut keys = Vec::new();
+    for n in 0..65 {
+        let key = gpg.generate(&format!("k{n}"), "ed25519");
+        ring.extend(gpg.export(&key, false));
+        keys.push(key);
+    }
+    let key_uri = "kbs:///default/simple-signing-key/app";
+    let resources = MemResources::with(key_uri, ring);
+    let policy = format!(
+        r#"{{"default":[{{"type":"signedBy","keyType":"GPGKeys","keyPath":"{key_uri}"}}]}}"#
+    );
+    let (_, digest) = manifest("ring");
+    let payload = simple_payload("registry.example/app:v1", &digest);
+    let lookaside = Lookaside::start();
+    let img = image("registry.example", "app", Some("v1"), &digest);
+    // The 64th key is read (the control) …
+    lookaside.put("app", &digest, 1, gpg.sign(&keys[63], &payload, &[]));
+    check(
+        &policy,
+        &img,
+        &MemRegistry::default(),
+        &resources,
+        Some(&lookaside.config()),
+    )
+    .await?;
+    // … the 65th is not.
+    lookaside.put("app", &digest, 1, gpg.sign(&keys[64], &payload, &[]));
+    let (_, reason) = refusal(
+        check(
+            &policy,
+            &img,
+            &MemRegistry::default(),
+            &resources,
+            Some(&lookaside.config()),
+        )
+        .await,
+    );
+    assert!(
+        reason.contains("not signed by any of the policy's keys"),
+        "{reason}"
+    );
+    Ok(())
+}
