@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as _;
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, WriteHalf};
-use tokio::sync::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use ttrpc::r#async::{Service, TtrpcContext};
 
-use crate::frame::{self, Header, TYPE_DATA, TYPE_REQUEST, TYPE_RESPONSE};
+use crate::frame::{self, FrameError, Header, TYPE_DATA, TYPE_REQUEST, TYPE_RESPONSE};
 use crate::proxy::{ConnectionError, encode, write};
 use crate::rewrite::Rewriter;
 
@@ -39,8 +39,6 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
-type Writer<S> = Arc<Mutex<WriteHalf<S>>>;
-
 impl Dispatcher {
     /// Serves `services` (as built by the generated `create_*` functions) after `rewriter`.
     pub fn new(rewriter: Rewriter, services: HashMap<String, Service>) -> Self {
@@ -51,75 +49,91 @@ impl Dispatcher {
     }
 
     /// Serves one client connection until the client closes it or breaks the framing.
+    ///
+    /// This task alone reads and writes the connection; each request runs in a task of its
+    /// own and hands its answer back over a channel.
     pub async fn serve_connection<S>(&self, client: S) -> Result<(), ConnectionError>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (reader, writer) = tokio::io::split(client);
-        let writer: Writer<S> = Arc::new(Mutex::new(writer));
-        let mut reader = BufReader::with_capacity(64 << 10, reader);
-        let mut payload = Vec::new();
+        let (reader, mut writer) = tokio::io::split(client);
+        let (answers, mut answered) = mpsc::unbounded_channel::<Answer>();
+        let reader = BufReader::with_capacity(64 << 10, reader);
+        // The read in progress survives the answers written meanwhile (a frame is never
+        // half-read and dropped).
+        let mut read = Box::pin(next_frame(reader, Vec::new()));
+        let mut out = Vec::new();
         loop {
-            let header = match frame::read_frame(&mut reader, &mut payload).await {
-                Ok(Some(h)) => h,
-                Ok(None) => {
-                    debug!("connection closed");
-                    return Ok(());
+            tokio::select! {
+                biased;
+                Some((stream_id, answer)) = answered.recv() => {
+                    encode_answer(&mut out, stream_id, answer);
+                    write(&mut writer, &out, "client").await?;
                 }
-                Err(e) => return Err(ConnectionError::Client(e)),
-            };
-            if header.stream_id % 2 != 1 {
-                let status =
-                    ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, "stream id must be odd");
-                spawn_answer(&writer, header.stream_id, Err(status));
-                continue;
-            }
-            match header.kind {
-                TYPE_REQUEST => {}
-                TYPE_DATA => {
-                    let status = ttrpc::get_status(
-                        ttrpc::Code::INVALID_ARGUMENT,
-                        "Stream is no longer active",
-                    );
-                    spawn_answer(&writer, header.stream_id, Err(status));
-                    continue;
-                }
-                _ => {
-                    warn!(header = ?header, "a frame of a type the agent does not serve: ignored");
-                    continue;
+                (reader, payload, result) = &mut read => {
+                    let header = match result {
+                        Ok(Some(h)) => h,
+                        Ok(None) => {
+                            debug!("connection closed");
+                            return Ok(());
+                        }
+                        Err(e) => return Err(ConnectionError::Client(e)),
+                    };
+                    self.take(header, &payload, &answers);
+                    read = Box::pin(next_frame(reader, payload));
                 }
             }
-            let request = match self.rewriter.rewrite(&payload) {
-                Ok(None) => ttrpc::Request::parse_from_bytes(&payload),
-                Ok(Some(new)) => ttrpc::Request::parse_from_bytes(&new),
-                Err(e) => {
-                    warn!(stream = header.stream_id, error = %e, "request refused, not served");
-                    let status = ttrpc::get_status(
-                        ttrpc::Code::INVALID_ARGUMENT,
-                        format!("agent-protocol-forwarder: {e}"),
-                    );
-                    spawn_answer(&writer, header.stream_id, Err(status));
-                    continue;
-                }
-            };
-            let request = match request {
-                Ok(r) => r,
-                Err(e) => {
-                    let status = ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, e.to_string());
-                    spawn_answer(&writer, header.stream_id, Err(status));
-                    continue;
-                }
-            };
-            let services = Arc::clone(&self.services);
-            let writer = Arc::clone(&writer);
-            tokio::spawn(async move {
-                let answer = call(&services, header, request).await;
-                if let Err(e) = answer_on(&writer, header.stream_id, answer).await {
-                    debug!(error = %e, "the answer could not be written: the client left");
-                }
-            });
         }
     }
+
+    /// Answers a frame that cannot be served at once, or starts its request's task.
+    fn take(&self, header: Header, payload: &[u8], answers: &mpsc::UnboundedSender<Answer>) {
+        let refuse = |message: String| {
+            let status = ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, message);
+            let _ = answers.send((header.stream_id, Err(status)));
+        };
+        if header.stream_id % 2 != 1 {
+            return refuse("stream id must be odd".into());
+        }
+        match header.kind {
+            TYPE_REQUEST => {}
+            TYPE_DATA => return refuse("Stream is no longer active".into()),
+            _ => {
+                warn!(header = ?header, "a frame of a type the agent does not serve: ignored");
+                return;
+            }
+        }
+        let request = match self.rewriter.rewrite(payload) {
+            Ok(None) => ttrpc::Request::parse_from_bytes(payload),
+            Ok(Some(new)) => ttrpc::Request::parse_from_bytes(&new),
+            Err(e) => {
+                warn!(stream = header.stream_id, error = %e, "request refused, not served");
+                return refuse(format!("agent-protocol-forwarder: {e}"));
+            }
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return refuse(e.to_string()),
+        };
+        let services = Arc::clone(&self.services);
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            let answer = call(&services, header, request).await;
+            let _ = answers.send((header.stream_id, answer));
+        });
+    }
+}
+
+/// A stream id and what to answer on it.
+type Answer = (u32, Result<ttrpc::Response, ttrpc::Status>);
+
+/// Reads the next frame, handing back the reader and the buffer with the result.
+async fn next_frame<R: AsyncRead + Unpin>(
+    mut reader: R,
+    mut payload: Vec<u8>,
+) -> (R, Vec<u8>, Result<Option<Header>, FrameError>) {
+    let result = frame::read_frame(&mut reader, &mut payload).await;
+    (reader, payload, result)
 }
 
 /// Runs the request's method, as ttrpc's server does.
@@ -179,27 +193,12 @@ async fn call(
     }
 }
 
-fn spawn_answer<S>(
-    writer: &Writer<S>,
+/// The response frame for `answer` on `stream_id`, in `out`.
+fn encode_answer(
+    out: &mut Vec<u8>,
     stream_id: u32,
     answer: Result<ttrpc::Response, ttrpc::Status>,
-) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let writer = Arc::clone(writer);
-    tokio::spawn(async move {
-        let _ = answer_on(&writer, stream_id, answer).await;
-    });
-}
-
-async fn answer_on<S>(
-    writer: &Writer<S>,
-    stream_id: u32,
-    answer: Result<ttrpc::Response, ttrpc::Status>,
-) -> Result<(), ConnectionError>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
+) {
     let status_only = |status: ttrpc::Status| {
         let mut r = ttrpc::Response::new();
         r.status = Some(status).into();
@@ -224,8 +223,5 @@ where
         kind: TYPE_RESPONSE,
         flags: 0,
     };
-    let mut out = Vec::with_capacity(frame::HEADER_LEN + body.len());
-    encode(&mut out, header, &body);
-    let mut w = writer.lock().await;
-    write(&mut *w, &out, "client").await
+    encode(out, header, &body);
 }
