@@ -184,8 +184,17 @@ fn unix_now() -> u64 {
 
 /// Verifies one signature; the signing key's fingerprint and the signed payload.
 fn verify_one(verifiers: &[Verifier], signature: &[u8]) -> Result<(String, Vec<u8>), String> {
-    let message = Message::from_bytes(Cursor::new(signature))
-        .map_err(|e| format!("not an OpenPGP message: {e}"))?;
+    // skopeo and podman write binary messages; gpgme (containers/image) also reads
+    // `gpg --armor --sign` output, and so do we.
+    let armored = signature
+        .trim_ascii_start()
+        .starts_with(b"-----BEGIN PGP MESSAGE-----");
+    let message = if armored {
+        Message::from_armor(Cursor::new(signature)).map(|(m, _headers)| m)
+    } else {
+        Message::from_bytes(Cursor::new(signature))
+    }
+    .map_err(|e| format!("not an OpenPGP message: {e}"))?;
     let mut message = if message.is_compressed() {
         message
             .decompress()

@@ -377,3 +377,68 @@ async fn keys_past_the_keyring_bound_are_not_read() -> TestResult {
     );
     Ok(())
 }
+
+/// `gpg --armor --sign` output verifies as gpgme (containers/image) verifies it; a tampered
+/// armored payload does not.
+#[tokio::test]
+async fn an_armored_signature_is_read() -> TestResult {
+    let Some(gpg) = Gpg::new() else {
+        return Ok(());
+    };
+    let key = gpg.generate("armor", "ed25519");
+    let key_uri = "kbs:///default/simple-signing-key/app";
+    let resources = MemResources::with(key_uri, gpg.export(&key, false));
+    let policy = format!(
+        r#"{{"default":[{{"type":"signedBy","keyType":"GPGKeys","keyPath":"{key_uri}"}}]}}"#
+    );
+    let (_, digest) = manifest("armor");
+    let img = image("registry.example", "app", Some("v1"), &digest);
+    let payload = simple_payload("registry.example/app:v1", &digest);
+    let lookaside = Lookaside::start();
+    let armored = gpg.sign(&key, &payload, &["--armor"]);
+    assert!(armored.starts_with(b"-----BEGIN PGP MESSAGE-----"));
+    lookaside.put("app", &digest, 1, armored);
+    check(
+        &policy,
+        &img,
+        &MemRegistry::default(),
+        &resources,
+        Some(&lookaside.config()),
+    )
+    .await?;
+    // Armored, uncompressed, with the identity changed in the clear.
+    let plain = gpg.sign(&key, &payload, &["--armor", "--compress-algo", "none"]);
+    let text = String::from_utf8(plain)?;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.is_empty())
+        .skip(1)
+        .take_while(|l| !l.starts_with('=') && !l.starts_with("-----"))
+        .collect();
+    let mut raw = base64::engine::general_purpose::STANDARD.decode(body)?;
+    let at = raw
+        .windows(3)
+        .position(|w| w == b"app")
+        .expect("the payload is in the clear");
+    raw[at] = b'b';
+    let tampered = format!(
+        "-----BEGIN PGP MESSAGE-----\n\n{}\n-----END PGP MESSAGE-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&raw)
+    );
+    lookaside.put("app", &digest, 1, tampered.into_bytes());
+    let (_, reason) = refusal(
+        check(
+            &policy,
+            &img,
+            &MemRegistry::default(),
+            &resources,
+            Some(&lookaside.config()),
+        )
+        .await,
+    );
+    assert!(
+        reason.contains("not signed by any of the policy's keys"),
+        "{reason}"
+    );
+    Ok(())
+}
