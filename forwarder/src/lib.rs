@@ -22,10 +22,17 @@
 //! - [`proxy`]: one agent connection per client connection, whole frames relayed both ways
 //!   so ttrpc's multiplexed streams pass through; refused requests answered on their stream;
 //!   hostile framing ends the connection with a log line naming why.
-//! - [`server`]: the TCP listener, bounded TLS handshakes, one task per connection.
+//! - [`dispatch`]: the other mode, inside the agent (no extra hop): the same rewrites, then
+//!   the agent's registered ttrpc services called directly, so the policy sees what it would
+//!   see behind the separate forwarder.
+//! - [`server`]: the TCP listener, bounded TLS handshakes, one task per connection, handed to
+//!   either mode.
+//! - [`front_door`]: start-up and shutdown shared by both modes: `apf.json`, TLS, the pod
+//!   network, binding, systemd notification, teardown.
 //!
 //! The binary (`src/bin/agent-protocol-forwarder.rs`) reads the flags, sets up the pod
-//! network, waits for the agent's socket, and only then binds the port.
+//! network, waits for the agent's socket, and only then binds the port. The agent's mode is
+//! `kata-agent --front-door-config apf.json` (the agent crate's `front_door` module).
 //!
 //! Not built: upstream's secure-comms SSH tunnel (`-secure-comms`, `sc` in `apf.json`:
 //! refused with a message), the `external-net-via-pod-vm` routing (refused), IPv6 VXLAN
