@@ -29,6 +29,7 @@ fn mutated_inputs_never_panic() {
             &[],
         ));
         seeds.push(gpg.sign(&fpr, b"x", &["--compress-algo", "none"]));
+        seeds.push(gpg.sign(&fpr, b"x", &["--armor"]));
     }
     let mut rng = Rng(0x5eed_0013);
     for seed in &seeds {
