@@ -6,12 +6,14 @@
 //! - [`LayerStore`] keeps each layer once under `<work_dir>/layers/<algorithm>/<hex>`,
 //!   installed atomically from a stream ([`LayerStore::install`]), mounts a bundle's
 //!   `rootfs` as an overlay of its layers with a private upper and work directory
-//!   ([`LayerStore::mount_rootfs`]), and deletes layers no mounted bundle uses
+//!   ([`LayerStore::mount_rootfs`]), forgets bundles whose overlay was unmounted by someone
+//!   else, as the kata-agent does on container removal ([`LayerStore::reap_unmounted`], which
+//!   reads `/proc/self/mountinfo`), and deletes layers no mounted bundle uses
 //!   ([`LayerStore::gc`]).
 //!
 //! Inside: `entry` reads tar members (raw, with bounded PAX and GNU long-name records),
-//! `unpack` applies them, `tree` and `fsops` hold the fd-relative filesystem work, `store` and
-//! `overlay` the layer store and its mounts.
+//! `unpack` applies them, `tree` and `fsops` hold the fd-relative filesystem work, `store`,
+//! `overlay` and `mountinfo` the layer store and its mounts.
 //!
 //! Everything here is blocking `std::io`; async callers run it on a blocking thread. The image
 //! puller (`peerpod-image`) fetches, verifies and decompresses; this crate never sees
@@ -28,6 +30,7 @@ mod fsops;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod mountinfo;
 mod options;
 mod overlay;
 mod store;
@@ -36,5 +39,5 @@ mod unpack;
 
 pub use error::LayerError;
 pub use options::{UnpackOptions, UnpackStats};
-pub use store::{GcStats, INSTALL_GRACE, LayerStore};
+pub use store::{GcStats, INSTALL_GRACE, LayerStore, REAP_GRACE};
 pub use unpack::unpack;

@@ -12,12 +12,14 @@
 //!
 //! A layer is referenced while a bundle's `layers` file names it; [`LayerStore::gc`] deletes the
 //! others, except layers this store installed in the last [`INSTALL_GRACE`] and no bundle has
-//! mounted yet (an image pull installs its layers, then mounts them).
+//! mounted yet (an image pull installs its layers, then mounts them). A bundle whose overlay
+//! someone else unmounted (the kata-agent does, on container removal) keeps its references until
+//! [`LayerStore::reap_unmounted`] sees the mount gone.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,10 +32,14 @@ use sha2::{Digest, Sha256};
 use crate::digest::DiffId;
 use crate::error::{LayerError, show};
 use crate::options::{UnpackOptions, UnpackStats};
-use crate::overlay;
+use crate::{mountinfo, overlay};
 
 /// How long a freshly installed layer is safe from [`LayerStore::gc`] before a bundle mounts it.
 pub const INSTALL_GRACE: Duration = Duration::from_secs(30 * 60);
+
+/// How old a bundle's state must be before [`LayerStore::reap_unmounted`] may drop it: a bundle
+/// mounted moments ago is left to settle (its mount may not be listed yet by a slow reader).
+pub const REAP_GRACE: Duration = Duration::from_secs(5);
 
 /// What [`LayerStore::gc`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -243,6 +249,70 @@ impl LayerStore {
         Ok(())
     }
 
+    /// Drops the state (layer references, upper and work directories) of every bundle whose
+    /// `rootfs` is no longer an overlay mount in this process's mount namespace, as when the
+    /// kata-agent unmounted it itself on container removal. Answers how many bundles were
+    /// dropped; a following [`gc`](Self::gc) then deletes the layers only they used.
+    ///
+    /// Left alone: bundles whose state is younger than [`REAP_GRACE`], bundles whose mount
+    /// point exists but cannot be resolved, and bundles mounting right now (mounts and reaps
+    /// hold the store's lock). When `/proc/self/mountinfo` cannot be read or parsed nothing is
+    /// dropped and the error is returned. A bundle detached with `umount -l` while still in use
+    /// is not listed any more and is dropped: its processes keep the files they have open.
+    pub fn reap_unmounted(&self) -> Result<usize, LayerError> {
+        self.reap_with(mountinfo::read_overlay_mount_points)
+    }
+
+    /// [`reap_unmounted`](Self::reap_unmounted) with the overlay mount points from `mounts`.
+    fn reap_with(
+        &self,
+        mounts: impl FnOnce() -> Result<HashSet<Vec<u8>>, LayerError>,
+    ) -> Result<usize, LayerError> {
+        let _lock = self.lock()?;
+        let mounts = mounts()?;
+        let dir = self.overlay_dir();
+        let mut reaped = 0;
+        for entry in fs::read_dir(&dir).map_err(|e| LayerError::io("list", show(&dir), e))? {
+            let entry = entry.map_err(|e| LayerError::io("list", show(&dir), e))?;
+            let state = entry.path();
+            let meta = fs::symlink_metadata(&state)
+                .map_err(|e| LayerError::io("stat", show(&state), e))?;
+            if !meta.is_dir() {
+                continue;
+            }
+            // A clock that went backwards makes every state young: kept, never wrongly dropped.
+            let settled = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= REAP_GRACE);
+            if !settled {
+                continue;
+            }
+            let recorded = state.join("bundle");
+            match fs::read(&recorded) {
+                Ok(bytes) => {
+                    let bundle = PathBuf::from(std::ffi::OsString::from_vec(bytes));
+                    if self.bundle_state(&bundle) != state {
+                        tracing::warn!(state = %show(&state), "a bundle state names another bundle; left alone");
+                        continue;
+                    }
+                    if mountinfo::is_overlay_mount_point(&mounts, &bundle.join("rootfs")) {
+                        continue;
+                    }
+                    tracing::debug!(bundle = %show(&bundle), "root filesystem unmounted elsewhere; dropping its layer references");
+                }
+                // mount_rootfs records the bundle before it mounts: without the record, the
+                // mount never happened (a crash half-way).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LayerError::io("read", show(&recorded), e)),
+            }
+            fs::remove_dir_all(&state).map_err(|e| LayerError::io("remove", show(&state), e))?;
+            reaped += 1;
+        }
+        Ok(reaped)
+    }
+
     /// Deletes the layers that no mounted bundle references (see [`INSTALL_GRACE`]).
     pub fn gc(&self) -> Result<GcStats, LayerError> {
         let _lock = self.lock()?;
@@ -388,5 +458,35 @@ fn remove_tree(path: &Path) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(path = %show(path), error = %e, "could not remove a layer store directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reaping_fails_closed_when_the_mounts_cannot_be_read() {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let store = LayerStore::open(tmp.path()).expect("a store");
+        // A settled state without a recorded bundle: reaped whenever the mounts are known.
+        let state = store.overlay_dir().join("a".repeat(64));
+        fs::create_dir(&state).expect("a state directory");
+        let then = std::time::SystemTime::now() - Duration::from_secs(60);
+        fs::File::open(&state)
+            .and_then(|dir| dir.set_modified(then))
+            .expect("backdated");
+        let err = store
+            .reap_with(|| mountinfo::overlay_mount_points(b"not mountinfo\n"))
+            .expect_err("a garbled mountinfo fails the reap");
+        assert!(err.to_string().contains("mountinfo"), "{err}");
+        assert!(state.is_dir(), "nothing dropped");
+        let err = store
+            .reap_with(|| Err(LayerError::io("read", mountinfo::MOUNTINFO, Errno::ACCESS)))
+            .expect_err("an unreadable mountinfo fails the reap");
+        assert!(err.to_string().contains("/proc/self/mountinfo"), "{err}");
+        assert!(state.is_dir(), "nothing dropped");
+        assert_eq!(store.reap_with(|| Ok(HashSet::new())).expect("reaped"), 1);
+        assert!(!state.exists());
     }
 }

@@ -313,3 +313,173 @@ fn an_image_with_many_layers_mounts_in_order() {
     store.unmount_rootfs(&bundle).unwrap();
     assert_eq!(top, b"79");
 }
+
+/// Makes every bundle state look older than `REAP_GRACE` (as if mounted a minute ago).
+fn backdate_states(work: &Path) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for entry in std::fs::read_dir(work.join("overlay")).unwrap() {
+        let dir = std::fs::File::open(entry.unwrap().path()).unwrap();
+        dir.set_modified(then).unwrap();
+    }
+}
+
+/// `umount <path>` as the kata-agent does on container removal (not through the store).
+fn plain_umount(test: &str, path: &Path) -> bool {
+    let Some(umount) = require_tool(test, "umount") else {
+        return false;
+    };
+    let status = std::process::Command::new(umount)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "umount {}", path.display());
+    true
+}
+
+fn one_layer(store: &LayerStore, name: &[u8]) -> String {
+    let tar = Tar::new().add(Member::file(name, b"x")).finish();
+    let id = diff_id(&tar);
+    store
+        .install(&id, &tar[..], &UnpackOptions::default())
+        .unwrap();
+    id
+}
+
+/// The agent unmounts the rootfs itself: reaping sees the mount gone, drops the references,
+/// and GC then deletes the layers only that bundle used. A still-mounted bundle and its layers
+/// stay, and so does a bundle mounted moments ago (REAP_GRACE).
+#[test]
+fn reap_drops_bundles_unmounted_elsewhere_then_gc_removes_their_layers() {
+    let test = "reap_drops_bundles_unmounted_elsewhere_then_gc_removes_their_layers";
+    if !require_root(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let store = LayerStore::open(&work).unwrap();
+    let shared = one_layer(&store, b"shared");
+    let only_a = one_layer(&store, b"only-a");
+    let only_b = one_layer(&store, b"only-b");
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    store
+        .mount_rootfs(&[shared.clone(), only_a.clone()], &a)
+        .unwrap();
+    store
+        .mount_rootfs(&[shared.clone(), only_b.clone()], &b)
+        .unwrap();
+    std::fs::write(a.join("rootfs/written"), b"by the container").unwrap();
+    if !plain_umount(test, &a.join("rootfs")) {
+        store.unmount_rootfs(&a).unwrap();
+        store.unmount_rootfs(&b).unwrap();
+        return;
+    }
+    // Unmounted, but mounted moments ago: left alone.
+    assert_eq!(store.reap_unmounted().unwrap(), 0);
+    assert_eq!(names(&work.join("overlay")).len(), 2);
+
+    backdate_states(&work);
+    assert_eq!(store.reap_unmounted().unwrap(), 1);
+    assert_eq!(names(&work.join("overlay")).len(), 1, "b's state stays");
+    let gc = store.gc().unwrap();
+    assert_eq!((gc.removed, gc.kept), (1, 2));
+    assert!(!store.contains(&only_a));
+    assert!(store.contains(&shared) && store.contains(&only_b));
+    // b is still mounted and still works; reaping again changes nothing.
+    assert_eq!(std::fs::read(b.join("rootfs/only-b")).unwrap(), b"x");
+    assert_eq!(store.reap_unmounted().unwrap(), 0);
+    // a can be mounted again once its layer is back (a re-pull).
+    let only_a = one_layer(&store, b"only-a");
+    let rootfs = store
+        .mount_rootfs(&[shared.clone(), only_a.clone()], &a)
+        .unwrap();
+    assert!(
+        !rootfs.join("written").exists(),
+        "a fresh upper directory, not the old one"
+    );
+    store.unmount_rootfs(&a).unwrap();
+    store.unmount_rootfs(&b).unwrap();
+    assert_eq!(store.gc().unwrap().removed, 3);
+}
+
+/// Bundle paths with the characters mountinfo escapes (space, tab, newline, backslash) are
+/// matched after decoding: mounted ones kept, unmounted ones dropped.
+#[test]
+fn reap_decodes_mountinfo_escapes_in_bundle_paths() {
+    let test = "reap_decodes_mountinfo_escapes_in_bundle_paths";
+    if !require_root(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let store = LayerStore::open(&work).unwrap();
+    let id = one_layer(&store, b"f");
+    let odd = [
+        tmp.path().join("with space"),
+        tmp.path().join("new\nline"),
+        tmp.path().join("tab\tand\\back"),
+    ];
+    for bundle in &odd {
+        store
+            .mount_rootfs(std::slice::from_ref(&id), bundle)
+            .unwrap();
+    }
+    backdate_states(&work);
+    assert_eq!(store.reap_unmounted().unwrap(), 0, "all still mounted");
+    if !plain_umount(test, &odd[1].join("rootfs")) {
+        for bundle in &odd {
+            store.unmount_rootfs(bundle).unwrap();
+        }
+        return;
+    }
+    assert_eq!(store.reap_unmounted().unwrap(), 1);
+    assert_eq!(names(&work.join("overlay")).len(), 2);
+    for bundle in [&odd[0], &odd[2]] {
+        assert_eq!(std::fs::read(bundle.join("rootfs/f")).unwrap(), b"x");
+        assert!(plain_umount(test, &bundle.join("rootfs")));
+    }
+    assert_eq!(store.reap_unmounted().unwrap(), 2);
+    assert!(names(&work.join("overlay")).is_empty());
+    assert_eq!(store.gc().unwrap().removed, 1);
+}
+
+/// A bundle whose mount point went away with its directory (the agent removed the bundle) is
+/// dropped; a state left by a mount that crashed before recording its bundle is dropped too; a
+/// state that names another bundle is left alone.
+#[test]
+fn reap_drops_removed_bundles_and_crashed_mounts_but_not_foreign_states() {
+    let test = "reap_drops_removed_bundles_and_crashed_mounts_but_not_foreign_states";
+    if !require_root(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let store = LayerStore::open(&work).unwrap();
+    let id = one_layer(&store, b"f");
+    let bundle = tmp.path().join("gone");
+    store
+        .mount_rootfs(std::slice::from_ref(&id), &bundle)
+        .unwrap();
+    if !plain_umount(test, &bundle.join("rootfs")) {
+        store.unmount_rootfs(&bundle).unwrap();
+        return;
+    }
+    std::fs::remove_dir_all(&bundle).unwrap();
+    // A crashed mount: references written, bundle never recorded.
+    let crashed = work.join("overlay").join("c".repeat(64));
+    std::fs::create_dir(&crashed).unwrap();
+    std::fs::write(crashed.join("layers"), format!("{id}\n")).unwrap();
+    // A state whose record names a bundle that does not hash to it.
+    let foreign = work.join("overlay").join("f".repeat(64));
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("layers"), format!("{id}\n")).unwrap();
+    std::fs::write(foreign.join("bundle"), b"/nowhere").unwrap();
+    backdate_states(&work);
+    assert_eq!(store.reap_unmounted().unwrap(), 2);
+    assert_eq!(names(&work.join("overlay")), vec!["f".repeat(64)]);
+    assert_eq!(
+        store.gc().unwrap().removed,
+        0,
+        "still referenced by the foreign state"
+    );
+}
