@@ -9,11 +9,15 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use peerpod_forwarder::dispatch::Dispatcher;
 pub use peerpod_forwarder::front_door::{FrontDoor, FrontDoorError, FrontDoorOptions};
+use peerpod_forwarder::podnet::command::CommandRunner;
 use tokio::net::TcpListener;
+
+use crate::runtime::reaper::{Exit, Reaper};
 
 /// The front door, prepared (TLS configured, pod network up, port bound) before the agent
 /// serves.
@@ -53,6 +57,50 @@ pub fn options(
     }
 }
 
+/// Runs a command and waits for it through the agent's reaper: the agent reaps every child, so
+/// `Command::output`'s own wait would find none.
+#[derive(Debug)]
+struct ReaperRunner(Arc<Reaper>);
+
+impl CommandRunner for ReaperRunner {
+    fn output(&self, command: &mut Command) -> std::io::Result<Output> {
+        use std::io::Read as _;
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let pid = i32::try_from(child.id()).map_err(std::io::Error::other)?;
+        let slot = self.0.register(pid);
+        let mut stderr = child.stderr.take();
+        let stderr_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(s) = stderr.as_mut() {
+                let _ = s.read_to_end(&mut buf);
+            }
+            buf
+        });
+        let mut stdout = Vec::new();
+        if let Some(mut s) = child.stdout.take() {
+            s.read_to_end(&mut stdout)?;
+        }
+        let stderr = stderr_reader.join().unwrap_or_default();
+        // Called from a namespace worker thread, never from the agent's runtime threads.
+        let exit = futures::executor::block_on(slot.wait());
+        self.0.forget(pid, &slot);
+        let status = match exit {
+            Exit::Code(code) => std::process::ExitStatus::from_raw(code << 8),
+            Exit::Signal(signal) => std::process::ExitStatus::from_raw(signal),
+        };
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
+
 /// A running front door.
 pub(crate) struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -60,10 +108,16 @@ pub(crate) struct Running {
 }
 
 impl Prepared {
-    /// Serves `services` (the agent's, policy-gated) on the front door until [`Running::stop`].
-    pub(crate) fn start(self, services: HashMap<String, ttrpc::r#async::Service>) -> Running {
+    /// Serves `services` (the agent's, policy-gated) on the front door until [`Running::stop`];
+    /// from now on the pod network runs `iptables` through `reaper`, the agent's only waiter.
+    pub(crate) fn start(
+        self,
+        services: HashMap<String, ttrpc::r#async::Service>,
+        reaper: Arc<Reaper>,
+    ) -> Running {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let Prepared { door, listener } = self;
+        let Prepared { mut door, listener } = self;
+        door.set_command_runner(Arc::new(ReaperRunner(reaper)));
         let task = tokio::spawn(async move {
             let dispatcher = Arc::new(Dispatcher::new(door.rewriter(), services));
             door.serve(listener, dispatcher, async {

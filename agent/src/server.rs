@@ -135,7 +135,7 @@ pub async fn serve_with_front_door(
         }
     };
     let reaper = Reaper::start().map_err(ServeError::Reaper)?;
-    let runtime = Arc::new(Runtime::new(runtime, reaper));
+    let runtime = Arc::new(Runtime::new(runtime, Arc::clone(&reaper)));
     let destroyed = Arc::new(tokio::sync::Notify::new());
     let agent = AgentRpc::new(
         PolicyGate::new(policy),
@@ -152,7 +152,7 @@ pub async fn serve_with_front_door(
     let front_door = front_door.map(|door| {
         let mut services = logged(agent_ttrpc::create_agent_service(Arc::clone(&agent)));
         services.extend(health_ttrpc::create_health(Arc::new(HealthRpc)));
-        door.start(services)
+        door.start(services, reaper)
     });
     let agent_service = logged(agent_ttrpc::create_agent_service(agent));
     let health_service = health_ttrpc::create_health(Arc::new(HealthRpc));

@@ -167,6 +167,14 @@ impl FrontDoor {
         crate::server::serve(listener, self.tls.clone(), handler, shutdown).await;
     }
 
+    /// From now on, runs `iptables` (the pod network's teardown) through `runner`: a process
+    /// that becomes its children's reaper after [`FrontDoor::prepare`] must give one.
+    pub fn set_command_runner(&mut self, runner: Arc<dyn crate::podnet::command::CommandRunner>) {
+        if let Some(network) = &mut self.network {
+            network.set_runner(runner);
+        }
+    }
+
     /// Tears the pod network down (logging what could not be removed).
     pub async fn teardown(self) {
         if let Some(network) = self.network

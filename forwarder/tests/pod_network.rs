@@ -492,3 +492,97 @@ async fn the_pod_reaches_the_imds_through_the_pod_vm_with_nat_and_teardown_remov
     // Twice is harmless.
     net.teardown().await.unwrap();
 }
+
+/// The agent serving the front door itself, as in a pod VM: run in the "pod VM" namespace with
+/// a pod network in apf.json and the IMDS NAT. 15150 opens only with the tunnel and the IMDS
+/// path up, the shim in the worker namespace reaches the agent over the underlay with mTLS, and
+/// SIGTERM tears the tunnel, the IMDS path and the rules down.
+#[tokio::test]
+async fn the_agents_front_door_sets_up_the_pod_network_before_serving_and_removes_it_on_exit() {
+    use common::*;
+    let Some(bin) = kata_agent_binary() else {
+        return;
+    };
+    let w = World::new("f");
+    let dir = scratch("in-agent-net");
+    let pki = Pki::new();
+    let net = r#""pod-network": {"tunnel-type": "vxlan", "podip": "10.244.1.5/24", "pod-hw-addr": "0a:58:0a:f4:01:05", "interface": "eth0", "worker-node-ip": "192.168.77.1/24", "vxlan-port": 9000, "vxlan-id": 555001, "mtu": 1500, "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.1.1", "dev": "eth0"}, {"dst": "10.244.1.0/24", "dev": "eth0", "scope": 253}]}, "#;
+    std::fs::write(dir.join("apf.json"), pki.apf_json(net)).unwrap();
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "server_addr = 'unix://{}'\nlog_level = 'info'\n",
+            dir.join("agent.sock").display()
+        ),
+    )
+    .unwrap();
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify.sock")).unwrap();
+    notify.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &w.vm])
+        .arg(&bin)
+        .arg("--config")
+        .arg(dir.join("agent.toml"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--copy-root")
+        .arg(dir.join("shared"))
+        .arg("--resolv-conf")
+        .arg(dir.join("resolv.conf"))
+        .arg("--cgroup-parent")
+        .arg(format!("/fwd-test-{}-in-agent-net", std::process::id()))
+        .arg("--front-door-config")
+        .arg(dir.join("apf.json"))
+        .args(["--front-door-listen", "192.168.77.2:15150"])
+        .arg("--pod-namespace")
+        .arg(World::path(&w.pod))
+        .arg("--imds-nat")
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 32];
+    let got = notify.recv(&mut buf);
+    let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let n = got.unwrap_or_else(|e| panic!("no READY=1 ({e}): {}", log()));
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means the tunnel and the IMDS path are up already.
+    assert!(ip(&["-n", &w.pod, "link", "show", "eth0"]).contains("mtu 1450"));
+    assert!(ip(&["-n", &w.vm, "link"]).contains("veth1"));
+    assert!(ip(&["-n", &w.pod, "route"]).contains("169.254.169.254 dev veth2"));
+
+    let (ca, cert, key) = (
+        pki.server.ca_pem.clone(),
+        pki.client.cert_pem.clone(),
+        pki.client.key_pem.clone(),
+    );
+    netns::run_in(Some(&World::path(&w.worker)), move || async move {
+        let cfg = client_config(&ca, Some((&cert, &key)));
+        let tls = tls_connect("192.168.77.2:15150".parse().unwrap(), cfg)
+            .await
+            .unwrap();
+        let (_, health) = ttrpc_clients(tls);
+        health
+            .check(ctx(), &peerpod_protocols::kata::health::CheckRequest::new())
+            .await
+            .unwrap();
+    })
+    .await
+    .unwrap();
+
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {}", log());
+    assert!(log().contains("pod network torn down"), "{}", log());
+    assert!(!ip(&["-n", &w.pod, "link"]).contains("eth0"));
+    assert!(!ip(&["-n", &w.vm, "link"]).contains("veth1"));
+    let raw = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "raw", "-S"]).stdout)
+        .into_owned();
+    assert!(!raw.contains("peerpod"), "rules left behind: {raw}");
+    let nat = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "nat", "-S"]).stdout)
+        .into_owned();
+    assert!(!nat.contains("169.254.169.254"), "NAT rule left: {nat}");
+}

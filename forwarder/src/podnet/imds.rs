@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use futures::TryStreamExt as _;
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -25,6 +26,7 @@ use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tracing::info;
 
+use super::command::CommandRunner;
 use super::iptables::IptablesError;
 use super::netns::{self, NetnsError};
 use super::{PodNetworkError, connect, link_index, nl};
@@ -44,6 +46,7 @@ pub struct ImdsNat {
     pod_ip: Ipv4Addr,
     pod_ns: PathBuf,
     host_ns: Option<PathBuf>,
+    runner: Arc<dyn CommandRunner>,
 }
 
 fn nat_rule(pod_ip: Ipv4Addr) -> Vec<String> {
@@ -59,11 +62,13 @@ fn nat_rule(pod_ip: Ipv4Addr) -> Vec<String> {
 }
 
 /// `iptables -w -t nat <op> <rule>`: `Ok(false)` when it exits 1 (a check that did not match).
-fn nat(op: &str, rule: &[String]) -> Result<bool, IptablesError> {
-    let out = Command::new("iptables")
-        .args(["-w", "-t", "nat", op])
-        .args(rule)
-        .output()
+fn nat(runner: &dyn CommandRunner, op: &str, rule: &[String]) -> Result<bool, IptablesError> {
+    let out = runner
+        .output(
+            Command::new("iptables")
+                .args(["-w", "-t", "nat", op])
+                .args(rule),
+        )
         .map_err(IptablesError::Spawn)?;
     match out.status.code() {
         Some(0) => Ok(true),
@@ -90,7 +95,14 @@ impl ImdsNat {
             pod_ip,
             pod_ns,
             host_ns,
+            runner: super::command::std_runner(),
         }
+    }
+
+    /// Runs `iptables` through `runner`.
+    pub fn with_runner(mut self, runner: Arc<dyn CommandRunner>) -> Self {
+        self.runner = runner;
+        self
     }
 
     /// Sets the path up (after the pod network: the pod's address must be known). A `veth1`
@@ -194,6 +206,7 @@ impl ImdsNat {
         .await??;
 
         let pod_ip = self.pod_ip;
+        let runner = Arc::clone(&self.runner);
         netns::run_in(self.host_ns.as_deref(), move || async move {
             let handle = connect()?;
             let (host, _) = link_index(&handle, HOST_VETH).await?.ok_or_else(|| {
@@ -221,8 +234,8 @@ impl ImdsNat {
                 .await
                 .map_err(nl(format!("adding the neighbour {pod_ip} dev {HOST_VETH}")))?;
             let rule = nat_rule(pod_ip);
-            if !nat("-C", &rule).map_err(PodNetworkError::Nat)? {
-                nat("-A", &rule).map_err(PodNetworkError::Nat)?;
+            if !nat(&*runner, "-C", &rule).map_err(PodNetworkError::Nat)? {
+                nat(&*runner, "-A", &rule).map_err(PodNetworkError::Nat)?;
             }
             Ok::<(), PodNetworkError>(())
         })
@@ -234,6 +247,7 @@ impl ImdsNat {
     /// Removes the pair and the NAT rule; missing pieces are not an error.
     pub async fn teardown(&self) -> Result<(), PodNetworkError> {
         let pod_ip = self.pod_ip;
+        let runner = Arc::clone(&self.runner);
         netns::run_in(self.host_ns.as_deref(), move || async move {
             let handle = connect()?;
             if let Some((index, _)) = link_index(&handle, HOST_VETH).await? {
@@ -245,8 +259,8 @@ impl ImdsNat {
                     .map_err(nl(format!("deleting {HOST_VETH}")))?;
             }
             let rule = nat_rule(pod_ip);
-            while nat("-C", &rule).map_err(PodNetworkError::Nat)? {
-                nat("-D", &rule).map_err(PodNetworkError::Nat)?;
+            while nat(&*runner, "-C", &rule).map_err(PodNetworkError::Nat)? {
+                nat(&*runner, "-D", &rule).map_err(PodNetworkError::Nat)?;
             }
             Ok::<(), PodNetworkError>(())
         })

@@ -9,11 +9,13 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+use super::command::CommandRunner;
+
 /// Why the rules could not be set or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
-    /// iptables could not be run.
-    #[error("cannot run iptables (install Debian's iptables package)")]
+    /// iptables could not be run or waited for.
+    #[error("cannot run iptables (is Debian's iptables package installed?)")]
     Spawn(#[source] std::io::Error),
     /// iptables refused a command.
     #[error("iptables {args} failed: {stderr}")]
@@ -70,13 +72,15 @@ fn rules(worker: Ipv4Addr, port: u16, vni: u32) -> [Rule; 2] {
 
 /// Runs `iptables -w -t raw <args>`; `Ok(false)` when it exits 1 (a check that did not match,
 /// a missing chain).
-fn raw(args: &[&str]) -> Result<bool, IptablesError> {
-    let out = Command::new("iptables")
-        .arg("-w")
-        .arg("-t")
-        .arg("raw")
-        .args(args)
-        .output()
+fn raw(runner: &dyn CommandRunner, args: &[&str]) -> Result<bool, IptablesError> {
+    let out = runner
+        .output(
+            Command::new("iptables")
+                .arg("-w")
+                .arg("-t")
+                .arg("raw")
+                .args(args),
+        )
         .map_err(IptablesError::Spawn)?;
     match out.status.code() {
         Some(0) => Ok(true),
@@ -88,8 +92,8 @@ fn raw(args: &[&str]) -> Result<bool, IptablesError> {
     }
 }
 
-fn must(args: &[&str]) -> Result<(), IptablesError> {
-    if raw(args)? {
+fn must(runner: &dyn CommandRunner, args: &[&str]) -> Result<(), IptablesError> {
+    if raw(runner, args)? {
         Ok(())
     } else {
         Err(IptablesError::Failed {
@@ -100,32 +104,41 @@ fn must(args: &[&str]) -> Result<(), IptablesError> {
 }
 
 /// Adds the rules (idempotent).
-pub fn setup(worker: Ipv4Addr, port: u16, vni: u32) -> Result<(), IptablesError> {
+pub fn setup(
+    runner: &dyn CommandRunner,
+    worker: Ipv4Addr,
+    port: u16,
+    vni: u32,
+) -> Result<(), IptablesError> {
     for rule in rules(worker, port, vni) {
-        if !raw(&["-S", rule.chain])? {
-            must(&["-N", rule.chain])?;
+        if !raw(runner, &["-S", rule.chain])? {
+            must(runner, &["-N", rule.chain])?;
         }
-        if !raw(&["-C", rule.base, "-j", rule.chain])? {
-            must(&["-A", rule.base, "-j", rule.chain])?;
+        if !raw(runner, &["-C", rule.base, "-j", rule.chain])? {
+            must(runner, &["-A", rule.base, "-j", rule.chain])?;
         }
         let spec: Vec<&str> = rule.spec.iter().map(String::as_str).collect();
-        if !raw(&[&["-C", rule.chain][..], &spec].concat())? {
-            must(&[&["-A", rule.chain][..], &spec].concat())?;
+        if !raw(runner, &[&["-C", rule.chain][..], &spec].concat())? {
+            must(runner, &[&["-A", rule.chain][..], &spec].concat())?;
         }
     }
     Ok(())
 }
 
 /// Removes the rules, and the chains and jumps once they hold no other rule.
-pub fn teardown(worker: Ipv4Addr, port: u16, vni: u32) -> Result<(), IptablesError> {
+pub fn teardown(
+    runner: &dyn CommandRunner,
+    worker: Ipv4Addr,
+    port: u16,
+    vni: u32,
+) -> Result<(), IptablesError> {
     for rule in rules(worker, port, vni) {
         let spec: Vec<&str> = rule.spec.iter().map(String::as_str).collect();
-        while raw(&[&["-C", rule.chain][..], &spec].concat())? {
-            must(&[&["-D", rule.chain][..], &spec].concat())?;
+        while raw(runner, &[&["-C", rule.chain][..], &spec].concat())? {
+            must(runner, &[&["-D", rule.chain][..], &spec].concat())?;
         }
-        let out = Command::new("iptables")
-            .args(["-w", "-t", "raw", "-S", rule.chain])
-            .output()
+        let out = runner
+            .output(Command::new("iptables").args(["-w", "-t", "raw", "-S", rule.chain]))
             .map_err(IptablesError::Spawn)?;
         if !out.status.success() {
             continue;
@@ -134,10 +147,10 @@ pub fn teardown(worker: Ipv4Addr, port: u16, vni: u32) -> Result<(), IptablesErr
         if String::from_utf8_lossy(&out.stdout).lines().count() > 1 {
             continue;
         }
-        while raw(&["-C", rule.base, "-j", rule.chain])? {
-            must(&["-D", rule.base, "-j", rule.chain])?;
+        while raw(runner, &["-C", rule.base, "-j", rule.chain])? {
+            must(runner, &["-D", rule.base, "-j", rule.chain])?;
         }
-        must(&["-X", rule.chain])?;
+        must(runner, &["-X", rule.chain])?;
     }
     Ok(())
 }

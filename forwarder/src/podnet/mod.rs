@@ -18,6 +18,7 @@
 //! the rules. Every netlink call goes over rtnetlink from a thread inside the right namespace
 //! ([`netns`]).
 
+pub mod command;
 pub mod imds;
 pub mod iptables;
 pub mod netns;
@@ -78,6 +79,7 @@ pub struct PodNetwork {
     pod_ns: PathBuf,
     host_ns: Option<PathBuf>,
     imds_nat: bool,
+    runner: std::sync::Arc<dyn command::CommandRunner>,
 }
 
 fn connect() -> Result<rtnetlink::Handle, PodNetworkError> {
@@ -121,7 +123,19 @@ impl PodNetwork {
             pod_ns,
             host_ns,
             imds_nat: false,
+            runner: command::std_runner(),
         }
+    }
+
+    /// Runs `iptables` through `runner` (a process that reaps its own children must).
+    pub fn with_runner(mut self, runner: std::sync::Arc<dyn command::CommandRunner>) -> Self {
+        self.runner = runner;
+        self
+    }
+
+    /// Replaces the runner on a network already set up (for its teardown).
+    pub fn set_runner(&mut self, runner: std::sync::Arc<dyn command::CommandRunner>) {
+        self.runner = runner;
     }
 
     /// With `on`, the set-up also gives the pod a path to the IMDS through the pod VM
@@ -133,11 +147,10 @@ impl PodNetwork {
 
     fn imds(&self) -> Option<imds::ImdsNat> {
         match self.config.pod_ip.0 {
-            IpAddr::V4(ip) if self.imds_nat => Some(imds::ImdsNat::new(
-                ip,
-                self.pod_ns.clone(),
-                self.host_ns.clone(),
-            )),
+            IpAddr::V4(ip) if self.imds_nat => Some(
+                imds::ImdsNat::new(ip, self.pod_ns.clone(), self.host_ns.clone())
+                    .with_runner(std::sync::Arc::clone(&self.runner)),
+            ),
             _ => None,
         }
     }
@@ -187,8 +200,9 @@ impl PodNetwork {
         let c = self.config.clone();
         let temp = self.temp_name();
         let pod_ns = self.pod_ns.clone();
+        let runner = std::sync::Arc::clone(&self.runner);
         netns::run_in(self.host_ns.as_deref(), move || async move {
-            iptables::setup(c.worker_node_ip, c.vxlan_port, c.vxlan_id)?;
+            iptables::setup(&*runner, c.worker_node_ip, c.vxlan_port, c.vxlan_id)?;
             let handle = connect()?;
             if let Some((index, _)) = link_index(&handle, &temp).await? {
                 warn!(device = %temp, "removing a VXLAN device left behind by an earlier run");
@@ -342,6 +356,7 @@ impl PodNetwork {
         .await;
         let c = self.config.clone();
         let temp = self.temp_name();
+        let runner = std::sync::Arc::clone(&self.runner);
         let host = netns::run_in(self.host_ns.as_deref(), move || async move {
             let handle = connect()?;
             if let Some((index, true)) = link_index(&handle, &temp).await? {
@@ -352,7 +367,7 @@ impl PodNetwork {
                     .await
                     .map_err(nl(format!("deleting {temp}")))?;
             }
-            iptables::teardown(c.worker_node_ip, c.vxlan_port, c.vxlan_id)?;
+            iptables::teardown(&*runner, c.worker_node_ip, c.vxlan_port, c.vxlan_id)?;
             Ok::<(), PodNetworkError>(())
         })
         .await;
