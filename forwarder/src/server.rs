@@ -99,7 +99,7 @@ pub fn log_end(peer: &str, result: Result<(), ConnectionError>) {
     match result {
         Ok(()) => info!(%peer, "connection closed"),
         Err(e) => {
-            warn!(%peer, reason = %peerpod_text::error_chain(&e), "connection closed by the forwarder")
+            warn!(%peer, reason = %peerpod_text::error_chain(&e), "connection closed by the front door")
         }
     }
 }

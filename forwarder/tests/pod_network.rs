@@ -314,6 +314,7 @@ async fn the_binary_sets_up_the_tunnel_before_serving_and_removes_it_on_exit() {
         .args(["-listen", "192.168.77.2:15150"])
         .args(["-kata-agent-socket", &socket.display().to_string()])
         .args(["-pod-namespace", &World::path(&w.pod).display().to_string()])
+        .arg("-imds-nat")
         .env("NOTIFY_SOCKET", dir.join("notify.sock"))
         .stderr(std::fs::File::create(dir.join("forwarder.log")).unwrap())
         .spawn()
@@ -321,8 +322,9 @@ async fn the_binary_sets_up_the_tunnel_before_serving_and_removes_it_on_exit() {
     let mut buf = [0u8; 32];
     let n = notify.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
-    // Ready means the tunnel is up already.
+    // Ready means the tunnel (and with -imds-nat, the IMDS path) is up already.
     assert!(ip(&["-n", &w.pod, "link", "show", "eth0"]).contains("mtu 1450"));
+    assert!(ip(&["-n", &w.pod, "route"]).contains("169.254.169.254 dev veth2"));
 
     let (ca, cert, key) = (
         pki.server.ca_pem.clone(),
@@ -352,9 +354,13 @@ async fn the_binary_sets_up_the_tunnel_before_serving_and_removes_it_on_exit() {
     assert!(status.success(), "{status}: {log}");
     assert!(log.contains("pod network torn down"), "{log}");
     assert!(!ip(&["-n", &w.pod, "link"]).contains("eth0"));
+    assert!(!ip(&["-n", &w.vm, "link"]).contains("veth1"));
     let rules = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "raw", "-S"]).stdout)
         .into_owned();
     assert!(!rules.contains("peerpod"), "rules left behind: {rules}");
+    let nat = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "nat", "-S"]).stdout)
+        .into_owned();
+    assert!(!nat.contains("169.254.169.254"), "NAT rule left: {nat}");
 }
 
 /// An IMDS stand-in namespace joined to the "pod VM" one: 169.254.169.254 lives there and the
