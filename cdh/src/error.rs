@@ -383,6 +383,6 @@ fn image_code(e: &peerpod_image::ImageError) -> ttrpc::Code {
         | E::TooLarge { .. }
         | E::Manifest(_)
         | E::Status { .. } => Code::FAILED_PRECONDITION,
-        E::Layer { .. } => Code::INTERNAL,
+        E::Layer { .. } | E::Store(_) => Code::INTERNAL,
     }
 }

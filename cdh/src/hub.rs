@@ -22,6 +22,9 @@ enum Source {
     Offline(OfflineFs),
 }
 
+/// How often the CDH binary collects unused image layers ([`collect_layers_periodically`]).
+pub const LAYER_COLLECTION_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The event-log domain of image pulls (upstream's).
 pub const PULL_IMAGE_DOMAIN: &str = "github.com/confidential-containers";
 
@@ -31,6 +34,22 @@ pub struct Hub {
     source: Arc<Option<Source>>,
     /// Made at the first PullImage (it creates the layer store under `[image] work_dir`).
     puller: tokio::sync::OnceCell<Arc<peerpod_image::Puller>>,
+}
+
+/// Runs [`Hub::collect_layers`] every `period` (the binary uses [`LAYER_COLLECTION_PERIOD`]),
+/// for as long as the returned future is polled. Failures are logged and the next round tries
+/// again: the CDH keeps serving.
+pub async fn collect_layers_periodically(hub: Arc<Hub>, period: std::time::Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = hub.collect_layers().await {
+            let mut text = e.to_string();
+            peerpod_text::push_causes(&mut text, std::error::Error::source(&e));
+            tracing::warn!(error = %text, "cannot collect unused image layers; trying again later");
+        }
+    }
 }
 
 /// The hub's key broker as the image puller's source of `kbs://` files and keys.
@@ -147,6 +166,20 @@ impl Hub {
             return Err(e);
         }
         Ok(digest)
+    }
+
+    /// Forgets the pulled root filesystems the kata-agent has unmounted (it does so itself when
+    /// a container is removed, without telling the CDH) and removes the layers no mounted root
+    /// filesystem uses from `[image] work_dir`. Every `PullImage` does it first too. Answers the
+    /// number of root filesystems forgotten, or `None` when there was nothing to do (no image
+    /// pulled yet, so no layer store) or a pull is in flight (the next collection does it).
+    pub async fn collect_layers(&self) -> Result<Option<usize>, CdhError> {
+        let Some(puller) = self.puller.get() else {
+            return Ok(None);
+        };
+        puller.collect().await.map_err(|source| CdhError::Image {
+            source: Box::new(source),
+        })
     }
 
     /// Records `PullImage` `{"image", "digest"}` in the attestation agent's event log (domain
@@ -465,6 +498,63 @@ fn checked_credential_path<'a>(root: &Path, path: &'a Path) -> Result<&'a Path, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scratch work directory with a stale bundle state (a mount that crashed before
+    /// recording its bundle, a minute ago) and a layer only it references.
+    fn stale_state(work: &Path, n: u8) -> (std::path::PathBuf, std::path::PathBuf) {
+        let hex = format!("{:02x}", n).repeat(32);
+        let layer = work.join("layers/sha256").join(&hex);
+        std::fs::create_dir_all(&layer).expect("a layer directory");
+        let state = work.join("overlay").join(&hex);
+        std::fs::create_dir_all(&state).expect("a state directory");
+        std::fs::write(state.join("layers"), format!("sha256:{hex}\n")).expect("references");
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::open(&state)
+            .and_then(|dir| dir.set_modified(then))
+            .expect("backdated");
+        (state, layer)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn layers_are_collected_on_demand_and_on_the_timer_once_a_pull_made_the_store() {
+        let work = std::env::temp_dir().join(format!("cdh-collect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let mut config = CdhConfig::default();
+        config.image.work_dir = work.clone();
+        let hub = Arc::new(Hub::new(config).expect("a hub without a KBC"));
+        // No pull yet: no store, nothing created.
+        assert_eq!(hub.collect_layers().await.expect("nothing to do"), None);
+        assert!(!work.exists());
+        // A pull that fails (nothing listens on port 1) still makes the store.
+        let pull = hub.pull_image("127.0.0.1:1/x/y:v1", "/run/kata-containers/cdh-collect/b");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), pull).await;
+        assert!(work.join("overlay").is_dir());
+
+        let (state, layer) = stale_state(&work, 0xab);
+        assert_eq!(hub.collect_layers().await.expect("collected"), Some(1));
+        assert!(!state.exists() && !layer.exists());
+
+        let (state, layer) = stale_state(&work, 0xcd);
+        let timer = tokio::spawn(collect_layers_periodically(
+            hub.clone(),
+            std::time::Duration::from_millis(50),
+        ));
+        let mut waited = 0;
+        while layer.exists() && waited < 100 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        // A store the timer cannot read: logged, the timer goes on.
+        let garbled = work.join("overlay").join("f".repeat(64));
+        std::fs::create_dir_all(&garbled).expect("a state directory");
+        std::fs::write(garbled.join("layers"), b"not a diff ID\n").expect("garbage");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let still_running = !timer.is_finished();
+        timer.abort();
+        let _ = std::fs::remove_dir_all(&work);
+        assert!(!state.exists() && !layer.exists(), "the timer collected");
+        assert!(still_running, "a failed collection does not stop the timer");
+    }
 
     #[test]
     fn credential_paths() {

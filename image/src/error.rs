@@ -123,6 +123,10 @@ pub enum ImageError {
         /// Why.
         reason: String,
     },
+    /// The layer store could not be maintained (forgetting unmounted bundles, removing unused
+    /// layers).
+    #[error("layer store: {0}")]
+    Store(String),
     /// Every source (mirrors, the registry) failed: each one's error, in order.
     #[error("{reference}: no source could serve the image: {}", .errors.join("; "))]
     AllSources {
@@ -144,6 +148,7 @@ impl ImageError {
                 | Self::Signature { .. }
                 | Self::Bundle { .. }
                 | Self::Layer { .. }
+                | Self::Store(_)
         )
     }
 }

@@ -56,6 +56,10 @@ impl Layers for LayerDirStore {
         self.store.unmount_rootfs(bundle).map_err(to_io)
     }
 
+    fn reap_unmounted(&self) -> io::Result<usize> {
+        self.store.reap_unmounted().map_err(to_io)
+    }
+
     fn gc(&self) -> io::Result<()> {
         let stats = self.store.gc().map_err(to_io)?;
         tracing::debug!(

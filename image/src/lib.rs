@@ -29,8 +29,13 @@
 //! Feature `fuzzing`: the `fuzzing` module, the fuzz target's entry point (`fuzz/` and the
 //! in-tree mutation test enable it).
 //!
-//! Not done: nothing in the CDH calls [`Puller::release`] yet (upstream's API has no release call), so layers stay in
-//! `work_dir` for the pod VM's life (see `docs/image.md`).
+//! Layers leave `work_dir` when containers are removed: the kata-agent unmounts a rootfs
+//! itself, so [`Puller::collect`] forgets bundles whose overlay is gone from
+//! `/proc/self/mountinfo` and deletes the layers no mounted bundle uses; every pull starts with
+//! it and the CDH also runs it every 60 s (skipped while a pull is in flight).
+//!
+//! Not done: a rootfs detached with `umount -l` while still in use counts as unmounted (see
+//! `docs/image.md`).
 
 pub mod auth;
 pub mod challenge;

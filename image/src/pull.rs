@@ -10,7 +10,7 @@ use bytes::Bytes;
 use peerpod_image_crypt::{LayerDecryptor, LayerKey};
 use peerpod_image_signature::{LookasideConfig, Policy};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{Mutex, OnceCell, Semaphore, mpsc};
+use tokio::sync::{Mutex, OnceCell, RwLock, Semaphore, mpsc};
 use zeroize::Zeroizing;
 
 use crate::auth::{AuthFile, MAX_AUTH_FILE};
@@ -64,6 +64,10 @@ pub struct Puller {
     verifier: OnceCell<Option<Arc<Verifier>>>,
     /// One lock per layer being fetched: two pulls sharing a layer fetch it once.
     in_flight: StdMutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// Pulls hold it shared from their first look at the store to their mount; collections
+    /// take it exclusively without waiting, so a layer a pull found installed (and will not
+    /// fetch) is never deleted before that pull mounts it.
+    collecting: RwLock<()>,
 }
 
 impl Puller {
@@ -83,6 +87,7 @@ impl Puller {
             registries: OnceCell::new(),
             verifier: OnceCell::new(),
             in_flight: StdMutex::new(HashMap::new()),
+            collecting: RwLock::new(()),
         })
     }
 
@@ -95,6 +100,12 @@ impl Puller {
     pub async fn pull(&self, image: &str, bundle: &Path) -> Result<PullOutcome, ImageError> {
         let reference = Reference::parse(image)?;
         check_bundle(bundle)?;
+        // Before this pull looks at the store: layers of containers removed since are deleted
+        // now, not reused.
+        if let Err(e) = self.collect().await {
+            tracing::warn!(error = %e, "cannot collect unused layers before the pull; continuing");
+        }
+        let _pulling = self.collecting.read().await;
         let verifier = self.verifier().await?;
         let registries = self.registries().await?;
         let sources = registries
@@ -156,7 +167,8 @@ impl Puller {
         })
     }
 
-    /// Unmounts `bundle/rootfs` and removes the layers no other bundle uses.
+    /// Unmounts `bundle/rootfs` and removes the layers no other bundle uses (unless a pull is
+    /// in flight: then the next collection does).
     pub fn release(&self, bundle: &Path) -> Result<(), ImageError> {
         let bundle_err = |reason: String| ImageError::Bundle {
             path: bundle.to_path_buf(),
@@ -165,9 +177,45 @@ impl Puller {
         self.store
             .unmount_rootfs(bundle)
             .map_err(|e| bundle_err(format!("cannot unmount the root filesystem: {e}")))?;
+        let Ok(_collecting) = self.collecting.try_write() else {
+            tracing::debug!(
+                "a pull is in flight: unused layers are removed at the next collection"
+            );
+            return Ok(());
+        };
         self.store
             .gc()
             .map_err(|e| bundle_err(format!("cannot remove unused layers: {e}")))
+    }
+
+    /// Forgets the bundles whose root filesystem was unmounted by someone else (the kata-agent
+    /// unmounts it when the container is removed), then removes the layers no mounted bundle
+    /// uses. Every pull starts with it; the CDH also runs it on a timer. Answers the number of
+    /// bundles forgotten, or `None` when a pull is in flight (skipped: the next one collects).
+    pub async fn collect(&self) -> Result<Option<usize>, ImageError> {
+        let Ok(_collecting) = self.collecting.try_write() else {
+            return Ok(None);
+        };
+        let store = self.store.clone();
+        let reaped = tokio::task::spawn_blocking(move || {
+            let reaped = store.reap_unmounted()?;
+            store.gc()?;
+            Ok::<_, std::io::Error>(reaped)
+        })
+        .await
+        .map_err(|e| {
+            ImageError::Store(format!(
+                "the collection of unused layers did not finish: {e}"
+            ))
+        })?
+        .map_err(|e| ImageError::Store(format!("cannot collect unused layers: {e}")))?;
+        if reaped > 0 {
+            tracing::info!(
+                bundles = reaped,
+                "root filesystems unmounted elsewhere were forgotten and their unused layers removed"
+            );
+        }
+        Ok(Some(reaped))
     }
 
     /// The signature policy (`image_security_policy_uri`, else `image_security_policy`) and

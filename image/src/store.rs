@@ -21,4 +21,9 @@ pub trait Layers: Send + Sync + 'static {
     fn unmount_rootfs(&self, bundle: &Path) -> io::Result<()>;
     /// Removes the layers no mounted bundle uses.
     fn gc(&self) -> io::Result<()>;
+    /// Forgets the bundles whose `rootfs` someone else unmounted, so [`Layers::gc`] may remove
+    /// their layers; answers how many. The default forgets none.
+    fn reap_unmounted(&self) -> io::Result<usize> {
+        Ok(0)
+    }
 }

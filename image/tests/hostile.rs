@@ -560,3 +560,35 @@ async fn refused_credentials_fall_back_to_anonymous_only_when_configured() -> Re
     assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
     Ok(())
 }
+
+/// A collection while a pull is in flight is skipped (the pull may have found a layer
+/// installed and will mount it without fetching it): neither the timer's nor a release's
+/// collection removes layers under a running pull. Once the pull is over, collections run.
+#[tokio::test(flavor = "multi_thread")]
+async fn collections_wait_for_pulls_in_flight() -> Result<()> {
+    let img = image(400_000, |_, _, _| {});
+    let (addr, _) = serve(&img, Fault::Stall).await;
+    let store = Arc::new(RecordingStore::default());
+    let scratch = Scratch::new("hostile-collect");
+    let p = Arc::new(puller(&addr, &scratch, &store));
+    let pulling = {
+        let p = p.clone();
+        let image = format!("{addr}/evil/img:v1");
+        tokio::spawn(async move { p.pull(&image, &PathBuf::from("/run/b/c")).await })
+    };
+    // The pull collects once as it starts, then stalls in the layer download.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!pulling.is_finished());
+    assert_eq!(
+        store.gcs.lock().unwrap().len(),
+        1,
+        "the pull's own collection"
+    );
+    assert_eq!(p.collect().await?, None, "skipped under a pull");
+    p.release(&PathBuf::from("/run/b/other"))?;
+    assert_eq!(store.gcs.lock().unwrap().len(), 1, "no GC under a pull");
+    assert!(pulling.await?.is_err(), "the stalled pull fails");
+    assert_eq!(p.collect().await?, Some(0));
+    assert_eq!(store.gcs.lock().unwrap().len(), 2);
+    Ok(())
+}

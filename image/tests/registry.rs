@@ -503,6 +503,108 @@ async fn pulled_image_is_an_overlay_rootfs_with_whiteouts_applied_and_collected_
     Ok(())
 }
 
+/// Makes every bundle state in the store look mounted a minute ago (past `REAP_GRACE`).
+fn backdate_bundle_states(work: &std::path::Path) -> Result<()> {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for entry in std::fs::read_dir(work.join("overlay"))? {
+        std::fs::File::open(entry?.path())?.set_modified(then)?;
+    }
+    Ok(())
+}
+
+/// The kata-agent removes a container with a plain `umount` of its rootfs, never telling the
+/// CDH: the next collection (on the CDH's timer, or at the start of the next pull) sees the
+/// mount gone and removes the image's layers from work_dir; pulling the image again fetches
+/// them again and works.
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_of_a_rootfs_unmounted_by_the_agent_are_collected_and_pulled_again() -> Result<()> {
+    if !tools_present() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"\n*** SKIPPED: overlay mounts need root ***\n",
+        );
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI runs as root"
+        );
+        return Ok(());
+    }
+    let scratch = Scratch::new("reap");
+    let registry = Registry::start(RegistryOptions::default())?;
+    let layout = scratch.path().join("layout");
+    build_image(
+        &layout,
+        "v1",
+        &[vec![Step::Busybox], vec![Step::Write("/etc/a", b"a")]],
+    )?;
+    registry.push(&layout, "v1", "reap/a", "v1", "oci")?;
+    let work = scratch.path().join("work");
+    let mut config = test_config(&work);
+    config.registry_configuration_uri = Some(file_uri(
+        scratch.path(),
+        "r.conf",
+        &insecure_conf(&registry.addr),
+    ));
+    let store = Arc::new(peerpod_image::LayerDirStore::open(
+        &work,
+        Default::default(),
+    )?);
+    let p = Puller::new(config, Arc::new(NoResources), store.clone())?;
+    let image = format!("{}/reap/a:v1", registry.addr);
+    let layers_in_store = |diff_ids: &[Digest]| {
+        diff_ids
+            .iter()
+            .filter(|d| store.inner().contains(&d.to_string()))
+            .count()
+    };
+    let x = scratch.path().join("bundle x");
+    std::fs::create_dir_all(&x)?;
+    let first = p.pull(&image, &x).await?;
+    assert_eq!(first.fetched_layers, 2);
+    assert_eq!(std::fs::read(x.join("rootfs/etc/a"))?, b"a");
+
+    // Still mounted: a collection keeps everything.
+    backdate_bundle_states(&work)?;
+    assert_eq!(p.collect().await?, Some(0));
+    assert_eq!(layers_in_store(&first.diff_ids), 2);
+
+    // The agent's umount; the timer's collection.
+    run(Command::new("umount").arg(x.join("rootfs")))?;
+    assert_eq!(p.collect().await?, Some(1));
+    assert_eq!(
+        layers_in_store(&first.diff_ids),
+        0,
+        "layers removed from work_dir"
+    );
+    assert!(std::fs::read_dir(work.join("overlay"))?.next().is_none());
+
+    // Pulled again into the same bundle: fetched again, mounted, readable.
+    let again = p.pull(&image, &x).await?;
+    assert_eq!((again.fetched_layers, again.reused_layers), (2, 0));
+    assert_eq!(std::fs::read(x.join("rootfs/etc/a"))?, b"a");
+
+    // Unmounted again; this time the next pull (into another bundle) collects first, so it
+    // reuses nothing stale.
+    run(Command::new("umount").arg(x.join("rootfs")))?;
+    backdate_bundle_states(&work)?;
+    let y = scratch.path().join("bundle-y");
+    std::fs::create_dir_all(&y)?;
+    let third = p.pull(&image, &y).await?;
+    assert_eq!((third.fetched_layers, third.reused_layers), (2, 0));
+    assert_eq!(std::fs::read(y.join("rootfs/etc/a"))?, b"a");
+    assert_eq!(
+        std::fs::read_dir(work.join("overlay"))?.count(),
+        1,
+        "only y's state is left"
+    );
+    p.release(&y)?;
+    assert_eq!(layers_in_store(&third.diff_ids), 0);
+    Ok(())
+}
+
 fn nix_is_root() -> bool {
     run(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0")
 }

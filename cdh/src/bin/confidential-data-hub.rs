@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use confidential_data_hub::Hub;
 use confidential_data_hub::config::CdhConfig;
+use confidential_data_hub::hub::{LAYER_COLLECTION_PERIOD, collect_layers_periodically};
 use confidential_data_hub::sealed::make;
 use confidential_data_hub::server::serve;
 
@@ -186,12 +187,17 @@ fn main() -> Result<()> {
                 hub.init()
                     .await
                     .context("cannot write the configured credentials")?;
-                serve(
-                    &socket,
-                    Arc::new(hub),
-                    peerpod_protocols::socket::shutdown_signal(),
-                )
-                .await?;
+                let hub = Arc::new(hub);
+                // The kata-agent unmounts removed containers' root filesystems itself: their
+                // layers are found and removed on this timer (and at every PullImage).
+                let collector = tokio::spawn(collect_layers_periodically(
+                    hub.clone(),
+                    LAYER_COLLECTION_PERIOD,
+                ));
+                let served =
+                    serve(&socket, hub, peerpod_protocols::socket::shutdown_signal()).await;
+                collector.abort();
+                served?;
             }
             Some(Command::Resource { uri }) => out.write_all(&hub.get_resource(&uri).await?)?,
             Some(Command::Unseal { secret }) => {
