@@ -44,6 +44,8 @@ REQUIRED=(
     "skopeo:skopeo"
     "apache2-utils:htpasswd"
     "openssl:openssl"
+    # cdh/tests/encrypted_pull.rs uploads the encrypted layer and its manifest with curl.
+    "curl:curl"
     # The pod VM image (make podvm, podvm-image/build.sh): mmdebstrap for the root, veritysetup
     # (cryptsetup-bin, above) for dm-verity, the UKI stub, the ESP (FAT without mounting), the GPT,
     # the initramfs archive, qcow2/VHD conversion.
