@@ -1,7 +1,8 @@
 //! Images made by the real tools in the formats users push: zstd layers written by
 //! `skopeo copy --dest-compress-format zstd`, and simple-signing signatures made by
 //! `skopeo copy --sign-by` with GnuPG, served from an HTTP lookaside (busybox httpd) and
-//! checked through the Puller's `signedBy` policy.
+//! checked through the Puller's `signedBy` policy; cosign-format signatures (ECDSA P-256 made
+//! by `openssl dgst`) stored in the registry at `sha256-<hex>.sig`, checked by `sigstoreSigned`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -526,6 +527,243 @@ async fn gpg_signed_image_accepted_wrong_key_unsigned_and_replayed_signature_ref
         .unwrap_err();
     assert!(matches!(e, ImageError::Signature { .. }), "{e}");
     assert!(e.to_string().contains("signedBy"), "{e}");
+    assert!(store.installs.lock().unwrap().is_empty());
+    Ok(())
+}
+
+/// Uploads `blob` into `repo` (a monolithic upload); its digest.
+async fn upload_blob(
+    http: &reqwest::Client,
+    addr: &str,
+    repo: &str,
+    blob: Vec<u8>,
+) -> Result<String> {
+    let digest = peerpod_image::Digest::of(&blob).to_string();
+    let r = http
+        .post(format!("http://{addr}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await?;
+    let location = r
+        .headers()
+        .get("location")
+        .context("upload location")?
+        .to_str()?
+        .to_string();
+    let location = if location.starts_with('/') {
+        format!("http://{addr}{location}")
+    } else {
+        location
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let r = http
+        .put(format!("{location}{sep}digest={digest}"))
+        .header("Content-Type", "application/octet-stream")
+        .body(blob)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("blob upload: {}", r.status());
+    }
+    Ok(digest)
+}
+
+/// A cosign signature of `repo@digest` as `cosign sign --key` stores it: a manifest at the tag
+/// `sha256-<hex>.sig` whose layer is the simple-signing payload, signed (ECDSA P-256, SHA-256,
+/// DER) by `openssl dgst` with `key`. `signed_digest` is the digest the payload names.
+async fn push_cosign_signature(
+    http: &reqwest::Client,
+    registry: &Registry,
+    repo: &str,
+    at_digest: &str,
+    signed_digest: &str,
+    key: &Path,
+    scratch: &Path,
+) -> Result<()> {
+    use base64::Engine;
+    let payload = serde_json::json!({
+        "critical": {
+            "identity": {"docker-reference": format!("{}/{repo}", registry.addr)},
+            "image": {"docker-manifest-digest": signed_digest},
+            "type": "cosign container image signature"
+        },
+        "optional": null
+    })
+    .to_string()
+    .into_bytes();
+    let payload_file = scratch.join("payload.json");
+    std::fs::write(&payload_file, &payload)?;
+    let sig_file = scratch.join("payload.sig");
+    run(Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .arg("-out")
+        .arg(&sig_file)
+        .arg(&payload_file))?;
+    let signature = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sig_file)?);
+    let payload_len = payload.len();
+    let payload_digest = upload_blob(http, &registry.addr, repo, payload).await?;
+    let config = serde_json::json!({
+        "architecture": "", "os": "", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [payload_digest]}
+    })
+    .to_string()
+    .into_bytes();
+    let config_len = config.len();
+    let config_digest = upload_blob(http, &registry.addr, repo, config).await?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_len},
+        "layers": [{
+            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+            "digest": payload_digest, "size": payload_len,
+            "annotations": {"dev.cosignproject.cosign/signature": signature}
+        }]
+    });
+    let tag = format!("{}.sig", at_digest.replace(':', "-"));
+    let r = http
+        .put(format!(
+            "http://{}/v2/{repo}/manifests/{tag}",
+            registry.addr
+        ))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("signature manifest: {}", r.status());
+    }
+    Ok(())
+}
+
+/// Cosign-format signatures in the registry at `sha256-<hex>.sig`, signed by openssl with a
+/// P-256 key: the Puller's `sigstoreSigned` policy with the public key accepts the signed image;
+/// refused with nothing installed: the policy naming another key, an unsigned image, and a
+/// signature whose payload names another image's digest stored at this image's tag.
+#[tokio::test(flavor = "multi_thread")]
+async fn cosign_signed_image_accepted_wrong_key_unsigned_and_foreign_payload_refused() -> Result<()>
+{
+    if !tools_present() {
+        return Ok(());
+    }
+    let scratch = Scratch::new("cosign");
+    let registry = Registry::start(RegistryOptions::default())?;
+    let layout = scratch.path().join("layout");
+    build_image(&layout, "v1", &[vec![Step::Write("/signed", b"cosign")]])?;
+    build_image(
+        &layout,
+        "v2",
+        &[vec![Step::Write("/other", b"signature replayed")]],
+    )?;
+    build_image(&layout, "v3", &[vec![Step::Write("/third", b"not signed")]])?;
+    registry.push(&layout, "v1", "cos/app", "v1", "oci")?;
+    registry.push(&layout, "v2", "cos/app", "foreign", "oci")?;
+    registry.push(&layout, "v3", "cos/app", "unsigned", "oci")?;
+    for name in ["signer", "stranger"] {
+        run(Command::new("sh").arg("-c").arg(format!(
+            "cd {} && openssl ecparam -name prime256v1 -genkey -noout -out {name}.key && \
+             openssl ec -in {name}.key -pubout -out {name}.pub 2>/dev/null",
+            scratch.path().display()
+        )))?;
+    }
+    let digest_of = |tag: &str| -> Result<String> {
+        let raw = run(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/cos/app:{tag}", registry.addr),
+        ]))?;
+        Ok(peerpod_image::Digest::of(raw.as_bytes()).to_string())
+    };
+    let signed = digest_of("v1")?;
+    let other = digest_of("foreign")?;
+
+    let puller_with = |key: &str| -> Result<(Puller, Arc<RecordingStore>)> {
+        let mut config = insecure_config(&scratch, &registry, "work");
+        config.image_security_policy_uri = Some(file_uri(
+            scratch.path(),
+            "policy.json",
+            &format!(
+                r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{}/cos":[{{"type":"sigstoreSigned","keyPath":"{}"}}]}}}}}}"#,
+                registry.addr,
+                scratch.path().join(key).display()
+            ),
+        ));
+        let store = Arc::new(RecordingStore::default());
+        Ok((
+            Puller::new(config, Arc::new(NoResources), store.clone())?,
+            store,
+        ))
+    };
+    // Built first: it installs the process's rustls provider the test's client uses too.
+    let (p, store) = puller_with("signer.pub")?;
+    let http = reqwest::Client::new();
+    let key = scratch.path().join("signer.key");
+    push_cosign_signature(
+        &http,
+        &registry,
+        "cos/app",
+        &signed,
+        &signed,
+        &key,
+        scratch.path(),
+    )
+    .await?;
+    // A genuine signature of v1, stored where v2's signature would be.
+    push_cosign_signature(
+        &http,
+        &registry,
+        "cos/app",
+        &other,
+        &signed,
+        &key,
+        scratch.path(),
+    )
+    .await?;
+
+    let out = p
+        .pull(
+            &format!("{}/cos/app:v1", registry.addr),
+            &PathBuf::from("/run/b/cos1"),
+        )
+        .await?;
+    assert_eq!(out.manifest_digest.to_string(), signed);
+    assert_eq!(store.installs.lock().unwrap().len(), 1);
+
+    // "foreign" carries v1's genuine signature (its payload names v1's digest); "unsigned"
+    // has no signature manifest at all.
+    for tag in ["unsigned", "foreign"] {
+        let e = p
+            .pull(
+                &format!("{}/cos/app:{tag}", registry.addr),
+                &PathBuf::from(format!("/run/b/cos-{tag}")),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ImageError::Signature { .. }), "{tag}: {e}");
+        let why = if tag == "unsigned" {
+            "does not exist".to_string()
+        } else {
+            format!("the signature is for manifest {signed}")
+        };
+        assert!(e.to_string().contains(&why), "{tag}: {e}");
+        assert!(e.to_string().contains("sigstoreSigned"), "{tag}: {e}");
+    }
+    assert_eq!(
+        store.installs.lock().unwrap().len(),
+        1,
+        "nothing more installed"
+    );
+
+    let (p, store) = puller_with("stranger.pub")?;
+    let e = p
+        .pull(
+            &format!("{}/cos/app:v1", registry.addr),
+            &PathBuf::from("/run/b/cos2"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ImageError::Signature { .. }), "{e}");
     assert!(store.installs.lock().unwrap().is_empty());
     Ok(())
 }
