@@ -110,13 +110,14 @@ log "root filesystem: kernel $KVER"
 cp "$ROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 install -d -m 0755 "$ROOT/usr/local/bin"
 for b in "${BINARIES[@]}"; do
-    install -m 0755 "$BIN_DIR/$b" "$ROOT/usr/local/bin/$b"
+    # Stripped: a test-profile (debug) binary is mostly debug info.
+    install -s -m 0755 "$BIN_DIR/$b" "$ROOT/usr/local/bin/$b"
 done
 cp -a "$REPO/podvm/etc/." "$ROOT/etc/"
 cp -a "$REPO/podvm-image/rootfs/etc/." "$ROOT/etc/"
 chroot "$ROOT" systemctl enable process-user-data.service process-user-data.path \
     attestation-agent.path confidential-data-hub.path kata-agent.path api-server-rest.path \
-    scratch-storage.path agent-protocol-forwarder.path systemd-networkd.service >/dev/null 2>&1 \
+    scratch-storage.path systemd-networkd.service >/dev/null 2>&1 \
     || die "systemctl enable failed in the image root"
 # Production: no login on any console, no password for root.
 chroot "$ROOT" systemctl mask getty@.service serial-getty@.service console-getty.service \

@@ -94,6 +94,28 @@ impl PodvmImage {
         Self::open(&Self::default_dir())
     }
 
+    /// Runs `podvm-image/build.sh --no-cargo` with the binaries already built in `bin_dir` (for
+    /// the tests: the test profile's `target/debug`, so no release build is needed), nice'd.
+    pub fn build_from(bin_dir: &Path) -> Result<Self, PodvmError> {
+        let script = Self::repo_root().join("podvm-image/build.sh");
+        let status = Command::new(&script)
+            .arg("--no-cargo")
+            .env("PODVM_BIN_DIR", bin_dir)
+            .status()
+            .map_err(|e| PodvmError::io(format!("run {}", script.display()), e))?;
+        if !status.success() {
+            return Err(PodvmError::Command {
+                command: format!(
+                    "PODVM_BIN_DIR={} {} --no-cargo",
+                    bin_dir.display(),
+                    script.display()
+                ),
+                output: format!("{status} (its output is above)"),
+            });
+        }
+        Self::open(&Self::default_dir())
+    }
+
     /// The qcow2 disk.
     pub fn qcow2(&self) -> PathBuf {
         self.dir.join("podvm.qcow2")

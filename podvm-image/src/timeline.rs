@@ -20,11 +20,8 @@ pub const MARKERS: &[(&str, &str)] = &[
     ("provisioning done", "Finished process-user-data.service"),
     ("attestation agent serving", "attestation agent serving"),
     ("CDH serving", "confidential data hub serving"),
+    ("front door serving on 15150", "front door serving"),
     ("kata agent serving", "\"message\":\"agent serving\""),
-    (
-        "forwarder serving on 15150",
-        "agent-protocol-forwarder serving",
-    ),
 ];
 
 /// The timeline of one boot.

@@ -1,13 +1,14 @@
 //! End to end: the image `make podvm` built, booted under QEMU (TCG) with the simulated Azure
 //! SNP vTPM and a cidata ISO, driven over 15150 with mTLS as the kata shim would.
 //!
-//! Gated: a cold run (release build + image + two TCG boots) takes far longer than a few
-//! minutes on a 2-core machine, so it runs only with `PEERPOD_PODVM_E2E=1` (building the image
-//! if `target/podvm-image/out` has none; root needed). Without it the tests print a loud
-//! SKIPPED line; under `CI=true` they fail unless `PEERPOD_PODVM_E2E=0` says the skip is meant.
+//! Gated, root needed. `PEERPOD_PODVM_E2E=1` uses the image in `target/podvm-image/out` (building
+//! it with a release build if there is none). `PEERPOD_PODVM_E2E=test` (CI, `.ci/run`) builds
+//! the image once per run from the binaries the test profile already built (`target/debug`,
+//! stripped), so no release build is needed. Without either the tests print a loud SKIPPED
+//! line; under `CI=true` they fail unless `PEERPOD_PODVM_E2E=0` says the skip is meant.
 
 use std::io::Write as _;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use peerpod_podvm::client::{self, ctx};
@@ -23,9 +24,41 @@ fn loud(message: &str) {
     let _ = std::io::stderr().write_all(format!("\n*** {message} ***\n").as_bytes());
 }
 
+/// The image built from the test profile's binaries, once per test run.
+static TEST_IMAGE: OnceLock<Result<PodvmImage, String>> = OnceLock::new();
+
+fn test_profile_image() -> PodvmImage {
+    let built = TEST_IMAGE.get_or_init(|| {
+        // This test runs from <target>/<profile>/deps; the workspace's binaries are in <profile>.
+        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let bin_dir = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .ok_or_else(|| format!("no profile directory above {}", exe.display()))?;
+        loud(&format!(
+            "building the pod VM image from {} (PEERPOD_PODVM_E2E=test); the binaries come \
+             from `cargo test --workspace` (or `cargo build --bins -p kata-agent -p \
+             attestation-agent -p confidential-data-hub -p peerpod-provision -p \
+             peerpod-forwarder`)",
+            bin_dir.display()
+        ));
+        let started = Instant::now();
+        let image = PodvmImage::build_from(bin_dir).map_err(|e| e.to_string())?;
+        loud(&format!(
+            "image built in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(image)
+    });
+    built
+        .clone()
+        .unwrap_or_else(|e| panic!("pod VM image: {e}"))
+}
+
 fn image() -> Option<PodvmImage> {
     match std::env::var("PEERPOD_PODVM_E2E").as_deref() {
         Ok("1") => {}
+        Ok("test") => return Some(test_profile_image()),
         Ok("0") => {
             loud("SKIPPED: pod VM e2e turned off (PEERPOD_PODVM_E2E=0)");
             return None;
@@ -163,18 +196,27 @@ fn pod_vm_serves_check_and_a_sandbox_over_mtls_and_refuses_a_client_without_a_ce
             p.rss_kib, p.pss_kib, p.name
         );
     }
-    for service in [
-        "kata-agent",
-        "attestation-age",
-        "confidential-da",
-        "agent-protocol-",
-    ] {
+    for service in ["kata-agent", "attestation-age", "confidential-da"] {
         assert!(
             memory.processes.iter().any(|p| p.name.starts_with(service)),
             "{service} is not running in the guest: {:?}",
             memory.processes
         );
     }
+    // 15150 is the agent's own front door: no separate forwarder process.
+    assert!(
+        !memory
+            .processes
+            .iter()
+            .any(|p| p.name.starts_with("agent-protocol-")),
+        "a separate agent-protocol-forwarder runs next to the agent's front door: {:?}",
+        memory.processes
+    );
+    assert!(
+        vm.console().find("front door serving").is_some(),
+        "the agent did not log its front door:\n{}",
+        vm.console().tail(60)
+    );
     let destroy = peerpod_protocols::kata::agent::DestroySandboxRequest::new();
     rt.block_on(
         shim.agent
@@ -222,6 +264,19 @@ fn corrupt_initdata_never_serves_15150_and_the_console_says_why() {
     assert!(
         probe.is_err(),
         "15150 served after a corrupt initdata:\n{}",
+        vm.console().tail(60)
+    );
+    // The refusal happens once and stays: the path unit does not start provisioning again.
+    let refusals = vm
+        .console()
+        .lines()
+        .iter()
+        .filter(|l| l.text.contains("provisioning failed"))
+        .count();
+    assert_eq!(
+        refusals,
+        1,
+        "provisioning was retried after a refusal:\n{}",
         vm.console().tail(60)
     );
     for unit in [

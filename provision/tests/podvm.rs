@@ -135,6 +135,17 @@ fn provisioning_gates_every_service() {
     assert!(has(&pud, "Type", "oneshot"));
     assert!(has(&pud, "RemainAfterExit", "yes"));
     assert!(has(&pud, "StandardError", "journal+console"));
+    // The front door is served by the agent itself; READY=1 once the socket and 15150 serve.
+    assert!(has(&agent, "Type", "notify"));
+    assert!(has(&agent, "ExecStart", "--front-door-config"));
+    assert!(has(&agent, "ExecStart", "/run/peerpod/apf.json"));
+    assert!(
+        !has(&agent, "ExecStart", "--imds-nat"),
+        "the IMDS (user data, apf.json's TLS key) stays out of the pod's reach by default"
+    );
+    // A refused initdata fails once and stays failed (the path unit does not restart it).
+    assert!(has(&pud, "StartLimitBurst", "1"));
+    assert!(has(&pud, "StartLimitIntervalSec", "infinity"));
     let apf = unit("agent-protocol-forwarder.service");
     for flag in [
         "-pod-namespace",
@@ -224,4 +235,45 @@ fn policy_fallback_and_seeds() {
         table.get("guest_components_procs").and_then(|v| v.as_str()),
         Some("none")
     );
+}
+
+/// The cidata generator writes a mount ordered before provisioning that systemd accepts, so
+/// provisioning (which runs once per boot) never starts before the user data disk is mounted.
+#[test]
+fn cidata_generator_mounts_the_disk_before_provisioning() {
+    let ok = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(ok, "systemd-analyze (Debian's systemd)") {
+        return;
+    }
+    let microsoft = Command::new("systemd-detect-virt")
+        .arg("--vm")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "microsoft");
+    let dir = peerpod_tests::scratch::ScratchDir::new("podvm-generator").expect("scratch");
+    let status = Command::new(podvm().join("etc/systemd/system-generators/podvm-cidata-generator"))
+        .arg(dir.path())
+        .status()
+        .expect("run the generator");
+    assert!(status.success());
+    let mount = dir.path().join("media-cidata.mount");
+    if microsoft {
+        // On Hyper-V (Azure) user data comes from the IMDS: no disk to wait for.
+        assert!(!mount.exists());
+        return;
+    }
+    let text = std::fs::read_to_string(&mount).expect("media-cidata.mount");
+    assert!(text.contains("Before=process-user-data.service"), "{text}");
+    assert!(text.contains("Where=/media/cidata"), "{text}");
+    assert!(text.contains("Options=ro,nosuid,nodev,noexec"), "{text}");
+    assert!(
+        dir.path()
+            .join("multi-user.target.wants/media-cidata.mount")
+            .exists()
+    );
+    let report = verify(&[mount]);
+    let complaints: Vec<&str> = report.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(complaints.is_empty(), "{complaints:#?}");
 }
