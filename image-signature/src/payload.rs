@@ -109,15 +109,28 @@ pub(crate) fn check(
         )
     })?;
     if identity_matches(&signed, image, rule) {
-        Ok(())
-    } else {
-        Err(format!(
-            "the signature claims identity {}, which {} does not accept for {}",
-            crate::policy::quote(&signed.text()),
-            rule_name(rule),
-            image.reference()
-        ))
+        return Ok(());
     }
+    let mut reason = format!(
+        "the signature claims identity {}, which {} does not accept for {}",
+        crate::policy::quote(&signed.text()),
+        rule_name(rule),
+        image.reference()
+    );
+    // The common case: a cosign signature (repository only) on an image pulled by tag.
+    if *rule == SignedIdentity::MatchRepoDigestOrExact
+        && signed.tag.is_none()
+        && signed.digest.is_none()
+        && image.tag.is_some()
+        && signed.name() == image.name()
+    {
+        reason.push_str(
+            "; the signature names the repository without a tag: pull the image by digest, or \
+             set \"signedIdentity\": {\"type\": \"matchRepository\"} on the rule to accept \
+             any signed image of the repository under this tag",
+        );
+    }
+    Err(reason)
 }
 
 fn rule_name(rule: &SignedIdentity) -> String {

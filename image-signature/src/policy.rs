@@ -319,11 +319,12 @@ fn requirement(value: &Value, at: &str) -> Result<Requirement, SignatureError> {
                 ],
             )?;
             let keys = key_source(obj, at, &["keyPath", "keyPaths", "keyData", "keyDatas"])?;
-            // Like image-rs, and unlike containers/image, the default is matchRepository: cosign
-            // signs `registry/repository` without the tag, so matchRepoDigestOrExact would refuse
-            // every cosign-signed image pulled by tag.
+            // As containers/image (and unlike image-rs, which checks no identity), the default
+            // is matchRepoDigestOrExact: cosign signs `registry/repository` without a tag, so
+            // an image pulled by tag needs `signedIdentity: matchRepository` said in the policy
+            // (which lets the registry serve any signed image of the repository for that tag).
             let identity = signed_identity(obj.get("signedIdentity"), at)?
-                .unwrap_or(SignedIdentity::MatchRepository);
+                .unwrap_or(SignedIdentity::MatchRepoDigestOrExact);
             Ok(Requirement::SigstoreSigned { keys, identity })
         }
         "signedBaseLayer" => Err(invalid(

@@ -18,8 +18,10 @@ fn cosign_policy() -> String {
     )
 }
 
+/// Pulled by digest, which the default identity rule (matchRepoDigestOrExact) accepts for a
+/// cosign signature of the repository.
 fn app(digest: &str) -> ImageIdentity {
-    image("registry.example:5000", "team/app", Some("v1"), digest)
+    image("registry.example:5000", "team/app", None, digest)
 }
 
 fn signature_tag(digest: &str) -> String {

@@ -13,6 +13,11 @@ use peerpod_image_signature::AcceptedBy;
 const KEY_URI: &str = "kbs:///default/cosign-public-key/app";
 const NAME: &str = "registry.example:5000/team/app";
 
+/// The identity rule a policy needs to accept cosign signatures (repository only) on an image
+/// pulled by tag; without it the default, matchRepoDigestOrExact, accepts them only for a pull
+/// by digest.
+const REPO: &str = r#","signedIdentity":{"type":"matchRepository"}"#;
+
 fn policy(extra: &str) -> String {
     format!(
         r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{NAME}":[{{"type":"sigstoreSigned","keyPath":"{KEY_URI}"{extra}}}]}}}}}}"#
@@ -36,7 +41,7 @@ async fn cosign_signed_image_is_accepted() -> TestResult {
     // cosign signs the repository, without the tag.
     registry.cosign_sign(NAME, &digest, &key, &cosign_payload(NAME, &digest));
     let accepted = check(
-        &policy(""),
+        &policy(REPO),
         &app(Some("v1"), &digest),
         &registry,
         &resources,
@@ -50,7 +55,7 @@ async fn cosign_signed_image_is_accepted() -> TestResult {
     assert_eq!(accepted.scope, format!("transports.docker[\"{NAME}\"]"));
     // Pulled by digest too.
     check(
-        &policy(""),
+        &policy(REPO),
         &app(None, &digest),
         &registry,
         &resources,
@@ -67,7 +72,7 @@ async fn unsigned_image_is_refused() {
     let (_, resources, registry, digest) = setup();
     let (rule, reason) = refusal(
         check(
-            &policy(""),
+            &policy(REPO),
             &app(Some("v1"), &digest),
             &registry,
             &resources,
@@ -97,7 +102,7 @@ async fn signature_by_another_key_is_refused() {
     );
     let (_, reason) = refusal(
         check(
-            &policy(""),
+            &policy(REPO),
             &app(Some("v1"), &digest),
             &registry,
             &resources,
@@ -122,7 +127,7 @@ async fn signature_for_another_repository_or_manifest_is_refused() {
     );
     let (_, reason) = refusal(
         check(
-            &policy(""),
+            &policy(REPO),
             &app(Some("v1"), &digest),
             &registry,
             &resources,
@@ -139,7 +144,7 @@ async fn signature_for_another_repository_or_manifest_is_refused() {
     registry.cosign_sign(NAME, &digest, &key, &cosign_payload(NAME, &other));
     let (_, reason) = refusal(
         check(
-            &policy(""),
+            &policy(REPO),
             &app(Some("v1"), &digest),
             &registry,
             &resources,
@@ -153,7 +158,7 @@ async fn signature_for_another_repository_or_manifest_is_refused() {
     registry.cosign_sign(NAME, &digest, &key, &simple_payload(NAME, &digest));
     let (_, reason) = refusal(
         check(
-            &policy(""),
+            &policy(REPO),
             &app(Some("v1"), &digest),
             &registry,
             &resources,
@@ -209,7 +214,7 @@ async fn tampered_payload_and_malformed_manifests_are_refused() {
     );
     let (_, reason) = refusal(
         check(
-            &policy(""),
+            &policy(REPO),
             &app(Some("v1"), &digest),
             &registry,
             &resources,
@@ -254,7 +259,7 @@ async fn tampered_payload_and_malformed_manifests_are_refused() {
         registry.put_manifest(NAME, &tag, body);
         let (_, reason) = refusal(
             check(
-                &policy(""),
+                &policy(REPO),
                 &app(Some("v1"), &digest),
                 &registry,
                 &resources,
@@ -274,7 +279,7 @@ async fn tampered_payload_and_malformed_manifests_are_refused() {
     );
     let (_, reason) = refusal(
         check(
-            &policy(""),
+            &policy(REPO),
             &app(Some("v1"), &digest),
             &registry,
             &resources,
@@ -308,7 +313,7 @@ async fn several_keys_and_signatures() -> TestResult {
     );
     let key_data = |k: &CosignKey| base64::engine::general_purpose::STANDARD.encode(k.public_pem());
     let inline = format!(
-        r#"{{"default":[{{"type":"sigstoreSigned","keyDatas":["{}","{}"]}}]}}"#,
+        r#"{{"default":[{{"type":"sigstoreSigned","keyDatas":["{}","{}"],"signedIdentity":{{"type":"matchRepository"}}}}]}}"#,
         key_data(&key),
         key_data(&other)
     );
@@ -346,7 +351,7 @@ async fn high_and_low_s_signatures_verify() -> TestResult {
             cosign_manifest(&[(d.clone(), payload.len(), b64)]),
         );
         check(
-            &policy(""),
+            &policy(REPO),
             &app(Some("v1"), &digest),
             &registry,
             &resources,
@@ -367,7 +372,7 @@ async fn a_key_that_is_not_a_p256_public_key_is_refused() {
         let resources = MemResources::with(KEY_URI, bad);
         let (_, reason) = refusal(
             check(
-                &policy(""),
+                &policy(REPO),
                 &app(Some("v1"), &digest),
                 &registry,
                 &resources,
@@ -396,7 +401,7 @@ async fn cosign_and_simple_signing_together() -> TestResult {
     registry.cosign_sign(NAME, &digest, &key, &cosign_payload(NAME, &digest));
     let lookaside = Lookaside::start();
     let policy = format!(
-        r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"{KEY_URI}"}},{{"type":"signedBy","keyType":"GPGKeys","keyPath":"kbs:///default/gpg/app"}}]}}"#
+        r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"{KEY_URI}","signedIdentity":{{"type":"matchRepository"}}}},{{"type":"signedBy","keyType":"GPGKeys","keyPath":"kbs:///default/gpg/app"}}]}}"#
     );
     let img = app(Some("v1"), &digest);
     let (rule, _) = refusal(
@@ -446,7 +451,7 @@ async fn signed_payload_with_duplicate_keys_is_refused() {
     registry.cosign_sign(NAME, &digest, &key, payload.as_bytes());
     let (_, reason) = refusal(
         check(
-            &policy(""),
+            &policy(REPO),
             &app(Some("v1"), &digest),
             &registry,
             &resources,
@@ -455,4 +460,38 @@ async fn signed_payload_with_duplicate_keys_is_refused() {
         .await,
     );
     assert!(reason.contains("duplicate key"), "{reason}");
+}
+
+/// Without `signedIdentity`, as in containers/image, a cosign signature (repository only) is
+/// accepted for a pull by digest and refused for a pull by tag: otherwise the registry could serve
+/// any other signed image of the repository (an older, vulnerable one) under the requested tag.
+#[tokio::test]
+async fn default_identity_accepts_a_digest_pull_and_refuses_a_tag_pull_saying_how() -> TestResult {
+    let (key, resources, registry, digest) = setup();
+    registry.cosign_sign(NAME, &digest, &key, &cosign_payload(NAME, &digest));
+    check(
+        &policy(""),
+        &app(None, &digest),
+        &registry,
+        &resources,
+        None,
+    )
+    .await?;
+    let (_, reason) = refusal(
+        check(
+            &policy(""),
+            &app(Some("v1"), &digest),
+            &registry,
+            &resources,
+            None,
+        )
+        .await,
+    );
+    assert!(
+        reason.contains("matchRepoDigestOrExact")
+            && reason.contains("pull the image by digest")
+            && reason.contains("matchRepository"),
+        "{reason}"
+    );
+    Ok(())
 }

@@ -684,7 +684,7 @@ async fn cosign_signed_image_accepted_wrong_key_unsigned_and_foreign_payload_ref
             scratch.path(),
             "policy.json",
             &format!(
-                r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{}/cos":[{{"type":"sigstoreSigned","keyPath":"{}"}}]}}}}}}"#,
+                r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{}/cos":[{{"type":"sigstoreSigned","keyPath":"{}","signedIdentity":{{"type":"matchRepository"}}}}]}}}}}}"#,
                 registry.addr,
                 scratch.path().join(key).display()
             ),
