@@ -65,8 +65,9 @@ fn image() -> Option<PodvmImage> {
         }
         _ => {
             let message = "the pod VM e2e test did NOT run: it needs `make podvm` and minutes \
-                           of TCG boot; set PEERPOD_PODVM_E2E=1 to run it (or =0 to skip it \
-                           on purpose)";
+                           of TCG boot; set PEERPOD_PODVM_E2E=1 to run it (=test to build \
+                           the image from this test build first, as CI does; =0 to skip it on \
+                           purpose)";
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("{message} (CI=true: an unrequested skip fails)");
             }
