@@ -67,6 +67,24 @@ mkdir -p "$WORK" "$OUT" "$CACHE/archives"
 if [ "${1:-}" != --no-cargo ]; then
     log "cargo build --release ${CARGO_PACKAGES[*]} (nice -n $NICE)"
     (cd "$REPO" && nice -n "$NICE" cargo build --release --bins "${CARGO_PACKAGES[@]}")
+    rm -f "$BIN_DIR/pause"
+fi
+# The sandbox container's pause binary, linked statically: /pause_bundle/rootfs holds nothing
+# else. A dynamically linked one (a plain cargo build, e.g. the tests' target/debug) is rebuilt
+# here with crt-static for the same profile.
+PAUSE=$BIN_DIR/pause
+if [ ! -x "$PAUSE" ] || readelf -d "$PAUSE" 2>/dev/null | grep -q NEEDED; then
+    case "$(cd "$BIN_DIR" 2>/dev/null && pwd)" in
+        "$TARGET"/debug) PROFILE=dev ;;
+        "$TARGET"/*) PROFILE=${BIN_DIR##*/} ;;
+        *) die "$PAUSE is missing or not static: build it with cargo rustc -p peerpod-pause --bin pause -- -C target-feature=+crt-static" ;;
+    esac
+    log "cargo rustc --profile $PROFILE -p peerpod-pause --bin pause (crt-static)"
+    (cd "$REPO" && nice -n "$NICE" cargo rustc --profile "$PROFILE" -p peerpod-pause --bin pause \
+        -- -C target-feature=+crt-static)
+fi
+if readelf -d "$PAUSE" | grep -q NEEDED; then
+    die "$PAUSE is dynamically linked: the pause bundle needs it static"
 fi
 
 # 2. Base root filesystem, cached as a tarball keyed by everything that goes into it.
@@ -113,6 +131,10 @@ for b in "${BINARIES[@]}"; do
     # Stripped: a test-profile (debug) binary is mostly debug info.
     install -s -m 0755 "$BIN_DIR/$b" "$ROOT/usr/local/bin/$b"
 done
+# The sandbox (pause) container's bundle, as upstream's: the agent's image_guest_pull storage
+# copies it instead of pulling registry.k8s.io/pause.
+install -D -s -m 0755 "$PAUSE" "$ROOT/pause_bundle/rootfs/pause"
+install -m 0644 "$REPO/podvm-image/pause_bundle/config.json" "$ROOT/pause_bundle/config.json"
 cp -a "$REPO/podvm/etc/." "$ROOT/etc/"
 cp -a "$REPO/podvm-image/rootfs/etc/." "$ROOT/etc/"
 chroot "$ROOT" systemctl enable process-user-data.service process-user-data.path \
