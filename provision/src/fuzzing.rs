@@ -25,3 +25,18 @@ pub fn user_data(data: &[u8]) {
         }
     }
 }
+
+/// Parses `data` as a WireServer goal state: refused or accepted, never a panic, and an
+/// accepted one respects the bounds and yields a Health document that parses back.
+pub fn goal_state(data: &[u8]) {
+    use crate::azure_ready::{GoalState, MAX_GOAL_STATE, MAX_ID};
+    let Ok(gs) = GoalState::parse(data) else {
+        return;
+    };
+    assert!(data.len() <= MAX_GOAL_STATE);
+    for v in [&gs.incarnation, &gs.container_id, &gs.instance_id] {
+        assert!(!v.is_empty() && v.len() <= MAX_ID);
+    }
+    let health = gs.health_xml();
+    assert!(roxmltree::Document::parse(&health).is_ok(), "{health}");
+}

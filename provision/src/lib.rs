@@ -15,8 +15,13 @@
 //! LUKS2 volume with a random key mounted at `/run/kata-containers/image` when user data asked
 //! for scratch space, using the confidential data hub's secure-mount code.
 //!
-//! Feature `fuzzing`: [`fuzzing`], the entry point of the `provision_user_data` fuzz target.
+//! `azure-ready` ([`azure_ready`]) reports the VM Ready to the Azure WireServer at boot, on
+//! Azure only (`azure-ready.service`), as a VM without the Azure Linux agent must.
+//!
+//! Feature `fuzzing`: [`fuzzing`], the entry points of the `provision_user_data` and
+//! `azure_goal_state` fuzz targets.
 
+pub mod azure_ready;
 pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -74,7 +74,7 @@ fn units_pass_systemd_analyze_verify() {
         return;
     }
     let files = units();
-    assert_eq!(files.len(), 15, "{files:?}");
+    assert_eq!(files.len(), 16, "{files:?}");
     let report = verify(&files);
     let ours = [
         "process-user-data",
@@ -83,6 +83,7 @@ fn units_pass_systemd_analyze_verify() {
         "attestation-agent",
         "confidential-data-hub",
         "api-server-rest",
+        "azure-ready",
     ];
     let complaints: Vec<&str> = report
         .lines()
