@@ -202,10 +202,22 @@ impl Runtime {
         if let Some(linux) = spec.linux_mut() {
             let sandbox = self.sandbox_cgroup(&sandbox);
             linux.set_cgroups_path(Some(PathBuf::from(format!("{sandbox}/{id}"))));
-            // Whatever the spec lists, as upstream: the network namespace is the sandbox's (the
-            // agent's own), IPC and UTS are the sandbox's, PID is the sandbox's when it shares
-            // one and the container's own otherwise, mount is always the container's own. Other
-            // kinds (user, cgroup, time) stay as the spec has them.
+            // The network namespace the spec names, when it is a named one (`/run/netns/NAME`):
+            // in a peer-pod VM the front door writes the pod's `/run/netns/podns` there, and
+            // upstream's agent keeps the spec's network path. Read before the list is rebuilt.
+            let named_network = linux
+                .namespaces()
+                .as_ref()
+                .and_then(|list| {
+                    list.iter()
+                        .find(|n| n.typ() == LinuxNamespaceType::Network)
+                        .and_then(|n| n.path().clone())
+                })
+                .filter(|path| is_named_netns(path));
+            // Whatever else the spec lists: the network namespace is that named one or else the
+            // sandbox's (the agent's own), IPC and UTS are the sandbox's, PID is the sandbox's
+            // when it shares one and the container's own otherwise, mount is always the
+            // container's own. Other kinds (user, cgroup, time) stay as the spec has them.
             let mut namespaces: Vec<LinuxNamespace> = linux
                 .namespaces()
                 .clone()
@@ -224,9 +236,10 @@ impl Runtime {
                 .collect();
             let joined = |kind: &str| shared.as_ref().map(|dir| dir.join(kind));
             let pid = if shared_pid { joined("pid") } else { None };
-            // The agent's own network namespace, named by path: the container joins it, and the
-            // runtime then accepts the pod's network sysctls.
-            let network = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+            // Otherwise the agent's own network namespace, named by path: the container joins
+            // it, and the runtime then accepts the pod's network sysctls.
+            let network = named_network
+                .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/ns/net", std::process::id())));
             for (typ, path) in [
                 (LinuxNamespaceType::Network, Some(network)),
                 (LinuxNamespaceType::Mount, None),
@@ -296,5 +309,53 @@ impl Drop for Reservation<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
+    }
+}
+
+/// Whether `path` names a network namespace made with `ip netns add`: `/run/netns/NAME`, NAME a
+/// plain file name. Any other path the host writes (`/proc/1/ns/net`, `..` tricks) is not
+/// joined: the container gets the agent's namespace instead, as before.
+fn is_named_netns(path: &std::path::Path) -> bool {
+    let mut components = path.components();
+    matches!(
+        (
+            components.next(),
+            components.next(),
+            components.next(),
+            components.next(),
+            components.next(),
+        ),
+        (
+            Some(std::path::Component::RootDir),
+            Some(std::path::Component::Normal(run)),
+            Some(std::path::Component::Normal(netns)),
+            Some(std::path::Component::Normal(name)),
+            None,
+        ) if run == "run" && netns == "netns" && !name.is_empty()
+    ) && path.as_os_str().len() <= 4096
+        && !path.as_os_str().as_encoded_bytes().contains(&b'\0')
+}
+
+#[cfg(test)]
+mod netns_tests {
+    use super::is_named_netns;
+    use std::path::Path;
+
+    #[test]
+    fn only_run_netns_names_are_named_namespaces() {
+        for good in ["/run/netns/podns", "/run/netns/cni-1234"] {
+            assert!(is_named_netns(Path::new(good)), "{good}");
+        }
+        for bad in [
+            "/proc/1/ns/net",
+            "/run/netns",
+            "/run/netns/",
+            "/run/netns/../../proc/1/ns/net",
+            "/run/netns/a/b",
+            "run/netns/podns",
+            "/var/run/netns/podns",
+        ] {
+            assert!(!is_named_netns(Path::new(bad)), "{bad}");
+        }
     }
 }

@@ -11,6 +11,8 @@ mod exec;
 mod guest_pull;
 mod leaks;
 mod lifecycle;
+mod netns;
+mod pause_bundle;
 mod privileges;
 mod resources;
 mod sealed;
