@@ -249,6 +249,96 @@ async fn vxlan_carries_pod_traffic_with_mtu_1450_and_teardown_leaves_nothing() {
     net.teardown().await.unwrap();
 }
 
+/// An attacker on the pod VM's network (a fourth namespace) who knows the VNI sends VXLAN
+/// frames from its own MAC: the device does no learning, so no FDB entry points at it.
+#[tokio::test]
+async fn a_spoofed_vxlan_sender_installs_no_fdb_entry_and_the_device_says_nolearning() {
+    let w = World::new("l");
+    let attacker = format!("fw-x{}", std::process::id() % 100_000);
+    let _ = Command::new("ip")
+        .args(["netns", "del", &attacker])
+        .stderr(std::process::Stdio::null())
+        .status();
+    ip(&["netns", "add", &attacker]);
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _del = Del(attacker.clone());
+    let net = PodNetwork::new(config(), World::path(&w.pod), Some(World::path(&w.vm)));
+    net.setup().await.unwrap();
+
+    let link = ip(&["-n", &w.pod, "-d", "link", "show", "eth0"]);
+    assert!(link.contains("nolearning"), "{link}");
+
+    let id = std::process::id() % 100_000;
+    let (a, b) = (format!("fxa{id}"), format!("fxb{id}"));
+    ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+    ip(&["link", "set", &a, "netns", &attacker]);
+    ip(&["link", "set", &b, "netns", &w.vm]);
+    ip(&["-n", &attacker, "addr", "add", "192.168.78.1/24", "dev", &a]);
+    ip(&["-n", &w.vm, "addr", "add", "192.168.78.2/24", "dev", &b]);
+    ip(&["-n", &attacker, "link", "set", &a, "up"]);
+    ip(&["-n", &w.vm, "link", "set", &b, "up"]);
+    ip(&[
+        "-n",
+        &attacker,
+        "link",
+        "add",
+        "evil0",
+        "address",
+        "02:de:ad:be:ef:01",
+        "type",
+        "vxlan",
+        "id",
+        "555001",
+        "remote",
+        "192.168.78.2",
+        "dstport",
+        "9000",
+    ]);
+    ip(&["-n", &attacker, "link", "set", "evil0", "up"]);
+    // Unsolicited ARP claiming the worker's gateway address, from the attacker's MAC.
+    for _ in 0..3 {
+        let _ = in_ns(
+            &attacker,
+            &[
+                "busybox",
+                "arping",
+                "-U",
+                "-c",
+                "1",
+                "-w",
+                "1",
+                "-I",
+                "evil0",
+                "-s",
+                "10.244.1.1",
+                "10.244.1.5",
+            ],
+        );
+    }
+    let fdb = ip(&["-n", &w.pod, "-br", "link"]);
+    assert!(fdb.contains("eth0"), "{fdb}");
+    let out = Command::new("bridge")
+        .args(["-n", &w.pod, "fdb", "show", "dev", "eth0"])
+        .output()
+        .expect("bridge (iproute2) runs");
+    let fdb = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !fdb.contains("02:de:ad:be:ef:01"),
+        "the attacker's MAC was learned: {fdb}"
+    );
+    net.teardown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_failed_set_up_removes_what_it_made() {
     let w = World::new("b");

@@ -216,6 +216,9 @@ impl PodNetwork {
             let msg = LinkVxlan::new(&temp, c.vxlan_id)
                 .remote(c.worker_node_ip)
                 .port(c.vxlan_port)
+                // No source-address learning: the only peer is the worker node, and a
+                // sender on the VPC with the right VNI must not install FDB entries.
+                .learning(false)
                 .build();
             handle.link().add(msg).execute().await.map_err(nl(format!(
                 "creating the VXLAN device {temp} (vni {}, port {}, remote {})",
