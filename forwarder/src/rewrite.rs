@@ -1,10 +1,10 @@
 //! The two requests the forwarder changes on their way to the agent, as upstream's
 //! interceptor does:
 //!
-//! - `CreateContainer`: the container joins the pod's network namespace. Every `network`
-//!   namespace entry the host sent is replaced by exactly one naming the pod namespace
-//!   (`/run/netns/podns`), so the host cannot point a container at the VM's own network
-//!   namespace or another. Missing bind-mount sources are created as directories, but only
+//! - `CreateContainer`: the container joins the pod's network namespace. Every network
+//!   namespace entry the host sent (`network` or `net`, in any letter case) is replaced by
+//!   exactly one naming the pod namespace (`/run/netns/podns`), so the host cannot point a
+//!   container at the VM's own network namespace or another. Missing bind-mount sources are created as directories, but only
 //!   below the allowed prefixes (`/run/kata-containers/` by default, where the shim's
 //!   shared paths live), never through a symbolic link, at most [`MAX_CREATED_SOURCES`] per
 //!   request. Sources elsewhere are left to the agent (and its policy) to refuse.
@@ -137,7 +137,9 @@ impl Rewriter {
         let spec = req.OCI.as_mut().ok_or(RewriteError::NoSpec)?;
         let linux = spec.Linux.mut_or_insert_default();
         let before = linux.Namespaces.len();
-        linux.Namespaces.retain(|ns| ns.Type != "network");
+        linux
+            .Namespaces
+            .retain(|ns| !is_network_namespace(&ns.Type));
         let dropped = before - linux.Namespaces.len();
         let mut podns = oci::LinuxNamespace::new();
         podns.Type = "network".into();
@@ -237,6 +239,14 @@ impl Rewriter {
     }
 }
 
+/// Whether a namespace entry's type names the network namespace in any spelling a runtime
+/// or spec library accepts (`network`, `net`, in any letter case, surrounding blanks
+/// ignored): every one is removed, so none survives next to the pod namespace.
+fn is_network_namespace(kind: &str) -> bool {
+    let kind = kind.trim();
+    kind.eq_ignore_ascii_case("network") || kind.eq_ignore_ascii_case("net")
+}
+
 fn create_sandbox(bytes: &[u8]) -> Result<Vec<u8>, RewriteError> {
     const M: &str = "CreateSandbox";
     let mut req =
@@ -293,6 +303,10 @@ mod tests {
             ("network", "/proc/1/ns/net"),
             ("mount", ""),
             ("network", ""),
+            ("net", "/proc/1/ns/net"),
+            ("NET", "/proc/1/ns/net"),
+            ("Network", "/var/run/netns/other"),
+            (" net", "/proc/1/ns/net"),
         ] {
             let mut ns = oci::LinuxNamespace::new();
             ns.Type = t.into();
