@@ -13,7 +13,9 @@
 //! dynamically like every other binary of the workspace.
 
 use nix::errno::Errno;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signal::{
+    SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, sigprocmask,
+};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
 /// Why [`run`] could not wait for signals.
@@ -50,12 +52,29 @@ pub fn reap_children() -> usize {
     }
 }
 
+/// Never runs (the signals stay blocked); its presence is what counts, see [`run`].
+extern "C" fn never_called(_: nix::libc::c_int) {}
+
 /// Waits for signals until SIGINT or SIGTERM (then returns `Ok`), reaping children on SIGCHLD.
 ///
-/// The signals are blocked and taken with `sigwait`, so no handler runs in signal context.
+/// The signals are blocked and taken with `sigwait`, so no code runs in signal context. A
+/// handler is still installed for each: the kernel drops signals without one that are sent to
+/// the init of a PID namespace, and the agent (as upstream's) turns SIGTERM into SIGKILL for a
+/// container's init whose `SigCgt` lacks it.
 pub fn run() -> Result<(), PauseError> {
     let set = handled();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(PauseError)?;
+    let action = SigAction::new(
+        SigHandler::Handler(never_called),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in set.iter() {
+        // SAFETY: the handler does nothing, so it is async-signal-safe; it never runs anyway
+        // while the signals are blocked.
+        #[allow(unsafe_code)]
+        unsafe { sigaction(signal, &action) }.map_err(PauseError)?;
+    }
     // Children that exited before the mask was set.
     reap_children();
     loop {

@@ -123,3 +123,31 @@ fn read_pid(path: &Path) -> i32 {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn it_has_handlers_for_sigint_sigterm_and_sigchld() {
+    // The agent turns SIGTERM into SIGKILL for a container init without a SIGTERM handler, and
+    // the kernel drops unhandled signals sent to a PID namespace's init: SigCgt must list them.
+    let mut child = Command::new(PAUSE)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pause");
+    started_and_blocking(&mut child);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    let status = status.expect("/proc/<pause>/status");
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16))
+        .expect("SigCgt line")
+        .expect("SigCgt is hex");
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD] {
+        assert_ne!(
+            caught & (1 << (signal as u32 - 1)),
+            0,
+            "{signal:?} has no handler (SigCgt {caught:x})"
+        );
+    }
+}
