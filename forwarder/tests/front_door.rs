@@ -462,3 +462,126 @@ async fn systemd_hears_ready_only_once_the_port_accepts() {
     let status = child.wait().unwrap();
     assert!(status.success(), "a clean exit on SIGTERM: {status}");
 }
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// 2,000 raw TCP connections that never send a ClientHello: the front door's descriptors stay
+/// bounded (at most `MAX_HANDSHAKES` pending handshakes) and a real shim still gets its Check
+/// answered at once, not after the flood's 10 s handshake timeouts.
+#[tokio::test]
+async fn a_flood_of_silent_connections_keeps_fds_bounded_and_the_shim_gets_in() {
+    let dir = scratch("flood");
+    let socket = dir.join("agent.sock");
+    let (_server, _stand_in) = stand_in(&socket).await;
+    let pki = Pki::new();
+    let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
+    let pid = fwd.child.id();
+    let before = fd_count(pid);
+    let mut flood = Vec::new();
+    for _ in 0..2000 {
+        flood.push(tokio::net::TcpStream::connect(fwd.addr).await.unwrap());
+    }
+    // Let the front door accept them all.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = fd_count(pid);
+    assert!(
+        during <= before + peerpod_forwarder::server::MAX_HANDSHAKES + 16,
+        "{during} descriptors open with the flood (before: {before})"
+    );
+    let cfg = client_config(
+        &pki.server.ca_pem,
+        Some((&pki.client.cert_pem, &pki.client.key_pem)),
+    );
+    let checked = tokio::time::timeout(Duration::from_secs(5), async {
+        let (_agent_client, health_client) =
+            ttrpc_clients(tls_connect(fwd.addr, cfg).await.unwrap());
+        health_client
+            .check(ctx(), &health::CheckRequest::new())
+            .await
+    })
+    .await
+    .expect("the Check came back while the flood held its connections");
+    assert_eq!(
+        checked.unwrap().status.enum_value_or_default(),
+        health::health_check_response::ServingStatus::SERVING
+    );
+    drop(flood);
+    let log = fwd.stop();
+    assert!(log.contains("newer connections were waiting"), "{log}");
+}
+
+/// Authenticated connections are capped too: with the cap reached, one more is closed (its
+/// Check fails at once); once one ends, a new one is served. (The listener in-process, with a
+/// cap of 4 instead of `MAX_CONNECTIONS`, so the test does not spend its time in handshakes.)
+#[tokio::test]
+async fn served_connections_are_capped() {
+    use peerpod_forwarder::config::TlsSettings;
+    use peerpod_forwarder::proxy::Forwarder;
+    use peerpod_forwarder::rewrite::Rewriter;
+    use peerpod_forwarder::server::{Limits, serve_with_limits};
+    use peerpod_forwarder::tls::{TlsFlags, server_config};
+    use std::sync::Arc;
+    const CAP: usize = 4;
+    let dir = scratch("conn-cap");
+    let socket = dir.join("agent.sock");
+    let (_server, _stand_in) = stand_in(&socket).await;
+    let pki = Pki::new();
+    let settings = TlsSettings {
+        server_cert: Some(pki.server.cert_pem.clone()),
+        server_key: Some(pki.server.key_pem.clone()),
+        client_ca: Some(pki.client.ca_pem.clone()),
+        ..TlsSettings::default()
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+        server_config(&settings, &TlsFlags::default()).unwrap(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let forwarder = Arc::new(Forwarder::new(Rewriter::default(), socket.clone(), TIMEOUT));
+    let limits = Limits {
+        connections: CAP,
+        ..Limits::default()
+    };
+    tokio::spawn(serve_with_limits(
+        listener,
+        Some(acceptor),
+        forwarder,
+        std::future::pending(),
+        limits,
+    ));
+    let cfg = client_config(
+        &pki.server.ca_pem,
+        Some((&pki.client.cert_pem, &pki.client.key_pem)),
+    );
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let (a, h) = ttrpc_clients(tls_connect(addr, cfg.clone()).await.unwrap());
+        h.check(ctx(), &health::CheckRequest::new()).await.unwrap();
+        held.push((a, h));
+    }
+    let one_more = async {
+        let (_a, h) = ttrpc_clients(tls_connect(addr, cfg.clone()).await?);
+        h.check(ctx(), &health::CheckRequest::new())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(5), one_more)
+        .await
+        .expect("the connection over the cap is closed at once");
+    assert!(refused.is_err(), "served over the cap: {refused:?}");
+    held.pop();
+    // The front door notices the closed connection and frees its place.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_a, h) = ttrpc_clients(tls_connect(addr, cfg.clone()).await.unwrap());
+        if h.check(ctx(), &health::CheckRequest::new()).await.is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
