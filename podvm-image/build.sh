@@ -35,7 +35,7 @@ PACKAGES=(systemd systemd-sysv udev kmod iproute2 iptables cryptsetup-bin e2fspr
 INITRD_MODULES=(virtio_pci virtio_blk virtio_scsi hv_vmbus hv_storvsc sd_mod dm_verity)
 # Binaries copied to /usr/local/bin, with the cargo package that builds each.
 BINARIES=(kata-agent attestation-agent confidential-data-hub api-server-rest process-user-data
-    agent-protocol-forwarder)
+    azure-ready agent-protocol-forwarder)
 CARGO_PACKAGES=(-p kata-agent -p attestation-agent -p confidential-data-hub -p peerpod-provision
     -p peerpod-forwarder)
 # Partition type GUIDs (UEFI spec and the Discoverable Partitions Specification).
@@ -139,7 +139,7 @@ cp -a "$REPO/podvm/etc/." "$ROOT/etc/"
 cp -a "$REPO/podvm-image/rootfs/etc/." "$ROOT/etc/"
 chroot "$ROOT" systemctl enable process-user-data.service process-user-data.path \
     attestation-agent.path confidential-data-hub.path kata-agent.path api-server-rest.path \
-    scratch-storage.path systemd-networkd.service >/dev/null 2>&1 \
+    scratch-storage.path systemd-networkd.service azure-ready.service >/dev/null 2>&1 \
     || die "systemctl enable failed in the image root"
 # Production: no login on any console, no password for root.
 chroot "$ROOT" systemctl mask getty@.service serial-getty@.service console-getty.service \
