@@ -5,7 +5,8 @@
 //! `agent-protocol-forwarder`. No socket, no copy to another process.
 //!
 //! The ttrpc server behaviour is kept: requests on one connection run concurrently (one task
-//! each), answers go on the request's stream; even stream ids, unknown services and methods,
+//! each, at most [`MAX_IN_FLIGHT`] at once: more are answered `RESOURCE_EXHAUSTED`; the tasks
+//! are aborted when the connection ends), answers go on the request's stream; even stream ids, unknown services and methods,
 //! requests that do not decode and answers over 4 MiB get ttrpc's statuses; a client deadline
 //! (`timeout_nano`) ends the call with `DEADLINE_EXCEEDED`. Streaming methods are not served
 //! (the agent API has none): a data frame is answered `INVALID_ARGUMENT`.
@@ -17,12 +18,16 @@ use std::time::Duration;
 use protobuf::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 use ttrpc::r#async::{Service, TtrpcContext};
 
 use crate::frame::{self, FrameError, Header, TYPE_DATA, TYPE_REQUEST, TYPE_RESPONSE};
 use crate::proxy::{ConnectionError, encode, write};
 use crate::rewrite::Rewriter;
+
+/// The most requests one connection may have running at once.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 /// Serves registered ttrpc services on client connections, after the rewrites.
 pub struct Dispatcher {
@@ -51,7 +56,8 @@ impl Dispatcher {
     /// Serves one client connection until the client closes it or breaks the framing.
     ///
     /// This task alone reads and writes the connection; each request runs in a task of its
-    /// own and hands its answer back over a channel.
+    /// own and hands its answer back over a channel. The request tasks belong to the
+    /// connection: when it ends (or this future is dropped), they are aborted.
     pub async fn serve_connection<S>(&self, client: S) -> Result<(), ConnectionError>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
@@ -63,6 +69,7 @@ impl Dispatcher {
         // half-read and dropped).
         let mut read = Box::pin(next_frame(reader, Vec::new()));
         let mut out = Vec::new();
+        let mut tasks = JoinSet::new();
         loop {
             tokio::select! {
                 biased;
@@ -70,6 +77,7 @@ impl Dispatcher {
                     encode_answer(&mut out, stream_id, answer);
                     write(&mut writer, &out, "client").await?;
                 }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 (reader, payload, result) = &mut read => {
                     let header = match result {
                         Ok(Some(h)) => h,
@@ -79,7 +87,7 @@ impl Dispatcher {
                         }
                         Err(e) => return Err(ConnectionError::Client(e)),
                     };
-                    self.take(header, &payload, &answers);
+                    self.take(header, &payload, &answers, &mut tasks);
                     read = Box::pin(next_frame(reader, payload));
                 }
             }
@@ -87,7 +95,13 @@ impl Dispatcher {
     }
 
     /// Answers a frame that cannot be served at once, or starts its request's task.
-    fn take(&self, header: Header, payload: &[u8], answers: &mpsc::UnboundedSender<Answer>) {
+    fn take(
+        &self,
+        header: Header,
+        payload: &[u8],
+        answers: &mpsc::UnboundedSender<Answer>,
+        tasks: &mut JoinSet<()>,
+    ) {
         let refuse = |message: String| {
             let status = ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, message);
             let _ = answers.send((header.stream_id, Err(status)));
@@ -103,6 +117,21 @@ impl Dispatcher {
                 return;
             }
         }
+        // Before the rewrite: a refused request creates no bind-mount source.
+        if tasks.len() >= MAX_IN_FLIGHT {
+            warn!(
+                stream = header.stream_id,
+                "request refused: {MAX_IN_FLIGHT} requests already running on this connection"
+            );
+            let status = ttrpc::get_status(
+                ttrpc::Code::RESOURCE_EXHAUSTED,
+                format!(
+                    "agent-protocol-forwarder: {MAX_IN_FLIGHT} requests are already running on this connection"
+                ),
+            );
+            let _ = answers.send((header.stream_id, Err(status)));
+            return;
+        }
         let request = match self.rewriter.rewrite(payload) {
             Ok(None) => ttrpc::Request::parse_from_bytes(payload),
             Ok(Some(new)) => ttrpc::Request::parse_from_bytes(&new),
@@ -117,7 +146,7 @@ impl Dispatcher {
         };
         let services = Arc::clone(&self.services);
         let answers = answers.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let answer = call(&services, header, request).await;
             let _ = answers.send((header.stream_id, answer));
         });

@@ -246,3 +246,86 @@ async fn hostile_framing_ends_the_connection_before_any_service() {
     assert!(stand_in.recorded.lock().unwrap().containers.is_empty());
     assert!(stand_in.recorded.lock().unwrap().sandboxes.is_empty());
 }
+
+/// A Health service whose Check never returns; `live` counts the calls still running (a call
+/// aborted with its task drops its guard).
+#[derive(Clone, Default)]
+struct Hang {
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl health_ttrpc::Health for Hang {
+    async fn check(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        _: health::CheckRequest,
+    ) -> ttrpc::Result<health::HealthCheckResponse> {
+        self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _guard = Live(Arc::clone(&self.live));
+        std::future::pending::<()>().await;
+        Ok(health::HealthCheckResponse::new())
+    }
+}
+
+/// A client that floods one connection with requests that never finish gets
+/// RESOURCE_EXHAUSTED beyond `MAX_IN_FLIGHT`, and closing the connection ends every one of
+/// its requests (nothing keeps running for a client that is gone).
+#[tokio::test]
+async fn in_flight_requests_are_capped_and_end_with_their_connection() {
+    use peerpod_forwarder::dispatch::MAX_IN_FLIGHT;
+    use std::sync::atomic::Ordering;
+    let hang = Hang::default();
+    let services = health_ttrpc::create_health(Arc::new(hang.clone()));
+    let d = Arc::new(Dispatcher::new(Rewriter::default(), services));
+    let (mut c, task) = connect(&d);
+    let check = request(
+        "grpc.Health",
+        "Check",
+        health::CheckRequest::new().write_to_bytes().unwrap(),
+    );
+    for i in 0..=MAX_IN_FLIGHT as u32 {
+        send_frame(&mut c, 2 * i + 1, 1, &check).await;
+    }
+    let (stream, answer) = read_response(&mut c).await;
+    assert_eq!(
+        stream,
+        2 * MAX_IN_FLIGHT as u32 + 1,
+        "the request over the cap"
+    );
+    let (code, message) = code(&answer);
+    assert_eq!(code, ttrpc::Code::RESOURCE_EXHAUSTED, "{message}");
+    assert!(message.contains("already running"), "{message}");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while hang.live.load(Ordering::SeqCst) < MAX_IN_FLIGHT {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the calls did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(hang.live.load(Ordering::SeqCst), MAX_IN_FLIGHT);
+
+    drop(c);
+    tokio::time::timeout(TIMEOUT, task)
+        .await
+        .expect("the connection ends")
+        .unwrap()
+        .unwrap();
+    while hang.live.load(Ordering::SeqCst) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} calls still running after the client left",
+            hang.live.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
