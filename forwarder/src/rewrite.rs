@@ -6,8 +6,10 @@
 //!   exactly one naming the pod namespace (`/run/netns/podns`), so the host cannot point a
 //!   container at the VM's own network namespace or another. Missing bind-mount sources are created as directories, but only
 //!   below the allowed prefixes (`/run/kata-containers/` by default, where the shim's
-//!   shared paths live), never through a symbolic link, at most [`MAX_CREATED_SOURCES`] per
-//!   request. Sources elsewhere are left to the agent (and its policy) to refuse.
+//!   shared paths live), one component at a time relative to a directory descriptor opened
+//!   with `O_NOFOLLOW | O_DIRECTORY` (so a symbolic link swapped in meanwhile is never
+//!   followed), at most [`MAX_CREATED_SOURCES`] sources, [`MAX_CREATED_DIRS`] directories and
+//!   [`MAX_SOURCE_DEPTH`] components below the prefix per request. Sources elsewhere are left to the agent (and its policy) to refuse.
 //! - `CreateSandbox`: the DNS entries are dropped, so the host does not rewrite the pod VM's
 //!   `/etc/resolv.conf` (upstream's cloud-api-adaptor issue 98).
 //!
@@ -23,8 +25,12 @@ use tracing::{debug, info, warn};
 
 use crate::frame::{ScanError, request_method};
 
-/// The most bind-mount source directories one CreateContainer may create.
+/// The most missing bind-mount sources one CreateContainer may have created.
 pub const MAX_CREATED_SOURCES: usize = 64;
+/// The most directories one CreateContainer may create, over all its sources.
+pub const MAX_CREATED_DIRS: usize = 256;
+/// The most path components below the prefix a created source may have.
+pub const MAX_SOURCE_DEPTH: usize = 32;
 /// The agent service's name on the wire.
 pub const AGENT_SERVICE: &str = "grpc.AgentService";
 /// The pod's network namespace upstream uses.
@@ -152,6 +158,7 @@ impl Rewriter {
             "CreateContainer: the container joins the pod network namespace"
         );
         let mut created = 0usize;
+        let mut dirs_left = MAX_CREATED_DIRS;
         for mount in &spec.Mounts {
             if mount.type_ != "bind" || mount.source.is_empty() {
                 continue;
@@ -167,7 +174,7 @@ impl Rewriter {
                 );
                 break;
             }
-            match self.create_source(source) {
+            match self.create_source(source, &mut dirs_left) {
                 Ok(true) => created += 1,
                 Ok(false) => {
                     debug!(source = %source.display(), "missing bind-mount source outside the allowed prefixes: left to the agent")
@@ -184,8 +191,15 @@ impl Rewriter {
     }
 
     /// Creates `source` as a directory if it is a clean absolute path below an allowed
-    /// prefix, without following symbolic links. `Ok(false)`: not below an allowed prefix.
-    fn create_source(&self, source: &Path) -> Result<bool, String> {
+    /// prefix, without following symbolic links: each component is opened (or made, then
+    /// opened) relative to its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY`, so a
+    /// component swapped for a link meanwhile stops the walk. At most `dirs_left` directories
+    /// are made (the count goes down). `Ok(false)`: not below an allowed prefix.
+    fn create_source(&self, source: &Path, dirs_left: &mut usize) -> Result<bool, String> {
+        use nix::errno::Errno;
+        use nix::fcntl::{OFlag, openat};
+        use nix::sys::stat::{Mode, mkdirat};
+
         if !source.is_absolute()
             || source
                 .components()
@@ -201,38 +215,50 @@ impl Rewriter {
         else {
             return Ok(false);
         };
-        let meta = prefix
-            .symlink_metadata()
-            .map_err(|e| format!("the prefix {} is unusable: {e}", prefix.display()))?;
-        if !meta.is_dir() {
-            return Err(format!(
-                "the prefix {} is not a directory",
-                prefix.display()
-            ));
-        }
         let rest = source
             .strip_prefix(prefix)
             .map_err(|_| "not below the prefix".to_owned())?;
+        let depth = rest.components().count();
+        if depth > MAX_SOURCE_DEPTH {
+            return Err(format!(
+                "{depth} components below {}: at most {MAX_SOURCE_DEPTH}",
+                prefix.display()
+            ));
+        }
+        let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut dir = nix::fcntl::open(prefix.as_path(), dir_flags, Mode::empty())
+            .map_err(|e| format!("the prefix {} is unusable: {e}", prefix.display()))?;
         let mut path = prefix.clone();
         for part in rest.components() {
-            path.push(part);
-            match path.symlink_metadata() {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(format!(
-                        "{} exists and is not a directory (a symbolic link is never followed)",
-                        path.display()
-                    ));
+            let Component::Normal(name) = part else {
+                return Err(format!("{} is not a plain path", source.display()));
+            };
+            path.push(name);
+            let not_dir = |e: Errno| match e {
+                Errno::ELOOP | Errno::ENOTDIR => format!(
+                    "{} exists and is not a directory (a symbolic link is never followed)",
+                    path.display()
+                ),
+                e => format!("cannot open {}: {e}", path.display()),
+            };
+            dir = match openat(&dir, name, dir_flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    if *dirs_left == 0 {
+                        return Err(format!(
+                            "{}: more than {MAX_CREATED_DIRS} directories in one request",
+                            path.display()
+                        ));
+                    }
+                    match mkdirat(&dir, name, Mode::from_bits_truncate(0o755)) {
+                        Ok(()) => *dirs_left -= 1,
+                        Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+                    }
+                    openat(&dir, name, dir_flags, Mode::empty()).map_err(not_dir)?
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    use std::os::unix::fs::DirBuilderExt as _;
-                    std::fs::DirBuilder::new()
-                        .mode(0o755)
-                        .create(&path)
-                        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                }
-                Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
-            }
+                Err(e) => return Err(not_dir(e)),
+            };
         }
         info!(source = %source.display(), "created a missing bind-mount source");
         Ok(true)
@@ -399,6 +425,112 @@ mod tests {
         assert!(!outside.join("escaped").exists(), "a link was followed");
         assert!(!base.join("elsewhere").exists());
         assert!(!base.join("dotdot").exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    fn create_request(sources: &[PathBuf]) -> Vec<u8> {
+        let mut spec = oci::Spec::new();
+        for src in sources {
+            let mut m = oci::Mount::new();
+            m.type_ = "bind".into();
+            m.source = src.display().to_string();
+            m.destination = "/x".into();
+            spec.Mounts.push(m);
+        }
+        let mut req = agent::CreateContainerRequest::new();
+        req.OCI = Some(spec).into();
+        envelope("CreateContainer", req.write_to_bytes().unwrap())
+    }
+
+    fn count_dirs(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .map(|p| 1 + count_dirs(&p))
+            .sum()
+    }
+
+    #[test]
+    fn bind_sources_are_capped_in_directories_and_depth() {
+        let base = std::env::temp_dir().join(format!("fwd-bind-cap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let allowed = base.join("kata");
+        std::fs::create_dir_all(&allowed).unwrap();
+        let r = Rewriter::new(RewriteOptions {
+            pod_netns: "/run/netns/podns".into(),
+            bind_source_prefixes: vec![allowed.clone()],
+        });
+        // 20 sources of 20 new directories each: 400 asked for, 256 made at most.
+        let sources: Vec<PathBuf> = (0..20)
+            .map(|i| {
+                let mut p = allowed.join(format!("s{i}"));
+                for d in 1..20 {
+                    p.push(format!("d{d}"));
+                }
+                p
+            })
+            .collect();
+        r.rewrite(&create_request(&sources)).unwrap();
+        assert_eq!(count_dirs(&allowed), MAX_CREATED_DIRS);
+        // Too deep: nothing made.
+        let deep_root = base.join("deep");
+        std::fs::create_dir_all(&deep_root).unwrap();
+        let r = Rewriter::new(RewriteOptions {
+            pod_netns: "/run/netns/podns".into(),
+            bind_source_prefixes: vec![deep_root.clone()],
+        });
+        let mut deep = deep_root.clone();
+        for d in 0..=MAX_SOURCE_DEPTH {
+            deep.push(format!("{d}"));
+        }
+        r.rewrite(&create_request(&[deep])).unwrap();
+        assert_eq!(count_dirs(&deep_root), 0);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A component swapped between a directory and a link to elsewhere while sources are
+    /// created: nothing is ever made through the link.
+    #[test]
+    fn a_symlink_swapped_in_during_creation_is_never_followed() {
+        let base = std::env::temp_dir().join(format!("fwd-bind-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let allowed = base.join("kata");
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let r = Rewriter::new(RewriteOptions {
+            pod_netns: "/run/netns/podns".into(),
+            bind_source_prefixes: vec![allowed.clone()],
+        });
+        std::fs::create_dir(allowed.join("x")).unwrap();
+        std::os::unix::fs::symlink(&outside, allowed.join("x.l")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (allowed, stop) = (allowed.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // "x" and "x.l" trade places atomically, again and again: a directory one
+                // moment, a link to `outside` the next.
+                let (x, link) = (allowed.join("x"), allowed.join("x.l"));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = nix::fcntl::renameat2(
+                        nix::fcntl::AT_FDCWD,
+                        &x,
+                        nix::fcntl::AT_FDCWD,
+                        &link,
+                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    );
+                }
+            })
+        };
+        for i in 0..3000 {
+            r.rewrite(&create_request(&[allowed.join(format!("x/y{i}"))]))
+                .unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        let escaped: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+        assert!(escaped.is_empty(), "made through the link: {escaped:?}");
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
