@@ -101,6 +101,59 @@ impl CommandRunner for ReaperRunner {
     }
 }
 
+/// The front door through the agent's life: whatever state it is in when the agent stops,
+/// on success or on any error, [`Door::close`] tears the pod network down.
+pub(crate) enum Door {
+    /// No front door (or already closed).
+    Closed,
+    /// Prepared, not serving yet.
+    Prepared(Box<Prepared>),
+    /// Serving.
+    Running(Running),
+}
+
+impl Door {
+    /// Whether the door is prepared and not yet serving.
+    pub(crate) fn is_prepared(&self) -> bool {
+        matches!(self, Self::Prepared(_))
+    }
+
+    /// Whether the door serves.
+    pub(crate) fn is_running(&self) -> bool {
+        matches!(self, Self::Running(_))
+    }
+
+    /// Starts a prepared door (see [`Prepared::start`]); otherwise does nothing.
+    pub(crate) fn start(
+        &mut self,
+        services: HashMap<String, ttrpc::r#async::Service>,
+        reaper: Arc<Reaper>,
+    ) {
+        if let Self::Prepared(prepared) = std::mem::replace(self, Self::Closed) {
+            *self = Self::Running((*prepared).start(services, reaper));
+        }
+    }
+
+    /// Stops serving if it serves and tears the pod network down; harmless when closed.
+    pub(crate) async fn close(&mut self) {
+        match std::mem::replace(self, Self::Closed) {
+            Self::Closed => {}
+            Self::Prepared(prepared) => {
+                let Prepared { door, listener } = *prepared;
+                drop(listener);
+                door.teardown().await;
+            }
+            Self::Running(running) => running.stop().await,
+        }
+    }
+}
+
+impl From<Option<Prepared>> for Door {
+    fn from(prepared: Option<Prepared>) -> Self {
+        prepared.map_or(Self::Closed, |p| Self::Prepared(Box::new(p)))
+    }
+}
+
 /// A running front door.
 pub(crate) struct Running {
     stop: tokio::sync::oneshot::Sender<()>,

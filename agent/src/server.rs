@@ -117,6 +117,21 @@ pub async fn serve_with_front_door(
     front_door: Option<crate::front_door::Prepared>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let mut door = crate::front_door::Door::from(front_door);
+    let result = serve_inner(config, policy, guest, runtime, &mut door, shutdown).await;
+    // On every error path too: no VXLAN device, NAT path or iptables chain is left behind.
+    door.close().await;
+    result
+}
+
+async fn serve_inner(
+    config: &AgentConfig,
+    policy: AgentPolicy,
+    guest: GuestInfo,
+    runtime: RuntimeConfig,
+    door: &mut crate::front_door::Door,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let addr = config.server_addr.to_uri();
     if let Some(path) = config.server_addr.unix_path() {
         peerpod_protocols::socket::prepare_unix_socket(path).map_err(|source| {
@@ -149,11 +164,11 @@ pub async fn serve_with_front_door(
     )
     .on_sandbox_destroyed(Arc::clone(&destroyed));
     let agent: Arc<dyn agent_ttrpc::AgentService + Send + Sync> = Arc::new(agent);
-    let front_door = front_door.map(|door| {
+    if door.is_prepared() {
         let mut services = logged(agent_ttrpc::create_agent_service(Arc::clone(&agent)));
         services.extend(health_ttrpc::create_health(Arc::new(HealthRpc)));
-        door.start(services, reaper)
-    });
+        door.start(services, reaper);
+    }
     let agent_service = logged(agent_ttrpc::create_agent_service(agent));
     let health_service = health_ttrpc::create_health(Arc::new(HealthRpc));
     let mut server = ttrpc::r#async::Server::new()
@@ -166,7 +181,7 @@ pub async fn serve_with_front_door(
         .register_service(health_service);
     server.start().await.map_err(ServeError::Server)?;
     tracing::info!(%addr, "agent serving");
-    if front_door.is_some() {
+    if door.is_running() {
         peerpod_forwarder::front_door::notify("READY=1");
     }
 
@@ -179,9 +194,7 @@ pub async fn serve_with_front_door(
         }
     }
     tracing::info!("shutting down");
-    if let Some(door) = front_door {
-        door.stop().await;
-    }
+    door.close().await;
     if let Err(e) = runtime.shutdown().await {
         tracing::warn!(error = %e, "containers left behind at shutdown");
     }

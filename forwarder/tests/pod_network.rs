@@ -682,3 +682,74 @@ async fn the_agents_front_door_sets_up_the_pod_network_before_serving_and_remove
         .into_owned();
     assert!(!nat.contains("169.254.169.254"), "NAT rule left: {nat}");
 }
+
+/// The agent with its front door prepared (tunnel, IMDS path and rules up) but failing right
+/// after (its own socket cannot be made: the parent is a file): it exits with the cause and
+/// leaves none of the pod network behind.
+#[tokio::test]
+async fn an_agent_failing_after_the_front_door_is_prepared_tears_the_pod_network_down() {
+    use common::*;
+    let Some(bin) = kata_agent_binary() else {
+        return;
+    };
+    let w = World::new("e");
+    let dir = scratch("in-agent-fail");
+    let pki = Pki::new();
+    let net = r#""pod-network": {"tunnel-type": "vxlan", "podip": "10.244.1.5/24", "pod-hw-addr": "0a:58:0a:f4:01:05", "interface": "eth0", "worker-node-ip": "192.168.77.1/24", "vxlan-port": 9000, "vxlan-id": 555001, "mtu": 1500, "routes": [{"dst": "10.244.1.0/24", "dev": "eth0", "scope": 253}]}, "#;
+    std::fs::write(dir.join("apf.json"), pki.apf_json(net)).unwrap();
+    std::fs::write(dir.join("file"), b"not a directory").unwrap();
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "server_addr = 'unix://{}'\nlog_level = 'info'\n",
+            dir.join("file/agent.sock").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &w.vm])
+        .arg(&bin)
+        .arg("--config")
+        .arg(dir.join("agent.toml"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--copy-root")
+        .arg(dir.join("shared"))
+        .arg("--resolv-conf")
+        .arg(dir.join("resolv.conf"))
+        .arg("--cgroup-parent")
+        .arg(format!("/fwd-test-{}-in-agent-fail", std::process::id()))
+        .arg("--front-door-config")
+        .arg(dir.join("apf.json"))
+        .args(["--front-door-listen", "192.168.77.2:15150"])
+        .arg("--pod-namespace")
+        .arg(World::path(&w.pod))
+        .arg("--imds-nat")
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent did not stop: {}", log());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{}", log());
+    assert!(log().contains("pod network up"), "{}", log());
+    assert!(log().contains("pod network torn down"), "{}", log());
+    assert!(!ip(&["-n", &w.pod, "link"]).contains("eth0"));
+    assert!(!ip(&["-n", &w.vm, "link"]).contains("veth1"));
+    assert!(!ip(&["-n", &w.vm, "link"]).contains("ppvx"));
+    let raw = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "raw", "-S"]).stdout)
+        .into_owned();
+    assert!(!raw.contains("peerpod"), "rules left behind: {raw}");
+    let nat = String::from_utf8_lossy(&in_ns(&w.vm, &["iptables", "-t", "nat", "-S"]).stdout)
+        .into_owned();
+    assert!(!nat.contains("169.254.169.254"), "NAT rule left: {nat}");
+}
