@@ -6,10 +6,12 @@
 //!
 //! The ttrpc server behaviour is kept: requests on one connection run concurrently (one task
 //! each, at most [`MAX_IN_FLIGHT`] at once: more are answered `RESOURCE_EXHAUSTED`; the tasks
-//! are aborted when the connection ends), answers go on the request's stream; even stream ids, unknown services and methods,
-//! requests that do not decode and answers over 4 MiB get ttrpc's statuses; a client deadline
-//! (`timeout_nano`) ends the call with `DEADLINE_EXCEEDED`. Streaming methods are not served
-//! (the agent API has none): a data frame is answered `INVALID_ARGUMENT`.
+//! are aborted when the connection ends), answers go on the request's stream; even stream
+//! ids, unknown services and methods, requests that do not decode, requests over 4 MiB once
+//! rewritten (answered as the separate forwarder answers them) and answers over 4 MiB get
+//! ttrpc's statuses; a client deadline (`timeout_nano`) ends the call with
+//! `DEADLINE_EXCEEDED`. Streaming methods are not served (the agent API has none): a data
+//! frame is answered `INVALID_ARGUMENT`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -134,6 +136,18 @@ impl Dispatcher {
         }
         let request = match self.rewriter.rewrite(payload) {
             Ok(None) => ttrpc::Request::parse_from_bytes(payload),
+            Ok(Some(new)) if new.len() > frame::MAX_PAYLOAD as usize => {
+                warn!(
+                    stream = header.stream_id,
+                    size = new.len(),
+                    "request refused, not served: {}",
+                    crate::rewrite::REWRITTEN_TOO_LARGE
+                );
+                return refuse(format!(
+                    "agent-protocol-forwarder: {}",
+                    crate::rewrite::REWRITTEN_TOO_LARGE
+                ));
+            }
             Ok(Some(new)) => ttrpc::Request::parse_from_bytes(&new),
             Err(e) => {
                 warn!(stream = header.stream_id, error = %e, "request refused, not served");

@@ -154,7 +154,7 @@ impl Forwarder {
                                 refuse(
                                     &client_w,
                                     header.stream_id,
-                                    "the rewritten request is over ttrpc's 4 MiB limit",
+                                    crate::rewrite::REWRITTEN_TOO_LARGE,
                                 )
                                 .await?;
                                 continue;

@@ -38,6 +38,11 @@ pub const DEFAULT_POD_NETNS: &str = "/run/netns/podns";
 /// Where missing bind-mount sources may be created by default.
 pub const DEFAULT_BIND_SOURCE_PREFIX: &str = "/run/kata-containers";
 
+/// Why a request whose rewritten form is over ttrpc's 4 MiB is refused (`INVALID_ARGUMENT`,
+/// after `agent-protocol-forwarder: `), by the separate forwarder and the in-agent dispatch
+/// alike.
+pub const REWRITTEN_TOO_LARGE: &str = "the rewritten request is over ttrpc's 4 MiB limit";
+
 /// Why a request was refused instead of forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum RewriteError {

@@ -329,3 +329,28 @@ async fn in_flight_requests_are_capped_and_end_with_their_connection() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Over 4 MiB once rewritten: refused with the separate forwarder's status, and the service
+/// never sees it.
+#[tokio::test]
+async fn a_request_over_4_mib_once_rewritten_is_refused_as_the_forwarder_does() {
+    let stand_in = StandIn::default();
+    let d = dispatcher(&stand_in);
+    let (mut c, _task) = connect(&d);
+    let env = create_container_just_under_the_limit();
+    assert!(env.len() > (4 << 20) - 100 && env.len() <= 4 << 20);
+    send_frame(&mut c, 1, 1, &env).await;
+    let (stream, answer) = read_response(&mut c).await;
+    assert_eq!(stream, 1);
+    assert_eq!(
+        code(&answer),
+        (
+            ttrpc::Code::INVALID_ARGUMENT,
+            format!(
+                "agent-protocol-forwarder: {}",
+                peerpod_forwarder::rewrite::REWRITTEN_TOO_LARGE
+            )
+        )
+    );
+    assert!(stand_in.recorded.lock().unwrap().containers.is_empty());
+}

@@ -585,3 +585,44 @@ async fn served_connections_are_capped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The separate forwarder answers a request over 4 MiB once rewritten exactly as the in-agent
+/// dispatch does (tests/dispatch.rs), and forwards nothing.
+#[tokio::test]
+async fn a_request_over_4_mib_once_rewritten_is_refused_with_the_in_agent_status() {
+    let dir = scratch("rewrite-4mib");
+    let socket = dir.join("agent.sock");
+    let (_server, stand_in) = stand_in(&socket).await;
+    let pki = Pki::new();
+    let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
+    let cfg = client_config(
+        &pki.server.ca_pem,
+        Some((&pki.client.cert_pem, &pki.client.key_pem)),
+    );
+    let mut tls = tls_connect(fwd.addr, cfg).await.unwrap();
+    let body = create_container_just_under_the_limit();
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0, 0, 0, 7, 1, 0]);
+    frame.extend_from_slice(&body);
+    tls.write_all(&frame).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut header = [0u8; 10];
+    tokio::time::timeout(TIMEOUT, tls.read_exact(&mut header))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u32::from_be_bytes(header[4..8].try_into().unwrap()), 7);
+    let mut answer = vec![0u8; u32::from_be_bytes(header[0..4].try_into().unwrap()) as usize];
+    tls.read_exact(&mut answer).await.unwrap();
+    let answer = ttrpc::Response::parse_from_bytes(&answer).unwrap();
+    let status = answer.status.as_ref().cloned().unwrap_or_default();
+    assert_eq!(status.code(), ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(
+        status.message(),
+        format!(
+            "agent-protocol-forwarder: {}",
+            peerpod_forwarder::rewrite::REWRITTEN_TOO_LARGE
+        )
+    );
+    assert!(stand_in.recorded.lock().unwrap().containers.is_empty());
+}

@@ -404,3 +404,30 @@ impl Drop for RealAgent {
         let _ = self.child.wait();
     }
 }
+
+/// A CreateContainer envelope (a ttrpc request body) just under ttrpc's 4 MiB that the rewrite
+/// (the pod namespace entry) takes over it.
+pub fn create_container_just_under_the_limit() -> Vec<u8> {
+    use protobuf::Message as _;
+    const MAX: usize = 4 << 20;
+    let build = |pad: usize| {
+        let mut req = agent::CreateContainerRequest::new();
+        req.container_id = "big".into();
+        req.exec_id = "x".repeat(pad);
+        req.OCI = Some(peerpod_protocols::kata::oci::Spec::new()).into();
+        let mut r = ttrpc::Request::new();
+        r.service = "grpc.AgentService".into();
+        r.method = "CreateContainer".into();
+        r.payload = req.write_to_bytes().unwrap();
+        r.write_to_bytes().unwrap()
+    };
+    // The varint lengths grow with the padding: aim, then step down to fit.
+    let mut pad = MAX - 4 - build(0).len();
+    loop {
+        let env = build(pad);
+        if env.len() <= MAX - 4 {
+            return env;
+        }
+        pad -= env.len() - (MAX - 4);
+    }
+}
