@@ -480,6 +480,12 @@ async fn a_flood_of_silent_connections_keeps_fds_bounded_and_the_shim_gets_in() 
     let pki = Pki::new();
     let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
     let pid = fwd.child.id();
+    // Room for the flood on this side (a 1024 soft limit is common).
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 4096 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(4096), hard).unwrap();
+    }
     let before = fd_count(pid);
     let mut flood = Vec::new();
     for _ in 0..2000 {
