@@ -8,12 +8,25 @@
 //!    from 100 ms, doubling to 2 s) against upstream's published retry policy (a fixed 5 s
 //!    pause between attempts, `retry.Delay(5s)` with `FixedDelay`) run as a curl loop.
 //!
-//! Run: `cargo bench -p peerpod-provision` (about 40 s).
+//! C: provisioning start → 15150 accepting (issue 14). Each round: `process-user-data
+//!    provision-files` fetches user data (cloud-config with apf.json and initdata) from the
+//!    stand-in and writes the files under a fresh root (part 1); then the front door starts from
+//!    that apf.json and a TLS client with the shim's certificate completes a handshake on the
+//!    listen port (part 2). Ours: `kata-agent --front-door-config apf.json` (one process).
+//!    Baseline, same run, same binaries: upstream's architecture, the agent on its unix socket
+//!    plus a separate `agent-protocol-forwarder -config apf.json` in front of it, both started
+//!    at once; part 2 ends when the handshake is done and the agent's socket accepts (the
+//!    forwarder serves nothing before that). The agent and forwarder binaries are the
+//!    workspace's debug builds (`cargo build -p kata-agent -p peerpod-forwarder`) or
+//!    `$KATA_AGENT_BIN` / `$APF_BIN`; without them C prints SKIPPED (a failure under CI=true).
+//!    Run as root (the agent needs it).
+//!
+//! Run: `cargo bench -p peerpod-provision` (about a minute).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +36,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_process-user-data");
 const PATH: &str = "/metadata/instance/compute/userData?api-version=2021-01-01&format=text";
 
 fn user_data() -> String {
+    user_data_with("{\"pod-network\":{\"podip\":\"10.0.0.2/24\"}}")
+}
+
+fn user_data_with(apf: &str) -> String {
     let doc = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"aa.toml\" = '''\n\
                [token_configs.kbs]\nurl = \"https://kbs.example.com\"\n'''\n\"cdh.toml\" = '''\n\
                socket = \"unix:///run/confidential-containers/cdh.sock\"\n[kbc]\nname = \"cc_kbc\"\n\
@@ -31,7 +48,7 @@ fn user_data() -> String {
     let initdata = peerpod_policy::initdata::encode_annotation(doc.as_bytes());
     let ud = format!(
         "#cloud-config\nwrite_files:\n- path: /run/peerpod/apf.json\n  content: |\n    \
-         {{\"pod-network\":{{\"podip\":\"10.0.0.2/24\"}}}}\n- path: /run/peerpod/initdata\n  \
+         {apf}\n- path: /run/peerpod/initdata\n  \
          content: {initdata}\n"
     );
     base64::engine::general_purpose::STANDARD.encode(ud)
@@ -162,5 +179,262 @@ fn main() {
         ms(b),
         a.as_secs_f64() / b.as_secs_f64()
     );
+    front_door(&dir.join("front-door"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `name` from `$env`, else the workspace's debug build; `None` with a loud note (a failure
+/// under CI=true).
+fn workspace_binary(name: &str, env: &str, package: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/debug")
+            .join(name)
+    });
+    if path.is_file() {
+        return Some(path);
+    }
+    let message = format!(
+        "{} is missing: build it (cargo build -p {package}) or set {env}",
+        path.display()
+    );
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{message} (CI=true: a missing binary fails)"
+    );
+    eprintln!("*** SKIPPED C: {message} ***");
+    None
+}
+
+/// A child killed (and reaped) on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The shim's TLS client: trusts the pod VM's CA, presents the shim's certificate.
+fn client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.server.ca_pem.as_bytes()) {
+        roots.add(c.expect("CA pem")).expect("CA");
+    }
+    let chain = CertificateDer::pem_slice_iter(pki.client.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("client cert");
+    let key = PrivateKeyDer::from_pem_slice(pki.client.key_pem.as_bytes()).expect("client key");
+    Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client auth"),
+    )
+}
+
+/// Polls `port` until a TLS handshake with the client certificate completes; returns the
+/// connection (still open, for the check after the clock stops).
+fn handshake(
+    port: u16,
+    cfg: &Arc<rustls::ClientConfig>,
+    started: Instant,
+    log: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "15150 never accepted: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        if let Ok(tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let name = "127.0.0.1".try_into().expect("server name");
+            let conn = rustls::ClientConnection::new(cfg.clone(), name).expect("client");
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut done = true;
+            while tls.conn.is_handshaking() {
+                if tls.conn.complete_io(&mut tls.sock).is_err() {
+                    done = false;
+                    break;
+                }
+            }
+            if done {
+                return tls;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// After the clock stopped: the server did not refuse the client certificate (with TLS 1.3 a
+/// refusal arrives after the client's side of the handshake is done).
+fn accepted(mut tls: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>) -> bool {
+    use std::io::Read as _;
+    let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(300)));
+    match tls.read(&mut [0u8; 1]) {
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        // 0: closed by the server (refused); data: the connection is alive.
+        Ok(n) => n > 0,
+    }
+}
+
+/// The agent with its configuration in `dir`, serving ttrpc on `dir/agent.sock`, with `args`.
+fn agent(bin: &Path, dir: &Path, args: &[&str]) -> Killed {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server_addr = 'unix://{}'\nlog_level = 'info'\n",
+            dir.join("agent.sock").display()
+        ),
+    )
+    .expect("agent.toml");
+    let child = Command::new(bin)
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--copy-root")
+        .arg(dir.join("shared"))
+        .arg("--resolv-conf")
+        .arg(dir.join("resolv.conf"))
+        .arg("--cgroup-parent")
+        .arg(format!(
+            "/prov-bench-{}-{}",
+            std::process::id(),
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("agent")
+        ))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).expect("agent.log"))
+        .spawn()
+        .expect("kata-agent");
+    Killed(child)
+}
+
+struct Pki {
+    server: peerpod_tests::cvm::certs::TlsCa,
+    client: peerpod_tests::cvm::certs::TlsCa,
+}
+
+/// One round: part 1 (process-user-data, IMDS → files) and part 2 (front door start → TLS
+/// handshake done), `in_agent` choosing our architecture or upstream's.
+fn round(
+    url: &str,
+    root: &Path,
+    bins: (&Path, &Path),
+    cfg: &Arc<rustls::ClientConfig>,
+    in_agent: bool,
+) -> (Duration, Duration) {
+    let part1 = ours(url, root);
+    let apf = root.join("run/peerpod/apf.json");
+    assert!(apf.exists(), "process-user-data wrote no apf.json");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let apf = apf.display().to_string();
+    let socket = root.join("agent.sock");
+    let log = root.join(if in_agent {
+        "agent.log"
+    } else {
+        "forwarder.log"
+    });
+    let start = Instant::now();
+    let (tls, _children) = if in_agent {
+        let a = agent(
+            bins.0,
+            root,
+            &["--front-door-config", &apf, "--front-door-listen", &listen],
+        );
+        (handshake(port, cfg, start, &log), vec![a])
+    } else {
+        let a = agent(bins.0, root, &[]);
+        let f = Command::new(bins.1)
+            .args(["-config", &apf, "-listen", &listen, "-kata-agent-socket"])
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("forwarder.log"))
+            .spawn()
+            .expect("agent-protocol-forwarder");
+        let f = Killed(f);
+        let tls = handshake(port, cfg, start, &log);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "no agent socket");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (tls, vec![a, f])
+    };
+    let part2 = start.elapsed();
+    assert!(
+        accepted(tls),
+        "the front door refused the shim's certificate: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    (part1, part2)
+}
+
+fn front_door(dir: &Path) {
+    let (Some(agent_bin), Some(apf_bin)) = (
+        workspace_binary("kata-agent", "KATA_AGENT_BIN", "kata-agent"),
+        workspace_binary("agent-protocol-forwarder", "APF_BIN", "peerpod-forwarder"),
+    ) else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    use peerpod_tests::cvm::certs::TlsCa;
+    let pki = Pki {
+        server: TlsCa::generate(&["podvm"]).expect("server CA"),
+        client: TlsCa::generate(&["shim"]).expect("client CA"),
+    };
+    let apf = format!(
+        "{{\"tls-server-cert\":{:?},\"tls-server-key\":{:?},\"tls-client-ca\":{:?}}}",
+        pki.server.cert_pem, pki.server.key_pem, pki.client.ca_pem
+    );
+    let port = serve(user_data_with(&apf), Arc::new(Mutex::new(Instant::now())));
+    let url = format!("http://127.0.0.1:{port}{PATH}");
+    let cfg = client_config(&pki);
+    let runs = 10;
+    let mut samples: [Vec<Duration>; 6] = Default::default();
+    for i in 0..runs {
+        for (k, in_agent) in [(0, true), (3, false)] {
+            let root = dir.join(format!("{}-{i}", if in_agent { "in-agent" } else { "apf" }));
+            let (p1, p2) = round(&url, &root, (&agent_bin, &apf_bin), &cfg, in_agent);
+            samples[k].push(p1 + p2);
+            samples[k + 1].push(p1);
+            samples[k + 2].push(p2);
+        }
+    }
+    let stat = |v: &[Duration]| {
+        let min = v.iter().min().copied().unwrap_or_default();
+        (median(v.to_vec()), min)
+    };
+    for (what, k) in [
+        ("whole span (start → handshake)", 0),
+        ("part 1: process-user-data, IMDS → files", 1),
+        ("part 2: front door start → handshake", 2),
+    ] {
+        let (ours_p50, ours_min) = stat(&samples[k]);
+        let (base_p50, base_min) = stat(&samples[k + 3]);
+        println!(
+            "C  {what}:  in-agent p50 {:.1} ms (min {:.1})  agent + forwarder p50 {:.1} ms \
+             (min {:.1})  ratio {:.2}x  (p50 of {runs})",
+            ms(ours_p50),
+            ms(ours_min),
+            ms(base_p50),
+            ms(base_min),
+            ours_p50.as_secs_f64() / base_p50.as_secs_f64()
+        );
+    }
 }
