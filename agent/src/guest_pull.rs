@@ -182,7 +182,7 @@ impl GuestPull {
                 AgentError::internal(format!("cannot create {}", crate::error::quoted(parent)), e)
             })?;
         }
-        std::fs::copy(self.pause_bundle.join("rootfs").join(&relative), &target)
+        copy_new(&self.pause_bundle.join("rootfs").join(&relative), &target)
             .map_err(|e| missing(format!("cannot copy the pause binary ({e})")))?;
         std::fs::copy(&config_path, bundle.join("config.json"))
             .map_err(|e| missing(format!("cannot copy config.json ({e})")))?;
@@ -221,6 +221,21 @@ fn is_sandbox(map: &HashMap<String, String>) -> bool {
     CONTAINER_TYPE_KEYS
         .iter()
         .any(|k| map.get(*k).is_some_and(|v| v == "sandbox"))
+}
+
+/// Copies `from` to a file that must not exist yet at `to` (O_CREAT|O_EXCL, which never follows
+/// a symlink there): a bundle whose rootfs already holds something at that name (another
+/// container's, with a planted symlink) is refused instead of written through.
+fn copy_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut source = std::fs::File::open(from)?;
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(to)?;
+    std::io::copy(&mut source, &mut target)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -290,6 +305,43 @@ mod tests {
         let mut req = request("app1", r#"{"metadata":{}}"#);
         let e = pull.prepare(&cdh, &mut req).await.expect_err("no CDH");
         assert!(e.to_string().contains("cannot pull"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A bundle that already exists with a symlink at the pause binary's name (a running
+    /// container's rootfs, say): refused, and nothing is written through the link.
+    #[tokio::test]
+    async fn a_symlink_at_the_pause_binary_is_not_written_through() {
+        let dir = std::env::temp_dir().join(format!("guest-pull-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pause = dir.join("pause_bundle");
+        std::fs::create_dir_all(pause.join("rootfs")).expect("dir");
+        std::fs::write(pause.join("rootfs/pause"), b"\x7fELF-pause").expect("pause");
+        std::fs::write(
+            pause.join("config.json"),
+            r#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":["/pause"],"user":{"uid":65535,"gid":65535}},"root":{"path":"rootfs"}}"#,
+        )
+        .expect("config");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"guest file").expect("victim");
+        let rootfs = dir.join("base/w1/rootfs");
+        std::fs::create_dir_all(&rootfs).expect("rootfs");
+        std::os::unix::fs::symlink(&victim, rootfs.join("pause")).expect("planted link");
+        let pull = GuestPull {
+            base: dir.join("base"),
+            pause_bundle: pause,
+        };
+        let cdh = CdhClient::new(
+            "unix:///nonexistent/cdh.sock",
+            std::time::Duration::from_secs(1),
+        );
+        let mut req = request(
+            "w1",
+            r#"{"metadata":{"io.kubernetes.cri.container-type":"sandbox"}}"#,
+        );
+        let e = pull.prepare(&cdh, &mut req).await.expect_err("refused");
+        assert!(e.to_string().contains("pause binary"), "{e}");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"guest file");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
