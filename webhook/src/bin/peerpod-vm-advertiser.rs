@@ -45,18 +45,22 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(advertiser: &Advertiser, recheck: Duration) -> anyhow::Result<()> {
+    // The handlers first: a SIGTERM that arrives just after the capacity is set must still
+    // withdraw it, not kill the process with the capacity left behind.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot handle SIGINT")?;
     let first = advertiser
         .advertise()
         .await
         .context("cannot advertise the pod VM capacity")?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot handle SIGTERM")?;
     let mut tick = tokio::time::interval(recheck);
     tick.tick().await;
     loop {
         tokio::select! {
             _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             _ = tick.tick(), if first == Advertised::Set => {
                 if let Err(e) = advertiser.ensure().await {
                     tracing::warn!(
