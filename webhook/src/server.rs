@@ -26,6 +26,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers (an idle keep-alive connection is
 /// closed after this too).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's body once its headers are in: a body sent
+/// a byte at a time would otherwise hold its connection slot for as long as the sender likes.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait in the listen backlog until one closes.
 pub const MAX_CONNECTIONS: usize = 1024;
 
@@ -114,10 +117,21 @@ async fn admit(handler: &Handler, req: Request<Incoming>) -> Response<Full<Bytes
             "the Content-Type must be application/json",
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
-        .collect()
-        .await
-    {
+    let collected = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_REVIEW_BYTES).collect(),
+    )
+    .await;
+    let Ok(collected) = collected else {
+        return text(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "the AdmissionReview's body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        );
+    };
+    let body = match collected {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return text(

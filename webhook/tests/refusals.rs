@@ -282,3 +282,39 @@ async fn stalled_clients_do_not_hold_up_others() -> TestResult {
     drop(half_request);
     Ok(())
 }
+
+/// A body sent a byte at a time does not hold its connection past the body timeout: the server
+/// answers 408 and the slot is free again.
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_answered_408() -> TestResult {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (server, _conn) = setup().await?;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await?;
+    let mut slow = tokio_rustls::TlsConnector::from(std::sync::Arc::new(server.client_config()))
+        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    slow.write_all(b"POST /mutate-v1-pod HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        .await?;
+    slow.flush().await?;
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    // One byte every second, for longer than the timeout; stop when the server answers.
+    while started.elapsed() < peerpod_webhook::server::BODY_TIMEOUT * 2 {
+        tokio::select! {
+            n = slow.read(&mut buf) => {
+                let n = n?;
+                answer.extend_from_slice(&buf[..n]);
+                if n == 0 || answer.windows(4).any(|w| w == b"\r\n\r\n") { break; }
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                if slow.write_all(b" ").await.is_err() { break; }
+                let _ = slow.flush().await;
+            }
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < peerpod_webhook::server::BODY_TIMEOUT * 2);
+    Ok(())
+}
