@@ -30,6 +30,19 @@ pub enum InitDataError {
         /// What is wrong (never the content).
         reason: String,
     },
+    /// An initdata file already in `/run/peerpod` that is larger than a `write_files` entry may
+    /// be: refused rather than read in part.
+    #[error(
+        "/run/peerpod/initdata is {len} bytes, over the {max}-byte limit of an initdata \
+         annotation in user data; whatever wrote it there (a provider's cloud-init) must write \
+         the pod's annotation as it is"
+    )]
+    TooLarge {
+        /// Its size.
+        len: u64,
+        /// The limit ([`crate::userdata::MAX_CONTENT`]).
+        max: usize,
+    },
     /// A valid document whose contents would not work (a config that is not TOML, a policy
     /// that does not compile).
     #[error(

@@ -113,6 +113,19 @@ pub async fn provision(options: &ProvisionOptions) -> Result<Report, ProvisionEr
             // Initdata's files win over write_files entries of the same name, as upstream's
             // later write does.
             plan.retain(|(n, _)| !derived.files.iter().any(|(d, _)| d == n));
+            // A configuration the initdata lacks is the host's write_files copy (upstream
+            // parity), which the initdata digest does not cover: said loudly.
+            for (name, _) in plan
+                .iter()
+                .filter(|(n, _)| initdata::DATA_FILES.contains(n))
+            {
+                tracing::warn!(
+                    file = %outputs.path(name).display(),
+                    "the initdata has no {name}: the host's unmeasured write_files copy is used \
+                     (the initdata digest does not cover it); put {name} in the initdata to \
+                     have it measured"
+                );
+            }
             plan.extend(derived.files);
         }
         None => tracing::info!(
@@ -137,28 +150,56 @@ pub async fn provision(options: &ProvisionOptions) -> Result<Report, ProvisionEr
     Ok(report)
 }
 
-fn existing_initdata(outputs: &Outputs) -> Result<Option<Vec<u8>>, WriteError> {
+/// An initdata file already in `/run/peerpod`: a regular file (opened without following a
+/// symlink, or blocking on a FIFO) of at most [`crate::userdata::MAX_CONTENT`] bytes, the bound
+/// of one in user data. A larger one is refused whole, never read in part.
+fn existing_initdata(outputs: &Outputs) -> Result<Option<Vec<u8>>, ProvisionError> {
     use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let max = crate::userdata::MAX_CONTENT;
     let path = outputs.path("initdata");
-    match std::fs::symlink_metadata(&path) {
-        Err(_) => Ok(None),
-        Ok(m) if !m.file_type().is_file() => Err(WriteError::Refused {
-            path,
-            reason: "the initdata there is not a regular file",
-        }),
-        Ok(_) => {
-            let mut raw = Vec::new();
-            std::fs::File::open(&path)
-                .and_then(|f| {
-                    f.take(crate::userdata::MAX_CONTENT as u64 + 1)
-                        .read_to_end(&mut raw)
-                })
-                .map_err(|source| WriteError::Io {
-                    action: "read",
-                    path: path.clone(),
-                    source,
-                })?;
-            Ok(Some(raw))
-        }
+    let io = |source| WriteError::Io {
+        action: "read",
+        path: path.clone(),
+        source,
+    };
+    let not_a_file = || WriteError::Refused {
+        path: path.clone(),
+        reason: "the initdata there is not a regular file",
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // O_NOFOLLOW on a symlink.
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Err(not_a_file().into()),
+        Err(e) => return Err(io(e).into()),
+    };
+    let meta = file.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(not_a_file().into());
     }
+    if meta.len() > max as u64 {
+        return Err(InitDataError::TooLarge {
+            len: meta.len(),
+            max,
+        }
+        .into());
+    }
+    let mut raw = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut raw)
+        .map_err(io)?;
+    if raw.len() > max {
+        // It grew after the size was read.
+        return Err(InitDataError::TooLarge {
+            len: raw.len() as u64,
+            max,
+        }
+        .into());
+    }
+    Ok(Some(raw))
 }

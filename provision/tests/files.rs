@@ -311,3 +311,103 @@ fn initdata_data_keys_off_the_list_are_ignored() {
         stderr(&out)
     );
 }
+
+/// An initdata without `aa.toml` (only `cdh.toml` and the policy) next to a `write_files`
+/// `aa.toml`: the host's copy is written, as upstream does, with a warning that names the file
+/// and says the digest does not cover it. The initdata's own `cdh.toml` draws no warning.
+#[test]
+fn an_initdata_lacking_aa_toml_warns_that_the_hosts_copy_is_unmeasured() {
+    let dir = ScratchDir::new("prov-unmeasured").expect("scratch");
+    let root = make_root(&dir);
+    let doc = format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"cdh.toml\" = '''\n{CDH_TOML}'''\n\
+         \"policy.rego\" = '''\n{POLICY}'''\n"
+    );
+    let host_aa = "[token_configs.kbs]\nurl = \"https://host-chosen.example\"\n";
+    let ud = cloud_config(&[
+        ("/run/peerpod/aa.toml", host_aa),
+        ("/run/peerpod/cdh.toml", "host = 'overridden'"),
+        ("/run/peerpod/initdata", &encoded(&doc)),
+    ]);
+    let out = provision(&root, &["--user-data-file", &user_data(&dir, &ud)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert_eq!(
+        std::fs::read_to_string(peerpod(&root, "aa.toml")).expect("aa.toml"),
+        host_aa
+    );
+    assert_eq!(
+        std::fs::read_to_string(peerpod(&root, "cdh.toml")).expect("cdh.toml"),
+        CDH_TOML
+    );
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("unmeasured write_files copy"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("WARN"), "{log}");
+    assert!(warnings[0].contains("the initdata has no aa.toml"), "{log}");
+    assert!(
+        warnings[0].contains(&peerpod(&root, "aa.toml").display().to_string()),
+        "{log}"
+    );
+
+    // With every configuration in the initdata: no such warning.
+    let dir = ScratchDir::new("prov-measured").expect("scratch");
+    let root = make_root(&dir);
+    let ud = cloud_config(&[
+        ("/run/peerpod/aa.toml", host_aa),
+        ("/run/peerpod/initdata", &encoded(&initdata_doc("sha256"))),
+    ]);
+    let out = provision(&root, &["--user-data-file", &user_data(&dir, &ud)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("unmeasured"), "{}", stderr(&out));
+}
+
+/// An initdata already in `/run/peerpod` over the 512 KiB bound of one in user data (a valid
+/// annotation followed by padding): refused whole with the limit in the message, nothing
+/// written; a FIFO there is refused without blocking.
+#[test]
+fn an_oversized_initdata_already_there_is_refused_whole() {
+    let dir = ScratchDir::new("prov-bigdata").expect("scratch");
+    let root = make_root(&dir);
+    std::fs::create_dir_all(root.join("run/peerpod")).expect("dir");
+    let mut big = encoded(&initdata_doc("sha256")).into_bytes();
+    big.resize((512 << 10) + 1, b'=');
+    std::fs::write(peerpod(&root, "initdata"), &big).expect("initdata");
+    let out = provision(&root, &["--user-data-file", "/nonexistent/user-data"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is 524289 bytes, over the 524288-byte limit"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(written(&root), ["initdata"]);
+
+    // Exactly at the bound it is read (and here refused as an annotation, not as a size).
+    big.truncate(512 << 10);
+    std::fs::write(peerpod(&root, "initdata"), &big).expect("initdata");
+    let out = provision(&root, &["--user-data-file", "/nonexistent/user-data"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("byte limit"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not valid initdata"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::remove_file(peerpod(&root, "initdata")).expect("rm");
+    nix::unistd::mkfifo(
+        &peerpod(&root, "initdata"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("fifo");
+    let out = provision(&root, &["--user-data-file", "/nonexistent/user-data"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+}
