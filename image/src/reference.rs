@@ -28,6 +28,11 @@ pub struct Reference {
     pub tag: Option<String>,
     /// The digest, when given; it wins over the tag.
     pub digest: Option<Digest>,
+    /// A short name: the name as written (without tag or digest) when the reference has no
+    /// registry component (`busybox`, `team/app`). Only a short name may be resolved through
+    /// `registries.conf`'s `[aliases]` and `unqualified-search-registries`; `None` for a fully
+    /// qualified reference (`docker.io/library/busybox`, `quay.io/a/b`, `localhost/x`).
+    pub short_name: Option<String>,
 }
 
 /// Why a reference is refused.
@@ -78,13 +83,19 @@ impl Reference {
                     .into(),
             ));
         }
-        let (registry, repository) = match name.split_once('/') {
+        // containers/image's rule: the first component names a registry when it has a '.' or
+        // a ':' or is `localhost`; otherwise the whole name is a short name.
+        let (registry, repository, short_name) = match name.split_once('/') {
             Some((first, rest))
                 if first.contains('.') || first.contains(':') || first == "localhost" =>
             {
-                (first.to_string(), rest.to_string())
+                (first.to_string(), rest.to_string(), None)
             }
-            _ => (DOCKER_HUB.to_string(), name.to_string()),
+            _ => (
+                DOCKER_HUB.to_string(),
+                name.to_string(),
+                Some(name.to_string()),
+            ),
         };
         if !valid_registry(&registry) {
             return Err(bad(format!(
@@ -119,6 +130,7 @@ impl Reference {
             repository,
             tag,
             digest,
+            short_name,
         })
     }
 
@@ -140,13 +152,23 @@ impl Reference {
         }
     }
 
-    /// The same reference at another registry and repository (mirrors, remapping).
+    /// The same reference at another registry and repository (mirrors, remapping, search);
+    /// the result is fully qualified.
     pub fn relocated(&self, registry: &str, repository: &str) -> Self {
         Self {
             registry: registry.to_string(),
             repository: repository.to_string(),
             tag: self.tag.clone(),
             digest: self.digest.clone(),
+            short_name: None,
+        }
+    }
+
+    /// The same reference, fully qualified (what it prints as, parsed again).
+    pub fn qualified(&self) -> Self {
+        Self {
+            short_name: None,
+            ..self.clone()
         }
     }
 }
@@ -251,6 +273,35 @@ mod tests {
         );
         let r = Reference::parse("busybox").expect("valid");
         assert_eq!(r.api_host(), "registry-1.docker.io");
+    }
+
+    #[test]
+    fn short_names_are_told_from_qualified_ones() {
+        let short = |t: &str| Reference::parse(t).expect("valid").short_name;
+        assert_eq!(short("busybox"), Some("busybox".into()));
+        assert_eq!(short("busybox:1.36"), Some("busybox".into()));
+        assert_eq!(short("docker://team/app:v1"), Some("team/app".into()));
+        assert_eq!(
+            short(&format!("team/app@sha256:{}", "0".repeat(64))),
+            Some("team/app".into())
+        );
+        for qualified in [
+            "docker.io/library/busybox",
+            "docker.io/busybox",
+            "index.docker.io/library/busybox",
+            "quay.io/a/b",
+            "localhost/a",
+            "localhost:5000/a",
+            "127.0.0.1:5000/a/b",
+            "host:5000/a",
+        ] {
+            assert_eq!(short(qualified), None, "{qualified}");
+        }
+        let r = Reference::parse("busybox").expect("valid");
+        assert_eq!(
+            r.qualified(),
+            Reference::parse(&r.to_string()).expect("printed")
+        );
     }
 
     #[test]

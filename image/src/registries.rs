@@ -1,11 +1,19 @@
-//! `registries.conf` (containers-registries.conf(5), version 2, the subset image-rs reads):
-//! `unqualified-search-registries` and `[[registry]]` tables with `prefix`, `location`,
-//! `insecure`, `blocked` and `[[registry.mirror]]` (`location`, `insecure`).
+//! `registries.conf` (containers-registries.conf(5), version 2, the subset image-rs reads and
+//! the short-name rules): `unqualified-search-registries`, `short-name-mode`, `[aliases]` and
+//! `[[registry]]` tables with `prefix`, `location`, `insecure`, `blocked` and
+//! `[[registry.mirror]]` (`location`, `insecure`).
 //!
-//! [`RegistryConfig::sources`] turns a reference into the places to try, in order: the
-//! mirrors of the most specific matching `[[registry]]`, then its `location` (or the reference
-//! itself). A blocked match yields nothing and the pull is refused. Unlike image-rs, a prefix
-//! matches only at the start of the reference (image-rs matches it anywhere in the text).
+//! [`RegistryConfig::sources`] turns a reference into the places to try, in order. Only a short
+//! name (no registry component: `busybox`, `team/app`) is resolved: through its `[aliases]`
+//! entry, else through the search registries as `short-name-mode` allows (a process with no
+//! terminal cannot prompt, so `enforcing` with more than one search registry is refused). A
+//! fully qualified reference, `docker.io/...` included, is never searched elsewhere. Each
+//! candidate then gets the mirrors of the most specific matching `[[registry]]` and its
+//! `location` (or the reference itself). A blocked match yields nothing and the pull is
+//! refused. Unlike image-rs, a prefix matches only at the start of the reference (image-rs
+//! matches it anywhere in the text), and image-rs sends `docker.io/...` through the search list.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -50,6 +58,33 @@ struct Registry {
     mirror_by_digest_only: bool,
 }
 
+/// `short-name-mode`: how a short name without an alias uses the search registries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShortNameMode {
+    /// More than one search registry is ambiguous: refused (there is no terminal to prompt).
+    Enforcing,
+    /// Every search registry, in order (containers/image's default without a terminal).
+    #[default]
+    Permissive,
+    /// Every search registry, in order.
+    Disabled,
+}
+
+impl ShortNameMode {
+    fn parse(text: &str) -> Result<Self, RegistriesError> {
+        match text {
+            "enforcing" => Ok(Self::Enforcing),
+            // Unset or empty is permissive, as containers/image.
+            "" | "permissive" => Ok(Self::Permissive),
+            "disabled" => Ok(Self::Disabled),
+            other => Err(RegistriesError(format!(
+                "short-name-mode {:?} is not \"enforcing\", \"permissive\" or \"disabled\"",
+                crate::digest::clipped(other)
+            ))),
+        }
+    }
+}
+
 /// A parsed `registries.conf`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +94,14 @@ pub struct RegistryConfig {
     #[serde(default)]
     registry: Vec<Registry>,
     #[serde(default, rename = "short-name-mode")]
-    _short_name_mode: Option<String>,
+    short_name_mode_text: Option<String>,
+    /// Short name → fully qualified name, both without tag or digest.
+    #[serde(default, rename = "aliases")]
+    alias_text: BTreeMap<String, String>,
+    #[serde(skip)]
+    short_name_mode: ShortNameMode,
+    #[serde(skip)]
+    aliases: BTreeMap<String, Reference>,
 }
 
 impl Default for RegistryConfig {
@@ -67,7 +109,10 @@ impl Default for RegistryConfig {
         Self {
             unqualified_search_registries: default_search(),
             registry: Vec::new(),
-            _short_name_mode: None,
+            short_name_mode_text: None,
+            alias_text: BTreeMap::new(),
+            short_name_mode: ShortNameMode::default(),
+            aliases: BTreeMap::new(),
         }
     }
 }
@@ -118,35 +163,77 @@ impl RegistryConfig {
         for s in &config.unqualified_search_registries {
             if !valid_registry(s) {
                 return Err(RegistriesError(format!(
-                    "unqualified-search-registries: {s:?} is not host[:port]"
+                    "unqualified-search-registries: {:?} is not host[:port]",
+                    crate::digest::clipped(s)
                 )));
             }
         }
+        config.short_name_mode =
+            ShortNameMode::parse(config.short_name_mode_text.as_deref().unwrap_or_default())?;
+        for (name, value) in &config.alias_text {
+            let target = parse_alias(name, value)?;
+            config.aliases.insert(name.clone(), target);
+        }
         Ok(config)
+    }
+
+    /// The `short-name-mode` in force.
+    pub fn short_name_mode(&self) -> ShortNameMode {
+        self.short_name_mode
+    }
+
+    /// The fully qualified references a reference stands for: itself when it is fully
+    /// qualified; for a short name its alias, else the search registries `short-name-mode`
+    /// allows.
+    fn candidates(&self, reference: &Reference) -> Result<Vec<Reference>, RegistriesError> {
+        let Some(short) = &reference.short_name else {
+            return Ok(vec![reference.clone()]);
+        };
+        if let Some(target) = self.aliases.get(short) {
+            return Ok(vec![
+                reference.relocated(&target.registry, &target.repository),
+            ]);
+        }
+        let search = &self.unqualified_search_registries;
+        if search.is_empty() {
+            return Err(RegistriesError(format!(
+                "{:?} is a short name with no [aliases] entry and unqualified-search-registries \
+                 is empty: fully qualify the image (registry/repository:tag)",
+                crate::digest::clipped(short)
+            )));
+        }
+        if search.len() > 1 && self.short_name_mode == ShortNameMode::Enforcing {
+            return Err(RegistriesError(format!(
+                "{:?} is a short name and short-name-mode = \"enforcing\" with {} \
+                 unqualified-search-registries ({}) is ambiguous (there is no terminal to \
+                 choose): fully qualify the image (for example {}/{}), add an [aliases] entry \
+                 for it, or set short-name-mode = \"permissive\"",
+                crate::digest::clipped(short),
+                search.len(),
+                search.join(", "),
+                search[0],
+                crate::digest::clipped(short),
+            )));
+        }
+        Ok(search
+            .iter()
+            .map(|r| {
+                // Docker Hub keeps its `library/` namespace; another registry gets the name
+                // as written.
+                let repo = if r == DOCKER_HUB {
+                    reference.repository.as_str()
+                } else {
+                    short.as_str()
+                };
+                reference.relocated(r, repo)
+            })
+            .collect())
     }
 
     /// Where to pull `reference` from, in order. Empty only when every candidate is blocked,
     /// which is an error naming the rule.
     pub fn sources(&self, reference: &Reference) -> Result<Vec<Source>, RegistriesError> {
-        let candidates: Vec<Reference> = if reference.registry == DOCKER_HUB {
-            self.unqualified_search_registries
-                .iter()
-                .map(|r| {
-                    let repo = if r == DOCKER_HUB {
-                        reference.repository.clone()
-                    } else {
-                        reference
-                            .repository
-                            .strip_prefix("library/")
-                            .unwrap_or(&reference.repository)
-                            .to_string()
-                    };
-                    reference.relocated(r, &repo)
-                })
-                .collect()
-        } else {
-            vec![reference.clone()]
-        };
+        let candidates = self.candidates(reference)?;
         let mut out = Vec::new();
         let mut blocked = Vec::new();
         for candidate in candidates {
@@ -221,6 +308,33 @@ fn relocate(
         RegistriesError(format!("{joined:?} has no repository after the registry"))
     })?;
     Ok(candidate.relocated(registry, repository))
+}
+
+/// An `[aliases]` entry: a short name without tag or digest → a fully qualified name without
+/// tag or digest.
+fn parse_alias(name: &str, value: &str) -> Result<Reference, RegistriesError> {
+    let bad = |what: &str| {
+        RegistriesError(format!(
+            "[aliases] {:?} = {:?}: {what}",
+            crate::digest::clipped(name),
+            crate::digest::clipped(value)
+        ))
+    };
+    let untagged =
+        |t: &str| !t.contains('@') && !t.rsplit('/').next().unwrap_or_default().contains(':');
+    let short = Reference::parse(name).map_err(|_| bad("the name is not an image name"))?;
+    if short.short_name.as_deref() != Some(name) || !untagged(name) {
+        return Err(bad(
+            "the name must be a short name (no registry, tag or digest)",
+        ));
+    }
+    let target = Reference::parse(value).map_err(|_| bad("the value is not an image name"))?;
+    if target.short_name.is_some() || !untagged(value) {
+        return Err(bad(
+            "the value must be fully qualified (registry/repository) without tag or digest",
+        ));
+    }
+    Ok(target)
 }
 
 fn check_location(location: &str) -> Result<(), RegistriesError> {
@@ -319,8 +433,114 @@ location = "proxy.corp.io"
     }
 
     #[test]
+    fn only_short_names_use_the_search_list() {
+        // Fully qualified, Docker Hub's included: never another registry.
+        assert_eq!(
+            sources("docker.io/library/bar:tag").expect("ok"),
+            vec![
+                "hub-mirror.local/library/bar:tag",
+                "docker.io/library/bar:tag"
+            ]
+        );
+        assert_eq!(
+            sources("docker.io/team/app:v1").expect("ok"),
+            vec!["hub-mirror.local/team/app:v1", "docker.io/team/app:v1"]
+        );
+        assert_eq!(
+            sources("quay.io/team/app:v1").expect("ok"),
+            vec!["quay.io/team/app:v1"]
+        );
+        // A short name with a namespace keeps it on another registry.
+        assert_eq!(
+            sources("team/app:v1").expect("ok"),
+            vec![
+                "hub-mirror.local/team/app:v1",
+                "docker.io/team/app:v1",
+                "example1.com/team/app:v1"
+            ]
+        );
+    }
+
+    fn resolve(conf: &str, r: &str) -> Result<Vec<String>, RegistriesError> {
+        let c = RegistryConfig::parse(conf.as_bytes())?;
+        Ok(c.sources(&Reference::parse(r).expect("ref"))?
+            .into_iter()
+            .map(|s| s.reference.to_string())
+            .collect())
+    }
+
+    #[test]
+    fn short_name_modes_and_aliases() {
+        let two = "unqualified-search-registries = [\"a.io\", \"b.io:5000\"]\n";
+        // Unset and permissive: every search registry in order; disabled likewise.
+        for mode in [
+            "",
+            "short-name-mode = \"\"\n",
+            "short-name-mode = \"permissive\"\n",
+            "short-name-mode = \"disabled\"\n",
+        ] {
+            assert_eq!(
+                resolve(&format!("{two}{mode}"), "app:v1").expect("ok"),
+                vec!["a.io/app:v1", "b.io:5000/app:v1"],
+                "{mode}"
+            );
+        }
+        let enforcing = format!("{two}short-name-mode = \"enforcing\"\n");
+        let e = resolve(&enforcing, "app:v1").expect_err("ambiguous").0;
+        assert!(e.contains("fully qualify the image"), "{e}");
+        assert!(e.contains("a.io/app"), "{e}");
+        // Enforcing: one search registry is not ambiguous; a qualified name is not searched.
+        assert_eq!(
+            resolve(
+                "unqualified-search-registries = [\"a.io\"]\nshort-name-mode = \"enforcing\"\n",
+                "app:v1"
+            )
+            .expect("ok"),
+            vec!["a.io/app:v1"]
+        );
+        assert_eq!(
+            resolve(&enforcing, "b.io:5000/app:v1").expect("ok"),
+            vec!["b.io:5000/app:v1"]
+        );
+        // An alias wins over the search list, in every mode; tag and digest carried over.
+        let aliased = format!(
+            "{enforcing}[aliases]\n\"app\" = \"quay.io/team/app\"\n\"hub\" = \"docker.io/hub\"\n"
+        );
+        assert_eq!(
+            resolve(&aliased, "app:v1").expect("ok"),
+            vec!["quay.io/team/app:v1"]
+        );
+        let d = format!("sha256:{}", "1".repeat(64));
+        assert_eq!(
+            resolve(&aliased, &format!("app@{d}")).expect("ok"),
+            vec![format!("quay.io/team/app@{d}")]
+        );
+        assert_eq!(
+            resolve(&aliased, "hub").expect("ok"),
+            vec!["docker.io/library/hub:latest"]
+        );
+        // No alias and no search registries: refused with the fix.
+        let e = resolve("unqualified-search-registries = []\n", "app")
+            .expect_err("nowhere")
+            .0;
+        assert!(e.contains("fully qualify"), "{e}");
+        assert_eq!(
+            resolve("unqualified-search-registries = []\n", "quay.io/a/app").expect("ok"),
+            vec!["quay.io/a/app:latest"]
+        );
+    }
+
+    #[test]
     fn bad_files_refused() {
         for bad in [
+            "short-name-mode = \"strict\"",
+            "short-name-mode = 1",
+            "[aliases]\n\"quay.io/app\" = \"quay.io/team/app\"",
+            "[aliases]\n\"app:v1\" = \"quay.io/team/app\"",
+            "[aliases]\n\"app\" = \"team/app\"",
+            "[aliases]\n\"app\" = \"quay.io/team/app:v1\"",
+            "[aliases]\n\"app\" = \"quay.io/../app\"",
+            "[aliases]\n\"App\" = \"quay.io/app\"",
             "[[registry]]\ninsecure = true",
             "[[registry]]\nprefix = \"*.x.io\"",
             "[[registry]]\nprefix = \"x.io\"\nlocation = \"y.io/../z\"",
