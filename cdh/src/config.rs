@@ -40,6 +40,8 @@
 //! request_timeout_secs = 30       # each request to the KBS or the attestation agent
 //! kbs_timeout_secs = 90           # one resource fetch, with at most one attestation
 //! initdata = "/run/peerpod/initdata.toml"   # sent in the CDH's /attest; default: none
+//! require_pull_measurement = false  # true: a pulled image the attestation agent cannot record
+//!                                   # in its event log is refused (upstream: used anyway)
 //! ```
 //!
 //! A missing file, or a file without `[kbc]`, takes the KBS from `AA_KBC_PARAMS` or the kernel
@@ -208,6 +210,9 @@ pub struct CdhConfig {
     pub kbs_timeout: Duration,
     /// The initdata document the CDH sends in its `/attest` (the one the TEE was bound to).
     pub initdata: Option<PathBuf>,
+    /// Refuse a pulled image that the attestation agent cannot record in its event log (no
+    /// agent, event log off, no runtime measurement on the platform) instead of warning.
+    pub require_pull_measurement: bool,
     /// Warnings about the file (unknown keys), for the log.
     pub warnings: Vec<String>,
 }
@@ -234,6 +239,7 @@ impl Default for CdhConfig {
             request_timeout: Duration::from_secs(30),
             kbs_timeout: Duration::from_secs(90),
             initdata: None,
+            require_pull_measurement: false,
             warnings: Vec::new(),
         }
     }
@@ -435,6 +441,11 @@ fn parse_peerpod(
                     .as_bool()
                     .ok_or_else(|| bad(&key, "must be true or false"))?;
             }
+            "require_pull_measurement" => {
+                c.require_pull_measurement = v
+                    .as_bool()
+                    .ok_or_else(|| bad(&key, "must be true or false"))?;
+            }
             "sealed_secret_verification_keys" => {
                 let list = v
                     .as_array()
@@ -496,7 +507,8 @@ mod tests {
              [aa]\naa_socket = \"unix:///tmp/aa.sock\"\n\
              [[credentials]]\nresource_uri = \"kbs:///default/cred/a\"\npath = \"/run/x/a\"\n\
              [image]\nmax_concurrent_layer_downloads_per_image = 5\nsnapshotter = \"x\"\n[log]\nlevel = \"DEBUG\"\n\
-             [peerpod]\nrequest_timeout_secs = 5\nkbs_timeout_secs = 7\nfuture = 1\n[later]\nx = 1\n",
+             [peerpod]\nrequest_timeout_secs = 5\nkbs_timeout_secs = 7\nfuture = 1\n\
+             require_pull_measurement = true\n[later]\nx = 1\n",
         )
         .expect("parses");
         assert_eq!(c.socket, "unix:///tmp/cdh.sock");
@@ -516,6 +528,8 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(5));
         assert_eq!(c.kbs_timeout, Duration::from_secs(7));
         assert_eq!(c.initdata, None);
+        assert!(c.require_pull_measurement);
+        assert!(!CdhConfig::default().require_pull_measurement);
         assert_eq!(
             c.warnings,
             [

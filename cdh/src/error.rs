@@ -79,6 +79,16 @@ pub enum CdhError {
         #[source]
         source: Box<peerpod_image::ImageError>,
     },
+    /// `[peerpod] require_pull_measurement` is set and the pulled image could not be recorded
+    /// in the attestation agent's event log: the pull is refused (its root filesystem undone).
+    #[error(
+        "the pulled image is not used: it cannot be recorded in the attestation agent's event \
+         log ({reason}), and [peerpod] require_pull_measurement in cdh.toml requires that"
+    )]
+    Unmeasured {
+        /// Why (fixed text, and the configured socket).
+        reason: String,
+    },
     /// A provider, volume type, algorithm or operation this CDH does not support.
     #[error("{what} {value:?} is not supported here ({supported})")]
     Unsupported {
@@ -332,6 +342,7 @@ impl CdhError {
             | CdhError::OfflineFile { .. }
             | CdhError::OfflineValue { .. } => Code::INVALID_ARGUMENT,
             CdhError::Unsupported { .. } => Code::UNIMPLEMENTED,
+            CdhError::Unmeasured { .. } => Code::FAILED_PRECONDITION,
             CdhError::KeyNotAllowed { .. }
             | CdhError::NoKeyFile { .. }
             | CdhError::BadKey { .. }

@@ -183,16 +183,27 @@ impl Hub {
     }
 
     /// Records `PullImage` `{"image", "digest"}` in the attestation agent's event log (domain
-    /// `github.com/confidential-containers`, upstream's event). Without an agent socket it is
-    /// skipped with a warning, as upstream does; a platform or agent without runtime
-    /// measurements is a warning too; an agent that fails the request fails the pull.
+    /// `github.com/confidential-containers`, upstream's event). As upstream: without an agent
+    /// socket, or when the agent answers that runtime measurements are not supported or not
+    /// enabled, it is skipped with a warning; an agent that fails the request fails the pull.
+    /// With `[peerpod] require_pull_measurement` (a cdh.toml in the initdata says so) every
+    /// skip is a refusal instead: the image is used only once it is in the event log.
     async fn measure_pull(&self, image_url: &str, digest: &str) -> Result<(), CdhError> {
+        let required = self.config.require_pull_measurement;
         let path = self
             .config
             .aa_socket
             .strip_prefix("unix://")
             .unwrap_or(&self.config.aa_socket);
         if !Path::new(path).exists() {
+            if required {
+                return Err(CdhError::Unmeasured {
+                    reason: format!(
+                        "no attestation agent at {} ([aa] aa_socket)",
+                        self.config.aa_socket
+                    ),
+                });
+            }
             tracing::warn!(socket = %self.config.aa_socket, "no attestation agent: the image pull is not recorded in the event log");
             return Ok(());
         }
@@ -201,16 +212,31 @@ impl Hub {
         let result = aa
             .extend_runtime_measurement(PULL_IMAGE_DOMAIN, "PullImage", &content)
             .await?;
-        if result == "OK" {
-            tracing::info!(
-                image = image_url,
-                digest,
-                "image pull recorded in the event log"
-            );
-        } else {
-            tracing::warn!(image = image_url, digest, result = %result, "the attestation agent did not record the image pull");
+        match result.as_str() {
+            "OK" => {
+                tracing::info!(
+                    image = image_url,
+                    digest,
+                    "image pull recorded in the event log"
+                );
+                Ok(())
+            }
+            other if required => Err(CdhError::Unmeasured {
+                reason: match other {
+                    "NOT_ENABLED" => "the attestation agent's event log is off (set \
+                                      [eventlog_config] enable_eventlog = true in aa.toml)"
+                        .to_owned(),
+                    "NOT_SUPPORTED" => {
+                        "this platform has no runtime measurement register".to_owned()
+                    }
+                    _ => "the attestation agent answered an unknown result".to_owned(),
+                },
+            }),
+            other => {
+                tracing::warn!(image = image_url, digest, result = %other, "the attestation agent did not record the image pull");
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Fetches the `[[credentials]]` and writes them (mode 0600). Any failure is an error: a pod
@@ -515,8 +541,11 @@ mod tests {
         (state, layer)
     }
 
+    /// On demand, then on the timer: the timer collects, survives failed rounds (counted from
+    /// its own warnings, with nothing deleted meanwhile) and collects again once it can.
     #[tokio::test(flavor = "multi_thread")]
     async fn layers_are_collected_on_demand_and_on_the_timer_once_a_pull_made_the_store() {
+        use tracing::instrument::WithSubscriber as _;
         let work = std::env::temp_dir().join(format!("cdh-collect-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         let mut config = CdhConfig::default();
@@ -535,25 +564,90 @@ mod tests {
         assert!(!state.exists() && !layer.exists());
 
         let (state, layer) = stale_state(&work, 0xcd);
-        let timer = tokio::spawn(collect_layers_periodically(
-            hub.clone(),
-            std::time::Duration::from_millis(50),
-        ));
-        let mut waited = 0;
-        while layer.exists() && waited < 100 {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            waited += 1;
-        }
-        // A store the timer cannot read: logged, the timer goes on.
+        let failures = Arc::new(FailureCount::default());
+        let timer = tokio::spawn(
+            collect_layers_periodically(hub.clone(), std::time::Duration::from_millis(50))
+                .with_subscriber(tracing::Dispatch::from(Arc::clone(&failures))),
+        );
+        let wait_for = |what: &'static str, done: Box<dyn Fn() -> bool + Send>| async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !done() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never happened: {what}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        let gone = layer.clone();
+        wait_for("the timer collects", Box::new(move || !gone.exists())).await;
+        assert!(!state.exists(), "the bundle state went with its layer");
+        assert_eq!(failures.get(), 0);
+
+        // A store the timer cannot read (a references file that does not parse): each round
+        // fails and is logged, no layer is deleted (the unreadable bundle might use it; the
+        // stale bundle state itself may go), and the timer goes on: two failed rounds, the
+        // stale layer still there, then the store repaired and the very same timer collects.
         let garbled = work.join("overlay").join("f".repeat(64));
         std::fs::create_dir_all(&garbled).expect("a state directory");
         std::fs::write(garbled.join("layers"), b"not a diff ID\n").expect("garbage");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let still_running = !timer.is_finished();
+        let (state, layer) = stale_state(&work, 0xef);
+        let counted = Arc::clone(&failures);
+        wait_for("two failed rounds", Box::new(move || counted.get() >= 2)).await;
+        assert!(layer.exists(), "a failed collection deleted a layer");
+        std::fs::remove_dir_all(&garbled).expect("repaired");
+        let gone = layer.clone();
+        wait_for(
+            "the timer collects after its failures",
+            Box::new(move || !gone.exists()),
+        )
+        .await;
+        assert!(!state.exists());
+        assert!(!timer.is_finished(), "the timer stopped");
         timer.abort();
         let _ = std::fs::remove_dir_all(&work);
-        assert!(!state.exists() && !layer.exists(), "the timer collected");
-        assert!(still_running, "a failed collection does not stop the timer");
+    }
+
+    /// Counts the timer's "cannot collect" warnings (a subscriber for the timer's task only).
+    #[derive(Default)]
+    struct FailureCount(std::sync::atomic::AtomicUsize);
+
+    impl FailureCount {
+        fn get(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    struct Message(String);
+
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+
+    impl tracing::Subscriber for FailureCount {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            if *event.metadata().level() == tracing::Level::WARN
+                && message.0.contains("cannot collect unused image layers")
+            {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
     }
 
     #[test]

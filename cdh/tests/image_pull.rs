@@ -23,10 +23,12 @@ use peerpod_protocols::aa::attestation_agent_ttrpc::{
 use peerpod_protocols::cdh::api::ImagePullRequest;
 use peerpod_protocols::cdh::api_ttrpc::ImagePullServiceClient;
 
-/// An attestation agent that only records `ExtendRuntimeMeasurement` events, on its socket.
+/// An attestation agent that only records `ExtendRuntimeMeasurement` events, on its socket, and
+/// answers `result` (OK; NOT_ENABLED is upstream's agent's answer with its event log off).
 #[derive(Default)]
 struct RecordingAa {
     events: Mutex<Vec<(String, String, String)>>,
+    result: RuntimeMeasurementResult,
 }
 
 #[async_trait::async_trait]
@@ -41,14 +43,24 @@ impl AttestationAgentService for RecordingAa {
             .unwrap()
             .push((req.Domain, req.Operation, req.Content));
         Ok(ExtendRuntimeMeasurementResponse {
-            Result: RuntimeMeasurementResult::OK.into(),
+            Result: self.result.into(),
             ..Default::default()
         })
     }
 }
 
 async fn start_aa(dir: &Path) -> (Arc<RecordingAa>, ttrpc::r#async::Server) {
-    let aa = Arc::new(RecordingAa::default());
+    start_aa_answering(dir, RuntimeMeasurementResult::OK).await
+}
+
+async fn start_aa_answering(
+    dir: &Path,
+    result: RuntimeMeasurementResult,
+) -> (Arc<RecordingAa>, ttrpc::r#async::Server) {
+    let aa = Arc::new(RecordingAa {
+        result,
+        ..Default::default()
+    });
     let mut server = ttrpc::r#async::Server::new()
         .bind(&format!("unix://{}/aa.sock", dir.display()))
         .unwrap()
@@ -221,4 +233,120 @@ async fn pull_image_refused_by_policy_is_permission_denied_naming_the_rule() {
                 .is_none(),
         "no layer fetched"
     );
+}
+
+/// Whether `rootfs` is a mount point in this process's mount namespace.
+fn mounted(rootfs: &Path) -> bool {
+    let target = rootfs.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+/// An image pull the attestation agent cannot record. Upstream's CDH uses the image anyway
+/// (event log off, or no agent: a warning), and so does ours by default; with
+/// `[peerpod] require_pull_measurement = true` (in a cdh.toml the initdata carries) the pull is
+/// refused FAILED_PRECONDITION naming the reason and the key, and its root filesystem is not
+/// left mounted. An agent that records it is accepted under the same setting.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmeasured_pull_is_refused_when_cdh_toml_requires_measurement() {
+    if !tools_present() {
+        return;
+    }
+    let scratch = Scratch::new("cdh-measure");
+    let dir = scratch.path();
+    let registry = Registry::start(RegistryOptions {
+        auth: Some(("puller".into(), "pull-pass".into())),
+        tls: false,
+    })
+    .unwrap();
+    let layout = dir.join("layout");
+    build_image(&layout, "v1", &[vec![Step::Write("/hello", b"hi")]]).unwrap();
+    registry
+        .push(&layout, "v1", "app/web", "v1", "oci")
+        .unwrap();
+    let image = format!("{}/app/web:v1", registry.addr);
+    let is_root = run(std::process::Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0");
+    let required = "[peerpod]\nrequire_pull_measurement = true\n";
+    // The [peerpod] table of cdh_toml comes after `extra`: the key joins it.
+    let with =
+        |d: &Path, extra: &str| cdh_toml(d, &registry.addr, "").replace("[peerpod]\n", extra);
+
+    // The event log is off. Default: used (upstream parity), with a warning.
+    let sub = dir.join("open");
+    std::fs::create_dir_all(&sub).unwrap();
+    let (aa, mut aa_server) = start_aa_answering(&sub, RuntimeMeasurementResult::NOT_ENABLED).await;
+    let cdh = Cdh::start(&sub, &with(&sub, "[peerpod]\n"));
+    let client = ImagePullServiceClient::new(cdh.connect().await);
+    let bundle = sub.join("b");
+    std::fs::create_dir_all(&bundle).unwrap();
+    pull(&client, &image, &bundle)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", cdh.log_text()));
+    assert_eq!(aa.events.lock().unwrap().len(), 1);
+    assert!(
+        cdh.log_text().contains("did not record the image pull"),
+        "{}",
+        cdh.log_text()
+    );
+    if is_root {
+        assert!(mounted(&bundle.join("rootfs")));
+        let _ = run(std::process::Command::new("umount").arg(bundle.join("rootfs")));
+    }
+    drop(cdh);
+    let _ = aa_server.shutdown().await;
+
+    // Required: refused, nothing left mounted.
+    let sub = dir.join("closed");
+    std::fs::create_dir_all(&sub).unwrap();
+    let (aa, mut aa_server) = start_aa_answering(&sub, RuntimeMeasurementResult::NOT_ENABLED).await;
+    let cdh = Cdh::start(&sub, &with(&sub, required));
+    let client = ImagePullServiceClient::new(cdh.connect().await);
+    let bundle = sub.join("b");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let e = pull(&client, &image, &bundle).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{e:?}");
+    let text = format!("{e:?}");
+    assert!(text.contains("require_pull_measurement"), "{text}");
+    assert!(text.contains("enable_eventlog = true"), "{text}");
+    assert_eq!(aa.events.lock().unwrap().len(), 1, "it was asked");
+    assert!(
+        !mounted(&bundle.join("rootfs")),
+        "the refused rootfs stays mounted"
+    );
+    let _ = aa_server.shutdown().await;
+
+    // Required, and the platform has no runtime measurement: refused too.
+    let _ = std::fs::remove_file(sub.join("aa.sock"));
+    let (_aa, mut aa_server) =
+        start_aa_answering(&sub, RuntimeMeasurementResult::NOT_SUPPORTED).await;
+    let e = pull(&client, &image, &bundle).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{e:?}");
+    assert!(format!("{e:?}").contains("no runtime measurement"), "{e:?}");
+    assert!(!mounted(&bundle.join("rootfs")));
+    let _ = aa_server.shutdown().await;
+
+    // Required, and no attestation agent at all: refused, naming the socket.
+    let _ = std::fs::remove_file(sub.join("aa.sock"));
+    let e = pull(&client, &image, &bundle).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{e:?}");
+    let text = format!("{e:?}");
+    assert!(text.contains("no attestation agent at unix://"), "{text}");
+    assert!(text.contains("aa_socket"), "{text}");
+    assert!(!mounted(&bundle.join("rootfs")));
+
+    // Required, and the agent records it: used.
+    let (aa, mut aa_server) = start_aa(&sub).await;
+    let bundle = sub.join("b2");
+    std::fs::create_dir_all(&bundle).unwrap();
+    pull(&client, &image, &bundle)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", cdh.log_text()));
+    assert_eq!(aa.events.lock().unwrap().len(), 1);
+    if is_root {
+        assert!(mounted(&bundle.join("rootfs")));
+        let _ = run(std::process::Command::new("umount").arg(bundle.join("rootfs")));
+    }
+    let _ = aa_server.shutdown().await;
 }
