@@ -66,6 +66,14 @@ pub struct ImageConfig {
     /// Retry an unauthorized pull without credentials.
     #[serde(default)]
     pub anonymous_fallback_on_unauthorized: bool,
+    /// Not an upstream key: the most uncompressed bytes one pull may read from its layers;
+    /// none: 3/4 of the space free in `work_dir`'s filesystem when the pull starts.
+    #[serde(default)]
+    pub max_image_unpacked_bytes: Option<u64>,
+    /// Not an upstream key: the most unpacked bytes of layers in `work_dir`; none: 3/4 of the
+    /// size of `work_dir`'s filesystem.
+    #[serde(default)]
+    pub max_layer_store_bytes: Option<u64>,
     /// Not an upstream key (never read from the file): the transfer tuning.
     #[serde(skip)]
     pub transfer: Transfer,
@@ -117,6 +125,8 @@ impl Default for ImageConfig {
             image_pull_proxy: None,
             extra_root_certificates: Vec::new(),
             anonymous_fallback_on_unauthorized: false,
+            max_image_unpacked_bytes: None,
+            max_layer_store_bytes: None,
             transfer: Transfer::default(),
         }
     }
@@ -135,6 +145,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "image_pull_proxy",
     "extra_root_certificates",
     "anonymous_fallback_on_unauthorized",
+    "max_image_unpacked_bytes",
+    "max_layer_store_bytes",
 ];
 
 /// Why `[image]` cannot be used.
@@ -178,6 +190,17 @@ impl ImageConfig {
                  {MAX_CONCURRENT_LAYER_DOWNLOADS}"
             )));
         }
+        for (key, value) in [
+            ("max_image_unpacked_bytes", self.max_image_unpacked_bytes),
+            ("max_layer_store_bytes", self.max_layer_store_bytes),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError(format!(
+                    "{key} = 0: expected a number of bytes above 0 (leave it out for the default \
+                     derived from work_dir's filesystem)"
+                )));
+            }
+        }
         if !self.work_dir.is_absolute() {
             return Err(ConfigError(format!(
                 "work_dir = {:?}: expected an absolute path",
@@ -220,6 +243,7 @@ mod tests {
             work_dir = "/run/x"
             authenticated_registry_credentials_uri = "kbs:///default/credential/test"
             max_concurrent_layer_downloads_per_image = 5
+            max_image_unpacked_bytes = 1073741824
             extra_root_certificates = ["-----BEGIN CERTIFICATE-----"]
             default_snapshot = "overlay"
             [image_pull_proxy]
@@ -232,6 +256,8 @@ mod tests {
         assert_eq!(unknown, vec!["default_snapshot".to_string()]);
         assert_eq!(c.work_dir, PathBuf::from("/run/x"));
         assert_eq!(c.max_concurrent_layer_downloads_per_image, 5);
+        assert_eq!(c.max_image_unpacked_bytes, Some(1 << 30));
+        assert_eq!(c.max_layer_store_bytes, None);
         assert_eq!(
             c.image_pull_proxy
                 .as_ref()
@@ -260,6 +286,9 @@ mod tests {
                 "max_concurrent",
             ),
             ("work_dir = \"relative\"", "work_dir"),
+            ("max_image_unpacked_bytes = 0", "max_image_unpacked_bytes"),
+            ("max_layer_store_bytes = 0", "max_layer_store_bytes"),
+            ("max_layer_store_bytes = -1", "u64"),
             (
                 "registry_configuration_uri = \"http://x\"",
                 "registry_configuration_uri",

@@ -2,6 +2,7 @@
 //! `<work_dir>/layers`, overlay root filesystems, garbage collection of unmounted layers.
 
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use peerpod_image_layer::{LayerStore, UnpackOptions};
@@ -45,11 +46,21 @@ impl Layers for LayerDirStore {
     }
 
     fn mount_rootfs(&self, diff_ids: &[Digest], bundle: &Path) -> io::Result<()> {
-        let ids: Vec<String> = diff_ids.iter().map(Digest::to_string).collect();
-        self.store
-            .mount_rootfs(&ids, bundle)
-            .map(|_| ())
-            .map_err(to_io)
+        let ids: Vec<String> = crate::pull::mount_order(diff_ids)
+            .iter()
+            .map(Digest::to_string)
+            .collect();
+        let rootfs = self.store.mount_rootfs(&ids, bundle).map_err(to_io)?;
+        // The container's `/` is the overlay's upper root, made under the CDH's umask: give it
+        // the mode every container runtime gives it, whatever that umask is.
+        if let Err(e) = std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o755)) {
+            let _ = self.store.unmount_rootfs(bundle);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot set the mode of {} to 0755: {e}", rootfs.display()),
+            ));
+        }
+        Ok(())
     }
 
     fn unmount_rootfs(&self, bundle: &Path) -> io::Result<()> {

@@ -13,8 +13,16 @@
 //! - [`pull`]: [`Puller`] — layers fetched concurrently, each in one pass: the blob is hashed
 //!   as it streams, resumed with `Range` after a dropped connection, decompressed (gzip, zstd
 //!   or none) and hashed again against its diff_id on its way into the layer store
-//!   ([`stream`]); layers the store has are not fetched, and two pulls sharing a layer fetch it
-//!   once. The root filesystem is mounted at `bundle/rootfs`; [`Puller::release`] undoes it.
+//!   ([`stream`]); two pulls sharing a layer fetch it once. A layer the store has is reused
+//!   only when its recorded origin (`origin`, under `work_dir/origins`) says this pull is
+//!   entitled to it: the layer was fetched plain somewhere (public content), or this pull
+//!   unwrapped the same key for the same encrypted blob; otherwise the pull downloads and
+//!   verifies it. The root filesystem is mounted at `bundle/rootfs` (a layer repeated in an
+//!   image is stacked once, at its topmost place; the container's `/` is 0755);
+//!   [`Puller::release`] undoes it.
+//! - [`budget`]: the uncompressed bytes a pull may read (`max_image_unpacked_bytes`) and the
+//!   unpacked layers `work_dir` may hold (`max_layer_store_bytes`), enforced as the tar streams;
+//!   by default derived from `work_dir`'s filesystem (our keys; image-rs has none).
 //! - Signatures: with `image_security_policy_uri` (or `image_security_policy`) set, the
 //!   containers `policy.json` is enforced by `peerpod-image-signature` on the digest the
 //!   reference resolved to, before any layer is fetched; keys come through [`Resources`].
@@ -38,6 +46,7 @@
 //! `docs/image.md`).
 
 pub mod auth;
+pub mod budget;
 pub mod challenge;
 pub mod client;
 pub mod config;
@@ -47,6 +56,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod layer_store;
 pub mod manifest;
+mod origin;
 pub mod pull;
 pub mod reference;
 pub mod registries;

@@ -3,7 +3,7 @@
 //! digest, decompression, diff_id, unpack into the store) → `bundle/rootfs` mounted.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use bytes::Bytes;
@@ -14,11 +14,13 @@ use tokio::sync::{Mutex, OnceCell, RwLock, Semaphore, mpsc};
 use zeroize::Zeroizing;
 
 use crate::auth::{AuthFile, MAX_AUTH_FILE};
+use crate::budget::{Budget, Metered, StoreUsage};
 use crate::client::{Client, Session, backoff, describe};
 use crate::config::ImageConfig;
 use crate::digest::Digest;
 use crate::error::ImageError;
 use crate::manifest::{self, Fetched, Layer};
+use crate::origin::{Origin, Origins, Record, key_check};
 use crate::reference::Reference;
 use crate::registries::{MAX_REGISTRIES_FILE, RegistryConfig, Source};
 use crate::resources::{self, Resources};
@@ -45,9 +47,10 @@ pub struct PullOutcome {
     pub source: String,
     /// The image's layers, lowest first.
     pub diff_ids: Vec<Digest>,
-    /// Layers downloaded by this pull.
+    /// Layers downloaded by this pull (installed, or verified when the store had a copy this
+    /// pull was not entitled to reuse unverified).
     pub fetched_layers: usize,
-    /// Layers the store already had.
+    /// Layers the store already had and this pull reused without downloading them.
     pub reused_layers: usize,
     /// Compressed bytes downloaded.
     pub bytes: u64,
@@ -62,8 +65,13 @@ pub struct Puller {
     auth: OnceCell<Option<Arc<AuthFile>>>,
     registries: OnceCell<Arc<RegistryConfig>>,
     verifier: OnceCell<Option<Arc<Verifier>>>,
-    /// One lock per layer being fetched: two pulls sharing a layer fetch it once.
-    in_flight: StdMutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// One lock per layer being fetched: two pulls sharing a layer fetch it once. An entry
+    /// lives while a layer task holds it ([`Claim`]), whatever way the task ends.
+    in_flight: InFlight,
+    /// Where installed layers came from ([`crate::origin`]).
+    origins: Arc<Origins>,
+    /// Unpacked bytes of the layers in the store, for `max_layer_store_bytes`.
+    store_used: StoreUsage,
     /// Pulls hold it shared from their first look at the store to their mount; collections
     /// take it exclusively without waiting, so a layer a pull found installed (and will not
     /// fetch) is never deleted before that pull mounts it.
@@ -79,15 +87,17 @@ impl Puller {
     ) -> Result<Self, ImageError> {
         let client = Client::new(&config)?;
         Ok(Self {
-            config,
             client,
             resources,
             store,
             auth: OnceCell::new(),
             registries: OnceCell::new(),
             verifier: OnceCell::new(),
-            in_flight: StdMutex::new(HashMap::new()),
+            in_flight: Arc::default(),
+            origins: Arc::new(Origins::new(&config.work_dir)),
+            store_used: StoreUsage::default(),
             collecting: RwLock::new(()),
+            config,
         })
     }
 
@@ -96,10 +106,16 @@ impl Puller {
         &self.config
     }
 
-    /// Pulls `image` and mounts it at `bundle/rootfs`.
+    /// Layers being fetched right now, by every pull (diagnostics; 0 when no pull runs).
+    pub fn layers_in_flight(&self) -> usize {
+        lock(&self.in_flight).len()
+    }
+
+    /// Pulls `image` and mounts it at `bundle/rootfs`. `/b`, `/b/` and `//b` are the same
+    /// bundle.
     pub async fn pull(&self, image: &str, bundle: &Path) -> Result<PullOutcome, ImageError> {
         let reference = Reference::parse(image)?;
-        check_bundle(bundle)?;
+        let bundle = &normalise_bundle(bundle)?;
         // Before this pull looks at the store: layers of containers removed since are deleted
         // now, not reused.
         if let Err(e) = self.collect().await {
@@ -137,7 +153,7 @@ impl Puller {
             match result {
                 Ok(outcome) => {
                     self.store
-                        .mount_rootfs(&outcome.diff_ids, bundle)
+                        .mount_rootfs(&mount_order(&outcome.diff_ids), bundle)
                         .map_err(|e| ImageError::Bundle {
                             path: bundle.to_path_buf(),
                             reason: format!("cannot mount the root filesystem: {e}"),
@@ -170,6 +186,7 @@ impl Puller {
     /// Unmounts `bundle/rootfs` and removes the layers no other bundle uses (unless a pull is
     /// in flight: then the next collection does).
     pub fn release(&self, bundle: &Path) -> Result<(), ImageError> {
+        let bundle = &normalise_bundle(bundle)?;
         let bundle_err = |reason: String| ImageError::Bundle {
             path: bundle.to_path_buf(),
             reason,
@@ -185,7 +202,18 @@ impl Puller {
         };
         self.store
             .gc()
-            .map_err(|e| bundle_err(format!("cannot remove unused layers: {e}")))
+            .map_err(|e| bundle_err(format!("cannot remove unused layers: {e}")))?;
+        self.forget_removed_layers();
+        Ok(())
+    }
+
+    /// After a GC (under the exclusive lock): drops the origin records of removed layers and
+    /// makes the next pull count the store's bytes again.
+    fn forget_removed_layers(&self) {
+        if let Err(e) = self.origins.prune(|d| self.store.contains(d)) {
+            tracing::warn!(error = %e, "cannot remove the origin records of removed layers");
+        }
+        *lock(&self.store_used) = None;
     }
 
     /// Forgets the bundles whose root filesystem was unmounted by someone else (the kata-agent
@@ -209,6 +237,7 @@ impl Puller {
             ))
         })?
         .map_err(|e| ImageError::Store(format!("cannot collect unused layers: {e}")))?;
+        self.forget_removed_layers();
         if reaped > 0 {
             tracing::info!(
                 bundles = reaped,
@@ -385,7 +414,14 @@ impl Puller {
             .await?;
         let diff_ids = manifest::diff_ids(&config)?;
         let layers = manifest::layers(&image_manifest, &diff_ids)?;
-        let (fetched, reused, bytes) = self.fetch_layers(original, session, &layers).await?;
+        let budget = Arc::new(Budget::start(
+            &self.config,
+            self.store_used.clone(),
+            || self.origins.total_bytes(|d| self.store.contains(d)),
+        )?);
+        let (fetched, reused, bytes) = self
+            .fetch_layers(original, session, &layers, budget)
+            .await?;
         Ok(PullOutcome {
             manifest_digest: top,
             image_manifest_digest,
@@ -398,13 +434,15 @@ impl Puller {
         })
     }
 
-    /// Fetches the layers the store lacks, at most `max_concurrent_layer_downloads_per_image`
-    /// at once; the first failure stops the others.
+    /// Fetches the layers the store lacks (or holds from an origin this pull cannot vouch
+    /// for), at most `max_concurrent_layer_downloads_per_image` at once; the first failure
+    /// stops the others.
     async fn fetch_layers(
         &self,
         original: &Reference,
         session: &Session,
         layers: &[Layer],
+        budget: Arc<Budget>,
     ) -> Result<(usize, usize, u64), ImageError> {
         let mut seen = HashSet::new();
         let unique: Vec<Layer> = layers
@@ -417,82 +455,196 @@ impl Puller {
         ));
         let mut tasks = tokio::task::JoinSet::new();
         for layer in unique {
-            let lock = {
-                let mut map = lock(&self.in_flight);
-                map.entry(layer.diff_id.clone()).or_default().clone()
+            let claim = Claim::new(&self.in_flight, &layer.diff_id);
+            let job = LayerJob {
+                session: session.clone(),
+                store: self.store.clone(),
+                resources: self.resources.clone(),
+                origins: self.origins.clone(),
+                budget: budget.clone(),
+                image: original.to_string(),
+                layer,
             };
             let permits = permits.clone();
-            let session = session.clone();
-            let store = self.store.clone();
-            let resources = self.resources.clone();
-            let image = original.to_string();
             tasks.spawn(async move {
-                let _guard = lock.lock().await;
-                if store.contains(&layer.diff_id) {
-                    return Ok(None);
-                }
-                let _permit = permits
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| ImageError::Config("the download slots were closed".into()))?;
-                // The key first: a layer that cannot be decrypted is not downloaded.
-                let key = if layer.encrypted {
-                    let key = peerpod_image_crypt::layer_key(&layer.annotations, &Keys(resources))
-                        .await
-                        .map_err(|e| ImageError::Encrypted {
-                            reference: image.clone(),
-                            digest: layer.digest.clone(),
-                            media_type: layer.media_type.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    Some(key)
-                } else {
-                    None
-                };
-                fetch_layer(&session, store, &layer, key.as_ref(), &image)
-                    .await
-                    .map(Some)
+                let _held = claim.hold().await;
+                job.run(&permits).await
             });
         }
         let (mut fetched, mut reused, mut bytes) = (0, 0, 0);
         while let Some(joined) = tasks.join_next().await {
-            let result =
-                joined.map_err(|e| ImageError::Config(format!("a layer task failed: {e}")))?;
-            match result? {
-                Some(n) => {
+            let result = joined
+                .map_err(|e| ImageError::Config(format!("a layer task failed: {e}")))
+                .and_then(|r| r);
+            match result {
+                Ok(Some(n)) => {
                     fetched += 1;
                     bytes += n;
                 }
-                None => reused += 1,
+                Ok(None) => reused += 1,
+                Err(e) => {
+                    // The others stop here, not in the background after the pull answered.
+                    tasks.shutdown().await;
+                    return Err(e);
+                }
             }
         }
-        lock(&self.in_flight).retain(|_, l| Arc::strong_count(l) > 1);
         Ok((fetched, reused, bytes))
     }
 }
 
+type InFlight = Arc<StdMutex<HashMap<Digest, Arc<Mutex<()>>>>>;
+
+/// A layer task's entry in the in-flight map, removed when the last task holding it ends
+/// (success, error, or aborted with its pull).
+struct Claim {
+    map: InFlight,
+    diff_id: Digest,
+    lock: Option<Arc<Mutex<()>>>,
+}
+
+impl Claim {
+    fn new(map: &InFlight, diff_id: &Digest) -> Self {
+        let lock = lock(map).entry(diff_id.clone()).or_default().clone();
+        Self {
+            map: map.clone(),
+            diff_id: diff_id.clone(),
+            lock: Some(lock),
+        }
+    }
+
+    /// Waits for the other pulls fetching this layer.
+    async fn hold(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        Some(self.lock.clone()?.lock_owned().await)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Clones are made under the map's lock only, so the count is exact here.
+        let mut map = lock(&self.map);
+        drop(self.lock.take());
+        if map
+            .get(&self.diff_id)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            map.remove(&self.diff_id);
+        }
+    }
+}
+
+/// What happens to one layer of a pull.
+struct LayerJob {
+    session: Session,
+    store: Arc<dyn Layers>,
+    resources: Arc<dyn Resources>,
+    origins: Arc<Origins>,
+    budget: Arc<Budget>,
+    image: String,
+    layer: Layer,
+}
+
+impl LayerJob {
+    /// `None`: the store's copy is reused; `Some(bytes downloaded)` otherwise.
+    async fn run(self, permits: &Semaphore) -> Result<Option<u64>, ImageError> {
+        let layer = &self.layer;
+        // The key first, whatever the store holds: an encrypted layer is never used by a pull
+        // that cannot unwrap its key, and a layer that cannot be decrypted is not downloaded.
+        let key = if layer.encrypted {
+            let key =
+                peerpod_image_crypt::layer_key(&layer.annotations, &Keys(self.resources.clone()))
+                    .await
+                    .map_err(|e| ImageError::Encrypted {
+                        reference: self.image.clone(),
+                        digest: layer.digest.clone(),
+                        media_type: layer.media_type.clone(),
+                        reason: e.to_string(),
+                    })?;
+            Some(key)
+        } else {
+            None
+        };
+        let origin = match &key {
+            Some(k) => Origin::Encrypted {
+                blob: layer.digest.clone(),
+                key: key_check(k),
+            },
+            None => Origin::Plain,
+        };
+        let installed = self.store.contains(&layer.diff_id);
+        let record = installed
+            .then(|| self.origins.read(&layer.diff_id))
+            .flatten();
+        if record.as_ref().is_some_and(|r| r.permits(&origin)) {
+            return Ok(None);
+        }
+        if installed {
+            // Decrypted for another image (or of unknown origin): this pull proves it can
+            // produce the content before it mounts the shared copy.
+            tracing::info!(layer = %layer.digest, diff_id = %layer.diff_id, "the store's copy of this layer was not obtained as this image obtains it; verifying it by downloading");
+        }
+        let _permit = permits
+            .acquire()
+            .await
+            .map_err(|_| ImageError::Config("the download slots were closed".into()))?;
+        let (downloaded, unpacked) = fetch_layer(
+            &self.session,
+            self.store.clone(),
+            layer,
+            key.as_ref(),
+            &self.image,
+            self.budget.clone(),
+            !installed,
+        )
+        .await?;
+        let mut record = record.unwrap_or_default();
+        if !installed {
+            record = Record::default();
+        }
+        record.bytes = record.bytes.or(Some(unpacked));
+        record.add(origin);
+        if let Err(e) = self.origins.write(&layer.diff_id, &record) {
+            // Without a record the layer counts as of unknown origin: verified at its next use.
+            tracing::warn!(diff_id = %layer.diff_id, error = %e, "cannot record where the layer came from");
+        }
+        Ok(Some(downloaded))
+    }
+}
+
 /// One layer in one pass: the download task streams the blob (resuming with `Range` after a
-/// dropped connection) into a channel; a blocking task decompresses it into the store.
+/// dropped connection) into a channel; a blocking task decompresses it, counting the bytes
+/// against the pull's budget, into the store (`install`) or only through its digests (the
+/// store has a copy). Answers the blob's and the tar's sizes.
 async fn fetch_layer(
     session: &Session,
     store: Arc<dyn Layers>,
     layer: &Layer,
     key: Option<&LayerKey>,
     image: &str,
-) -> Result<u64, ImageError> {
+    budget: Arc<Budget>,
+    install: bool,
+) -> Result<(u64, u64), ImageError> {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let diff_id = layer.diff_id.clone();
     let compression = layer.compression;
     let unpack = tokio::task::spawn_blocking(move || {
         let mut tar = match TarReader::new(ChannelReader::new(rx), compression, diff_id.clone()) {
             Ok(t) => t,
-            Err(e) => return (Err(e), None),
+            Err(e) => return (Err(e), None, None),
         };
-        let result = store
-            .install(&diff_id, &mut tar)
-            .and_then(|()| tar.finish())
-            .map(|()| tar.bytes);
-        (result, tar.mismatch.take())
+        let mut metered = Metered::new(&mut tar, &budget, install);
+        let result = if install {
+            store.install(&diff_id, &mut metered)
+        } else {
+            std::io::copy(&mut metered, &mut std::io::sink()).map(|_| ())
+        }
+        .and_then(|()| metered.finish());
+        let (counted, refused) = (metered.bytes, metered.refused.take());
+        if result.is_err() && install {
+            budget.untake_store(counted);
+        }
+        let result = result.map(|()| tar.bytes);
+        (result, tar.mismatch.take(), refused)
     });
     let downloaded = download(session, layer, tx, key.map(LayerDecryptor::new), image).await;
     let unpacked = unpack.await.map_err(|e| ImageError::Layer {
@@ -502,16 +654,20 @@ async fn fetch_layer(
     // The download's error is the cause when both failed.
     downloaded?;
     match unpacked? {
-        (Ok(n), _) => {
-            tracing::debug!(layer = %layer.digest, bytes = layer.size, unpacked = n, "layer installed");
-            Ok(layer.size)
+        (Ok(n), _, _) => {
+            tracing::debug!(layer = %layer.digest, bytes = layer.size, unpacked = n, install, "layer fetched");
+            Ok((layer.size, n))
         }
-        (Err(_), Some(m)) => Err(ImageError::DigestMismatch {
+        (Err(_), _, Some(reason)) => Err(ImageError::Layer {
+            diff_id: layer.diff_id.clone(),
+            reason: format!("(blob {}) {reason}", layer.digest),
+        }),
+        (Err(_), Some(m), None) => Err(ImageError::DigestMismatch {
             what: format!("uncompressed layer {}", layer.digest),
             expected: m.expected,
             actual: m.actual,
         }),
-        (Err(e), None) => Err(ImageError::Layer {
+        (Err(e), None, None) => Err(ImageError::Layer {
             diff_id: layer.diff_id.clone(),
             reason: e.to_string(),
         }),
@@ -653,6 +809,28 @@ pub fn check_bundle(bundle: &Path) -> Result<(), ImageError> {
         });
     }
     Ok(())
+}
+
+/// [`check_bundle`], then the path without repeated or trailing separators: `/b/` and `//b`
+/// name the bundle `/b` does.
+pub fn normalise_bundle(bundle: &Path) -> Result<PathBuf, ImageError> {
+    check_bundle(bundle)?;
+    Ok(bundle.components().collect())
+}
+
+/// The layers to stack for `diff_ids` (lowest first): a layer named more than once is kept at
+/// its topmost place only (overlayfs refuses a lower directory twice). The view is the same:
+/// every path the repeated layer sets or whites out is decided by its topmost copy anyway.
+pub fn mount_order(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut seen = HashSet::new();
+    let mut out: Vec<Digest> = diff_ids
+        .iter()
+        .rev()
+        .filter(|d| seen.insert(*d))
+        .cloned()
+        .collect();
+    out.reverse();
+    out
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
