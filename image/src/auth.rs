@@ -3,8 +3,9 @@
 //!
 //! A key is a registry (`quay.io`, `localhost:5000`), a registry with a repository path prefix
 //! (`quay.io/team`: the most specific key wins, as in containers/image), or Docker's legacy
-//! URL form (`https://index.docker.io/v1/`). Secrets stay in [`Zeroizing`] buffers and never
-//! appear in errors or logs.
+//! URL form (`https://index.docker.io/v1/`). Passwords, the `auth` field and the tokens the
+//! client gets for them are [`Secret`]s: wiped from memory when dropped, `<redacted>` when
+//! Debug-printed, never in errors or logs.
 
 use std::collections::BTreeMap;
 
@@ -17,20 +18,54 @@ use crate::reference::{DOCKER_HUB, Reference};
 /// The largest `auth.json` read.
 pub const MAX_AUTH_FILE: usize = 1 << 20;
 
+/// A secret string (a password, a token, an `Authorization` value): zeroed when dropped,
+/// printed as `<redacted>` by Debug, no Display; [`Secret::expose`] is the only way to the text.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    /// Takes `text` (moved, not copied).
+    pub fn new(text: String) -> Self {
+        Self(Zeroizing::new(text))
+    }
+
+    /// The secret text, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Whether the secret is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::new)
+    }
+}
+
 /// A user name and password for one registry.
 #[derive(Clone)]
 pub struct Credential {
     /// The user name.
     pub username: String,
     /// The password or token.
-    pub password: Zeroizing<String>,
+    pub password: Secret,
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")
             .field("username", &self.username)
-            .field("password", &"<redacted>")
+            .field("password", &self.password)
             .finish()
     }
 }
@@ -56,9 +91,9 @@ impl AuthFile {
         }
         #[derive(Deserialize)]
         struct Entry {
-            auth: Option<String>,
+            auth: Option<Secret>,
             username: Option<String>,
-            password: Option<String>,
+            password: Option<Secret>,
         }
         if bytes.len() > MAX_AUTH_FILE {
             return Err(AuthError(format!("larger than {MAX_AUTH_FILE} bytes")));
@@ -79,7 +114,7 @@ impl AuthFile {
                 (Some(auth), _, _) if !auth.is_empty() => {
                     let decoded = Zeroizing::new(
                         base64::engine::general_purpose::STANDARD
-                            .decode(auth.trim())
+                            .decode(auth.expose().trim())
                             .map_err(|_| {
                                 AuthError(format!("{name:?}: \"auth\" is not standard base64"))
                             })?,
@@ -92,13 +127,10 @@ impl AuthFile {
                     })?;
                     Credential {
                         username: user.to_string(),
-                        password: Zeroizing::new(pass.to_string()),
+                        password: Secret::new(pass.to_string()),
                     }
                 }
-                (_, Some(username), Some(password)) => Credential {
-                    username,
-                    password: Zeroizing::new(password),
-                },
+                (_, Some(username), Some(password)) => Credential { username, password },
                 _ => {
                     return Err(AuthError(format!(
                         "{name:?}: neither \"auth\" nor \"username\" and \"password\""
@@ -191,7 +223,7 @@ mod tests {
         let f = AuthFile::parse(json.as_bytes()).expect("valid");
         let user = |r: &str| {
             f.lookup(&Reference::parse(r).expect("ref"))
-                .map(|c| (c.username.clone(), c.password.to_string()))
+                .map(|c| (c.username.clone(), c.password.expose().to_string()))
         };
         assert_eq!(
             user("quay.io/other/x"),
@@ -209,6 +241,36 @@ mod tests {
         assert_eq!(user("localhost:5000/a"), Some(("u".into(), "p:w".into())));
         assert_eq!(user("ghcr.io/a"), None);
         assert!(!format!("{:?}", f).contains("one"));
+    }
+
+    #[test]
+    fn secrets_never_debug_printed() {
+        let json = format!(
+            r#"{{"auths": {{"a.io": {{"auth": "{}"}}, "b.io": {{"username": "u", "password": "pw-b-7781"}}}}}}"#,
+            b64("user:pw-a-4411")
+        );
+        let f = AuthFile::parse(json.as_bytes()).expect("valid");
+        let a = f
+            .lookup(&Reference::parse("a.io/x").expect("ref"))
+            .expect("a.io");
+        let b = f
+            .lookup(&Reference::parse("b.io/x").expect("ref"))
+            .expect("b.io");
+        assert_eq!(a.password.expose(), "pw-a-4411");
+        assert_eq!(b.password.expose(), "pw-b-7781");
+        for text in [
+            format!("{f:?}"),
+            format!("{f:#?}"),
+            format!("{a:?}"),
+            format!("{:?}", a.password),
+            format!("{:?}", b.password),
+            format!("{:?}", Secret::new("Bearer tok-9931".into())),
+        ] {
+            for secret in ["pw-a-4411", "pw-b-7781", "tok-9931", &b64("user:pw-a-4411")] {
+                assert!(!text.contains(secret), "{text}");
+            }
+            assert!(text.contains("<redacted>"), "{text}");
+        }
     }
 
     #[test]

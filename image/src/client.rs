@@ -1,8 +1,22 @@
 //! The OCI distribution client: one HTTP client (rustls, the configured roots and proxies) and
 //! per-repository sessions that authenticate as the registry asks (Bearer tokens from its
 //! realm, or Basic), retry what is transient with backoff, and bound every reply they read.
+//!
+//! Retries never nest: every request a session makes for one path (a manifest, the
+//! configuration, a layer blob) draws on one budget of `attempts` requests, whoever makes
+//! it. A caller that resumes a blob cut short by asking for the rest continues the same
+//! budget, so a registry that fails every way at once costs `attempts` requests per blob, not
+//! the product of two retry loops.
+//!
+//! Redirects (blob storage on another origin): at most [`MAX_REDIRECTS`], never from `https`
+//! to `http` (the redirect is refused and named; an insecure registry is plain HTTP from the
+//! start, so it is not affected). reqwest drops the `Authorization` header whenever a redirect
+//! changes scheme, host or port, and a 401 from anywhere but the registry's own origin is
+//! never answered: the session's credentials go only to the registry and the token realm the
+//! registry itself named.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -12,7 +26,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::auth::Credential;
+use crate::auth::{Credential, Secret};
 use crate::challenge::{self, Challenge};
 use crate::config::{ImageConfig, Transfer};
 use crate::digest::{Digest, clipped};
@@ -23,6 +37,49 @@ use crate::registries::Source;
 const MAX_TOKEN_REPLY: usize = 1 << 20;
 /// The most of an error body read for its error code.
 const MAX_ERROR_BODY: usize = 16 << 10;
+/// The most redirects followed for one request (reqwest's default).
+pub const MAX_REDIRECTS: usize = 10;
+
+/// Follows a redirect unless it leaves TLS or is one too many: then the redirect reply itself
+/// is returned, and the session refuses it with its status and the reason.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if redirect_refusal(attempt.url(), attempt.previous()).is_some() {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// Why a redirect to `next` after `previous` is not followed, if it is not.
+fn redirect_refusal(next: &reqwest::Url, previous: &[reqwest::Url]) -> Option<&'static str> {
+    if previous.len() > MAX_REDIRECTS {
+        return Some("more than 10 redirects");
+    }
+    if next.scheme() != "https" && previous.iter().any(|u| u.scheme() == "https") {
+        return Some("the redirect leaves TLS (https to http); refused");
+    }
+    None
+}
+
+/// `scheme://host[:port]/path` of a URL, without its query (blob storage signs URLs in it).
+fn shown(url: &reqwest::Url) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.path()
+    )
+}
+
+/// Whether two URLs share scheme, host and port.
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
 
 /// The HTTP side shared by every pull.
 #[derive(Clone)]
@@ -41,6 +98,7 @@ impl Client {
             .user_agent(concat!("peerpod-image/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(t.connect_timeout)
             .read_timeout(t.read_timeout)
+            .redirect(redirect_policy())
             .no_proxy();
         let mut certs = Vec::new();
         for (i, pem) in config.extra_root_certificates.iter().enumerate() {
@@ -92,18 +150,21 @@ impl Client {
     /// A session for one source's repository.
     pub fn session(&self, source: &Source, credential: Option<Credential>) -> Session {
         let scheme = if source.insecure { "http" } else { "https" };
+        let base = format!(
+            "{scheme}://{}/v2/{}",
+            source.reference.api_host(),
+            source.reference.repository
+        );
         Session {
             client: self.clone(),
-            base: format!(
-                "{scheme}://{}/v2/{}",
-                source.reference.api_host(),
-                source.reference.repository
-            ),
+            origin: reqwest::Url::parse(&base).ok(),
+            base,
             registry: source.reference.registry.clone(),
             repository: source.reference.repository.clone(),
             secure: !source.insecure,
             credential,
             authorization: Arc::new(Mutex::new(None)),
+            budgets: Arc::new(StdMutex::new(HashMap::new())),
         }
     }
 
@@ -123,11 +184,23 @@ impl Client {
 pub struct Session {
     client: Client,
     base: String,
+    /// The registry's origin: the only one whose challenges are answered.
+    origin: Option<reqwest::Url>,
     registry: String,
     repository: String,
     secure: bool,
     credential: Option<Credential>,
-    authorization: Arc<Mutex<Option<Zeroizing<String>>>>,
+    authorization: Arc<Mutex<Option<Secret>>>,
+    /// Requests spent per path: one retry budget per fetch.
+    budgets: Arc<StdMutex<HashMap<String, Spent>>>,
+}
+
+/// What one path's fetch has spent so far.
+#[derive(Default)]
+struct Spent {
+    requests: u32,
+    /// The last failure, for the error when the budget runs out.
+    last: String,
 }
 
 /// A successful reply, with the URL it answered.
@@ -150,7 +223,9 @@ impl Session {
     }
 
     /// `GET {base}/{path}` with retries on transient failures and the registry's
-    /// authentication; `range_from` asks for the bytes from that offset on.
+    /// authentication; `range_from` asks for the bytes from that offset on. Every request
+    /// draws on the path's one budget (see the module): asking again for a path whose reply
+    /// was cut short continues it.
     pub async fn get(
         &self,
         path: &str,
@@ -159,14 +234,14 @@ impl Session {
     ) -> Result<Reply, ImageError> {
         let url = format!("{}/{path}", self.base);
         let t = &self.client.transfer;
-        let mut last = String::new();
         let mut reauthenticated = false;
-        let mut attempt = 0;
-        while attempt < t.attempts {
-            if attempt > 0 {
-                tokio::time::sleep(backoff(t, attempt)).await;
+        let mut retrying = false;
+        loop {
+            let attempt = self.spend(path, &url)?;
+            if retrying {
+                tokio::time::sleep(backoff(t, attempt - 1)).await;
             }
-            attempt += 1;
+            retrying = true;
             let mut headers = HeaderMap::new();
             if let Some(a) = accept {
                 headers.insert(
@@ -181,7 +256,7 @@ impl Session {
                 headers.insert(header::RANGE, v);
             }
             if let Some(auth) = self.authorization.lock().await.as_ref()
-                && let Ok(mut v) = HeaderValue::from_str(auth)
+                && let Ok(mut v) = HeaderValue::from_str(auth.expose())
             {
                 v.set_sensitive(true);
                 headers.insert(header::AUTHORIZATION, v);
@@ -189,17 +264,62 @@ impl Session {
             let response = match self.client.http.get(&url).headers(headers).send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    last = describe(&e);
+                    let last = describe(&e);
                     tracing::warn!(url = %url, attempt, error = %last, "registry request failed");
+                    self.note(path, last);
                     continue;
                 }
             };
             let status = response.status();
+            let answered_by = response.url().clone();
+            if status.is_redirection() {
+                // The policy stopped at this redirect: name it and why.
+                let to = response
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| answered_by.join(l).ok());
+                let leaves_tls = to.as_ref().is_some_and(|to| to.scheme() != "https")
+                    && (url.starts_with("https:") || answered_by.scheme() == "https");
+                let why = if leaves_tls {
+                    "the redirect leaves TLS (https to http); refused"
+                } else {
+                    "more than 10 redirects"
+                };
+                return Err(ImageError::Status {
+                    url: shown(&answered_by),
+                    status: status.as_u16(),
+                    detail: format!(
+                        ": redirect to {}: {why}",
+                        to.as_ref().map(shown).unwrap_or_else(|| "nowhere".into())
+                    ),
+                });
+            }
+            if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+                && !self
+                    .origin
+                    .as_ref()
+                    .is_some_and(|o| same_origin(o, &answered_by))
+            {
+                // Blob storage the registry redirected to: its challenge (a realm of its
+                // choosing) would get the registry's credentials. Never answered.
+                return Err(ImageError::Status {
+                    url: shown(&answered_by),
+                    status: status.as_u16(),
+                    detail: format!(
+                        ": the registry redirected {path} to another origin, which refused it; \
+                         its authentication challenge is not answered (credentials go only to \
+                         {}): the registry or its storage is misconfigured, or hostile",
+                        self.registry
+                    ),
+                });
+            }
             if status == StatusCode::UNAUTHORIZED && !reauthenticated {
                 reauthenticated = true;
                 self.authenticate(&response).await?;
                 // The retry with credentials is not a transport attempt.
-                attempt -= 1;
+                self.refund(path);
+                retrying = false;
                 continue;
             }
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -217,8 +337,8 @@ impl Session {
                 });
             }
             if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                last = format!("the registry answered {status}");
                 tracing::warn!(url = %url, attempt, %status, "registry busy or failing");
+                self.note(path, format!("the registry answered {status}"));
                 continue;
             }
             if !status.is_success() {
@@ -229,13 +349,51 @@ impl Session {
                     detail,
                 });
             }
+            // Asked again, this path's reply did not arrive whole.
+            self.note(path, "the reply was cut short".into());
             return Ok(Reply { response, url });
         }
-        Err(ImageError::Transport {
-            url,
-            reason: last,
-            attempts: attempt,
-        })
+    }
+
+    /// Spends one request of `path`'s budget: its number, or the error when none is left.
+    fn spend(&self, path: &str, url: &str) -> Result<u32, ImageError> {
+        let attempts = self.client.transfer.attempts;
+        let mut budgets = lock(&self.budgets);
+        let spent = budgets.entry(path.to_string()).or_default();
+        if spent.requests >= attempts {
+            return Err(ImageError::Transport {
+                url: url.to_string(),
+                reason: spent.last.clone(),
+                attempts: spent.requests,
+            });
+        }
+        spent.requests += 1;
+        Ok(spent.requests)
+    }
+
+    /// Gives back the request a 401 took (the retry with credentials is not a retry).
+    fn refund(&self, path: &str) {
+        if let Some(s) = lock(&self.budgets).get_mut(path) {
+            s.requests = s.requests.saturating_sub(1);
+        }
+    }
+
+    /// Records why the last request for `path` failed.
+    fn note(&self, path: &str, reason: String) {
+        lock(&self.budgets)
+            .entry(path.to_string())
+            .or_default()
+            .last = reason;
+    }
+
+    /// The requests spent on `path`.
+    fn spent(&self, path: &str) -> u32 {
+        lock(&self.budgets).get(path).map_or(0, |s| s.requests)
+    }
+
+    /// `path` arrived whole: a later fetch of it starts a new budget.
+    fn forget(&self, path: &str) {
+        lock(&self.budgets).remove(path);
     }
 
     /// Answers a 401: a token from the Bearer realm, or Basic with our credential.
@@ -265,7 +423,7 @@ impl Session {
                          authenticated_registry_credentials_uri",
                     )
                 })?;
-                Zeroizing::new(format!("Basic {}", basic(c).as_str()))
+                Secret::new(format!("Basic {}", basic(c).as_str()))
             }
             Challenge::Bearer {
                 realm,
@@ -273,7 +431,7 @@ impl Session {
                 scope,
             } => {
                 let token = self.token(&realm, service, scope).await?;
-                Zeroizing::new(format!("Bearer {}", token.as_str()))
+                Secret::new(format!("Bearer {}", token.expose()))
             }
         };
         *self.authorization.lock().await = Some(value);
@@ -285,7 +443,7 @@ impl Session {
         realm: &str,
         service: Option<String>,
         scope: Option<String>,
-    ) -> Result<Zeroizing<String>, ImageError> {
+    ) -> Result<Secret, ImageError> {
         let mut url = reqwest::Url::parse(realm).map_err(|_| {
             ImageError::Config(format!(
                 "{}: the token realm {:?} is not a URL",
@@ -350,8 +508,8 @@ impl Session {
         );
         #[derive(Deserialize)]
         struct TokenReply {
-            token: Option<String>,
-            access_token: Option<String>,
+            token: Option<Secret>,
+            access_token: Option<Secret>,
         }
         let reply: TokenReply = serde_json::from_slice(&body).map_err(|_| ImageError::Status {
             url: shown.clone(),
@@ -367,14 +525,14 @@ impl Session {
                 status: status.as_u16(),
                 detail: ": the token reply has no \"token\"".into(),
             })?;
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        if !token.expose().bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ImageError::Status {
                 url: shown,
                 status: status.as_u16(),
                 detail: ": the token is not printable ASCII".into(),
             });
         }
-        Ok(Zeroizing::new(token))
+        Ok(token)
     }
 
     /// A small document (manifest, configuration) read whole within `limit`, with retries;
@@ -388,14 +546,13 @@ impl Session {
         expected: Option<&Digest>,
     ) -> Result<(Vec<u8>, Option<String>, Option<String>), ImageError> {
         let t = &self.client.transfer;
-        let mut attempt = 0;
         loop {
-            attempt += 1;
             let reply = self.get(path, accept, None).await?;
             let ct = header_text(&reply.response, header::CONTENT_TYPE);
             let dcd = header_text(&reply.response, "docker-content-digest");
             match read_limited(reply.response, limit, what, &reply.url).await {
                 Ok(body) => {
+                    self.forget(path);
                     if let Some(e) = expected {
                         let actual = Digest::of(&body);
                         if &actual != e {
@@ -408,21 +565,27 @@ impl Session {
                     }
                     return Ok((body, ct, dcd));
                 }
-                Err(ImageError::Transport { url, reason, .. }) if attempt < t.attempts => {
-                    tracing::warn!(url = %url, attempt, error = %reason, "reply cut short, retrying");
-                    tokio::time::sleep(backoff(t, attempt)).await;
-                }
                 Err(ImageError::Transport { url, reason, .. }) => {
-                    return Err(ImageError::Transport {
-                        url,
-                        reason,
-                        attempts: attempt,
-                    });
+                    let attempt = self.spent(path);
+                    if attempt >= t.attempts {
+                        return Err(ImageError::Transport {
+                            url,
+                            reason,
+                            attempts: attempt,
+                        });
+                    }
+                    tracing::warn!(url = %url, attempt, error = %reason, "reply cut short, retrying");
+                    self.note(path, reason);
+                    tokio::time::sleep(backoff(t, attempt)).await;
                 }
                 Err(e) => return Err(e),
             }
         }
     }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The wait before attempt `n + 1`.
@@ -431,7 +594,7 @@ pub(crate) fn backoff(t: &Transfer, n: u32) -> Duration {
 }
 
 fn basic(c: &Credential) -> Zeroizing<String> {
-    let plain = Zeroizing::new(format!("{}:{}", c.username, c.password.as_str()));
+    let plain = Zeroizing::new(format!("{}:{}", c.username, c.password.expose()));
     Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(plain.as_bytes()))
 }
 

@@ -1,0 +1,399 @@
+//! Redirects and credentials, with stand-ins under the test's control: a TLS registry that
+//! wants Basic credentials and redirects layer blobs to "blob storage" on another origin (TLS,
+//! another port), and a token service of the storage's choosing. The registry's credentials
+//! must reach the registry only: never the storage (reqwest drops `Authorization` across
+//! origins), never a realm the storage names in a 401, and no redirect may leave TLS.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use base64::Engine as _;
+use bytes::Bytes;
+use common::*;
+use peerpod_image::resources::NoResources;
+use peerpod_image::{Digest, ImageError, Puller};
+use peerpod_tests::cvm::certs::TlsCa;
+
+const USER: &str = "puller";
+const PASSWORD: &str = "pw-registry-only-5521";
+
+/// Every request a stand-in got: path and `Authorization` header.
+#[derive(Default)]
+struct Log(Mutex<Vec<(String, Option<String>)>>);
+
+impl Log {
+    fn record(&self, path: &str, headers: &HeaderMap) {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        self.0.lock().unwrap().push((path.to_string(), auth));
+    }
+    fn all(&self) -> Vec<(String, Option<String>)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct Image {
+    manifest: Vec<u8>,
+    blobs: HashMap<String, Bytes>,
+    layer: String,
+}
+
+fn image() -> Image {
+    let mut tar = tar::Builder::new(Vec::new());
+    let data = b"from the blob storage\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "data/file", &data[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let diff_id = Digest::of(&tar).to_string();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let blob = gz.finish().unwrap();
+    let layer = Digest::of(&blob).to_string();
+    let config = serde_json::json!({
+        "architecture": peerpod_image::manifest::guest_architecture(), "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]}
+    })
+    .to_string()
+    .into_bytes();
+    let config_digest = Digest::of(&config).to_string();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": blob.len()}]
+    })
+    .to_string()
+    .into_bytes();
+    let mut blobs = HashMap::new();
+    blobs.insert(config_digest, Bytes::from(config));
+    blobs.insert(layer.clone(), Bytes::from(blob));
+    Image {
+        manifest,
+        blobs,
+        layer,
+    }
+}
+
+fn basic() -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    )
+}
+
+/// The registry: Basic auth on every request; the layer blob redirected to `storage`.
+struct RegistryState {
+    image: Image,
+    storage: String,
+    log: Log,
+}
+
+async fn registry_manifest(
+    State(s): State<Arc<RegistryState>>,
+    Path((_, _, r)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    s.log.record(&format!("manifests/{r}"), &headers);
+    if let Some(r) = basic_challenge(&headers) {
+        return r;
+    }
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .body(Body::from(s.image.manifest.clone()))
+        .unwrap()
+}
+
+async fn registry_blob(
+    State(s): State<Arc<RegistryState>>,
+    Path((_, _, d)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    s.log.record(&format!("blobs/{d}"), &headers);
+    if let Some(r) = basic_challenge(&headers) {
+        return r;
+    }
+    if d == s.image.layer {
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(
+                header::LOCATION,
+                format!("{}/storage/{d}?signature=abc", s.storage),
+            )
+            .body(Body::empty())
+            .unwrap();
+    }
+    match s.image.blobs.get(&d) {
+        Some(b) => Response::new(Body::from(b.clone())),
+        None => Response::builder().status(404).body(Body::empty()).unwrap(),
+    }
+}
+
+fn basic_challenge(headers: &HeaderMap) -> Option<Response> {
+    let ok = headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == basic().as_bytes());
+    (!ok).then(|| {
+        Response::builder()
+            .status(401)
+            .header(header::WWW_AUTHENTICATE, r#"Basic realm="registry""#)
+            .body(Body::empty())
+            .unwrap()
+    })
+}
+
+/// The blob storage: serves blobs, or answers 401 with a Bearer realm of its choosing.
+struct StorageState {
+    blobs: HashMap<String, Bytes>,
+    challenge_realm: Option<String>,
+    log: Log,
+}
+
+async fn storage_blob(
+    State(s): State<Arc<StorageState>>,
+    Path(d): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    s.log.record(&format!("storage/{d}"), &headers);
+    if let Some(realm) = &s.challenge_realm {
+        return Response::builder()
+            .status(401)
+            .header(
+                header::WWW_AUTHENTICATE,
+                format!(
+                    r#"Bearer realm="{realm}",service="storage",scope="repository:t/app:pull""#
+                ),
+            )
+            .body(Body::empty())
+            .unwrap();
+    }
+    match s.blobs.get(&d) {
+        Some(b) => Response::new(Body::from(b.clone())),
+        None => Response::builder().status(404).body(Body::empty()).unwrap(),
+    }
+}
+
+/// A token service that logs who asked (and what they sent).
+async fn token(State(log): State<Arc<Log>>, headers: HeaderMap) -> Response {
+    log.record("token", &headers);
+    Response::new(Body::from(r#"{"token":"storage-token"}"#))
+}
+
+fn tls_acceptor(ca: &TlsCa) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    peerpod_tests::http::install_crypto_provider();
+    let certs = CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(ca.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Serves `app` on 127.0.0.1, over TLS when `tls` is given; its `scheme://addr`.
+async fn serve(app: axum::Router, tls: Option<&TlsCa>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let Some(ca) = tls else {
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        return format!("http://{addr}");
+    };
+    let acceptor = tls_acceptor(ca);
+    tokio::spawn(async move {
+        use hyper_util::rt::TokioIo;
+        use hyper_util::service::TowerToHyperService;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                    .await;
+            });
+        }
+    });
+    format!("https://{addr}")
+}
+
+struct Setup {
+    registry: Arc<RegistryState>,
+    storage: Arc<StorageState>,
+    tokens: Arc<Log>,
+    /// `host:port` of the registry.
+    addr: String,
+    ca: TlsCa,
+}
+
+/// A TLS registry redirecting the layer to storage served as `storage_tls` says; the storage
+/// challenges with a realm at a token service (TLS) when `challenge` is set.
+async fn setup(registry_tls: bool, storage_tls: bool, challenge: bool) -> Setup {
+    let ca = TlsCa::generate(&["localhost"]).unwrap();
+    let img = image();
+    let tokens = Arc::new(Log::default());
+    let token_url = serve(
+        axum::Router::new()
+            .route("/token", axum::routing::get(token))
+            .with_state(tokens.clone()),
+        Some(&ca),
+    )
+    .await;
+    let storage = Arc::new(StorageState {
+        blobs: img.blobs.clone(),
+        challenge_realm: challenge.then(|| format!("{token_url}/token")),
+        log: Log::default(),
+    });
+    let storage_url = serve(
+        axum::Router::new()
+            .route("/storage/{d}", axum::routing::get(storage_blob))
+            .with_state(storage.clone()),
+        storage_tls.then_some(&ca),
+    )
+    .await;
+    let registry = Arc::new(RegistryState {
+        image: img,
+        storage: storage_url,
+        log: Log::default(),
+    });
+    let registry_url = serve(
+        axum::Router::new()
+            .route(
+                "/v2/{a}/{b}/manifests/{r}",
+                axum::routing::get(registry_manifest),
+            )
+            .route("/v2/{a}/{b}/blobs/{d}", axum::routing::get(registry_blob))
+            .with_state(registry.clone()),
+        registry_tls.then_some(&ca),
+    )
+    .await;
+    let addr = registry_url
+        .split_once("://")
+        .map(|(_, a)| a.to_string())
+        .unwrap();
+    Setup {
+        registry,
+        storage,
+        tokens,
+        addr,
+        ca,
+    }
+}
+
+async fn pull(s: &Setup, insecure: bool) -> Result<peerpod_image::PullOutcome, ImageError> {
+    let scratch = Scratch::new("redirects");
+    let mut config = test_config(&scratch.path().join("work"));
+    config.extra_root_certificates = vec![s.ca.ca_pem.clone()];
+    config.authenticated_registry_credentials_uri = Some(file_uri(
+        scratch.path(),
+        "auth.json",
+        &serde_json::json!({"auths": {s.addr.clone(): {"username": USER, "password": PASSWORD}}})
+            .to_string(),
+    ));
+    if insecure {
+        config.registry_configuration_uri =
+            Some(file_uri(scratch.path(), "r.conf", &insecure_conf(&s.addr)));
+    }
+    let store = Arc::new(RecordingStore::default());
+    let p = Puller::new(config, Arc::new(NoResources), store).unwrap();
+    p.pull(
+        &format!("{}/t/app:v1", s.addr),
+        &PathBuf::from("/run/b/redirect"),
+    )
+    .await
+}
+
+fn leaked(entries: &[(String, Option<String>)]) -> Vec<String> {
+    entries
+        .iter()
+        .filter_map(|(p, a)| a.as_ref().map(|a| format!("{p}: {a}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_are_not_forwarded_to_blob_storage_on_another_origin() -> Result<()> {
+    let s = setup(true, true, false).await;
+    let out = pull(&s, false).await?;
+    assert_eq!(out.fetched_layers, 1);
+    // The registry got the credentials (the pull used them) ...
+    assert!(
+        s.registry
+            .log
+            .all()
+            .iter()
+            .any(|(_, a)| a.as_deref() == Some(basic().as_str()))
+    );
+    // ... the storage got the redirected request, without them.
+    let storage = s.storage.log.all();
+    assert!(!storage.is_empty());
+    assert_eq!(leaked(&storage), Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_challenge_from_blob_storage_is_not_answered_with_the_registry_credentials() -> Result<()>
+{
+    let s = setup(true, true, true).await;
+    let e = pull(&s, false).await.expect_err("storage refuses");
+    // The realm the storage chose was never asked, so it never saw the credentials.
+    assert_eq!(s.tokens.all(), Vec::new());
+    let text = e.to_string();
+    assert!(
+        matches!(e, ImageError::Status { status: 401, .. }),
+        "{text}"
+    );
+    assert!(text.contains("another origin"), "{text}");
+    assert!(!text.contains("signature=abc"), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+    assert_eq!(leaked(&s.storage.log.all()), Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_from_https_to_http_is_refused() -> Result<()> {
+    let s = setup(true, false, false).await;
+    let e = pull(&s, false).await.expect_err("leaves TLS");
+    let text = e.to_string();
+    assert!(
+        matches!(e, ImageError::Status { status: 307, .. }),
+        "{text}"
+    );
+    assert!(text.contains("leaves TLS"), "{text}");
+    assert!(!text.contains("signature=abc"), "{text}");
+    assert_eq!(s.storage.log.all(), Vec::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_insecure_registry_may_redirect_to_plain_http_storage() -> Result<()> {
+    // Configured insecure: plain HTTP from the start, so nothing is downgraded.
+    let s = setup(false, false, false).await;
+    let out = pull(&s, true).await?;
+    assert_eq!(out.fetched_layers, 1);
+    assert!(!s.storage.log.all().is_empty());
+    assert_eq!(leaked(&s.storage.log.all()), Vec::<String>::new());
+    Ok(())
+}
