@@ -687,3 +687,50 @@ async fn error_code(response: Response) -> String {
         Err(_) => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(u: &str) -> reqwest::Url {
+        reqwest::Url::parse(u).expect("test URL")
+    }
+
+    #[test]
+    fn redirects_never_leave_tls_and_are_bounded() {
+        let https = url("https://registry.example/v2/a/blobs/x");
+        let http = url("http://registry.example/v2/a/blobs/x");
+        let storage_https = url("https://storage.example/x?sig=1");
+        let storage_http = url("http://storage.example/x?sig=1");
+        assert_eq!(redirect_refusal(&storage_https, &[https.clone()]), None);
+        assert_eq!(redirect_refusal(&storage_http, &[http.clone()]), None);
+        assert_eq!(redirect_refusal(&storage_https, &[http.clone()]), None);
+        assert!(redirect_refusal(&storage_http, &[https.clone()]).is_some());
+        // Through a TLS hop and back to plain HTTP: still leaving TLS.
+        assert!(redirect_refusal(&storage_http, &[http.clone(), storage_https.clone()]).is_some());
+        let chain = vec![https.clone(); MAX_REDIRECTS + 1];
+        assert!(redirect_refusal(&storage_https, &chain).is_some());
+        let chain = vec![https.clone(); MAX_REDIRECTS];
+        assert_eq!(redirect_refusal(&storage_https, &chain), None);
+    }
+
+    #[test]
+    fn origins_and_shown_urls() {
+        let registry = url("https://127.0.0.1:5000/v2/a/b");
+        assert!(same_origin(
+            &registry,
+            &url("https://127.0.0.1:5000/v2/a/b/blobs/x")
+        ));
+        assert!(!same_origin(&registry, &url("https://127.0.0.1:5001/x")));
+        assert!(!same_origin(&registry, &url("http://127.0.0.1:5000/x")));
+        assert!(!same_origin(&registry, &url("https://localhost:5000/x")));
+        assert!(same_origin(
+            &url("https://quay.io/x"),
+            &url("https://quay.io:443/y")
+        ));
+        assert_eq!(
+            shown(&url("https://s.example:8443/b/x?X-Amz-Signature=secret")),
+            "https://s.example:8443/b/x"
+        );
+    }
+}
