@@ -702,10 +702,19 @@ mod tests {
         let http = url("http://registry.example/v2/a/blobs/x");
         let storage_https = url("https://storage.example/x?sig=1");
         let storage_http = url("http://storage.example/x?sig=1");
-        assert_eq!(redirect_refusal(&storage_https, &[https.clone()]), None);
-        assert_eq!(redirect_refusal(&storage_http, &[http.clone()]), None);
-        assert_eq!(redirect_refusal(&storage_https, &[http.clone()]), None);
-        assert!(redirect_refusal(&storage_http, &[https.clone()]).is_some());
+        assert_eq!(
+            redirect_refusal(&storage_https, std::slice::from_ref(&https)),
+            None
+        );
+        assert_eq!(
+            redirect_refusal(&storage_http, std::slice::from_ref(&http)),
+            None
+        );
+        assert_eq!(
+            redirect_refusal(&storage_https, std::slice::from_ref(&http)),
+            None
+        );
+        assert!(redirect_refusal(&storage_http, std::slice::from_ref(&https)).is_some());
         // Through a TLS hop and back to plain HTTP: still leaving TLS.
         assert!(redirect_refusal(&storage_http, &[http.clone(), storage_https.clone()]).is_some());
         let chain = vec![https.clone(); MAX_REDIRECTS + 1];
