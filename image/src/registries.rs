@@ -29,6 +29,12 @@ pub struct Source {
     pub reference: Reference,
     /// Plain HTTP (an `insecure` registry or mirror).
     pub insecure: bool,
+    /// The image this source serves, fully qualified: what the signature policy must judge.
+    /// The reference itself when it was fully qualified; for a short name the alias target or
+    /// search candidate it resolved to (`example1.com/busybox`, never Docker Hub's name for an
+    /// image another registry serves); mirrors and `location` remapping keep it (they are
+    /// other places for the same image).
+    pub logical: Reference,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -245,6 +251,7 @@ impl RegistryConfig {
                 .max_by_key(|(len, _)| *len);
             let Some((len, rule)) = rule else {
                 out.push(Source {
+                    logical: candidate.clone(),
                     reference: candidate,
                     insecure: false,
                 });
@@ -260,11 +267,13 @@ impl RegistryConfig {
                     out.push(Source {
                         reference: relocate(&candidate, &m.location, rest)?,
                         insecure: m.insecure,
+                        logical: candidate.clone(),
                     });
                 }
             }
             if rule.location.is_empty() {
                 out.push(Source {
+                    logical: candidate.clone(),
                     reference: candidate,
                     insecure: rule.insecure,
                 });
@@ -272,6 +281,7 @@ impl RegistryConfig {
                 out.push(Source {
                     reference: relocate(&candidate, &rule.location, rest)?,
                     insecure: rule.insecure,
+                    logical: candidate,
                 });
             }
         }
@@ -467,6 +477,40 @@ location = "proxy.corp.io"
             .into_iter()
             .map(|s| s.reference.to_string())
             .collect())
+    }
+
+    #[test]
+    fn each_source_names_the_image_it_serves() {
+        let c = RegistryConfig::parse(CONF.as_bytes()).expect("valid");
+        let logical = |r: &str| -> Vec<(String, String)> {
+            c.sources(&Reference::parse(r).expect("ref"))
+                .expect("sources")
+                .into_iter()
+                .map(|s| (s.reference.to_string(), s.logical.to_string()))
+                .collect()
+        };
+        // A short name found on a search registry is that registry's image, not Docker Hub's.
+        assert_eq!(
+            logical("bar:tag"),
+            vec![
+                (
+                    "hub-mirror.local/library/bar:tag".into(),
+                    "docker.io/library/bar:tag".into()
+                ),
+                (
+                    "docker.io/library/bar:tag".into(),
+                    "docker.io/library/bar:tag".into()
+                ),
+                ("example1.com/bar:tag".into(), "example1.com/bar:tag".into()),
+            ]
+        );
+        // Mirrors and remapping serve the name the user gave.
+        for (_, l) in logical("example.com/foo/image:t") {
+            assert_eq!(l, "example.com/foo/image:t");
+        }
+        for (_, l) in logical("quay.io/a/b:c") {
+            assert_eq!(l, "quay.io/a/b:c");
+        }
     }
 
     #[test]
