@@ -12,13 +12,15 @@
 //! - [`client`]: mTLS + ttrpc clients of 15150.
 //! - [`timeline`]: boot markers and the firmware/kernel/userspace split.
 //! - [`memory`]: the guest userspace's RSS/PSS, read by a container with the guest's `/proc`
-//!   bound in.
+//!   bound in; [`memory::guest_probe`] runs any such read-only probe.
 //!
 //! The end-to-end tests are in `tests/e2e.rs` (gated by `PEERPOD_PODVM_E2E=1`, see
-//! docs/podvm-image.md); the boot benchmark in `benches/boot.rs`. Not built yet: guest-pulled
-//! containers, exec allowed/denied by an initdata policy, KBS secrets after attestation, sealed
-//! secrets, scratch space in the e2e, and the OVMF/UKI boot path in the harness (the UKI is
-//! built but the harness boots the kernel directly).
+//! docs/podvm-image.md): boot, mTLS, failure modes, the UKI, and in `tests/e2e/workload.rs` the
+//! whole workload as the kata shim and cloud-api-adaptor drive it (guest pull with auth.json,
+//! exec allowed and denied by the initdata policy, KBS secrets after attestation bound to the
+//! initdata, a sealed value, encrypted scratch). `scripts/demo.sh` runs that test as its
+//! finale. The boot benchmark is `benches/boot.rs`. Not built yet: a KVM run (everything is
+//! measured under TCG), and a harness that boots the VHD the way Azure does.
 
 pub mod cidata;
 pub mod client;

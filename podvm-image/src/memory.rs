@@ -83,7 +83,7 @@ fn parse(out: &str) -> Result<GuestMemory, String> {
     Ok(GuestMemory { processes })
 }
 
-fn request(id: &str) -> Result<agent::CreateContainerRequest, PodvmError> {
+fn request(id: &str, script: &str) -> Result<agent::CreateContainerRequest, PodvmError> {
     let value = json!({
         "container_id": id,
         "exec_id": id,
@@ -93,7 +93,7 @@ fn request(id: &str) -> Result<agent::CreateContainerRequest, PodvmError> {
             // An empty tmpfs (the sandbox's shm storage) with the guest's /usr bound in.
             "Root": {"Path": SHM, "Readonly": false},
             "Process": {
-                "Args": ["/usr/bin/sh", "-c", SCRIPT],
+                "Args": ["/usr/bin/sh", "-c", script],
                 "Env": ["PATH=/usr/bin"],
                 "Cwd": "/",
                 "User": {"UID": 0, "GID": 0},
@@ -133,12 +133,18 @@ fn request(id: &str) -> Result<agent::CreateContainerRequest, PodvmError> {
     Ok(message)
 }
 
-/// Runs the probe in the sandbox the shim created; removes it afterwards.
-pub async fn guest_memory(shim: &ShimClient) -> Result<GuestMemory, PodvmError> {
-    let id = "podvm-memory-probe";
+/// Runs `script` (`/usr/bin/sh -c`) in a probe container on the sandbox's shm tmpfs with the
+/// guest's `/usr` and, at `/guestproc`, the guest's `/proc` bound in read-only (the guest's PID
+/// namespace); returns its stdout, its stderr and its exit status. The container is removed
+/// afterwards. The sandbox the shim created must exist and the pod's policy must allow it.
+pub async fn guest_probe(
+    shim: &ShimClient,
+    id: &str,
+    script: &str,
+) -> Result<(String, String, Result<i32, ttrpc::Error>), PodvmError> {
     let long = ctx(Duration::from_secs(120));
     shim.agent
-        .create_container(long.clone(), &request(id)?)
+        .create_container(long.clone(), &request(id, script)?)
         .await?;
     shim.agent
         .start_container(long.clone(), &requests::start(id))
@@ -150,6 +156,12 @@ pub async fn guest_memory(shim: &ShimClient) -> Result<GuestMemory, PodvmError> 
         .agent
         .remove_container(long, &requests::remove(id))
         .await;
+    Ok((out, err, status))
+}
+
+/// Runs the memory probe in the sandbox the shim created; removes it afterwards.
+pub async fn guest_memory(shim: &ShimClient) -> Result<GuestMemory, PodvmError> {
+    let (out, err, status) = guest_probe(shim, "podvm-memory-probe", SCRIPT).await?;
     parse(&out).map_err(|reason| PodvmError::Command {
         command: "the guest memory probe".into(),
         output: format!("{reason}; exit {status:?}; stderr {err:?}"),

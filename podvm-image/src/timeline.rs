@@ -22,12 +22,16 @@ pub const MARKERS: &[(&str, &str)] = &[
     ("CDH serving", "confidential data hub serving"),
     ("front door serving on 15150", "front door serving"),
     ("kata agent serving", "\"message\":\"agent serving\""),
+    // Present when the user data asks for scratch space, or a container is run.
+    ("encrypted scratch space mounted", "scratch space ready"),
+    ("CDH attested to the KBS", "attested to the KBS"),
+    ("image pulled in the guest", "image pulled in the guest"),
 ];
 
 /// The timeline of one boot.
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
-    /// (label, time since QEMU start) for each marker seen, in boot order.
+    /// (label, time since QEMU start) for each marker seen and each host event, in time order.
     pub events: Vec<(String, Duration)>,
     /// When the host got SERVING from Check, since QEMU start.
     pub check_answered: Option<Duration>,
@@ -40,10 +44,11 @@ pub struct Timeline {
 impl Timeline {
     /// Reads the markers from `console`; `check_answered` is the host's measurement.
     pub fn from_console(console: &Console, check_answered: Option<Duration>) -> Self {
-        let events = MARKERS
+        let mut events: Vec<(String, Duration)> = MARKERS
             .iter()
             .filter_map(|(label, needle)| console.find(needle).map(|l| (label.to_string(), l.at)))
             .collect();
+        events.sort_by_key(|(_, t)| *t);
         let kernel_started = console.find("podvm-initramfs: started").and_then(|l| {
             let uptime: f64 = l
                 .text
@@ -60,6 +65,13 @@ impl Timeline {
             check_answered,
             kernel_started,
         }
+    }
+
+    /// Adds an event the host saw (an RPC answered, a container's output read), at `at` since
+    /// QEMU start; events stay in time order.
+    pub fn mark(&mut self, label: impl Into<String>, at: Duration) {
+        self.events.push((label.into(), at));
+        self.events.sort_by_key(|(_, t)| *t);
     }
 
     /// The time of the marker with `label`.
@@ -83,25 +95,20 @@ impl Timeline {
         ))
     }
 
-    /// A readable table.
+    /// A readable table, in time order.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let mut rows: Vec<(Duration, &str)> = vec![(Duration::ZERO, "QEMU started (VM start)")];
+        rows.extend(self.events.iter().map(|(l, t)| (*t, l.as_str())));
         if let Some(k) = self.kernel_started {
-            let _ = writeln!(
-                out,
-                "  {:>8.3} s  kernel started (firmware done)",
-                k.as_secs_f64()
-            );
-        }
-        for (label, at) in &self.events {
-            let _ = writeln!(out, "  {:>8.3} s  {label}", at.as_secs_f64());
+            rows.push((k, "kernel started (firmware done)"));
         }
         if let Some(c) = self.check_answered {
-            let _ = writeln!(
-                out,
-                "  {:>8.3} s  Check answered SERVING over mTLS",
-                c.as_secs_f64()
-            );
+            rows.push((c, "Check answered SERVING over mTLS (first RPC)"));
+        }
+        rows.sort_by_key(|(t, _)| *t);
+        let mut out = String::new();
+        for (at, label) in rows {
+            let _ = writeln!(out, "  {:>8.3} s  {label}", at.as_secs_f64());
         }
         if let Some((fw, k, u)) = self.split() {
             let _ = writeln!(
@@ -139,6 +146,13 @@ mod tests {
         assert!(t.kernel_started.is_none());
         assert!(t.split().is_none());
         assert!(t.at("initramfs").is_some());
+        let mut t = t;
+        t.mark("image pulled", Duration::ZERO);
+        assert_eq!(
+            t.events[0].0, "image pulled",
+            "marks are kept in time order"
+        );
+        assert!(t.render().contains("image pulled"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -65,7 +65,7 @@ pub struct PodVm {
     started: Instant,
     dir: PathBuf,
     // Dropped after QEMU (fields drop in order), so the guest never loses its TPM mid-run.
-    _cvm: SimulatedCvm,
+    cvm: SimulatedCvm,
 }
 
 fn free_port() -> Result<u16, PodvmError> {
@@ -105,8 +105,19 @@ fn require(tool: &'static str, package: &'static str) -> Result<(), PodvmError> 
 }
 
 impl PodVm {
-    /// Boots the VM (returns once QEMU runs; the guest is still booting).
+    /// Boots the VM (returns once QEMU runs; the guest is still booting) with a fresh
+    /// simulated Azure SNP CVM (vTPM, paravisor, IMDS) in `options.dir/cvm`.
     pub fn boot(options: &PodVmOptions) -> Result<Self, PodvmError> {
+        std::fs::create_dir_all(&options.dir)
+            .map_err(|e| PodvmError::io("create the VM directory", e))?;
+        let cvm =
+            SimulatedCvm::start_for_vm(CvmOptions::new(Flavour::Snp, options.dir.join("cvm")))?;
+        Self::boot_with_cvm(options, cvm)
+    }
+
+    /// [`PodVm::boot`] with a CVM the caller started (`SimulatedCvm::start_for_vm`), so that a
+    /// KBS trusting its roots and its IMDS address can be set up before the guest boots.
+    pub fn boot_with_cvm(options: &PodVmOptions, cvm: SimulatedCvm) -> Result<Self, PodvmError> {
         require("qemu-system-x86_64", "qemu-system-x86")?;
         require("qemu-img", "qemu-utils")?;
         require("swtpm", "swtpm")?;
@@ -131,7 +142,6 @@ impl PodVm {
                 .arg(&disk))?;
         }
         let iso = crate::cidata::cidata_iso(dir, &options.user_data)?;
-        let cvm = SimulatedCvm::start_for_vm(CvmOptions::new(Flavour::Snp, dir.join("cvm")))?;
         let port = free_port()?;
         let cmdline = format!(
             "{} {}",
@@ -209,7 +219,7 @@ impl PodVm {
             port,
             started,
             dir: dir.clone(),
-            _cvm: cvm,
+            cvm,
         })
     }
 
@@ -231,6 +241,16 @@ impl PodVm {
     /// This VM's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The VM's disk as the host stores it: the qcow2 overlay every guest write lands in.
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+
+    /// The simulated CVM behind the guest's vTPM.
+    pub fn cvm(&self) -> &SimulatedCvm {
+        &self.cvm
     }
 
     /// Fails if QEMU has exited (with the console's tail).

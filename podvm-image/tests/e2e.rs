@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 use peerpod_podvm::client::{self, ctx};
 use peerpod_podvm::{PodPki, PodVm, PodVmOptions, PodvmImage, Timeline, UserData};
 
+#[path = "../../image/tests/common/mod.rs"]
+mod image_fixtures;
+#[path = "e2e/workload.rs"]
+mod workload;
+
 /// One TCG guest at a time: two would starve each other on a small machine.
 static ONE_VM: Mutex<()> = Mutex::new(());
 
