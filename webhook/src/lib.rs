@@ -9,10 +9,14 @@
 //!   the containers' CPU, memory and GPU requests/limits into the pod VM size annotations,
 //!   clears every container's resources and gives the first container one
 //!   `kata.peerpods.io/vm`: [`mutate`] holds those rules (cloud-api-adaptor's, kept exactly),
-//!   on exact [`quantity`] arithmetic; [`review`] reads the AdmissionReview (kube-core's and
-//!   k8s-openapi's types) and answers it; [`server`] is the HTTPS/HTTP 1.1 server on
-//!   tokio-rustls and hyper; [`tls`] parses `TLS_MIN_VERSION`/`TLS_CIPHER_SUITES` and serves
-//!   a certificate re-read from its files when they change.
+//!   on exact [`quantity`] arithmetic; [`review`] reads the AdmissionReview's few fields it
+//!   needs, keeping the pod as its JSON text, and answers with kube-core's response type;
+//!   [`view`] decodes from that text only what the mutation reads (k8s-openapi quantities),
+//!   so a hostile review costs about its own size in memory; [`server`] is the HTTPS/HTTP 1.1
+//!   server on tokio-rustls and hyper, with every per-client resource bounded (handshakes,
+//!   connections, body size, body bytes in flight); [`tls`] parses
+//!   `TLS_MIN_VERSION`/`TLS_CIPHER_SUITES` and serves a certificate re-read from its files
+//!   when they change.
 //! - `peerpod-vm-advertiser` ([`advertiser`]) sets `kata.peerpods.io/vm` capacity to
 //!   `PEERPODS_LIMIT_PER_NODE` on its node's status with an owner annotation, and removes it
 //!   at shutdown only while it is still the owner.
@@ -25,6 +29,7 @@ pub mod quantity;
 pub mod review;
 pub mod server;
 pub mod tls;
+pub mod view;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

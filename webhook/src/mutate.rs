@@ -19,18 +19,16 @@
 //!
 //! The JSON Patch is made against the pod's JSON as received and touches only the annotations
 //! and the containers' `resources`, so fields this crate's Kubernetes types do not know are
-//! never removed.
-
-use std::collections::BTreeMap;
+//! never removed. The pod is read through [`crate::view`]: only the fields above are decoded,
+//! so a hostile review costs about its own size in memory.
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
-use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
-use serde::Deserialize as _;
 use serde_json::{Map, Value, json};
 
 use crate::quantity::{Quantity, QuantityError};
+use crate::view::{ContainerView, PodView, runtime_class};
 
 /// The runtime class mutated unless `TARGET_RUNTIMECLASS` says otherwise.
 pub const DEFAULT_RUNTIME_CLASS: &str = "kata-remote";
@@ -124,7 +122,7 @@ pub struct Totals {
 
 impl Totals {
     /// Sums the resources of `pod`'s containers and init containers.
-    pub fn of(pod: &Pod) -> Result<Self, MutateError> {
+    pub fn of(pod: &PodView) -> Result<Self, MutateError> {
         let mut t = Totals::default();
         let Some(spec) = pod.spec.as_ref() else {
             return Ok(t);
@@ -132,7 +130,8 @@ impl Totals {
         let all = spec
             .containers
             .iter()
-            .chain(spec.init_containers.iter().flatten());
+            .chain(spec.init_containers.iter())
+            .flat_map(|l| l.0.iter());
         for c in all {
             let Some(res) = c.resources.as_ref() else {
                 continue;
@@ -142,16 +141,23 @@ impl Totals {
             add(
                 &mut t.cpu_request,
                 c,
-                requests,
+                requests.and_then(|l| l.cpu.as_ref()),
                 "cpu",
                 "request",
                 "CPU request",
             )?;
-            add(&mut t.cpu_limit, c, limits, "cpu", "limit", "CPU limit")?;
+            add(
+                &mut t.cpu_limit,
+                c,
+                limits.and_then(|l| l.cpu.as_ref()),
+                "cpu",
+                "limit",
+                "CPU limit",
+            )?;
             add(
                 &mut t.memory_request,
                 c,
-                requests,
+                requests.and_then(|l| l.memory.as_ref()),
                 "memory",
                 "request",
                 "memory request",
@@ -159,7 +165,7 @@ impl Totals {
             add(
                 &mut t.memory_limit,
                 c,
-                limits,
+                limits.and_then(|l| l.memory.as_ref()),
                 "memory",
                 "limit",
                 "memory limit",
@@ -167,7 +173,7 @@ impl Totals {
             add(
                 &mut t.gpu_request,
                 c,
-                requests,
+                requests.and_then(|l| l.gpu.as_ref()),
                 GPU_RESOURCE,
                 "request",
                 "GPU request",
@@ -207,13 +213,13 @@ fn chosen(request: Quantity, limit: Quantity) -> Option<Quantity> {
 
 fn add(
     total: &mut Quantity,
-    container: &Container,
-    list: Option<&BTreeMap<String, K8sQuantity>>,
+    container: &ContainerView,
+    text: Option<&K8sQuantity>,
     resource: &str,
     kind: &'static str,
     what: &'static str,
 ) -> Result<(), MutateError> {
-    let Some(text) = list.and_then(|l| l.get(resource)) else {
+    let Some(text) = text else {
         return Ok(());
     };
     let value = Quantity::parse(&text.0).map_err(|source| MutateError::Quantity {
@@ -237,29 +243,28 @@ pub enum Mutation {
     Patch(json_patch::Patch),
 }
 
-/// Mutates `object` (a pod as JSON, as the API server sent it) under `config`.
+/// Mutates `object` (a pod's JSON text, as the API server sent it) under `config`.
 ///
 /// Pods of other runtime classes are passed before being decoded: whatever else is wrong with
 /// them is the API server's to refuse, not this webhook's (upstream refuses any pod its types
 /// cannot decode).
-pub fn mutate(config: &MutationConfig, object: &Value) -> Result<Mutation, MutateError> {
-    if object["spec"]["runtimeClassName"].as_str() != Some(config.runtime_class.as_str()) {
+pub fn mutate(config: &MutationConfig, object: &str) -> Result<Mutation, MutateError> {
+    if runtime_class(object).as_deref() != Some(config.runtime_class.as_str()) {
         return Ok(Mutation::Untouched);
     }
-    let pod = Pod::deserialize(object).map_err(MutateError::NotAPod)?;
-    let runtime_class = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.runtime_class_name.as_deref());
-    if runtime_class != Some(config.runtime_class.as_str()) {
+    let pod: PodView = serde_json::from_str(object).map_err(MutateError::NotAPod)?;
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(Mutation::Untouched);
+    };
+    if spec.runtime_class_name.as_deref() != Some(config.runtime_class.as_str()) {
         return Ok(Mutation::Untouched);
     }
-    if pod.spec.as_ref().is_none_or(|s| s.containers.is_empty()) {
+    if spec.containers.as_ref().is_none_or(|l| l.0.is_empty()) {
         return Err(MutateError::NoContainers);
     }
     let annotations = Totals::of(&pod)?.annotations()?;
     Ok(Mutation::Patch(patch(
-        object,
+        &pod,
         &annotations,
         &config.vm_resource,
     )))
@@ -267,9 +272,8 @@ pub fn mutate(config: &MutationConfig, object: &Value) -> Result<Mutation, Mutat
 
 /// The JSON Patch that applies the mutation to the pod's JSON: one `add` per annotation (or of
 /// the whole map when there is none), one `add` (which replaces) per container whose
-/// `resources` is not already what it must be. The typed decode has already checked the
-/// shape. Nothing else in the pod is touched.
-fn patch(pod: &Value, annotations: &[(&str, String)], vm_resource: &str) -> json_patch::Patch {
+/// `resources` is not already what it must be. Nothing else in the pod is touched.
+fn patch(pod: &PodView, annotations: &[(&str, String)], vm_resource: &str) -> json_patch::Patch {
     let mut ops = Vec::new();
     let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
     if !annotations.is_empty() {
@@ -281,8 +285,8 @@ fn patch(pod: &Value, annotations: &[(&str, String)], vm_resource: &str) -> json
                     .collect(),
             )
         };
-        match &pod["metadata"] {
-            Value::Object(meta) if meta.get("annotations").is_some_and(Value::is_object) => {
+        match &pod.metadata {
+            Some(meta) if meta.annotations.is_some() => {
                 for (key, value) in annotations {
                     ops.push(add(
                         PointerBuf::from_tokens(["metadata", "annotations", key]),
@@ -290,11 +294,11 @@ fn patch(pod: &Value, annotations: &[(&str, String)], vm_resource: &str) -> json
                     ));
                 }
             }
-            Value::Object(_) => ops.push(add(
+            Some(_) => ops.push(add(
                 PointerBuf::from_tokens(["metadata", "annotations"]),
                 as_map(),
             )),
-            _ => ops.push(add(
+            None => ops.push(add(
                 PointerBuf::from_tokens(["metadata"]),
                 json!({ "annotations": as_map() }),
             )),
@@ -307,21 +311,39 @@ fn patch(pod: &Value, annotations: &[(&str, String)], vm_resource: &str) -> json
     };
     let first = json!({ "requests": one(), "limits": one() });
     let empty = json!({});
-    for list in ["containers", "initContainers"] {
-        let Some(containers) = pod["spec"][list].as_array() else {
+    let Some(spec) = pod.spec.as_ref() else {
+        return json_patch::Patch(ops);
+    };
+    let lists = [
+        ("containers", spec.containers.as_ref()),
+        ("initContainers", spec.init_containers.as_ref()),
+    ];
+    for (list, containers) in lists {
+        let Some(containers) = containers else {
             continue;
         };
-        for (i, c) in containers.iter().enumerate() {
-            let want = if list == "containers" && i == 0 {
-                &first
-            } else {
-                &empty
+        for (i, c) in containers.0.iter().enumerate() {
+            let is_first = list == "containers" && i == 0;
+            let already = match &c.resources {
+                None => false,
+                Some(r) if is_first => {
+                    r.keys == 2
+                        && r.requests
+                            .as_ref()
+                            .is_some_and(|l| l.is_one_of(vm_resource))
+                        && r.limits.as_ref().is_some_and(|l| l.is_one_of(vm_resource))
+                }
+                Some(r) => r.keys == 0,
             };
-            if c.get("resources") != Some(want) {
+            if !already {
                 let index = i.to_string();
                 ops.push(add(
                     PointerBuf::from_tokens(["spec", list, index.as_str(), "resources"]),
-                    want.clone(),
+                    if is_first {
+                        first.clone()
+                    } else {
+                        empty.clone()
+                    },
                 ));
             }
         }

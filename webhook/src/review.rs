@@ -8,17 +8,20 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use kube_core::DynamicObject;
-use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube_core::TypeMeta;
+use kube_core::admission::{AdmissionResponse, Operation};
+use kube_core::gvk::GroupVersionKind;
 use kube_core::response::Status;
-
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::mutate::{Mutation, MutationConfig, mutate};
 
-/// The largest review read (the API server's own request limit is 3 MiB per object; a review
-/// carries the object and may carry its old version).
-pub const MAX_REVIEW_BYTES: usize = 8 << 20;
+/// The largest review read: 3 MiB, the API server's own limit on a request body
+/// (kube-apiserver's `MaxRequestBodyBytes`), which Kubernetes' PodSecurity webhook also
+/// applies to the reviews it reads. Larger bodies are answered HTTP 413.
+pub const MAX_REVIEW_BYTES: usize = 3 << 20;
 /// The longest reason sent back (longer reasons are cut).
 pub const MAX_REASON_LEN: usize = 1024;
 
@@ -63,29 +66,72 @@ pub enum ReviewError {
     Serialize(#[source] serde_json::Error),
 }
 
+/// An AdmissionReview's request, as far as the webhook reads it: the object stays the JSON
+/// text it arrived as (borrowed from the body), and every field not named here (`userInfo`,
+/// `options`, `oldObject`, ...) is skipped by the parser without being kept.
+#[derive(Debug)]
+pub struct Review<'a> {
+    /// `apiVersion` and `kind` of the review (the answer repeats them).
+    pub types: TypeMeta,
+    /// `request.uid`.
+    pub uid: String,
+    /// `request.kind`: the object's kind.
+    pub kind: GroupVersionKind,
+    /// `request.operation`.
+    pub operation: Operation,
+    /// `request.object` as JSON text; `None` when absent or null.
+    pub object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    api_version: String,
+    kind: String,
+    #[serde(borrow, default)]
+    request: Option<RequestFields<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RequestFields<'a> {
+    uid: String,
+    kind: GroupVersionKind,
+    operation: Operation,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
+
 /// Parses an AdmissionReview request body (the fuzzing entry point).
-pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
+pub fn parse_review(body: &[u8]) -> Result<Review<'_>, ReviewError> {
     if body.is_empty() {
         return Err(ReviewError::Empty);
     }
     if body.len() > MAX_REVIEW_BYTES {
         return Err(ReviewError::TooLarge);
     }
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_slice(body).map_err(ReviewError::Json)?;
-    let types = &review.types;
-    if types.kind != "AdmissionReview"
+    let review: Envelope<'_> = serde_json::from_slice(body).map_err(ReviewError::Json)?;
+    if review.kind != "AdmissionReview"
         || !matches!(
-            types.api_version.as_str(),
+            review.api_version.as_str(),
             "admission.k8s.io/v1" | "admission.k8s.io/v1beta1"
         )
     {
         return Err(ReviewError::Kind {
-            kind: clip(&types.kind, 64),
-            api_version: clip(&types.api_version, 64),
+            kind: clip(&review.kind, 64),
+            api_version: clip(&review.api_version, 64),
         });
     }
-    review.try_into().map_err(|_| ReviewError::NoRequest)
+    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    Ok(Review {
+        types: TypeMeta {
+            api_version: review.api_version,
+            kind: review.kind,
+        },
+        uid: request.uid,
+        kind: request.kind,
+        operation: request.operation,
+        object: request.object,
+    })
 }
 
 /// Answers one review body: the response body (HTTP 200), or why the body is unusable (HTTP
@@ -104,8 +150,18 @@ pub fn handle(handler: &Handler, body: &[u8]) -> Result<Vec<u8>, ReviewError> {
     serde_json::to_vec(&review).map_err(ReviewError::Serialize)
 }
 
-fn respond(handler: &Handler, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-    let allowed = AdmissionResponse::from(request);
+/// The answer admitting `request` unchanged (what kube-core's `From<&AdmissionRequest>` makes).
+fn allowed(request: &Review<'_>) -> AdmissionResponse {
+    let mut r = AdmissionResponse::invalid("");
+    r.types = request.types.clone();
+    r.uid = request.uid.clone();
+    r.allowed = true;
+    r.result = Status::default();
+    r
+}
+
+fn respond(handler: &Handler, request: &Review<'_>) -> AdmissionResponse {
+    let allowed = allowed(request);
     let config = match handler {
         Handler::Echo => return allowed,
         Handler::Mutate(config) => config,
@@ -115,7 +171,7 @@ fn respond(handler: &Handler, request: &AdmissionRequest<DynamicObject>) -> Admi
         r.result = Status::failure(&clip(&reason, MAX_REASON_LEN), "BadRequest").with_code(400);
         r
     };
-    let Some(object) = request.object.as_ref() else {
+    let Some(object) = request.object else {
         return denied(format!(
             "the {:?} request carries no object to mutate",
             request.operation
@@ -131,11 +187,7 @@ fn respond(handler: &Handler, request: &AdmissionRequest<DynamicObject>) -> Admi
             )
         ));
     }
-    let json = match serde_json::to_value(object) {
-        Ok(v) => v,
-        Err(e) => return denied(format!("the object could not be read: {e}")),
-    };
-    match mutate(config, &json) {
+    match mutate(config, object.get()) {
         Ok(Mutation::Untouched) => allowed,
         Ok(Mutation::Patch(patch)) if patch.0.is_empty() => allowed,
         Ok(Mutation::Patch(patch)) => match allowed.clone().with_patch(patch) {

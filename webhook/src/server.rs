@@ -1,17 +1,36 @@
 //! The HTTPS server: `POST /mutate-v1-pod` (AdmissionReview v1), `GET /healthz` and
 //! `GET /readyz`, over rustls and hyper's HTTP/1.1 with keep-alive.
+//!
+//! Anyone in the cluster network can connect, and with `failurePolicy: Fail` a webhook that
+//! cannot answer stops every pod creation, so what a client can hold is bounded:
+//!
+//! - connections in their TLS handshake: at most [`MAX_HANDSHAKES`], each for at most
+//!   [`HANDSHAKE_TIMEOUT`]; one more ends the oldest handshake still pending (a real client's
+//!   takes milliseconds, so stalled ones cannot keep it out);
+//! - connections served after the handshake: at most [`MAX_CONNECTIONS`] (more are closed
+//!   with a log line); request headers within [`HEADER_TIMEOUT`] and [`MAX_HEADER_BYTES`];
+//! - a review body: at most [`MAX_REVIEW_BYTES`] (HTTP 413), complete within [`BODY_TIMEOUT`]
+//!   of its headers (HTTP 408);
+//! - review bodies held at once, over all connections: at most [`MAX_BODY_BYTES_IN_FLIGHT`]
+//!   bytes, counted as they arrive. A body that finds the budget spent ends the oldest body
+//!   still arriving (answered HTTP 503: a real client's body arrives in milliseconds, so the
+//!   oldest incomplete one is a stalled sender's) and waits up to [`IN_FLIGHT_WAIT`] for the
+//!   room, else is answered 503 itself. A review's memory is about its body's size
+//!   ([`crate::view`]), so this bounds the memory reviews take whatever the clients send.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error_chain;
@@ -29,8 +48,85 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to send a request's body once its headers are in: a body sent
 /// a byte at a time would otherwise hold its connection slot for as long as the sender likes.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the listen backlog until one closes.
+/// Connections in their TLS handshake at once; a new one beyond this ends the oldest.
+pub const MAX_HANDSHAKES: usize = 256;
+/// Connections served at once after their handshake; more are closed.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// The most a connection buffers of a request's headers (hyper's read buffer; the API
+/// server's headers are a few hundred bytes).
+pub const MAX_HEADER_BYTES: usize = 16 << 10;
+/// Review body bytes held at once over all connections.
+pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 16 << 20;
+/// How long a body waits for room under [`MAX_BODY_BYTES_IN_FLIGHT`] before HTTP 503.
+pub const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
+
+/// Things in progress (handshakes, bodies arriving), oldest first, each with the means to end
+/// it.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+impl Pending {
+    /// Registers a new one, ending the oldest first if `cap` are in progress.
+    fn admit(this: &Mutex<Self>, cap: usize) -> (u64, oneshot::Receiver<()>) {
+        let mut me = this
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if me.queue.len() >= cap
+            && let Some((_, evict)) = me.queue.pop_front()
+        {
+            let _ = evict.send(());
+        }
+        let id = me.next;
+        me.next += 1;
+        let (tx, rx) = oneshot::channel();
+        me.queue.push_back((id, tx));
+        (id, rx)
+    }
+
+    /// Ends the oldest one other than `id`; whether there was one.
+    fn evict_oldest_but(this: &Mutex<Self>, id: u64) -> bool {
+        let mut me = this
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(at) = me.queue.iter().position(|(i, _)| *i != id) else {
+            return false;
+        };
+        me.queue
+            .remove(at)
+            .is_some_and(|(_, evict)| evict.send(()).is_ok())
+    }
+
+    /// Forgets one that ended.
+    fn done(this: &Mutex<Self>, id: u64) {
+        let mut me = this
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = me.queue.iter().position(|(i, _)| *i == id) {
+            me.queue.remove(at);
+        }
+    }
+}
+
+/// What every connection's requests share.
+struct Shared {
+    handler: Handler,
+    /// [`MAX_BODY_BYTES_IN_FLIGHT`] permits, one per body byte held.
+    in_flight: Arc<Semaphore>,
+    /// The bodies still arriving.
+    arriving: Mutex<Pending>,
+}
+
+/// Forgets a body in [`Shared::arriving`] however its reading ends.
+struct Arriving<'a>(&'a Mutex<Pending>, u64);
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        Pending::done(self.0, self.1);
+    }
+}
 
 /// Serves `handler` on `listener` with `tls` until `shutdown` completes; connections already
 /// open are then left to finish on their own tasks.
@@ -41,18 +137,15 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let handler = Arc::new(handler);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let shared = Arc::new(Shared {
+        handler,
+        in_flight: Arc::new(Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT)),
+        arriving: Mutex::new(Pending::default()),
+    });
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let served = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            _ = &mut shutdown => return,
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(s) => s,
-                // The semaphore is never closed.
-                Err(_) => return,
-            },
-        };
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
@@ -66,27 +159,44 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let handler = Arc::clone(&handler);
+        let shared = Arc::clone(&shared);
+        let served = Arc::clone(&served);
+        let (id, evicted) = Pending::admit(&pending, MAX_HANDSHAKES);
+        let pending = Arc::clone(&pending);
         tokio::spawn(async move {
-            let _slot = slot;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            let outcome = tokio::select! {
+                r = handshake => Some(r),
+                _ = evicted => None,
+            };
+            Pending::done(&pending, id);
+            let tls = match outcome {
+                Some(Ok(Ok(tls))) => tls,
+                Some(Ok(Err(e))) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
-                Err(_) => {
+                Some(Err(_)) => {
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
+                None => {
+                    tracing::info!(%peer, "TLS handshake ended unfinished: {MAX_HANDSHAKES} newer connections were waiting for theirs");
+                    return;
+                }
+            };
+            let Ok(_slot) = served.try_acquire_owned() else {
+                tracing::warn!(%peer, "connection closed: {MAX_CONNECTIONS} connections are already served");
+                return;
             };
             let service = hyper::service::service_fn(move |req| {
-                let handler = Arc::clone(&handler);
-                async move { Ok::<_, Infallible>(route(&handler, req).await) }
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(route(&shared, req).await) }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
                 .keep_alive(true);
             if let Err(e) = http.serve_connection(TokioIo::new(tls), service).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -95,16 +205,83 @@ pub async fn serve(
     }
 }
 
-async fn route(handler: &Handler, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::POST, MUTATE_PATH) => admit(handler, req).await,
+        (&Method::POST, MUTATE_PATH) => admit(shared, req).await,
         (&Method::GET, "/healthz" | "/readyz") => text(StatusCode::OK, "ok"),
         (_, MUTATE_PATH) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
 }
 
-async fn admit(handler: &Handler, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Why a body was not read whole.
+enum BodyRefusal {
+    TooLarge,
+    Busy,
+    Evicted,
+    Slow,
+    Broken(hyper::Error),
+}
+
+/// Reads a body of at most [`MAX_REVIEW_BYTES`], holding one in-flight permit per byte
+/// received (see the module documentation for what happens when none are left).
+async fn read_body(
+    shared: &Shared,
+    declared: Option<usize>,
+    mut body: Incoming,
+) -> Result<(Vec<u8>, Vec<OwnedSemaphorePermit>), BodyRefusal> {
+    let declared = declared.unwrap_or(0);
+    if declared > MAX_REVIEW_BYTES {
+        return Err(BodyRefusal::TooLarge);
+    }
+    let (id, mut evicted) = Pending::admit(&shared.arriving, usize::MAX);
+    let _arriving = Arriving(&shared.arriving, id);
+    let mut permits = Vec::new();
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
+    loop {
+        let frame = tokio::select! {
+            _ = &mut evicted => return Err(BodyRefusal::Evicted),
+            frame = tokio::time::timeout_at(deadline, body.frame()) => frame,
+        };
+        let frame = match frame {
+            Err(_) => return Err(BodyRefusal::Slow),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyRefusal::Broken(e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > MAX_REVIEW_BYTES {
+            return Err(BodyRefusal::TooLarge);
+        }
+        let n = u32::try_from(data.len()).map_err(|_| BodyRefusal::TooLarge)?;
+        let in_flight = Arc::clone(&shared.in_flight);
+        let permit = match Arc::clone(&in_flight).try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => {
+                Pending::evict_oldest_but(&shared.arriving, id);
+                let wait = tokio::time::timeout(IN_FLIGHT_WAIT, in_flight.acquire_many_owned(n));
+                tokio::select! {
+                    _ = &mut evicted => return Err(BodyRefusal::Evicted),
+                    got = wait => match got {
+                        Ok(Ok(p)) => p,
+                        _ => return Err(BodyRefusal::Busy),
+                    },
+                }
+            }
+        };
+        permits.push(permit);
+        if buf.is_empty() {
+            buf.reserve_exact(declared.max(data.len()));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf, permits))
+}
+
+async fn admit(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let json = req
         .headers()
         .get(CONTENT_TYPE)
@@ -117,36 +294,63 @@ async fn admit(handler: &Handler, req: Request<Incoming>) -> Response<Full<Bytes
             "the Content-Type must be application/json",
         );
     }
-    let collected = tokio::time::timeout(
-        BODY_TIMEOUT,
-        Limited::new(req.into_body(), MAX_REVIEW_BYTES).collect(),
-    )
-    .await;
-    let Ok(collected) = collected else {
-        return text(
-            StatusCode::REQUEST_TIMEOUT,
-            &format!(
-                "the AdmissionReview's body did not arrive within {} s",
-                BODY_TIMEOUT.as_secs()
-            ),
-        );
-    };
-    let body = match collected {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    // hyper has checked the header is a valid length; a length beyond usize is over the cap.
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let (body, _permits) = match read_body(shared, declared, req.into_body()).await {
+        Ok(read) => read,
+        Err(BodyRefusal::TooLarge) => {
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the AdmissionReview is larger than {MAX_REVIEW_BYTES} bytes"),
+                &format!(
+                    "the AdmissionReview is larger than {MAX_REVIEW_BYTES} bytes (the API \
+                     server's own limit on a request)"
+                ),
             );
         }
-        Err(e) => {
+        Err(BodyRefusal::Busy) => {
+            tracing::warn!(
+                "review refused: {MAX_BODY_BYTES_IN_FLIGHT} bytes of other reviews are being read"
+            );
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "the webhook is reading {MAX_BODY_BYTES_IN_FLIGHT} bytes of other reviews; \
+                     retry"
+                ),
+            );
+        }
+        Err(BodyRefusal::Evicted) => {
+            tracing::warn!("review dropped unfinished: a newer review needed its room");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "the AdmissionReview's body was still arriving when {MAX_BODY_BYTES_IN_FLIGHT} \
+                     bytes of reviews were held; it was dropped to make room for a newer one"
+                ),
+            );
+        }
+        Err(BodyRefusal::Slow) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the AdmissionReview's body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            );
+        }
+        Err(BodyRefusal::Broken(e)) => {
             return text(
                 StatusCode::BAD_REQUEST,
                 &format!("the request body could not be read: {e}"),
             );
         }
     };
-    match handle(handler, &body) {
+    match handle(&shared.handler, &body) {
         Ok(answer) => {
             let mut r = Response::new(Full::new(Bytes::from(answer)));
             r.headers_mut()

@@ -87,12 +87,31 @@ async fn malformed_reviews_get_400_with_the_reason() -> TestResult {
 
 #[tokio::test]
 async fn an_oversized_review_is_refused_without_reading_it_all() -> TestResult {
-    let (_server, mut conn) = setup().await?;
-    let body = vec![b' '; MAX_REVIEW_BYTES + 1];
+    let (server, mut conn) = setup().await?;
+    // Declared too large: answered 413 on the headers, the body never sent.
+    let head = format!(
+        "POST /mutate-v1-pod HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        MAX_REVIEW_BYTES + 1
+    );
+    let answer =
+        common::answer_to_head(server.addr, server.client_config(), head.as_bytes()).await?;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Chunked, no length: refused once more than the cap has arrived.
+    let mut chunked = b"POST /mutate-v1-pod HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let chunk = vec![b' '; 64 << 10];
+    for _ in 0..=(MAX_REVIEW_BYTES / chunk.len()) {
+        chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked.extend_from_slice(&chunk);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    let answer = common::answer_to_head(server.addr, server.client_config(), &chunked).await?;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Exactly the cap is read (and refused as not JSON, not as too large).
+    let body = vec![b' '; MAX_REVIEW_BYTES];
     let reply = conn
         .send("POST", "/mutate-v1-pod", Some("application/json"), body)
         .await?;
-    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert_eq!(reply.status, 400, "{}", reply.text());
     Ok(())
 }
 
@@ -316,5 +335,112 @@ async fn a_body_sent_too_slowly_is_answered_408() -> TestResult {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < peerpod_webhook::server::BODY_TIMEOUT * 2);
+    Ok(())
+}
+
+/// More stalled TLS handshakes than there are connection slots, renewed while a real client
+/// connects: the real client still completes its handshake and gets its answer well before
+/// the stalled ones would time out (a new connection ends the oldest pending handshake).
+#[tokio::test]
+async fn stalled_handshakes_cannot_keep_a_real_client_out() -> TestResult {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use peerpod_webhook::server::{HANDSHAKE_TIMEOUT, MAX_CONNECTIONS};
+    use tokio::io::AsyncWriteExt as _;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < 8192 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(8192), hard)?;
+    }
+    let (server, _conn) = setup().await?;
+    let stall = |addr| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        // Half a ClientHello, then nothing.
+        tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await?;
+        Ok::<_, std::io::Error>(tcp)
+    };
+    let mut stalled = Vec::with_capacity(MAX_CONNECTIONS + 100);
+    for _ in 0..MAX_CONNECTIONS + 100 {
+        stalled.push(stall(server.addr).await?);
+    }
+    // The attacker keeps renewing them, one every millisecond.
+    let addr = server.addr;
+    let renewer = tokio::spawn(async move {
+        let mut more = Vec::new();
+        loop {
+            if let Ok(tcp) = stall(addr).await {
+                more.push(tcp);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let real = async {
+        let mut conn = Conn::connect(server.addr, server.client_config()).await?;
+        let p = pod(
+            Some("kata-remote"),
+            vec![],
+            vec![container("c", &[("cpu", "1")], &[])],
+        );
+        conn.review(&review_of(p)).await
+    };
+    let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, real).await;
+    renewer.abort();
+    let reply = reply.map_err(|_| {
+        format!(
+            "no answer within {:?}: the stalled handshakes kept the real client out",
+            HANDSHAKE_TIMEOUT / 2
+        )
+    })??;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["response"]["allowed"], true);
+    eprintln!(
+        "a real client got its answer {:?} after {} stalled handshakes",
+        started.elapsed(),
+        stalled.len()
+    );
+    Ok(())
+}
+
+/// Bodies sent all but their last byte, then stalled, fill the bytes-in-flight budget: a real
+/// review still gets in (the oldest stalled body is dropped with 503 to make room) instead of
+/// waiting for the stalled ones' body timeout.
+#[tokio::test]
+async fn stalled_bodies_cannot_hold_the_in_flight_budget() -> TestResult {
+    use peerpod_webhook::server::MAX_BODY_BYTES_IN_FLIGHT;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (server, mut conn) = setup().await?;
+    let size = MAX_REVIEW_BYTES;
+    let mut stalled = Vec::new();
+    for _ in 0..=(MAX_BODY_BYTES_IN_FLIGHT / size) {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await?;
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(server.client_config()))
+            .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+            .await?;
+        tls.write_all(format!("POST /mutate-v1-pod HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n").as_bytes()).await?;
+        tls.write_all(&vec![b' '; size - 1]).await?;
+        tls.flush().await?;
+        stalled.push(tls);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut p = pod(
+        Some("kata-remote"),
+        vec![],
+        vec![container("c", &[("cpu", "1")], &[])],
+    );
+    p["metadata"]["annotations"]["pad"] = json!("x".repeat(size - 4096));
+    // (Waiting for room would end in 503 after IN_FLIGHT_WAIT, long before the stalled
+    // bodies' timeout.)
+    let reply = conn.review(&review_of(p)).await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["response"]["allowed"], true);
+    // The oldest stalled body was answered 503, naming why.
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stalled[0].read(&mut answer),
+    )
+    .await??;
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("dropped to make room"), "{answer}");
     Ok(())
 }

@@ -492,3 +492,33 @@ pub fn patched(pod: &serde_json::Value, review: &serde_json::Value) -> serde_jso
 pub fn cert_dir(server: &Server) -> PathBuf {
     server.dir.0.clone()
 }
+
+/// Opens a TLS connection, sends `head` (request line and headers, and whatever body bytes
+/// the caller includes), then reads the answer's status line and headers without sending
+/// more: how a server that refuses a request by its headers is seen.
+pub async fn answer_to_head(
+    addr: SocketAddr,
+    config: rustls::ClientConfig,
+    head: &[u8],
+) -> Result<String, BoxError> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    tls.write_all(head).await?;
+    tls.flush().await?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = tls.read(&mut buf).await?;
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
