@@ -500,3 +500,60 @@ fn constant_documents_are_hoisted_only_where_the_meaning_is_kept() {
     let sees_data = format!("{hoistable}everything := data\n");
     assert!(!load(&sees_data).hoisted_constants());
 }
+
+/// genpolicy's `import future.keywords.in/every/if` mean nothing in Rego v1 and are blanked at
+/// load (regorus then resolves calls without an import table). Decisions and print lines stay
+/// the reference's; a v0 policy keeps its imports, and a text v1 refuses stays refused.
+#[test]
+fn v1_keyword_imports_are_blanked_without_changing_decisions_or_prints() {
+    let text = "package agent_policy\n\nimport future.keywords.in\nimport future.keywords.every\n\
+                import future.keywords.if\n\ndefault ExecProcessRequest := false\n\
+                ok(a) if { every x in a { x in [\"sh\", \"-c\"] } }\n\
+                ExecProcessRequest if {\n    print(\"args\", input.args)\n    \
+                ok(input.args)\n    print(\"ok\")\n}\n";
+    let policy = load(text);
+    assert_eq!(policy.parsed_imports(), Some(0));
+    let mut reference = Reference::load(text).expect("the reference loads it");
+    for input in [
+        json!({"args": ["sh", "-c"]}),
+        json!({"args": ["sh", "rm"]}),
+        json!({}),
+    ] {
+        let decision = policy.decide("ExecProcessRequest", &input);
+        let expected = reference.decide("ExecProcessRequest", &input);
+        assert_eq!(decision.is_allowed(), expected.allowed, "{input}");
+        assert_eq!(decision.prints(), expected.prints.as_slice(), "{input}");
+    }
+    let allowed = policy.decide("ExecProcessRequest", &json!({"args": ["sh"]}));
+    assert_eq!(
+        allowed.prints(),
+        ["policy.rego:10: args [\"sh\"]", "policy.rego:12: ok"]
+    );
+
+    // Other imports are kept as written.
+    let kept = text.replace(
+        "import future.keywords.if\n",
+        "import future.keywords.if\nimport data.pstate as keywords\n",
+    );
+    assert_eq!(load(&kept).parsed_imports(), Some(4));
+
+    // A v0 policy needs its keyword imports: read as v0 with them.
+    let v0 = load(
+        "package agent_policy\nimport future.keywords.in\n\
+         default ExecProcessRequest := false\nExecProcessRequest { \"sh\" in input.args }\n",
+    );
+    assert_eq!(v0.parsed_imports(), Some(1));
+    assert!(
+        v0.decide("ExecProcessRequest", &json!({"args": ["sh"]}))
+            .is_allowed()
+    );
+
+    // A keyword imported twice is refused by v1; blanking would have accepted it.
+    let twice = text.replace(
+        "import future.keywords.if\n",
+        "import future.keywords.if\nimport future.keywords.in\n",
+    );
+    // It is read as written: v1 refuses it, and the v0 fallback (as before) keeps all four.
+    assert!(Reference::load(&twice).is_none());
+    assert_eq!(load(&twice).parsed_imports(), Some(4));
+}

@@ -103,7 +103,43 @@ pub fn case_with(c: &mut impl Choices, max_requests: usize) -> Case {
             (entrypoint, g.input())
         })
         .collect();
+    // Chosen last, so that a seed's rules and requests do not depend on it.
+    let policy = policy.replacen(PACKAGE_LINE, &header(g.c), 1);
     Case { policy, requests }
+}
+
+/// The first line of every generated policy.
+const PACKAGE_LINE: &str = "package agent_policy\n";
+
+/// The package line, with imports as genpolicy and other generators write them (the engine
+/// blanks some at load; see `engine::keywords`): all valid Rego v1.
+fn header(c: &mut impl Choices) -> String {
+    let mut out = String::from(PACKAGE_LINE);
+    match c.below(8) {
+        0 | 1 => {
+            // genpolicy's, in any order, with the odd comment and blank line.
+            let mut keywords = vec!["in", "every", "if"];
+            for _ in 0..c.below(3) {
+                let i = c.below(keywords.len());
+                keywords.remove(i);
+            }
+            for keyword in keywords {
+                if c.one_in(4) {
+                    out.push_str("# keywords\n\n");
+                }
+                out.push_str(&format!("import future.keywords.{keyword}"));
+                out.push_str(if c.one_in(4) { "  # v1\n" } else { "\n" });
+            }
+        }
+        2 => out.push_str(c.pick(&[
+            "import rego.v1\n",
+            "import future.keywords\n",
+            "import future.keywords.contains\nimport future.keywords.in\n",
+            "import future.keywords.in\nimport data.pstate as state\n",
+        ])),
+        _ => {}
+    }
+    out
 }
 
 struct Gen<'c, C: Choices> {
@@ -121,7 +157,7 @@ struct Gen<'c, C: Choices> {
 
 impl<C: Choices> Gen<'_, C> {
     fn policy(&mut self) -> String {
-        let mut out = String::from("package agent_policy\n\n");
+        let mut out = format!("{PACKAGE_LINE}\n");
         if self.c.below(4) != 0 {
             out.push_str("default ExecProcessRequest := false\n");
         }

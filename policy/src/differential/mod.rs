@@ -4,7 +4,7 @@
 //! [`generate`] makes small policies and request sequences that exercise Rego's corners;
 //! [`check`] replays a case through [`AgentPolicy`] (whatever fast path it takes) and through
 //! [`Reference`], a plain interpreter that shares no code with the engine, and reports the first
-//! request on which their decisions or their states differ. The in-tree test and the
+//! request on which their decisions, their print lines or their states differ. The in-tree test and the
 //! `policy_differential` fuzz target both call it.
 
 pub mod generate;
@@ -30,6 +30,8 @@ const MAX_STATE_BYTES: usize = 64 * 1024;
 pub struct RefDecision {
     /// Whether the request may proceed.
     pub allowed: bool,
+    /// What the policy printed while deciding, as the interpreter gathers it.
+    pub prints: Vec<String>,
 }
 
 impl Reference {
@@ -82,7 +84,7 @@ impl Reference {
         let result = self
             .engine
             .eval_rule(format!("data.agent_policy.{entrypoint}"));
-        let _ = self.engine.take_prints();
+        let prints = self.engine.take_prints().unwrap_or_default();
         let failing_allowed = matches!(
             self.engine
                 .eval_rule("data.agent_policy.AllowRequestsFailingPolicy".to_owned()),
@@ -112,20 +114,30 @@ impl Reference {
         if !allowed {
             return RefDecision {
                 allowed: soft && failing_allowed,
+                prints,
             };
         }
         if let Some(ops) = ops.filter(|p| !p.0.is_empty()) {
             let mut data = self.data.clone();
             if json_patch::patch(&mut data, &ops).is_err() {
-                return RefDecision { allowed: false };
+                return RefDecision {
+                    allowed: false,
+                    prints,
+                };
             }
             self.engine.clear_data();
             if self.engine.add_data(Value::from(data.clone())).is_err() {
-                return RefDecision { allowed: false };
+                return RefDecision {
+                    allowed: false,
+                    prints,
+                };
             }
             self.data = data;
         }
-        RefDecision { allowed: true }
+        RefDecision {
+            allowed: true,
+            prints,
+        }
     }
 }
 
@@ -209,6 +221,16 @@ pub fn check(
                     decision.is_allowed(),
                     expected.allowed,
                     decision.reason()
+                ),
+                i + 1,
+            ));
+        }
+        if decision.prints() != expected.prints.as_slice() {
+            return Err(diverged(
+                format!(
+                    "request {i} ({entrypoint}): the engine printed {:?}, the reference {:?}",
+                    decision.prints(),
+                    expected.prints
                 ),
                 i + 1,
             ));

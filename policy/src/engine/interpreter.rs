@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use regorus::Value;
 
-use super::{Outcome, POLICY_PACKAGE, POLICY_SOURCE, PolicyError, hoist, interpret};
+use super::{Outcome, POLICY_PACKAGE, POLICY_SOURCE, PolicyError, hoist, interpret, keywords};
 use crate::engine::decision::Denial;
 
 /// Idle engines kept per state; more concurrent evaluations than this clone and drop.
@@ -34,7 +34,16 @@ pub(super) fn parse(text: &str) -> Result<(regorus::Engine, Value), PolicyError>
 /// Current genpolicy output is valid v1, and v1 refuses the ambiguous forms. Policies from older
 /// generators are v0 (rule bodies without `if`); v0 would read an unimported `if` as a plain
 /// identifier and silently change the policy's meaning, so such text is refused instead.
+///
+/// A text that parses as v1 with its meaningless keyword imports blanked is read that way (see
+/// the `keywords` module): regorus then resolves function calls without an import table.
 fn parse_text(text: &str) -> Result<regorus::Engine, PolicyError> {
+    if let Some(blanked) = keywords::blank_v1_keyword_imports(text) {
+        let mut engine = new_engine(false);
+        if engine.add_policy(POLICY_SOURCE.to_owned(), blanked).is_ok() {
+            return Ok(engine);
+        }
+    }
     let mut engine = new_engine(false);
     let Err(v1_error) = engine.add_policy(POLICY_SOURCE.to_owned(), text.to_owned()) else {
         return Ok(engine);
@@ -160,6 +169,17 @@ impl Interpreter {
         let mut engine = self.template_clone();
         engine.set_input(Value::new_object());
         engine.eval_rule(path.to_owned()).ok()
+    }
+
+    /// How many imports the parsed policy holds (for tests).
+    pub(super) fn import_count(&self) -> usize {
+        self.template
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_modules()
+            .iter()
+            .map(|module| module.imports.len())
+            .sum()
     }
 
     pub(super) fn template_clone(&self) -> regorus::Engine {

@@ -37,6 +37,7 @@ mod decision;
 mod entrypoint;
 mod hoist;
 mod interpreter;
+mod keywords;
 
 pub use decision::{Decision, Denial, Verdict};
 pub use entrypoint::{RPC_ENTRYPOINTS, all_entrypoints, entrypoint_for_rpc};
@@ -175,6 +176,16 @@ impl AgentPolicy {
     pub fn hoisted_constants(&self) -> bool {
         matches!(&self.snapshot().content, Content::Policy(c)
             if c.policy.constants.as_object().is_ok_and(|o| !o.is_empty()))
+    }
+
+    /// How many imports the policy in force was parsed with (keyword imports that mean nothing
+    /// in Rego v1 are blanked at load; see the `keywords` module). For tests.
+    #[doc(hidden)]
+    pub fn parsed_imports(&self) -> Option<usize> {
+        match &self.snapshot().content {
+            Content::Policy(c) => Some(c.policy.base.import_count()),
+            Content::None(_) => None,
+        }
     }
 
     /// The value of the rule `data.agent_policy.<rule>` for an empty input, as JSON. For tests.
