@@ -12,7 +12,9 @@
 //!   ([`LayerStore::gc`]).
 //!
 //! Inside: `entry` reads tar members (raw, with bounded PAX and GNU long-name records),
-//! `unpack` applies them, `tree` and `fsops` hold the fd-relative filesystem work, `store`,
+//! `unpack` applies them, `tree` and `fsops` hold the fd-relative filesystem work, `walk` the
+//! depth-first walk with a bounded number of descriptors at any depth (used by `dirtimes`,
+//! directory mtimes after an unpack, and `remove`, which deletes the store's trees), `store`,
 //! `overlay` and `mountinfo` the layer store and its mounts.
 //!
 //! Everything here is blocking `std::io`; async callers run it on a blocking thread. The image
@@ -24,6 +26,7 @@
 //! `docs/image-layer.md`.
 
 mod digest;
+mod dirtimes;
 mod entry;
 mod error;
 mod fsops;
@@ -33,9 +36,11 @@ pub mod fuzzing;
 mod mountinfo;
 mod options;
 mod overlay;
+mod remove;
 mod store;
 mod tree;
 mod unpack;
+mod walk;
 
 pub use error::LayerError;
 pub use options::{UnpackOptions, UnpackStats};

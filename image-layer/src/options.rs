@@ -12,6 +12,11 @@ pub struct UnpackOptions {
     pub max_total_bytes: u64,
     /// Longest entry name or link target in bytes. Default 4096 (Linux `PATH_MAX`).
     pub max_path_bytes: usize,
+    /// Most path components in an entry name, which is how deep a layer's tree can go.
+    /// Default 512: far deeper than any real image, and shallow enough that a walk holding one
+    /// descriptor per level (`std::fs::remove_dir_all`, most recursive copies) stays under
+    /// half of the usual 1024-descriptor limit. `max_path_bytes` alone allows 2048.
+    pub max_depth: usize,
     /// Most bytes of extended attributes (names and values) on one entry. Default 64 KiB
     /// (Linux's largest single value).
     pub max_xattr_bytes: usize,
@@ -22,7 +27,10 @@ pub struct UnpackOptions {
     /// a layer with a device node is refused. Overlay whiteouts are made either way.
     pub allow_devices: bool,
     /// Give entries the owner and group recorded in the archive (needs `CAP_CHOWN`). Default
-    /// `true`; with `false` everything belongs to the unpacking user.
+    /// `true`. With `false` everything belongs to the unpacking user, and the setuid (setgid)
+    /// bit is kept only where the archive's owner (group) is the one the entry got, as
+    /// libarchive does: a setuid program of another user must not become the unpacking
+    /// user's (root's, in the pod VM).
     pub keep_ownership: bool,
 }
 
@@ -32,6 +40,7 @@ impl Default for UnpackOptions {
             max_entries: 1_000_000,
             max_total_bytes: 32 << 30,
             max_path_bytes: 4096,
+            max_depth: 512,
             max_xattr_bytes: 64 << 10,
             max_metadata_bytes: 1 << 20,
             allow_devices: false,

@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::digest::DiffId;
 use crate::error::{LayerError, show};
 use crate::options::{UnpackOptions, UnpackStats};
+use crate::remove::remove_tree;
 use crate::{mountinfo, overlay};
 
 /// How long a freshly installed layer is safe from [`LayerStore::gc`] before a bundle mounts it.
@@ -49,6 +50,9 @@ pub struct GcStats {
     pub removed: u64,
     /// Layers kept: referenced by a mounted bundle, or installed within [`INSTALL_GRACE`].
     pub kept: u64,
+    /// Layers (or leftovers of earlier collections) that could not be removed completely;
+    /// each is logged, what is left of it is retried at the next collection.
+    pub failed: u64,
 }
 
 /// Unpacked layers shared by diff ID under a work directory, and the overlay root filesystems
@@ -142,7 +146,7 @@ impl LayerStore {
                 Ok(()) => Ok(stats),
                 // Another install of the same layer finished first: keep its copy.
                 Err(Errno::EXIST | Errno::NOTEMPTY) => {
-                    remove_tree(&staging);
+                    remove_tree_logged(&staging);
                     Ok(stats)
                 }
                 Err(e) => Err(LayerError::io(
@@ -165,7 +169,7 @@ impl LayerStore {
                 Ok(stats)
             }
             Err(e) => {
-                remove_tree(&staging);
+                remove_tree_logged(&staging);
                 Err(e)
             }
         }
@@ -228,7 +232,7 @@ impl LayerStore {
                 Ok(rootfs)
             }
             Err(e) => {
-                remove_tree(&state);
+                remove_tree_logged(&state);
                 Err(e)
             }
         }
@@ -241,9 +245,7 @@ impl LayerStore {
         let rootfs = bundle.join("rootfs");
         overlay::unmount(&rootfs)?;
         let state = self.bundle_state(bundle);
-        if state.exists() {
-            fs::remove_dir_all(&state).map_err(|e| LayerError::io("remove", show(&state), e))?;
-        }
+        drop_state(&state)?;
         // Leave the bundle as it was before the mount: the empty mount point goes too.
         let _ = fs::remove_dir(&rootfs);
         Ok(())
@@ -259,6 +261,12 @@ impl LayerStore {
     /// hold the store's lock). When `/proc/self/mountinfo` cannot be read or parsed nothing is
     /// dropped and the error is returned. A bundle detached with `umount -l` while still in use
     /// is not listed any more and is dropped: its processes keep the files they have open.
+    ///
+    /// A bundle dropped loses its layer references first, then its upper and work
+    /// directories, which are removed with a bounded number of descriptors at any depth. A
+    /// state that cannot be read or removed completely is logged and retried at the next reap;
+    /// the other bundles are reaped all the same, and the layers only it used are collectable
+    /// once its references are gone.
     pub fn reap_unmounted(&self) -> Result<usize, LayerError> {
         self.reap_with(mountinfo::read_overlay_mount_points)
     }
@@ -273,12 +281,34 @@ impl LayerStore {
         let dir = self.overlay_dir();
         let mut reaped = 0;
         for entry in fs::read_dir(&dir).map_err(|e| LayerError::io("list", show(&dir), e))? {
-            let entry = entry.map_err(|e| LayerError::io("list", show(&dir), e))?;
-            let state = entry.path();
-            let meta = fs::symlink_metadata(&state)
-                .map_err(|e| LayerError::io("stat", show(&state), e))?;
+            let state = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => {
+                    let e = LayerError::io("list", show(&dir), e);
+                    tracing::warn!(error = %error_chain(&e), "could not read a bundle state; the others are reaped");
+                    continue;
+                }
+            };
+            match self.reap_one(&mounts, &state) {
+                Ok(true) => reaped += 1,
+                Ok(false) => {}
+                // One state that cannot be read or removed must not keep the others (and the
+                // layers only they use) for ever: logged, retried at the next reap.
+                Err(e) => {
+                    tracing::warn!(state = %show(&state), error = %error_chain(&e), "could not reap a bundle state; the others are reaped");
+                }
+            }
+        }
+        Ok(reaped)
+    }
+
+    /// Reaps one bundle state if its mount is gone: answers whether it was dropped.
+    fn reap_one(&self, mounts: &HashSet<Vec<u8>>, state: &Path) -> Result<bool, LayerError> {
+        {
+            let meta =
+                fs::symlink_metadata(state).map_err(|e| LayerError::io("stat", show(state), e))?;
             if !meta.is_dir() {
-                continue;
+                return Ok(false);
             }
             // A clock that went backwards makes every state young: kept, never wrongly dropped.
             let settled = meta
@@ -287,30 +317,29 @@ impl LayerStore {
                 .and_then(|m| m.elapsed().ok())
                 .is_some_and(|age| age >= REAP_GRACE);
             if !settled {
-                continue;
+                return Ok(false);
             }
-            let recorded = state.join("bundle");
-            match fs::read(&recorded) {
-                Ok(bytes) => {
-                    let bundle = PathBuf::from(std::ffi::OsString::from_vec(bytes));
-                    if self.bundle_state(&bundle) != state {
-                        tracing::warn!(state = %show(&state), "a bundle state names another bundle; left alone");
-                        continue;
-                    }
-                    if mountinfo::is_overlay_mount_point(&mounts, &bundle.join("rootfs")) {
-                        continue;
-                    }
-                    tracing::debug!(bundle = %show(&bundle), "root filesystem unmounted elsewhere; dropping its layer references");
-                }
-                // mount_rootfs records the bundle before it mounts: without the record, the
-                // mount never happened (a crash half-way).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LayerError::io("read", show(&recorded), e)),
-            }
-            fs::remove_dir_all(&state).map_err(|e| LayerError::io("remove", show(&state), e))?;
-            reaped += 1;
         }
-        Ok(reaped)
+        let recorded = state.join("bundle");
+        match fs::read(&recorded) {
+            Ok(bytes) => {
+                let bundle = PathBuf::from(std::ffi::OsString::from_vec(bytes));
+                if self.bundle_state(&bundle) != state {
+                    tracing::warn!(state = %show(state), "a bundle state names another bundle; left alone");
+                    return Ok(false);
+                }
+                if mountinfo::is_overlay_mount_point(mounts, &bundle.join("rootfs")) {
+                    return Ok(false);
+                }
+                tracing::debug!(bundle = %show(&bundle), "root filesystem unmounted elsewhere; dropping its layer references");
+            }
+            // mount_rootfs records the bundle before it mounts: without the record, the
+            // mount never happened (a crash half-way).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LayerError::io("read", show(&recorded), e)),
+        }
+        drop_state(state)?;
+        Ok(true)
     }
 
     /// Deletes the layers that no mounted bundle references (see [`INSTALL_GRACE`]).
@@ -320,6 +349,7 @@ impl LayerStore {
         let mut fresh = self.fresh_lock();
         fresh.retain(|_, when| when.elapsed() < INSTALL_GRACE);
         let mut stats = GcStats::default();
+        self.remove_gc_leftovers(&mut stats);
         for algorithm in ["sha256", "sha512"] {
             let dir = self.layers_dir().join(algorithm);
             let entries = match fs::read_dir(&dir) {
@@ -344,8 +374,12 @@ impl LayerStore {
                 ));
                 fs::rename(entry.path(), &doomed)
                     .map_err(|e| LayerError::io("remove", show(&entry.path()), e))?;
-                fs::remove_dir_all(&doomed)
-                    .map_err(|e| LayerError::io("remove", show(&doomed), e))?;
+                // Out of the layers directory, it is no longer installed whatever happens next;
+                // what cannot be removed now is retried at the next collection.
+                if let Err(e) = remove_tree(&doomed) {
+                    tracing::warn!(diff_id, error = %error_chain(&e), "could not remove all of a collected layer; retried at the next collection");
+                    stats.failed += 1;
+                }
                 tracing::debug!(diff_id, "layer garbage-collected");
                 stats.removed += 1;
             }
@@ -419,6 +453,22 @@ impl LayerStore {
         Ok(file)
     }
 
+    /// Removes what earlier collections could not (their `gc-` directories under `.tmp`).
+    fn remove_gc_leftovers(&self, stats: &mut GcStats) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_name().as_bytes().starts_with(b"gc-") {
+                continue;
+            }
+            if let Err(e) = remove_tree(&entry.path()) {
+                tracing::warn!(error = %error_chain(&e), "could not remove what is left of a collected layer");
+                stats.failed += 1;
+            }
+        }
+    }
+
     /// Removes staging directories whose process is gone (a crash mid-install).
     fn remove_stale_tmp(&self) {
         let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
@@ -432,7 +482,7 @@ impl LayerStore {
                 pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
             });
             if !alive {
-                remove_tree(&entry.path());
+                remove_tree_logged(&entry.path());
             }
         }
     }
@@ -451,14 +501,35 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), LayerError> {
     fs::write(path, data).map_err(|e| LayerError::io("write", show(path), e))
 }
 
-/// Best-effort removal of a tree this store made (std's remove_dir_all does not follow
-/// symbolic links).
-fn remove_tree(path: &Path) {
-    if let Err(e) = fs::remove_dir_all(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %show(path), error = %e, "could not remove a layer store directory");
+/// Best-effort removal of a tree this store made.
+fn remove_tree_logged(path: &Path) {
+    if let Err(e) = remove_tree(path) {
+        tracing::warn!(error = %error_chain(&e), "could not remove a layer store directory");
     }
+}
+
+/// Drops a bundle's state: its layer references first (so a failure further on cannot keep
+/// the layers from a collection), then its upper and work directories.
+fn drop_state(state: &Path) -> Result<(), LayerError> {
+    let refs = state.join("layers");
+    match fs::remove_file(&refs) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(LayerError::io("remove", show(&refs), e)),
+    }
+    remove_tree(state)
+}
+
+/// An error and its causes on one line, for a log.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 #[cfg(test)]

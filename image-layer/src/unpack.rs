@@ -11,6 +11,7 @@ use rustix::fs::Timespec;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
+use crate::dirtimes::DirTimes;
 use crate::entry::{self, Kind, Meta, Pending};
 use crate::error::{LayerError, quote, show};
 use crate::fsops;
@@ -37,9 +38,10 @@ const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
 ///
 /// OCI whiteouts become what overlayfs expects in a lower layer: `.wh.<name>` a character
 /// device 0:0 named `<name>`, `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its
-/// directory. Modes (setuid included), owners ([`UnpackOptions::keep_ownership`]), mtimes and
-/// extended attributes (PAX `SCHILY.xattr.*`) are kept, except forged overlayfs attributes
-/// (`trusted.overlay.*`, `user.overlay.*`), which are dropped and counted.
+/// directory. Modes (setuid included; see [`UnpackOptions::keep_ownership`] for when it is
+/// not), owners, mtimes and extended attributes (PAX `SCHILY.xattr.*`) are kept, except forged
+/// overlayfs attributes (`trusted.overlay.*`, `user.overlay.*`), which are dropped and counted.
+/// A member deeper than [`UnpackOptions::max_depth`] is refused.
 ///
 /// After the end-of-archive marker the stream is read to its end, so a reader that checks a
 /// digest at EOF can still fail the unpack; anything but zero padding there is refused (a
@@ -69,7 +71,7 @@ pub fn unpack(
         egid: rustix::process::getegid().as_raw(),
         umask: fsops::process_umask(),
         opts,
-        dirs: Vec::new(),
+        dir_times: DirTimes::default(),
         buf: vec![0; 256 << 10],
         stats: UnpackStats::default(),
     };
@@ -240,7 +242,7 @@ struct Unpacker<'o> {
     egid: u32,
     umask: Option<u32>,
     /// Directories whose mtime is set once everything below them is written.
-    dirs: Vec<(Vec<u8>, Timestamps)>,
+    dir_times: DirTimes,
     buf: Vec<u8>,
     stats: UnpackStats,
 }
@@ -260,6 +262,13 @@ impl Unpacker<'_> {
     fn apply(&mut self, meta: &Meta, data: &mut impl Read, index: u64) -> Result<(), LayerError> {
         let parts =
             entry::components(&meta.name).map_err(|why| LayerError::refused(&meta.name, why))?;
+        if parts.len() > self.opts.max_depth {
+            return Err(LayerError::Limit {
+                what: "path components in an entry name (directory depth)",
+                limit: u64::try_from(self.opts.max_depth).unwrap_or(u64::MAX),
+                field: "max_depth",
+            });
+        }
         self.stats.entries += 1;
         let Some((&last, parents)) = parts.split_last() else {
             // `./`: the layer's root directory itself.
@@ -277,7 +286,7 @@ impl Unpacker<'_> {
             )
             .map_err(|e| LayerError::io("open", "the layer root", e))?;
             set_attrs(root.as_fd(), meta, self.opts, &mut self.stats, Skip::NONE)?;
-            self.dirs.push((Vec::new(), timestamps(meta)));
+            self.record_times(root.as_fd(), meta)?;
             self.stats.dirs += 1;
             self.tree.forget();
             return Ok(());
@@ -335,7 +344,7 @@ impl Unpacker<'_> {
                     .map_err(|e| path_error("inspect", &meta.name, e))?
                     != FileType::Directory
                 {
-                    self.tree.clear(parents, last, &meta.name)?;
+                    self.clear(parents, last, &meta.name)?;
                     let dir = self.tree.parent(parents, &meta.name)?;
                     rfs::mkdirat(dir, last, Mode::from_bits_retain(0o700))
                         .map_err(|e| path_error("create", &meta.name, e))?;
@@ -347,12 +356,7 @@ impl Unpacker<'_> {
         let fd =
             fsops::open_dir_beneath(dir, last).map_err(|e| path_error("open", &meta.name, e))?;
         set_attrs(fd.as_fd(), meta, self.opts, &mut self.stats, Skip::NONE)?;
-        let mut path = parents.join(&b'/');
-        if !path.is_empty() {
-            path.push(b'/');
-        }
-        path.extend_from_slice(last);
-        self.dirs.push((path, timestamps(meta)));
+        self.record_times(fd.as_fd(), meta)?;
         self.stats.dirs += 1;
         self.tree.forget();
         Ok(())
@@ -370,7 +374,7 @@ impl Unpacker<'_> {
         let dir = self.tree.parent(parents, &meta.name)?;
         let fd = match fsops::create_file(dir, last, meta.mode) {
             Err(Errno::EXIST) => {
-                self.tree.clear(parents, last, &meta.name)?;
+                self.clear(parents, last, &meta.name)?;
                 let dir = self.tree.parent(parents, &meta.name)?;
                 fsops::create_file(dir, last, meta.mode)
             }
@@ -425,7 +429,7 @@ impl Unpacker<'_> {
         let dir = self.tree.parent(parents, &meta.name)?;
         match rfs::symlinkat(meta.link.as_slice(), dir, last) {
             Err(Errno::EXIST) => {
-                self.tree.clear(parents, last, &meta.name)?;
+                self.clear(parents, last, &meta.name)?;
                 let dir = self.tree.parent(parents, &meta.name)?;
                 rfs::symlinkat(meta.link.as_slice(), dir, last)
             }
@@ -497,7 +501,7 @@ impl Unpacker<'_> {
         // Flags empty: a target that is a symbolic link is linked itself, never followed.
         match rfs::linkat(&target_dir, target_last, dir, last, AtFlags::empty()) {
             Err(Errno::EXIST) => {
-                self.tree.clear(parents, last, &meta.name)?;
+                self.clear(parents, last, &meta.name)?;
                 let dir = self.tree.parent(parents, &meta.name)?;
                 rfs::linkat(&target_dir, target_last, dir, last, AtFlags::empty())
             }
@@ -555,7 +559,7 @@ impl Unpacker<'_> {
         let dir = self.tree.parent(parents, &meta.name)?;
         match rfs::mknodat(dir, last, file_type, Mode::from_bits_retain(0o600), dev) {
             Err(Errno::EXIST) => {
-                self.tree.clear(parents, last, &meta.name)?;
+                self.clear(parents, last, &meta.name)?;
                 let dir = self.tree.parent(parents, &meta.name)?;
                 rfs::mknodat(dir, last, file_type, Mode::from_bits_retain(0o600), dev)
             }
@@ -574,13 +578,12 @@ impl Unpacker<'_> {
             )
             .map_err(|e| LayerError::io("set the owner of", quote(&meta.name), e))?;
         }
-        rfs::chmodat(
-            dir,
-            last,
-            Mode::from_bits_retain(meta.mode),
-            AtFlags::empty(),
-        )
-        .map_err(|e| LayerError::io("set the mode of", quote(&meta.name), e))?;
+        let mode = kept_mode(meta, self.opts, || {
+            rfs::statat(dir, last, AtFlags::SYMLINK_NOFOLLOW).map(|st| (st.st_uid, st.st_gid))
+        })
+        .map_err(|e| LayerError::io("inspect", quote(&meta.name), e))?;
+        rfs::chmodat(dir, last, Mode::from_bits_retain(mode), AtFlags::empty())
+            .map_err(|e| LayerError::io("set the mode of", quote(&meta.name), e))?;
         rfs::utimensat(dir, last, &timestamps(meta), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| LayerError::io("set the mtime of", quote(&meta.name), e))?;
         self.stats.special += 1;
@@ -590,27 +593,48 @@ impl Unpacker<'_> {
     /// Sets directory mtimes last, once nothing more is written below them.
     fn finish_dirs(&mut self) -> Result<(), LayerError> {
         self.tree.cache = None;
-        for (path, times) in self.dirs.iter().rev() {
-            let fd = if path.is_empty() {
-                rfs::openat(
-                    &self.tree.root,
-                    ".",
-                    rfs::OFlags::RDONLY | rfs::OFlags::DIRECTORY | rfs::OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-            } else {
-                fsops::open_dir_beneath(self.tree.root.as_fd(), path)
-            };
-            match fd {
-                Ok(fd) => rfs::futimens(&fd, times)
-                    .map_err(|e| LayerError::io("set the mtime of", quote(path), e))?,
-                // Replaced by a later member: that member's times stand.
-                Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
-                Err(e) => return Err(LayerError::io("open", quote(path), e)),
-            }
-        }
-        Ok(())
+        self.dir_times.apply(self.tree.root.as_fd())
     }
+
+    /// Notes the times of the directory open as `fd`, applied by [`Self::finish_dirs`].
+    fn record_times(&mut self, fd: BorrowedFd<'_>, meta: &Meta) -> Result<(), LayerError> {
+        self.dir_times
+            .note(fd, timestamps(meta))
+            .map_err(|e| LayerError::io("inspect", quote(&meta.name), e))
+    }
+
+    /// Removes what is at `last` so a member can take its place, forgetting the times noted
+    /// for it when it is a directory (its inode may be reused by a directory made later).
+    fn clear(&mut self, parents: &[&[u8]], last: &[u8], name: &[u8]) -> Result<(), LayerError> {
+        if !self.dir_times.is_empty() {
+            let dir = self.tree.parent(parents, name)?;
+            self.dir_times.forget(dir, last);
+        }
+        self.tree.clear(parents, last, name)
+    }
+}
+
+/// The permission bits to give an entry: the archive's, except that when ownership is not
+/// kept the setuid (setgid) bit stays only if the entry's owner (group), as `owner` reads it,
+/// is the archive's.
+fn kept_mode(
+    meta: &Meta,
+    opts: &UnpackOptions,
+    owner: impl FnOnce() -> Result<(u32, u32), Errno>,
+) -> Result<u32, Errno> {
+    const SUID: u32 = 0o4000;
+    const SGID: u32 = 0o2000;
+    let mut mode = meta.mode;
+    if !opts.keep_ownership && mode & (SUID | SGID) != 0 {
+        let (uid, gid) = owner()?;
+        if uid != meta.uid {
+            mode &= !SUID;
+        }
+        if gid != meta.gid {
+            mode &= !SGID;
+        }
+    }
+    Ok(mode)
 }
 
 /// Owner, then mode (a chown clears setuid and setgid), then extended attributes.
@@ -644,7 +668,11 @@ fn set_attrs(
         .map_err(|e| LayerError::io("set the owner of", quote(&meta.name), e))?;
     }
     if !skip.mode {
-        rfs::fchmod(fd, Mode::from_bits_retain(meta.mode))
+        let mode = kept_mode(meta, opts, || {
+            rfs::fstat(fd).map(|st| (st.st_uid, st.st_gid))
+        })
+        .map_err(|e| LayerError::io("inspect", quote(&meta.name), e))?;
+        rfs::fchmod(fd, Mode::from_bits_retain(mode))
             .map_err(|e| LayerError::io("set the mode of", quote(&meta.name), e))?;
     }
     for (name, value) in &meta.xattrs {

@@ -111,15 +111,44 @@ fn owners_modes_mtimes_and_xattrs_round_trip() {
     sb.assert_outside_untouched();
 }
 
+/// With ownership not kept, a setuid or setgid bit for an owner or group the entry did not get
+/// is dropped (a setuid program of user 4242 would otherwise be a setuid-root one), as
+/// libarchive does; where the archive's owner or group is the unpacking user's, it stays.
 #[test]
-fn keep_ownership_off_leaves_the_unpacking_user() {
+fn keep_ownership_off_leaves_the_unpacking_user_and_drops_foreign_setuid() {
     let sb = Sandbox::new();
+    let euid = rustix::process::geteuid().as_raw();
+    let egid = rustix::process::getegid().as_raw();
     let tar = Tar::new()
         .add(Member {
             uid: 4242,
             gid: 4343,
-            mode: 0o4755,
-            ..Member::file(b"f", b"x")
+            mode: 0o6755,
+            ..Member::file(b"foreign", b"x")
+        })
+        .add(Member {
+            uid: u64::from(euid),
+            gid: 4343,
+            mode: 0o6755,
+            ..Member::file(b"own-user", b"x")
+        })
+        .add(Member {
+            uid: 4242,
+            gid: u64::from(egid),
+            mode: 0o6755,
+            ..Member::file(b"own-group", b"x")
+        })
+        .add(Member {
+            uid: 4242,
+            gid: 4343,
+            mode: 0o2755,
+            ..Member::dir(b"foreign-dir/")
+        })
+        .add(Member {
+            uid: 4242,
+            gid: 4343,
+            mode: 0o6640,
+            ..Member::new(b"fifo", FIFO)
         })
         .finish();
     let opts = UnpackOptions {
@@ -127,9 +156,18 @@ fn keep_ownership_off_leaves_the_unpacking_user() {
         ..Default::default()
     };
     unpack(&tar[..], &sb.dest, &opts).unwrap();
-    let md = std::fs::metadata(sb.dest.join("f")).unwrap();
-    assert_eq!(md.uid(), rustix::process::geteuid().as_raw());
-    assert_eq!(md.mode() & 0o7777, 0o4755);
+    for (name, mode) in [
+        ("foreign", 0o755),
+        ("own-user", 0o4755),
+        ("own-group", 0o2755),
+        ("foreign-dir", 0o755),
+        ("fifo", 0o640),
+    ] {
+        let md = std::fs::symlink_metadata(sb.dest.join(name)).unwrap();
+        assert_eq!((md.uid(), md.gid()), (euid, egid), "{name}");
+        assert_eq!(md.mode() & 0o7777, mode, "{name}: {:o}", md.mode());
+    }
+    sb.assert_outside_untouched();
 }
 
 #[test]

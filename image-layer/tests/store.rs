@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use peerpod_image_layer::{LayerError, LayerStore, UnpackOptions};
@@ -482,4 +482,72 @@ fn reap_drops_removed_bundles_and_crashed_mounts_but_not_foreign_states() {
         0,
         "still referenced by the foreign state"
     );
+}
+
+/// One bundle state that cannot be removed (a filesystem is mounted inside its upper
+/// directory) does not stop the reap: the other bundles are dropped, the stuck one loses its
+/// layer references (so GC collects its layers), nothing is deleted inside the foreign mount,
+/// and the next reap finishes the job once the mount is gone.
+#[test]
+fn reap_goes_on_past_a_state_it_cannot_remove() {
+    let test = "reap_goes_on_past_a_state_it_cannot_remove";
+    if !require_root(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let store = LayerStore::open(&work).unwrap();
+    let ids: Vec<String> = (0..3)
+        .map(|i| one_layer(&store, format!("layer-{i}").as_bytes()))
+        .collect();
+    let bundles: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("b{i}"))).collect();
+    for (id, bundle) in ids.iter().zip(&bundles) {
+        let rootfs = store
+            .mount_rootfs(std::slice::from_ref(id), bundle)
+            .unwrap();
+        std::fs::create_dir(rootfs.join("mnt")).unwrap();
+    }
+    // The middle bundle's upper directory gets a filesystem mounted in it.
+    let stuck_state = std::fs::read_dir(work.join("overlay"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|state| {
+            std::fs::read(state.join("bundle")).unwrap()
+                == bundles[1].as_os_str().as_encoded_bytes()
+        })
+        .unwrap();
+    for bundle in &bundles {
+        assert!(plain_umount(test, &bundle.join("rootfs")));
+    }
+    let inner = stuck_state.join("upper/mnt");
+    rustix::mount::mount(
+        "tmpfs",
+        &inner,
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .unwrap();
+    std::fs::write(inner.join("precious"), b"not ours").unwrap();
+    backdate_states(&work);
+
+    assert_eq!(store.reap_unmounted().unwrap(), 2, "the two others");
+    assert_eq!(names(&work.join("overlay")).len(), 1);
+    assert!(
+        !stuck_state.join("layers").exists(),
+        "references dropped first"
+    );
+    assert_eq!(std::fs::read(inner.join("precious")).unwrap(), b"not ours");
+    let gc = store.gc().unwrap();
+    assert_eq!(
+        (gc.removed, gc.kept),
+        (3, 0),
+        "the stuck bundle's layer too"
+    );
+
+    rustix::mount::unmount(&inner, rustix::mount::UnmountFlags::empty()).unwrap();
+    // The partial removal touched the state: it is retried once it has settled again.
+    backdate_states(&work);
+    assert_eq!(store.reap_unmounted().unwrap(), 1);
+    assert!(names(&work.join("overlay")).is_empty());
 }
