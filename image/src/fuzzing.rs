@@ -49,6 +49,8 @@ pub fn image_inputs(data: &[u8]) {
             if let Ok(c) = RegistryConfig::parse(rest) {
                 for r in [
                     "busybox",
+                    "team/app:v1",
+                    "docker.io/library/busybox",
                     "quay.io/a/b:v1",
                     "localhost:5000/x@sha256:0000000000000000000000000000000000000000000000000000000000000000",
                 ] {
