@@ -32,6 +32,30 @@ const SECRET: &str = "kbs-secret-for-the-workload";
 const SEALED_SECRET: &str = "db-password-unsealed-in-the-guest";
 const MOTD: &str = "pulled in the pod VM from the host's registry";
 
+/// The KBS's resource policy: the registry configuration (no secret) to any TEE whose
+/// hardware and firmware appraise as affirming; secrets only when the configuration (the
+/// initdata's PCR 8) does too.
+const RESOURCE_POLICY: &str = r#"package policy
+
+import rego.v1
+
+default allow := false
+
+vector := input.submods.cpu0["ear.trustworthiness-vector"]
+
+allow if {
+	data["resource-path"] == "default/registry/conf"
+	vector.hardware < 32
+	vector.executables < 32
+}
+
+allow if {
+	every claim in ["hardware", "executables", "configuration"] {
+		vector[claim] < 32
+	}
+}
+"#;
+
 /// The initdata policy: everything is allowed except ExecProcess, which may run only
 /// `cat /etc/motd`.
 const POLICY_EXEC_ONLY_MOTD: &str = "package agent_policy\n\nimport rego.v1\n\n";
@@ -300,6 +324,7 @@ fn a_guest_pulled_workload_runs_under_the_initdata_policy_with_kbs_secrets_and_e
     ] {
         options.resources.insert(path.into(), value);
     }
+    options.resource_policy = RESOURCE_POLICY.into();
     let stats = Arc::clone(&options.stats);
     let kbs = RunningKbs::start(options, &format!("127.0.0.1:{kbs_port}"), None).expect("KBS");
 
@@ -373,53 +398,83 @@ fn a_guest_pulled_workload_runs_under_the_initdata_policy_with_kbs_secrets_and_e
         /bin/busybox sync; \
         echo \"upper=$(/bin/busybox grep -o 'upperdir=[^,]*' /proc/self/mountinfo | /bin/busybox head -n 1)\"; \
         echo READY; exec /bin/busybox sleep 3600";
-    let workload = pulled_container(
-        "workload",
-        "container",
-        &format!("{guest_registry}/apps/workload:v1"),
-        &["/bin/sh", "-c", script],
-        &[
-            "PATH=/bin".into(),
-            format!("TOKEN={token}"),
-            format!("DB_PASSWORD={}", sealed("kbs:///default/key/sealed")),
-        ],
-    );
-    // While the KBS expects another initdata's PCR 8, the guest attests but gets nothing: the
-    // pull needs registries.conf from the KBS, so the container is refused and nothing is
-    // released.
-    let refused = pulled_container(
-        "workload-refused",
-        "container",
-        &format!("{guest_registry}/apps/workload:v1"),
-        &["/bin/true"],
-        &["PATH=/bin".into()],
-    );
-    let refusal = match rt.block_on(
-        shim.agent
-            .create_container(ctx(Duration::from_secs(300)), &refused),
-    ) {
+    let image_ref = format!("{guest_registry}/apps/workload:v1");
+    let workload_request = |id: &str| {
+        pulled_container(
+            id,
+            "container",
+            &image_ref,
+            &["/bin/sh", "-c", script],
+            &[
+                "PATH=/bin".into(),
+                format!("TOKEN={token}"),
+                format!("DB_PASSWORD={}", sealed("kbs:///default/key/sealed")),
+            ],
+        )
+    };
+    // While the KBS expects another initdata's PCR 8, the guest attests and gets the registry
+    // configuration (its pull works), but no secret: the workload, whose env holds a sealed
+    // value, is refused, and a container reading the KBS secret from 127.0.0.1:8006 gets none.
+    let refusal = match rt.block_on(shim.agent.create_container(
+        ctx(Duration::from_secs(300)),
+        &workload_request("workload-refused"),
+    )) {
         Err(ttrpc::Error::RpcStatus(s)) => s.message().to_string(),
         other => panic!(
-            "a container was created while the KBS expected another initdata: {other:?}\n{}",
+            "a container with a sealed value was created while the KBS expected another \
+             initdata: {other:?}\n{}",
             tail(&vm)
         ),
     };
+    assert!(
+        refusal.contains("DB_PASSWORD") && refusal.contains("PolicyDeny"),
+        "not refused for the sealed value by the KBS's resource policy: {refusal}"
+    );
+    let early = pulled_container(
+        "early-reader",
+        "container",
+        &image_ref,
+        &[
+            "/bin/sh",
+            "-c",
+            "s=$(/bin/busybox wget -q -O - http://127.0.0.1:8006/cdh/resource/default/key/app 2>&1); \
+             echo \"rc=$? kbs=$s\"",
+        ],
+        &["PATH=/bin".into()],
+    );
+    let early_out = rt
+        .block_on(async {
+            let long = ctx(Duration::from_secs(300));
+            shim.agent.create_container(long.clone(), &early).await?;
+            shim.agent
+                .start_container(long, &requests::start("early-reader"))
+                .await?;
+            let out =
+                requests::read_all(&shim.agent, "early-reader", "early-reader", Stream::Stdout)
+                    .await;
+            requests::wait(&shim.agent, "early-reader", "early-reader").await?;
+            Ok::<_, ttrpc::Error>(out)
+        })
+        .unwrap_or_else(|e| panic!("the early reader: {e}\n{}", tail(&vm)));
     report.push_str(&format!(
-        "=== pod VM: KBS expecting another initdata's PCR 8\nCreateContainer refused: {refusal}\n"
+        "=== pod VM: the KBS expects another initdata's PCR 8\n\
+         CreateContainer with the sealed value refused: {refusal}\n\
+         a container asking 127.0.0.1:8006 for the secret: {early_out}"
     ));
     assert!(
-        refusal.contains("PolicyDeny"),
-        "not refused by the KBS's resource policy: {refusal}"
+        !early_out.contains(SECRET)
+            && early_out.starts_with("rc=")
+            && !early_out.starts_with("rc=0 "),
+        "the secret reached a container before the KBS had this initdata's PCR 8: {early_out}"
     );
     assert!(
         stats.attestations.load(Ordering::Relaxed) >= 1,
-        "the guest never attested: {refusal}"
+        "the guest never attested"
     );
-    assert_eq!(
-        stats.resources.load(Ordering::Relaxed),
-        0,
-        "a resource was released for evidence with another initdata's PCR 8"
-    );
+    let _ = rt.block_on(shim.agent.remove_container(
+        ctx(Duration::from_secs(60)),
+        &requests::remove("early-reader"),
+    ));
     // The admin registers this initdata's PCR 8; the CDH's next fetch attests again.
     let pcr8 = peerpod_policy::initdata::InitData::parse(doc.as_bytes())
         .expect("initdata")
@@ -436,7 +491,7 @@ fn a_guest_pulled_workload_runs_under_the_initdata_policy_with_kbs_secrets_and_e
     let t = Instant::now();
     rt.block_on(
         shim.agent
-            .create_container(ctx(Duration::from_secs(300)), &workload),
+            .create_container(ctx(Duration::from_secs(300)), &workload_request("workload")),
     )
     .unwrap_or_else(|e| {
         panic!(
@@ -444,8 +499,11 @@ fn a_guest_pulled_workload_runs_under_the_initdata_policy_with_kbs_secrets_and_e
             tail(&vm)
         )
     });
-    marks.push(("image pulled (CreateContainer answered)", started.elapsed()));
-    eprintln!("guest pull + CreateContainer: {:?}", t.elapsed());
+    marks.push((
+        "workload created (CreateContainer answered)",
+        started.elapsed(),
+    ));
+    eprintln!("CreateContainer of the workload: {:?}", t.elapsed());
     rt.block_on(
         shim.agent
             .start_container(ctx(Duration::from_secs(60)), &requests::start("workload")),
