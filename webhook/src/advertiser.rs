@@ -10,7 +10,8 @@
 //!
 //! Only `get` on nodes and `patch` on `nodes/status` are needed (see `deploy/advertiser.yaml`).
 
-use std::path::Path;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -24,8 +25,13 @@ pub const OWNER_ANNOTATION: &str = "kata.peerpods.io/vm-capacity-owner";
 pub const DEFAULT_LIMIT: i64 = 10;
 /// Where a pod finds its service account's token and the cluster CA.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// The largest API server reply read.
+/// The largest API server reply read: a Node with a long image list is a few hundred KiB.
+/// A reply announced larger is refused unread; one that grows past it is refused there.
 pub const MAX_REPLY_BYTES: usize = 4 << 20;
+/// How much of an error reply is read for the error message.
+pub const MAX_ERROR_BODY_BYTES: usize = 512;
+/// The largest service-account token read (a projected token is about 1 KiB).
+pub const MAX_TOKEN_BYTES: usize = 64 << 10;
 
 /// Why advertising or withdrawing failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +72,77 @@ pub enum AdvertiseError {
     /// The reply is not the JSON expected.
     #[error("the API server's reply to {0} is not a Node")]
     Reply(String),
+    /// The reply is larger than [`MAX_REPLY_BYTES`].
+    #[error(
+        "the API server's reply to {what} is larger than {limit} bytes: refused without \
+         reading the rest"
+    )]
+    TooLarge {
+        /// What was being done.
+        what: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The service account token file is unusable.
+    #[error("the service account token {path}: {problem}")]
+    Token {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Where the bearer token comes from.
+#[derive(Clone)]
+enum Token {
+    /// Given once.
+    Fixed(String),
+    /// Re-read before every request, as client-go re-reads a projected token that the
+    /// kubelet rotates.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Token::Fixed(_) => f.write_str("Token::Fixed(<redacted>)"),
+            Token::File(path) => write!(f, "Token::File({})", path.display()),
+        }
+    }
+}
+
+impl Token {
+    fn get(&self) -> Result<String, AdvertiseError> {
+        let path = match self {
+            Token::Fixed(t) => return Ok(t.clone()),
+            Token::File(path) => path,
+        };
+        let bad = |problem: String| AdvertiseError::Token {
+            path: path.display().to_string(),
+            problem,
+        };
+        let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+        let mut bytes = Vec::with_capacity(2048);
+        file.take(MAX_TOKEN_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("cannot be read: {e}")))?;
+        if bytes.len() > MAX_TOKEN_BYTES {
+            return Err(bad(format!("is larger than {MAX_TOKEN_BYTES} bytes")));
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| bad("is not UTF-8 text".to_owned()))?
+            .trim();
+        if text.is_empty() {
+            return Err(bad("is empty".to_owned()));
+        }
+        if text.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(bad(
+                "holds characters a bearer token cannot (space, control or non-ASCII)".to_owned(),
+            ));
+        }
+        Ok(text.to_owned())
+    }
 }
 
 /// The advertiser's settings.
@@ -141,7 +218,7 @@ pub enum Withdrawn {
 #[derive(Debug, Clone)]
 pub struct Advertiser {
     base: String,
-    token: String,
+    token: Token,
     client: reqwest::Client,
     config: AdvertiserConfig,
 }
@@ -158,6 +235,28 @@ impl Advertiser {
         base: &str,
         ca_pem: &[u8],
         token: &str,
+        config: AdvertiserConfig,
+    ) -> Result<Self, AdvertiseError> {
+        Self::with_token(base, ca_pem, Token::Fixed(token.trim().to_owned()), config)
+    }
+
+    /// As [`Advertiser::new`], with the token read from `token_file` before every request (at
+    /// most [`MAX_TOKEN_BYTES`]), so a rotated token is used from the next request on.
+    pub fn with_token_file(
+        base: &str,
+        ca_pem: &[u8],
+        token_file: &Path,
+        config: AdvertiserConfig,
+    ) -> Result<Self, AdvertiseError> {
+        let token = Token::File(token_file.to_owned());
+        token.get()?;
+        Self::with_token(base, ca_pem, token, config)
+    }
+
+    fn with_token(
+        base: &str,
+        ca_pem: &[u8],
+        token: Token,
         config: AdvertiserConfig,
     ) -> Result<Self, AdvertiseError> {
         use rustls::pki_types::CertificateDer;
@@ -184,14 +283,15 @@ impl Advertiser {
             .map_err(AdvertiseError::Http)?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
-            token: token.trim().to_owned(),
+            token,
             client,
             config,
         })
     }
 
     /// In a pod: the API server from `KUBERNETES_SERVICE_HOST`/`_PORT`, the service account's
-    /// `token` and `ca.crt` from `account_dir` (normally [`SERVICE_ACCOUNT_DIR`]).
+    /// `token` (re-read before every request: the kubelet rotates it) and `ca.crt` from
+    /// `account_dir` (normally [`SERVICE_ACCOUNT_DIR`]).
     pub fn in_cluster(
         config: AdvertiserConfig,
         account_dir: &Path,
@@ -216,11 +316,10 @@ impl Advertiser {
                 source,
             })
         };
-        let token = String::from_utf8_lossy(&read("token")?).into_owned();
-        Self::new(
+        Self::with_token_file(
             &format!("https://{host}:{port}"),
             &read("ca.crt")?,
-            &token,
+            &account_dir.join("token"),
             config,
         )
     }
@@ -251,24 +350,37 @@ impl Advertiser {
         what: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<Value, AdvertiseError> {
-        let reply = request
-            .bearer_auth(&self.token)
+        let mut reply = request
+            .bearer_auth(self.token.get()?)
             .header("Accept", "application/json")
             .send()
             .await
             .map_err(AdvertiseError::Http)?;
         let status = reply.status();
-        let body = reply.bytes().await.map_err(AdvertiseError::Http)?;
-        let body = &body[..body.len().min(MAX_REPLY_BYTES)];
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+            let (body, _) = read_at_most(&mut reply, MAX_ERROR_BODY_BYTES).await?;
+            let text = String::from_utf8_lossy(&body);
             return Err(AdvertiseError::Status {
                 what: what.to_owned(),
                 status: status.as_u16(),
-                body: crate::review::clip(text.trim(), 512),
+                body: crate::review::clip(text.trim(), MAX_ERROR_BODY_BYTES),
             });
         }
-        serde_json::from_slice(body).map_err(|_| AdvertiseError::Reply(what.to_owned()))
+        let too_large = || AdvertiseError::TooLarge {
+            what: what.to_owned(),
+            limit: MAX_REPLY_BYTES,
+        };
+        if reply
+            .content_length()
+            .is_some_and(|n| n > MAX_REPLY_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let (body, complete) = read_at_most(&mut reply, MAX_REPLY_BYTES).await?;
+        if !complete {
+            return Err(too_large());
+        }
+        serde_json::from_slice(&body).map_err(|_| AdvertiseError::Reply(what.to_owned()))
     }
 
     /// Reads the node.
@@ -385,4 +497,22 @@ impl Advertiser {
             }
         }
     }
+}
+
+/// Reads at most `cap` bytes of `reply`'s body; whether that was all of it. Stops reading
+/// (and so drops the connection) at the first chunk past the cap.
+async fn read_at_most(
+    reply: &mut reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), AdvertiseError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = reply.chunk().await.map_err(AdvertiseError::Http)? {
+        if body.len() + chunk.len() > cap {
+            let room = cap - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, true))
 }

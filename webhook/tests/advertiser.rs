@@ -9,7 +9,8 @@ mod common;
 use common::apiserver::{ApiServer, NODE, TOKEN, a_node, wait_for};
 use common::{Certs, TestResult};
 use peerpod_webhook::advertiser::{
-    AdvertiseError, Advertised, Advertiser, AdvertiserConfig, OWNER_ANNOTATION, Withdrawn,
+    AdvertiseError, Advertised, Advertiser, AdvertiserConfig, MAX_REPLY_BYTES, MAX_TOKEN_BYTES,
+    OWNER_ANNOTATION, Withdrawn,
 };
 use serde_json::json;
 
@@ -303,6 +304,9 @@ async fn the_binary_advertises_in_cluster_and_withdraws_on_sigterm() -> TestResu
         api.node()["metadata"]["annotations"][OWNER_ANNOTATION],
         "peerpod-vm-advertiser-x7k2p"
     );
+    // The kubelet rotates the projected token meanwhile: the withdrawal must use the new one.
+    api.state.lock().expect("state").token = "rotated-token-2".to_owned();
+    std::fs::write(sa.0.join("token"), "rotated-token-2\n")?;
     let pid = child.id().ok_or("no pid")?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(pid)?),
@@ -335,5 +339,101 @@ async fn the_binary_without_node_name_fails_naming_it() -> TestResult {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("NODE_NAME"), "{stderr}");
+    Ok(())
+}
+
+/// A reply far larger than the cap — announced or not, success or error — is refused by the
+/// advertiser without reading it: it stops at the cap (or at the announced length) and says
+/// which limit the reply broke.
+#[tokio::test]
+async fn a_huge_reply_is_refused_without_being_read_whole() -> TestResult {
+    use std::sync::atomic::Ordering;
+    const HUGE: u64 = 256 << 20;
+    let api = ApiServer::start(a_node()).await;
+    let a = api.advertiser("advertiser-a", 10, TOKEN);
+    for (announce, error) in [(false, false), (true, false), (false, true)] {
+        let sent = {
+            let mut s = api.state.lock().expect("state");
+            s.huge = Some((HUGE, announce));
+            s.huge_error = error;
+            s.huge_sent.store(0, Ordering::Relaxed);
+            std::sync::Arc::clone(&s.huge_sent)
+        };
+        let e = a.advertise().await.expect_err("a huge reply was accepted");
+        if error {
+            assert!(
+                matches!(e, AdvertiseError::Status { status: 500, ref body, .. } if body.is_empty()),
+                "{e}"
+            );
+        } else {
+            assert!(
+                matches!(
+                    e,
+                    AdvertiseError::TooLarge {
+                        limit: MAX_REPLY_BYTES,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&MAX_REPLY_BYTES.to_string()), "{e}");
+        }
+        // What the stand-in managed to hand over: the cap plus what the sockets buffer, not
+        // the 256 MiB (reading it all would take the whole reply).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let handed = sent.load(Ordering::Relaxed);
+        eprintln!("announce {announce}, error {error}: {handed} bytes handed over: {e}");
+        assert!(
+            handed < MAX_REPLY_BYTES as u64 + (32 << 20),
+            "{handed} bytes were read"
+        );
+    }
+    assert_eq!(api.node(), a_node(), "nothing was patched");
+    Ok(())
+}
+
+/// The token file is read before every request: once the kubelet rotates it (and the API
+/// server stops accepting the old one), the next request carries the new token.
+#[tokio::test]
+async fn a_rotated_token_file_is_used_on_the_next_request() -> TestResult {
+    let api = ApiServer::start(a_node()).await;
+    let dir = common::TempDir::new("token");
+    let file = dir.0.join("token");
+    std::fs::write(&file, format!("{TOKEN}\n"))?;
+    let config = api.advertiser("advertiser-a", 10, TOKEN).config().clone();
+    let a = Advertiser::with_token_file(&api.url, api.certs.ca_pem.as_bytes(), &file, config)?;
+    assert_eq!(a.advertise().await?, Advertised::Set);
+    // Rotation: the API server takes only the new token, the file holds it.
+    api.state.lock().expect("state").token = "rotated-token-2".to_owned();
+    std::fs::write(&file, "rotated-token-2\n")?;
+    assert_eq!(a.withdraw().await?, Withdrawn::Removed);
+    let log = api.state.lock().expect("state").log.clone();
+    assert!(log.len() >= 4, "{log:?}");
+    // A token file that is too large, empty or gone fails the request naming the file, and
+    // nothing is sent.
+    let before = api.requests();
+    for (content, problem) in [
+        (Some("x".repeat(MAX_TOKEN_BYTES + 1)), "larger than"),
+        (Some("\n".to_owned()), "is empty"),
+        (Some("two words".to_owned()), "cannot"),
+        (None, "cannot be read"),
+    ] {
+        match content {
+            Some(c) => std::fs::write(&file, c)?,
+            None => std::fs::remove_file(&file)?,
+        }
+        let e = a.advertise().await.expect_err("a bad token file was used");
+        assert!(matches!(e, AdvertiseError::Token { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&file.display().to_string()) && text.contains(problem),
+            "{text}"
+        );
+        assert!(
+            !text.contains("xxxxxxxx"),
+            "the token leaked into the error"
+        );
+    }
+    assert_eq!(api.requests(), before, "a request went out without a token");
     Ok(())
 }

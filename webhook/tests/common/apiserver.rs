@@ -6,10 +6,15 @@
 //! cannot run here.)
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, SizeHint};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use peerpod_webhook::advertiser::{Advertiser, AdvertiserConfig, OWNER_ANNOTATION};
@@ -27,7 +32,50 @@ pub struct State {
     /// After this many GETs, another advertiser (this name) takes the node over.
     pub takeover: Option<(usize, String)>,
     pub gets: usize,
+    /// The bearer token accepted (TOKEN unless a test rotates it).
+    pub token: String,
+    /// Answer every request with this many bytes of whitespace (status 200, or 500 with
+    /// `huge_error`), its length announced or not.
+    pub huge: Option<(u64, bool)>,
+    pub huge_error: bool,
+    /// Bytes of huge replies handed to the connection so far.
+    pub huge_sent: Arc<AtomicU64>,
 }
+
+/// A reply body of `left` bytes of spaces, made as it is sent.
+pub struct Huge {
+    left: u64,
+    announce: bool,
+    chunk: Bytes,
+    sent: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for Huge {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64);
+        self.left -= n;
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        let data = self.chunk.slice(..usize::try_from(n).unwrap_or(0));
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+    fn size_hint(&self) -> SizeHint {
+        if self.announce {
+            SizeHint::with_exact(self.left)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+pub type Body = BoxBody<Bytes, Infallible>;
 
 pub struct ApiServer {
     pub url: String,
@@ -35,18 +83,15 @@ pub struct ApiServer {
     pub state: Arc<Mutex<State>>,
 }
 
-pub fn status(code: u16, message: &str) -> Response<Full<Bytes>> {
+pub fn status(code: u16, message: &str) -> Response<Body> {
     let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                       "message": message, "code": code});
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *r.status_mut() = hyper::StatusCode::from_u16(code).expect("status code");
     r
 }
 
-pub async fn api(
-    state: Arc<Mutex<State>>,
-    req: Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>> {
+pub async fn api(state: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let auth = req
@@ -69,11 +114,26 @@ pub async fn api(
         path.clone(),
         String::from_utf8_lossy(&body).into_owned(),
     ));
-    if auth.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+    if auth.as_deref() != Some(&format!("Bearer {}", s.token)) {
         return status(401, "Unauthorized");
     }
+    if let Some((size, announce)) = s.huge {
+        let mut r = Response::new(
+            Huge {
+                left: size,
+                announce,
+                chunk: Bytes::from(vec![b' '; 64 << 10]),
+                sent: Arc::clone(&s.huge_sent),
+            }
+            .boxed(),
+        );
+        if s.huge_error {
+            *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        return r;
+    }
     let node_path = format!("/api/v1/nodes/{NODE}");
-    let ok = |v: &Value| Response::new(Full::new(Bytes::from(v.to_string())));
+    let ok = |v: &Value| Response::new(Full::new(Bytes::from(v.to_string())).boxed());
     match (method.as_str(), path.as_str()) {
         ("GET", p) if p == node_path => {
             s.gets += 1;
@@ -117,6 +177,7 @@ impl ApiServer {
         let certs = Certs::generate("kubernetes");
         let state = Arc::new(Mutex::new(State {
             node,
+            token: TOKEN.to_owned(),
             ..State::default()
         }));
         let dir = TempDir::new("api");
