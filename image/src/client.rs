@@ -1,3 +1,13 @@
+//! Redirects (blob storage on another origin) are followed here, not by reqwest: at most
+//! [`MAX_REDIRECTS`], never from `https` to `http` (the redirect is refused and named; an
+//! insecure registry is plain HTTP from the start, so it is not affected), and the
+//! `Authorization` header goes only to the origin it is for (the registry's, or the token
+//! realm's for the token request) on every hop. reqwest 0.13's own following re-sends the first
+//! request's headers on each hop and drops them only when a hop changes origin, so storage
+//! that redirects to itself once got the registry's credentials. A 401 or 403 from anywhere
+//! but the registry's own origin is never answered: the session's credentials go only to the
+//! registry and the token realm the registry itself named.
+//!
 //! The OCI distribution client: one HTTP client (rustls, the configured roots and proxies) and
 //! per-repository sessions that authenticate as the registry asks (Bearer tokens from its
 //! realm, or Basic), retry what is transient with backoff, and bound every reply they read.
@@ -40,8 +50,8 @@ const MAX_ERROR_BODY: usize = 16 << 10;
 /// The most redirects followed for one request (reqwest's default).
 pub const MAX_REDIRECTS: usize = 10;
 
-/// Follows a redirect unless it leaves TLS or is one too many: then the redirect reply itself
-/// is returned, and the session refuses it with its status and the reason.
+/// The policy of the client lent out for lookaside signature stores (no credentials): follow
+/// unless the redirect leaves TLS or is one too many, then return the redirect reply itself.
 fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         if redirect_refusal(attempt.url(), attempt.previous()).is_some() {
@@ -50,6 +60,65 @@ fn redirect_policy() -> reqwest::redirect::Policy {
             attempt.follow()
         }
     })
+}
+
+/// A reply after the redirects that were followed.
+struct Followed {
+    response: Response,
+    /// Set when the reply is a redirect that was not followed: why, and where it pointed.
+    refused: Option<(&'static str, Option<reqwest::Url>)>,
+}
+
+/// GETs `url` with `headers` on `http` (a client that follows no redirect), following
+/// redirects here: `authorization` is added on every hop to `origin` and on no other, a
+/// redirect that leaves TLS or is the eleventh is not followed.
+async fn get_following(
+    http: &reqwest::Client,
+    mut url: reqwest::Url,
+    headers: &HeaderMap,
+    authorization: Option<&Secret>,
+    origin: Option<&reqwest::Url>,
+) -> Result<Followed, reqwest::Error> {
+    let mut chain: Vec<reqwest::Url> = Vec::new();
+    loop {
+        let mut h = headers.clone();
+        if let (Some(a), Some(o)) = (authorization, origin)
+            && same_origin(&url, o)
+            && let Ok(mut v) = HeaderValue::from_str(a.expose())
+        {
+            v.set_sensitive(true);
+            h.insert(header::AUTHORIZATION, v);
+        }
+        let response = http.get(url.clone()).headers(h).send().await?;
+        if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+            return Ok(Followed {
+                response,
+                refused: None,
+            });
+        }
+        let next = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| url.join(l).ok());
+        chain.push(url);
+        let why = match &next {
+            None => Some("a redirect without a usable Location"),
+            Some(n) if !matches!(n.scheme(), "http" | "https") => {
+                Some("a redirect to neither http nor https")
+            }
+            Some(n) => redirect_refusal(n, &chain),
+        };
+        match (why, next) {
+            (None, Some(n)) => url = n,
+            (why, next) => {
+                return Ok(Followed {
+                    response,
+                    refused: Some((why.unwrap_or("a redirect that was not followed"), next)),
+                });
+            }
+        }
+    }
 }
 
 /// Why a redirect to `next` after `previous` is not followed, if it is not.
@@ -84,6 +153,9 @@ fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
 /// The HTTP side shared by every pull.
 #[derive(Clone)]
 pub struct Client {
+    /// Registry and token requests: follows no redirect (the session does).
+    direct: reqwest::Client,
+    /// Lent out for lookaside signature stores: follows redirects by [`redirect_policy`].
     http: reqwest::Client,
     transfer: Transfer,
 }
@@ -93,57 +165,10 @@ impl Client {
     /// transfer timeouts.
     pub fn new(config: &ImageConfig) -> Result<Self, ImageError> {
         peerpod_kbs_client::install_crypto_provider();
-        let t = &config.transfer;
-        let mut b = reqwest::Client::builder()
-            .user_agent(concat!("peerpod-image/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(t.connect_timeout)
-            .read_timeout(t.read_timeout)
-            .redirect(redirect_policy())
-            .no_proxy();
-        let mut certs = Vec::new();
-        for (i, pem) in config.extra_root_certificates.iter().enumerate() {
-            let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|_| {
-                ImageError::Config(format!(
-                    "[image] extra_root_certificates[{i}] is not a PEM certificate"
-                ))
-            })?;
-            certs.push(cert);
-        }
-        if !certs.is_empty() {
-            b = b.tls_certs_merge(certs);
-        }
-        if let Some(p) = &config.image_pull_proxy {
-            let no_proxy = p
-                .no_proxy
-                .as_deref()
-                .and_then(reqwest::NoProxy::from_string);
-            let bad = |k: &str| {
-                ImageError::Config(format!("[image.image_pull_proxy] {k} is not a proxy URL"))
-            };
-            if let Some(u) = &p.https_proxy {
-                b = b.proxy(
-                    reqwest::Proxy::https(u)
-                        .map_err(|_| bad("https_proxy"))?
-                        .no_proxy(no_proxy.clone()),
-                );
-            }
-            if let Some(u) = &p.http_proxy {
-                b = b.proxy(
-                    reqwest::Proxy::http(u)
-                        .map_err(|_| bad("http_proxy"))?
-                        .no_proxy(no_proxy),
-                );
-            }
-        }
-        let http = b.build().map_err(|e| {
-            ImageError::Config(format!(
-                "cannot build the registry HTTP client: {}",
-                peerpod_text::error_chain(&e)
-            ))
-        })?;
         Ok(Self {
-            http,
-            transfer: t.clone(),
+            direct: build(config, reqwest::redirect::Policy::none())?,
+            http: build(config, redirect_policy())?,
+            transfer: config.transfer.clone(),
         })
     }
 
@@ -177,6 +202,61 @@ impl Client {
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
+}
+
+/// A reqwest client with `[image]`'s roots, proxies and timeouts and `redirects`.
+fn build(
+    config: &ImageConfig,
+    redirects: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, ImageError> {
+    let t = &config.transfer;
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("peerpod-image/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(t.connect_timeout)
+        .read_timeout(t.read_timeout)
+        .redirect(redirects)
+        .no_proxy();
+    let mut certs = Vec::new();
+    for (i, pem) in config.extra_root_certificates.iter().enumerate() {
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|_| {
+            ImageError::Config(format!(
+                "[image] extra_root_certificates[{i}] is not a PEM certificate"
+            ))
+        })?;
+        certs.push(cert);
+    }
+    if !certs.is_empty() {
+        b = b.tls_certs_merge(certs);
+    }
+    if let Some(p) = &config.image_pull_proxy {
+        let no_proxy = p
+            .no_proxy
+            .as_deref()
+            .and_then(reqwest::NoProxy::from_string);
+        let bad = |k: &str| {
+            ImageError::Config(format!("[image.image_pull_proxy] {k} is not a proxy URL"))
+        };
+        if let Some(u) = &p.https_proxy {
+            b = b.proxy(
+                reqwest::Proxy::https(u)
+                    .map_err(|_| bad("https_proxy"))?
+                    .no_proxy(no_proxy.clone()),
+            );
+        }
+        if let Some(u) = &p.http_proxy {
+            b = b.proxy(
+                reqwest::Proxy::http(u)
+                    .map_err(|_| bad("http_proxy"))?
+                    .no_proxy(no_proxy),
+            );
+        }
+    }
+    b.build().map_err(|e| {
+        ImageError::Config(format!(
+            "cannot build the registry HTTP client: {}",
+            peerpod_text::error_chain(&e)
+        ))
+    })
 }
 
 /// Requests to one repository, sharing their authorization.
@@ -255,14 +335,24 @@ impl Session {
             {
                 headers.insert(header::RANGE, v);
             }
-            if let Some(auth) = self.authorization.lock().await.as_ref()
-                && let Ok(mut v) = HeaderValue::from_str(auth.expose())
+            let authorization = self.authorization.lock().await.clone();
+            let Ok(target) = reqwest::Url::parse(&url) else {
+                return Err(ImageError::Config(format!(
+                    "{}: {} is not a URL",
+                    self.registry,
+                    clipped(&url)
+                )));
+            };
+            let followed = match get_following(
+                &self.client.direct,
+                target,
+                &headers,
+                authorization.as_ref(),
+                self.origin.as_ref(),
+            )
+            .await
             {
-                v.set_sensitive(true);
-                headers.insert(header::AUTHORIZATION, v);
-            }
-            let response = match self.client.http.get(&url).headers(headers).send().await {
-                Ok(r) => r,
+                Ok(f) => f,
                 Err(e) => {
                     let last = describe(&e);
                     tracing::warn!(url = %url, attempt, error = %last, "registry request failed");
@@ -270,22 +360,10 @@ impl Session {
                     continue;
                 }
             };
+            let response = followed.response;
             let status = response.status();
             let answered_by = response.url().clone();
-            if status.is_redirection() {
-                // The policy stopped at this redirect: name it and why.
-                let to = response
-                    .headers()
-                    .get(header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|l| answered_by.join(l).ok());
-                let leaves_tls = to.as_ref().is_some_and(|to| to.scheme() != "https")
-                    && (url.starts_with("https:") || answered_by.scheme() == "https");
-                let why = if leaves_tls {
-                    "the redirect leaves TLS (https to http); refused"
-                } else {
-                    "more than 10 redirects"
-                };
+            if let Some((why, to)) = followed.refused {
                 return Err(ImageError::Status {
                     url: shown(&answered_by),
                     status: status.as_u16(),
@@ -474,18 +552,37 @@ impl Session {
             url.host_str().unwrap_or_default(),
             url.path()
         );
-        let mut req = self.client.http.get(url);
-        if let Some(c) = &self.credential {
-            let mut v = HeaderValue::from_str(&format!("Basic {}", basic(c).as_str()))
-                .map_err(|_| ImageError::Config("a credential is not a valid header".into()))?;
-            v.set_sensitive(true);
-            req = req.header(header::AUTHORIZATION, v);
-        }
-        let response = req.send().await.map_err(|e| ImageError::Transport {
+        let basic_auth = self
+            .credential
+            .as_ref()
+            .map(|c| Secret::new(format!("Basic {}", basic(c).as_str())));
+        let realm_origin = url.clone();
+        let followed = get_following(
+            &self.client.direct,
+            url,
+            &HeaderMap::new(),
+            basic_auth.as_ref(),
+            Some(&realm_origin),
+        )
+        .await
+        .map_err(|e| ImageError::Transport {
             url: shown.clone(),
             reason: describe(&e),
             attempts: 1,
         })?;
+        if let Some((why, to)) = followed.refused {
+            return Err(ImageError::Status {
+                url: shown,
+                status: followed.response.status().as_u16(),
+                detail: format!(
+                    ": the token service's redirect to {}: {why}",
+                    to.as_ref()
+                        .map(self::shown)
+                        .unwrap_or_else(|| "nowhere".into())
+                ),
+            });
+        }
+        let response = followed.response;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(ImageError::Unauthorized {

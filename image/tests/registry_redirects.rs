@@ -162,6 +162,8 @@ fn basic_challenge(headers: &HeaderMap) -> Option<Response> {
 struct StorageState {
     blobs: HashMap<String, Bytes>,
     challenge_realm: Option<String>,
+    /// Redirect this many requests to itself first (`usize::MAX`: a loop).
+    self_redirects: usize,
     log: Log,
 }
 
@@ -171,6 +173,13 @@ async fn storage_blob(
     headers: HeaderMap,
 ) -> Response {
     s.log.record(&format!("storage/{d}"), &headers);
+    if s.log.all().len() <= s.self_redirects {
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(header::LOCATION, format!("/storage/{d}"))
+            .body(Body::empty())
+            .unwrap();
+    }
     if let Some(realm) = &s.challenge_realm {
         return Response::builder()
             .status(401)
@@ -252,6 +261,15 @@ struct Setup {
 /// A TLS registry redirecting the layer to storage served as `storage_tls` says; the storage
 /// challenges with a realm at a token service (TLS) when `challenge` is set.
 async fn setup(registry_tls: bool, storage_tls: bool, challenge: bool) -> Setup {
+    setup_with(registry_tls, storage_tls, challenge, 0).await
+}
+
+async fn setup_with(
+    registry_tls: bool,
+    storage_tls: bool,
+    challenge: bool,
+    self_redirects: usize,
+) -> Setup {
     let ca = TlsCa::generate(&["localhost"]).unwrap();
     let img = image();
     let tokens = Arc::new(Log::default());
@@ -265,6 +283,7 @@ async fn setup(registry_tls: bool, storage_tls: bool, challenge: bool) -> Setup 
     let storage = Arc::new(StorageState {
         blobs: img.blobs.clone(),
         challenge_realm: challenge.then(|| format!("{token_url}/token")),
+        self_redirects,
         log: Log::default(),
     });
     let storage_url = serve(
@@ -395,5 +414,36 @@ async fn an_insecure_registry_may_redirect_to_plain_http_storage() -> Result<()>
     assert_eq!(out.fetched_layers, 1);
     assert!(!s.storage.log.all().is_empty());
     assert_eq!(leaked(&s.storage.log.all()), Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_loop_is_cut_after_ten_redirects_and_not_retried() -> Result<()> {
+    let s = setup_with(true, true, false, usize::MAX).await;
+    let e = pull(&s, false).await.expect_err("loops");
+    let text = e.to_string();
+    assert!(
+        matches!(e, ImageError::Status { status: 307, .. }),
+        "{text}"
+    );
+    assert!(text.contains("more than 10 redirects"), "{text}");
+    // One request to the registry's blob URL, then ten redirects: the eleventh is refused,
+    // and a refused redirect is not a transient failure.
+    assert_eq!(s.storage.log.all().len(), 10);
+    assert_eq!(leaked(&s.storage.log.all()), Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_redirecting_to_itself_gets_no_credentials_on_any_hop() -> Result<()> {
+    // reqwest 0.13 re-sends the first request's headers on every hop and drops them only on a
+    // hop that changes origin: the second hop inside the storage carried the registry's
+    // Basic credentials.
+    let s = setup_with(true, true, false, 2).await;
+    let out = pull(&s, false).await?;
+    assert_eq!(out.fetched_layers, 1);
+    let storage = s.storage.log.all();
+    assert_eq!(storage.len(), 3, "{storage:?}");
+    assert_eq!(leaked(&storage), Vec::<String>::new());
     Ok(())
 }
