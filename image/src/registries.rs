@@ -1,7 +1,9 @@
 //! `registries.conf` (containers-registries.conf(5), version 2, the subset image-rs reads and
 //! the short-name rules): `unqualified-search-registries`, `short-name-mode`, `[aliases]` and
-//! `[[registry]]` tables with `prefix`, `location`, `insecure`, `blocked` and
-//! `[[registry.mirror]]` (`location`, `insecure`).
+//! `[[registry]]` tables with `prefix`, `location`, `insecure`, `blocked`,
+//! `mirror-by-digest-only` and `[[registry.mirror]]` (`location`, `insecure`,
+//! `pull-from-mirror`: a `digest-only` mirror never serves a pull by tag, a `tag-only` one never
+//! a pull by digest; image-rs ignores the key).
 //!
 //! [`RegistryConfig::sources`] turns a reference into the places to try, in order. Only a short
 //! name (no registry component: `busybox`, `team/app`) is resolved: through its `[aliases]`
@@ -43,8 +45,20 @@ struct Mirror {
     location: String,
     #[serde(default)]
     insecure: bool,
+    /// `all` (unset or empty), `digest-only` or `tag-only`.
     #[serde(default, rename = "pull-from-mirror")]
-    _pull_from_mirror: Option<String>,
+    pull_from_mirror: Option<String>,
+}
+
+impl Mirror {
+    /// Whether this mirror serves a pull by digest (`true`) or by tag (`false`).
+    fn serves(&self, by_digest: bool) -> bool {
+        match self.pull_from_mirror.as_deref().unwrap_or_default() {
+            "digest-only" => by_digest,
+            "tag-only" => !by_digest,
+            _ => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +178,26 @@ impl RegistryConfig {
             }
             for m in &r.mirror {
                 check_location(&m.location)?;
+                match m.pull_from_mirror.as_deref() {
+                    None => {}
+                    Some(_) if r.mirror_by_digest_only => {
+                        return Err(RegistriesError(format!(
+                            "[[registry]] prefix {:?}: mirror-by-digest-only and a mirror's \
+                             pull-from-mirror cannot both be set; use pull-from-mirror = \
+                             \"digest-only\" on each mirror",
+                            crate::digest::clipped(&r.prefix)
+                        )));
+                    }
+                    Some("" | "all" | "digest-only" | "tag-only") => {}
+                    Some(other) => {
+                        return Err(RegistriesError(format!(
+                            "[[registry.mirror]] {:?}: pull-from-mirror {:?} is not \"all\", \
+                             \"digest-only\" or \"tag-only\"",
+                            crate::digest::clipped(&m.location),
+                            crate::digest::clipped(other)
+                        )));
+                    }
+                }
             }
         }
         for s in &config.unqualified_search_registries {
@@ -262,8 +296,9 @@ impl RegistryConfig {
                 continue;
             }
             let rest = &name[len..];
-            if !(rule.mirror_by_digest_only && candidate.digest.is_none()) {
-                for m in &rule.mirror {
+            let by_digest = candidate.digest.is_some();
+            if by_digest || !rule.mirror_by_digest_only {
+                for m in rule.mirror.iter().filter(|m| m.serves(by_digest)) {
                     out.push(Source {
                         reference: relocate(&candidate, &m.location, rest)?,
                         insecure: m.insecure,
@@ -510,6 +545,42 @@ location = "proxy.corp.io"
         }
         for (_, l) in logical("quay.io/a/b:c") {
             assert_eq!(l, "quay.io/a/b:c");
+        }
+    }
+
+    #[test]
+    fn mirrors_serve_only_the_pulls_their_pull_from_mirror_allows() {
+        let conf = "[[registry]]\nprefix = \"quay.io/a\"\nlocation = \"quay.io/a\"\n\
+                    [[registry.mirror]]\nlocation = \"digests.local/a\"\npull-from-mirror = \"digest-only\"\n\
+                    [[registry.mirror]]\nlocation = \"tags.local/a\"\npull-from-mirror = \"tag-only\"\n\
+                    [[registry.mirror]]\nlocation = \"all.local/a\"\npull-from-mirror = \"all\"\n\
+                    [[registry.mirror]]\nlocation = \"default.local/a\"\n";
+        // A mirror trusted with digests only never answers a tag.
+        assert_eq!(
+            resolve(conf, "quay.io/a/app:v1").expect("ok"),
+            vec![
+                "tags.local/a/app:v1",
+                "all.local/a/app:v1",
+                "default.local/a/app:v1",
+                "quay.io/a/app:v1"
+            ]
+        );
+        let d = format!("sha256:{}", "2".repeat(64));
+        assert_eq!(
+            resolve(conf, &format!("quay.io/a/app@{d}")).expect("ok"),
+            vec![
+                format!("digests.local/a/app@{d}"),
+                format!("all.local/a/app@{d}"),
+                format!("default.local/a/app@{d}"),
+                format!("quay.io/a/app@{d}")
+            ]
+        );
+        for bad in [
+            "[[registry]]\nlocation = \"q.io\"\n[[registry.mirror]]\nlocation = \"m.io\"\npull-from-mirror = \"sometimes\"",
+            "[[registry]]\nlocation = \"q.io\"\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = \"m.io\"\npull-from-mirror = \"all\"",
+            "[[registry]]\nlocation = \"q.io\"\npull-from-mirror = \"all\"",
+        ] {
+            assert!(RegistryConfig::parse(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 
