@@ -5,11 +5,15 @@
 //! - [`reference`]: image references (`docker.io` and `library/` defaults, tags, digests).
 //! - [`config`]: the `[image]` table of `cdh.toml` with image-rs's keys and defaults.
 //! - [`auth`]: credentials from a containers `auth.json`; [`challenge`]: `WWW-Authenticate`.
-//! - [`registries`]: `registries.conf` mirrors, remapping, blocking and insecure registries.
+//! - [`registries`]: `registries.conf` mirrors, remapping, blocking and insecure registries;
+//!   short names (only those) resolved through `[aliases]` and the search list as
+//!   `short-name-mode` allows.
 //! - [`manifest`]: OCI and Docker v2 schema 2 manifests and indexes (the guest's platform is
 //!   chosen), configurations, layer media types, and the size and count bounds.
 //! - [`client`]: the HTTP client (rustls; extra roots; proxies) and per-repository sessions
-//!   (Bearer tokens or Basic, retries with backoff, bounded replies).
+//!   (Bearer tokens or Basic answered only for the registry's origin, redirects followed by
+//!   hand with credentials for that origin only and never out of TLS, one retry budget per
+//!   fetch, bounded replies).
 //! - [`pull`]: [`Puller`] — layers fetched concurrently, each in one pass: the blob is hashed
 //!   as it streams, resumed with `Range` after a dropped connection, decompressed (gzip, zstd
 //!   or none) and hashed again against its diff_id on its way into the layer store
