@@ -53,6 +53,8 @@ impl Default for GuestPull {
 /// A root filesystem prepared by a guest pull.
 #[derive(Debug)]
 pub struct Pulled {
+    /// `<base>/<container id>`, made by this pull: removed with the container.
+    pub bundle: PathBuf,
     /// `<bundle>/rootfs`.
     pub rootfs: PathBuf,
     /// Whether it is a mount (a pulled image) to undo when the container goes.
@@ -106,33 +108,39 @@ impl GuestPull {
             )));
         }
         let bundle = self.base.join(&id);
-        std::fs::create_dir_all(&bundle).map_err(|e| {
-            AgentError::internal(
-                format!("cannot create {}", crate::error::quoted(&bundle)),
-                e,
-            )
-        })?;
+        self.make_bundle(&bundle)?;
         let annotations = req.OCI.as_ref().map(|s| &s.Annotations);
         let sandbox = is_sandbox(&volume.metadata) || annotations.is_some_and(is_sandbox);
-        let pulled = if sandbox {
-            self.unpack_pause(&bundle)?
+        let result = if sandbox {
+            self.unpack_pause(&bundle)
         } else {
             let image = storage.source.clone();
-            let digest = cdh
-                .pull_image(&image, &bundle.display().to_string())
+            cdh.pull_image(&image, &bundle.display().to_string())
                 .await
                 .map_err(|reason| {
                     AgentError::FailedPrecondition(format!(
                         "storage image_guest_pull: cannot pull {}: {reason}",
                         crate::error::quoted(Path::new(&image))
                     ))
-                })?;
-            tracing::info!(container = %id, image = %image, digest = %digest, "image pulled in the guest");
-            Pulled {
-                rootfs: bundle.join("rootfs"),
-                mounted: true,
-                process: None,
-                manifest_digest: digest,
+                })
+                .map(|digest| {
+                    tracing::info!(container = %id, image = %image, digest = %digest, "image pulled in the guest");
+                    Pulled {
+                        rootfs: bundle.join("rootfs"),
+                        bundle: bundle.clone(),
+                        mounted: true,
+                        process: None,
+                        manifest_digest: digest,
+                    }
+                })
+        };
+        let pulled = match result {
+            Ok(pulled) => pulled,
+            Err(e) => {
+                // Whatever the pull left (a mount the CDH made before it failed, a copied
+                // pause binary) goes with the bundle made above.
+                crate::runtime::release_pulled_bundle(&bundle);
+                return Err(e);
             }
         };
         req.storages.remove(index);
@@ -142,6 +150,30 @@ impl GuestPull {
             .mut_or_insert_default()
             .Path = pulled.rootfs.display().to_string();
         Ok(Some(pulled))
+    }
+
+    /// Makes `bundle` (its parent, the base, as needed): a bundle directory that already exists
+    /// is refused, never reused — it is another container's, a leftover, or planted.
+    fn make_bundle(&self, bundle: &Path) -> Result<(), AgentError> {
+        std::fs::create_dir_all(&self.base).map_err(|e| {
+            AgentError::internal(
+                format!("cannot create {}", crate::error::quoted(&self.base)),
+                e,
+            )
+        })?;
+        match std::fs::create_dir(bundle) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                tracing::warn!(bundle = %bundle.display(), "the container bundle already exists (an earlier container's leftover, or put there by something else): not reused");
+                Err(AgentError::AlreadyExists {
+                    what: format!("the container bundle {}", crate::error::quoted(bundle)),
+                })
+            }
+            Err(e) => Err(AgentError::internal(
+                format!("cannot create {}", crate::error::quoted(bundle)),
+                e,
+            )),
+        }
     }
 
     /// The pause bundle's `config.json` and pause binary under `bundle`; its process.
@@ -188,6 +220,7 @@ impl GuestPull {
             .map_err(|e| missing(format!("cannot copy config.json ({e})")))?;
         Ok(Pulled {
             rootfs,
+            bundle: bundle.to_path_buf(),
             mounted: false,
             process: Some(process),
             manifest_digest: String::new(),
@@ -305,11 +338,14 @@ mod tests {
         let mut req = request("app1", r#"{"metadata":{}}"#);
         let e = pull.prepare(&cdh, &mut req).await.expect_err("no CDH");
         assert!(e.to_string().contains("cannot pull"), "{e}");
+        // The bundle the failed pull made is gone again.
+        assert!(!dir.join("base/app1").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A bundle that already exists with a symlink at the pause binary's name (a running
-    /// container's rootfs, say): refused, and nothing is written through the link.
+    /// container's rootfs, say): refused, nothing is written through the link, and the
+    /// existing bundle is left as it was (it is not this request's to remove).
     #[tokio::test]
     async fn a_symlink_at_the_pause_binary_is_not_written_through() {
         let dir = std::env::temp_dir().join(format!("guest-pull-link-{}", std::process::id()));
@@ -340,8 +376,16 @@ mod tests {
             r#"{"metadata":{"io.kubernetes.cri.container-type":"sandbox"}}"#,
         );
         let e = pull.prepare(&cdh, &mut req).await.expect_err("refused");
-        assert!(e.to_string().contains("pause binary"), "{e}");
+        assert!(matches!(e, AgentError::AlreadyExists { .. }), "{e}");
+        assert!(e.to_string().contains("bundle"), "{e}");
         assert_eq!(std::fs::read(&victim).expect("victim"), b"guest file");
+        assert!(
+            std::fs::symlink_metadata(rootfs.join("pause"))
+                .expect("the link stays")
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(req.storages.len(), 1, "the request is left as it was");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

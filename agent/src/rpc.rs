@@ -232,10 +232,15 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check("CreateContainer", &req).await?;
+        // The id first: a duplicate is refused before the CDH is asked for anything (secrets,
+        // an image pull) or a bundle is made.
+        let reservation = self.runtime.reserve(&req.container_id)?;
         let mut req = req;
         self.cdh.unseal_env(&mut req).await?;
         let pulled = self.guest_pull.prepare(&self.cdh, &mut req).await?;
-        self.runtime.create_container_pulled(&req, pulled).await?;
+        self.runtime
+            .create_container_pulled(&reservation, &req, pulled)
+            .await?;
         Ok(Empty::new())
     }
 

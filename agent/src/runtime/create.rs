@@ -19,56 +19,92 @@ impl Runtime {
         &self,
         request: &agent::CreateContainerRequest,
     ) -> Result<(), AgentError> {
-        self.create_container_pulled(request, None).await
+        let reservation = self.reserve(&request.container_id)?;
+        self.create_container_pulled(&reservation, request, None)
+            .await
     }
 
-    /// CreateContainer with a root filesystem a guest pull prepared ([`crate::guest_pull`]):
-    /// released with the container (or now, if the creation fails); its process, when it has
-    /// one (the pause bundle's), replaces the request's.
-    pub async fn create_container_pulled(
-        &self,
-        request: &agent::CreateContainerRequest,
-        pulled: Option<crate::guest_pull::Pulled>,
-    ) -> Result<(), AgentError> {
-        let pulled_rootfs = pulled
-            .as_ref()
-            .map(|p| storage::Mounted::pulled(p.rootfs.clone(), p.mounted));
-        // On a failure the pulled root filesystem goes too (a second release of it, when the
-        // storages were already released, finds nothing mounted and does nothing).
-        self.create_with(request, pulled).await.inspect_err(|_| {
-            if let Some(m) = &pulled_rootfs {
-                m.release();
-            }
+    /// Claims the container id `id` for a CreateContainer, until the returned guard is dropped:
+    /// a second request for the same id, even one that arrives while the first is still
+    /// creating (pulling its image, say), is refused ALREADY_EXISTS rather than sharing (and
+    /// later deleting) the first one's storages and bundle. Take it before anything touches
+    /// the disk or the confidential data hub.
+    pub fn reserve(&self, id: &str) -> Result<Reservation<'_>, AgentError> {
+        check_id(id, "container_id")?;
+        let containers = self
+            .containers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        if containers.contains_key(id) || !creating.insert(id.to_owned()) {
+            return Err(AgentError::AlreadyExists {
+                what: format!("container {id:?}"),
+            });
+        }
+        Ok(Reservation {
+            creating: &self.creating,
+            id: id.to_owned(),
         })
     }
 
-    async fn create_with(
+    /// CreateContainer for the id `reservation` holds, with a root filesystem a guest pull
+    /// prepared ([`crate::guest_pull`]): released with the container (or now, with its bundle,
+    /// if the creation fails); its process, when it has one (the pause bundle's), replaces the
+    /// request's.
+    pub async fn create_container_pulled(
         &self,
+        reservation: &Reservation<'_>,
         request: &agent::CreateContainerRequest,
         pulled: Option<crate::guest_pull::Pulled>,
     ) -> Result<(), AgentError> {
+        let pulled_storage = pulled.as_ref().map(storage::Mounted::pulled);
+        let process = pulled.and_then(|p| p.process);
+        if reservation.id == request.container_id {
+            self.create_with(request, process, pulled_storage).await
+        } else {
+            // The reservation is for another id: a caller's mistake, refused as unsafe.
+            pulled_storage.iter().for_each(storage::Mounted::release);
+            Err(AgentError::internal(
+                "CreateContainer",
+                format!(
+                    "container {:?} was not reserved (the reservation is for {:?})",
+                    request.container_id, reservation.id
+                ),
+            ))
+        }
+    }
+
+    /// Creates the container; on a failure every storage, `pulled` included, is released.
+    async fn create_with(
+        &self,
+        request: &agent::CreateContainerRequest,
+        process: Option<oci_spec::runtime::Process>,
+        pulled: Option<storage::Mounted>,
+    ) -> Result<(), AgentError> {
         let id = request.container_id.clone();
-        check_id(&id, "container_id")?;
-        // Reserved before anything touches the disk: a second request for the same id, even
-        // one that arrives while this one is still creating, is refused rather than sharing
-        // (and later deleting) this one's storages and bundle.
-        let _reservation = self.reserve(&id)?;
-        let mut spec = spec::oci_spec(&request.OCI)
-            .map_err(|e| AgentError::InvalidArgument(error_chain(&e)))?;
-        let mut pulled_storage = None;
-        if let Some(p) = pulled {
-            if let Some(process) = p.process {
-                spec.set_process(Some(process));
+        let mut spec = match spec::oci_spec(&request.OCI) {
+            Ok(spec) => spec,
+            Err(e) => {
+                pulled.iter().for_each(storage::Mounted::release);
+                return Err(AgentError::InvalidArgument(error_chain(&e)));
             }
-            pulled_storage = Some(storage::Mounted::pulled(p.rootfs, p.mounted));
+        };
+        if let Some(process) = process {
+            spec.set_process(Some(process));
         }
         if let Some(process) = spec.process_mut() {
             spec::pin_groups(process);
         }
 
-        let mut storages = storage::prepare_all(&request.storages)?;
+        let mut storages = match storage::prepare_all(&request.storages) {
+            Ok(storages) => storages,
+            Err(e) => {
+                pulled.iter().for_each(storage::Mounted::release);
+                return Err(e);
+            }
+        };
         // Last: released after the container's other storages, which may sit inside it.
-        storages.extend(pulled_storage);
+        storages.extend(pulled);
         let result = self.create_prepared(&id, &request.exec_id, &mut spec).await;
         match result {
             Ok((bundle, init)) => {
@@ -98,24 +134,6 @@ impl Runtime {
                 Err(e)
             }
         }
-    }
-
-    /// Claims `id` for a container being created, until the returned guard is dropped.
-    fn reserve(&self, id: &str) -> Result<Reservation<'_>, AgentError> {
-        let containers = self
-            .containers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
-        if containers.contains_key(id) || !creating.insert(id.to_owned()) {
-            return Err(AgentError::AlreadyExists {
-                what: format!("container {id:?}"),
-            });
-        }
-        Ok(Reservation {
-            creating: &self.creating,
-            id: id.to_owned(),
-        })
     }
 
     async fn create_prepared(
@@ -296,9 +314,10 @@ fn apply_network_sysctls(spec: &mut Spec) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// A container id claimed by a CreateContainer in progress; released when dropped (by then the
-/// container is in the runtime's map, or its creation failed).
-struct Reservation<'a> {
+/// A container id claimed by a CreateContainer in progress ([`Runtime::reserve`]); released
+/// when dropped (by then the container is in the runtime's map, or its creation failed).
+#[derive(Debug)]
+pub struct Reservation<'a> {
     creating: &'a Mutex<HashSet<String>>,
     id: String,
 }

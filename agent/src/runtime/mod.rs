@@ -39,10 +39,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::AgentError;
+pub use create::Reservation;
 use helper::Helper;
 use io::ProcessIo;
 use peerpod_text::error_chain;
 use reaper::{ExitSlot, Reaper};
+pub(crate) use storage::release_bundle as release_pulled_bundle;
 
 /// Where the runtime keeps its files, and how it starts helpers.
 #[derive(Debug, Clone)]

@@ -18,27 +18,51 @@ use crate::error::AgentError;
 pub(crate) struct Mounted {
     mount_point: PathBuf,
     mounted: bool,
+    /// A directory the storage made, removed (after the unmount) on release: a guest pull's
+    /// bundle.
+    made: Option<PathBuf>,
 }
 
 impl Mounted {
-    /// A guest-pulled root filesystem: unmounted with the container when it is a mount.
-    pub(crate) fn pulled(rootfs: PathBuf, mounted: bool) -> Self {
+    /// A guest-pulled root filesystem in `bundle`: unmounted with the container when it is a
+    /// mount, then the bundle removed.
+    pub(crate) fn pulled(pulled: &crate::guest_pull::Pulled) -> Self {
         Self {
-            mount_point: rootfs,
-            mounted,
+            mount_point: pulled.rootfs.clone(),
+            mounted: pulled.mounted,
+            made: Some(pulled.bundle.clone()),
         }
     }
 
-    /// Unmounts, lazily, so that a busy mount still goes away.
+    /// Unmounts, lazily, so that a busy mount still goes away; then removes the directory the
+    /// storage made, if any (never following a symlink or entering a mount in it). Releasing
+    /// twice is harmless.
     pub(crate) fn release(&self) {
         if self.mounted
             && let Err(e) = umount2(&self.mount_point, MntFlags::MNT_DETACH)
-            // Not a mount (any more): nothing to undo.
+            // Not a mount (any more), or gone: nothing to undo.
             && e != nix::errno::Errno::EINVAL
+            && e != nix::errno::Errno::ENOENT
         {
             tracing::warn!(mount_point = %self.mount_point.display(), error = %e, "cannot unmount storage");
         }
+        if let Some(dir) = &self.made
+            && let Err(e) = crate::tree::remove_tree(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the storage's directory");
+        }
     }
+}
+
+/// Undoes what a guest pull left in `bundle` when the container is never made: the
+/// `rootfs` mount, if there is one, then the bundle directory.
+pub(crate) fn release_bundle(bundle: &Path) {
+    Mounted {
+        mount_point: bundle.join("rootfs"),
+        mounted: true,
+        made: Some(bundle.to_path_buf()),
+    }
+    .release();
 }
 
 /// Prepares every storage, or none: on a failure, those already mounted are released.
@@ -59,6 +83,21 @@ pub(crate) fn prepare_all(storages: &[Storage]) -> Result<Vec<Mounted>, AgentErr
 /// Prepares one storage.
 fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
     let mount_point = checked_path(&storage.mount_point, "mount_point")?;
+    // Refused before its mount point is made: an unsupported storage leaves nothing behind.
+    match storage.driver.as_str() {
+        "local" | "ephemeral" | "bind" => {}
+        "image_guest_pull" => {
+            return Err(AgentError::InvalidArgument(
+                "storage driver image_guest_pull is for CreateContainer (one per container)"
+                    .to_owned(),
+            ));
+        }
+        other => {
+            return Err(AgentError::FailedPrecondition(format!(
+                "storage driver {other:?} is not supported by this agent (supported: ephemeral, local, bind)"
+            )));
+        }
+    }
     std::fs::create_dir_all(&mount_point).map_err(|e| {
         AgentError::internal(
             format!("cannot create {}", crate::error::quoted(&mount_point)),
@@ -69,6 +108,7 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
         "local" => Ok(Mounted {
             mount_point,
             mounted: false,
+            made: None,
         }),
         "ephemeral" => {
             let (flags, data) = mount_options(&storage.options);
@@ -101,6 +141,7 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
             Ok(Mounted {
                 mount_point,
                 mounted: true,
+                made: None,
             })
         }
         "bind" => {
@@ -126,6 +167,7 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
             let mounted = Mounted {
                 mount_point,
                 mounted: true,
+                made: None,
             };
             // The kernel ignores `ro`, `nosuid`, `nodev` and `noexec` when it makes a bind
             // mount; they take effect only through a remount, one mount at a time: every mount
@@ -146,9 +188,6 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
             }
             Ok(mounted)
         }
-        "image_guest_pull" => Err(AgentError::InvalidArgument(
-            "storage driver image_guest_pull is for CreateContainer (one per container)".to_owned(),
-        )),
         other => Err(AgentError::FailedPrecondition(format!(
             "storage driver {other:?} is not supported by this agent (supported: ephemeral, local, bind)"
         ))),

@@ -7,6 +7,7 @@
 mod common;
 mod support;
 
+mod bundles;
 mod exec;
 mod guest_pull;
 mod leaks;
