@@ -86,11 +86,11 @@ impl Visitor for Setter<'_> {
         false
     }
 
-    fn leave(&mut self, dir: BorrowedFd<'_>, parent: Option<(BorrowedFd<'_>, &CStr)>) {
-        let result = rfs::fstat(dir).and_then(|st| match self.times.remove(&st.st_ino) {
+    fn leave(&mut self, dir: BorrowedFd<'_>, ino: u64, parent: Option<(BorrowedFd<'_>, &CStr)>) {
+        let result = match self.times.remove(&ino) {
             Some(times) => rfs::futimens(dir, &times),
             None => Ok(()),
-        });
+        };
         if let Err(e) = result {
             let name = parent.map_or(Vec::new(), |(_, name)| name.to_bytes().to_vec());
             self.error.get_or_insert((name, e));

@@ -164,7 +164,7 @@ impl Visitor for Remover {
         false
     }
 
-    fn leave(&mut self, _dir: BorrowedFd<'_>, parent: Option<(BorrowedFd<'_>, &CStr)>) {
+    fn leave(&mut self, _dir: BorrowedFd<'_>, _ino: u64, parent: Option<(BorrowedFd<'_>, &CStr)>) {
         if let Some((parent, name)) = parent {
             self.rmdir(parent, name);
         }

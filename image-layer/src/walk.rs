@@ -1,4 +1,4 @@
-//! Depth-first walks over a directory tree holding at most three descriptors whatever its
+//! Depth-first walks over a directory tree holding at most two descriptors whatever its
 //! depth (a recursive walk holds one per level: a tree 2,000 levels deep exhausts a
 //! `LimitNOFILE` of 1024).
 //!
@@ -40,9 +40,9 @@ pub(crate) trait Visitor {
     /// mount. Answer `true` to try once more (after making it accessible, say).
     fn open_failed(&mut self, dir: BorrowedFd<'_>, name: &CStr, e: Errno) -> bool;
 
-    /// Everything below the open directory `dir` has been visited. `parent` is the open
-    /// directory holding it and its name there; `None` for the root of the walk.
-    fn leave(&mut self, dir: BorrowedFd<'_>, parent: Option<(BorrowedFd<'_>, &CStr)>);
+    /// Everything below the open directory `dir` (inode `ino`) has been visited. `parent` is
+    /// the open directory holding it and its name there; `None` for the root of the walk.
+    fn leave(&mut self, dir: BorrowedFd<'_>, ino: u64, parent: Option<(BorrowedFd<'_>, &CStr)>);
 
     /// Whether the walk may stop now.
     fn done(&self) -> bool {
@@ -122,17 +122,17 @@ pub(crate) fn walk(root: OwnedFd, visitor: &mut impl Visitor) -> Result<(), Errn
         place: root_place,
         pending: Vec::new(),
     }];
-    let mut cur = root;
+    // The directory being visited, listed through its own descriptor.
+    let mut cur = Dir::new(root)?;
     if let Some(top) = stack.last_mut() {
-        list(cur.as_fd(), visitor, &mut top.pending)?;
+        list(&mut cur, visitor, &mut top.pending)?;
     }
     while let Some(top) = stack.last_mut() {
         if visitor.done() {
             return Ok(());
         }
         if let Some(name) = top.pop() {
-            let Some((child, child_place)) = enter(cur.as_fd(), &name, &root_place, visitor)?
-            else {
+            let Some((child, child_place)) = enter(cur.fd()?, &name, &root_place, visitor)? else {
                 continue;
             };
             let mut frame = Frame {
@@ -140,44 +140,44 @@ pub(crate) fn walk(root: OwnedFd, visitor: &mut impl Visitor) -> Result<(), Errn
                 place: child_place,
                 pending: Vec::new(),
             };
-            list(child.as_fd(), visitor, &mut frame.pending)?;
+            let mut child = Dir::new(child)?;
+            list(&mut child, visitor, &mut frame.pending)?;
             stack.push(frame);
             cur = child;
             continue;
         }
         let Some(done) = stack.pop() else { break };
         let Some(up) = stack.last() else {
-            visitor.leave(cur.as_fd(), None);
+            visitor.leave(cur.fd()?, done.place.ino, None);
             return Ok(());
         };
-        let parent = rfs::openat(&cur, c"..", OPEN_DIR, Mode::empty())?;
+        let parent = rfs::openat(cur.fd()?, c"..", OPEN_DIR, Mode::empty())?;
         let parent_place = place(parent.as_fd())?;
         if (parent_place.dev, parent_place.ino) != (up.place.dev, up.place.ino) {
             // Renamed elsewhere while we were below it.
             return Err(Errno::STALE);
         }
-        visitor.leave(cur.as_fd(), Some((parent.as_fd(), &done.name)));
-        cur = parent;
+        visitor.leave(
+            cur.fd()?,
+            done.place.ino,
+            Some((parent.as_fd(), &done.name)),
+        );
+        cur = Dir::new(parent)?;
     }
     Ok(())
 }
 
-/// Lists `dir` (through a second descriptor, closed before returning), handing every entry to
-/// the visitor and keeping the subdirectories it wants visited.
-fn list(
-    dir: BorrowedFd<'_>,
-    visitor: &mut impl Visitor,
-    pending: &mut Vec<u8>,
-) -> Result<(), Errno> {
-    let mut entries = Dir::read_from(dir)?;
-    while let Some(entry) = entries.read() {
+/// Lists `dir`, handing every entry to the visitor and keeping the subdirectories it wants
+/// visited.
+fn list(dir: &mut Dir, visitor: &mut impl Visitor, pending: &mut Vec<u8>) -> Result<(), Errno> {
+    while let Some(entry) = dir.read() {
         let entry = entry?;
         let name = entry.file_name();
         let bytes = name.to_bytes();
         if bytes == b"." || bytes == b".." {
             continue;
         }
-        if visitor.entry(dir, name, entry.file_type()) == Step::Descend {
+        if visitor.entry(dir.fd()?, name, entry.file_type()) == Step::Descend {
             pending.extend_from_slice(name.to_bytes_with_nul());
         }
     }
@@ -245,4 +245,80 @@ pub(crate) fn make_accessible(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Er
 pub(crate) fn make_writable(dir: BorrowedFd<'_>) -> Result<(), Errno> {
     let st = rfs::fstat(dir)?;
     rfs::fchmod(dir, Mode::from_bits_retain((st.st_mode & 0o7777) | 0o700))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// Records entries; moves `from` to `to` when it lists `trigger`.
+    struct Mover {
+        seen: Vec<Vec<u8>>,
+        left: Vec<Vec<u8>>,
+        trigger: &'static [u8],
+        from: PathBuf,
+        to: PathBuf,
+    }
+
+    impl Visitor for Mover {
+        fn entry(&mut self, dir: BorrowedFd<'_>, name: &CStr, file_type: FileType) -> Step {
+            self.seen.push(name.to_bytes().to_vec());
+            if name.to_bytes() == self.trigger {
+                std::fs::rename(&self.from, &self.to).unwrap();
+            }
+            if is_dir(dir, name, file_type) {
+                Step::Descend
+            } else {
+                Step::Skip
+            }
+        }
+
+        fn open_failed(&mut self, _: BorrowedFd<'_>, _: &CStr, e: Errno) -> bool {
+            panic!("unexpected {e}");
+        }
+
+        fn leave(&mut self, _: BorrowedFd<'_>, _: u64, parent: Option<(BorrowedFd<'_>, &CStr)>) {
+            self.left
+                .push(parent.map_or(b"<root>".to_vec(), |(_, n)| n.to_bytes().to_vec()));
+        }
+    }
+
+    /// A directory moved out of the tree while the walk is below it: climbing back through
+    /// `..` would land outside, so the walk stops instead of listing what is there.
+    #[test]
+    fn a_tree_moved_under_the_walk_stops_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir_all(tree.join("x/y/z")).unwrap();
+        std::fs::write(tree.join("x/y/z/file"), b"").unwrap();
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        std::fs::write(tmp.path().join("outside/sentinel"), b"").unwrap();
+        let root = rfs::open(&tree, OPEN_DIR, Mode::empty()).unwrap();
+        let mut mover = Mover {
+            seen: Vec::new(),
+            left: Vec::new(),
+            trigger: b"z",
+            from: tree.join("x"),
+            to: tmp.path().join("outside/x"),
+        };
+        assert_eq!(walk(root, &mut mover).unwrap_err(), Errno::STALE);
+        assert_eq!(mover.left, vec![b"z".to_vec(), b"y".to_vec()]);
+        assert!(!mover.seen.iter().any(|n| n == b"sentinel"));
+
+        // Undisturbed, every directory is left once, the root last.
+        let root = rfs::open(tmp.path().join("outside"), OPEN_DIR, Mode::empty()).unwrap();
+        let mut plain = Mover {
+            trigger: b"",
+            seen: Vec::new(),
+            left: Vec::new(),
+            from: PathBuf::new(),
+            to: PathBuf::new(),
+        };
+        walk(root, &mut plain).unwrap();
+        assert_eq!(plain.left, vec![&b"z"[..], b"y", b"x", b"<root>"]);
+        assert!(plain.seen.iter().any(|n| n == b"sentinel"));
+    }
 }
