@@ -135,8 +135,12 @@ impl Puller {
                 .and_then(|a| a.lookup(&source.reference).cloned());
             let had_credential = credential.is_some();
             let session = self.client.session(source, credential);
+            // The policy judges the image this source serves (`source.logical`): a short name
+            // found on a search registry, or resolved through an alias, is that registry's image,
+            // never Docker Hub's `library/` name as the reference parsed. Credentials stay those
+            // of the registry actually contacted (`source.reference`), as containers/image.
             let mut result = self
-                .pull_from(&reference, source, &session, verifier.as_deref())
+                .pull_from(&source.logical, source, &session, verifier.as_deref())
                 .await;
             // As image-rs: a registry that refuses the configured credentials (an expired
             // token, say) may still serve the image anonymously, when the configuration says so.
@@ -147,7 +151,7 @@ impl Puller {
                 tracing::warn!(source = %source.reference, "the registry refused the configured credentials; retrying anonymously (anonymous_fallback_on_unauthorized)");
                 let anonymous = self.client.session(source, None);
                 result = self
-                    .pull_from(&reference, source, &anonymous, verifier.as_deref())
+                    .pull_from(&source.logical, source, &anonymous, verifier.as_deref())
                     .await;
             }
             match result {
@@ -341,6 +345,8 @@ impl Puller {
             .cloned()
     }
 
+    /// Pulls from one `source`; `original` is the image it serves (`source.logical`): the name
+    /// the signature policy judges and errors name.
     async fn pull_from(
         &self,
         original: &Reference,
