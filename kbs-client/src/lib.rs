@@ -3,7 +3,9 @@
 //!
 //! - [`http_client`] builds the reqwest client for a KBS URL: a configured certificate is the
 //!   only trust (see [`tls`], which also accepts a pinned self-signed certificate); without one,
-//!   `https` uses the system's roots and plain HTTP loads none.
+//!   `https` uses the system's roots and plain HTTP loads none. It follows no redirect: the
+//!   token and the session cookie go to the configured KBS only, and [`checked`] turns a
+//!   redirect into an error naming the origin it pointed to.
 //! - [`get_resource`] fetches `/kbs/v0/resource/<path>` with a token and opens the JWE with the
 //!   TEE key; [`checked`] turns an error answer into a [`StatusError`] carrying the KBS's error
 //!   type and detail.
@@ -116,6 +118,13 @@ pub enum ClientError {
 
 /// A client for the KBS at `url`, trusting only `cert` (PEM) when given; requests time out
 /// after `timeout` (connecting after at most 10 s).
+///
+/// Redirects are not followed (upstream's kbs_protocol keeps reqwest's default, which follows
+/// ten). reqwest re-sends the first request's headers on every hop and drops them only on the
+/// hop that changes origin, and its cookie store sends a host's cookies to any port of that
+/// host: a KBS stand-in redirecting to another origin that redirects to itself would get the
+/// bearer token, and one on another port of the KBS's host the session cookie. Trustee's KBS
+/// answers its API without redirects, so a redirect is an error ([`checked`]).
 pub fn http_client(
     url: &str,
     cert: Option<&str>,
@@ -132,6 +141,7 @@ pub fn http_client(
     };
     builder
         .cookie_store(cookies)
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10).min(timeout))
         .timeout(timeout)
         .user_agent(user_agent)
@@ -197,11 +207,19 @@ impl StatusError {
     }
 }
 
-/// Passes a successful response; turns an error status into a [`StatusError`].
+/// Passes a successful response; turns an error status into a [`StatusError`], and a redirect
+/// (which [`http_client`] does not follow) into one naming the origin it points to.
 pub async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, StatusError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
+    }
+    if status.is_redirection() {
+        return Err(StatusError {
+            status: status.as_u16(),
+            detail: redirect_detail(&resp),
+            kind: None,
+        });
     }
     let mut kind = None;
     let detail = match read_body(resp, MAX_ERROR_BODY).await {
@@ -225,6 +243,45 @@ pub async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, Statu
         detail,
         kind,
     })
+}
+
+/// Why a redirect is refused, naming the origin (scheme, host, port) it points to, never its
+/// path or query.
+fn redirect_detail(resp: &reqwest::Response) -> String {
+    let from = origin(resp.url());
+    let target = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|location| resp.url().join(location));
+    let to = match target {
+        None => {
+            return format!(
+                "a redirect without a usable Location from {from}; a KBS is never followed through redirects"
+            );
+        }
+        Some(Err(_)) => {
+            return format!(
+                "a redirect to an unparseable Location from {from}; a KBS is never followed through redirects"
+            );
+        }
+        Some(Ok(url)) => origin(&url),
+    };
+    format!(
+        "a redirect to {to}, not followed: the KBS token and session go only to the configured \
+         KBS {from}; if {to} is the KBS, configure its URL instead"
+    )
+}
+
+/// `scheme://host:port` of `url` (printable, bounded), or its scheme when it has no host.
+fn origin(url: &reqwest::Url) -> String {
+    let origin = url.origin();
+    let text = if origin.is_tuple() {
+        origin.ascii_serialization()
+    } else {
+        format!("a {}: URL", url.scheme())
+    };
+    printable(&text, 300)
 }
 
 /// At most `max` characters of `text`, control characters replaced: text from a KBS or an
