@@ -46,7 +46,9 @@ pub fn install_crypto_provider() {
 
 /// A client builder for `url` trusting the system's roots for `https`. For plain HTTP no roots
 /// are loaded: a pod VM image may have none, and loading them would fail for a client that
-/// never uses TLS.
+/// never uses TLS. It keeps reqwest's redirect policy (up to ten hops, each re-sending the
+/// first request's headers once the origin stops changing): requests carrying a KBS token or
+/// session go through [`http_client`], which follows none.
 pub fn http_builder(url: &str) -> reqwest::ClientBuilder {
     install_crypto_provider();
     let builder = reqwest::Client::builder();
