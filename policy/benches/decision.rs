@@ -350,6 +350,20 @@ fn main() {
             .unwrap_or(300)
     };
     println!("decision benchmark: {iters} iterations per measurement per thread");
+    // regorus reports a builtin's bad arguments (e.g. genpolicy's to_number on every
+    // environment value) as anyhow errors, which capture a stack trace when these are set:
+    // about 5 % of an exec decision, on both sides. The agent's service does not set them.
+    // RUST_LIB_BACKTRACE, when set, decides alone (as in std).
+    let capture = std::env::var("RUST_LIB_BACKTRACE")
+        .or_else(|_| std::env::var("RUST_BACKTRACE"))
+        .is_ok_and(|v| v != "0");
+    if capture {
+        println!(
+            "note: RUST_BACKTRACE or RUST_LIB_BACKTRACE is set, so regorus's builtin errors \
+             capture backtraces and both sides run slower than in the agent; run with \
+             `RUST_LIB_BACKTRACE=0`"
+        );
+    }
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only != "shared" {
         own_policy(iters);
