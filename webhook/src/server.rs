@@ -12,10 +12,11 @@
 //! - a review body: at most [`MAX_REVIEW_BYTES`] (HTTP 413), complete within [`BODY_TIMEOUT`]
 //!   of its headers (HTTP 408);
 //! - review bodies held at once, over all connections: at most [`MAX_BODY_BYTES_IN_FLIGHT`]
-//!   bytes, counted as they arrive. A body that finds the budget spent ends the oldest body
-//!   still arriving (answered HTTP 503: a real client's body arrives in milliseconds, so the
-//!   oldest incomplete one is a stalled sender's) and waits up to [`IN_FLIGHT_WAIT`] for the
-//!   room, else is answered 503 itself. A review's memory is about its body's size
+//!   bytes of body buffers (the declared length, or what has arrived rounded up to a power of
+//!   two). A body that finds the budget spent waits [`EVICT_AFTER`], then ends the oldest
+//!   body still arriving (answered HTTP 503: a real client's body arrives in milliseconds,
+//!   so one still incomplete after that is a stalled sender's) and waits up to
+//!   [`IN_FLIGHT_WAIT`] in all for the room, else is answered 503 itself. A review's memory is about its body's size
 //!   ([`crate::view`]), so this bounds the memory reviews take whatever the clients send.
 
 use std::collections::VecDeque;
@@ -59,6 +60,8 @@ pub const MAX_HEADER_BYTES: usize = 16 << 10;
 pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 16 << 20;
 /// How long a body waits for room under [`MAX_BODY_BYTES_IN_FLIGHT`] before HTTP 503.
 pub const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
+/// How long a body waits for room before it ends the oldest body still arriving.
+pub const EVICT_AFTER: Duration = Duration::from_millis(250);
 
 /// Things in progress (handshakes, bodies arriving), oldest first, each with the means to end
 /// it.
@@ -223,8 +226,44 @@ enum BodyRefusal {
     Broken(hyper::Error),
 }
 
-/// Reads a body of at most [`MAX_REVIEW_BYTES`], holding one in-flight permit per byte
-/// received (see the module documentation for what happens when none are left).
+/// The first allocation for a body whose length is not declared.
+const BODY_CHUNK: usize = 64 << 10;
+
+/// `n` bytes of room under [`MAX_BODY_BYTES_IN_FLIGHT`] for the body `id`: at once if free,
+/// else within [`EVICT_AFTER`], else after ending the oldest other body still arriving, in
+/// [`IN_FLIGHT_WAIT`] at most.
+async fn room(
+    shared: &Shared,
+    id: u64,
+    evicted: &mut oneshot::Receiver<()>,
+    n: usize,
+) -> Result<OwnedSemaphorePermit, BodyRefusal> {
+    let n = u32::try_from(n).map_err(|_| BodyRefusal::TooLarge)?;
+    if let Ok(p) = Arc::clone(&shared.in_flight).try_acquire_many_owned(n) {
+        return Ok(p);
+    }
+    // Reviews arriving together make room for each other within milliseconds; a body still
+    // arriving after that wait is a stalled sender's, older than this one.
+    let mut waited = Duration::ZERO;
+    for wait in [EVICT_AFTER, IN_FLIGHT_WAIT.saturating_sub(EVICT_AFTER)] {
+        if waited > Duration::ZERO {
+            Pending::evict_oldest_but(&shared.arriving, id);
+        }
+        let acquire =
+            tokio::time::timeout(wait, Arc::clone(&shared.in_flight).acquire_many_owned(n));
+        tokio::select! {
+            _ = &mut *evicted => return Err(BodyRefusal::Evicted),
+            got = acquire => if let Ok(Ok(p)) = got {
+                return Ok(p);
+            },
+        }
+        waited += wait;
+    }
+    Err(BodyRefusal::Busy)
+}
+
+/// Reads a body of at most [`MAX_REVIEW_BYTES`], holding one in-flight permit per byte of
+/// its buffer (see the module documentation for what happens when none are left).
 async fn read_body(
     shared: &Shared,
     declared: Option<usize>,
@@ -238,6 +277,7 @@ async fn read_body(
     let _arriving = Arriving(&shared.arriving, id);
     let mut permits = Vec::new();
     let mut buf = Vec::new();
+    let mut held = 0;
     let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
     loop {
         let frame = tokio::select! {
@@ -256,25 +296,19 @@ async fn read_body(
         if buf.len() + data.len() > MAX_REVIEW_BYTES {
             return Err(BodyRefusal::TooLarge);
         }
-        let n = u32::try_from(data.len()).map_err(|_| BodyRefusal::TooLarge)?;
-        let in_flight = Arc::clone(&shared.in_flight);
-        let permit = match Arc::clone(&in_flight).try_acquire_many_owned(n) {
-            Ok(p) => p,
-            Err(_) => {
-                Pending::evict_oldest_but(&shared.arriving, id);
-                let wait = tokio::time::timeout(IN_FLIGHT_WAIT, in_flight.acquire_many_owned(n));
-                tokio::select! {
-                    _ = &mut evicted => return Err(BodyRefusal::Evicted),
-                    got = wait => match got {
-                        Ok(Ok(p)) => p,
-                        _ => return Err(BodyRefusal::Busy),
-                    },
-                }
-            }
-        };
-        permits.push(permit);
-        if buf.is_empty() {
-            buf.reserve_exact(declared.max(data.len()));
+        let needed = buf.len() + data.len();
+        if needed > held {
+            // The buffer is the declared length, or grows by doubling when there is none (or
+            // a wrong one), and its whole capacity is counted: memory handed out, whether or
+            // not the bytes have arrived yet.
+            let grown = if declared >= needed {
+                declared
+            } else {
+                needed.max(held * 2).max(BODY_CHUNK).min(MAX_REVIEW_BYTES)
+            };
+            permits.push(room(shared, id, &mut evicted, grown - held).await?);
+            buf.reserve_exact(grown - buf.len());
+            held = grown;
         }
         buf.extend_from_slice(&data);
     }
