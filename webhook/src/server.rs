@@ -304,7 +304,7 @@ async fn read_body(
             let grown = if declared >= needed {
                 declared
             } else {
-                needed.max(held * 2).max(BODY_CHUNK).min(MAX_REVIEW_BYTES)
+                needed.max(held * 2).clamp(BODY_CHUNK, MAX_REVIEW_BYTES)
             };
             permits.push(room(shared, id, &mut evicted, grown - held).await?);
             buf.reserve_exact(grown - buf.len());
