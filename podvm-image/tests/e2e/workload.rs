@@ -56,10 +56,8 @@ allow if {
 }
 "#;
 
-/// The initdata policy: everything is allowed except ExecProcess, which may run only
-/// `cat /etc/motd`.
-const POLICY_EXEC_ONLY_MOTD: &str = "package agent_policy\n\nimport rego.v1\n\n";
-
+/// The initdata policy: everything is allowed (allow-all's defaults) except ExecProcess, which
+/// may run only `cat /etc/motd`.
 fn policy() -> String {
     let allow_all = include_str!("../../../policy/examples/allow-all.rego");
     let rules: String = allow_all
@@ -68,7 +66,7 @@ fn policy() -> String {
         .map(|l| format!("{l}\n"))
         .collect();
     format!(
-        "{POLICY_EXEC_ONLY_MOTD}{rules}default ExecProcessRequest := false\n\n\
+        "package agent_policy\n\nimport rego.v1\n\n{rules}default ExecProcessRequest := false\n\n\
          ExecProcessRequest if input.process.Args == [\"/bin/cat\", \"/etc/motd\"]\n"
     )
 }
@@ -301,9 +299,9 @@ fn a_guest_pulled_workload_runs_under_the_initdata_policy_with_kbs_secrets_and_e
     let registries_conf =
         format!("[[registry]]\nlocation = \"{guest_registry}\"\ninsecure = true\n");
 
-    // The CVM behind the guest's vTPM, and a KBS that trusts it and expects the initdata's
-    // PCR 8 (reference value init_data: the resource policy needs an affirming
-    // configuration, which needs that PCR 8).
+    // The CVM behind the guest's vTPM, and a KBS that trusts its roots and checks PCR 8
+    // against the reference value init_data (an affirming configuration needs a match, and
+    // the resource policy releases secrets only with an affirming configuration).
     let cvm = SimulatedCvm::start_for_vm(CvmOptions::new(Flavour::Snp, dir.join("cvm")))
         .expect("simulated CVM");
     let kbs_port = free_port();
@@ -311,8 +309,8 @@ fn a_guest_pulled_workload_runs_under_the_initdata_policy_with_kbs_secrets_and_e
     let imds_url = format!("http://{HOST}:{}", port_of(&cvm.imds_url()));
     let doc = initdata(&kbs_url, &imds_url);
     // The KBS first expects the PCR 8 of another pod's initdata (one more line: the digest is
-    // over the document's bytes): nothing may be released to this guest until the reference is
-    // this initdata's. The admin (an Ed25519 key, as Trustee's) fixes it later in the test.
+    // over the document's bytes): no secret may reach this guest until the reference is this
+    // initdata's. The admin (an Ed25519 key, as Trustee's) fixes it later in the test.
     let other_doc = format!("{doc}# another pod\n");
     let mut options = KbsOptions::for_cvm(&cvm, Some(other_doc.as_bytes())).expect("KBS options");
     let (admin_key, admin_public) = admin_keypair().expect("admin key");
@@ -466,6 +464,11 @@ fn a_guest_pulled_workload_runs_under_the_initdata_policy_with_kbs_secrets_and_e
             && early_out.starts_with("rc=")
             && !early_out.starts_with("rc=0 "),
         "the secret reached a container before the KBS had this initdata's PCR 8: {early_out}"
+    );
+    // api-server-rest answered (an HTTP error), so the refusal is the KBS's, not a closed port.
+    assert!(
+        early_out.contains("server returned error: HTTP/1.1 4"),
+        "api-server-rest did not answer the early reader: {early_out}"
     );
     assert!(
         stats.attestations.load(Ordering::Relaxed) >= 1,
