@@ -7,8 +7,10 @@
 //! - connections in their TLS handshake: at most [`MAX_HANDSHAKES`], each for at most
 //!   [`HANDSHAKE_TIMEOUT`]; one more ends the oldest handshake still pending (a real client's
 //!   takes milliseconds, so stalled ones cannot keep it out);
-//! - connections served after the handshake: at most [`MAX_CONNECTIONS`] (more are closed
-//!   with a log line); request headers within [`HEADER_TIMEOUT`] and [`MAX_HEADER_BYTES`];
+//! - connections served after the handshake: at most [`MAX_CONNECTIONS`]; one more ends the
+//!   connection idle longest (no request being answered; never sent one, or not since the
+//!   longest time), or is closed itself when none is idle; request headers within
+//!   [`HEADER_TIMEOUT`] and [`MAX_HEADER_BYTES`];
 //! - a review body: at most [`MAX_REVIEW_BYTES`] (HTTP 413), complete within [`BODY_TIMEOUT`]
 //!   of its headers (HTTP 408);
 //! - review bodies held at once, over all connections: at most [`MAX_BODY_BYTES_IN_FLIGHT`]
@@ -21,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,7 +54,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections in their TLS handshake at once; a new one beyond this ends the oldest.
 pub const MAX_HANDSHAKES: usize = 256;
-/// Connections served at once after their handshake; more are closed.
+/// Connections served at once after their handshake; one more ends the one idle longest.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// The most a connection buffers of a request's headers (hyper's read buffer; the API
 /// server's headers are a few hundred bytes).
@@ -113,6 +116,88 @@ impl Pending {
     }
 }
 
+/// One served connection: whether a request is being answered on it, and since when it is
+/// idle (milliseconds from [`Served::start`]).
+#[derive(Default)]
+struct ConnState {
+    busy: AtomicBool,
+    idle_since: AtomicU64,
+}
+
+/// The connections served, each with its state and the means to end it.
+struct Served {
+    start: std::time::Instant,
+    next: u64,
+    list: Vec<(u64, Arc<ConnState>, oneshot::Sender<()>)>,
+}
+
+impl Served {
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Registers a new connection, first ending the one idle longest if [`MAX_CONNECTIONS`]
+    /// are served; `None` when they are all answering a request.
+    fn admit(this: &Mutex<Self>) -> Option<(u64, Arc<ConnState>, oneshot::Receiver<()>, Duration)> {
+        let mut me = this
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = me.now();
+        let mut ended_idle = Duration::ZERO;
+        if me.list.len() >= MAX_CONNECTIONS {
+            let idlest = me
+                .list
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, state, _))| !state.busy.load(Ordering::Acquire))
+                .min_by_key(|(_, (_, state, _))| state.idle_since.load(Ordering::Acquire))
+                .map(|(at, _)| at)?;
+            let (_, state, evict) = me.list.swap_remove(idlest);
+            ended_idle =
+                Duration::from_millis(now.saturating_sub(state.idle_since.load(Ordering::Acquire)));
+            let _ = evict.send(());
+        }
+        let id = me.next;
+        me.next += 1;
+        let state = Arc::new(ConnState::default());
+        state.idle_since.store(now, Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        me.list.push((id, Arc::clone(&state), tx));
+        Some((id, state, rx, ended_idle))
+    }
+
+    fn done(this: &Mutex<Self>, id: u64) {
+        let mut me = this
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = me.list.iter().position(|(i, _, _)| *i == id) {
+            me.list.swap_remove(at);
+        }
+    }
+}
+
+/// Marks a connection busy while a request is answered, idle (from now) afterwards.
+struct Busy<'a>(&'a ConnState, &'a Mutex<Served>);
+
+impl<'a> Busy<'a> {
+    fn new(state: &'a ConnState, served: &'a Mutex<Served>) -> Self {
+        state.busy.store(true, Ordering::Release);
+        Busy(state, served)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let now = self
+            .1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .now();
+        self.0.idle_since.store(now, Ordering::Release);
+        self.0.busy.store(false, Ordering::Release);
+    }
+}
+
 /// What every connection's requests share.
 struct Shared {
     handler: Handler,
@@ -146,7 +231,11 @@ pub async fn serve(
         arriving: Mutex::new(Pending::default()),
     });
     let pending = Arc::new(Mutex::new(Pending::default()));
-    let served = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let served = Arc::new(Mutex::new(Served {
+        start: std::time::Instant::now(),
+        next: 0,
+        list: Vec::new(),
+    }));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -188,22 +277,36 @@ pub async fn serve(
                     return;
                 }
             };
-            let Ok(_slot) = served.try_acquire_owned() else {
-                tracing::warn!(%peer, "connection closed: {MAX_CONNECTIONS} connections are already served");
+            let Some((conn, state, ended, idle)) = Served::admit(&served) else {
+                tracing::warn!(%peer, "connection closed: {MAX_CONNECTIONS} connections are already answering requests");
                 return;
             };
+            if idle > Duration::ZERO {
+                tracing::info!(%peer, "{MAX_CONNECTIONS} connections served: the one idle longest ({idle:?}) was closed for this one");
+            }
+            let served_too = Arc::clone(&served);
             let service = hyper::service::service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                let state = Arc::clone(&state);
+                let served = Arc::clone(&served_too);
+                async move {
+                    let _busy = Busy::new(&state, &served);
+                    Ok::<_, Infallible>(route(&shared, req).await)
+                }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEADER_BYTES)
                 .keep_alive(true);
-            if let Err(e) = http.serve_connection(TokioIo::new(tls), service).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let connection = http.serve_connection(TokioIo::new(tls), service);
+            tokio::select! {
+                r = connection => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                _ = ended => tracing::debug!(%peer, "idle connection closed for a newer one"),
             }
+            Served::done(&served, conn);
         });
     }
 }

@@ -444,3 +444,44 @@ async fn stalled_bodies_cannot_hold_the_in_flight_budget() -> TestResult {
     assert!(answer.contains("dropped to make room"), "{answer}");
     Ok(())
 }
+
+/// Every served connection slot held by a TLS connection that never sends a request: a real
+/// client still gets in (the connection idle longest is closed for it) and is answered.
+#[tokio::test]
+async fn idle_connections_cannot_keep_a_real_client_out() -> TestResult {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use peerpod_webhook::server::MAX_CONNECTIONS;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < 8192 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(8192), hard)?;
+    }
+    let (server, mut first) = setup().await?;
+    let config = std::sync::Arc::new(server.client_config());
+    let mut idle = Vec::with_capacity(MAX_CONNECTIONS);
+    for _ in 0..MAX_CONNECTIONS {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await?;
+        idle.push(
+            tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&config))
+                .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+                .await?,
+        );
+    }
+    // The earliest connection, used once before the flood, was the one idle longest: it is
+    // gone, and a newcomer is answered.
+    let p = pod(
+        Some("kata-remote"),
+        vec![],
+        vec![container("c", &[("cpu", "1")], &[])],
+    );
+    let mut conn = Conn::connect(server.addr, server.client_config()).await?;
+    let reply = conn.review(&review_of(p.clone())).await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["response"]["allowed"], true);
+    assert!(first.review(&review_of(p.clone())).await.is_err());
+    // And so is the next, again and again.
+    for _ in 0..3 {
+        let mut conn = Conn::connect(server.addr, server.client_config()).await?;
+        assert_eq!(conn.review(&review_of(p.clone())).await?.status, 200);
+    }
+    Ok(())
+}
