@@ -1,8 +1,9 @@
 //! The guest's userspace memory, read from inside the pod VM through the agent: a container
 //! on an empty tmpfs root (the sandbox's shm storage, [`SHM`]) with the guest's read-only
-//! `/usr` bound in, sharing the guest's PID namespace, reads every process's `VmRSS` (`/proc/PID/status`) and `Pss`
-//! (`/proc/PID/smaps_rollup`). The image has no shell to log in to; this is how the test sees
-//! inside. The probe's own `sh`/`awk`/`cat` are left out of the sums.
+//! `/usr` bound in, with the guest's `/proc` bound at `/guestproc`, reads every process's `Rss`
+//! and `Pss` from one read of `/proc/PID/smaps_rollup` (one snapshot, so PSS never exceeds
+//! RSS). The image has no shell to log in to; this is how the test sees inside. The probe's
+//! own `sh`/`sed`/`cat` are left out of the sums.
 
 use std::time::Duration;
 
@@ -48,9 +49,8 @@ pub const SHM: &str = "/run/kata-containers/sandbox/shm";
 
 const SCRIPT: &str = "for d in /guestproc/[0-9]*; do \
     n=$(sed -n 's/^Name:[[:space:]]*//p' $d/status 2>/dev/null); \
-    r=$(sed -n 's/^VmRSS:[[:space:]]*\\([0-9]*\\).*/\\1/p' $d/status 2>/dev/null); \
-    p=$(sed -n 's/^Pss:[[:space:]]*\\([0-9]*\\).*/\\1/p' $d/smaps_rollup 2>/dev/null); \
-    [ -n \"$r\" ] && echo \"PROC $n $r ${p:-0}\"; done; echo END";
+    m=$(sed -n 's/^\\(Rss\\|Pss\\):[[:space:]]*\\([0-9]*\\).*/\\2/p' $d/smaps_rollup 2>/dev/null); \
+    [ -n \"$m\" ] && echo \"PROC $n\" $m; done; echo END";
 
 fn parse(out: &str) -> Result<GuestMemory, String> {
     if !out.lines().any(|l| l.trim() == "END") {
