@@ -2,8 +2,11 @@
 //!
 //! Noted by inode (a layer is one filesystem: every lookup is `RESOLVE_NO_XDEV`), so a
 //! directory the archive lists a million times costs one entry, the last listing winning as in
-//! tar; no path is kept. They are applied by one post-order walk of the unpacked tree, each
-//! directory after its subtree, holding a bounded number of descriptors at any depth.
+//! tar. Each directory's path is kept too while all of them fit in [`PATH_BUDGET`] bytes, and
+//! the times are then set by opening each path beneath the layer (three syscalls a directory;
+//! setting a directory's times does not change its parent's, so any order will do). Past the
+//! budget the paths are dropped and one walk of the unpacked tree (a bounded number of
+//! descriptors at any depth) sets the times of the directories noted.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -13,17 +16,63 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, Timestamps};
 use rustix::io::Errno;
 
 use crate::error::{LayerError, quote};
+use crate::fsops;
 use crate::walk::{self, Step, Visitor};
 
-/// The times to give each directory, by inode.
-#[derive(Default)]
-pub(crate) struct DirTimes(HashMap<u64, Timestamps>);
+/// Most bytes of directory paths kept (with a per-path overhead counted): far above a real
+/// layer's (thousands of directories, tens of bytes each), far below what a hostile one could
+/// make them take.
+pub(crate) const PATH_BUDGET: usize = 16 << 20;
+
+/// What a kept path costs besides its bytes (allocation and map entry, roughly).
+const PATH_OVERHEAD: usize = 48;
+
+/// The times to give each directory, by inode, and while they fit, the directories' paths.
+pub(crate) struct DirTimes {
+    times: HashMap<u64, Timestamps>,
+    /// `None` once over the budget.
+    paths: Option<HashMap<u64, Box<[u8]>>>,
+    path_bytes: usize,
+    budget: usize,
+}
+
+impl Default for DirTimes {
+    fn default() -> Self {
+        Self::with_budget(PATH_BUDGET)
+    }
+}
 
 impl DirTimes {
-    /// Notes `times` for the directory open as `dir` (replacing what was noted for it).
-    pub(crate) fn note(&mut self, dir: BorrowedFd<'_>, times: Timestamps) -> Result<(), Errno> {
-        let st = rfs::fstat(dir)?;
-        self.0.insert(st.st_ino, times);
+    pub(crate) fn with_budget(budget: usize) -> Self {
+        Self {
+            times: HashMap::new(),
+            paths: Some(HashMap::new()),
+            path_bytes: 0,
+            budget,
+        }
+    }
+
+    /// Notes `times` for the directory open as `dir`, at `path` beneath the layer root (empty
+    /// for the root), replacing what was noted for it.
+    pub(crate) fn note(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        path: impl FnOnce() -> Vec<u8>,
+        times: Timestamps,
+    ) -> Result<(), Errno> {
+        let ino = rfs::fstat(dir)?.st_ino;
+        self.times.insert(ino, times);
+        if let Some(paths) = &mut self.paths
+            && !paths.contains_key(&ino)
+        {
+            let path = path();
+            self.path_bytes += path.len() + PATH_OVERHEAD;
+            if self.path_bytes > self.budget {
+                self.paths = None;
+            } else {
+                paths.insert(ino, path.into_boxed_slice());
+            }
+        }
         Ok(())
     }
 
@@ -33,23 +82,40 @@ impl DirTimes {
         if let Ok(st) = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
             && FileType::from_raw_mode(st.st_mode) == FileType::Directory
         {
-            self.0.remove(&st.st_ino);
+            self.times.remove(&st.st_ino);
+            if let Some(paths) = &mut self.paths {
+                paths.remove(&st.st_ino);
+            }
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.times.is_empty()
     }
 
     /// Applies the noted times to the directories of the tree below `root` (included).
     pub(crate) fn apply(&mut self, root: BorrowedFd<'_>) -> Result<(), LayerError> {
-        if self.0.is_empty() {
+        if self.times.is_empty() {
+            return Ok(());
+        }
+        if let Some(paths) = &self.paths {
+            for (ino, times) in &self.times {
+                let Some(path) = paths.get(ino) else { continue };
+                match fsops::open_dir_beneath(root, path) {
+                    Ok(fd) => rfs::futimens(&fd, times)
+                        .map_err(|e| LayerError::io("set the mtime of", quote(path), e))?,
+                    // Replaced by a later member (whose times stand) since it was noted.
+                    Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
+                    Err(e) => return Err(LayerError::io("open", quote(path), e)),
+                }
+            }
+            self.times.clear();
             return Ok(());
         }
         let root = rfs::openat(root, c".", walk::OPEN_DIR, Mode::empty())
             .map_err(|e| LayerError::io("open", "the layer root", e))?;
         let mut setter = Setter {
-            times: &mut self.0,
+            times: &mut self.times,
             error: None,
         };
         walk::walk(root, &mut setter)
@@ -100,5 +166,62 @@ impl Visitor for Setter<'_> {
     /// Every noted directory done: the rest of the tree need not be walked.
     fn done(&self) -> bool {
         self.times.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    use rustix::fs::Timespec;
+
+    use super::*;
+
+    fn at(sec: i64) -> Timestamps {
+        let t = Timespec {
+            tv_sec: sec,
+            tv_nsec: 0,
+        };
+        Timestamps {
+            last_access: t,
+            last_modification: t,
+        }
+    }
+
+    /// Both ways of applying (paths kept, and the walk once they are over the budget) give
+    /// every noted directory its last noted times after files were written into it, and leave
+    /// the others alone.
+    #[test]
+    fn times_land_with_paths_and_with_the_walk() {
+        for budget in [PATH_BUDGET, 60] {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path();
+            for dir in ["a/b/c", "d", "e"] {
+                std::fs::create_dir_all(root.join(dir)).unwrap();
+            }
+            let root_fd = rfs::open(root, walk::OPEN_DIR, Mode::empty()).unwrap();
+            let mut times = DirTimes::with_budget(budget);
+            for (i, dir) in ["", "a", "a/b", "a/b/c", "d", "a"].iter().enumerate() {
+                let fd = fsops::open_dir_beneath(root_fd.as_fd(), dir.as_bytes()).unwrap();
+                let sec = 1_000_000 * (i as i64 + 1);
+                times
+                    .note(fd.as_fd(), || dir.as_bytes().to_vec(), at(sec))
+                    .unwrap();
+            }
+            assert_eq!(times.paths.is_some(), budget == PATH_BUDGET);
+            for dir in ["", "a", "a/b", "a/b/c", "d", "e"] {
+                std::fs::write(root.join(dir).join("written-later"), b"").unwrap();
+            }
+            times.apply(root_fd.as_fd()).unwrap();
+            let mtime = |dir: &str| std::fs::metadata(root.join(dir)).unwrap().mtime();
+            assert_eq!(mtime(""), 1_000_000, "budget {budget}");
+            assert_eq!(mtime("a"), 6_000_000, "the last noting wins");
+            assert_eq!(mtime("a/b"), 3_000_000);
+            assert_eq!(mtime("a/b/c"), 4_000_000);
+            assert_eq!(mtime("d"), 5_000_000);
+            assert!(mtime("e") > 6_000_000, "not noted: left alone");
+        }
     }
 }

@@ -286,7 +286,7 @@ impl Unpacker<'_> {
             )
             .map_err(|e| LayerError::io("open", "the layer root", e))?;
             set_attrs(root.as_fd(), meta, self.opts, &mut self.stats, Skip::NONE)?;
-            self.record_times(root.as_fd(), meta)?;
+            self.record_times(root.as_fd(), &[], b"", meta)?;
             self.stats.dirs += 1;
             self.tree.forget();
             return Ok(());
@@ -356,7 +356,7 @@ impl Unpacker<'_> {
         let fd =
             fsops::open_dir_beneath(dir, last).map_err(|e| path_error("open", &meta.name, e))?;
         set_attrs(fd.as_fd(), meta, self.opts, &mut self.stats, Skip::NONE)?;
-        self.record_times(fd.as_fd(), meta)?;
+        self.record_times(fd.as_fd(), parents, last, meta)?;
         self.stats.dirs += 1;
         self.tree.forget();
         Ok(())
@@ -596,10 +596,25 @@ impl Unpacker<'_> {
         self.dir_times.apply(self.tree.root.as_fd())
     }
 
-    /// Notes the times of the directory open as `fd`, applied by [`Self::finish_dirs`].
-    fn record_times(&mut self, fd: BorrowedFd<'_>, meta: &Meta) -> Result<(), LayerError> {
+    /// Notes the times of the directory open as `fd`, at `parents`/`last` (the root when
+    /// both are empty), applied by [`Self::finish_dirs`].
+    fn record_times(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        parents: &[&[u8]],
+        last: &[u8],
+        meta: &Meta,
+    ) -> Result<(), LayerError> {
+        let path = || {
+            let mut path = parents.join(&b'/');
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(last);
+            path
+        };
         self.dir_times
-            .note(fd, timestamps(meta))
+            .note(fd, path, timestamps(meta))
             .map_err(|e| LayerError::io("inspect", quote(&meta.name), e))
     }
 

@@ -226,57 +226,57 @@ fn layers_deeper_than_max_depth_are_refused() {
     sb.assert_outside_untouched();
 }
 
-/// An endless supply of one directory member (a path of 250 bytes), then the end-of-archive
-/// marker: a 512-byte header repeated, so a million entries cost no memory to produce.
-struct DuplicateDirs {
-    header: [u8; 512],
-    left: u64,
+/// Directory members made on the fly (`make(i)` names the i-th, with an mtime of
+/// 1,000,000,000 + i), then the end-of-archive marker: a million entries cost no memory to
+/// produce.
+struct DirMembers {
+    make: fn(u64) -> Vec<u8>,
+    next: u64,
+    count: u64,
     tail: usize,
 }
 
-impl DuplicateDirs {
-    fn new(count: u64) -> Self {
+impl DirMembers {
+    fn new(count: u64, make: fn(u64) -> Vec<u8>) -> Self {
+        Self {
+            make,
+            next: 0,
+            count,
+            tail: 1024,
+        }
+    }
+
+    /// A ustar header for a directory named `prefix` + `/` + `name` (`prefix` may be empty).
+    fn header(prefix: &[u8], name: &[u8], mtime: u64) -> [u8; 512] {
         let mut h = tar::Header::new_ustar();
         {
             let raw = h.as_mut_bytes();
-            let prefix = [
-                &b"p".repeat(50)[..],
-                b"/",
-                &b"q".repeat(50),
-                b"/",
-                &b"r".repeat(52),
-            ]
-            .concat();
-            raw[345..345 + prefix.len()].copy_from_slice(&prefix);
-            let name = [&b"s".repeat(94)[..], b"/"].concat();
-            raw[..name.len()].copy_from_slice(&name);
+            raw[345..345 + prefix.len()].copy_from_slice(prefix);
+            raw[..name.len()].copy_from_slice(name);
         }
         h.set_mode(0o755);
         h.set_uid(0);
         h.set_gid(0);
-        h.set_mtime(1_000_000_000);
+        h.set_mtime(mtime);
         h.set_size(0);
         h.set_entry_type(tar::EntryType::Directory);
         h.set_cksum();
         let mut header = [0u8; 512];
         header.copy_from_slice(h.as_bytes());
-        Self {
-            header,
-            left: count,
-            tail: 1024,
-        }
+        header
     }
 }
 
-impl Read for DuplicateDirs {
+impl Read for DirMembers {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let mut n = 0;
-        while n + 512 <= buf.len() && self.left > 0 {
-            buf[n..n + 512].copy_from_slice(&self.header);
+        while n + 512 <= buf.len() && self.next < self.count {
+            let header = (self.make)(self.next);
+            buf[n..n + 512].copy_from_slice(&header);
             n += 512;
-            self.left -= 1;
+            self.next += 1;
         }
-        if self.left == 0 {
+        if self.next == self.count {
             let zeros = self.tail.min(buf.len() - n);
             buf[n..n + zeros].fill(0);
             n += zeros;
@@ -284,6 +284,36 @@ impl Read for DuplicateDirs {
         }
         Ok(n)
     }
+}
+
+/// The one 250-byte directory of the duplicates test.
+fn duplicate(_: u64) -> Vec<u8> {
+    let prefix = [
+        &b"p".repeat(50)[..],
+        b"/",
+        &b"q".repeat(50),
+        b"/",
+        &b"r".repeat(52),
+    ]
+    .concat();
+    let name = [&b"s".repeat(94)[..], b"/"].concat();
+    DirMembers::header(&prefix, &name, 1_000_000_000).to_vec()
+}
+
+/// The parent of the distinct directories (154 bytes).
+fn distinct_parent() -> String {
+    format!("top/{}", "x".repeat(150))
+}
+
+/// `<distinct_parent>/<95 digits>/` (250 bytes), distinct for each `i`.
+fn distinct(i: u64) -> Vec<u8> {
+    let name = format!("{i:095}/");
+    DirMembers::header(
+        distinct_parent().as_bytes(),
+        name.as_bytes(),
+        1_000_000_000 + i,
+    )
+    .to_vec()
 }
 
 /// Kilobytes of a `/proc/self/status` field.
@@ -323,7 +353,7 @@ fn child_duplicate_directory_entries() {
     let dest = base.join("layer");
     let before = status_kb("VmRSS:");
     let stats = unpack(
-        DuplicateDirs::new(1_000_000),
+        DirMembers::new(1_000_000, duplicate),
         &dest,
         &UnpackOptions::default(),
     )
@@ -339,5 +369,49 @@ fn child_duplicate_directory_entries() {
     ));
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&dir).unwrap().mtime(), 1_000_000_000);
+    println!("peak growth kB {}", peak.saturating_sub(before));
+}
+
+/// 60,000 distinct 250-byte directories (over 16 MiB of paths with their overhead): the paths are dropped past the budget
+/// and one walk of the tree sets every directory's time; peak memory grows by less than
+/// 64 MiB.
+#[test]
+fn many_distinct_directories_get_their_times_within_a_memory_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = in_child("child_distinct_directories", tmp.path());
+    let growth: u64 = out
+        .lines()
+        .find_map(|l| l.split_once("peak growth kB ").map(|(_, v)| v))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("peak memory growth over 60,000 distinct directories: {growth} kB");
+    assert!(growth < 64 << 10, "peak memory grew by {growth} kB");
+}
+
+#[test]
+#[ignore = "run in a child process by many_distinct_directories_get_their_times_within_a_memory_bound"]
+fn child_distinct_directories() {
+    let Some(base) = child_work() else { return };
+    let dest = base.join("layer");
+    let count = 60_000;
+    let before = status_kb("VmRSS:");
+    let stats = unpack(
+        DirMembers::new(count, distinct),
+        &dest,
+        &UnpackOptions::default(),
+    )
+    .unwrap();
+    let peak = status_kb("VmHWM:");
+    assert_eq!((stats.dirs, stats.implicit_dirs), (count, 2));
+    use std::os::unix::fs::MetadataExt;
+    for i in [0, 1, count / 2, count - 1] {
+        let dir = dest.join(distinct_parent()).join(format!("{i:095}"));
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().mtime(),
+            1_000_000_000 + i as i64
+        );
+    }
     println!("peak growth kB {}", peak.saturating_sub(before));
 }
