@@ -116,3 +116,39 @@ fn snapshot(base: &Path) -> Snapshot {
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The escape check is not vacuous: a byte changed in a sentinel, a file made beside the
+    /// destination or in a sentinel directory, a link retargeted each change the snapshot;
+    /// writes inside `layer` do not.
+    #[test]
+    fn the_sandbox_snapshot_sees_every_change_outside_the_layer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        std::fs::create_dir_all(base.join("outside/dir")).unwrap();
+        std::fs::create_dir(base.join("layer")).unwrap();
+        std::fs::write(base.join("outside/victim"), b"victim\n").unwrap();
+        symlink("outside", base.join("link")).unwrap();
+        let before = snapshot(base);
+        std::fs::write(base.join("layer/inside"), b"fine").unwrap();
+        assert_eq!(snapshot(base), before);
+        let changes: [&dyn Fn(); 4] = [
+            &|| std::fs::write(base.join("outside/victim"), b"victiM\n").unwrap(),
+            &|| std::fs::write(base.join("beside"), b"").unwrap(),
+            &|| std::fs::write(base.join("outside/dir/new"), b"").unwrap(),
+            &|| {
+                std::fs::remove_file(base.join("link")).unwrap();
+                symlink("/", base.join("link")).unwrap();
+            },
+        ];
+        for change in changes {
+            let before = snapshot(base);
+            change();
+            assert_ne!(snapshot(base), before);
+        }
+    }
+}
