@@ -40,7 +40,7 @@ fn err(errno: Errno, what: &str) -> io::Error {
 /// Removes `path` and everything under it. A missing `path` is not an error; a symlink or a
 /// file at `path` is unlinked (not followed). A mount anywhere under it, or a directory moved
 /// during the walk, stops the removal with an error, leaving what was not yet removed.
-pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+pub fn remove_tree(path: &Path) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -107,14 +107,16 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
 /// `None` once `dir` is empty).
 fn empty_all_but_one(dir: &mut Dir) -> io::Result<Option<CString>> {
     loop {
-        let mut names: Vec<CString> = Vec::new();
+        // Each name with whether it is a directory, when the directory entry says so.
+        let mut names: Vec<(CString, Option<bool>)> = Vec::new();
         for entry in dir.iter() {
             let entry = entry.map_err(|e| err(e, "cannot list a directory"))?;
             let name: &CStr = entry.file_name();
             if name == c"." || name == c".." {
                 continue;
             }
-            names.push(name.to_owned());
+            let is_dir = entry.file_type().map(|t| t == nix::dir::Type::Directory);
+            names.push((name.to_owned(), is_dir));
             if names.len() >= BATCH {
                 break;
             }
@@ -122,25 +124,38 @@ fn empty_all_but_one(dir: &mut Dir) -> io::Result<Option<CString>> {
         if names.is_empty() {
             return Ok(None);
         }
-        for name in names {
-            let stat = match fstatat(
-                dir.as_fd(),
-                name.as_c_str(),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) {
-                Ok(stat) => stat,
-                Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(err(e, "cannot stat an entry")),
+        for (name, is_dir) in names {
+            let is_dir = match is_dir {
+                Some(known) => known,
+                // A file system that does not fill in d_type: ask, without following a link.
+                None => match fstatat(
+                    dir.as_fd(),
+                    name.as_c_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                ) {
+                    Ok(stat) => {
+                        SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+                    }
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(err(e, "cannot stat an entry")),
+                },
             };
-            let is_dir = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
-            let flag = if is_dir {
-                UnlinkatFlags::RemoveDir
-            } else {
-                UnlinkatFlags::NoRemoveDir
+            let unlink = |as_dir: bool| {
+                let flag = if as_dir {
+                    UnlinkatFlags::RemoveDir
+                } else {
+                    UnlinkatFlags::NoRemoveDir
+                };
+                unlinkat(dir.as_fd(), name.as_c_str(), flag)
             };
-            match unlinkat(dir.as_fd(), name.as_c_str(), flag) {
+            let mut result = unlink(is_dir);
+            // Replaced by the other kind since it was listed: once more as that kind.
+            if matches!(result, Err(Errno::EISDIR | Errno::ENOTDIR)) {
+                result = unlink(!is_dir);
+            }
+            match result {
                 Ok(()) | Err(Errno::ENOENT) => {}
-                Err(Errno::ENOTEMPTY | Errno::EEXIST) if is_dir => return Ok(Some(name)),
+                Err(Errno::ENOTEMPTY | Errno::EEXIST) => return Ok(Some(name)),
                 Err(e) => return Err(err(e, "cannot remove an entry (a mount?)")),
             }
         }
