@@ -139,8 +139,12 @@ cp -a "$REPO/podvm/etc/." "$ROOT/etc/"
 cp -a "$REPO/podvm-image/rootfs/etc/." "$ROOT/etc/"
 chroot "$ROOT" systemctl enable process-user-data.service process-user-data.path \
     attestation-agent.path confidential-data-hub.path kata-agent.path api-server-rest.path \
-    scratch-storage.path systemd-networkd.service azure-ready.service >/dev/null 2>&1 \
+    scratch-storage.path systemd-networkd.service azure-ready.service podvm-resolv-conf.service \
+    podvm-resolv-conf.path >/dev/null 2>&1 \
     || die "systemctl enable failed in the image root"
+# The guest's own name lookups (image pulls, the KBS): podvm-resolv-conf.service writes the
+# DHCP DNS servers there; the root is read-only.
+ln -sfn ../run/systemd/resolve/resolv.conf "$ROOT/etc/resolv.conf"
 # Production: no login on any console, no password for root.
 chroot "$ROOT" systemctl mask getty@.service serial-getty@.service console-getty.service \
     getty-static.service >/dev/null 2>&1

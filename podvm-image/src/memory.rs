@@ -83,8 +83,13 @@ fn parse(out: &str) -> Result<GuestMemory, String> {
     Ok(GuestMemory { processes })
 }
 
-fn request(id: &str, script: &str) -> Result<agent::CreateContainerRequest, PodvmError> {
-    let value = json!({
+fn request(
+    id: &str,
+    script: &str,
+    extra_mounts: &[serde_json::Value],
+    extra_capabilities: &[&str],
+) -> Result<agent::CreateContainerRequest, PodvmError> {
+    let mut value = json!({
         "container_id": id,
         "exec_id": id,
         "OCI": {
@@ -127,6 +132,14 @@ fn request(id: &str, script: &str) -> Result<agent::CreateContainerRequest, Podv
             }
         }
     });
+    if let Some(mounts) = value["OCI"]["Mounts"].as_array_mut() {
+        mounts.extend(extra_mounts.iter().cloned());
+    }
+    for set in ["Bounding", "Effective", "Permitted"] {
+        if let Some(caps) = value["OCI"]["Process"]["Capabilities"][set].as_array_mut() {
+            caps.extend(extra_capabilities.iter().map(|c| json!(c)));
+        }
+    }
     let mut message = agent::CreateContainerRequest::new();
     peerpod_protocols::json::from_json(&value, &mut message)
         .map_err(|e| PodvmError::Tls(format!("memory probe request: {e}")))?;
@@ -142,9 +155,31 @@ pub async fn guest_probe(
     id: &str,
     script: &str,
 ) -> Result<(String, String, Result<i32, ttrpc::Error>), PodvmError> {
+    guest_probe_with(shim, id, script, &[], &[]).await
+}
+
+/// A read-only bind of the guest's `source` at `destination` in a probe container.
+pub fn read_only_bind(source: &str, destination: &str) -> serde_json::Value {
+    json!({"destination": destination, "type_": "bind", "source": source,
+           "options": ["rbind", "ro"]})
+}
+
+/// [`guest_probe`] with more OCI mounts (e.g. [`read_only_bind`]) after the probe's own and
+/// more capabilities (e.g. `CAP_SYS_ADMIN`, for `nsenter --net=/guestproc/1/ns/net`: the probe
+/// is in the agent's container network namespace, the pod's, not the guest's own).
+pub async fn guest_probe_with(
+    shim: &ShimClient,
+    id: &str,
+    script: &str,
+    extra_mounts: &[serde_json::Value],
+    extra_capabilities: &[&str],
+) -> Result<(String, String, Result<i32, ttrpc::Error>), PodvmError> {
     let long = ctx(Duration::from_secs(120));
     shim.agent
-        .create_container(long.clone(), &request(id, script)?)
+        .create_container(
+            long.clone(),
+            &request(id, script, extra_mounts, extra_capabilities)?,
+        )
         .await?;
     shim.agent
         .start_container(long.clone(), &requests::start(id))

@@ -223,6 +223,7 @@ fn pod_vm_serves_check_and_a_sandbox_over_mtls_and_refuses_a_client_without_a_ce
         "the agent did not log its front door:\n{}",
         vm.console().tail(60)
     );
+    guest_dns_resolves(&rt, &shim, &vm);
     let destroy = peerpod_protocols::kata::agent::DestroySandboxRequest::new();
     rt.block_on(
         shim.agent
@@ -234,6 +235,78 @@ fn pod_vm_serves_check_and_a_sandbox_over_mtls_and_refuses_a_client_without_a_ce
     if std::env::var_os("PEERPOD_PODVM_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A name the host resolves, for the guest's lookup through QEMU's DNS (which asks the host's
+/// resolver).
+const DNS_NAME: &str = "deb.debian.org";
+
+/// The guest's own DNS (issue 15): `/etc/resolv.conf` names the resolver the DHCP server gave
+/// (QEMU user networking: 10.0.2.3; Azure: 168.63.129.16) and a name resolves in the guest's
+/// network namespace to what the host's resolver answers. Read by a probe container with the
+/// guest's `/etc` and `/run/systemd/resolve` bound in; the lookup runs in PID 1's network
+/// namespace (`nsenter`), where the CDH and the attestation agent run (the container's own is
+/// the pod's).
+fn guest_dns_resolves(rt: &tokio::runtime::Runtime, shim: &client::ShimClient, vm: &PodVm) {
+    use peerpod_podvm::memory::{guest_probe_with, read_only_bind};
+    let script = format!(
+        "echo \"LINK $(readlink /etc/resolv.conf)\"; cat /etc/resolv.conf; \
+         echo '--- getent'; nsenter --net=/guestproc/1/ns/net getent ahostsv4 {DNS_NAME}; \
+         echo \"GETENT $?\"; echo '--- network'; \
+         nsenter --net=/guestproc/1/ns/net ip -brief address"
+    );
+    let mounts = [
+        read_only_bind("/etc", "/etc"),
+        read_only_bind("/run/systemd/resolve", "/run/systemd/resolve"),
+    ];
+    let (out, err, status) = rt
+        .block_on(guest_probe_with(
+            shim,
+            "podvm-dns-probe",
+            &script,
+            &mounts,
+            &["CAP_SYS_ADMIN"],
+        ))
+        .unwrap_or_else(|e| panic!("DNS probe: {e}\n{}", vm.console().tail(60)));
+    eprintln!("guest DNS probe (exit {status:?}):\n{out}{err}");
+    assert!(
+        out.contains("LINK ../run/systemd/resolve/resolv.conf"),
+        "/etc/resolv.conf is not the link to the DHCP-written file: {out:?} {err:?}"
+    );
+    let (resolv, lookup) = out.split_once("--- getent").unwrap_or((&out, ""));
+    let lookup = lookup.split("--- network").next().unwrap_or("");
+    assert!(
+        resolv.lines().any(|l| l.trim() == "nameserver 10.0.2.3"),
+        "the guest's resolv.conf does not name QEMU's DHCP DNS 10.0.2.3: {resolv:?}"
+    );
+    // The host's answer for the same name (QEMU's DNS forwards to the host's resolver).
+    let host: Vec<std::net::IpAddr> =
+        match std::net::ToSocketAddrs::to_socket_addrs(&(DNS_NAME, 80)) {
+            Ok(addrs) => addrs.map(|a| a.ip()).filter(|ip| ip.is_ipv4()).collect(),
+            Err(e) => {
+                let message = format!(
+                    "SKIPPED: the guest's name lookup: the host itself cannot resolve {DNS_NAME} \
+                 ({e}); only the guest's resolv.conf was checked"
+                );
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("{message} (CI=true: a skip fails)");
+                }
+                loud(&message);
+                return;
+            }
+        };
+    assert!(
+        lookup.contains("GETENT 0"),
+        "{DNS_NAME} did not resolve in the guest (the host resolves it to {host:?}): {lookup:?} {err:?}"
+    );
+    let guest: Vec<std::net::IpAddr> = lookup
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        guest.iter().any(|ip| host.contains(ip)),
+        "the guest resolved {DNS_NAME} to {guest:?}, the host to {host:?}"
+    );
 }
 
 #[test]
