@@ -48,6 +48,15 @@ pub enum LayerError {
         /// The option that sets it.
         field: &'static str,
     },
+    /// The [`ChargeHook`](crate::ChargeHook) refused a member: what the layer costs its
+    /// filesystem is over the caller's budget.
+    #[error("layer entry {path} refused: {reason}")]
+    Charge {
+        /// The member's name.
+        path: String,
+        /// The hook's reason.
+        reason: String,
+    },
     /// A filesystem operation failed.
     #[error("failed to {op} {path}")]
     Io {

@@ -43,6 +43,6 @@ mod unpack;
 mod walk;
 
 pub use error::LayerError;
-pub use options::{UnpackOptions, UnpackStats};
+pub use options::{Charge, ChargeHook, UnpackOptions, UnpackStats};
 pub use store::{GcStats, INSTALL_GRACE, LayerStore, REAP_GRACE};
 pub use unpack::unpack;

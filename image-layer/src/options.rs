@@ -1,5 +1,55 @@
 //! What an unpack may do and how much, and what it did.
 
+use std::sync::Arc;
+
+/// What one member will cost the filesystem it is unpacked to, charged through
+/// [`UnpackOptions::charge`] before the member is written.
+///
+/// Tar bytes are a poor measure of that: an empty file, directory or link takes 512 bytes of
+/// tar but an inode (about a kilobyte of kernel memory on tmpfs), a 1-byte file a whole block,
+/// and extended attributes are kernel memory a tmpfs's `size=` does not count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Charge {
+    /// The data rounded up to whole blocks (`f_bsize` of the destination's filesystem), one
+    /// more block per inode or directory entry made, and the bytes of the extended attributes
+    /// (names and values) set.
+    pub bytes: u64,
+    /// Inodes made (0 for a hard link, an opaque marker or the layer root).
+    pub inodes: u64,
+}
+
+/// The function [`unpack`](crate::unpack) calls with each member's [`Charge`]; an `Err` stops
+/// the unpack before the member is written ([`LayerError::Charge`](crate::LayerError::Charge)
+/// carries the reason).
+#[derive(Clone)]
+pub struct ChargeHook(Arc<dyn Fn(Charge) -> Result<(), String> + Send + Sync>);
+
+impl ChargeHook {
+    /// A hook calling `f`.
+    pub fn new(f: impl Fn(Charge) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub(crate) fn call(&self, charge: Charge) -> Result<(), String> {
+        (self.0)(charge)
+    }
+}
+
+impl std::fmt::Debug for ChargeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChargeHook")
+    }
+}
+
+/// Two hooks are equal when they are the same function (clones of one hook).
+impl PartialEq for ChargeHook {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ChargeHook {}
+
 /// Limits and choices for [`unpack`](crate::unpack) and [`LayerStore::install`](crate::LayerStore::install).
 ///
 /// The defaults fit a real-world image layer in a pod VM: device nodes refused, ownership kept.
@@ -32,6 +82,9 @@ pub struct UnpackOptions {
     /// libarchive does: a setuid program of another user must not become the unpacking
     /// user's (root's, in the pod VM).
     pub keep_ownership: bool,
+    /// Called with what each member will cost before it is written (see [`Charge`]); its
+    /// refusal stops the unpack. Default `None`: nothing charged.
+    pub charge: Option<ChargeHook>,
 }
 
 impl Default for UnpackOptions {
@@ -45,6 +98,7 @@ impl Default for UnpackOptions {
             max_metadata_bytes: 1 << 20,
             allow_devices: false,
             keep_ownership: true,
+            charge: None,
         }
     }
 }

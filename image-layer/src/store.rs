@@ -175,6 +175,16 @@ impl LayerStore {
         }
     }
 
+    /// Forgets that this store installed the layers `diff_ids` recently (a pull that installed
+    /// them failed and will not mount them): the next [`gc`](Self::gc) deletes those no
+    /// mounted bundle references.
+    pub fn abandon(&self, diff_ids: &[String]) {
+        let mut fresh = self.fresh_lock();
+        for diff_id in diff_ids {
+            fresh.remove(diff_id);
+        }
+    }
+
     /// Mounts an overlay at `bundle/rootfs` (created if missing) whose lower directories are the
     /// layers `diff_ids`, given bottom layer first, with an upper and a work directory private to
     /// this bundle, and records that the bundle references those layers. Answers the mount point.

@@ -15,7 +15,7 @@ use crate::dirtimes::DirTimes;
 use crate::entry::{self, Kind, Meta, Pending};
 use crate::error::{LayerError, quote, show};
 use crate::fsops;
-use crate::options::{UnpackOptions, UnpackStats};
+use crate::options::{Charge, UnpackOptions, UnpackStats};
 use crate::tree::{Tree, path_error};
 
 /// The AUFS whiteout prefix OCI layers use for deletions.
@@ -59,6 +59,7 @@ pub fn unpack(
         other => other,
     }
     .map_err(|e| LayerError::io("open the destination directory", show(dest), e))?;
+    let block = rfs::fstatvfs(&root).map_or(4096, |s| s.f_bsize.clamp(512, 1 << 20));
     let mut unpacker = Unpacker {
         tree: Tree {
             root,
@@ -74,6 +75,7 @@ pub fn unpack(
         dir_times: DirTimes::default(),
         buf: vec![0; 256 << 10],
         stats: UnpackStats::default(),
+        block,
     };
     let mut archive = tar::Archive::new(tar);
     let mut index = 0u64;
@@ -245,6 +247,49 @@ struct Unpacker<'o> {
     dir_times: DirTimes,
     buf: Vec<u8>,
     stats: UnpackStats,
+    /// The destination filesystem's block size, for [`Charge`]s.
+    block: u64,
+}
+
+/// What the member `meta` (last name component `last`, `None` for the layer root) costs the
+/// filesystem: see [`Charge`]. Charged whether or not the member replaces an existing one (an
+/// overcount, never an undercount).
+fn member_charge(meta: &Meta, last: Option<&[u8]>, block: u64) -> Charge {
+    let xattrs = meta
+        .xattrs
+        .iter()
+        .map(|(n, v)| (n.len() + v.len()) as u64)
+        .fold(0u64, u64::saturating_add);
+    let Some(last) = last else {
+        return Charge {
+            bytes: xattrs,
+            inodes: 0,
+        };
+    };
+    if last == OPAQUE_MARKER {
+        return Charge {
+            bytes: (OVERLAY_OPAQUE.len() + 1) as u64,
+            inodes: 0,
+        };
+    }
+    if let Some(hidden) = last.strip_prefix(WHITEOUT_PREFIX) {
+        // A whiteout is a device node; AUFS's own `.wh..wh.*` records make nothing.
+        let inodes = u64::from(!hidden.starts_with(WHITEOUT_PREFIX));
+        return Charge {
+            bytes: block * inodes,
+            inodes,
+        };
+    }
+    let (data, inodes) = match meta.kind {
+        Kind::File => (meta.size.div_ceil(block).saturating_mul(block), 1),
+        // A name in a directory, no new inode.
+        Kind::Hardlink => (0, 0),
+        Kind::Dir | Kind::Symlink | Kind::Char | Kind::Block | Kind::Fifo => (0, 1),
+    };
+    Charge {
+        bytes: data.saturating_add(block).saturating_add(xattrs),
+        inodes,
+    }
 }
 
 fn timestamps(meta: &Meta) -> Timestamps {
@@ -268,6 +313,13 @@ impl Unpacker<'_> {
                 limit: u64::try_from(self.opts.max_depth).unwrap_or(u64::MAX),
                 field: "max_depth",
             });
+        }
+        if let Some(hook) = &self.opts.charge {
+            let charge = member_charge(meta, parts.last().copied(), self.block);
+            hook.call(charge).map_err(|reason| LayerError::Charge {
+                path: quote(&meta.name),
+                reason,
+            })?;
         }
         self.stats.entries += 1;
         let Some((&last, parents)) = parts.split_last() else {

@@ -74,6 +74,11 @@ pub struct ImageConfig {
     /// size of `work_dir`'s filesystem.
     #[serde(default)]
     pub max_layer_store_bytes: Option<u64>,
+    /// Not an upstream key: the most files, directories, links and device nodes one pull may
+    /// make in `work_dir`; none: 3/4 of the inodes free in `work_dir`'s filesystem when the
+    /// pull starts.
+    #[serde(default)]
+    pub max_image_unpacked_inodes: Option<u64>,
     /// Not an upstream key (never read from the file): the transfer tuning.
     #[serde(skip)]
     pub transfer: Transfer,
@@ -127,6 +132,7 @@ impl Default for ImageConfig {
             anonymous_fallback_on_unauthorized: false,
             max_image_unpacked_bytes: None,
             max_layer_store_bytes: None,
+            max_image_unpacked_inodes: None,
             transfer: Transfer::default(),
         }
     }
@@ -147,6 +153,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "anonymous_fallback_on_unauthorized",
     "max_image_unpacked_bytes",
     "max_layer_store_bytes",
+    "max_image_unpacked_inodes",
 ];
 
 /// Why `[image]` cannot be used.
@@ -193,10 +200,11 @@ impl ImageConfig {
         for (key, value) in [
             ("max_image_unpacked_bytes", self.max_image_unpacked_bytes),
             ("max_layer_store_bytes", self.max_layer_store_bytes),
+            ("max_image_unpacked_inodes", self.max_image_unpacked_inodes),
         ] {
             if value == Some(0) {
                 return Err(ConfigError(format!(
-                    "{key} = 0: expected a number of bytes above 0 (leave it out for the default \
+                    "{key} = 0: expected a number above 0 (leave it out for the default \
                      derived from work_dir's filesystem)"
                 )));
             }
@@ -288,6 +296,7 @@ mod tests {
             ("work_dir = \"relative\"", "work_dir"),
             ("max_image_unpacked_bytes = 0", "max_image_unpacked_bytes"),
             ("max_layer_store_bytes = 0", "max_layer_store_bytes"),
+            ("max_image_unpacked_inodes = 0", "max_image_unpacked_inodes"),
             ("max_layer_store_bytes = -1", "u64"),
             (
                 "registry_configuration_uri = \"http://x\"",

@@ -5,7 +5,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
-use peerpod_image_layer::{LayerStore, UnpackOptions};
+use peerpod_image_layer::{ChargeHook, LayerStore, UnpackOptions};
 
 use crate::digest::Digest;
 use crate::store::Layers;
@@ -38,11 +38,20 @@ impl Layers for LayerDirStore {
         self.store.contains(&diff_id.to_string())
     }
 
-    fn install(&self, diff_id: &Digest, tar: &mut dyn Read) -> io::Result<()> {
+    fn install(&self, diff_id: &Digest, tar: &mut dyn Read, charge: ChargeHook) -> io::Result<()> {
+        let options = UnpackOptions {
+            charge: Some(charge),
+            ..self.options.clone()
+        };
         self.store
-            .install(&diff_id.to_string(), tar, &self.options)
+            .install(&diff_id.to_string(), tar, &options)
             .map(|_| ())
             .map_err(to_io)
+    }
+
+    fn abandon(&self, diff_ids: &[Digest]) {
+        let ids: Vec<String> = diff_ids.iter().map(Digest::to_string).collect();
+        self.store.abandon(&ids);
     }
 
     fn mount_rootfs(&self, diff_ids: &[Digest], bundle: &Path) -> io::Result<()> {

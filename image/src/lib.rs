@@ -24,9 +24,12 @@
 //!   verifies it. The root filesystem is mounted at `bundle/rootfs` (a layer repeated in an
 //!   image is stacked once, at its topmost place; the container's `/` is 0755);
 //!   [`Puller::release`] undoes it.
-//! - [`budget`]: the uncompressed bytes a pull may read (`max_image_unpacked_bytes`) and the
-//!   unpacked layers `work_dir` may hold (`max_layer_store_bytes`), enforced as the tar streams;
-//!   by default derived from `work_dir`'s filesystem (our keys; image-rs has none).
+//! - [`budget`]: what a pull's layers may cost `work_dir` in bytes (`max_image_unpacked_bytes`)
+//!   and inodes (`max_image_unpacked_inodes`), and what all the layers there may take
+//!   (`max_layer_store_bytes`), charged member by member by the unpacker (a
+//!   [`ChargeHook`]) before each is written; by default derived from `work_dir`'s filesystem
+//!   (our keys; image-rs has none). A failed pull gives up the layers it installed
+//!   ([`Layers::abandon`]) and collects them.
 //! - Signatures: with `image_security_policy_uri` (or `image_security_policy`) set, the
 //!   containers `policy.json` is enforced by `peerpod-image-signature` on the digest the
 //!   reference resolved to, before any layer is fetched; keys come through [`Resources`].
@@ -73,6 +76,7 @@ pub use config::ImageConfig;
 pub use digest::Digest;
 pub use error::ImageError;
 pub use layer_store::LayerDirStore;
+pub use peerpod_image_layer::{Charge, ChargeHook};
 pub use pull::{PullOutcome, Puller};
 pub use reference::Reference;
 pub use resources::Resources;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use bytes::Bytes;
 use peerpod_image_crypt::{LayerDecryptor, LayerKey};
+use peerpod_image_layer::ChargeHook;
 use peerpod_image_signature::{LookasideConfig, Policy};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Mutex, OnceCell, RwLock, Semaphore, mpsc};
@@ -121,11 +122,45 @@ impl Puller {
         if let Err(e) = self.collect().await {
             tracing::warn!(error = %e, "cannot collect unused layers before the pull; continuing");
         }
-        let _pulling = self.collecting.read().await;
+        let mine = Mine::default();
+        // A pull dropped half-way (its caller gave up) abandons what it installed too; the
+        // next collection removes it.
+        let mut guard = AbandonOnDrop {
+            mine: &mine,
+            store: self.store.as_ref(),
+            armed: true,
+        };
+        let result = {
+            let _pulling = self.collecting.read().await;
+            self.pull_sources(&reference, bundle, &mine).await
+        };
+        guard.armed = false;
+        if result.is_err() {
+            // What this pull installed will not be mounted by it: no longer kept as fresh,
+            // collected now unless another bundle uses it.
+            mine.settled().await;
+            let abandoned = mine.abandon();
+            if !abandoned.is_empty() {
+                self.store.abandon(&abandoned);
+                if let Err(e) = self.collect().await {
+                    tracing::warn!(error = %e, "cannot collect the layers of the failed pull");
+                }
+            }
+        }
+        result
+    }
+
+    /// [`Puller::pull`] from each source in turn, under the shared collection lock.
+    async fn pull_sources(
+        &self,
+        reference: &Reference,
+        bundle: &Path,
+        mine: &Mine,
+    ) -> Result<PullOutcome, ImageError> {
         let verifier = self.verifier().await?;
         let registries = self.registries().await?;
         let sources = registries
-            .sources(&reference)
+            .sources(reference)
             .map_err(|e| ImageError::Config(e.to_string()))?;
         let auth = self.auth().await?;
         let mut errors = Vec::new();
@@ -140,7 +175,7 @@ impl Puller {
             // never Docker Hub's `library/` name as the reference parsed. Credentials stay those
             // of the registry actually contacted (`source.reference`), as containers/image.
             let mut result = self
-                .pull_from(&source.logical, source, &session, verifier.as_deref())
+                .pull_from(&source.logical, source, &session, verifier.as_deref(), mine)
                 .await;
             // As image-rs: a registry that refuses the configured credentials (an expired
             // token, say) may still serve the image anonymously, when the configuration says so.
@@ -151,7 +186,13 @@ impl Puller {
                 tracing::warn!(source = %source.reference, "the registry refused the configured credentials; retrying anonymously (anonymous_fallback_on_unauthorized)");
                 let anonymous = self.client.session(source, None);
                 result = self
-                    .pull_from(&source.logical, source, &anonymous, verifier.as_deref())
+                    .pull_from(
+                        &source.logical,
+                        source,
+                        &anonymous,
+                        verifier.as_deref(),
+                        mine,
+                    )
                     .await;
             }
             match result {
@@ -353,6 +394,7 @@ impl Puller {
         source: &Source,
         session: &Session,
         verifier: Option<&Verifier>,
+        mine: &Mine,
     ) -> Result<PullOutcome, ImageError> {
         let r = &source.reference;
         let what = format!("manifest of {r}");
@@ -426,7 +468,7 @@ impl Puller {
             || self.origins.total_bytes(|d| self.store.contains(d)),
         )?);
         let (fetched, reused, bytes) = self
-            .fetch_layers(original, session, &layers, budget)
+            .fetch_layers(original, session, &layers, budget, mine)
             .await?;
         Ok(PullOutcome {
             manifest_digest: top,
@@ -449,6 +491,7 @@ impl Puller {
         session: &Session,
         layers: &[Layer],
         budget: Arc<Budget>,
+        mine: &Mine,
     ) -> Result<(usize, usize, u64), ImageError> {
         let mut seen = HashSet::new();
         let unique: Vec<Layer> = layers
@@ -456,9 +499,10 @@ impl Puller {
             .filter(|l| seen.insert(l.diff_id.clone()))
             .cloned()
             .collect();
-        let permits = Arc::new(Semaphore::new(
-            self.config.max_concurrent_layer_downloads_per_image,
-        ));
+        let slots = self.config.max_concurrent_layer_downloads_per_image;
+        let permits = Arc::new(Semaphore::new(slots));
+        // Unwrapping keys (a KBS request each) is bounded like the downloads.
+        let key_permits = Arc::new(Semaphore::new(slots));
         let mut tasks = tokio::task::JoinSet::new();
         for layer in unique {
             let claim = Claim::new(&self.in_flight, &layer.diff_id);
@@ -470,11 +514,13 @@ impl Puller {
                 budget: budget.clone(),
                 image: original.to_string(),
                 layer,
+                mine: mine.clone(),
             };
             let permits = permits.clone();
+            let key_permits = key_permits.clone();
             tasks.spawn(async move {
                 let _held = claim.hold().await;
-                job.run(&permits).await
+                job.run(&key_permits, &permits).await
             });
         }
         let (mut fetched, mut reused, mut bytes) = (0, 0, 0);
@@ -500,6 +546,85 @@ impl Puller {
 }
 
 type InFlight = Arc<StdMutex<HashMap<Digest, Arc<Mutex<()>>>>>;
+
+/// The layers one pull installed, for [`Layers::abandon`] when the pull fails, and its
+/// unpacking threads still running. Such a thread outlives a cancelled layer task (it stops
+/// when its download's channel closes): a failed pull waits for them before it answers, so
+/// nothing half-unpacked is left behind it; one that finishes installing after the pull gave
+/// up abandons its layer itself.
+#[derive(Clone)]
+struct Mine(
+    Arc<StdMutex<MineState>>,
+    Arc<tokio::sync::watch::Sender<usize>>,
+);
+
+impl Default for Mine {
+    fn default() -> Self {
+        Self(Arc::default(), Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+/// Abandons what a pull installed when the pull is dropped before it answers.
+struct AbandonOnDrop<'a> {
+    mine: &'a Mine,
+    store: &'a dyn Layers,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let abandoned = self.mine.abandon();
+            if !abandoned.is_empty() {
+                self.store.abandon(&abandoned);
+            }
+        }
+    }
+}
+
+/// One running unpacking thread of a pull, counted in its [`Mine`] while it lives.
+struct Running(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+#[derive(Default)]
+struct MineState {
+    failed: bool,
+    installed: Vec<Digest>,
+}
+
+impl Mine {
+    /// Notes `diff_id` as installed by this pull; `false` when the pull already failed.
+    fn installed(&self, diff_id: &Digest) -> bool {
+        let mut state = lock(&self.0);
+        if !state.failed {
+            state.installed.push(diff_id.clone());
+        }
+        !state.failed
+    }
+
+    /// Counts an unpacking thread about to start.
+    fn running(&self) -> Running {
+        self.1.send_modify(|n| *n += 1);
+        Running(self.1.clone())
+    }
+
+    /// Waits for the pull's unpacking threads to end.
+    async fn settled(&self) {
+        let _ = self.1.subscribe().wait_for(|n| *n == 0).await;
+    }
+
+    /// Marks the pull failed; answers what it installed.
+    fn abandon(&self) -> Vec<Digest> {
+        let mut state = lock(&self.0);
+        state.failed = true;
+        std::mem::take(&mut state.installed)
+    }
+}
 
 /// A layer task's entry in the in-flight map, removed when the last task holding it ends
 /// (success, error, or aborted with its pull).
@@ -548,15 +673,24 @@ struct LayerJob {
     budget: Arc<Budget>,
     image: String,
     layer: Layer,
+    mine: Mine,
 }
 
 impl LayerJob {
     /// `None`: the store's copy is reused; `Some(bytes downloaded)` otherwise.
-    async fn run(self, permits: &Semaphore) -> Result<Option<u64>, ImageError> {
+    async fn run(
+        self,
+        key_permits: &Semaphore,
+        permits: &Semaphore,
+    ) -> Result<Option<u64>, ImageError> {
         let layer = &self.layer;
         // The key first, whatever the store holds: an encrypted layer is never used by a pull
         // that cannot unwrap its key, and a layer that cannot be decrypted is not downloaded.
         let key = if layer.encrypted {
+            let _permit = key_permits
+                .acquire()
+                .await
+                .map_err(|_| ImageError::Config("the key slots were closed".into()))?;
             let key =
                 peerpod_image_crypt::layer_key(&layer.annotations, &Keys(self.resources.clone()))
                     .await
@@ -593,6 +727,11 @@ impl LayerJob {
             .acquire()
             .await
             .map_err(|_| ImageError::Config("the download slots were closed".into()))?;
+        let install = (!installed).then(|| Install {
+            origins: self.origins.clone(),
+            origin: origin.clone(),
+            mine: self.mine.clone(),
+        });
         let (downloaded, unpacked) = fetch_layer(
             &self.session,
             self.store.clone(),
@@ -600,27 +739,42 @@ impl LayerJob {
             key.as_ref(),
             &self.image,
             self.budget.clone(),
-            !installed,
+            install,
         )
         .await?;
-        let mut record = record.unwrap_or_default();
-        if !installed {
-            record = Record::default();
-        }
-        record.bytes = record.bytes.or(Some(unpacked));
-        record.add(origin);
-        if let Err(e) = self.origins.write(&layer.diff_id, &record) {
-            // Without a record the layer counts as of unknown origin: verified at its next use.
-            tracing::warn!(diff_id = %layer.diff_id, error = %e, "cannot record where the layer came from");
+        if installed {
+            // Verified: this pull's origin joins the record (an install wrote its own).
+            let mut record = record.unwrap_or_default();
+            record.bytes = record.bytes.or(Some(unpacked));
+            record.add(origin);
+            write_record(&self.origins, &layer.diff_id, &record);
         }
         Ok(Some(downloaded))
     }
 }
 
+/// Writes a layer's origin record; a failure is logged (the layer then counts as of unknown
+/// origin: verified at its next use).
+fn write_record(origins: &Origins, diff_id: &Digest, record: &Record) {
+    if let Err(e) = origins.write(diff_id, record) {
+        tracing::warn!(diff_id = %diff_id, error = %e, "cannot record where the layer came from");
+    }
+}
+
+/// What the unpacking thread of an install needs besides the store.
+struct Install {
+    origins: Arc<Origins>,
+    origin: Origin,
+    mine: Mine,
+}
+
 /// One layer in one pass: the download task streams the blob (resuming with `Range` after a
-/// dropped connection) into a channel; a blocking task decompresses it, counting the bytes
-/// against the pull's budget, into the store (`install`) or only through its digests (the
-/// store has a copy). Answers the blob's and the tar's sizes.
+/// dropped connection) into a channel; a blocking task decompresses it into the store
+/// (`install`: each member charged against the pull's budget; the origin record is written
+/// by that thread right after the install, so a layer task cancelled meanwhile cannot leave
+/// an installed layer without one) or only through its digests (the store has a copy; the
+/// tar bytes counted). Answers the blob's size and what the layer costs (installed) or its
+/// tar bytes (verified).
 async fn fetch_layer(
     session: &Session,
     store: Arc<dyn Layers>,
@@ -628,29 +782,62 @@ async fn fetch_layer(
     key: Option<&LayerKey>,
     image: &str,
     budget: Arc<Budget>,
-    install: bool,
+    install: Option<Install>,
 ) -> Result<(u64, u64), ImageError> {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let diff_id = layer.diff_id.clone();
     let compression = layer.compression;
+    let installing = install.is_some();
+    let running = install.as_ref().map(|i| i.mine.running());
     let unpack = tokio::task::spawn_blocking(move || {
+        let _running = running;
         let mut tar = match TarReader::new(ChannelReader::new(rx), compression, diff_id.clone()) {
             Ok(t) => t,
             Err(e) => return (Err(e), None, None),
         };
-        let mut metered = Metered::new(&mut tar, &budget, install);
-        let result = if install {
-            store.install(&diff_id, &mut metered)
-        } else {
-            std::io::copy(&mut metered, &mut std::io::sink()).map(|_| ())
+        let Some(install) = install else {
+            let mut metered = Metered::new(&mut tar, Some(&budget));
+            let result = std::io::copy(&mut metered, &mut std::io::sink())
+                .map(|_| ())
+                .and_then(|()| metered.finish());
+            let refused = metered.refused.take();
+            return (result.map(|()| tar.bytes), tar.mismatch.take(), refused);
+        };
+        let charged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let refused = Arc::new(StdMutex::new(None::<String>));
+        let hook = {
+            let (budget, charged, refused) = (budget.clone(), charged.clone(), refused.clone());
+            ChargeHook::new(move |c| match budget.charge(c) {
+                Ok(()) => {
+                    charged.fetch_add(c.bytes, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(reason) => {
+                    *lock(&refused) = Some(reason.clone());
+                    Err(reason)
+                }
+            })
+        };
+        let mut metered = Metered::new(&mut tar, None);
+        let result = store
+            .install(&diff_id, &mut metered, hook)
+            .and_then(|()| metered.finish());
+        let cost = charged.load(std::sync::atomic::Ordering::Relaxed);
+        let refused = lock(&refused).take();
+        if let Err(e) = result {
+            budget.untake_store(cost);
+            return (Err(e), tar.mismatch.take(), refused);
         }
-        .and_then(|()| metered.finish());
-        let (counted, refused) = (metered.bytes, metered.refused.take());
-        if result.is_err() && install {
-            budget.untake_store(counted);
+        let mut record = Record {
+            bytes: Some(cost),
+            ..Record::default()
+        };
+        record.add(install.origin);
+        write_record(&install.origins, &diff_id, &record);
+        if !install.mine.installed(&diff_id) {
+            store.abandon(std::slice::from_ref(&diff_id));
         }
-        let result = result.map(|()| tar.bytes);
-        (result, tar.mismatch.take(), refused)
+        (Ok(cost), tar.mismatch.take(), refused)
     });
     let downloaded = download(session, layer, tx, key.map(LayerDecryptor::new), image).await;
     let unpacked = unpack.await.map_err(|e| ImageError::Layer {
@@ -661,7 +848,7 @@ async fn fetch_layer(
     downloaded?;
     match unpacked? {
         (Ok(n), _, _) => {
-            tracing::debug!(layer = %layer.digest, bytes = layer.size, unpacked = n, install, "layer fetched");
+            tracing::debug!(layer = %layer.digest, bytes = layer.size, unpacked = n, installing, "layer fetched");
             Ok((layer.size, n))
         }
         (Err(_), _, Some(reason)) => Err(ImageError::Layer {

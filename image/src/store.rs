@@ -5,16 +5,22 @@
 use std::io::{self, Read};
 use std::path::Path;
 
+use peerpod_image_layer::ChargeHook;
+
 use crate::digest::Digest;
 
 /// A store of unpacked layers, shared by diff_id.
 pub trait Layers: Send + Sync + 'static {
     /// Whether the layer is already unpacked.
     fn contains(&self, diff_id: &Digest) -> bool;
-    /// Unpacks the tar read from `tar` as `diff_id`. Must read `tar` to EOF before making the
-    /// layer visible: the reader verifies both digests only there, and a failed read means
-    /// the layer must be discarded.
-    fn install(&self, diff_id: &Digest, tar: &mut dyn Read) -> io::Result<()>;
+    /// Unpacks the tar read from `tar` as `diff_id`, calling `charge` with what each member
+    /// costs before writing it (its refusal fails the install). Must read `tar` to EOF before
+    /// making the layer visible: the reader verifies both digests only there, and a failed
+    /// read means the layer must be discarded.
+    fn install(&self, diff_id: &Digest, tar: &mut dyn Read, charge: ChargeHook) -> io::Result<()>;
+    /// Layers a failed pull installed: no bundle will mount them for that pull, so the next
+    /// [`Layers::gc`] may remove them unless a bundle uses them. The default does nothing.
+    fn abandon(&self, _diff_ids: &[Digest]) {}
     /// Mounts the layers (lowest first) as `bundle/rootfs`.
     fn mount_rootfs(&self, diff_ids: &[Digest], bundle: &Path) -> io::Result<()>;
     /// Unmounts `bundle/rootfs`.

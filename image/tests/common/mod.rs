@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use peerpod_image::{Digest, Layers};
 
+pub mod raw;
+
 pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Whether the tools are installed; outside CI a missing one skips the test loudly, under
@@ -351,7 +353,12 @@ impl Layers for RecordingStore {
     fn contains(&self, diff_id: &Digest) -> bool {
         self.layers.lock().unwrap().contains_key(diff_id)
     }
-    fn install(&self, diff_id: &Digest, tar: &mut dyn Read) -> std::io::Result<()> {
+    fn install(
+        &self,
+        diff_id: &Digest,
+        tar: &mut dyn Read,
+        _charge: peerpod_image::ChargeHook,
+    ) -> std::io::Result<()> {
         let mut names = Vec::new();
         {
             let mut archive = tar::Archive::new(&mut *tar);
