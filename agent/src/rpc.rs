@@ -235,6 +235,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
         // The id first: a duplicate is refused before the CDH is asked for anything (secrets,
         // an image pull) or a bundle is made.
         let reservation = self.runtime.reserve(&req.container_id)?;
+        self.runtime.check_storages(&req)?;
         let mut req = req;
         self.cdh.unseal_env(&mut req).await?;
         let pulled = self.guest_pull.prepare(&self.cdh, &mut req).await?;

@@ -47,6 +47,15 @@ impl Runtime {
         })
     }
 
+    /// Refuses a CreateContainer whose other storages could not be prepared (unsupported
+    /// drivers, relative or `..` mount points) before anything is pulled for it.
+    pub fn check_storages(
+        &self,
+        request: &agent::CreateContainerRequest,
+    ) -> Result<(), AgentError> {
+        storage::check_all(&request.storages)
+    }
+
     /// CreateContainer for the id `reservation` holds, with a root filesystem a guest pull
     /// prepared ([`crate::guest_pull`]): released with the container (or now, with its bundle,
     /// if the creation fails); its process, when it has one (the pause bundle's), replaces the

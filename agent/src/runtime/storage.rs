@@ -80,10 +80,19 @@ pub(crate) fn prepare_all(storages: &[Storage]) -> Result<Vec<Mounted>, AgentErr
     Ok(mounted)
 }
 
-/// Prepares one storage.
-fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
+/// Checks what can be checked of a container's storages without touching anything (their
+/// drivers and mount points), so a request that would fail on them fails before its image is
+/// pulled. The `image_guest_pull` storage is the guest pull's and is skipped here.
+pub(crate) fn check_all(storages: &[Storage]) -> Result<(), AgentError> {
+    storages
+        .iter()
+        .filter(|s| s.driver != "image_guest_pull")
+        .try_for_each(|s| check(s).map(drop))
+}
+
+/// The storage's mount point, if its driver is supported and the path acceptable.
+fn check(storage: &Storage) -> Result<PathBuf, AgentError> {
     let mount_point = checked_path(&storage.mount_point, "mount_point")?;
-    // Refused before its mount point is made: an unsupported storage leaves nothing behind.
     match storage.driver.as_str() {
         "local" | "ephemeral" | "bind" => {}
         "image_guest_pull" => {
@@ -98,6 +107,13 @@ fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
             )));
         }
     }
+    Ok(mount_point)
+}
+
+/// Prepares one storage.
+fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
+    // Refused before its mount point is made: an unsupported storage leaves nothing behind.
+    let mount_point = check(storage)?;
     std::fs::create_dir_all(&mount_point).map_err(|e| {
         AgentError::internal(
             format!("cannot create {}", crate::error::quoted(&mount_point)),

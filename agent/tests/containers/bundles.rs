@@ -252,9 +252,10 @@ async fn a_duplicate_container_id_is_refused_before_any_pull_or_write() {
     assert!(leftovers(&id).is_empty() && leftovers(&slow).is_empty());
 }
 
-/// Create and remove 1,000 times (four clients at once); fail creations after the pull (an unsupported storage) and
-/// in the pull; destroy a sandbox with containers: `/run/kata-containers` keeps none of these
-/// bundles and no mount below them.
+/// Create and remove 1,000 times (four clients at once); refuse an unsupported storage before
+/// the pull; fail creations after the pull (a bind storage without its source) and in the
+/// pull; destroy a sandbox with containers: `/run/kata-containers` keeps none of these bundles
+/// and no mount below them.
 #[tokio::test(flavor = "multi_thread")]
 async fn bundles_go_with_their_containers_over_1000_cycles() {
     let f = fixture("cycles").await;
@@ -293,8 +294,8 @@ async fn bundles_go_with_their_containers_over_1000_cycles() {
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
     assert_eq!(f.cdh.calls.load(Ordering::SeqCst), 1000);
 
-    // Failed after the pull: the pulled rootfs unmounted and the bundle gone.
-    let id = format!("{prefix}after-pull");
+    // An unsupported storage next to the pull: refused before the CDH is asked.
+    let id = format!("{prefix}unsupported");
     let mut request = pull_request(&id, image);
     request.storages.insert(
         0,
@@ -306,8 +307,29 @@ async fn bundles_go_with_their_containers_over_1000_cycles() {
     );
     let (code, message) = status_of(f.client.create_container(ctx(), &request).await);
     assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
-    assert_eq!(f.cdh.calls.load(Ordering::SeqCst), 1001);
+    assert_eq!(
+        f.cdh.calls.load(Ordering::SeqCst),
+        1000,
+        "pulled for nothing"
+    );
     assert!(!Path::new(&format!("{BASE}/shared/{id}")).exists());
+
+    // Failed after the pull (a bind storage whose source is missing): the pulled rootfs
+    // unmounted and the bundle gone.
+    let id = format!("{prefix}after-pull");
+    let mut request = pull_request(&id, image);
+    request.storages.insert(
+        0,
+        agent::Storage {
+            driver: "bind".into(),
+            source: format!("/nonexistent/{id}"),
+            mount_point: f.agent.dir.join("bind-target").display().to_string(),
+            ..Default::default()
+        },
+    );
+    let (code, message) = status_of(f.client.create_container(ctx(), &request).await);
+    assert_eq!(code, Code::INTERNAL, "{message}");
+    assert_eq!(f.cdh.calls.load(Ordering::SeqCst), 1001);
     // Failed in the pull.
     let id = format!("{prefix}in-pull");
     let (code, message) = status_of(
