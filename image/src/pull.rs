@@ -21,7 +21,7 @@ use crate::config::ImageConfig;
 use crate::digest::Digest;
 use crate::error::ImageError;
 use crate::manifest::{self, Fetched, Layer};
-use crate::origin::{Origin, Origins, Record, key_check};
+use crate::origin::{Origin, Origins, Record};
 use crate::reference::Reference;
 use crate::registries::{MAX_REGISTRIES_FILE, RegistryConfig, Source};
 use crate::resources::{self, Resources};
@@ -707,7 +707,7 @@ impl LayerJob {
         let origin = match &key {
             Some(k) => Origin::Encrypted {
                 blob: layer.digest.clone(),
-                key: key_check(k),
+                key: self.origins.key_check(k),
             },
             None => Origin::Plain,
         };
