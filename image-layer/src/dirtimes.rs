@@ -53,7 +53,9 @@ impl DirTimes {
     }
 
     /// Notes `times` for the directory open as `dir`, at `path` beneath the layer root (empty
-    /// for the root), replacing what was noted for it.
+    /// for the root), replacing what was noted for its inode, path included: on a filesystem
+    /// that reuses inode numbers (ext4, xfs) a new directory can have the number of one
+    /// removed earlier.
     pub(crate) fn note(
         &mut self,
         dir: BorrowedFd<'_>,
@@ -62,11 +64,12 @@ impl DirTimes {
     ) -> Result<(), Errno> {
         let ino = rfs::fstat(dir)?.st_ino;
         self.times.insert(ino, times);
-        if let Some(paths) = &mut self.paths
-            && !paths.contains_key(&ino)
-        {
+        if let Some(paths) = &mut self.paths {
             let path = path();
             self.path_bytes += path.len() + PATH_OVERHEAD;
+            if let Some(old) = paths.get(&ino) {
+                self.path_bytes -= old.len() + PATH_OVERHEAD;
+            }
             if self.path_bytes > self.budget {
                 self.paths = None;
             } else {
@@ -102,8 +105,12 @@ impl DirTimes {
             for (ino, times) in &self.times {
                 let Some(path) = paths.get(ino) else { continue };
                 match fsops::open_dir_beneath(root, path) {
-                    Ok(fd) => rfs::futimens(&fd, times)
-                        .map_err(|e| LayerError::io("set the mtime of", quote(path), e))?,
+                    // Only the directory noted: the path may name another one by now.
+                    Ok(fd) if rfs::fstat(&fd).is_ok_and(|st| st.st_ino == *ino) => {
+                        rfs::futimens(&fd, times)
+                            .map_err(|e| LayerError::io("set the mtime of", quote(path), e))?;
+                    }
+                    Ok(_) => {}
                     // Replaced by a later member (whose times stand) since it was noted.
                     Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
                     Err(e) => return Err(LayerError::io("open", quote(path), e)),
@@ -223,5 +230,36 @@ mod tests {
             assert_eq!(mtime("d"), 5_000_000);
             assert!(mtime("e") > 6_000_000, "not noted: left alone");
         }
+    }
+
+    /// A directory noted at one path and noted again at another (renamed, or on ext4/xfs a
+    /// new directory reusing a removed one's inode number) gets the times at its latest path;
+    /// a path that names another directory by the time they are applied (a new inode) is
+    /// left alone.
+    #[test]
+    fn the_latest_path_is_kept_and_a_path_naming_another_directory_is_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("a")).unwrap();
+        std::fs::create_dir(root.join("b")).unwrap();
+        let root_fd = rfs::open(root, walk::OPEN_DIR, Mode::empty()).unwrap();
+        let mut times = DirTimes::default();
+        let note = |times: &mut DirTimes, path: &str, sec| {
+            let fd = fsops::open_dir_beneath(root_fd.as_fd(), path.as_bytes()).unwrap();
+            times
+                .note(fd.as_fd(), || path.as_bytes().to_vec(), at(sec))
+                .unwrap();
+        };
+        note(&mut times, "a", 1_000_000);
+        std::fs::rename(root.join("a"), root.join("z")).unwrap();
+        note(&mut times, "z", 2_000_000);
+        note(&mut times, "b", 3_000_000);
+        // `b` replaced by another directory behind the noting's back.
+        std::fs::rename(root.join("b"), root.join("b-old")).unwrap();
+        std::fs::create_dir(root.join("b")).unwrap();
+        times.apply(root_fd.as_fd()).unwrap();
+        let mtime = |dir: &str| std::fs::metadata(root.join(dir)).unwrap().mtime();
+        assert_eq!(mtime("z"), 2_000_000, "noted again at its new path");
+        assert!(mtime("b") > 3_000_000, "another directory now: left alone");
     }
 }

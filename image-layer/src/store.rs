@@ -507,8 +507,32 @@ fn create_private_dir(dir: &Path) -> Result<(), LayerError> {
     }
 }
 
+/// Writes `path` atomically: `data` into a temporary file beside it (`.<name>.tmp`), synced,
+/// then renamed over it. A crash leaves the old file or the new one, never a part: a
+/// truncated `layers` file would drop references and let a collection delete layers in use.
+/// A temporary file left by an interrupted write is replaced; nothing reads it.
 fn write_file(path: &Path, data: &[u8]) -> Result<(), LayerError> {
-    fs::write(path, data).map_err(|e| LayerError::io("write", show(path), e))
+    use std::io::Write as _;
+    let err = |e| LayerError::io("write", show(path), e);
+    let name = path.file_name().unwrap_or_default().as_bytes();
+    let mut tmp_name = b".".to_vec();
+    tmp_name.extend_from_slice(name);
+    tmp_name.extend_from_slice(b".tmp");
+    let tmp = path.with_file_name(std::ffi::OsStr::from_bytes(&tmp_name));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err)
 }
 
 /// Best-effort removal of a tree this store made.
@@ -545,6 +569,74 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write interrupted before its rename (simulated: a partial temporary file left
+    /// behind, as a crash would) changes nothing: the references are the last complete ones,
+    /// a collection keeps the layer they name, and the next write replaces the temporary file.
+    /// A rewrite that fails half-way (ENOSPC on a full tmpfs) leaves the previous complete
+    /// file; `fs::write` truncated it first and left a part.
+    #[test]
+    fn a_state_write_that_runs_out_of_space_leaves_the_previous_file() {
+        if !rustix::process::geteuid().is_root() {
+            let msg = "a_state_write_that_runs_out_of_space_leaves_the_previous_file needs root (a tmpfs mount)";
+            assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{msg}");
+            eprintln!("\n*** SKIPPED: {msg} ***");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        rustix::mount::mount(
+            "tmpfs",
+            tmp.path(),
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            Some(c"size=256k"),
+        )
+        .expect("a small tmpfs");
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        let _unmount = Unmount(tmp.path());
+        let refs = tmp.path().join("layers");
+        let old = vec![b'a'; 64 << 10];
+        write_file(&refs, &old).expect("written");
+        let new = vec![b'b'; 512 << 10];
+        write_file(&refs, &new).expect_err("no room for it");
+        assert!(
+            fs::read(&refs).expect("refs") == old,
+            "the previous file stays whole"
+        );
+        assert!(
+            !tmp.path().join(".layers.tmp").exists(),
+            "the part is removed"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_state_write_leaves_the_last_complete_references() {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let store = LayerStore::open(tmp.path()).expect("a store");
+        let id = format!("sha256:{}", "ab".repeat(32));
+        let layer = store.layer_path(DiffId::parse(&id).expect("id"));
+        fs::create_dir_all(&layer).expect("a layer");
+        let state = store.overlay_dir().join("c".repeat(64));
+        fs::create_dir(&state).expect("a state");
+        let refs = state.join("layers");
+        write_file(&refs, format!("{id}\n").as_bytes()).expect("written");
+        assert_eq!(fs::read_to_string(&refs).expect("refs"), format!("{id}\n"));
+        assert!(!state.join(".layers.tmp").exists(), "renamed into place");
+        // A crash half-way through rewriting it: the part is in the temporary file only.
+        fs::write(state.join(".layers.tmp"), &id.as_bytes()[..10]).expect("a part");
+        assert_eq!(fs::read_to_string(&refs).expect("refs"), format!("{id}\n"));
+        let stats = store.gc().expect("collected");
+        assert_eq!((stats.removed, stats.kept), (0, 1), "{stats:?}");
+        assert!(layer.is_dir(), "the referenced layer stays");
+        write_file(&refs, b"").expect("rewritten over the leftover");
+        assert!(!state.join(".layers.tmp").exists());
+        assert_eq!(fs::read(&refs).expect("refs"), b"");
+    }
 
     #[test]
     fn reaping_fails_closed_when_the_mounts_cannot_be_read() {
