@@ -16,6 +16,17 @@ pub const MARKERS: &[(&str, &str)] = &[
         "podvm-initramfs: root",
     ),
     ("systemd", "Welcome to"),
+    // The waits in userspace before provisioning: udev (which the cidata disk's by-label link
+    // needs) and systemd-networkd (network.target, which provisioning is ordered after).
+    ("udevd started", "Started systemd-udevd.service"),
+    (
+        "network.target (networkd started)",
+        "Reached target network.target",
+    ),
+    (
+        "guest resolv.conf written",
+        "Finished podvm-resolv-conf.service",
+    ),
     ("cidata mounted", "Mounted media-cidata.mount"),
     ("provisioning done", "Finished process-user-data.service"),
     ("attestation agent serving", "attestation agent serving"),

@@ -1,4 +1,4 @@
-//! `podvm-resolv-conf.service` (podvm/etc): its script, taken from the unit file as systemd
+//! `podvm-resolv-conf.service` (podvm-image/rootfs/etc): its script, taken from the unit file as systemd
 //! would run it (`$$` unescaped, continuation lines joined), run by `/bin/sh` against a
 //! networkd state file in a temporary directory. The DNS servers come from a DHCP lease, which
 //! the host controls: only address characters pass, at most three servers, nothing is run.
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const UNIT: &str = include_str!("../../podvm/etc/systemd/system/podvm-resolv-conf.service");
+const UNIT: &str = include_str!("../rootfs/etc/systemd/system/podvm-resolv-conf.service");
 
 /// The `sh -c` script of the unit's ExecStart, with its two paths moved under `dir`.
 fn script(dir: &Path) -> String {
@@ -118,4 +118,44 @@ fn no_dns_server_known_writes_nothing() {
     assert_eq!(conf, None, "no state file yet");
     let (_d, conf) = run(Some("DNS=$(reboot) ../../etc\n"));
     assert_eq!(conf, None);
+}
+
+/// Both units pass `systemd-analyze verify` (skipped loudly without systemd; a failure under
+/// CI=true), and a unit with a typo does not, so the check can fail.
+#[test]
+fn the_units_pass_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        let message = "SKIPPED: systemd-analyze is missing (apt-get install systemd)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{message} (CI=true: a skip fails)");
+        }
+        eprintln!("\n*** {message} ***");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rootfs/etc/systemd/system");
+    let verify = |files: &[PathBuf]| {
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .args(files)
+            .output()
+            .expect("systemd-analyze runs");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let report = verify(&[
+        dir.join("podvm-resolv-conf.service"),
+        dir.join("podvm-resolv-conf.path"),
+    ]);
+    assert!(report.trim().is_empty(), "{report}");
+    let bad = TempDir::new();
+    let unit = bad.path().join("bad-resolv.service");
+    std::fs::write(&unit, UNIT.replace("Type=oneshot", "Typo=oneshot")).expect("write");
+    assert!(!verify(&[unit]).trim().is_empty(), "a typo passed verify");
 }
