@@ -2,7 +2,9 @@
 //! wants Basic credentials and redirects layer blobs to "blob storage" on another origin (TLS,
 //! another port), and a token service of the storage's choosing. The registry's credentials
 //! must reach the registry only: never the storage (reqwest drops `Authorization` across
-//! origins), never a realm the storage names in a 401, and no redirect may leave TLS.
+//! origins), never a realm the storage names in a 401, never a service the token realm
+//! redirects to, and no redirect may leave TLS; a 401 from the registry's own origin after a
+//! redirect there is answered.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -323,23 +325,32 @@ async fn setup_with(
 }
 
 async fn pull(s: &Setup, insecure: bool) -> Result<peerpod_image::PullOutcome, ImageError> {
+    pull_at(&s.addr, &s.ca, insecure).await
+}
+
+/// Pulls `t/app:v1` from the registry at `addr` (TLS with `ca` unless `insecure`) with
+/// Basic credentials for it, into a recording store.
+async fn pull_at(
+    addr: &str,
+    ca: &TlsCa,
+    insecure: bool,
+) -> Result<peerpod_image::PullOutcome, ImageError> {
     let scratch = Scratch::new("redirects");
     let mut config = test_config(&scratch.path().join("work"));
-    config.extra_root_certificates = vec![s.ca.ca_pem.clone()];
+    config.extra_root_certificates = vec![ca.ca_pem.clone()];
     config.authenticated_registry_credentials_uri = Some(file_uri(
         scratch.path(),
         "auth.json",
-        &serde_json::json!({"auths": {s.addr.clone(): {"username": USER, "password": PASSWORD}}})
-            .to_string(),
+        &serde_json::json!({"auths": {addr: {"username": USER, "password": PASSWORD}}}).to_string(),
     ));
     if insecure {
         config.registry_configuration_uri =
-            Some(file_uri(scratch.path(), "r.conf", &insecure_conf(&s.addr)));
+            Some(file_uri(scratch.path(), "r.conf", &insecure_conf(addr)));
     }
     let store = Arc::new(RecordingStore::default());
     let p = Puller::new(config, Arc::new(NoResources), store).unwrap();
     p.pull(
-        &format!("{}/t/app:v1", s.addr),
+        &format!("{addr}/t/app:v1"),
         &PathBuf::from("/run/b/redirect"),
     )
     .await
@@ -445,5 +456,200 @@ async fn storage_redirecting_to_itself_gets_no_credentials_on_any_hop() -> Resul
     let storage = s.storage.log.all();
     assert_eq!(storage.len(), 3, "{storage:?}");
     assert_eq!(leaked(&storage), Vec::<String>::new());
+    Ok(())
+}
+
+/// A registry for the authentication cases. With `bearer_realm`, every request wants
+/// `Bearer good-token` and the challenge names that realm; without, manifests and blobs are
+/// anonymous and the layer blob is redirected to `/same/{d}` on the registry's own origin,
+/// which wants the registry's Basic credentials.
+struct AuthRegistry {
+    image: Image,
+    bearer_realm: Option<String>,
+    log: Log,
+}
+
+impl AuthRegistry {
+    fn challenge(&self, headers: &HeaderMap) -> Option<Response> {
+        let realm = self.bearer_realm.as_ref()?;
+        let ok = headers
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == b"Bearer good-token");
+        (!ok).then(|| {
+            Response::builder()
+                .status(401)
+                .header(
+                    header::WWW_AUTHENTICATE,
+                    format!(r#"Bearer realm="{realm}",service="registry""#),
+                )
+                .body(Body::empty())
+                .unwrap()
+        })
+    }
+}
+
+async fn auth_manifest(
+    State(s): State<Arc<AuthRegistry>>,
+    Path((_, _, r)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    s.log.record(&format!("manifests/{r}"), &headers);
+    if let Some(r) = s.challenge(&headers) {
+        return r;
+    }
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .body(Body::from(s.image.manifest.clone()))
+        .unwrap()
+}
+
+async fn auth_blob(
+    State(s): State<Arc<AuthRegistry>>,
+    Path((_, _, d)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    s.log.record(&format!("blobs/{d}"), &headers);
+    if let Some(r) = s.challenge(&headers) {
+        return r;
+    }
+    if s.bearer_realm.is_none() && d == s.image.layer {
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(header::LOCATION, format!("/same/{d}"))
+            .body(Body::empty())
+            .unwrap();
+    }
+    match s.image.blobs.get(&d) {
+        Some(b) => Response::new(Body::from(b.clone())),
+        None => Response::builder().status(404).body(Body::empty()).unwrap(),
+    }
+}
+
+async fn same_origin_blob(
+    State(s): State<Arc<AuthRegistry>>,
+    Path(d): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    s.log.record(&format!("same/{d}"), &headers);
+    if let Some(r) = basic_challenge(&headers) {
+        return r;
+    }
+    match s.image.blobs.get(&d) {
+        Some(b) => Response::new(Body::from(b.clone())),
+        None => Response::builder().status(404).body(Body::empty()).unwrap(),
+    }
+}
+
+async fn serve_auth_registry(
+    ca: &TlsCa,
+    bearer_realm: Option<String>,
+) -> (Arc<AuthRegistry>, String) {
+    let registry = Arc::new(AuthRegistry {
+        image: image(),
+        bearer_realm,
+        log: Log::default(),
+    });
+    let url = serve(
+        axum::Router::new()
+            .route(
+                "/v2/{a}/{b}/manifests/{r}",
+                axum::routing::get(auth_manifest),
+            )
+            .route("/v2/{a}/{b}/blobs/{d}", axum::routing::get(auth_blob))
+            .route("/same/{d}", axum::routing::get(same_origin_blob))
+            .with_state(registry.clone()),
+        Some(ca),
+    )
+    .await;
+    let addr = url.split_once("://").map(|(_, a)| a.to_string()).unwrap();
+    (registry, addr)
+}
+
+/// The registry's token service (which gets the Basic credentials) redirects the token
+/// request to a service on another origin: that one gets the request without them, and its
+/// token is used.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_service_redirecting_elsewhere_does_not_forward_the_credentials() -> Result<()> {
+    let ca = TlsCa::generate(&["localhost"]).unwrap();
+    let elsewhere = Arc::new(Log::default());
+    let elsewhere_url = serve(
+        axum::Router::new()
+            .route(
+                "/token2",
+                axum::routing::get(
+                    |State(log): State<Arc<Log>>, headers: HeaderMap| async move {
+                        log.record("token2", &headers);
+                        Response::new(Body::from(r#"{"token":"good-token"}"#))
+                    },
+                ),
+            )
+            .with_state(elsewhere.clone()),
+        Some(&ca),
+    )
+    .await;
+    let realm = Arc::new((Log::default(), elsewhere_url));
+    let realm_url = serve(
+        axum::Router::new()
+            .route(
+                "/token",
+                axum::routing::get(
+                    |State(r): State<Arc<(Log, String)>>, headers: HeaderMap| async move {
+                        r.0.record("token", &headers);
+                        Response::builder()
+                            .status(StatusCode::TEMPORARY_REDIRECT)
+                            .header(header::LOCATION, format!("{}/token2", r.1))
+                            .body(Body::empty())
+                            .unwrap()
+                    },
+                ),
+            )
+            .with_state(realm.clone()),
+        Some(&ca),
+    )
+    .await;
+    let (registry, addr) = serve_auth_registry(&ca, Some(format!("{realm_url}/token"))).await;
+    let out = pull_at(&addr, &ca, false).await?;
+    assert_eq!(out.fetched_layers, 1);
+    let asked = realm.0.all();
+    assert!(!asked.is_empty());
+    assert!(
+        asked
+            .iter()
+            .all(|(_, a)| a.as_deref() == Some(basic().as_str())),
+        "the realm the registry named gets the credentials: {asked:?}"
+    );
+    let redirected = elsewhere.all();
+    assert!(!redirected.is_empty(), "the redirect was followed");
+    assert_eq!(leaked(&redirected), Vec::<String>::new());
+    assert!(
+        registry
+            .log
+            .all()
+            .iter()
+            .any(|(_, a)| a.as_deref() == Some("Bearer good-token"))
+    );
+    Ok(())
+}
+
+/// The registry redirects a blob to another path of its own origin, which asks for the
+/// registry's credentials: that 401 is the registry's, so it is answered and the blob arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_from_the_registry_origin_after_a_same_origin_redirect_is_answered() -> Result<()> {
+    let ca = TlsCa::generate(&["localhost"]).unwrap();
+    let (registry, addr) = serve_auth_registry(&ca, None).await;
+    let out = pull_at(&addr, &ca, false).await?;
+    assert_eq!(out.fetched_layers, 1);
+    let same: Vec<_> = registry
+        .log
+        .all()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("same/"))
+        .collect();
+    assert_eq!(same.len(), 2, "challenged, then answered: {same:?}");
+    assert_eq!(same[0].1, None);
+    assert_eq!(same[1].1.as_deref(), Some(basic().as_str()));
     Ok(())
 }
