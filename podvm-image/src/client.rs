@@ -31,15 +31,7 @@ pub async fn connect(
     pki: &PodPki,
     with_identity: bool,
 ) -> Result<ShimClient, PodvmError> {
-    let config = pki.client_config(with_identity)?;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| PodvmError::io(format!("connect to {addr}"), e))?;
-    let name = ServerName::try_from("127.0.0.1").map_err(|e| PodvmError::Tls(e.to_string()))?;
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| PodvmError::Tls(format!("handshake with {addr}: {e}")))?;
+    let mut tls = handshake(addr, pki, with_identity).await?;
     match tokio::time::timeout(Duration::from_millis(500), tls.read(&mut [0u8; 1])).await {
         Ok(Ok(0)) => {
             return Err(PodvmError::Tls(
@@ -50,12 +42,48 @@ pub async fn connect(
         Ok(Ok(_)) => return Err(PodvmError::Tls("the server sent unexpected data".into())),
         Err(_) => {}
     }
+    Ok(clients(tls))
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+fn clients(tls: TlsStream) -> ShimClient {
     let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(tls));
-    Ok(ShimClient {
+    ShimClient {
         agent: agent_ttrpc::AgentServiceClient::new(client.clone()),
         health: health_ttrpc::HealthClient::new(client),
-    })
+    }
 }
+
+/// TCP connect and TLS handshake.
+async fn handshake(
+    addr: SocketAddr,
+    pki: &PodPki,
+    with_identity: bool,
+) -> Result<TlsStream, PodvmError> {
+    let config = pki.client_config(with_identity)?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| PodvmError::io(format!("connect to {addr}"), e))?;
+    let name = ServerName::try_from("127.0.0.1").map_err(|e| PodvmError::Tls(e.to_string()))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| PodvmError::Tls(format!("handshake with {addr}: {e}")))
+}
+
+/// How long one attempt of [`wait_serving`] may take to connect and complete the TLS
+/// handshake. QEMU's user networking accepts the host's connection at once and then sends the
+/// guest SYNs with exponential backoff while nothing answers (before the guest has its address,
+/// its SYNs are dropped): an attempt left waiting is only answered at the next retransmission,
+/// seconds after 15150 opened. A fresh connection each second keeps the measurement within
+/// about a second of the port opening. After [`PATIENT_AFTER`] each attempt gets
+/// [`PATIENT_ATTEMPT_TIMEOUT`] instead, for a guest so loaded that a handshake takes longer.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// See [`ATTEMPT_TIMEOUT`].
+pub const PATIENT_AFTER: Duration = Duration::from_secs(90);
+/// See [`ATTEMPT_TIMEOUT`].
+pub const PATIENT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects and sends Check until it is answered SERVING or `timeout` passes; returns the
 /// client and when the answer came. `still_running` is polled between attempts (QEMU alive).
@@ -65,11 +93,25 @@ pub async fn wait_serving(
     timeout: Duration,
     mut still_running: impl FnMut() -> Result<(), PodvmError>,
 ) -> Result<(ShimClient, Instant), PodvmError> {
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let deadline = start + timeout;
     let mut last = String::from("no attempt");
     while Instant::now() < deadline {
         still_running()?;
-        match connect(addr, pki, true).await {
+        // No wait for a certificate refusal here (connect's 500 ms): a refused client's Check
+        // fails, and the wait would be counted in the time to the first answer.
+        let limit = if start.elapsed() < PATIENT_AFTER {
+            ATTEMPT_TIMEOUT
+        } else {
+            PATIENT_ATTEMPT_TIMEOUT
+        };
+        let attempt = match tokio::time::timeout(limit, handshake(addr, pki, true)).await {
+            Ok(r) => r.map(clients),
+            Err(_) => Err(PodvmError::Tls(format!(
+                "no TLS handshake within {limit:?}"
+            ))),
+        };
+        match attempt {
             Ok(c) => match c
                 .health
                 .check(ctx(Duration::from_secs(10)), &health::CheckRequest::new())
