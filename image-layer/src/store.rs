@@ -98,6 +98,50 @@ impl LayerStore {
         DiffId::parse(diff_id).is_ok_and(|id| self.layer_path(id).is_dir())
     }
 
+    /// The diff IDs of the installed layers.
+    pub fn installed(&self) -> Result<Vec<String>, LayerError> {
+        let mut out = Vec::new();
+        let layers = self.layers_dir();
+        let list = |dir: &Path| fs::read_dir(dir).map_err(|e| LayerError::io("list", show(dir), e));
+        for algorithm in list(&layers)? {
+            let algorithm = algorithm.map_err(|e| LayerError::io("list", show(&layers), e))?;
+            let name = algorithm.file_name();
+            let Some(name) = name.to_str().filter(|n| !n.starts_with('.')) else {
+                continue;
+            };
+            for layer in list(&algorithm.path())? {
+                let layer = layer.map_err(|e| LayerError::io("list", show(&layers), e))?;
+                if let Some(hex) = layer.file_name().to_str() {
+                    let id = format!("{name}:{hex}");
+                    if DiffId::parse(&id).is_ok() {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the installed layer `diff_id` takes on its filesystem, measured by walking it as
+    /// an unpack charges it ([`Charge`](crate::Charge)): each file's size rounded up to whole
+    /// blocks, and a block for every entry (extended attributes not counted). `None` when it
+    /// is not installed. For layers whose size was not recorded when they were installed.
+    pub fn usage(&self, diff_id: &str) -> Result<Option<u64>, LayerError> {
+        let Some(path) = self.layer_dir(diff_id) else {
+            return Ok(None);
+        };
+        let root = rfs::open(&path, crate::walk::OPEN_DIR, rfs::Mode::empty())
+            .map_err(|e| LayerError::io("open", show(&path), e))?;
+        let block = rfs::fstatvfs(&root).map_or(4096, |s| s.f_bsize.clamp(512, 1 << 20));
+        let mut usage = Usage {
+            block,
+            bytes: block,
+        };
+        crate::walk::walk(root, &mut usage)
+            .map_err(|e| LayerError::io("measure", show(&path), e))?;
+        Ok(Some(usage.bytes))
+    }
+
     /// The directory of an installed layer (`None` when not installed or invalid).
     pub fn layer_dir(&self, diff_id: &str) -> Option<PathBuf> {
         let path = self.layer_path(DiffId::parse(diff_id).ok()?);
@@ -498,6 +542,56 @@ impl LayerStore {
     }
 }
 
+/// The walk of [`LayerStore::usage`].
+struct Usage {
+    block: u64,
+    bytes: u64,
+}
+
+impl crate::walk::Visitor for Usage {
+    fn entry(
+        &mut self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+        _file_type: rfs::FileType,
+    ) -> crate::walk::Step {
+        let Ok(st) = rfs::statat(dir, name, rfs::AtFlags::SYMLINK_NOFOLLOW) else {
+            return crate::walk::Step::Skip;
+        };
+        let file_type = rfs::FileType::from_raw_mode(st.st_mode);
+        let size = match file_type {
+            rfs::FileType::RegularFile => u64::try_from(st.st_size).unwrap_or(0),
+            _ => 0,
+        };
+        self.bytes = self
+            .bytes
+            .saturating_add(size.div_ceil(self.block).saturating_mul(self.block))
+            .saturating_add(self.block);
+        if file_type == rfs::FileType::Directory {
+            crate::walk::Step::Descend
+        } else {
+            crate::walk::Step::Skip
+        }
+    }
+
+    fn open_failed(
+        &mut self,
+        _dir: std::os::fd::BorrowedFd<'_>,
+        _name: &std::ffi::CStr,
+        _e: Errno,
+    ) -> bool {
+        false
+    }
+
+    fn leave(
+        &mut self,
+        _dir: std::os::fd::BorrowedFd<'_>,
+        _ino: u64,
+        _parent: Option<(std::os::fd::BorrowedFd<'_>, &std::ffi::CStr)>,
+    ) {
+    }
+}
+
 fn create_private_dir(dir: &Path) -> Result<(), LayerError> {
     use std::os::unix::fs::DirBuilderExt;
     match fs::DirBuilder::new().mode(0o700).create(dir) {
@@ -612,6 +706,24 @@ mod tests {
             !tmp.path().join(".layers.tmp").exists(),
             "the part is removed"
         );
+    }
+
+    #[test]
+    fn installed_layers_are_listed_and_measured() {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let store = LayerStore::open(tmp.path()).expect("a store");
+        let id = format!("sha256:{}", "cd".repeat(32));
+        assert_eq!(store.installed().expect("listed"), Vec::<String>::new());
+        assert_eq!(store.usage(&id).expect("measured"), None);
+        let layer = store.layer_path(DiffId::parse(&id).expect("id"));
+        fs::create_dir_all(layer.join("d")).expect("a layer");
+        fs::write(layer.join("d/one"), b"x").expect("a file");
+        fs::write(layer.join("big"), vec![0u8; 10_000]).expect("a file");
+        assert_eq!(store.installed().expect("listed"), vec![id.clone()]);
+        let b = rfs::statvfs(&layer).expect("statvfs").f_bsize;
+        // The root, d, d/one (a block of data), big (its blocks).
+        let expected = b + b + (b + b) + (10_000u64.div_ceil(b) * b + b);
+        assert_eq!(store.usage(&id).expect("measured"), Some(expected));
     }
 
     #[test]

@@ -49,6 +49,24 @@ impl Layers for LayerDirStore {
             .map_err(to_io)
     }
 
+    fn installed(&self) -> Vec<Digest> {
+        match self.store.installed() {
+            Ok(ids) => ids.iter().filter_map(|d| Digest::parse(d).ok()).collect(),
+            Err(e) => {
+                tracing::warn!(error = %peerpod_text::error_chain(&e), "cannot list the installed layers");
+                Vec::new()
+            }
+        }
+    }
+
+    fn usage(&self, diff_id: &Digest) -> Option<u64> {
+        self.store
+            .usage(&diff_id.to_string())
+            .inspect_err(|e| tracing::warn!(error = %peerpod_text::error_chain(e), %diff_id, "cannot measure a layer"))
+            .ok()
+            .flatten()
+    }
+
     fn abandon(&self, diff_ids: &[Digest]) {
         let ids: Vec<String> = diff_ids.iter().map(Digest::to_string).collect();
         self.store.abandon(&ids);

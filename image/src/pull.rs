@@ -252,6 +252,22 @@ impl Puller {
         Ok(())
     }
 
+    /// What the layers in the store take: their origin records' sizes, and for an installed
+    /// layer without one (its record could not be written: a full disk, say) its measure.
+    fn store_total(&self) -> u64 {
+        let recorded = self.origins.total_bytes(|d| self.store.contains(d));
+        self.store
+            .installed()
+            .iter()
+            .filter(|d| self.origins.read(d).and_then(|r| r.bytes).is_none())
+            .filter_map(|d| {
+                let measured = self.store.usage(d);
+                tracing::debug!(diff_id = %d, bytes = ?measured, "an installed layer without a recorded size, measured");
+                measured
+            })
+            .fold(recorded, u64::saturating_add)
+    }
+
     /// After a GC (under the exclusive lock): drops the origin records of removed layers and
     /// makes the next pull count the store's bytes again.
     fn forget_removed_layers(&self) {
@@ -465,7 +481,7 @@ impl Puller {
         let budget = Arc::new(Budget::start(
             &self.config,
             self.store_used.clone(),
-            || self.origins.total_bytes(|d| self.store.contains(d)),
+            || self.store_total(),
         )?);
         let (fetched, reused, bytes) = self
             .fetch_layers(original, session, &layers, budget, mine)

@@ -27,6 +27,16 @@ pub trait Layers: Send + Sync + 'static {
     fn unmount_rootfs(&self, bundle: &Path) -> io::Result<()>;
     /// Removes the layers no mounted bundle uses.
     fn gc(&self) -> io::Result<()>;
+    /// The installed layers. The default lists none (only origin records are then counted
+    /// for `max_layer_store_bytes`).
+    fn installed(&self) -> Vec<Digest> {
+        Vec::new()
+    }
+    /// What an installed layer takes in `work_dir`, measured; `None` when unknown. For layers
+    /// whose origin record (which carries the size) could not be written.
+    fn usage(&self, _diff_id: &Digest) -> Option<u64> {
+        None
+    }
     /// Forgets the bundles whose `rootfs` someone else unmounted, so [`Layers::gc`] may remove
     /// their layers; answers how many. The default forgets none.
     fn reap_unmounted(&self) -> io::Result<usize> {

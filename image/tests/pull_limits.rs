@@ -8,6 +8,7 @@
 //!   bundle uses them), so the next pull is not refused by `max_layer_store_bytes`.
 //! - A pull dropped while a layer is being installed still leaves that layer with its origin
 //!   record (the store-wide total counts it).
+//! - A layer whose record is lost is measured, and still counts against the store limit.
 //! - Unwrapping layer keys (a KBS request each) is bounded by
 //!   `max_concurrent_layer_downloads_per_image`.
 #![allow(clippy::unwrap_used)]
@@ -282,6 +283,41 @@ async fn a_layer_installed_after_its_pull_was_dropped_has_its_record() -> Result
         .parse()?;
     assert!(bytes >= 1 << 20, "{bytes}");
     assert!(text.lines().any(|l| l == "plain"), "{text}");
+    Ok(())
+}
+
+/// Image one (6 MiB) is mounted and its origin record lost (its write failed: a full disk).
+/// Before, the store-wide total added up records only, so image two (6 MiB more) passed a
+/// 10 MiB limit; now the layer without a record is measured and two is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_without_a_record_still_counts_against_the_store_limit() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let w = World::new("unrecorded")?;
+    let one = plain_layer(&tar_of(&[("one", vec![1u8; 6 << 20], 0o644)]));
+    let two = plain_layer(&tar_of(&[("two", vec![2u8; 6 << 20], 0o644)]));
+    push_raw(&w.registry, "u/one", "v1", std::slice::from_ref(&one)).await?;
+    push_raw(&w.registry, "u/two", "v1", std::slice::from_ref(&two)).await?;
+    let mut config = w.config();
+    config.max_layer_store_bytes = Some(10 << 20);
+    let (p, _) = w.puller(config, HashMap::new())?;
+    p.pull(&w.image("u/one:v1"), &w.bundle("one")).await?;
+    let record = w
+        .work
+        .join("origins")
+        .join(format!("sha256-{}", one.diff_id.hex()));
+    std::fs::remove_file(&record)?;
+    // Every pull starts with a collection, after which the store's total is counted again.
+    let e = p
+        .pull(&w.image("u/two:v1"), &w.bundle("two"))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("max_layer_store_bytes = 10485760"), "{text}");
+    assert!(text.contains(&two.diff_id.to_string()), "{text}");
+    assert_eq!(layer_count(&w.work), 1);
+    p.release(&w.bundle("one"))?;
     Ok(())
 }
 
