@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use peerpod_image_layer::{UnpackOptions, unpack};
+use peerpod_image_layer::{ChargeHook, UnpackOptions, unpack};
 
 /// A deterministic layer: directories of small files (the bulk of real images by count), a few
 /// large ones (by size), symlinks and hard links.
@@ -129,14 +129,30 @@ fn time_gnu(tarball: &Path, dest: &Path) -> Sample {
     (elapsed, cpu_seconds().1 - cpu)
 }
 
-fn time_ours(tarball: &Path, dest: &Path) -> Sample {
+/// A hook charging shared counters under a limit, as the image puller's budget does.
+fn counting_hook() -> ChargeHook {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (bytes, inodes) = (AtomicU64::new(0), AtomicU64::new(0));
+    ChargeHook::new(move |c| {
+        if inodes.fetch_add(c.inodes, Ordering::Relaxed) > u64::MAX / 2 {
+            return Err("over".into());
+        }
+        bytes.fetch_add(c.bytes, Ordering::Relaxed);
+        Ok(())
+    })
+}
+
+fn time_ours(tarball: &Path, dest: &Path, charge: Option<ChargeHook>) -> Sample {
     let cpu = cpu_seconds().0;
     let start = Instant::now();
     let file = std::fs::File::open(tarball).unwrap();
     unpack(
         std::io::BufReader::with_capacity(1 << 20, file),
         dest,
-        &UnpackOptions::default(),
+        &UnpackOptions {
+            charge,
+            ..UnpackOptions::default()
+        },
     )
     .unwrap();
     (start.elapsed(), cpu_seconds().0 - cpu)
@@ -191,23 +207,28 @@ fn main() {
         bytes as f64 / 1e6,
         archive as f64 / 1e6
     );
-    let (mut gnu, mut ours) = (Vec::new(), Vec::new());
+    let (mut gnu, mut ours, mut charged) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         let g = tmp.path().join(format!("gnu{run}"));
         let o = tmp.path().join(format!("ours{run}"));
+        let c = tmp.path().join(format!("charged{run}"));
         // Alternate which goes first, so neither always gets the warmer cache.
         if run % 2 == 0 {
             gnu.push(time_gnu(&tarball, &g));
-            ours.push(time_ours(&tarball, &o));
+            ours.push(time_ours(&tarball, &o, None));
+            charged.push(time_ours(&tarball, &c, Some(counting_hook())));
         } else {
-            ours.push(time_ours(&tarball, &o));
+            charged.push(time_ours(&tarball, &c, Some(counting_hook())));
+            ours.push(time_ours(&tarball, &o, None));
             gnu.push(time_gnu(&tarball, &g));
         }
-        std::fs::remove_dir_all(&g).unwrap();
-        std::fs::remove_dir_all(&o).unwrap();
+        for d in [&g, &o, &c] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
     }
     let (gb, gm, gcb, gcm) = stats(&gnu);
     let (ob, om, ocb, ocm) = stats(&ours);
+    let (cb, cm, ccb, ccm) = stats(&charged);
     let mbps = |d: Duration| archive as f64 / 1e6 / d.as_secs_f64();
     println!(
         "GNU tar -x: wall best {:>6.3} s ({:>5.1} MB/s), median {:>6.3} s; CPU best {:>6.2} s, median {:>6.2} s",
@@ -231,5 +252,14 @@ fn main() {
         gm.as_secs_f64() / om.as_secs_f64(),
         gcb / ocb,
         gcm / ocm
+    );
+    println!(
+        "unpack with a charge hook: wall best {:>6.3} s, median {:>6.3} s; CPU best {:>6.2} s, median {:>6.2} s; \
+         ratio without / with (<1 = the hook costs): CPU best {:.2}x",
+        cb.as_secs_f64(),
+        cm.as_secs_f64(),
+        ccb,
+        ccm,
+        ocb / ccb
     );
 }

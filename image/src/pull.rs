@@ -844,8 +844,10 @@ async fn fetch_layer(
             budget.untake_store(cost);
             return (Err(e), tar.mismatch.take(), refused);
         }
+        // Nothing charged: another process installed the layer first (the stream was only
+        // verified) or it is empty; its size is then measured when the store is counted.
         let mut record = Record {
-            bytes: Some(cost),
+            bytes: (cost > 0).then_some(cost),
             ..Record::default()
         };
         record.add(install.origin);
