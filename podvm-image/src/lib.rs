@@ -19,8 +19,12 @@
 //! whole workload as the kata shim and cloud-api-adaptor drive it (guest pull with auth.json,
 //! exec allowed and denied by the initdata policy, KBS secrets after attestation bound to the
 //! initdata, a sealed value, encrypted scratch). `scripts/demo.sh` runs that test as its
-//! finale. The boot benchmark is `benches/boot.rs`. Not built yet: a KVM run (everything is
-//! measured under TCG), and a harness that boots the VHD the way Azure does.
+//! finale; the Check test also checks the guest's DNS (resolv.conf from the DHCP lease, a name
+//! resolved in the guest). `tests/resolv_conf.rs` runs the image's resolv.conf unit script
+//! against hostile leases; `tests/azure_upload.rs` checks `azure-upload.sh`'s VHD check and dry
+//! run. The boot benchmark is `benches/boot.rs`. Not built yet: a KVM run (everything is
+//! measured under TCG: KVM does not boot the kernel on this machine), and a harness that boots
+//! the VHD the way Azure does (nothing here has run on Azure).
 
 pub mod cidata;
 pub mod client;
