@@ -14,7 +14,8 @@
 //!   (Bearer tokens or Basic answered only for the registry's origin, redirects followed by
 //!   hand with credentials for that origin only and never out of TLS, one retry budget per
 //!   fetch, bounded replies).
-//! - [`pull`]: [`Puller`] — layers fetched concurrently, each in one pass: the blob is hashed
+//! - [`pull`]: [`Puller`] (its per-layer work in `layer_fetch`) — layers fetched
+//!   concurrently, each in one pass: the blob is hashed
 //!   as it streams, resumed with `Range` after a dropped connection, decompressed (gzip, zstd
 //!   or none) and hashed again against its diff_id on its way into the layer store
 //!   ([`stream`]); two pulls sharing a layer fetch it once. A layer the store has is reused
@@ -61,6 +62,7 @@ pub mod digest;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod layer_fetch;
 pub mod layer_store;
 pub mod manifest;
 mod origin;
