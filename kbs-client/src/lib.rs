@@ -334,8 +334,8 @@ pub enum ResourceError {
         #[source]
         source: reqwest::Error,
     },
-    /// The KBS refused or failed.
-    #[error("KBS resource {path} {source}")]
+    /// The KBS refused or failed. The answer is the source only, so a chain shows it once.
+    #[error("KBS resource {path}")]
     Status {
         /// The resource.
         path: String,

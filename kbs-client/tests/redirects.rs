@@ -358,3 +358,28 @@ async fn a_redirect_without_a_location_or_to_another_scheme_is_refused_plainly()
         assert!(!text.contains("token=1"), "{text}");
     }
 }
+
+/// A refusal's reason reaches the shim once: the resource error names the resource and the
+/// KBS's answer follows it in the chain, not repeated in the message as well.
+#[tokio::test]
+async fn a_kbs_refusal_is_rendered_with_its_reason_once() {
+    let (port, _) = serve(None, |_, _| {
+        response(
+            "403 Forbidden",
+            "Content-Type: application/json\r\n",
+            r#"{"type":"https://github.com/confidential-containers/kbs/errors/PolicyDeny","detail":"Resource policy denied-the-reason"}"#,
+        )
+    })
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = http_client(&base, None, Duration::from_secs(5), "test", true).expect("client");
+    let key = TeeKeyPair::generate();
+    let e = peerpod_kbs_client::get_resource(&client, &base, &resource(), TOKEN, &key)
+        .await
+        .expect_err("a 403 is refused");
+    assert_eq!(e.status(), Some(403));
+    let text = peerpod_kbs_client::error_chain(&e);
+    assert_eq!(text.matches("denied-the-reason").count(), 1, "{text}");
+    assert_eq!(text.matches("403").count(), 1, "{text}");
+    assert!(text.starts_with("KBS resource default/key/one: "), "{text}");
+}
