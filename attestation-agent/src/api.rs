@@ -183,6 +183,9 @@ impl AttestationAgent {
             .send()
             .await
             .map_err(|e| AaError::Service(format!("attestation service request failed: {e}")))?;
+        if let Some(why) = peerpod_kbs_client::refused_redirect(&resp, "the attestation service") {
+            return Err(AaError::Service(why));
+        }
         let status = resp.status();
         let bytes = peerpod_kbs_client::read_body(resp, peerpod_kbs_client::MAX_KBS_REPLY)
             .await

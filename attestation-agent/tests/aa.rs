@@ -108,7 +108,8 @@ async fn refusals_reattest_only_when_a_fresh_token_may_pass() {
         .resource("default/key/absent")
         .await
         .expect_err("absent");
-    assert!(err.to_string().contains("PluginInternalError"), "{err}");
+    let text = peerpod_kbs_client::error_chain(&err);
+    assert!(text.contains("PluginInternalError"), "{text}");
     assert_eq!(
         client.attestations(),
         1,
@@ -406,4 +407,48 @@ async fn https_kbs_with_a_self_signed_certificate() {
             .unwrap_or_else(|e| panic!("self-signed (CA:{ca}) KBS certificate: {e}"));
         assert_eq!(secret.as_slice(), SECRET);
     }
+}
+
+/// The attestation service is never followed through a redirect: a 307 (which would re-POST
+/// the evidence) to another origin is an error naming it, and the other origin gets nothing.
+#[tokio::test]
+async fn a_coco_as_redirect_is_not_followed() {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&hits);
+    let other = axum::Router::new().fallback(move || {
+        count.fetch_add(1, Ordering::SeqCst);
+        async { "eyJhbGciOiJub25lIn0.e30." }
+    });
+    let other = peerpod_tests::http::ServerThread::spawn("other", "127.0.0.1:0", move |l, stop| {
+        peerpod_tests::http::serve_axum(l, other, stop)
+    })
+    .expect("server");
+    let target = format!("http://{}/attestation", other.addr());
+    let app = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move { axum::response::Redirect::temporary(&target) }
+    });
+    let service = peerpod_tests::http::ServerThread::spawn("as", "127.0.0.1:0", move |l, stop| {
+        peerpod_tests::http::serve_axum(l, app, stop)
+    })
+    .expect("server");
+    let mut config = aa_config("http://unused", None);
+    config.coco_as_url = Some(format!("http://{}", service.addr()));
+    let err = sample_aa(&config)
+        .get_token("coco_as")
+        .await
+        .expect_err("a redirect is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "answered 307 with a redirect to http://{}, not followed",
+            other.addr()
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the evidence went elsewhere"
+    );
 }

@@ -293,3 +293,32 @@ async fn oversized_kbs_and_imds_replies_are_refused() {
     let aa = AttestationAgent::new(&config, None).expect("AA");
     aa.get_evidence(&[2; 64]).await.expect("evidence");
 }
+
+/// IMDS never redirects: an IMDS answering 307 to the simulated CVM's real IMDS (which would
+/// give a valid VCEK) is refused with the redirect named, not followed.
+#[tokio::test]
+async fn an_imds_redirect_is_not_followed() {
+    let (_dir, cvm) = cvm(Flavour::Snp, "aa-imds-redirect");
+    let real = cvm.imds_url();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let target = format!("{real}{uri}");
+        async move { axum::response::Redirect::temporary(&target) }
+    });
+    let imds = peerpod_tests::http::ServerThread::spawn("imds", "127.0.0.1:0", move |l, stop| {
+        peerpod_tests::http::serve_axum(l, app, stop)
+    })
+    .expect("server");
+    let mut config = aa_config("http://unused", Some(&cvm));
+    config.imds_url = format!("http://{}", imds.addr());
+    let aa = AttestationAgent::new(&config, None).expect("AA");
+    let text = chain(&aa.get_evidence(&[3; 64]).await.expect_err("redirected"));
+    let to = cvm.imds_url();
+    let origin = to.trim_end_matches('/');
+    assert!(
+        text.contains(&format!(
+            "IMDS at http://{} answered 307 with a redirect to {origin}, not followed",
+            imds.addr()
+        )),
+        "{text}"
+    );
+}

@@ -46,12 +46,13 @@ pub fn install_crypto_provider() {
 
 /// A client builder for `url` trusting the system's roots for `https`. For plain HTTP no roots
 /// are loaded: a pod VM image may have none, and loading them would fail for a client that
-/// never uses TLS. It keeps reqwest's redirect policy (up to ten hops, each re-sending the
-/// first request's headers once the origin stops changing): requests carrying a KBS token or
-/// session go through [`http_client`], which follows none.
+/// never uses TLS. It follows no redirect (reqwest's default follows ten, re-POSTing a body on
+/// 307/308 to any origin, also from https to plain http): none of the services the pod VM
+/// talks to (KBS, attestation service, IMDS, WireServer) answers with one, so a redirect is
+/// an error ([`refused_redirect`] describes it).
 pub fn http_builder(url: &str) -> reqwest::ClientBuilder {
     install_crypto_provider();
-    let builder = reqwest::Client::builder();
+    let builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
     if url.starts_with("https://") {
         builder
     } else {
@@ -247,27 +248,50 @@ pub async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, Statu
     })
 }
 
-/// Why a redirect is refused, naming the origin (scheme, host, port) it points to, never its
-/// path or query.
-fn redirect_detail(resp: &reqwest::Response) -> String {
-    let from = origin(resp.url());
+/// The origin (scheme, host, port) a redirect points to, never its path or query; or what is
+/// wrong with its Location.
+fn redirect_target(resp: &reqwest::Response) -> Result<String, &'static str> {
     let target = resp
         .headers()
         .get(reqwest::header::LOCATION)
         .and_then(|v| v.to_str().ok())
         .map(|location| resp.url().join(location));
-    let to = match target {
-        None => {
-            return format!(
-                "a redirect without a usable Location from {from}; a KBS is never followed through redirects"
-            );
+    match target {
+        None => Err("a redirect without a usable Location"),
+        Some(Err(_)) => Err("a redirect to an unparseable Location"),
+        Some(Ok(url)) => Ok(origin(&url)),
+    }
+}
+
+/// When `resp` is a redirect (which clients from [`http_builder`] and [`http_client`] do not
+/// follow), why it is refused: `service` (e.g. "the attestation service") answered it, its
+/// status, and the origin it points to (never its path or query).
+pub fn refused_redirect(resp: &reqwest::Response, service: &str) -> Option<String> {
+    let status = resp.status();
+    if !status.is_redirection() {
+        return None;
+    }
+    let from = origin(resp.url());
+    let what = match redirect_target(resp) {
+        Ok(to) => format!("a redirect to {to}"),
+        Err(what) => what.to_string(),
+    };
+    Some(format!(
+        "{service} at {from} answered {} with {what}, not followed: requests go only to the \
+         configured URL (configure the service's final URL instead)",
+        status.as_u16()
+    ))
+}
+
+/// Why a redirect is refused, naming the origin (scheme, host, port) it points to, never its
+/// path or query.
+fn redirect_detail(resp: &reqwest::Response) -> String {
+    let from = origin(resp.url());
+    let to = match redirect_target(resp) {
+        Err(what) => {
+            return format!("{what} from {from}; a KBS is never followed through redirects");
         }
-        Some(Err(_)) => {
-            return format!(
-                "a redirect to an unparseable Location from {from}; a KBS is never followed through redirects"
-            );
-        }
-        Some(Ok(url)) => origin(&url),
+        Ok(to) => to,
     };
     format!(
         "a redirect to {to}, not followed: the KBS token and session go only to the configured \

@@ -142,7 +142,7 @@ async fn a_resource_redirect_to_another_origin_is_refused_and_no_secret_follows_
     // The control: reqwest's default redirect handling with a cookie store, as upstream's
     // kbs_protocol builds its client, hands the other origin the session cookie (cookies are
     // not scoped by port) and, on its second hop, the bearer token.
-    let default = peerpod_kbs_client::http_builder(&base)
+    let default = reqwest::Client::builder()
         .cookie_store(true)
         .build()
         .expect("a plain client");

@@ -248,6 +248,9 @@ async fn attempt(
         .send()
         .await
         .map_err(|e| format!("GET {url}: {}", peerpod_kbs_client::error_chain(&e)))?;
+    if let Some(why) = peerpod_kbs_client::refused_redirect(&resp, "the WireServer") {
+        return Err(why);
+    }
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("GET {url} answered {status}"));
@@ -268,6 +271,9 @@ async fn attempt(
         .send()
         .await
         .map_err(|e| format!("POST {url}: {}", peerpod_kbs_client::error_chain(&e)))?;
+    if let Some(why) = peerpod_kbs_client::refused_redirect(&resp, "the WireServer") {
+        return Err(why);
+    }
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("POST {url} answered {status}"));

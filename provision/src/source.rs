@@ -204,6 +204,9 @@ async fn attempt(
         .send()
         .await
         .map_err(|e| peerpod_kbs_client::error_chain(&e))?;
+    if let Some(why) = peerpod_kbs_client::refused_redirect(&resp, "IMDS") {
+        return Err(why);
+    }
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("IMDS answered {status}"));

@@ -180,6 +180,10 @@ impl AzureVtpm {
                 .and_then(reqwest::Response::error_for_status)
             {
                 Ok(resp) => {
+                    // Never retried: IMDS does not redirect, so the answer will not change.
+                    if let Some(detail) = peerpod_kbs_client::refused_redirect(&resp, "IMDS") {
+                        return Err(AttestError::Imds { what, detail });
+                    }
                     let body =
                         peerpod_kbs_client::read_body(resp, peerpod_kbs_client::MAX_IMDS_REPLY)
                             .await
