@@ -24,9 +24,47 @@ pub const SEALED_PREFIX: &str = "sealed.";
 #[derive(Debug)]
 pub struct CdhClient {
     conn: Connection,
-    /// The same socket with `image_pull_timeout` for `PullImage`.
+    /// The same socket for `PullImage`, with `image_pull_timeout` plus [`PULL_GRACE`].
     pull: Connection,
+    /// `image_pull_timeout`: when the agent gives up on a pull.
+    pull_timeout: Duration,
     addr: String,
+}
+
+/// How long the agent still waits for the CDH after giving up on a pull at
+/// `image_pull_timeout`, before it cleans the bundle up: the CDH may still be pulling, and
+/// would mount the image into the bundle after the agent removed it (a mount nobody unmounts).
+/// The CDH is told the whole deadline (`image_pull_timeout` plus this), as its ttrpc timeout.
+pub const PULL_GRACE: Duration = Duration::from_secs(120);
+
+/// Why `PullImage` did not give a root filesystem.
+#[derive(Debug)]
+pub enum PullFailure {
+    /// The CDH answered an error (its reason).
+    Refused(String),
+    /// `image_pull_timeout` passed; the agent then waited for the CDH's answer (`late`: the
+    /// CDH's reason, or that it pulled after all, or that it did not answer within
+    /// [`PULL_GRACE`]).
+    TimedOut {
+        /// `image_pull_timeout`.
+        after: Duration,
+        /// What the CDH did after that.
+        late: String,
+    },
+}
+
+impl std::fmt::Display for PullFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PullFailure::Refused(reason) => f.write_str(reason),
+            PullFailure::TimedOut { after, late } => write!(
+                f,
+                "not pulled within image_pull_timeout ({} s; raise it in the agent configuration \
+                 for large images or a slow registry); {late}",
+                after.as_secs()
+            ),
+        }
+    }
 }
 
 impl CdhClient {
@@ -44,8 +82,9 @@ impl CdhClient {
                 "the confidential data hub",
                 "cdh_socket in the agent configuration",
                 addr.clone(),
-                Duration::from_secs(1200),
+                Duration::from_secs(1200) + PULL_GRACE,
             ),
+            pull_timeout: Duration::from_secs(1200),
             addr,
         }
     }
@@ -56,31 +95,52 @@ impl CdhClient {
             "the confidential data hub",
             "cdh_socket in the agent configuration",
             self.addr.clone(),
-            timeout,
+            timeout.saturating_add(PULL_GRACE),
         );
+        self.pull_timeout = timeout;
         self
     }
 
     /// `PullImage`: the CDH pulls `image` and mounts it at `bundle/rootfs`; the digest it
-    /// answers. The error is the CDH's reason.
-    pub async fn pull_image(&self, image: &str, bundle: &str) -> Result<String, String> {
+    /// answers. At `image_pull_timeout` the pull has failed, but this returns only once the
+    /// CDH has answered (or [`PULL_GRACE`] has passed too), so that the caller's clean-up of
+    /// the bundle (and the unmount of a late root filesystem) comes after the CDH is done with
+    /// it and the container id stays claimed until then.
+    pub async fn pull_image(&self, image: &str, bundle: &str) -> Result<String, PullFailure> {
         let req = ImagePullRequest {
             image_url: image.to_owned(),
             bundle_path: bundle.to_owned(),
             ..Default::default()
         };
-        self.pull
-            .call(|c, ctx| {
-                let req = req.clone();
-                async move {
-                    ImagePullServiceClient::new(c)
-                        .pull_image(ctx, &req)
-                        .await
-                        .map(|r| r.manifest_digest)
-                }
-            })
-            .await
-            .map_err(|e| e.to_string())
+        let call = self.pull.call(|c, ctx| {
+            let req = req.clone();
+            async move {
+                ImagePullServiceClient::new(c)
+                    .pull_image(ctx, &req)
+                    .await
+                    .map(|r| r.manifest_digest)
+            }
+        });
+        tokio::pin!(call);
+        match tokio::time::timeout(self.pull_timeout, &mut call).await {
+            Ok(answer) => answer.map_err(|e| PullFailure::Refused(e.to_string())),
+            Err(_) => {
+                tracing::warn!(
+                    image,
+                    bundle,
+                    timeout_secs = self.pull_timeout.as_secs(),
+                    "image_pull_timeout passed; waiting for the CDH to finish before the bundle is removed"
+                );
+                let late = match call.await {
+                    Ok(_) => "the CDH pulled it later; its root filesystem is removed".to_owned(),
+                    Err(e) => format!("the CDH then answered: {e}"),
+                };
+                Err(PullFailure::TimedOut {
+                    after: self.pull_timeout,
+                    late,
+                })
+            }
+        }
     }
 
     /// Unseals one value; the error is the CDH's reason.

@@ -28,8 +28,9 @@ pub const DEFAULT_COPY_ROOT: &str = "/run/kata-containers/shared/containers";
 pub const STORAGE_HANDLERS: &[&str] = &["bind", "ephemeral", "local"];
 
 /// The optional features this agent has, by upstream's names for its build features (sorted,
-/// as upstream reports them): the agent policy, and seccomp. Not `guest-pull`: images are not
-/// pulled in the guest yet.
+/// as upstream reports them): the agent policy, and seccomp. Guest pull (the `image_guest_pull`
+/// storage, through the confidential data hub: [`crate::guest_pull`]) is always built, not an
+/// optional feature, so it is not listed.
 pub const EXTRA_FEATURES: &[&str] = &["agent-policy", "seccomp"];
 
 /// The agent's AgentService.

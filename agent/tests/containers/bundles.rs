@@ -25,6 +25,12 @@ struct StandInCdh {
     source: PathBuf,
     hold: std::sync::atomic::AtomicBool,
     release: tokio::sync::Notify,
+    /// The real CDH's behaviour past a deadline: the pull goes on in its own task, which
+    /// outlives the request (ttrpc drops the handler at the deadline), waits for
+    /// `late_release`, and makes a missing bundle (`mkdir -p <bundle>/rootfs`, as the layer
+    /// store does) before it mounts.
+    late: std::sync::atomic::AtomicBool,
+    late_release: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait::async_trait]
@@ -35,6 +41,33 @@ impl ImagePullService for StandInCdh {
         req: ImagePullRequest,
     ) -> ttrpc::Result<ImagePullResponse> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.late.load(Ordering::SeqCst) {
+            let (release, source) = (self.late_release.clone(), self.source.clone());
+            let bundle = PathBuf::from(&req.bundle_path);
+            let work = tokio::spawn(async move {
+                release.notified().await;
+                let rootfs = bundle.join("rootfs");
+                std::fs::create_dir_all(&rootfs).map_err(|e| format!("mkdir -p: {e}"))?;
+                nix::mount::mount(
+                    Some(&source),
+                    &rootfs,
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| format!("bind: {e}"))
+            });
+            let status = |message: String| {
+                ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INTERNAL, message))
+            };
+            work.await
+                .map_err(|e| status(e.to_string()))?
+                .map_err(status)?;
+            return Ok(ImagePullResponse {
+                manifest_digest: format!("sha256:{}", "ab".repeat(32)),
+                ..Default::default()
+            });
+        }
         if self.hold.load(Ordering::SeqCst) {
             self.release.notified().await;
         }
@@ -80,6 +113,11 @@ impl Drop for Scratch {
 }
 
 async fn fixture(name: &str) -> Fixture {
+    fixture_with(name, "").await
+}
+
+/// [`fixture`] with more agent configuration.
+async fn fixture_with(name: &str, config: &str) -> Fixture {
     let dir = std::env::temp_dir().join(format!("agent-bundles-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch");
@@ -89,6 +127,8 @@ async fn fixture(name: &str) -> Fixture {
         source,
         hold: false.into(),
         release: tokio::sync::Notify::new(),
+        late: false.into(),
+        late_release: Arc::new(tokio::sync::Notify::new()),
     });
     let socket = dir.join("cdh.sock");
     let service: Arc<dyn ImagePullService + Send + Sync> = cdh.clone();
@@ -100,7 +140,7 @@ async fn fixture(name: &str) -> Fixture {
     let (agent, client, _rootfs) = pod_with(
         &format!("bundles-{name}"),
         &format!(
-            "{}cdh_socket = 'unix://{}'\n",
+            "{}cdh_socket = 'unix://{}'\n{config}",
             policy("policy/examples/allow-all.rego"),
             socket.display()
         ),
@@ -358,4 +398,54 @@ async fn bundles_go_with_their_containers_over_1000_cycles() {
         .filter(|m| m.contains(&prefix))
         .collect();
     assert!(mounts.is_empty(), "{mounts:?}");
+}
+
+/// The agent gives up at `image_pull_timeout` while the CDH is still pulling; the CDH then
+/// mounts the image, making the bundle again as the real one does. The agent waits for that
+/// answer before it cleans up, keeping the id claimed: no bundle and no mount are left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_past_the_timeout_leaves_no_bundle_or_mount_behind() {
+    let f = fixture_with("late", "image_pull_timeout = 2\n").await;
+    f.cdh.late.store(true, Ordering::SeqCst);
+    let id = format!("late-{}", std::process::id());
+    let bundle = PathBuf::from(format!("{BASE}/{id}"));
+    let create = {
+        let client = f.client.clone();
+        let request = pull_request(&id, "registry.example/big:v1");
+        tokio::spawn(async move { client.create_container(ctx(), &request).await })
+    };
+    // Past the agent's timeout, the pull is still going on in the CDH.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // The id is still claimed: a retry with the same id does not race the late mount.
+    if !create.is_finished() {
+        let (code, message) = status_of(
+            f.client
+                .create_container(ctx(), &pull_request(&id, "registry.example/big:v1"))
+                .await,
+        );
+        assert_eq!(code, Code::ALREADY_EXISTS, "{message}");
+    }
+    f.cdh.late_release.notify_waiters();
+    let (code, message) = status_of(create.await.expect("create task"));
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
+    assert!(message.contains("image_pull_timeout (2 s"), "{message}");
+    // The CDH's late mount has happened by now (it answered); give a stale one a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mounts = mounts_under(&bundle);
+    for mount in &mounts {
+        let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    let left = bundle.exists();
+    let _ = std::fs::remove_dir_all(&bundle);
+    assert!(
+        mounts.is_empty(),
+        "mounts left: {mounts:?}\n{}",
+        f.agent.log()
+    );
+    assert!(!left, "the bundle was left behind\n{}", f.agent.log());
+    assert_eq!(
+        f.cdh.calls.load(Ordering::SeqCst),
+        1,
+        "the pull was sent again"
+    );
 }
