@@ -63,9 +63,15 @@ impl Aa {
             .await
             .expect("AA serves");
         });
+        // The socket file exists from bind(), before listen(): wait for a connect to succeed
+        // (a connection refused in between made tests fail under load).
         let started = Instant::now();
-        while !socket.exists() {
-            assert!(started.elapsed() < Duration::from_secs(10), "no AA socket");
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the AA does not accept on {}",
+                socket.display()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Self {
@@ -108,13 +114,15 @@ impl Cdh {
             .expect("confidential-data-hub starts");
         let mut cdh = Self { child, socket, log };
         let started = Instant::now();
-        while !cdh.socket.exists() {
+        // A connect, not the socket file: the file exists before listen(), and a stopped CDH's
+        // file stays behind.
+        while std::os::unix::net::UnixStream::connect(&cdh.socket).is_err() {
             if let Ok(Some(status)) = cdh.child.try_wait() {
                 panic!("the CDH exited ({status}):\n{}", cdh.log_text());
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
-                "no CDH socket:\n{}",
+                "the CDH does not accept on its socket:\n{}",
                 cdh.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
