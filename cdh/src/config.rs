@@ -190,6 +190,9 @@ pub struct CdhConfig {
     pub skip_sealed_secret_verification: bool,
     /// `[image]`: image pulls.
     pub image: peerpod_image::ImageConfig,
+    /// Whether the file set `[image] work_dir` (else [`CdhConfig::use_scratch_work_dir`] may
+    /// choose the encrypted scratch space).
+    pub work_dir_configured: bool,
     /// Log level.
     pub log_level: String,
     /// Credentials must be written under this directory.
@@ -226,6 +229,7 @@ impl Default for CdhConfig {
             credentials: Vec::new(),
             skip_sealed_secret_verification: false,
             image: peerpod_image::ImageConfig::default(),
+            work_dir_configured: false,
             log_level: "info".into(),
             credentials_root: PathBuf::from(DEFAULT_CREDENTIALS_ROOT),
             sealed_secret_key_dir: PathBuf::from(DEFAULT_CREDENTIALS_ROOT).join("sealed-secret"),
@@ -266,6 +270,10 @@ fn http_url(key: &str, url: String) -> Result<String, ConfigError> {
     }
 }
 
+/// Where the pod VM's encrypted scratch space is mounted (provisioning's `scratch` mount
+/// point, upstream kata's image work directory for guest pulls).
+pub const SCRATCH_WORK_DIR: &str = "/run/kata-containers/image";
+
 impl CdhConfig {
     /// Reads `cdh.toml`; with no path, the defaults.
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
@@ -283,6 +291,25 @@ impl CdhConfig {
             },
             other => other,
         })
+    }
+
+    /// With no `[image] work_dir` in the file and the encrypted scratch space mounted at
+    /// `scratch` (a mount point: another device than its parent), layers go there rather than
+    /// to the default `/run/image-rs`, which is guest memory: a large image would otherwise
+    /// fill RAM and never use the scratch disk. An explicit `work_dir` (one a measured initdata
+    /// set, say) is never overridden. The directory chosen, when it changed.
+    pub fn use_scratch_work_dir(&mut self, scratch: &std::path::Path) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt as _;
+        if self.work_dir_configured {
+            return None;
+        }
+        let here = std::fs::symlink_metadata(scratch).ok()?;
+        let parent = std::fs::metadata(scratch.parent()?).ok()?;
+        if !here.is_dir() || here.dev() == parent.dev() {
+            return None;
+        }
+        self.image.work_dir = scratch.to_path_buf();
+        Some(self.image.work_dir.clone())
     }
 
     /// Parses `cdh.toml` text.
@@ -324,6 +351,7 @@ impl CdhConfig {
                     }
                 }
                 "image" => {
+                    c.work_dir_configured = table(k, v)?.contains_key("work_dir");
                     let (image, unknown_keys) =
                         peerpod_image::ImageConfig::from_table(table(k, v)?)
                             .map_err(|e| bad("image", e.to_string()))?;
@@ -674,5 +702,46 @@ mod tests {
             let err = CdhConfig::parse(text).expect_err(text).to_string();
             assert!(err.starts_with(key), "{text}: {err}");
         }
+    }
+
+    /// The scratch space is chosen only when the file has no `work_dir` and it is really
+    /// mounted (a tmpfs here, as root; the check is the device, as for the scratch disk).
+    #[test]
+    fn layers_go_to_the_mounted_scratch_space_unless_work_dir_is_set() {
+        let dir = std::env::temp_dir().join(format!("cdh-scratch-{}", std::process::id()));
+        let scratch = dir.join("image");
+        std::fs::create_dir_all(&scratch).expect("scratch dir");
+        // Not mounted: the default stays.
+        let mut c = CdhConfig::parse("[image]\nmax_concurrent_layer_downloads_per_image = 2\n")
+            .expect("parse");
+        assert_eq!(c.use_scratch_work_dir(&scratch), None);
+        assert_eq!(c.image.work_dir, PathBuf::from("/run/image-rs"));
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "scratch"])
+            .arg(&scratch)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            let _ = std::fs::remove_dir_all(&dir);
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot mount a tmpfs (root needed)"
+            );
+            eprintln!("SKIPPED: cannot mount a tmpfs (not root?)");
+            return;
+        }
+        let chosen = c.use_scratch_work_dir(&scratch);
+        let mut explicit =
+            CdhConfig::parse("[image]\nwork_dir = \"/run/measured\"\n").expect("parse");
+        let kept = explicit.use_scratch_work_dir(&scratch);
+        let mut none = CdhConfig::parse("").expect("parse");
+        let no_image_table = none.use_scratch_work_dir(&scratch);
+        let _ = std::process::Command::new("umount").arg(&scratch).status();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(chosen, Some(scratch.clone()));
+        assert_eq!(c.image.work_dir, scratch);
+        assert_eq!(kept, None, "an explicit work_dir is never overridden");
+        assert_eq!(explicit.image.work_dir, PathBuf::from("/run/measured"));
+        assert_eq!(no_image_table, Some(scratch.clone()));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -34,6 +34,9 @@ pub struct Hub {
     source: Arc<Option<Source>>,
     /// Made at the first PullImage (it creates the layer store under `[image] work_dir`).
     puller: tokio::sync::OnceCell<Arc<peerpod_image::Puller>>,
+    /// The encrypted scratch space's mount point, the work directory when `cdh.toml` sets
+    /// none and it is mounted by the first PullImage (the kata agent starts only after it is).
+    scratch: PathBuf,
 }
 
 /// Runs [`Hub::collect_layers`] every `period` (the binary uses [`LAYER_COLLECTION_PERIOD`]),
@@ -116,7 +119,14 @@ impl Hub {
             config,
             source: Arc::new(source),
             puller: tokio::sync::OnceCell::new(),
+            scratch: PathBuf::from(crate::config::SCRATCH_WORK_DIR),
         })
+    }
+
+    /// Looks for the scratch space's mount at `dir` instead (tests).
+    pub fn with_scratch_dir(mut self, dir: PathBuf) -> Self {
+        self.scratch = dir;
+        self
     }
 
     /// `PullImage`: pulls `image_url` and mounts it at `bundle_path/rootfs`; answers the digest
@@ -131,20 +141,28 @@ impl Hub {
         let puller = self
             .puller
             .get_or_try_init(|| async {
-                let config = self.config.image.clone();
+                let mut whole = self.config.clone();
+                if let Some(dir) = whole.use_scratch_work_dir(&self.scratch) {
+                    tracing::info!(
+                        work_dir = %dir.display(),
+                        "no [image] work_dir in cdh.toml: image layers go to the encrypted scratch space"
+                    );
+                }
+                let config = whole.image;
                 let work_dir = config.work_dir.clone();
+                let shown = work_dir.clone();
                 let store = tokio::task::spawn_blocking(move || {
                     peerpod_image::LayerDirStore::open(&work_dir, Default::default())
                 })
                 .await
                 .map_err(|e| CdhError::Io {
                     action: "open the layer store in",
-                    path: self.config.image.work_dir.clone(),
+                    path: shown.clone(),
                     source: std::io::Error::other(e.to_string()),
                 })?
                 .map_err(|source| CdhError::Io {
                     action: "open the layer store in",
-                    path: self.config.image.work_dir.clone(),
+                    path: shown.clone(),
                     source,
                 })?;
                 let resources = Arc::new(ImageResources(self.source.clone()));
@@ -539,6 +557,48 @@ mod tests {
             .and_then(|dir| dir.set_modified(then))
             .expect("backdated");
         (state, layer)
+    }
+
+    /// With no `[image] work_dir` in cdh.toml, the first pull makes the layer store on the
+    /// mounted scratch space (a tmpfs here), not in the default `/run/image-rs`; with one, the
+    /// configured directory is used even when the scratch space is mounted.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_first_pull_puts_the_store_on_the_mounted_scratch_space() {
+        let dir = std::env::temp_dir().join(format!("cdh-scratch-hub-{}", std::process::id()));
+        let scratch = dir.join("image");
+        std::fs::create_dir_all(&scratch).expect("scratch dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "scratch"])
+            .arg(&scratch)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            let _ = std::fs::remove_dir_all(&dir);
+            assert!(std::env::var_os("CI").is_none(), "cannot mount a tmpfs");
+            eprintln!("SKIPPED: cannot mount a tmpfs (not root?)");
+            return;
+        }
+        let unset = CdhConfig::parse("").expect("parse");
+        let hub = Hub::new(unset)
+            .expect("a hub without a KBC")
+            .with_scratch_dir(scratch.clone());
+        let pull = hub.pull_image("127.0.0.1:1/x/y:v1", "/run/kata-containers/cdh-scratch/b");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), pull).await;
+        let on_scratch = scratch.join("overlay").is_dir();
+
+        let explicit = dir.join("configured");
+        let set = CdhConfig::parse(&format!("[image]\nwork_dir = \"{}\"\n", explicit.display()))
+            .expect("parse");
+        let hub = Hub::new(set)
+            .expect("a hub without a KBC")
+            .with_scratch_dir(scratch.clone());
+        let pull = hub.pull_image("127.0.0.1:1/x/y:v1", "/run/kata-containers/cdh-scratch/c");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), pull).await;
+        let on_configured = explicit.join("overlay").is_dir();
+        let _ = std::process::Command::new("umount").arg(&scratch).status();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(on_scratch, "the store is not on the scratch space");
+        assert!(on_configured, "the configured work_dir was not used");
     }
 
     /// On demand, then on the timer: the timer collects, survives failed rounds (counted from

@@ -350,3 +350,47 @@ async fn an_unmeasured_pull_is_refused_when_cdh_toml_requires_measurement() {
     }
     let _ = aa_server.shutdown().await;
 }
+
+/// A pull that crosses one of `[image]`'s totals (unpacked bytes, inodes, the store's bytes) is
+/// RESOURCE_EXHAUSTED naming the key to raise, not INTERNAL; nothing is mounted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_over_an_image_limit_is_resource_exhausted() {
+    if !tools_present() {
+        return;
+    }
+    let scratch = Scratch::new("cdh-limits");
+    let registry = Registry::start(RegistryOptions {
+        auth: Some(("puller".into(), "pull-pass".into())),
+        tls: false,
+    })
+    .unwrap();
+    let layout = scratch.path().join("layout");
+    build_image(&layout, "v1", &[vec![Step::Busybox]]).unwrap();
+    registry
+        .push(&layout, "v1", "app/big", "v1", "oci")
+        .unwrap();
+    let image = format!("{}/app/big:v1", registry.addr);
+    for key in [
+        "max_image_unpacked_bytes",
+        "max_image_unpacked_inodes",
+        "max_layer_store_bytes",
+    ] {
+        let dir = scratch.path().join(key);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_aa, mut aa_server) = start_aa(&dir).await;
+        let cdh = Cdh::start(&dir, &cdh_toml(&dir, &registry.addr, &format!("{key} = 3")));
+        let client = ImagePullServiceClient::new(cdh.connect().await);
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let e = pull(&client, &image, &bundle).await.unwrap_err();
+        assert_eq!(
+            code(&e),
+            ttrpc::Code::RESOURCE_EXHAUSTED,
+            "{key}: {e:?}\n{}",
+            cdh.log_text()
+        );
+        assert!(format!("{e:?}").contains(key), "{key}: {e:?}");
+        assert!(!mounted(&bundle.join("rootfs")), "{key}: mounted");
+        let _ = aa_server.shutdown().await;
+    }
+}
