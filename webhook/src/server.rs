@@ -7,23 +7,30 @@
 //! - connections in their TLS handshake: at most [`MAX_HANDSHAKES`], each for at most
 //!   [`HANDSHAKE_TIMEOUT`]; one more ends the oldest handshake still pending (a real client's
 //!   takes milliseconds, so stalled ones cannot keep it out);
-//! - connections served after the handshake: at most [`MAX_CONNECTIONS`]; one more ends the
-//!   connection idle longest (no request being answered; never sent one, or not since the
-//!   longest time), or is closed itself when none is idle; request headers within
+//! - connections served after the handshake: at most [`MAX_CONNECTIONS`], and at most
+//!   [`MAX_CONNECTIONS_PER_PEER`] from one IP address. One more from an address at its cap
+//!   ends that address's own connection idle or stalled longest; one more beyond the total
+//!   ends the connection idle or stalled longest of all. Idle: no request, or a request whose
+//!   body has not begun; stalled: a body with no frame for [`EVICT_AFTER`]. A connection whose
+//!   request is answered or whose body is arriving is never ended; when all candidates are
+//!   such, the newcomer is closed. Request headers within
 //!   [`HEADER_TIMEOUT`] and [`MAX_HEADER_BYTES`];
 //! - a review body: at most [`MAX_REVIEW_BYTES`] (HTTP 413), complete within [`BODY_TIMEOUT`]
 //!   of its headers (HTTP 408);
 //! - review bodies held at once, over all connections: at most [`MAX_BODY_BYTES_IN_FLIGHT`]
-//!   bytes of body buffers (the declared length, or what has arrived rounded up to a power of
-//!   two). A body that finds the budget spent waits [`EVICT_AFTER`], then ends the oldest
-//!   body still arriving (answered HTTP 503: a real client's body arrives in milliseconds,
-//!   so one still incomplete after that is a stalled sender's) and waits up to
-//!   [`IN_FLIGHT_WAIT`] in all for the room, else is answered 503 itself. A review's memory is about its body's size
+//!   bytes of body buffers. A buffer is counted as it grows with the bytes that arrived
+//!   (doubling from [`BODY_CHUNK`], up to the declared length), so headers declaring a large
+//!   body hold nothing until the bytes come. A body that finds the budget spent ends, every
+//!   [`EVICT_AFTER`] it waits, the oldest other body still arriving that holds some budget
+//!   (answered HTTP 503: a real client's body arrives in milliseconds, so one still
+//!   incomplete after that is a stalled sender's), for [`IN_FLIGHT_WAIT`] in all, else is
+//!   answered 503 itself. A review's memory is about its body's size
 //!   ([`crate::view`]), so this bounds the memory reviews take whatever the clients send.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +63,10 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HANDSHAKES: usize = 256;
 /// Connections served at once after their handshake; one more ends the one idle longest.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once from one IP address; one more ends that address's own
+/// connection idle longest. The API server's concurrent reviews to one webhook replica stay
+/// far below this, and an attacker's address cannot take more of [`MAX_CONNECTIONS`].
+pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
 /// The most a connection buffers of a request's headers (hyper's read buffer; the API
 /// server's headers are a few hundred bytes).
 pub const MAX_HEADER_BYTES: usize = 16 << 10;
@@ -71,7 +82,8 @@ pub const EVICT_AFTER: Duration = Duration::from_millis(250);
 #[derive(Default)]
 struct Pending {
     next: u64,
-    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// Id, bytes of in-flight budget held (bodies only), the means to end it.
+    queue: VecDeque<(u64, usize, oneshot::Sender<()>)>,
 }
 
 impl Pending {
@@ -81,28 +93,43 @@ impl Pending {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if me.queue.len() >= cap
-            && let Some((_, evict)) = me.queue.pop_front()
+            && let Some((_, _, evict)) = me.queue.pop_front()
         {
             let _ = evict.send(());
         }
         let id = me.next;
         me.next += 1;
         let (tx, rx) = oneshot::channel();
-        me.queue.push_back((id, tx));
+        me.queue.push_back((id, 0, tx));
         (id, rx)
     }
 
-    /// Ends the oldest one other than `id`; whether there was one.
-    fn evict_oldest_but(this: &Mutex<Self>, id: u64) -> bool {
+    /// Records that `id` holds `held` bytes of the in-flight budget.
+    fn set_held(this: &Mutex<Self>, id: u64, held: usize) {
         let mut me = this
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(at) = me.queue.iter().position(|(i, _)| *i != id) else {
+        if let Some(entry) = me.queue.iter_mut().find(|(i, _, _)| *i == id) {
+            entry.1 = held;
+        }
+    }
+
+    /// Ends the oldest one other than `id` that holds some of the budget (ending one that
+    /// holds none would free nothing); whether there was one.
+    fn evict_oldest_holder_but(this: &Mutex<Self>, id: u64) -> bool {
+        let mut me = this
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(at) = me
+            .queue
+            .iter()
+            .position(|(i, held, _)| *i != id && *held > 0)
+        else {
             return false;
         };
         me.queue
             .remove(at)
-            .is_some_and(|(_, evict)| evict.send(()).is_ok())
+            .is_some_and(|(_, _, evict)| evict.send(()).is_ok())
     }
 
     /// Forgets one that ended.
@@ -110,25 +137,75 @@ impl Pending {
         let mut me = this
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(at) = me.queue.iter().position(|(i, _)| *i == id) {
+        if let Some(at) = me.queue.iter().position(|(i, _, _)| *i == id) {
             me.queue.remove(at);
         }
     }
 }
 
-/// One served connection: whether a request is being answered on it, and since when it is
-/// idle (milliseconds from [`Served::start`]).
-#[derive(Default)]
+/// A served connection with no request, or waiting for its request's body.
+const IDLE: u8 = 0;
+/// A served connection whose request's body is arriving.
+const READING: u8 = 1;
+/// A served connection whose request is being answered.
+const ANSWERING: u8 = 2;
+
+/// One served connection: what it is doing, and since when (milliseconds from `start`): its
+/// last request's end, or its body's last frame.
 struct ConnState {
-    busy: AtomicBool,
-    idle_since: AtomicU64,
+    start: std::time::Instant,
+    phase: AtomicU8,
+    since: AtomicU64,
 }
 
-/// The connections served, each with its state and the means to end it.
+impl ConnState {
+    fn new(start: std::time::Instant) -> Self {
+        let state = ConnState {
+            start,
+            phase: AtomicU8::new(IDLE),
+            since: AtomicU64::new(0),
+        };
+        state.touch();
+        state
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Something happened on it now.
+    fn touch(&self) {
+        self.since.store(self.now(), Ordering::Release);
+    }
+
+    fn set(&self, phase: u8) {
+        self.phase.store(phase, Ordering::Release);
+        self.touch();
+    }
+
+    /// Since when it may be closed for a newcomer: idle, or its body had no frame for
+    /// [`EVICT_AFTER`] (a real client's body arrives in milliseconds); `None` while a request
+    /// is answered or a body is arriving.
+    fn evictable_since(&self, now: u64) -> Option<u64> {
+        let since = self.since.load(Ordering::Acquire);
+        match self.phase.load(Ordering::Acquire) {
+            IDLE => Some(since),
+            READING
+                if now.saturating_sub(since)
+                    > u64::try_from(EVICT_AFTER.as_millis()).unwrap_or(u64::MAX) =>
+            {
+                Some(since)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The connections served: peer address, state and the means to end each.
 struct Served {
     start: std::time::Instant,
     next: u64,
-    list: Vec<(u64, Arc<ConnState>, oneshot::Sender<()>)>,
+    list: Vec<(u64, IpAddr, Arc<ConnState>, oneshot::Sender<()>)>,
 }
 
 impl Served {
@@ -136,65 +213,72 @@ impl Served {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Registers a new connection, first ending the one idle longest if [`MAX_CONNECTIONS`]
-    /// are served; `None` when they are all answering a request.
-    fn admit(this: &Mutex<Self>) -> Option<(u64, Arc<ConnState>, oneshot::Receiver<()>, Duration)> {
+    /// Registers a new connection from `peer`. If `peer` already has
+    /// [`MAX_CONNECTIONS_PER_PEER`], the one of its own idle or stalled longest is ended
+    /// first; else if [`MAX_CONNECTIONS`] are served, the one idle or stalled longest of all.
+    /// `None` (the newcomer is not served) when none of those may be ended. Also says how
+    /// long the ended one was idle, and whether it was the peer's own.
+    #[allow(clippy::type_complexity)]
+    fn admit(
+        this: &Mutex<Self>,
+        peer: IpAddr,
+    ) -> Option<(
+        u64,
+        Arc<ConnState>,
+        oneshot::Receiver<()>,
+        Option<(Duration, bool)>,
+    )> {
         let mut me = this
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = me.now();
-        let mut ended_idle = Duration::ZERO;
-        if me.list.len() >= MAX_CONNECTIONS {
-            let idlest = me
+        let own = me.list.iter().filter(|(_, ip, _, _)| *ip == peer).count();
+        let mut ended = None;
+        let own_full = own >= MAX_CONNECTIONS_PER_PEER;
+        if own_full || me.list.len() >= MAX_CONNECTIONS {
+            let (at, since) = me
                 .list
                 .iter()
                 .enumerate()
-                .filter(|(_, (_, state, _))| !state.busy.load(Ordering::Acquire))
-                .min_by_key(|(_, (_, state, _))| state.idle_since.load(Ordering::Acquire))
-                .map(|(at, _)| at)?;
-            let (_, state, evict) = me.list.swap_remove(idlest);
-            ended_idle =
-                Duration::from_millis(now.saturating_sub(state.idle_since.load(Ordering::Acquire)));
+                .filter(|(_, (_, ip, _, _))| !own_full || *ip == peer)
+                .filter_map(|(at, (_, _, state, _))| Some((at, state.evictable_since(now)?)))
+                .min_by_key(|(_, since)| *since)?;
+            let (_, _, _, evict) = me.list.swap_remove(at);
+            ended = Some((Duration::from_millis(now.saturating_sub(since)), own_full));
             let _ = evict.send(());
         }
         let id = me.next;
         me.next += 1;
-        let state = Arc::new(ConnState::default());
-        state.idle_since.store(now, Ordering::Release);
+        let state = Arc::new(ConnState::new(me.start));
         let (tx, rx) = oneshot::channel();
-        me.list.push((id, Arc::clone(&state), tx));
-        Some((id, state, rx, ended_idle))
+        me.list.push((id, peer, Arc::clone(&state), tx));
+        Some((id, state, rx, ended))
     }
 
     fn done(this: &Mutex<Self>, id: u64) {
         let mut me = this
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(at) = me.list.iter().position(|(i, _, _)| *i == id) {
+        if let Some(at) = me.list.iter().position(|(i, _, _, _)| *i == id) {
             me.list.swap_remove(at);
         }
     }
 }
 
-/// Marks a connection busy while a request is answered, idle (from now) afterwards.
-struct Busy<'a>(&'a ConnState, &'a Mutex<Served>);
+/// Marks a connection's request in progress (idle until its body's first frame), idle from
+/// now when it ends.
+struct Busy<'a>(&'a ConnState);
 
 impl<'a> Busy<'a> {
-    fn new(state: &'a ConnState, served: &'a Mutex<Served>) -> Self {
-        state.busy.store(true, Ordering::Release);
-        Busy(state, served)
+    fn new(state: &'a ConnState) -> Self {
+        state.set(IDLE);
+        Busy(state)
     }
 }
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        let now = self
-            .1
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .now();
-        self.0.idle_since.store(now, Ordering::Release);
-        self.0.busy.store(false, Ordering::Release);
+        self.0.set(IDLE);
     }
 }
 
@@ -277,21 +361,25 @@ pub async fn serve(
                     return;
                 }
             };
-            let Some((conn, state, ended, idle)) = Served::admit(&served) else {
-                tracing::warn!(%peer, "connection closed: {MAX_CONNECTIONS} connections are already answering requests");
+            let Some((conn, state, ended, idle)) = Served::admit(&served, peer.ip()) else {
+                tracing::warn!(%peer, "connection closed: the connections it would replace are all answering requests or receiving bodies");
                 return;
             };
-            if idle > Duration::ZERO {
-                tracing::info!(%peer, "{MAX_CONNECTIONS} connections served: the one idle longest ({idle:?}) was closed for this one");
+            match idle {
+                Some((idle, true)) => {
+                    tracing::info!(%peer, "{MAX_CONNECTIONS_PER_PEER} connections from this address: its own idle or stalled longest ({idle:?}) was closed for this one")
+                }
+                Some((idle, false)) => {
+                    tracing::info!(%peer, "{MAX_CONNECTIONS} connections served: the one idle or stalled longest ({idle:?}) was closed for this one")
+                }
+                None => {}
             }
-            let served_too = Arc::clone(&served);
             let service = hyper::service::service_fn(move |req| {
                 let shared = Arc::clone(&shared);
                 let state = Arc::clone(&state);
-                let served = Arc::clone(&served_too);
                 async move {
-                    let _busy = Busy::new(&state, &served);
-                    Ok::<_, Infallible>(route(&shared, req).await)
+                    let _busy = Busy::new(&state);
+                    Ok::<_, Infallible>(route(&shared, &state, req).await)
                 }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -304,16 +392,16 @@ pub async fn serve(
                 r = connection => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 },
-                _ = ended => tracing::debug!(%peer, "idle connection closed for a newer one"),
+                _ = ended => tracing::debug!(%peer, "idle or stalled connection closed for a newer one"),
             }
             Served::done(&served, conn);
         });
     }
 }
 
-async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(shared: &Shared, conn: &ConnState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::POST, MUTATE_PATH) => admit(shared, req).await,
+        (&Method::POST, MUTATE_PATH) => admit(shared, conn, req).await,
         (&Method::GET, "/healthz" | "/readyz") => text(StatusCode::OK, "ok"),
         (_, MUTATE_PATH) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
         _ => text(StatusCode::NOT_FOUND, "not found"),
@@ -329,12 +417,12 @@ enum BodyRefusal {
     Broken(hyper::Error),
 }
 
-/// The first allocation for a body whose length is not declared.
-const BODY_CHUNK: usize = 64 << 10;
+/// The first allocation for a body (less when the declared length is less).
+pub const BODY_CHUNK: usize = 64 << 10;
 
-/// `n` bytes of room under [`MAX_BODY_BYTES_IN_FLIGHT`] for the body `id`: at once if free,
-/// else within [`EVICT_AFTER`], else after ending the oldest other body still arriving, in
-/// [`IN_FLIGHT_WAIT`] at most.
+/// `n` bytes of room under [`MAX_BODY_BYTES_IN_FLIGHT`] for the body `id`: at once if free;
+/// else, every [`EVICT_AFTER`] without room, the oldest other body still arriving that holds
+/// some of the budget is ended, for [`IN_FLIGHT_WAIT`] at most.
 async fn room(
     shared: &Shared,
     id: u64,
@@ -347,28 +435,29 @@ async fn room(
     }
     // Reviews arriving together make room for each other within milliseconds; a body still
     // arriving after that wait is a stalled sender's, older than this one.
-    let mut waited = Duration::ZERO;
-    for wait in [EVICT_AFTER, IN_FLIGHT_WAIT.saturating_sub(EVICT_AFTER)] {
-        if waited > Duration::ZERO {
-            Pending::evict_oldest_but(&shared.arriving, id);
-        }
+    let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+    loop {
+        let until = (tokio::time::Instant::now() + EVICT_AFTER).min(deadline);
         let acquire =
-            tokio::time::timeout(wait, Arc::clone(&shared.in_flight).acquire_many_owned(n));
+            tokio::time::timeout_at(until, Arc::clone(&shared.in_flight).acquire_many_owned(n));
         tokio::select! {
             _ = &mut *evicted => return Err(BodyRefusal::Evicted),
             got = acquire => if let Ok(Ok(p)) = got {
                 return Ok(p);
             },
         }
-        waited += wait;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BodyRefusal::Busy);
+        }
+        Pending::evict_oldest_holder_but(&shared.arriving, id);
     }
-    Err(BodyRefusal::Busy)
 }
 
 /// Reads a body of at most [`MAX_REVIEW_BYTES`], holding one in-flight permit per byte of
 /// its buffer (see the module documentation for what happens when none are left).
 async fn read_body(
     shared: &Shared,
+    conn: &ConnState,
     declared: Option<usize>,
     mut body: Incoming,
 ) -> Result<(Vec<u8>, Vec<OwnedSemaphorePermit>), BodyRefusal> {
@@ -393,6 +482,7 @@ async fn read_body(
             Ok(Some(Err(e))) => return Err(BodyRefusal::Broken(e)),
             Ok(Some(Ok(frame))) => frame,
         };
+        conn.set(READING);
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -401,24 +491,26 @@ async fn read_body(
         }
         let needed = buf.len() + data.len();
         if needed > held {
-            // The buffer is the declared length, or grows by doubling when there is none (or
-            // a wrong one), and its whole capacity is counted: memory handed out, whether or
-            // not the bytes have arrived yet.
-            let grown = if declared >= needed {
+            // The buffer grows by doubling as bytes arrive, up to the declared length (or the
+            // cap when there is none, or a wrong one), and its whole capacity is counted. A
+            // declared length alone reserves nothing: budget follows bytes that came.
+            let cap = if declared >= needed {
                 declared
             } else {
-                needed.max(held * 2).clamp(BODY_CHUNK, MAX_REVIEW_BYTES)
+                MAX_REVIEW_BYTES
             };
+            let grown = needed.max(held * 2).max(BODY_CHUNK).min(cap);
             permits.push(room(shared, id, &mut evicted, grown - held).await?);
             buf.reserve_exact(grown - buf.len());
             held = grown;
+            Pending::set_held(&shared.arriving, id, held);
         }
         buf.extend_from_slice(&data);
     }
     Ok((buf, permits))
 }
 
-async fn admit(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn admit(shared: &Shared, conn: &ConnState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let json = req
         .headers()
         .get(CONTENT_TYPE)
@@ -438,8 +530,11 @@ async fn admit(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    let (body, _permits) = match read_body(shared, declared, req.into_body()).await {
-        Ok(read) => read,
+    let (body, _permits) = match read_body(shared, conn, declared, req.into_body()).await {
+        Ok(read) => {
+            conn.set(ANSWERING);
+            read
+        }
         Err(BodyRefusal::TooLarge) => {
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,

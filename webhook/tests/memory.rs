@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::{BoxError, Certs, Conn, TempDir, TestResult, client_config};
 use peerpod_webhook::review::MAX_REVIEW_BYTES;
-use peerpod_webhook::server::{MAX_CONNECTIONS, MAX_HANDSHAKES, MAX_HEADER_BYTES};
+use peerpod_webhook::server::{
+    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER, MAX_HANDSHAKES, MAX_HEADER_BYTES,
+};
 
 /// The webhook binary on a loopback port, killed on drop.
 struct Running {
@@ -284,8 +286,18 @@ async fn a_connection_flood_with_reviews_stays_under_the_manifest_memory_limit()
     let limit = manifest_limit()?;
     let webhook = Running::start().await?;
     let mut reviewers = Vec::with_capacity(REVIEWERS);
+    // The reviewers from one address (the API server's), the flood from as many others as it
+    // takes to fill every connection slot within the per-address cap.
+    let api_server = std::net::IpAddr::from([127, 0, 0, 2]);
     for _ in 0..REVIEWERS {
-        reviewers.push(webhook.conn().await?);
+        reviewers.push(
+            Conn::connect_from(
+                webhook.addr,
+                api_server,
+                client_config(&webhook.certs.ca_pem, None, None),
+            )
+            .await?,
+        );
     }
     let config = std::sync::Arc::new(client_config(&webhook.certs.ca_pem, None, None));
     let mut held = Vec::with_capacity(MAX_CONNECTIONS);
@@ -293,8 +305,10 @@ async fn a_connection_flood_with_reviews_stays_under_the_manifest_memory_limit()
         "POST /mutate-v1-pod HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}",
         "a".repeat(MAX_HEADER_BYTES - 200)
     );
-    for _ in REVIEWERS..MAX_CONNECTIONS {
-        let tcp = tokio::net::TcpStream::connect(webhook.addr).await?;
+    for i in REVIEWERS..MAX_CONNECTIONS {
+        let octet = u8::try_from(i / MAX_CONNECTIONS_PER_PEER)?;
+        let tcp =
+            common::tcp_from(webhook.addr, std::net::IpAddr::from([127, 0, 1, octet])).await?;
         let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&config))
             .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
             .await?;

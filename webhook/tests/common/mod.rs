@@ -304,6 +304,22 @@ impl Conn {
     /// Connects and completes the TLS handshake.
     pub async fn connect(addr: SocketAddr, config: rustls::ClientConfig) -> Result<Self, BoxError> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
+        Self::over(tcp, config).await
+    }
+
+    /// Connects from the loopback address `from` (e.g. 127.0.0.2: another client's address).
+    pub async fn connect_from(
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+        config: rustls::ClientConfig,
+    ) -> Result<Self, BoxError> {
+        Self::over(tcp_from(addr, from).await?, config).await
+    }
+
+    async fn over(
+        tcp: tokio::net::TcpStream,
+        config: rustls::ClientConfig,
+    ) -> Result<Self, BoxError> {
         tcp.set_nodelay(true)?;
         let tls = TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("localhost")?, tcp)
@@ -521,4 +537,14 @@ pub async fn answer_to_head(
     };
     tokio::time::timeout(Duration::from_secs(10), read).await??;
     Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A TCP connection to `addr` from the local address `from`.
+pub async fn tcp_from(
+    addr: SocketAddr,
+    from: std::net::IpAddr,
+) -> Result<tokio::net::TcpStream, BoxError> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    Ok(socket.connect(addr).await?)
 }

@@ -1,0 +1,225 @@
+//! What hostile clients can hold, over the real HTTPS server: headers declaring large bodies,
+//! bodies stalled part-way, and floods of connections from one address must not keep a real
+//! review (the API server's) from being answered.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Conn, Server, TestResult, container, pod, review_of};
+use peerpod_webhook::mutate::MutationConfig;
+use peerpod_webhook::review::{Handler, MAX_REVIEW_BYTES};
+use peerpod_webhook::server::{MAX_BODY_BYTES_IN_FLIGHT, MAX_CONNECTIONS};
+use peerpod_webhook::tls::TlsOptions;
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_rustls::client::TlsStream;
+
+const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const API_SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+async fn start() -> Server {
+    Server::start(
+        Handler::Mutate(MutationConfig::default()),
+        TlsOptions::default(),
+        None,
+    )
+    .await
+}
+
+fn raise_fd_limit() -> TestResult {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < 8192 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(8192), hard)?;
+    }
+    Ok(())
+}
+
+/// A TLS connection from `from` that sent a review's headers declaring `declared` bytes, then
+/// `sent` bytes of body, and nothing more.
+async fn stalled(
+    server: &Server,
+    config: &Arc<rustls::ClientConfig>,
+    from: IpAddr,
+    declared: usize,
+    sent: usize,
+) -> Result<TlsStream<tokio::net::TcpStream>, common::BoxError> {
+    let tcp = common::tcp_from(server.addr, from).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    tls.write_all(
+        format!(
+            "POST /mutate-v1-pod HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    tls.write_all(&vec![b' '; sent]).await?;
+    tls.flush().await?;
+    Ok(tls)
+}
+
+fn small_review() -> serde_json::Value {
+    review_of(pod(
+        Some("kata-remote"),
+        vec![],
+        vec![container("c", &[("cpu", "1")], &[])],
+    ))
+}
+
+/// What the server sent on `tls` within `wait` (empty if nothing).
+async fn answer_within(tls: &mut TlsStream<tokio::net::TcpStream>, wait: Duration) -> String {
+    let mut buf = [0u8; 512];
+    match tokio::time::timeout(wait, tls.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// Decoys (headers declaring the largest body, no body) opened first, then holders (the same
+/// headers and one byte) whose declared lengths add up to the whole in-flight budget: a
+/// declared length reserves nothing, so a real review is answered at once.
+#[tokio::test]
+async fn declared_lengths_alone_cannot_hold_the_in_flight_budget() -> TestResult {
+    let server = start().await;
+    let config = Arc::new(server.client_config());
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(stalled(&server, &config, ATTACKER, MAX_REVIEW_BYTES, 0).await?);
+    }
+    let whole = MAX_BODY_BYTES_IN_FLIGHT / MAX_REVIEW_BYTES;
+    for _ in 0..=whole {
+        held.push(stalled(&server, &config, ATTACKER, MAX_REVIEW_BYTES, 1).await?);
+    }
+    let rest = MAX_BODY_BYTES_IN_FLIGHT - whole * MAX_REVIEW_BYTES;
+    held.push(stalled(&server, &config, ATTACKER, rest, 1).await?);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut conn = Conn::connect_from(server.addr, API_SERVER, server.client_config()).await?;
+    let started = std::time::Instant::now();
+    let reply = conn.review(&small_review()).await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["response"]["allowed"], true);
+    eprintln!(
+        "a real review was answered in {:?} with {} decoys and holders open",
+        started.elapsed(),
+        held.len()
+    );
+    Ok(())
+}
+
+/// Decoys opened first, then bodies sent all but their last byte and stalled, over the
+/// budget: a real review of the largest size is answered, the room coming from ending the
+/// stalled bodies that hold it (HTTP 503), never the decoys (ending those frees nothing).
+#[tokio::test]
+async fn only_bodies_holding_budget_are_ended_for_room() -> TestResult {
+    let server = start().await;
+    let config = Arc::new(server.client_config());
+    let mut decoys = Vec::new();
+    for _ in 0..8 {
+        decoys.push(stalled(&server, &config, ATTACKER, MAX_REVIEW_BYTES, 0).await?);
+    }
+    let mut holders = Vec::new();
+    for _ in 0..=(MAX_BODY_BYTES_IN_FLIGHT / MAX_REVIEW_BYTES) {
+        holders.push(
+            stalled(
+                &server,
+                &config,
+                ATTACKER,
+                MAX_REVIEW_BYTES,
+                MAX_REVIEW_BYTES - 1,
+            )
+            .await?,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut review = small_review();
+    review["request"]["object"]["metadata"]["annotations"]["pad"] =
+        json!("x".repeat(MAX_REVIEW_BYTES - 4096));
+    let mut conn = Conn::connect_from(server.addr, API_SERVER, server.client_config()).await?;
+    let reply = conn.review(&review).await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["response"]["allowed"], true);
+    // The oldest holder was ended with 503 naming why; no decoy was touched.
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), holders[0].read(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("dropped to make room"), "{answer}");
+    // (A decoy may have reached its body timeout on a slow machine: 408, not 503.)
+    for decoy in &mut decoys {
+        let answer = answer_within(decoy, Duration::from_millis(20)).await;
+        assert!(
+            !answer.starts_with("HTTP/1.1 503"),
+            "a decoy holding no budget was ended: {answer}"
+        );
+    }
+    Ok(())
+}
+
+/// As many connections as the server serves, all from one address, each with a review's
+/// headers sent and no body: a real client from another address is answered, and so is a
+/// newcomer from the flooding address (it ends one of that address's own stalled ones).
+#[tokio::test]
+async fn header_only_connections_from_one_address_cannot_keep_a_real_client_out() -> TestResult {
+    raise_fd_limit()?;
+    let server = start().await;
+    let config = Arc::new(server.client_config());
+    let mut flood = Vec::with_capacity(MAX_CONNECTIONS);
+    for _ in 0..MAX_CONNECTIONS {
+        flood.push(stalled(&server, &config, ATTACKER, 1000, 0).await?);
+    }
+    for from in [API_SERVER, ATTACKER] {
+        let mut conn = Conn::connect_from(server.addr, from, server.client_config()).await?;
+        let reply = conn.review(&small_review()).await?;
+        assert_eq!(reply.status, 200, "from {from}: {}", reply.text());
+        assert_eq!(reply.json()["response"]["allowed"], true);
+    }
+    Ok(())
+}
+
+/// The same with bodies begun and then stalled (one byte sent): past the stall allowance
+/// they may be ended for a newcomer from their address.
+#[tokio::test]
+async fn stalled_bodies_from_one_address_cannot_keep_its_newcomers_out() -> TestResult {
+    raise_fd_limit()?;
+    let server = start().await;
+    let config = Arc::new(server.client_config());
+    let mut flood = Vec::with_capacity(MAX_CONNECTIONS);
+    for _ in 0..MAX_CONNECTIONS {
+        flood.push(stalled(&server, &config, ATTACKER, 1000, 1).await?);
+    }
+    tokio::time::sleep(peerpod_webhook::server::EVICT_AFTER * 2).await;
+    for from in [ATTACKER, API_SERVER] {
+        let mut conn = Conn::connect_from(server.addr, from, server.client_config()).await?;
+        let reply = conn.review(&small_review()).await?;
+        assert_eq!(reply.status, 200, "from {from}: {}", reply.text());
+    }
+    Ok(())
+}
+
+/// The API server's keep-alive connection, idle between reviews, survives a flood of idle
+/// connections from another address larger than the server's connection cap.
+#[tokio::test]
+async fn a_flood_from_one_address_does_not_close_another_address_s_keep_alive() -> TestResult {
+    raise_fd_limit()?;
+    let server = start().await;
+    let mut api = Conn::connect_from(server.addr, API_SERVER, server.client_config()).await?;
+    assert_eq!(api.review(&small_review()).await?.status, 200);
+    let config = Arc::new(server.client_config());
+    let mut flood = Vec::with_capacity(MAX_CONNECTIONS + 64);
+    for _ in 0..MAX_CONNECTIONS + 64 {
+        let tcp = common::tcp_from(server.addr, ATTACKER).await?;
+        flood.push(
+            tokio_rustls::TlsConnector::from(Arc::clone(&config))
+                .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+                .await?,
+        );
+    }
+    let reply = api.review(&small_review()).await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    Ok(())
+}
