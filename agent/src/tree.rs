@@ -10,7 +10,8 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::dir::Dir;
@@ -38,22 +39,53 @@ fn err(errno: Errno, what: &str) -> io::Error {
 }
 
 /// Removes `path` and everything under it. A missing `path` is not an error; a symlink or a
-/// file at `path` is unlinked (not followed). A mount anywhere under it, or a directory moved
-/// during the walk, stops the removal with an error, leaving what was not yet removed.
+/// file at `path` is unlinked (not followed). `path` itself is opened from its parent
+/// directory without following a symlink or crossing a mount: a mount on `path` (a bind mount
+/// of another directory, say) is refused, never emptied. A mount anywhere under it, or a
+/// directory moved during the walk, stops the removal with an error, leaving what was not yet
+/// removed.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    let name = match path.file_name() {
+        Some(name) => CString::new(name.as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?,
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} does not end in a name", path.display()),
+            ));
+        }
     };
-    if !meta.is_dir() {
-        return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    let parent_path = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let parent: OwnedFd = match nix::fcntl::open(parent_path, dir_flags(), Mode::empty()) {
+        Ok(parent) => parent,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(err(e, "cannot open the parent directory")),
+    };
+    let stat = match fstatat(
+        parent.as_fd(),
+        name.as_c_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(stat) => stat,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(err(e, "cannot stat the directory")),
+    };
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+        return match unlinkat(parent.as_fd(), name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(err(e, "cannot remove the file")),
         };
     }
-    let root: OwnedFd = nix::fcntl::open(path, dir_flags(), Mode::empty())
-        .map_err(|e| err(e, "cannot open the directory"))?;
+    let root = openat2(parent.as_fd(), name.as_c_str(), beneath())
+        .map_err(|e| err(e, "cannot open the directory (a mount or a symlink?)"))?;
+    // RESOLVE_NO_XDEV already refuses a mount on the top; the mount ids say so once more, as
+    // this is the one step where a mount would send the walk into someone else's files.
+    if mount_id(&root)? != mount_id(&parent)? {
+        return Err(io::Error::other("the directory is a mount point"));
+    }
     let root_id = id(&fstat(&root).map_err(|e| err(e, "cannot stat the directory"))?);
     let mut current = Dir::from_fd(root).map_err(|e| err(e, "cannot read the directory"))?;
     let mut current_id = root_id;
@@ -62,12 +94,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     loop {
         match empty_all_but_one(&mut current)? {
             Some(name) => {
-                let how = OpenHow::new().flags(dir_flags()).resolve(
-                    ResolveFlag::RESOLVE_NO_XDEV
-                        | ResolveFlag::RESOLVE_NO_SYMLINKS
-                        | ResolveFlag::RESOLVE_BENEATH,
-                );
-                let child = openat2(current.as_fd(), name.as_c_str(), how)
+                let child = openat2(current.as_fd(), name.as_c_str(), beneath())
                     .map_err(|e| err(e, "cannot enter a directory (a mount or a symlink?)"))?;
                 let child_id = id(&fstat(&child).map_err(|e| err(e, "cannot stat a directory"))?);
                 stack.push((name, current_id));
@@ -97,10 +124,29 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
         }
     }
     drop(current);
-    match std::fs::remove_dir(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    match unlinkat(parent.as_fd(), name.as_c_str(), UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(err(e, "cannot remove the directory")),
     }
+}
+
+/// How a directory is entered: one name, no symlink, no mount crossed.
+fn beneath() -> OpenHow {
+    OpenHow::new().flags(dir_flags()).resolve(
+        ResolveFlag::RESOLVE_NO_XDEV
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_BENEATH,
+    )
+}
+
+/// The id of the mount an open descriptor is on, from `/proc/self/fdinfo` (what `statx`'s
+/// `STATX_MNT_ID` answers, without unsafe code).
+fn mount_id(fd: &OwnedFd) -> io::Result<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("mnt_id:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no mnt_id in /proc/self/fdinfo"))
 }
 
 /// Removes every entry of `dir` except one non-empty subdirectory, whose name it answers (or
@@ -273,5 +319,60 @@ mod tests {
         remove_tree(&tree).expect("removed");
         assert!(!tree.exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A bind mount on the top directory itself (another container's storage mounted where
+    /// this one's bundle is): refused, and nothing in the bind source is removed.
+    #[test]
+    fn a_mount_on_the_top_is_not_emptied() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "\n*** SKIPPED: a_mount_on_the_top_is_not_emptied needs root for mounts ***\n"
+            );
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "CI=true needs root"
+            );
+            return;
+        }
+        let dir = scratch("top-mount");
+        let source = dir.join("peerpod");
+        std::fs::create_dir_all(source.join("sub")).expect("source");
+        std::fs::write(source.join("initdata.toml"), b"keep").expect("initdata");
+        std::fs::write(source.join("sub/cdh.toml"), b"keep").expect("cdh");
+        let top = dir.join("bundle");
+        std::fs::create_dir(&top).expect("top");
+        nix::mount::mount(
+            Some(&source),
+            &top,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        let result = remove_tree(&top);
+        let _ = nix::mount::umount2(&top, nix::mount::MntFlags::MNT_DETACH);
+        let error = result.expect_err("a mount on the top was emptied");
+        assert!(error.to_string().contains("a mount"), "{error}");
+        assert_eq!(
+            std::fs::read(source.join("initdata.toml")).expect("kept"),
+            b"keep"
+        );
+        assert_eq!(
+            std::fs::read(source.join("sub/cdh.toml")).expect("kept"),
+            b"keep"
+        );
+        // Unmounted, the directory goes (and the source stays).
+        remove_tree(&top).expect("removed");
+        assert!(!top.exists());
+        assert!(source.join("initdata.toml").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A path with no name at its end is refused, not resolved to something else.
+    #[test]
+    fn a_path_without_a_name_is_refused() {
+        assert!(remove_tree(Path::new("/")).is_err());
+        assert!(remove_tree(Path::new("/tmp/..")).is_err());
     }
 }

@@ -34,12 +34,15 @@ impl Mounted {
         }
     }
 
-    /// Unmounts, lazily, so that a busy mount still goes away; then removes the directory the
-    /// storage made, if any (never following a symlink or entering a mount in it). Releasing
-    /// twice is harmless.
+    /// Unmounts, lazily, so that a busy mount still goes away, and never through a symlink at
+    /// the mount point; then removes the directory the storage made, if any (never following a
+    /// symlink, emptying a mount on it or entering a mount in it). Releasing twice is harmless.
     pub(crate) fn release(&self) {
         if self.mounted
-            && let Err(e) = umount2(&self.mount_point, MntFlags::MNT_DETACH)
+            && let Err(e) = umount2(
+                &self.mount_point,
+                MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
+            )
             // Not a mount (any more), or gone: nothing to undo.
             && e != nix::errno::Errno::EINVAL
             && e != nix::errno::Errno::ENOENT
@@ -90,11 +93,15 @@ pub(crate) fn check_all(storages: &[Storage]) -> Result<(), AgentError> {
         .try_for_each(|s| check(s).map(drop))
 }
 
-/// The storage's mount point, if its driver is supported and the path acceptable.
+/// The storage's mount point, if its driver is supported and the paths acceptable (a bind
+/// storage's source too).
 fn check(storage: &Storage) -> Result<PathBuf, AgentError> {
     let mount_point = checked_path(&storage.mount_point, "mount_point")?;
     match storage.driver.as_str() {
-        "local" | "ephemeral" | "bind" => {}
+        "local" | "ephemeral" => {}
+        "bind" => {
+            checked_path(&storage.source, "source")?;
+        }
         "image_guest_pull" => {
             return Err(AgentError::InvalidArgument(
                 "storage driver image_guest_pull is for CreateContainer (one per container)"
@@ -355,5 +362,87 @@ mod tests {
         assert!(checked_path("run/x", "mount_point").is_err());
         assert!(checked_path("/run/../etc", "mount_point").is_err());
         assert!(checked_path("/run/kata-containers/sandbox/shm", "mount_point").is_ok());
+    }
+
+    fn bind(source: &str, mount_point: &str) -> Storage {
+        let mut storage = Storage::new();
+        storage.driver = "bind".into();
+        storage.source = source.into();
+        storage.mount_point = mount_point.into();
+        storage
+    }
+
+    /// A bind storage's source is checked with its mount point, before any pull: relative or
+    /// `..` sources are refused by name.
+    #[test]
+    fn a_bind_source_is_checked_before_anything_is_done() {
+        for source in ["run/peerpod", "/run/../etc", ""] {
+            let error = check_all(&[bind(source, "/run/kata-containers/b/x")])
+                .expect_err("a bad source passed");
+            assert!(
+                error.to_string().contains("storage source"),
+                "{source:?}: {error}"
+            );
+        }
+        check_all(&[bind("/run/peerpod", "/run/kata-containers/b/x")]).expect("a good source");
+    }
+
+    /// A container's bundle with another storage bind-mounted on it (its source the agent's
+    /// own configuration directory) and a symlink where the rootfs mount would be: releasing
+    /// the bundle unmounts nothing through the link and removes none of the source's files.
+    #[test]
+    fn releasing_a_bundle_with_a_bind_on_it_keeps_the_bind_source() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "\n*** SKIPPED: releasing_a_bundle_with_a_bind_on_it_keeps_the_bind_source needs root ***\n"
+            );
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "CI=true needs root"
+            );
+            return;
+        }
+        let dir =
+            std::env::temp_dir().join(format!("agent-storage-{}-bind-top", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let source = dir.join("peerpod");
+        let elsewhere = dir.join("elsewhere");
+        std::fs::create_dir_all(&source).expect("source");
+        std::fs::create_dir_all(&elsewhere).expect("elsewhere");
+        std::fs::write(source.join("initdata.toml"), b"keep").expect("initdata");
+        std::fs::write(source.join("aa.toml"), b"keep").expect("aa");
+        // A tmpfs mounted elsewhere; `rootfs` in the source links to it.
+        mount(
+            Some("tmpfs"),
+            &elsewhere,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("tmpfs");
+        std::os::unix::fs::symlink(&elsewhere, source.join("rootfs")).expect("link");
+        let bundle = dir.join("a");
+        let storage = bind(&source.display().to_string(), &bundle.display().to_string());
+        let mounted = prepare(&storage).expect("bind storage of container b on a's bundle");
+        release_bundle(&bundle);
+        let elsewhere_still_mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .any(|line| line.split(' ').nth(4) == elsewhere.to_str());
+        mounted.release();
+        let _ = umount2(&elsewhere, MntFlags::MNT_DETACH);
+        assert_eq!(
+            std::fs::read(source.join("initdata.toml")).expect("kept"),
+            b"keep"
+        );
+        assert_eq!(
+            std::fs::read(source.join("aa.toml")).expect("kept"),
+            b"keep"
+        );
+        assert!(
+            elsewhere_still_mounted,
+            "a mount was undone through a symlink"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
