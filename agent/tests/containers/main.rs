@@ -15,6 +15,7 @@ mod lifecycle;
 mod netns;
 mod pause_bundle;
 mod privileges;
+mod removal;
 mod resources;
 mod sealed;
 mod security;
