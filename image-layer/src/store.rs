@@ -229,9 +229,14 @@ impl LayerStore {
         }
     }
 
-    /// Mounts an overlay at `bundle/rootfs` (created if missing) whose lower directories are the
+    /// Mounts an overlay at `bundle/rootfs` whose lower directories are the
     /// layers `diff_ids`, given bottom layer first, with an upper and a work directory private to
     /// this bundle, and records that the bundle references those layers. Answers the mount point.
+    ///
+    /// `bundle` must be an existing directory, not a symbolic link (the caller makes it before
+    /// the pull, as the CDH's PullImage contract says; one removed since is refused, never made
+    /// again); `rootfs` is made in it with a plain `mkdir`, or may already be an empty
+    /// directory. Anything else is [`LayerError::InvalidArgument`].
     pub fn mount_rootfs(&self, diff_ids: &[String], bundle: &Path) -> Result<PathBuf, LayerError> {
         if diff_ids.is_empty() {
             return Err(LayerError::InvalidArgument(
@@ -255,6 +260,7 @@ impl LayerStore {
                 return Err(LayerError::NotInstalled(diff_id.clone()));
             }
         }
+        check_bundle(bundle)?;
         let state = self.bundle_state(bundle);
         match fs::create_dir(&state) {
             Ok(()) => {}
@@ -264,6 +270,7 @@ impl LayerStore {
             Err(e) => return Err(LayerError::io("create", show(&state), e)),
         }
         let rootfs = bundle.join("rootfs");
+        let mut made_rootfs = false;
         let result = (|| {
             let upper = state.join("upper");
             let work = state.join("work");
@@ -274,7 +281,7 @@ impl LayerStore {
             refs.push('\n');
             write_file(&state.join("layers"), refs.as_bytes())?;
             write_file(&state.join("bundle"), bundle.as_os_str().as_bytes())?;
-            fs::create_dir_all(&rootfs).map_err(|e| LayerError::io("create", show(&rootfs), e))?;
+            made_rootfs = make_mount_point(&rootfs)?;
             overlay::mount(&lowers, &upper, &work, &rootfs)
         })();
         match result {
@@ -286,6 +293,9 @@ impl LayerStore {
                 Ok(rootfs)
             }
             Err(e) => {
+                if made_rootfs && let Err(rm) = fs::remove_dir(&rootfs) {
+                    tracing::warn!(path = %show(&rootfs), error = %rm, "cannot remove a mount point");
+                }
                 remove_tree_logged(&state);
                 Err(e)
             }
@@ -630,6 +640,60 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), LayerError> {
 }
 
 /// Best-effort removal of a tree this store made.
+/// Refuses a bundle that is not an existing directory of its own: the caller makes it before
+/// the pull (the CDH's PullImage contract), and one it removed since (a pull past its timeout)
+/// is never made again, nor one replaced by a symbolic link.
+fn check_bundle(bundle: &Path) -> Result<(), LayerError> {
+    match fs::symlink_metadata(bundle) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) if meta.is_symlink() => Err(LayerError::InvalidArgument(format!(
+            "the bundle {} is a symbolic link: refused (the caller creates the bundle as a \
+             directory before the pull)",
+            show(bundle)
+        ))),
+        Ok(_) => Err(LayerError::InvalidArgument(format!(
+            "the bundle {} is not a directory (the caller creates the bundle as a directory \
+             before the pull)",
+            show(bundle)
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(LayerError::InvalidArgument(format!(
+                "the bundle directory {} does not exist: not created here (the caller creates \
+                 it before the pull; one it removed, e.g. after the pull timed out, stays gone)",
+                show(bundle)
+            )))
+        }
+        Err(e) => Err(LayerError::io("inspect", show(bundle), e)),
+    }
+}
+
+/// Makes `rootfs` (a plain `mkdir`, never through a symbolic link) or accepts an empty
+/// directory already there. Answers whether it made it.
+fn make_mount_point(rootfs: &Path) -> Result<bool, LayerError> {
+    match fs::create_dir(rootfs) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = fs::symlink_metadata(rootfs)
+                .map_err(|e| LayerError::io("inspect", show(rootfs), e))?;
+            let empty = meta.is_dir()
+                && fs::read_dir(rootfs)
+                    .map_err(|e| LayerError::io("read", show(rootfs), e))?
+                    .next()
+                    .is_none();
+            if empty {
+                Ok(false)
+            } else {
+                Err(LayerError::InvalidArgument(format!(
+                    "{} exists and is not an empty directory: refused as the mount point \
+                     (the bundle must be initially empty)",
+                    show(rootfs)
+                )))
+            }
+        }
+        Err(e) => Err(LayerError::io("create", show(rootfs), e)),
+    }
+}
+
 fn remove_tree_logged(path: &Path) {
     if let Err(e) = remove_tree(path) {
         tracing::warn!(error = %error_chain(&e), "could not remove a layer store directory");

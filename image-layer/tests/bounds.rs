@@ -173,12 +173,14 @@ fn child_deep_trees_under_64_descriptors() {
 
     // A container writes a tree 3,000 levels deep; unmounting removes it.
     let a = base.join("a");
+    std::fs::create_dir(&a).unwrap();
     let rootfs = store.mount_rootfs(std::slice::from_ref(&id), &a).unwrap();
     build_deep(&rootfs, 3000);
     store.unmount_rootfs(&a).unwrap();
 
     // The same, unmounted by someone else (as the kata-agent does) and reaped.
     let b = base.join("b");
+    std::fs::create_dir(&b).unwrap();
     let rootfs = store.mount_rootfs(std::slice::from_ref(&id), &b).unwrap();
     build_deep(&rootfs, 3000);
     rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::empty()).unwrap();

@@ -276,6 +276,7 @@ fn umoci_layers_match_gnu_tar_and_umoci_unpack_through_the_overlay() {
         ids.push(id);
     }
     let bundle = tmp.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
     let mounted = store.mount_rootfs(&ids, &bundle).unwrap();
     let reference = tmp.path().join("reference");
     run(Command::new(&umoci)

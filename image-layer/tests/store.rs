@@ -225,6 +225,7 @@ fn overlay_rootfs_applies_whiteouts_and_opaque_dirs_then_gc_after_unmount() {
 
     // A second bundle shares the base layer only.
     let bundle2 = tmp.path().join("bundle2");
+    std::fs::create_dir(&bundle2).unwrap();
     let rootfs2 = store.mount_rootfs(&ids[..1], &bundle2).unwrap();
     assert_eq!(std::fs::read(rootfs2.join("top")).unwrap(), b"v1");
     assert_eq!(std::fs::read(rootfs2.join("a/keep")).unwrap(), b"keep");
@@ -301,6 +302,7 @@ fn an_image_with_many_layers_mounts_in_order() {
         ids.push(id);
     }
     let bundle = tmp.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
     let rootfs = store.mount_rootfs(&ids, &bundle).unwrap();
     let seen = names(&rootfs);
     store.unmount_rootfs(&bundle).unwrap();
@@ -362,6 +364,8 @@ fn reap_drops_bundles_unmounted_elsewhere_then_gc_removes_their_layers() {
     let only_b = one_layer(&store, b"only-b");
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
     store
         .mount_rootfs(&[shared.clone(), only_a.clone()], &a)
         .unwrap();
@@ -420,6 +424,7 @@ fn reap_decodes_mountinfo_escapes_in_bundle_paths() {
         tmp.path().join("tab\tand\\back"),
     ];
     for bundle in &odd {
+        std::fs::create_dir(bundle).unwrap();
         store
             .mount_rootfs(std::slice::from_ref(&id), bundle)
             .unwrap();
@@ -457,6 +462,7 @@ fn reap_drops_removed_bundles_and_crashed_mounts_but_not_foreign_states() {
     let store = LayerStore::open(&work).unwrap();
     let id = one_layer(&store, b"f");
     let bundle = tmp.path().join("gone");
+    std::fs::create_dir(&bundle).unwrap();
     store
         .mount_rootfs(std::slice::from_ref(&id), &bundle)
         .unwrap();
@@ -502,6 +508,7 @@ fn reap_goes_on_past_a_state_it_cannot_remove() {
         .collect();
     let bundles: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("b{i}"))).collect();
     for (id, bundle) in ids.iter().zip(&bundles) {
+        std::fs::create_dir(bundle).unwrap();
         let rootfs = store
             .mount_rootfs(std::slice::from_ref(id), bundle)
             .unwrap();
@@ -550,4 +557,74 @@ fn reap_goes_on_past_a_state_it_cannot_remove() {
     backdate_states(&work);
     assert_eq!(store.reap_unmounted().unwrap(), 1);
     assert!(names(&work.join("overlay")).is_empty());
+}
+
+/// The bundle is the caller's (the CDH's PullImage contract: made by the client, initially
+/// empty): a bundle that is gone (the agent removed it after its pull timed out) is refused and
+/// not made again, nor is a symbolic link followed, nor a non-empty or non-directory `rootfs`
+/// mounted over; nothing of the refused mounts is left in the store. An empty `rootfs` the
+/// caller made is used.
+#[test]
+fn a_removed_or_symlinked_bundle_is_refused_and_not_recreated() {
+    if !require_root("a_removed_or_symlinked_bundle_is_refused_and_not_recreated") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    let store = LayerStore::open(&work).unwrap();
+    let id = one_layer(&store, b"f");
+    let ids = std::slice::from_ref(&id);
+    let refused = |bundle: &Path, what: &str| {
+        let err = store.mount_rootfs(ids, bundle).unwrap_err();
+        assert!(
+            matches!(err, LayerError::InvalidArgument(_)),
+            "{what}: {err}"
+        );
+        err.to_string()
+    };
+
+    // Gone: neither the bundle nor its rootfs is made.
+    let gone = tmp.path().join("removed-by-the-agent");
+    let text = refused(&gone, "gone");
+    assert!(text.contains("does not exist"), "{text}");
+    assert!(!gone.exists(), "the removed bundle was made again");
+
+    // A symbolic link to a directory elsewhere: nothing is made through it.
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let text = refused(&link, "symlink");
+    assert!(text.contains("symbolic link"), "{text}");
+    assert!(names(&elsewhere).is_empty(), "written through the link");
+
+    // A regular file as the bundle.
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    refused(&file, "file");
+
+    // rootfs a symbolic link, a file, a non-empty directory: refused, left as found.
+    let bundle = tmp.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, bundle.join("rootfs")).unwrap();
+    refused(&bundle, "rootfs symlink");
+    assert!(names(&elsewhere).is_empty());
+    assert!(
+        std::fs::symlink_metadata(bundle.join("rootfs"))
+            .unwrap()
+            .is_symlink()
+    );
+    std::fs::remove_file(bundle.join("rootfs")).unwrap();
+    std::fs::create_dir(bundle.join("rootfs")).unwrap();
+    std::fs::write(bundle.join("rootfs/stale"), b"x").unwrap();
+    refused(&bundle, "non-empty rootfs");
+    assert_eq!(names(&bundle.join("rootfs")), vec!["stale"]);
+    assert!(names(&work.join("overlay")).is_empty(), "state left behind");
+
+    // An empty rootfs the caller made is the mount point.
+    std::fs::remove_file(bundle.join("rootfs/stale")).unwrap();
+    let rootfs = store.mount_rootfs(ids, &bundle).unwrap();
+    assert_eq!(std::fs::read(rootfs.join("f")).unwrap(), b"x");
+    store.unmount_rootfs(&bundle).unwrap();
+    assert_eq!(store.gc().unwrap().removed, 1);
 }
