@@ -114,6 +114,25 @@ impl AgentRpc {
         self
     }
 
+    /// CreateContainer once the policy allowed it, run as a task of its own (see
+    /// `create_container`).
+    async fn create_container_owned(
+        &self,
+        req: agent::CreateContainerRequest,
+    ) -> ttrpc::Result<()> {
+        // The id first: a duplicate is refused before the CDH is asked for anything (secrets,
+        // an image pull) or a bundle is made.
+        let reservation = self.runtime.reserve(&req.container_id)?;
+        self.runtime.check_storages(&req)?;
+        let mut req = req;
+        self.cdh.unseal_env(&mut req).await?;
+        let pulled = self.guest_pull.prepare(&self.cdh, &mut req).await?;
+        self.runtime
+            .create_container_pulled(&reservation, &req, pulled)
+            .await?;
+        Ok(())
+    }
+
     /// ReadStdout/ReadStderr: read first, then ask the policy, as upstream does, so a denied
     /// stream answers empty data at the pace of the output instead of in a busy loop.
     async fn read_stream(
@@ -233,16 +252,16 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check("CreateContainer", &req).await?;
-        // The id first: a duplicate is refused before the CDH is asked for anything (secrets,
-        // an image pull) or a bundle is made.
-        let reservation = self.runtime.reserve(&req.container_id)?;
-        self.runtime.check_storages(&req)?;
-        let mut req = req;
-        self.cdh.unseal_env(&mut req).await?;
-        let pulled = self.guest_pull.prepare(&self.cdh, &mut req).await?;
-        self.runtime
-            .create_container_pulled(&reservation, &req, pulled)
-            .await?;
+        // ttrpc drops a handler's future at the request's deadline (`timeout_nano`, which the
+        // shim sets, a hostile one to a nanosecond). Dropped half-way, a creation would free
+        // its id with its bundle left behind, into which the CDH still pulling then mounts.
+        // So the creation runs as its own task: a request that gives up does not stop it; it
+        // finishes (the container is made, and RemoveContainer removes it) or fails and
+        // cleans up after itself.
+        let this = self.clone();
+        tokio::spawn(async move { this.create_container_owned(req).await })
+            .await
+            .map_err(|e| AgentError::internal("CreateContainer", e))??;
         Ok(Empty::new())
     }
 

@@ -8,6 +8,7 @@ mod common;
 mod support;
 
 mod bundles;
+mod cancelled;
 mod exec;
 mod guest_pull;
 mod leaks;
