@@ -394,17 +394,8 @@ fn image_code(e: &peerpod_image::ImageError) -> ttrpc::Code {
         | E::TooLarge { .. }
         | E::Manifest(_)
         | E::Status { .. } => Code::FAILED_PRECONDITION,
-        E::Layer { reason, .. } if is_limit(reason) => Code::RESOURCE_EXHAUSTED,
+        // A pull total of [image] (max_image_unpacked_bytes, …) refused a layer.
+        E::Limit { .. } => Code::RESOURCE_EXHAUSTED,
         E::Layer { .. } | E::Store(_) => Code::INTERNAL,
     }
-}
-
-/// Whether a layer's failure is one of the pull's totals refusing it (`[image]
-/// max_image_unpacked_bytes`, `max_image_unpacked_inodes`, `max_layer_store_bytes`): the image
-/// crate has no variant of its own for them, and every such refusal names its key.
-fn is_limit(reason: &str) -> bool {
-    use peerpod_image::budget::{IMAGE_KEY, INODES_KEY, STORE_KEY};
-    [IMAGE_KEY, INODES_KEY, STORE_KEY]
-        .iter()
-        .any(|key| reason.contains(&format!("raise {key} in [image]")))
 }

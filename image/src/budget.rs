@@ -17,7 +17,8 @@
 //!
 //! None of these keys exists upstream (image-rs has no such bound). The first member that
 //! would cross a total is refused with a message naming the total, where it came from and the
-//! key to raise; the layer being unpacked is thrown away by the store.
+//! key to raise; the layer being unpacked is thrown away by the store. The refusal is a
+//! [`Refusal`] naming the key, which the pull reports as [`ImageError::Limit`].
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -35,6 +36,16 @@ pub const IMAGE_KEY: &str = "max_image_unpacked_bytes";
 pub const STORE_KEY: &str = "max_layer_store_bytes";
 /// The configuration key of the per-pull inode total.
 pub const INODES_KEY: &str = "max_image_unpacked_inodes";
+
+/// A total refusing a member: the `[image]` key of the total and the message (which names
+/// the total, where its value came from and the fix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// [`IMAGE_KEY`], [`STORE_KEY`] or [`INODES_KEY`].
+    pub(crate) key: &'static str,
+    /// Why, for people.
+    pub(crate) reason: String,
+}
 
 /// One total and where its value came from.
 #[derive(Debug, Clone)]
@@ -161,28 +172,34 @@ impl Budget {
 
     /// Counts `n` more bytes of a layer (`installing`: they go into the store). `Err` with the
     /// reason when a total would be crossed; nothing is counted then.
-    fn take(&self, n: u64, installing: bool) -> Result<(), String> {
+    fn take(&self, n: u64, installing: bool) -> Result<(), Refusal> {
         let before = self.image_used.fetch_add(n, Ordering::Relaxed);
         if before.saturating_add(n) > self.image.bytes {
             self.image_used.fetch_sub(n, Ordering::Relaxed);
-            return Err(format!(
-                "unpacked, the image's layers take more than {} bytes of work_dir ({}): refused, \
+            return Err(Refusal {
+                key: IMAGE_KEY,
+                reason: format!(
+                    "unpacked, the image's layers take more than {} bytes of work_dir ({}): refused, \
                  the layer is not kept; if the image really is this large, raise {IMAGE_KEY} in [image] of \
                  cdh.toml (or free space in work_dir)",
-                self.image.bytes, self.image.from
-            ));
+                    self.image.bytes, self.image.from
+                ),
+            });
         }
         if installing {
             let mut used = lock(&self.store_used);
             let now = used.unwrap_or(0);
             if now.saturating_add(n) > self.store.bytes {
                 self.image_used.fetch_sub(n, Ordering::Relaxed);
-                return Err(format!(
-                    "the unpacked layers in work_dir would take more than {} bytes ({}): \
+                return Err(Refusal {
+                    key: STORE_KEY,
+                    reason: format!(
+                        "the unpacked layers in work_dir would take more than {} bytes ({}): \
                      refused, the layer is not kept; remove unused containers, or raise \
                      {STORE_KEY} in [image] of cdh.toml",
-                    self.store.bytes, self.store.from
-                ));
+                        self.store.bytes, self.store.from
+                    ),
+                });
             }
             *used = Some(now + n);
         }
@@ -191,16 +208,19 @@ impl Budget {
 
     /// Charges one member a pull installs (see [`Charge`]). `Err` with the reason when a total
     /// would be crossed; nothing is counted then.
-    pub(crate) fn charge(&self, c: Charge) -> Result<(), String> {
+    pub(crate) fn charge(&self, c: Charge) -> Result<(), Refusal> {
         let before = self.inodes_used.fetch_add(c.inodes, Ordering::Relaxed);
         if before.saturating_add(c.inodes) > self.inodes.bytes {
             self.inodes_used.fetch_sub(c.inodes, Ordering::Relaxed);
-            return Err(format!(
-                "unpacked, the image's layers make more than {} files, directories and links \
+            return Err(Refusal {
+                key: INODES_KEY,
+                reason: format!(
+                    "unpacked, the image's layers make more than {} files, directories and links \
                  ({}): refused, the layer is not kept; if the image really has this many, raise \
                  {INODES_KEY} in [image] of cdh.toml (or free inodes in work_dir)",
-                self.inodes.bytes, self.inodes.from
-            ));
+                    self.inodes.bytes, self.inodes.from
+                ),
+            });
         }
         self.take(c.bytes, true).inspect_err(|_| {
             self.inodes_used.fetch_sub(c.inodes, Ordering::Relaxed);
@@ -224,7 +244,7 @@ pub(crate) struct Metered<'a, R> {
     /// Bytes counted so far.
     pub(crate) bytes: u64,
     /// Why the budget stopped the layer, when it did.
-    pub(crate) refused: Option<String>,
+    pub(crate) refused: Option<Refusal>,
 }
 
 impl<'a, R: Read> Metered<'a, R> {
@@ -248,13 +268,14 @@ impl<'a, R: Read> Metered<'a, R> {
 
 impl<R: Read> Read for Metered<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(reason) = &self.refused {
-            return Err(io::Error::other(reason.clone()));
+        if let Some(refusal) = &self.refused {
+            return Err(io::Error::other(refusal.reason.clone()));
         }
         let n = self.inner.read(buf)?;
-        if let Some(Err(reason)) = self.budget.map(|b| b.take(n as u64, false)) {
-            self.refused = Some(reason.clone());
-            return Err(io::Error::other(reason));
+        if let Some(Err(refusal)) = self.budget.map(|b| b.take(n as u64, false)) {
+            let e = io::Error::other(refusal.reason.clone());
+            self.refused = Some(refusal);
+            return Err(e);
         }
         self.bytes += n as u64;
         Ok(n)
@@ -288,13 +309,15 @@ mod tests {
         let mut m2 = Metered::new(&data[..], Some(&b));
         let e = m2.read(&mut [0u8; 60]).expect_err("past 100");
         assert!(e.to_string().contains(IMAGE_KEY), "{e}");
+        assert_eq!(m2.refused.as_ref().map(|r| r.key), Some(IMAGE_KEY));
         assert!(m2.read(&mut [0u8; 1]).is_err(), "stays refused");
         assert_eq!(*lock(&used), Some(950), "verification is not stored");
         // Installing: the store total (950 counted) is crossed first.
         let b = Budget::start(&config(Some(100), Some(1000)), used.clone(), || 0).expect("b");
         let e = b.charge(charge(60, 1)).expect_err("past 1000");
-        assert!(e.contains(STORE_KEY), "{e}");
-        assert!(e.contains("= 1000 in [image]"), "{e}");
+        assert_eq!(e.key, STORE_KEY);
+        assert!(e.reason.contains(STORE_KEY), "{e:?}");
+        assert!(e.reason.contains("= 1000 in [image]"), "{e:?}");
         b.untake_store(900);
         b.charge(charge(60, 1)).expect("fits now");
         assert_eq!(*lock(&used), Some(110));
@@ -317,9 +340,10 @@ mod tests {
         b.charge(charge(4096, 0))
             .expect("a hard link makes no inode");
         let e = b.charge(charge(4096, 1)).expect_err("a fourth");
+        assert_eq!(e.key, INODES_KEY);
         assert!(
-            e.contains(INODES_KEY) && e.contains("= 3 in [image]"),
-            "{e}"
+            e.reason.contains(INODES_KEY) && e.reason.contains("= 3 in [image]"),
+            "{e:?}"
         );
         assert_eq!(
             *lock(&used),

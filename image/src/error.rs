@@ -115,6 +115,18 @@ pub enum ImageError {
         /// Why.
         reason: String,
     },
+    /// One of the pull's totals (`[image]` `max_image_unpacked_bytes`,
+    /// `max_image_unpacked_inodes`, `max_layer_store_bytes`) refused a layer: not kept. The
+    /// reason names the total, where its value came from and the fix.
+    #[error("layer {diff_id}: {reason}")]
+    Limit {
+        /// The key of the total that refused it ([`crate::budget::IMAGE_KEY`], …).
+        key: &'static str,
+        /// The layer's diff_id.
+        diff_id: Digest,
+        /// Why.
+        reason: String,
+    },
     /// The bundle path is unusable.
     #[error("bundle path {path:?}: {reason}")]
     Bundle {
@@ -148,7 +160,45 @@ impl ImageError {
                 | Self::Signature { .. }
                 | Self::Bundle { .. }
                 | Self::Layer { .. }
+                | Self::Limit { .. }
                 | Self::Store(_)
         )
+    }
+
+    /// The `[image]` key of the total that refused the pull, when one did (the pull needs
+    /// more room than allowed, not a fix of the image).
+    pub fn limit_key(&self) -> Option<&'static str> {
+        match self {
+            Self::Limit { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_limit_names_a_limit_key_and_it_reads_as_a_layer_failure() {
+        let diff_id = Digest::of(b"layer");
+        let limit = ImageError::Limit {
+            key: crate::budget::INODES_KEY,
+            diff_id: diff_id.clone(),
+            reason: "too many files; raise max_image_unpacked_inodes in [image]".into(),
+        };
+        assert_eq!(limit.limit_key(), Some(crate::budget::INODES_KEY));
+        assert!(limit.is_final(), "another source would hit the same total");
+        assert_eq!(
+            limit.to_string(),
+            format!("layer {diff_id}: too many files; raise max_image_unpacked_inodes in [image]")
+        );
+        // A layer failure that quotes the key is still not a limit: only the variant counts.
+        let layer = ImageError::Layer {
+            diff_id,
+            reason: "raise max_image_unpacked_bytes in [image]".into(),
+        };
+        assert_eq!(layer.limit_key(), None);
+        assert_eq!(ImageError::Store("full".into()).limit_key(), None);
     }
 }

@@ -12,7 +12,7 @@ use peerpod_image_layer::ChargeHook;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
-use crate::budget::{Budget, Metered};
+use crate::budget::{Budget, Metered, Refusal};
 use crate::client::{Session, backoff, describe};
 use crate::digest::Digest;
 use crate::error::ImageError;
@@ -287,7 +287,7 @@ async fn fetch_layer(
             return (result.map(|()| tar.bytes), tar.mismatch.take(), refused);
         };
         let charged = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let refused = Arc::new(StdMutex::new(None::<String>));
+        let refused = Arc::new(StdMutex::new(None::<Refusal>));
         let hook = {
             let (budget, charged, refused) = (budget.clone(), charged.clone(), refused.clone());
             ChargeHook::new(move |c| match budget.charge(c) {
@@ -295,8 +295,9 @@ async fn fetch_layer(
                     charged.fetch_add(c.bytes, std::sync::atomic::Ordering::Relaxed);
                     Ok(())
                 }
-                Err(reason) => {
-                    *lock(&refused) = Some(reason.clone());
+                Err(refusal) => {
+                    let reason = refusal.reason.clone();
+                    *lock(&refused) = Some(refusal);
                     Err(reason)
                 }
             })
@@ -336,9 +337,10 @@ async fn fetch_layer(
             tracing::debug!(layer = %layer.digest, bytes = layer.size, unpacked = n, installing, "layer fetched");
             Ok((layer.size, n))
         }
-        (Err(_), _, Some(reason)) => Err(ImageError::Layer {
+        (Err(_), _, Some(refusal)) => Err(ImageError::Limit {
+            key: refusal.key,
             diff_id: layer.diff_id.clone(),
-            reason: format!("(blob {}) {reason}", layer.digest),
+            reason: format!("(blob {}) {}", layer.digest, refusal.reason),
         }),
         (Err(_), Some(m), None) => Err(ImageError::DigestMismatch {
             what: format!("uncompressed layer {}", layer.digest),

@@ -127,7 +127,16 @@ async fn many_empty_files_are_refused_at_the_inode_limit_and_the_tmpfs_is_left_a
         .await
         .unwrap_err();
     let text = e.to_string();
-    assert!(matches!(e, ImageError::Layer { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ImageError::Limit {
+                key: "max_image_unpacked_inodes",
+                ..
+            }
+        ),
+        "{e}"
+    );
     for needle in [
         "max_image_unpacked_inodes",
         "inodes free in work_dir",
@@ -314,6 +323,7 @@ async fn a_layer_without_a_record_still_counts_against_the_store_limit() -> Resu
         .await
         .unwrap_err();
     let text = e.to_string();
+    assert_eq!(e.limit_key(), Some("max_layer_store_bytes"), "{text}");
     assert!(text.contains("max_layer_store_bytes = 10485760"), "{text}");
     assert!(text.contains(&two.diff_id.to_string()), "{text}");
     assert_eq!(layer_count(&w.work), 1);

@@ -191,7 +191,16 @@ async fn a_gzip_bomb_is_stopped_by_the_image_limit_with_nothing_kept() -> Result
         .await
         .unwrap_err();
     let text = e.to_string();
-    assert!(matches!(e, ImageError::Layer { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ImageError::Limit {
+                key: "max_image_unpacked_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
     for needle in [
         "max_image_unpacked_bytes",
         "16777216",
@@ -251,6 +260,7 @@ async fn the_default_limit_comes_from_work_dir_free_space() -> Result<()> {
         .unwrap_err();
     let text = e.to_string();
     assert!(text.contains("max_image_unpacked_bytes"), "{text}");
+    assert_eq!(e.limit_key(), Some("max_image_unpacked_bytes"), "{text}");
     assert!(text.contains("by default 3/4"), "{text}");
     assert!(text.contains(&bomb.diff_id.to_string()), "{text}");
     assert!(!text.contains("No space left"), "{text}");
