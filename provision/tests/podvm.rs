@@ -121,6 +121,10 @@ fn provisioning_gates_every_service() {
         assert!(has(&u, "Requires", "process-user-data.service"), "{name}");
         assert!(has(&u, "After", "process-user-data.service"), "{name}");
     }
+    // The CDH's first pull sees the scratch space mounted (its layers go there).
+    let cdh = unit("confidential-data-hub.service");
+    assert!(has(&cdh, "After", "scratch-storage.service"));
+    assert!(has(&cdh, "Wants", "scratch-storage.service"));
     let agent = unit("kata-agent.service");
     assert!(has(&agent, "Requires", "scratch-storage.service"));
     assert!(has(&agent, "After", "scratch-storage.service"));
