@@ -178,7 +178,7 @@ impl Runtime {
         let stdio = match self.stdio(terminal) {
             Ok(stdio) => stdio,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&bundle);
+                let _ = crate::tree::remove_tree(&bundle);
                 return Err(e);
             }
         };
@@ -197,7 +197,7 @@ impl Runtime {
         {
             Ok(spawned) => spawned,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&bundle);
+                let _ = crate::tree::remove_tree(&bundle);
                 return Err(e);
             }
         };
