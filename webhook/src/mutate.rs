@@ -326,14 +326,8 @@ fn patch(pod: &PodView, annotations: &[(&str, String)], vm_resource: &str) -> js
             let is_first = list == "containers" && i == 0;
             let already = match &c.resources {
                 None => false,
-                Some(r) if is_first => {
-                    r.keys == 2
-                        && r.requests
-                            .as_ref()
-                            .is_some_and(|l| l.is_one_of(vm_resource))
-                        && r.limits.as_ref().is_some_and(|l| l.is_one_of(vm_resource))
-                }
-                Some(r) => r.keys == 0,
+                Some(r) if is_first => r.is_one_of(vm_resource),
+                Some(r) => r.is_empty(),
             };
             if !already {
                 let index = i.to_string();

@@ -10,6 +10,13 @@
 //! `containers` and in `initContainers`. The quantities keep k8s-openapi's type and its
 //! decoding rules (text, or a JSON integer).
 //!
+//! Each view decodes as k8s-openapi's generated types do, so the mutation agrees with a full
+//! decode of the pod (`tests/differential.rs` compares the two over a generated corpus): a
+//! JSON object only (an array in field order is refused), the last of duplicate keys wins
+//! (also inside `requests` and `limits`), a container's missing or null `name` is `""`.
+//! Where the full decode would refuse a field the mutation does not read, the view does not
+//! look at it.
+//!
 //! Two passes: [`runtime_class`] reads only `spec.runtimeClassName` and never fails (a pod of
 //! another runtime class is admitted without being decoded), then [`PodView`] for a pod the
 //! webhook mutates.
@@ -111,24 +118,72 @@ impl<'de> Visitor<'de> for KeyIs<'_> {
     }
 }
 
+/// Declares a view struct's `Deserialize` as k8s-openapi's generated ones behave: a JSON
+/// object only (never an array in field order), unknown keys skipped, the last of duplicate
+/// keys winning.
+macro_rules! map_view {
+    ($ty:ident, $what:literal, [$($key:literal => |$out:ident, $map:ident| $read:expr),+ $(,)?]) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$ty, A::Error> {
+                        const KEYS: &[&str] = &[$($key),+];
+                        let mut out = $ty::default();
+                        while let Some(key) = map.next_key_seed(KeyIndex(KEYS))? {
+                            let Some(key) = key else {
+                                map.next_value::<IgnoredAny>()?;
+                                continue;
+                            };
+                            let name = KEYS.get(key).copied().unwrap_or_default();
+                            match name {
+                                $($key => {
+                                    let $out = &mut out;
+                                    let $map = &mut map;
+                                    $read
+                                })+
+                                _ => {
+                                    map.next_value::<IgnoredAny>()?;
+                                }
+                            }
+                        }
+                        Ok(out)
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+}
+
 /// The parts of a pod the mutation reads.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct PodView {
     /// `metadata`: absent or null is `None`.
-    #[serde(default)]
     pub metadata: Option<MetaView>,
     /// `spec`.
-    #[serde(default)]
     pub spec: Option<SpecView>,
 }
 
+map_view!(PodView, "a Pod", [
+    "metadata" => |out, map| out.metadata = map.next_value()?,
+    "spec" => |out, map| out.spec = map.next_value()?,
+]);
+
 /// What the patch needs to know of `metadata`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct MetaView {
     /// `annotations`, when it is a map of strings (absent or null is `None`).
-    #[serde(default)]
     pub annotations: Option<StringMap>,
 }
+
+map_view!(MetaView, "the Pod's metadata", [
+    "annotations" => |out, map| out.annotations = map.next_value()?,
+]);
 
 /// A JSON object whose values are all strings, checked and not kept.
 #[derive(Debug, Default)]
@@ -174,19 +229,21 @@ impl<'de> Visitor<'de> for AnyStr {
 }
 
 /// What the mutation reads of `spec`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default)]
 pub struct SpecView {
     /// `runtimeClassName`.
-    #[serde(default)]
     pub runtime_class_name: Option<String>,
     /// `containers` (absent or null: none).
-    #[serde(default)]
     pub containers: Option<ContainerList>,
     /// `initContainers` (absent or null: none).
-    #[serde(default)]
     pub init_containers: Option<ContainerList>,
 }
+
+map_view!(SpecView, "the Pod's spec", [
+    "runtimeClassName" => |out, map| out.runtime_class_name = map.next_value()?,
+    "containers" => |out, map| out.containers = map.next_value()?,
+    "initContainers" => |out, map| out.init_containers = map.next_value()?,
+]);
 
 /// A list of containers, at most [`MAX_CONTAINERS`] long.
 #[derive(Debug, Default)]
@@ -220,24 +277,50 @@ impl<'de> Deserialize<'de> for ContainerList {
 }
 
 /// What the mutation reads of one container.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct ContainerView {
-    /// `name` (required, as in k8s-openapi's `Container`).
+    /// `name` (absent or null is `""`, as k8s-openapi's `Container` decodes it).
     pub name: String,
     /// `resources` (absent or null is `None`).
-    #[serde(default)]
     pub resources: Option<ResourcesView>,
 }
+
+map_view!(ContainerView, "a container", [
+    "name" => |out, map| out.name = map.next_value::<Option<String>>()?.unwrap_or_default(),
+    "resources" => |out, map| out.resources = map.next_value()?,
+]);
 
 /// What the mutation reads of a container's `resources`.
 #[derive(Debug, Default)]
 pub struct ResourcesView {
-    /// How many keys the object has (any key: `{}` has none).
-    pub keys: usize,
-    /// `requests`.
+    /// Whether the object has a `requests` key (even null).
+    pub has_requests: bool,
+    /// Whether the object has a `limits` key (even null).
+    pub has_limits: bool,
+    /// Whether the object has any other key.
+    pub has_others: bool,
+    /// `requests` (the last of duplicates).
     pub requests: Option<ResourceListView>,
-    /// `limits`.
+    /// `limits` (the last of duplicates).
     pub limits: Option<ResourceListView>,
+}
+
+impl ResourcesView {
+    /// Whether the object is `{}`.
+    pub fn is_empty(&self) -> bool {
+        !(self.has_requests || self.has_limits || self.has_others)
+    }
+
+    /// Whether the object is exactly `{"requests": {resource: "1"}, "limits": {resource: "1"}}`
+    /// (duplicate keys read as the last one, as a JSON object's comparison does).
+    pub fn is_one_of(&self, resource: &str) -> bool {
+        !self.has_others
+            && self
+                .requests
+                .as_ref()
+                .is_some_and(|l| l.is_one_of(resource))
+            && self.limits.as_ref().is_some_and(|l| l.is_one_of(resource))
+    }
 }
 
 impl<'de> Deserialize<'de> for ResourcesView {
@@ -251,11 +334,17 @@ impl<'de> Deserialize<'de> for ResourcesView {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ResourcesView, A::Error> {
                 let mut out = ResourcesView::default();
                 while let Some(key) = map.next_key_seed(KeyIndex(&["requests", "limits"]))? {
-                    out.keys += 1;
                     match key {
-                        Some(0) => out.requests = map.next_value()?,
-                        Some(1) => out.limits = map.next_value()?,
+                        Some(0) => {
+                            out.has_requests = true;
+                            out.requests = map.next_value()?;
+                        }
+                        Some(1) => {
+                            out.has_limits = true;
+                            out.limits = map.next_value()?;
+                        }
                         _ => {
+                            out.has_others = true;
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
@@ -288,7 +377,8 @@ impl<'de> Visitor<'de> for KeyIndex<'_> {
 }
 
 /// What the mutation reads of a `requests` or `limits` map. Every value must be a quantity's
-/// text or a JSON integer, as k8s-openapi's `Quantity` decodes it.
+/// text or a JSON integer, as k8s-openapi's `Quantity` decodes it; the last of duplicate keys
+/// wins, as in k8s-openapi's map.
 #[derive(Debug, Default)]
 pub struct ResourceListView {
     /// `cpu`.
@@ -297,20 +387,17 @@ pub struct ResourceListView {
     pub memory: Option<K8sQuantity>,
     /// `nvidia.com/gpu`.
     pub gpu: Option<K8sQuantity>,
-    /// How many entries the map has.
-    pub len: usize,
-    /// The first entry's name, and whether its value is the JSON string `"1"`.
-    pub first: Option<(String, bool)>,
+    /// The first key, whether every key is that one, and whether the last value is the JSON
+    /// string `"1"`.
+    single: Option<(String, bool, bool)>,
 }
 
 impl ResourceListView {
-    /// Whether the map is exactly `{resource: "1"}`.
+    /// Whether the map is exactly `{resource: "1"}` (duplicates of that key read as the last).
     pub fn is_one_of(&self, resource: &str) -> bool {
-        self.len == 1
-            && self
-                .first
-                .as_ref()
-                .is_some_and(|(name, one)| *one && name == resource)
+        self.single
+            .as_ref()
+            .is_some_and(|(name, only, one)| *only && *one && name == resource)
     }
 }
 
@@ -329,10 +416,14 @@ impl<'de> Deserialize<'de> for ResourceListView {
                 let mut out = ResourceListView::default();
                 while let Some(name) = map.next_key::<String>()? {
                     let value: QuantityText = map.next_value()?;
-                    if out.len == 0 {
-                        out.first = Some((name.clone(), value.is_string_one()));
+                    let one = value.is_string_one();
+                    match &mut out.single {
+                        None => out.single = Some((name.clone(), true, one)),
+                        Some((first, only, last_one)) => {
+                            *only = *only && *first == name;
+                            *last_one = one;
+                        }
                     }
-                    out.len += 1;
                     let slot = match name.as_str() {
                         "cpu" => &mut out.cpu,
                         "memory" => &mut out.memory,
@@ -437,7 +528,6 @@ mod tests {
         assert_eq!(l.cpu, Some(K8sQuantity("2".into())));
         assert_eq!(l.memory, Some(K8sQuantity("1Gi".into())));
         assert_eq!(l.gpu, Some(K8sQuantity("1".into())));
-        assert_eq!(l.len, 4);
         assert!(!l.is_one_of("x"));
         let one: ResourceListView = serde_json::from_str(r#"{"x":"1"}"#).unwrap();
         assert!(one.is_one_of("x"));

@@ -3,8 +3,10 @@
 
 mod common;
 
-use common::{container, pod, review_of};
+use common::{container, pod, reference, review_of};
 use peerpod_webhook::fuzzing;
+use peerpod_webhook::mutate::{Mutation, MutationConfig};
+use peerpod_webhook::review::parse_review;
 
 fn seeds() -> Vec<Vec<u8>> {
     let pods = [
@@ -130,6 +132,45 @@ fn reviews_and_mutations_of_them_never_panic_and_patches_apply() {
         refused > 100 && patched > 100,
         "refused {refused}, patched {patched}"
     );
+}
+
+/// The same mutated reviews' pods through the partial decoder and through the full decode
+/// (`common/reference.rs`): wherever k8s-openapi's `Pod` decodes the pod, both admit, deny or
+/// patch alike. (Where it does not, the view may still admit: it does not check the fields
+/// the mutation does not read; the test above checks such patches apply.)
+#[test]
+fn mutated_pods_agree_with_the_full_pod_decode() {
+    let seeds = seeds();
+    let config = MutationConfig::default();
+    let mut rng = Rng(0x0dd5_eed5_1234_5678);
+    let mut compared = 0;
+    for _ in 0..20_000 {
+        let seed = &seeds[rng.below(seeds.len())];
+        let body = mutate(&mut rng, seed);
+        let Ok(review) = parse_review(&body) else {
+            continue;
+        };
+        let Some(object) = review.object else {
+            continue;
+        };
+        let theirs = reference::mutate(&config, object.get());
+        if theirs.as_ref().is_err_and(|e| e.starts_with("not a Pod")) {
+            continue;
+        }
+        let ours = peerpod_webhook::mutate::mutate(&config, object.get());
+        let agree = match (&ours, &theirs) {
+            (Ok(Mutation::Patch(a)), Ok(Some(b))) => a == b,
+            (Ok(Mutation::Untouched), Ok(None)) | (Err(_), Err(_)) => true,
+            _ => false,
+        };
+        assert!(
+            agree,
+            "{}\nview: {ours:?}\nfull decode: {theirs:?}",
+            object.get()
+        );
+        compared += 1;
+    }
+    assert!(compared > 2000, "only {compared} pods compared");
 }
 
 #[test]

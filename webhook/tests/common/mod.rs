@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod apiserver;
+pub mod reference;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
