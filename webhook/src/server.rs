@@ -21,9 +21,10 @@
 //!   bytes of body buffers. A buffer is counted as it grows with the bytes that arrived
 //!   (doubling from [`BODY_CHUNK`], up to the declared length), so headers declaring a large
 //!   body hold nothing until the bytes come. A body that finds the budget spent ends, every
-//!   [`EVICT_AFTER`] it waits, the oldest other body still arriving that holds some budget
-//!   (answered HTTP 503: a real client's body arrives in milliseconds, so one still
-//!   incomplete after that is a stalled sender's), for [`IN_FLIGHT_WAIT`] in all, else is
+//!   [`EVICT_AFTER`] it waits, another body still arriving that holds some budget: the
+//!   oldest of those that had no bytes for [`EVICT_AFTER`], else the oldest (answered HTTP
+//!   503: a real client's body arrives in milliseconds, so one still incomplete after that
+//!   is a stalled or trickling sender's), for [`IN_FLIGHT_WAIT`] in all, else is
 //!   answered 503 itself. A review's memory is about its body's size
 //!   ([`crate::view`]), so this bounds the memory reviews take whatever the clients send.
 
@@ -82,8 +83,19 @@ pub const EVICT_AFTER: Duration = Duration::from_millis(250);
 #[derive(Default)]
 struct Pending {
     next: u64,
-    /// Id, bytes of in-flight budget held (bodies only), the means to end it.
-    queue: VecDeque<(u64, usize, oneshot::Sender<()>)>,
+    queue: VecDeque<Entry>,
+}
+
+/// One thing in progress.
+struct Entry {
+    id: u64,
+    /// Bytes of the in-flight budget held (bodies only).
+    held: usize,
+    /// When its last bytes came (bodies only).
+    last: std::time::Instant,
+    /// Whether it is waiting for room itself (then not stalled by its sender).
+    waiting: bool,
+    evict: oneshot::Sender<()>,
 }
 
 impl Pending {
@@ -93,43 +105,63 @@ impl Pending {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if me.queue.len() >= cap
-            && let Some((_, _, evict)) = me.queue.pop_front()
+            && let Some(oldest) = me.queue.pop_front()
         {
-            let _ = evict.send(());
+            let _ = oldest.evict.send(());
         }
         let id = me.next;
         me.next += 1;
         let (tx, rx) = oneshot::channel();
-        me.queue.push_back((id, 0, tx));
+        me.queue.push_back(Entry {
+            id,
+            held: 0,
+            last: std::time::Instant::now(),
+            waiting: false,
+            evict: tx,
+        });
         (id, rx)
     }
 
-    /// Records that `id` holds `held` bytes of the in-flight budget.
-    fn set_held(this: &Mutex<Self>, id: u64, held: usize) {
+    /// Records that bytes of `id` came now, and that it holds `held` bytes of the budget.
+    fn arrived(this: &Mutex<Self>, id: u64, held: usize) {
         let mut me = this
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(entry) = me.queue.iter_mut().find(|(i, _, _)| *i == id) {
-            entry.1 = held;
+        if let Some(entry) = me.queue.iter_mut().find(|e| e.id == id) {
+            entry.held = held;
+            entry.last = std::time::Instant::now();
         }
     }
 
-    /// Ends the oldest one other than `id` that holds some of the budget (ending one that
-    /// holds none would free nothing); whether there was one.
-    fn evict_oldest_holder_but(this: &Mutex<Self>, id: u64) -> bool {
+    /// Records whether `id` is waiting for room.
+    fn waiting(this: &Mutex<Self>, id: u64, waiting: bool) {
         let mut me = this
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = me.queue.iter_mut().find(|e| e.id == id) {
+            entry.waiting = waiting;
+        }
+    }
+
+    /// Ends one other than `id` that holds some of the budget (ending one that holds none
+    /// would free nothing): the oldest of those with no bytes for [`EVICT_AFTER`] while not
+    /// waiting for room themselves (stalled), else the oldest of all. Whether there was one.
+    fn evict_holder_but(this: &Mutex<Self>, id: u64) -> bool {
+        let mut me = this
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let holds = |e: &Entry| e.id != id && e.held > 0;
         let Some(at) = me
             .queue
             .iter()
-            .position(|(i, held, _)| *i != id && *held > 0)
+            .position(|e| holds(e) && !e.waiting && e.last.elapsed() > EVICT_AFTER)
+            .or_else(|| me.queue.iter().position(holds))
         else {
             return false;
         };
         me.queue
             .remove(at)
-            .is_some_and(|(_, _, evict)| evict.send(()).is_ok())
+            .is_some_and(|e| e.evict.send(()).is_ok())
     }
 
     /// Forgets one that ended.
@@ -137,7 +169,7 @@ impl Pending {
         let mut me = this
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(at) = me.queue.iter().position(|(i, _, _)| *i == id) {
+        if let Some(at) = me.queue.iter().position(|e| e.id == id) {
             me.queue.remove(at);
         }
     }
@@ -421,8 +453,8 @@ enum BodyRefusal {
 pub const BODY_CHUNK: usize = 64 << 10;
 
 /// `n` bytes of room under [`MAX_BODY_BYTES_IN_FLIGHT`] for the body `id`: at once if free;
-/// else, every [`EVICT_AFTER`] without room, the oldest other body still arriving that holds
-/// some of the budget is ended, for [`IN_FLIGHT_WAIT`] at most.
+/// else, every [`EVICT_AFTER`] without room, another body still arriving that holds some of
+/// the budget is ended ([`Pending::evict_holder_but`]), for [`IN_FLIGHT_WAIT`] at most.
 async fn room(
     shared: &Shared,
     id: u64,
@@ -435,6 +467,19 @@ async fn room(
     }
     // Reviews arriving together make room for each other within milliseconds; a body still
     // arriving after that wait is a stalled sender's, older than this one.
+    Pending::waiting(&shared.arriving, id, true);
+    let got = wait_for_room(shared, id, evicted, n).await;
+    Pending::waiting(&shared.arriving, id, false);
+    got
+}
+
+/// [`room`] once the budget was found spent.
+async fn wait_for_room(
+    shared: &Shared,
+    id: u64,
+    evicted: &mut oneshot::Receiver<()>,
+    n: u32,
+) -> Result<OwnedSemaphorePermit, BodyRefusal> {
     let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
     loop {
         let until = (tokio::time::Instant::now() + EVICT_AFTER).min(deadline);
@@ -449,7 +494,7 @@ async fn room(
         if tokio::time::Instant::now() >= deadline {
             return Err(BodyRefusal::Busy);
         }
-        Pending::evict_oldest_holder_but(&shared.arriving, id);
+        Pending::evict_holder_but(&shared.arriving, id);
     }
 }
 
@@ -503,8 +548,8 @@ async fn read_body(
             permits.push(room(shared, id, &mut evicted, grown - held).await?);
             buf.reserve_exact(grown - buf.len());
             held = grown;
-            Pending::set_held(&shared.arriving, id, held);
         }
+        Pending::arrived(&shared.arriving, id, held);
         buf.extend_from_slice(&data);
     }
     Ok((buf, permits))

@@ -223,3 +223,65 @@ async fn a_flood_from_one_address_does_not_close_another_address_s_keep_alive() 
     assert_eq!(reply.status, 200, "{}", reply.text());
     Ok(())
 }
+
+/// A body whose bytes keep coming (older than the stalled ones) is not the one ended for room
+/// while stalled bodies hold budget: those go first.
+#[tokio::test]
+async fn stalled_bodies_are_ended_before_one_still_arriving() -> TestResult {
+    let server = start().await;
+    let config = Arc::new(server.client_config());
+    let mut arriving = stalled(
+        &server,
+        &config,
+        ATTACKER,
+        MAX_REVIEW_BYTES,
+        // Its buffer is then 1 MiB, which the trickle below (60 bytes) does not outgrow.
+        MAX_BODY_BYTES_IN_FLIGHT / 16 - 100,
+    )
+    .await?;
+    let trickle = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 512];
+        while started.elapsed() < Duration::from_secs(3) {
+            tokio::select! {
+                n = arriving.read(&mut buf) => {
+                    return n.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()).unwrap_or_default();
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if arriving.write_all(b" ").await.is_err() || arriving.flush().await.is_err() {
+                        return "write failed".to_owned();
+                    }
+                }
+            }
+        }
+        String::new()
+    });
+    let mut holders = Vec::new();
+    for _ in 0..(MAX_BODY_BYTES_IN_FLIGHT / MAX_REVIEW_BYTES) {
+        holders.push(
+            stalled(
+                &server,
+                &config,
+                ATTACKER,
+                MAX_REVIEW_BYTES,
+                MAX_REVIEW_BYTES - 1,
+            )
+            .await?,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut review = small_review();
+    review["request"]["object"]["metadata"]["annotations"]["pad"] =
+        json!("x".repeat(MAX_REVIEW_BYTES / 2));
+    let mut conn = Conn::connect_from(server.addr, API_SERVER, server.client_config()).await?;
+    let reply = conn.review(&review).await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = trickle.await?;
+    assert!(
+        answer.is_empty(),
+        "the body still arriving was answered: {answer}"
+    );
+    let answer = answer_within(&mut holders[0], Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    Ok(())
+}
