@@ -53,7 +53,7 @@ impl Runtime {
         &self,
         request: &agent::CreateContainerRequest,
     ) -> Result<(), AgentError> {
-        storage::check_all(&request.storages)
+        storage::check_all(&request.storages, &self.config.state_dir)
     }
 
     /// CreateContainer for the id `reservation` holds, with a root filesystem a guest pull

@@ -85,12 +85,25 @@ pub(crate) fn prepare_all(storages: &[Storage]) -> Result<Vec<Mounted>, AgentErr
 
 /// Checks what can be checked of a container's storages without touching anything (their
 /// drivers and mount points), so a request that would fail on them fails before its image is
-/// pulled. The `image_guest_pull` storage is the guest pull's and is skipped here.
-pub(crate) fn check_all(storages: &[Storage]) -> Result<(), AgentError> {
+/// pulled. The `image_guest_pull` storage is the guest pull's and is skipped here. A mount point
+/// in the agent's own state directory (`state_dir`, where the runtime bundles live) is refused:
+/// a mount there would receive the container's `config.json` and be cleaned up as agent state.
+pub(crate) fn check_all(storages: &[Storage], state_dir: &Path) -> Result<(), AgentError> {
     storages
         .iter()
         .filter(|s| s.driver != "image_guest_pull")
-        .try_for_each(|s| check(s).map(drop))
+        .try_for_each(|s| {
+            let mount_point = check(s)?;
+            if mount_point.starts_with(state_dir) {
+                return Err(AgentError::InvalidArgument(format!(
+                    "storage mount_point {} is inside the agent's state directory {}: mount \
+                     storages elsewhere (the kata shim uses /run/kata-containers/...)",
+                    mount_point.display(),
+                    state_dir.display()
+                )));
+            }
+            Ok(())
+        })
 }
 
 /// The storage's mount point, if its driver is supported and the paths acceptable (a bind
@@ -377,14 +390,46 @@ mod tests {
     #[test]
     fn a_bind_source_is_checked_before_anything_is_done() {
         for source in ["run/peerpod", "/run/../etc", ""] {
-            let error = check_all(&[bind(source, "/run/kata-containers/b/x")])
-                .expect_err("a bad source passed");
+            let error = check_all(
+                &[bind(source, "/run/kata-containers/b/x")],
+                Path::new(STATE_DIR),
+            )
+            .expect_err("a bad source passed");
             assert!(
                 error.to_string().contains("storage source"),
                 "{source:?}: {error}"
             );
         }
-        check_all(&[bind("/run/peerpod", "/run/kata-containers/b/x")]).expect("a good source");
+        check_all(
+            &[bind("/run/peerpod", "/run/kata-containers/b/x")],
+            Path::new(STATE_DIR),
+        )
+        .expect("a good source");
+    }
+
+    const STATE_DIR: &str = "/run/kata-agent";
+
+    /// A storage mounted over the agent's own bundle directory would receive the container's
+    /// config.json and be emptied as agent state on a failed create: refused before anything.
+    #[test]
+    fn a_mount_point_in_the_agent_state_directory_is_refused() {
+        for mount_point in [
+            "/run/kata-agent",
+            "/run/kata-agent/bundles/victim",
+            "/run/kata-agent/bundles/victim/rootfs",
+        ] {
+            let error = check_all(&[bind("/run/peerpod", mount_point)], Path::new(STATE_DIR))
+                .expect_err("a mount point in the state directory passed");
+            assert!(
+                error.to_string().contains("state directory"),
+                "{mount_point}: {error}"
+            );
+        }
+        check_all(
+            &[bind("/run/peerpod", "/run/kata-agent-other/x")],
+            Path::new(STATE_DIR),
+        )
+        .expect("a sibling of the state directory is not inside it");
     }
 
     /// A container's bundle with another storage bind-mounted on it (its source the agent's
