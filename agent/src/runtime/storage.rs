@@ -106,10 +106,23 @@ pub(crate) fn check_all(storages: &[Storage], state_dir: &Path) -> Result<(), Ag
         })
 }
 
+/// Where the CDH keeps guest-pulled layers: the pod VM's encrypted scratch mount (which the
+/// CDH adopts as its store when it finds a mount there) and the CDH's default `work_dir`. A
+/// host-sent storage mounted over either (a tmpfs before the first pull, say) would become or
+/// shadow the layer store, so CreateSandbox and CreateContainer storages may not mount there.
+const IMAGE_STORES: [&str; 2] = ["/run/kata-containers/image", "/run/image-rs"];
+
 /// The storage's mount point, if its driver is supported and the paths acceptable (a bind
-/// storage's source too).
+/// storage's source too), and not inside one of the [`IMAGE_STORES`].
 fn check(storage: &Storage) -> Result<PathBuf, AgentError> {
     let mount_point = checked_path(&storage.mount_point, "mount_point")?;
+    if let Some(store) = IMAGE_STORES.iter().find(|d| mount_point.starts_with(d)) {
+        return Err(AgentError::InvalidArgument(format!(
+            "storage mount_point {} is inside {store}, where guest-pulled image layers are kept \
+             (the encrypted scratch space): the host may not mount there",
+            mount_point.display()
+        )));
+    }
     match storage.driver.as_str() {
         "local" | "ephemeral" => {}
         "bind" => {
@@ -408,6 +421,41 @@ mod tests {
     }
 
     const STATE_DIR: &str = "/run/kata-agent";
+
+    /// A host-sent storage over the layer stores (the scratch mount the CDH adopts, or its
+    /// default work_dir) is refused, by CreateContainer's check and by prepare (CreateSandbox).
+    #[test]
+    fn a_mount_point_over_the_image_layer_stores_is_refused() {
+        for mount_point in [
+            "/run/kata-containers/image",
+            "/run/kata-containers/image/layers",
+            "/run/image-rs",
+            "/run/image-rs/x",
+        ] {
+            for storage in [bind("/run/peerpod", mount_point), {
+                let mut s = bind("", mount_point);
+                s.driver = "ephemeral".to_owned();
+                s
+            }] {
+                let error = check_all(std::slice::from_ref(&storage), Path::new(STATE_DIR))
+                    .expect_err("a mount point over a layer store passed");
+                assert!(
+                    error.to_string().contains("image layers"),
+                    "{mount_point}: {error}"
+                );
+                let error = prepare(&storage).expect_err("prepare mounted over a layer store");
+                assert!(
+                    error.to_string().contains("image layers"),
+                    "{mount_point}: {error}"
+                );
+            }
+        }
+        check_all(
+            &[bind("/run/peerpod", "/run/kata-containers/imagery")],
+            Path::new(STATE_DIR),
+        )
+        .expect("a sibling of a layer store is not inside it");
+    }
 
     /// A storage mounted over the agent's own bundle directory would receive the container's
     /// config.json and be emptied as agent state on a failed create: refused before anything.
