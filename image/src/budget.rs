@@ -18,7 +18,7 @@
 //! None of these keys exists upstream (image-rs has no such bound). The first member that
 //! would cross a total is refused with a message naming the total, where it came from and the
 //! key to raise; the layer being unpacked is thrown away by the store. The refusal is a
-//! [`Refusal`] naming the key, which the pull reports as [`ImageError::Limit`].
+//! `Refusal` naming the key, which the pull reports as [`ImageError::Limit`].
 
 use std::io::{self, Read};
 use std::path::Path;

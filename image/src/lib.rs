@@ -2,7 +2,7 @@
 //! data hub's `PullImage` runs. The worker node never sees the image; every byte of it comes
 //! from a registry the host can impersonate, so every byte is checked before it is used.
 //!
-//! - [`reference`]: image references (`docker.io` and `library/` defaults, tags, digests).
+//! - [`reference`](mod@reference): image references (`docker.io` and `library/` defaults, tags, digests).
 //! - [`config`]: the `[image]` table of `cdh.toml` with image-rs's keys and defaults.
 //! - [`auth`]: credentials from a containers `auth.json`; [`challenge`]: `WWW-Authenticate`.
 //! - [`registries`]: `registries.conf` mirrors, remapping, blocking and insecure registries;
