@@ -8,9 +8,12 @@
 //!   [`HANDSHAKE_TIMEOUT`]; one more ends the oldest handshake still pending (a real client's
 //!   takes milliseconds, so stalled ones cannot keep it out);
 //! - connections served after the handshake: at most [`MAX_CONNECTIONS`], and at most
-//!   [`MAX_CONNECTIONS_PER_PEER`] from one IP address. One more from an address at its cap
-//!   ends that address's own connection idle or stalled longest; one more beyond the total
-//!   ends the connection idle or stalled longest of all. Idle: no request, or a request whose
+//!   [`MAX_CONNECTIONS_PER_PEER`] from one peer: an IPv4 address, or an IPv6 /64 prefix (what
+//!   one host is routed; an IPv4-mapped IPv6 address counts as its IPv4 address). One more
+//!   from a peer at its cap ends that peer's own connection idle or stalled longest; one more
+//!   beyond the total ends, of the peers holding the most connections, the connection idle or
+//!   stalled longest (so a flood from many addresses ends its own connections before a lone
+//!   client's keep-alive, however long that was idle). Idle: no request, or a request whose
 //!   body has not begun; stalled: a body with no frame for [`EVICT_AFTER`]. A connection whose
 //!   request is answered or whose body is arriving is never ended; when all candidates are
 //!   such, the newcomer is closed. Request headers within
@@ -28,9 +31,10 @@
 //!   answered 503 itself. A review's memory is about its body's size
 //!   ([`crate::view`]), so this bounds the memory reviews take whatever the clients send.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,9 +68,10 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HANDSHAKES: usize = 256;
 /// Connections served at once after their handshake; one more ends the one idle longest.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Connections served at once from one IP address; one more ends that address's own
-/// connection idle longest. The API server's concurrent reviews to one webhook replica stay
-/// far below this, and an attacker's address cannot take more of [`MAX_CONNECTIONS`].
+/// Connections served at once from one peer (an IPv4 address or an IPv6 /64, see
+/// [`peer_of`]); one more ends that peer's own connection idle longest. The API server's
+/// concurrent reviews to one webhook replica stay far below this, and an attacker's address
+/// (or prefix) cannot take more of [`MAX_CONNECTIONS`].
 pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
 /// The most a connection buffers of a request's headers (hyper's read buffer; the API
 /// server's headers are a few hundred bytes).
@@ -77,6 +82,19 @@ pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 16 << 20;
 pub const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 /// How long a body waits for room before it ends the oldest body still arriving.
 pub const EVICT_AFTER: Duration = Duration::from_millis(250);
+
+/// The peer a connection counts against: an IPv4 address as it is (also when it arrives
+/// IPv4-mapped on a dual-stack socket), an IPv6 address as its /64 prefix, since one host is
+/// routed a whole /64 and may send from any of its 2^64 addresses.
+pub fn peer_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
 
 /// Things in progress (handshakes, bodies arriving), oldest first, each with the means to end
 /// it.
@@ -233,7 +251,7 @@ impl ConnState {
     }
 }
 
-/// The connections served: peer address, state and the means to end each.
+/// The connections served: peer ([`peer_of`]), state and the means to end each.
 struct Served {
     start: std::time::Instant,
     next: u64,
@@ -245,15 +263,16 @@ impl Served {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Registers a new connection from `peer`. If `peer` already has
+    /// Registers a new connection from `ip`. If its peer ([`peer_of`]) already has
     /// [`MAX_CONNECTIONS_PER_PEER`], the one of its own idle or stalled longest is ended
-    /// first; else if [`MAX_CONNECTIONS`] are served, the one idle or stalled longest of all.
-    /// `None` (the newcomer is not served) when none of those may be ended. Also says how
-    /// long the ended one was idle, and whether it was the peer's own.
+    /// first; else if [`MAX_CONNECTIONS`] are served, the one idle or stalled longest of the
+    /// peers that hold the most connections (among those with one that may be ended). `None`
+    /// (the newcomer is not served) when none of those may be ended. Also says how long the
+    /// ended one was idle, and whether it was the peer's own.
     #[allow(clippy::type_complexity)]
     fn admit(
         this: &Mutex<Self>,
-        peer: IpAddr,
+        ip: IpAddr,
     ) -> Option<(
         u64,
         Arc<ConnState>,
@@ -264,17 +283,25 @@ impl Served {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = me.now();
-        let own = me.list.iter().filter(|(_, ip, _, _)| *ip == peer).count();
+        let peer = peer_of(ip);
+        let mut held: HashMap<IpAddr, usize> = HashMap::new();
+        for (_, p, _, _) in &me.list {
+            *held.entry(*p).or_default() += 1;
+        }
         let mut ended = None;
-        let own_full = own >= MAX_CONNECTIONS_PER_PEER;
+        let own_full = held.get(&peer).copied().unwrap_or(0) >= MAX_CONNECTIONS_PER_PEER;
         if own_full || me.list.len() >= MAX_CONNECTIONS {
-            let (at, since) = me
+            // Most connections held first, then idle or stalled longest.
+            let (at, _, since) = me
                 .list
                 .iter()
                 .enumerate()
-                .filter(|(_, (_, ip, _, _))| !own_full || *ip == peer)
-                .filter_map(|(at, (_, _, state, _))| Some((at, state.evictable_since(now)?)))
-                .min_by_key(|(_, since)| *since)?;
+                .filter(|(_, (_, p, _, _))| !own_full || *p == peer)
+                .filter_map(|(at, (_, p, state, _))| {
+                    let holds = held.get(p).copied().unwrap_or(0);
+                    Some((at, holds, state.evictable_since(now)?))
+                })
+                .min_by_key(|(_, holds, since)| (std::cmp::Reverse(*holds), *since))?;
             let (_, _, _, evict) = me.list.swap_remove(at);
             ended = Some((Duration::from_millis(now.saturating_sub(since)), own_full));
             let _ = evict.send(());
@@ -399,10 +426,10 @@ pub async fn serve(
             };
             match idle {
                 Some((idle, true)) => {
-                    tracing::info!(%peer, "{MAX_CONNECTIONS_PER_PEER} connections from this address: its own idle or stalled longest ({idle:?}) was closed for this one")
+                    tracing::info!(%peer, "{MAX_CONNECTIONS_PER_PEER} connections from this address (IPv6: its /64): its own idle or stalled longest ({idle:?}) was closed for this one")
                 }
                 Some((idle, false)) => {
-                    tracing::info!(%peer, "{MAX_CONNECTIONS} connections served: the one idle or stalled longest ({idle:?}) was closed for this one")
+                    tracing::info!(%peer, "{MAX_CONNECTIONS} connections served: the one idle or stalled longest of the address holding the most ({idle:?}) was closed for this one")
                 }
                 None => {}
             }
@@ -650,4 +677,106 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn served() -> Mutex<Served> {
+        Mutex::new(Served {
+            start: std::time::Instant::now(),
+            next: 0,
+            list: Vec::new(),
+        })
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// Whether the connection behind `ended` was told to close.
+    fn closed(ended: &mut oneshot::Receiver<()>) -> bool {
+        ended.try_recv().is_ok()
+    }
+
+    #[test]
+    fn peers_are_ipv4_addresses_and_ipv6_slash_64_prefixes() {
+        assert_eq!(peer_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(peer_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            peer_of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(
+            peer_of(ip("2001:db8:1:2::1")),
+            peer_of(ip("2001:db8:1:3::1"))
+        );
+    }
+
+    /// Every address of one /64 counts against one cap: the 65th connection from a new
+    /// address of the prefix ends one of the prefix's own, and a connection from the next
+    /// /64 ends nothing.
+    #[test]
+    fn one_ipv6_prefix_is_capped_whatever_addresses_it_sends_from() {
+        let served = served();
+        let mut flood = Vec::new();
+        for i in 1..=MAX_CONNECTIONS_PER_PEER {
+            let from = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i as u16));
+            let (_, _, ended, evicted) = Served::admit(&served, from).unwrap();
+            assert!(evicted.is_none(), "connection {i} ended another");
+            flood.push(ended);
+        }
+        let (_, _, _, evicted) = Served::admit(&served, ip("2001:db8:0:1::ffff")).unwrap();
+        assert!(matches!(evicted, Some((_, true))), "{evicted:?}");
+        assert_eq!(flood.iter_mut().map(closed).filter(|c| *c).count(), 1);
+        let (_, _, _, evicted) = Served::admit(&served, ip("2001:db8:0:2::1")).unwrap();
+        assert!(evicted.is_none(), "{evicted:?}");
+        assert_eq!(
+            served.lock().unwrap().list.len(),
+            MAX_CONNECTIONS_PER_PEER + 1
+        );
+    }
+
+    /// All slots filled by 16 addresses at their cap but one, taken by a lone client idle
+    /// longest of all: a newcomer from yet another address ends a flooding address's
+    /// connection, not the lone client's.
+    #[test]
+    fn a_full_server_ends_a_connection_of_the_peer_holding_most_not_a_lone_idle_one() {
+        let served = served();
+        let (_, _, mut lone, _) = Served::admit(&served, ip("10.1.0.1")).unwrap();
+        let mut flood = Vec::new();
+        let addresses = MAX_CONNECTIONS / MAX_CONNECTIONS_PER_PEER;
+        for a in 0..addresses {
+            let from = IpAddr::V4(Ipv4Addr::new(10, 2, 0, a as u8));
+            let count = MAX_CONNECTIONS_PER_PEER - usize::from(a + 1 == addresses);
+            for _ in 0..count {
+                let (_, _, ended, evicted) = Served::admit(&served, from).unwrap();
+                assert!(evicted.is_none());
+                flood.push((from, ended));
+            }
+        }
+        assert_eq!(served.lock().unwrap().list.len(), MAX_CONNECTIONS);
+        // The last flooding address holds one fewer: the ones ended are from the others.
+        let last = IpAddr::V4(Ipv4Addr::new(10, 2, 0, (addresses - 1) as u8));
+        for newcomer in ["10.3.0.1", "10.1.0.1", "10.2.0.15"] {
+            let (_, _, _, evicted) = Served::admit(&served, ip(newcomer)).unwrap();
+            assert!(
+                matches!(evicted, Some((_, false))),
+                "{newcomer}: {evicted:?}"
+            );
+            assert!(
+                !closed(&mut lone),
+                "the lone client was closed for {newcomer}"
+            );
+        }
+        let ended: Vec<IpAddr> = flood
+            .iter_mut()
+            .filter_map(|(from, e)| closed(e).then_some(*from))
+            .collect();
+        assert_eq!(ended.len(), 3);
+        assert!(!ended.contains(&last), "{ended:?}");
+    }
 }

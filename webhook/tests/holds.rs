@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::{Conn, Server, TestResult, container, pod, review_of};
 use peerpod_webhook::mutate::MutationConfig;
 use peerpod_webhook::review::{Handler, MAX_REVIEW_BYTES};
-use peerpod_webhook::server::{MAX_BODY_BYTES_IN_FLIGHT, MAX_CONNECTIONS};
+use peerpod_webhook::server::{
+    MAX_BODY_BYTES_IN_FLIGHT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,
+};
 use peerpod_webhook::tls::TlsOptions;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -38,6 +40,40 @@ fn raise_fd_limit() -> TestResult {
     Ok(())
 }
 
+/// A TLS connection from `from`, handshake done.
+async fn tls_from(
+    server: &Server,
+    config: &Arc<rustls::ClientConfig>,
+    from: IpAddr,
+) -> Result<TlsStream<tokio::net::TcpStream>, common::BoxError> {
+    let tcp = common::tcp_from(server.addr, from).await?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::clone(config))
+        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?)
+}
+
+/// `n` connections holding budget: each sent all but the last byte of the largest review.
+async fn holders(
+    server: &Server,
+    config: &Arc<rustls::ClientConfig>,
+    n: usize,
+) -> Result<Vec<TlsStream<tokio::net::TcpStream>>, common::BoxError> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(
+            stalled(
+                server,
+                config,
+                ATTACKER,
+                MAX_REVIEW_BYTES,
+                MAX_REVIEW_BYTES - 1,
+            )
+            .await?,
+        );
+    }
+    Ok(held)
+}
+
 /// A TLS connection from `from` that sent a review's headers declaring `declared` bytes, then
 /// `sent` bytes of body, and nothing more.
 async fn stalled(
@@ -47,10 +83,7 @@ async fn stalled(
     declared: usize,
     sent: usize,
 ) -> Result<TlsStream<tokio::net::TcpStream>, common::BoxError> {
-    let tcp = common::tcp_from(server.addr, from).await?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
-        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
-        .await?;
+    let mut tls = tls_from(server, config, from).await?;
     tls.write_all(
         format!(
             "POST /mutate-v1-pod HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
@@ -122,19 +155,12 @@ async fn only_bodies_holding_budget_are_ended_for_room() -> TestResult {
     for _ in 0..8 {
         decoys.push(stalled(&server, &config, ATTACKER, MAX_REVIEW_BYTES, 0).await?);
     }
-    let mut holders = Vec::new();
-    for _ in 0..=(MAX_BODY_BYTES_IN_FLIGHT / MAX_REVIEW_BYTES) {
-        holders.push(
-            stalled(
-                &server,
-                &config,
-                ATTACKER,
-                MAX_REVIEW_BYTES,
-                MAX_REVIEW_BYTES - 1,
-            )
-            .await?,
-        );
-    }
+    let mut holders = holders(
+        &server,
+        &config,
+        MAX_BODY_BYTES_IN_FLIGHT / MAX_REVIEW_BYTES + 1,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut review = small_review();
     review["request"]["object"]["metadata"]["annotations"]["pad"] =
@@ -212,12 +238,36 @@ async fn a_flood_from_one_address_does_not_close_another_address_s_keep_alive() 
     let config = Arc::new(server.client_config());
     let mut flood = Vec::with_capacity(MAX_CONNECTIONS + 64);
     for _ in 0..MAX_CONNECTIONS + 64 {
-        let tcp = common::tcp_from(server.addr, ATTACKER).await?;
-        flood.push(
-            tokio_rustls::TlsConnector::from(Arc::clone(&config))
-                .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
-                .await?,
-        );
+        flood.push(tls_from(&server, &config, ATTACKER).await?);
+    }
+    let reply = api.review(&small_review()).await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    Ok(())
+}
+
+/// The API server's keep-alive, idle longest of all, survives a flood from 17 addresses that
+/// fills every connection slot (64 from each, each connection served a request so that it
+/// was admitted before the next): the connections ended for the newcomers are the flooding
+/// addresses' own, those holding the most.
+#[tokio::test]
+async fn a_flood_from_many_addresses_does_not_close_a_lone_keep_alive() -> TestResult {
+    raise_fd_limit()?;
+    let server = start().await;
+    let mut api = Conn::connect_from(server.addr, API_SERVER, server.client_config()).await?;
+    assert_eq!(api.review(&small_review()).await?.status, 200);
+    let config = Arc::new(server.client_config());
+    let addresses = MAX_CONNECTIONS / MAX_CONNECTIONS_PER_PEER + 1;
+    let mut flood = Vec::with_capacity(addresses * MAX_CONNECTIONS_PER_PEER);
+    for a in 0..addresses {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 0, 1, u8::try_from(a)?));
+        for _ in 0..MAX_CONNECTIONS_PER_PEER {
+            let mut tls = tls_from(&server, &config, from).await?;
+            tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await?;
+            let answer = answer_within(&mut tls, Duration::from_secs(10)).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "from {from}: {answer}");
+            flood.push(tls);
+        }
     }
     let reply = api.review(&small_review()).await?;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -256,19 +306,12 @@ async fn stalled_bodies_are_ended_before_one_still_arriving() -> TestResult {
         }
         String::new()
     });
-    let mut holders = Vec::new();
-    for _ in 0..(MAX_BODY_BYTES_IN_FLIGHT / MAX_REVIEW_BYTES) {
-        holders.push(
-            stalled(
-                &server,
-                &config,
-                ATTACKER,
-                MAX_REVIEW_BYTES,
-                MAX_REVIEW_BYTES - 1,
-            )
-            .await?,
-        );
-    }
+    let mut holders = holders(
+        &server,
+        &config,
+        MAX_BODY_BYTES_IN_FLIGHT / MAX_REVIEW_BYTES,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut review = small_review();
     review["request"]["object"]["metadata"]["annotations"]["pad"] =
