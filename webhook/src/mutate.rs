@@ -270,6 +270,49 @@ pub fn mutate(config: &MutationConfig, object: &str) -> Result<Mutation, MutateE
     )))
 }
 
+/// What a pod's metadata holds, for adding annotations to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnotationsAt {
+    /// `metadata.annotations` is a map: one `add` per annotation.
+    Map,
+    /// `metadata` has no `annotations`: one `add` of the whole map.
+    NoMap,
+    /// There is no `metadata`: one `add` of `metadata` holding the map.
+    NoMetadata,
+}
+
+/// The JSON Patch operations that add `annotations` to a pod whose metadata is `at`.
+pub fn annotation_ops(at: AnnotationsAt, annotations: &[(&str, String)]) -> Vec<PatchOperation> {
+    let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
+    let as_map = || {
+        Value::Object(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::String(v.clone())))
+                .collect(),
+        )
+    };
+    match at {
+        AnnotationsAt::Map => annotations
+            .iter()
+            .map(|(key, value)| {
+                add(
+                    PointerBuf::from_tokens(["metadata", "annotations", key]),
+                    Value::String(value.clone()),
+                )
+            })
+            .collect(),
+        AnnotationsAt::NoMap => vec![add(
+            PointerBuf::from_tokens(["metadata", "annotations"]),
+            as_map(),
+        )],
+        AnnotationsAt::NoMetadata => vec![add(
+            PointerBuf::from_tokens(["metadata"]),
+            json!({ "annotations": as_map() }),
+        )],
+    }
+}
+
 /// The JSON Patch that applies the mutation to the pod's JSON: one `add` per annotation (or of
 /// the whole map when there is none), one `add` (which replaces) per container whose
 /// `resources` is not already what it must be. Nothing else in the pod is touched.
@@ -277,32 +320,12 @@ fn patch(pod: &PodView, annotations: &[(&str, String)], vm_resource: &str) -> js
     let mut ops = Vec::new();
     let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
     if !annotations.is_empty() {
-        let as_map = || {
-            Value::Object(
-                annotations
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), Value::String(v.clone())))
-                    .collect(),
-            )
+        let at = match &pod.metadata {
+            Some(meta) if meta.annotations.is_some() => AnnotationsAt::Map,
+            Some(_) => AnnotationsAt::NoMap,
+            None => AnnotationsAt::NoMetadata,
         };
-        match &pod.metadata {
-            Some(meta) if meta.annotations.is_some() => {
-                for (key, value) in annotations {
-                    ops.push(add(
-                        PointerBuf::from_tokens(["metadata", "annotations", key]),
-                        Value::String(value.clone()),
-                    ));
-                }
-            }
-            Some(_) => ops.push(add(
-                PointerBuf::from_tokens(["metadata", "annotations"]),
-                as_map(),
-            )),
-            None => ops.push(add(
-                PointerBuf::from_tokens(["metadata"]),
-                json!({ "annotations": as_map() }),
-            )),
-        }
+        ops.extend(annotation_ops(at, annotations));
     }
     let one = || {
         let mut m = Map::new();

@@ -7,27 +7,8 @@
 mod common;
 
 use common::reference;
+use common::rng::Rng;
 use peerpod_webhook::mutate::{Mutation, MutationConfig, mutate};
-
-/// xorshift: deterministic, so a failure reproduces.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
-        of[self.below(of.len())]
-    }
-    fn chance(&mut self, in_n: usize) -> bool {
-        self.below(in_n) == 0
-    }
-}
 
 /// A JSON object's text from `(key, value text)` pairs, keys possibly repeated.
 fn object(fields: &[(String, String)]) -> String {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::rng::Rng;
 use common::{container, pod, reference, review_of};
 use peerpod_webhook::fuzzing;
 use peerpod_webhook::mutate::{Mutation, MutationConfig};
@@ -46,20 +47,6 @@ fn seeds() -> Vec<Vec<u8>> {
         .expect("the recorded review"),
     );
     seeds
-}
-
-/// xorshift: deterministic, so a failure reproduces.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 const INTERESTING: &[&[u8]] = &[

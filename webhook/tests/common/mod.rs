@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 pub mod reference;
+pub mod rng;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

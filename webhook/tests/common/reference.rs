@@ -8,7 +8,9 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
-use peerpod_webhook::mutate::{GPU_RESOURCE, MutationConfig, Totals};
+use peerpod_webhook::mutate::{
+    AnnotationsAt, GPU_RESOURCE, MutationConfig, Totals, annotation_ops,
+};
 use peerpod_webhook::quantity::Quantity;
 use serde_json::{Map, Value, json};
 
@@ -69,32 +71,14 @@ fn patch(pod: &Value, annotations: &[(&str, String)], vm_resource: &str) -> json
     let mut ops = Vec::new();
     let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
     if !annotations.is_empty() {
-        let as_map = || {
-            Value::Object(
-                annotations
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), Value::String(v.clone())))
-                    .collect(),
-            )
-        };
-        match &pod["metadata"] {
+        let at = match &pod["metadata"] {
             Value::Object(meta) if meta.get("annotations").is_some_and(Value::is_object) => {
-                for (key, value) in annotations {
-                    ops.push(add(
-                        PointerBuf::from_tokens(["metadata", "annotations", key]),
-                        Value::String(value.clone()),
-                    ));
-                }
+                AnnotationsAt::Map
             }
-            Value::Object(_) => ops.push(add(
-                PointerBuf::from_tokens(["metadata", "annotations"]),
-                as_map(),
-            )),
-            _ => ops.push(add(
-                PointerBuf::from_tokens(["metadata"]),
-                json!({ "annotations": as_map() }),
-            )),
-        }
+            Value::Object(_) => AnnotationsAt::NoMap,
+            _ => AnnotationsAt::NoMetadata,
+        };
+        ops.extend(annotation_ops(at, annotations));
     }
     let mut one = Map::new();
     one.insert(vm_resource.to_owned(), Value::String("1".to_owned()));
