@@ -7,16 +7,18 @@
 //! ocicrypt uses for RSA keys) and `RSA-OAEP-256`.
 //!
 //! The private keys are the caller's: the pod VM has none unless it is given one.
+//!
+//! Only the JSON forms and the choice of key are this module's: the Concat KDF, the AES key
+//! unwrap and the `A256GCM` decryption are `peerpod_kbs_protocol::jwe`'s, the code that opens
+//! KBS resources.
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
-use aes_kw::KwAes256;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use peerpod_kbs_protocol::jwe::{a256gcm_open, a256kw_unwrap, aad_of, concat_kdf};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::error::{CryptError, json_reason, quote};
@@ -193,16 +195,12 @@ pub(crate) fn open(
         .as_slice()
         .try_into()
         .map_err(|_| bad(format!("iv is {} bytes, not 12", iv.len())))?;
-    let mut sealed = b64url(jwe.ciphertext.as_deref().unwrap_or_default(), "ciphertext")?;
+    let ciphertext = b64url(jwe.ciphertext.as_deref().unwrap_or_default(), "ciphertext")?;
     let tag = b64url(jwe.tag.as_deref().unwrap_or_default(), "tag")?;
     if tag.len() != 16 {
         return Err(bad("tag is not 16 bytes"));
     }
-    sealed.extend_from_slice(&tag);
-    let aad = match &jwe.aad {
-        Some(a) => format!("{protected_text}.{a}"),
-        None => protected_text.clone(),
-    };
+    let aad = aad_of(&protected_text, jwe.aad.as_deref());
     let mut algs = Vec::new();
     for r in &recipients {
         let own = r.header.clone().unwrap_or_default();
@@ -224,17 +222,8 @@ pub(crate) fn open(
             let Some(cek) = unwrap_cek(key, &alg, &layers, &encrypted_key)? else {
                 continue;
             };
-            let Ok(cipher) = Aes256Gcm::new_from_slice(&cek) else {
-                continue;
-            };
-            if let Ok(plain) = cipher.decrypt(
-                &Nonce::from(iv),
-                Payload {
-                    msg: &sealed,
-                    aad: aad.as_bytes(),
-                },
-            ) {
-                return Ok((Zeroizing::new(plain), key.label()));
+            if let Some(plain) = a256gcm_open(&cek, &iv, &ciphertext, &tag, &aad) {
+                return Ok((plain, key.label()));
             }
         }
         algs.push(quote(&alg));
@@ -310,12 +299,7 @@ fn unwrap_cek(
             if encrypted_key.len() != 40 {
                 return Err(bad("the wrapped content key is not 40 bytes"));
             }
-            let Ok(kw) = KwAes256::new_from_slice(kek.as_slice()) else {
-                return Ok(None);
-            };
-            let mut out = Zeroizing::new(vec![0u8; 32]);
-            let unwrapped = kw.unwrap_key(encrypted_key, &mut out).is_ok();
-            Ok(unwrapped.then_some(out))
+            Ok(a256kw_unwrap(&kek, encrypted_key))
         }
         ("RSA-OAEP" | "RSA-OAEP-256", _) => Ok(None),
         (other, _) => Err(CryptError::Unsupported {
@@ -324,22 +308,6 @@ fn unwrap_cek(
             supported: "ECDH-ES+A256KW, RSA-OAEP, RSA-OAEP-256",
         }),
     }
-}
-
-/// The Concat KDF of RFC 7518 §4.6.2 for a 256-bit key (one SHA-256 round).
-fn concat_kdf(z: &[u8], alg: &str, apu: &[u8], apv: &[u8]) -> Zeroizing<[u8; 32]> {
-    let len32 = |b: &[u8]| u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes();
-    let mut h = Sha256::new();
-    h.update(1u32.to_be_bytes());
-    h.update(z);
-    h.update(len32(alg.as_bytes()));
-    h.update(alg.as_bytes());
-    h.update(len32(apu));
-    h.update(apu);
-    h.update(len32(apv));
-    h.update(apv);
-    h.update(256u32.to_be_bytes());
-    Zeroizing::new(h.finalize().into())
 }
 
 /// The `jwe` annotation's entries decoded from standard base64.

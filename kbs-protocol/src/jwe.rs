@@ -6,6 +6,11 @@
 //!   shared secret through the Concat KDF (SHA-256, no PartyU/PartyV info) to a key-wrapping
 //!   key, the content key wrapped with AES-256 key wrap;
 //! - RSA: `RSA-OAEP-256` — the content key encrypted with RSA-OAEP (SHA-256, MGF1-SHA-256).
+//!
+//! The steps both JWE readers of this project need — the Concat KDF, AES-256 key unwrap,
+//! `A256GCM` decryption and its AAD — are public ([`concat_kdf`], [`a256kw_unwrap`],
+//! [`a256gcm_open`], [`aad_of`]) so that ocicrypt's `jwe` layer keys (`peerpod-image-crypt`)
+//! are opened by the same code as KBS resources.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -41,12 +46,45 @@ pub struct JweResponse {
     pub aad: Option<String>,
 }
 
-/// Concat KDF (NIST SP 800-56A, as RFC 7518 §4.6.2 uses it) for a 256-bit key: Trustee sends
-/// no PartyUInfo/PartyVInfo.
-fn concat_kdf(z: &[u8], alg: &str) -> Zeroizing<[u8; 32]> {
+/// The Concat KDF (NIST SP 800-56A, as RFC 7518 §4.6.2 uses it) for a 256-bit key from the
+/// ECDH shared secret `z`, the algorithm name and the header's decoded `apu`/`apv` (Trustee
+/// sends none: empty).
+pub fn concat_kdf(z: &[u8], alg: &str, apu: &[u8], apv: &[u8]) -> Zeroizing<[u8; 32]> {
     let mut out = Zeroizing::new([0u8; 32]);
-    out.copy_from_slice(&concat_kdf_one_round(z, alg, b"", b"", 256));
+    out.copy_from_slice(&concat_kdf_one_round(z, alg, apu, apv, 256));
     out
+}
+
+/// The 256-bit content key wrapped with AES-256 key wrap (RFC 3394) under `kek`; `None` when
+/// `wrapped` is not 40 bytes or fails its integrity check (another key's, or altered).
+pub fn a256kw_unwrap(kek: &[u8; 32], wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if wrapped.len() != 40 {
+        return None;
+    }
+    let kw = KwAes256::new_from_slice(kek).ok()?;
+    let mut out = Zeroizing::new(vec![0u8; 32]);
+    kw.unwrap_key(wrapped, &mut out).ok()?;
+    Some(out)
+}
+
+/// `A256GCM` decryption of `ciphertext` followed by its 16-byte `tag`; `None` when `cek` is not
+/// 256 bits, the tag not 16 bytes, or authentication fails.
+pub fn a256gcm_open(
+    cek: &[u8],
+    iv: &[u8; 12],
+    ciphertext: &[u8],
+    tag: &[u8],
+    aad: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
+    if tag.len() != 16 {
+        return None;
+    }
+    let cipher = Aes256Gcm::new_from_slice(cek).ok()?;
+    let sealed = [ciphertext, tag].concat();
+    let plain = cipher
+        .decrypt(&Nonce::from(*iv), Payload { msg: &sealed, aad })
+        .ok()?;
+    Some(Zeroizing::new(plain))
 }
 
 /// One SHA-256 round of the Concat KDF: enough for keys up to 256 bits.
@@ -66,7 +104,9 @@ fn concat_kdf_one_round(z: &[u8], alg: &str, apu: &[u8], apv: &[u8], bits: u32) 
     digest[..usize::try_from(bits / 8).unwrap_or(32).min(32)].to_vec()
 }
 
-fn aad_of(protected: &str, aad: Option<&str>) -> Vec<u8> {
+/// The AAD of a JWE's content encryption (RFC 7516 §5.1 step 14): the `protected` member's
+/// text, then `.` and the `aad` member's when there is one.
+pub fn aad_of(protected: &str, aad: Option<&str>) -> Vec<u8> {
     match aad {
         Some(a) => format!("{protected}.{a}").into_bytes(),
         None => protected.as_bytes().to_vec(),
@@ -87,7 +127,7 @@ pub fn seal(key: &TeePubKey, plaintext: &[u8]) -> Result<JweResponse, Error> {
             }
             let (curve, point) = key.ec_point()?;
             let (z, epk) = ecdh_ephemeral(curve, &point)?;
-            let kek = concat_kdf(&z, ALG_ECDH_ES_A256KW);
+            let kek = concat_kdf(&z, ALG_ECDH_ES_A256KW, b"", b"");
             let wrapped = wrap(&kek, &cek)?;
             let n = curve.coordinate_len();
             let header = json!({
@@ -235,16 +275,13 @@ pub fn open(key: &TeeKeyPair, jwe: &JweResponse) -> Result<Zeroizing<Vec<u8>>, E
                     ));
                 }
             };
-            let kek = concat_kdf(&z, ALG_ECDH_ES_A256KW);
-            let kw = KwAes256::new_from_slice(kek.as_slice())
-                .map_err(|_| Error::Crypto("AES key wrap setup"))?;
-            let mut out = Zeroizing::new(vec![0u8; 32]);
+            let kek = concat_kdf(&z, ALG_ECDH_ES_A256KW, b"", b"");
             if encrypted_key.len() != 40 {
                 return Err(Error::Decrypt("wrapped key is not 40 bytes"));
             }
-            kw.unwrap_key(&encrypted_key, &mut out)
-                .map_err(|_| Error::Decrypt("key unwrap failed (wrong key or altered JWE)"))?;
-            out
+            a256kw_unwrap(&kek, &encrypted_key).ok_or(Error::Decrypt(
+                "key unwrap failed (wrong key or altered JWE)",
+            ))?
         }
         (TeeKeyPair::Rsa(sk), ALG_RSA_OAEP_256) => Zeroizing::new(
             sk.decrypt(Oaep::<Sha256>::new(), &encrypted_key)
@@ -264,24 +301,15 @@ pub fn open(key: &TeeKeyPair, jwe: &JweResponse) -> Result<Zeroizing<Vec<u8>>, E
     let iv: [u8; 12] = iv
         .try_into()
         .map_err(|_| Error::invalid("JWE iv", "must be 12 bytes"))?;
-    let mut data = b64("JWE ciphertext", &jwe.ciphertext)?;
+    let data = b64("JWE ciphertext", &jwe.ciphertext)?;
     let tag = b64("JWE tag", &jwe.tag)?;
     if tag.len() != 16 {
         return Err(Error::invalid("JWE tag", "must be 16 bytes"));
     }
-    data.extend_from_slice(&tag);
-    let cipher = Aes256Gcm::new_from_slice(&cek).map_err(|_| Error::Crypto("AES-GCM key setup"))?;
     let aad = aad_of(&jwe.protected, jwe.aad.as_deref());
-    let plain = cipher
-        .decrypt(
-            &Nonce::from(iv),
-            Payload {
-                msg: &data,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| Error::Decrypt("AES-GCM authentication failed (altered JWE)"))?;
-    Ok(Zeroizing::new(plain))
+    a256gcm_open(&cek, &iv, &data, &tag, &aad).ok_or(Error::Decrypt(
+        "AES-GCM authentication failed (altered JWE)",
+    ))
 }
 
 #[cfg(test)]
@@ -347,6 +375,11 @@ mod tests {
         ];
         let key = concat_kdf_one_round(&z, "A128GCM", b"Alice", b"Bob", 128);
         assert_eq!(enc(&key), "VqqN6vgjbSBcIijNcacQGg");
-        assert_eq!(concat_kdf(&z, ALG_ECDH_ES_A256KW).len(), 32);
+        assert_eq!(concat_kdf(&z, ALG_ECDH_ES_A256KW, b"", b"").len(), 32);
+        // apu/apv are length-prefixed into the hash: moving bytes between them changes the key.
+        assert_ne!(
+            *concat_kdf(&z, ALG_ECDH_ES_A256KW, b"ab", b""),
+            *concat_kdf(&z, ALG_ECDH_ES_A256KW, b"a", b"b")
+        );
     }
 }
