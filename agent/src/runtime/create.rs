@@ -105,7 +105,7 @@ impl Runtime {
             spec::pin_groups(process);
         }
 
-        let mut storages = match storage::prepare_all(&request.storages) {
+        let mut storages = match storage::prepare_all(&request.storages, &self.config.state_dir) {
             Ok(storages) => storages,
             Err(e) => {
                 pulled.iter().for_each(storage::Mounted::release);

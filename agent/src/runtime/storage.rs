@@ -68,11 +68,19 @@ pub(crate) fn release_bundle(bundle: &Path) {
     .release();
 }
 
-/// Prepares every storage, or none: on a failure, those already mounted are released.
-pub(crate) fn prepare_all(storages: &[Storage]) -> Result<Vec<Mounted>, AgentError> {
+/// Prepares every storage, or none: every one is checked ([`check`]: driver, paths, not in
+/// `state_dir` nor in a layer store) before the first is mounted, and on a failure those
+/// already mounted are released.
+pub(crate) fn prepare_all(
+    storages: &[Storage],
+    state_dir: &Path,
+) -> Result<Vec<Mounted>, AgentError> {
+    for storage in storages {
+        check(storage, state_dir)?;
+    }
     let mut mounted = Vec::new();
     for storage in storages {
-        match prepare(storage) {
+        match prepare(storage, state_dir) {
             Ok(m) => mounted.push(m),
             Err(e) => {
                 mounted.iter().for_each(Mounted::release);
@@ -84,26 +92,13 @@ pub(crate) fn prepare_all(storages: &[Storage]) -> Result<Vec<Mounted>, AgentErr
 }
 
 /// Checks what can be checked of a container's storages without touching anything (their
-/// drivers and mount points), so a request that would fail on them fails before its image is
-/// pulled. The `image_guest_pull` storage is the guest pull's and is skipped here. A mount point
-/// in the agent's own state directory (`state_dir`, where the runtime bundles live) is refused:
-/// a mount there would receive the container's `config.json` and be cleaned up as agent state.
+/// drivers and mount points, with [`check`]), so a request that would fail on them fails before
+/// its image is pulled. The `image_guest_pull` storage is the guest pull's and is skipped here.
 pub(crate) fn check_all(storages: &[Storage], state_dir: &Path) -> Result<(), AgentError> {
     storages
         .iter()
         .filter(|s| s.driver != "image_guest_pull")
-        .try_for_each(|s| {
-            let mount_point = check(s)?;
-            if mount_point.starts_with(state_dir) {
-                return Err(AgentError::InvalidArgument(format!(
-                    "storage mount_point {} is inside the agent's state directory {}: mount \
-                     storages elsewhere (the kata shim uses /run/kata-containers/...)",
-                    mount_point.display(),
-                    state_dir.display()
-                )));
-            }
-            Ok(())
-        })
+        .try_for_each(|s| check(s, state_dir).map(drop))
 }
 
 /// Where the CDH keeps guest-pulled layers: the pod VM's encrypted scratch mount (which the
@@ -113,9 +108,20 @@ pub(crate) fn check_all(storages: &[Storage], state_dir: &Path) -> Result<(), Ag
 const IMAGE_STORES: [&str; 2] = ["/run/kata-containers/image", "/run/image-rs"];
 
 /// The storage's mount point, if its driver is supported and the paths acceptable (a bind
-/// storage's source too), and not inside one of the [`IMAGE_STORES`].
-fn check(storage: &Storage) -> Result<PathBuf, AgentError> {
+/// storage's source too), and not inside one of the [`IMAGE_STORES`] nor inside the agent's own
+/// state directory (`state_dir`, where the runtime bundles live: a mount there would receive a
+/// container's `config.json` and be cleaned up as agent state). The one check of CreateSandbox
+/// and CreateContainer storages.
+fn check(storage: &Storage, state_dir: &Path) -> Result<PathBuf, AgentError> {
     let mount_point = checked_path(&storage.mount_point, "mount_point")?;
+    if mount_point.starts_with(state_dir) {
+        return Err(AgentError::InvalidArgument(format!(
+            "storage mount_point {} is inside the agent's state directory {}: mount \
+             storages elsewhere (the kata shim uses /run/kata-containers/...)",
+            mount_point.display(),
+            state_dir.display()
+        )));
+    }
     if let Some(store) = IMAGE_STORES.iter().find(|d| mount_point.starts_with(d)) {
         return Err(AgentError::InvalidArgument(format!(
             "storage mount_point {} is inside {store}, where guest-pulled image layers are kept \
@@ -144,9 +150,9 @@ fn check(storage: &Storage) -> Result<PathBuf, AgentError> {
 }
 
 /// Prepares one storage.
-fn prepare(storage: &Storage) -> Result<Mounted, AgentError> {
+fn prepare(storage: &Storage, state_dir: &Path) -> Result<Mounted, AgentError> {
     // Refused before its mount point is made: an unsupported storage leaves nothing behind.
-    let mount_point = check(storage)?;
+    let mount_point = check(storage, state_dir)?;
     std::fs::create_dir_all(&mount_point).map_err(|e| {
         AgentError::internal(
             format!("cannot create {}", crate::error::quoted(&mount_point)),
@@ -443,7 +449,8 @@ mod tests {
                     error.to_string().contains("image layers"),
                     "{mount_point}: {error}"
                 );
-                let error = prepare(&storage).expect_err("prepare mounted over a layer store");
+                let error = prepare(&storage, Path::new(STATE_DIR))
+                    .expect_err("prepare mounted over a layer store");
                 assert!(
                     error.to_string().contains("image layers"),
                     "{mount_point}: {error}"
@@ -478,6 +485,64 @@ mod tests {
             Path::new(STATE_DIR),
         )
         .expect("a sibling of the state directory is not inside it");
+    }
+
+    /// CreateSandbox's storages (`prepare_all`) get CreateContainer's check, every one before
+    /// the first is mounted: a storage in the state directory or over a layer store, listed
+    /// after a good one, is refused and the good one was never mounted.
+    #[test]
+    fn sandbox_storages_are_all_checked_before_anything_is_mounted() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("\n*** SKIPPED: sandbox storage checks need root (mounts) ***\n");
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "CI=true needs root"
+            );
+            return;
+        }
+        let dir =
+            std::env::temp_dir().join(format!("agent-storage-{}-sandbox", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state_dir = dir.join("state");
+        let good = dir.join("shm");
+        let tmpfs = |mount_point: &Path| {
+            let mut s = bind("", &mount_point.display().to_string());
+            s.driver = "ephemeral".to_owned();
+            s
+        };
+        let mut refusals = Vec::new();
+        for bad in [
+            tmpfs(&state_dir.join("bundles/victim")),
+            tmpfs(Path::new("/run/kata-containers/image")),
+            tmpfs(Path::new("/run/image-rs/layers")),
+        ] {
+            let result = prepare_all(&[tmpfs(&good), bad.clone()], &state_dir);
+            // Checked first, the good storage's mount point was never even made.
+            let made_good = good.exists();
+            match result {
+                Ok(mounted) => {
+                    mounted.iter().for_each(Mounted::release);
+                    refusals.push(format!("{} was mounted", bad.mount_point));
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if !(text.contains("state directory") || text.contains("image layers")) {
+                        refusals.push(format!("{}: {text}", bad.mount_point));
+                    }
+                }
+            }
+            if made_good {
+                let _ = umount2(&good, MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir(&good);
+                refusals.push(format!("{} was prepared first", good.display()));
+            }
+        }
+        assert!(
+            !state_dir.join("bundles/victim").exists(),
+            "a mount point was made"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(refusals.is_empty(), "{refusals:?}");
     }
 
     /// A container's bundle with another storage bind-mounted on it (its source the agent's
@@ -516,7 +581,8 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, source.join("rootfs")).expect("link");
         let bundle = dir.join("a");
         let storage = bind(&source.display().to_string(), &bundle.display().to_string());
-        let mounted = prepare(&storage).expect("bind storage of container b on a's bundle");
+        let mounted = prepare(&storage, Path::new(STATE_DIR))
+            .expect("bind storage of container b on a's bundle");
         release_bundle(&bundle);
         let elsewhere_still_mounted = std::fs::read_to_string("/proc/self/mountinfo")
             .expect("mountinfo")

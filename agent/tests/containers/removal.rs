@@ -61,3 +61,65 @@ async fn a_double_remove_racing_a_re_create_leaves_the_new_container_alone() {
     let (code, _) = status_of(client.remove_container(ctx(), &remove("again")).await);
     assert_eq!(code, Code::NOT_FOUND);
 }
+
+/// DestroySandbox racing RemoveContainer of the same containers: once DestroySandbox has begun
+/// (the first bundle is gone), every other container is removed by its own RemoveContainer.
+/// DestroySandbox succeeds (a container another request took is gone either way; it answered
+/// NOT_FOUND before and stopped, leaving the sandbox's storages and namespaces), each
+/// RemoveContainer succeeds or answers NOT_FOUND, and nothing is left: bundles, the sandbox's
+/// shm mount, its namespace directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn destroy_sandbox_racing_remove_container_tears_everything_down() {
+    let (agent, client, rootfs) = pod("destroy-race", "policy/examples/allow-all.rego").await;
+    let ids: Vec<String> = (0..5).map(|i| format!("race{i}")).collect();
+    for id in &ids {
+        create_and_start(
+            &client,
+            &container_request(id, &rootfs, &["/bin/sleep", "1000"]),
+        )
+        .await;
+    }
+    let bundles = agent.dir.join("state/bundles");
+    let bundle_count = || std::fs::read_dir(&bundles).map_or(0, |d| d.count());
+    assert_eq!(bundle_count(), ids.len());
+    let destroy_request = agent::DestroySandboxRequest::new();
+    let destroy = client.destroy_sandbox(ctx(), &destroy_request);
+    let client = &client;
+    let racers = async {
+        // Once DestroySandbox removed its first container, it has listed them all.
+        let started = tokio::time::Instant::now();
+        while bundle_count() == ids.len() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "DestroySandbox removed nothing"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let removals = ids
+            .iter()
+            .map(|id| async move { (id, client.remove_container(ctx(), &remove(id)).await) });
+        futures::future::join_all(removals).await
+    };
+    let (destroyed, removals) = tokio::join!(destroy, racers);
+    destroyed.unwrap_or_else(|e| panic!("DestroySandbox failed: {e:?}\n{}", agent.log()));
+    let mut taken = 0;
+    for (id, result) in removals {
+        match result {
+            Ok(_) => taken += 1,
+            Err(e) => {
+                let (code, message) = status_of(Err::<(), _>(e));
+                assert_eq!(code, Code::NOT_FOUND, "{id}: {message}");
+            }
+        }
+    }
+    eprintln!("RemoveContainer took {taken} of {} containers", ids.len());
+    assert_eq!(bundle_count(), 0, "bundles left");
+    assert!(
+        mounts_under(&agent.dir.join("shm")).is_empty(),
+        "the sandbox's shm is still mounted"
+    );
+    assert!(
+        !agent.dir.join("state/sandbox-ns").exists(),
+        "the sandbox's namespaces were left"
+    );
+}
