@@ -271,7 +271,12 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::StartContainerRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check("StartContainer", &req).await?;
-        self.runtime.start_container(&req.container_id).await?;
+        // Its own task, as CreateContainer's: a deadline ends the wait, never a start half-way
+        // (the process let run, its state not marked running and its OOM watch not set).
+        let runtime = Arc::clone(&self.runtime);
+        tokio::spawn(async move { runtime.start_container(&req.container_id).await })
+            .await
+            .map_err(|e| AgentError::internal("StartContainer", e))??;
         Ok(Empty::new())
     }
 
@@ -294,7 +299,14 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
         self.gate.check("ExecProcess", &req).await?;
-        self.runtime.exec_process(&req).await?;
+        // Its own task, as CreateContainer's: dropped at the request's deadline, the exec could
+        // leave a process started by the helper but never registered (nobody to wait for it,
+        // signal it or read its output). A deadline ends the wait; the exec is registered (or
+        // fails and starts nothing).
+        let runtime = Arc::clone(&self.runtime);
+        tokio::spawn(async move { runtime.exec_process(&req).await })
+            .await
+            .map_err(|e| AgentError::internal("ExecProcess", e))??;
         Ok(Empty::new())
     }
 

@@ -9,6 +9,7 @@ mod support;
 
 mod bundles;
 mod cancelled;
+mod deadlines;
 mod exec;
 mod guest_pull;
 mod leaks;
