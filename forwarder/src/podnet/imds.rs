@@ -15,21 +15,20 @@
 //! on it). Netlink calls run on threads inside the right namespace ([`super::netns`]).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
 use futures::TryStreamExt as _;
+use rtnetlink::LinkVeth;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tracing::info;
 
 use super::command::CommandRunner;
 use super::iptables::IptablesError;
-use super::netns::{self, NetnsError};
-use super::{PodNetworkError, connect, link_index, nl};
+use super::netns;
+use super::{PodNetworkError, connect, link, link_index, nl};
 
 /// The instance metadata service's address.
 pub const IMDS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
@@ -112,12 +111,7 @@ impl ImdsNat {
         netns::run_in(self.host_ns.as_deref(), move || async move {
             let handle = connect()?;
             if let Some((index, _)) = link_index(&handle, HOST_VETH).await? {
-                handle
-                    .link()
-                    .del(index)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("deleting the old {HOST_VETH}")))?;
+                link::delete(&handle, index, &format!("the old {HOST_VETH}")).await?;
             }
             handle
                 .link()
@@ -125,70 +119,37 @@ impl ImdsNat {
                 .execute()
                 .await
                 .map_err(nl(format!("creating the veth pair {HOST_VETH}/{POD_VETH}")))?;
-            let (host, _) = link_index(&handle, HOST_VETH).await?.ok_or_else(|| {
-                PodNetworkError::Device(format!("{HOST_VETH} vanished after creation"))
-            })?;
-            let (peer, _) = link_index(&handle, POD_VETH).await?.ok_or_else(|| {
-                PodNetworkError::Device(format!("{POD_VETH} vanished after creation"))
-            })?;
+            let host = link::require(&handle, HOST_VETH, || {
+                format!("{HOST_VETH} vanished after creation")
+            })
+            .await?;
+            let peer = link::require(&handle, POD_VETH, || {
+                format!("{POD_VETH} vanished after creation")
+            })
+            .await?;
             handle
                 .address()
                 .add(host, IpAddr::V4(PROXY_ADDR), 32)
                 .execute()
                 .await
                 .map_err(nl(format!("adding {PROXY_ADDR}/32 to {HOST_VETH}")))?;
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(host).up().build())
-                .execute()
-                .await
-                .map_err(nl(format!("bringing {HOST_VETH} up")))?;
+            link::up(&handle, host, format!("bringing {HOST_VETH} up")).await?;
             sysctl("net/ipv4/ip_forward", "1")?;
             sysctl(&format!("net/ipv4/conf/{HOST_VETH}/proxy_arp"), "1")?;
             sysctl(&format!("net/ipv4/neigh/{HOST_VETH}/proxy_delay"), "0")?;
-            let ns = std::fs::File::open(&pod_ns).map_err(|source| NetnsError::Open {
-                path: pod_ns.display().to_string(),
-                source,
-            })?;
-            handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(peer)
-                        .setns_by_fd(ns.as_raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl(format!("moving {POD_VETH} into {}", pod_ns.display())))?;
+            link::move_into(&handle, peer, POD_VETH, &pod_ns).await?;
             Ok::<(), PodNetworkError>(())
         })
         .await??;
 
         let mac = netns::run_in(Some(&self.pod_ns), move || async move {
             let handle = connect()?;
-            let (index, _) = link_index(&handle, POD_VETH).await?.ok_or_else(|| {
-                PodNetworkError::Device(format!("{POD_VETH} is not in the pod namespace"))
-            })?;
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(index).up().build())
-                .execute()
-                .await
-                .map_err(nl(format!("bringing {POD_VETH} up")))?;
-            handle
-                .route()
-                .add(
-                    RouteMessageBuilder::<Ipv4Addr>::new()
-                        .destination_prefix(IMDS_ADDR, 32)
-                        .output_interface(index)
-                        .build(),
-                )
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(format!(
-                    "adding the route {IMDS_ADDR}/32 dev {POD_VETH}"
-                )))?;
+            let index = link::require(&handle, POD_VETH, || {
+                format!("{POD_VETH} is not in the pod namespace")
+            })
+            .await?;
+            link::up(&handle, index, format!("bringing {POD_VETH} up")).await?;
+            link::host_route(&handle, IMDS_ADDR, index, POD_VETH).await?;
             let mut links = handle.link().get().match_index(index).execute();
             let msg = links
                 .try_next()
@@ -209,30 +170,20 @@ impl ImdsNat {
         let runner = Arc::clone(&self.runner);
         netns::run_in(self.host_ns.as_deref(), move || async move {
             let handle = connect()?;
-            let (host, _) = link_index(&handle, HOST_VETH).await?.ok_or_else(|| {
-                PodNetworkError::Device(format!("{HOST_VETH} is not in the pod VM's namespace"))
-            })?;
-            handle
-                .route()
-                .add(
-                    RouteMessageBuilder::<Ipv4Addr>::new()
-                        .destination_prefix(pod_ip, 32)
-                        .output_interface(host)
-                        .build(),
-                )
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(format!("adding the route {pod_ip}/32 dev {HOST_VETH}")))?;
-            handle
-                .neighbours()
-                .add(host, IpAddr::V4(pod_ip))
-                .link_layer_address(&mac)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(format!("adding the neighbour {pod_ip} dev {HOST_VETH}")))?;
+            let host = link::require(&handle, HOST_VETH, || {
+                format!("{HOST_VETH} is not in the pod VM's namespace")
+            })
+            .await?;
+            link::host_route(&handle, pod_ip, host, HOST_VETH).await?;
+            link::neighbour(
+                &handle,
+                host,
+                IpAddr::V4(pod_ip),
+                &mac,
+                NeighbourState::Permanent,
+                HOST_VETH,
+            )
+            .await?;
             let rule = nat_rule(pod_ip);
             if !nat(&*runner, "-C", &rule).map_err(PodNetworkError::Nat)? {
                 nat(&*runner, "-A", &rule).map_err(PodNetworkError::Nat)?;
@@ -251,12 +202,7 @@ impl ImdsNat {
         netns::run_in(self.host_ns.as_deref(), move || async move {
             let handle = connect()?;
             if let Some((index, _)) = link_index(&handle, HOST_VETH).await? {
-                handle
-                    .link()
-                    .del(index)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("deleting {HOST_VETH}")))?;
+                link::delete(&handle, index, HOST_VETH).await?;
             }
             let rule = nat_rule(pod_ip);
             while nat(&*runner, "-C", &rule).map_err(PodNetworkError::Nat)? {

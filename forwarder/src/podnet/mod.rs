@@ -21,10 +21,10 @@
 pub mod command;
 pub mod imds;
 pub mod iptables;
+mod link;
 pub mod netns;
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 
 use futures::TryStreamExt as _;
@@ -206,12 +206,7 @@ impl PodNetwork {
             let handle = connect()?;
             if let Some((index, _)) = link_index(&handle, &temp).await? {
                 warn!(device = %temp, "removing a VXLAN device left behind by an earlier run");
-                handle
-                    .link()
-                    .del(index)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("deleting {temp}")))?;
+                link::delete(&handle, index, &temp).await?;
             }
             let msg = LinkVxlan::new(&temp, c.vxlan_id)
                 .remote(c.worker_node_ip)
@@ -224,23 +219,9 @@ impl PodNetwork {
                 "creating the VXLAN device {temp} (vni {}, port {}, remote {})",
                 c.vxlan_id, c.vxlan_port, c.worker_node_ip
             )))?;
-            let (index, _) = link_index(&handle, &temp).await?.ok_or_else(|| {
-                PodNetworkError::Device(format!("{temp} vanished after creation"))
-            })?;
-            let ns = std::fs::File::open(&pod_ns).map_err(|source| NetnsError::Open {
-                path: pod_ns.display().to_string(),
-                source,
-            })?;
-            handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .setns_by_fd(ns.as_raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl(format!("moving {temp} into {}", pod_ns.display())))?;
+            let index =
+                link::require(&handle, &temp, || format!("{temp} vanished after creation")).await?;
+            link::move_into(&handle, index, &temp, &pod_ns).await?;
             Ok::<(), PodNetworkError>(())
         })
         .await??;
@@ -249,9 +230,7 @@ impl PodNetwork {
         let temp = self.temp_name();
         netns::run_in(Some(&self.pod_ns), move || async move {
             let handle = connect()?;
-            let (index, _) = link_index(&handle, &temp)
-                .await?
-                .ok_or_else(|| PodNetworkError::Device(format!("{temp} is not in the pod namespace after the move")))?;
+            let index = link::require(&handle, &temp, || format!("{temp} is not in the pod namespace after the move")).await?;
             let mut change = LinkUnspec::new_with_index(index)
                 .name(c.interface.clone())
                 .mtu(c.effective_mtu());
@@ -271,19 +250,9 @@ impl PodNetwork {
                 .execute()
                 .await
                 .map_err(nl(format!("adding {ip}/{len} to {}", c.interface)))?;
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(index).up().build())
-                .execute()
-                .await
-                .map_err(nl(format!("bringing {} up", c.interface)))?;
+            link::up(&handle, index, format!("bringing {} up", c.interface)).await?;
             if let Some((lo, _)) = link_index(&handle, "lo").await? {
-                handle
-                    .link()
-                    .set(LinkUnspec::new_with_index(lo).up().build())
-                    .execute()
-                    .await
-                    .map_err(nl("bringing lo up in the pod namespace"))?;
+                link::up(&handle, lo, "bringing lo up in the pod namespace".into()).await?;
             }
             let host_len = if ip.is_ipv4() { 32 } else { 128 };
             if len != host_len {
@@ -300,9 +269,7 @@ impl PodNetwork {
                 .filter(|r| r.gw.is_none())
                 .chain(c.routes.iter().filter(|r| r.gw.is_some()));
             for r in ordered {
-                let (dev, _) = link_index(&handle, &r.dev)
-                    .await?
-                    .ok_or_else(|| PodNetworkError::Device(format!("route device {} is not in the pod namespace", r.dev)))?;
+                let dev = link::require(&handle, &r.dev, || format!("route device {} is not in the pod namespace", r.dev)).await?;
                 let v4 = r.dst.map(|(a, _)| a.is_ipv4()).or(r.gw.map(|g| g.is_ipv4())).unwrap_or(true);
                 handle
                     .route()
@@ -313,19 +280,9 @@ impl PodNetwork {
                     .map_err(nl(format!("adding the route {r:?}")))?;
             }
             for n in &c.neighbors {
-                let (dev, _) = link_index(&handle, &n.dev)
-                    .await?
-                    .ok_or_else(|| PodNetworkError::Device(format!("neighbour device {} is not in the pod namespace", n.dev)))?;
+                let dev = link::require(&handle, &n.dev, || format!("neighbour device {} is not in the pod namespace", n.dev)).await?;
                 let state = if n.state == 0 { NeighbourState::Permanent } else { NeighbourState::from(n.state) };
-                handle
-                    .neighbours()
-                    .add(dev, n.ip)
-                    .link_layer_address(&n.hw_addr)
-                    .state(state)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(nl(format!("adding the neighbour {} dev {}", n.ip, n.dev)))?;
+                link::neighbour(&handle, dev, n.ip, &n.hw_addr, state, &n.dev).await?;
             }
             Ok::<(), PodNetworkError>(())
         })
@@ -344,12 +301,7 @@ impl PodNetwork {
         let pod = netns::run_in(Some(&self.pod_ns), move || async move {
             let handle = connect()?;
             match link_index(&handle, &name).await? {
-                Some((index, true)) => handle
-                    .link()
-                    .del(index)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("deleting {name}"))),
+                Some((index, true)) => link::delete(&handle, index, &name).await,
                 Some((_, false)) => Err(PodNetworkError::Device(format!(
                     "{name} in the pod namespace is not a VXLAN device: left alone"
                 ))),
@@ -363,12 +315,7 @@ impl PodNetwork {
         let host = netns::run_in(self.host_ns.as_deref(), move || async move {
             let handle = connect()?;
             if let Some((index, true)) = link_index(&handle, &temp).await? {
-                handle
-                    .link()
-                    .del(index)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("deleting {temp}")))?;
+                link::delete(&handle, index, &temp).await?;
             }
             iptables::teardown(&*runner, c.worker_node_ip, c.vxlan_port, c.vxlan_id)?;
             Ok::<(), PodNetworkError>(())
