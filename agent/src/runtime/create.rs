@@ -103,6 +103,7 @@ impl Runtime {
         }
         if let Some(process) = spec.process_mut() {
             spec::pin_groups(process);
+            spec::pin_capabilities(process);
         }
 
         let mut storages = match storage::prepare_all(&request.storages, &self.config.state_dir) {

@@ -131,6 +131,7 @@ pub fn exec_process(
     }
     let mut process: Process = serde_json::from_value(json).map_err(SpecError::Invalid)?;
     pin_groups(&mut process);
+    pin_capabilities(&mut process);
     if let Some(bounding) = container
         .and_then(|c| c.capabilities().as_ref())
         .and_then(|c| c.bounding().as_ref())
@@ -160,6 +161,38 @@ fn clamp_capabilities(process: &mut Process, bounding: &Capabilities) {
     caps.set_inheritable(within(caps.inheritable()));
     caps.set_ambient(within(caps.ambient()));
     process.set_capabilities(Some(caps));
+}
+
+/// Makes every capability set of the process explicit: a set the spec does not list is empty,
+/// and a process with no `capabilities` at all gets five empty sets. libcontainer (like runc,
+/// and like upstream's rustjail) changes nothing it is not given, so a container whose spec
+/// leaves them out would otherwise run with all of the agent's root capabilities. Fail closed
+/// instead: the kata shim always sends containerd's capability lists (CRI sets them for every
+/// container, privileged ones included), so only a hand-made or hostile spec has none.
+/// `no_new_privs` is left as the spec has it.
+pub fn pin_capabilities(process: &mut Process) {
+    let mut caps = process
+        .capabilities()
+        .clone()
+        .unwrap_or_else(empty_capabilities);
+    let empty = Capabilities::new;
+    caps.set_bounding(Some(caps.bounding().clone().unwrap_or_else(empty)));
+    caps.set_effective(Some(caps.effective().clone().unwrap_or_else(empty)));
+    caps.set_permitted(Some(caps.permitted().clone().unwrap_or_else(empty)));
+    caps.set_inheritable(Some(caps.inheritable().clone().unwrap_or_else(empty)));
+    caps.set_ambient(Some(caps.ambient().clone().unwrap_or_else(empty)));
+    process.set_capabilities(Some(caps));
+}
+
+/// Capability sets with nothing in any of them.
+fn empty_capabilities() -> oci_spec::runtime::LinuxCapabilities {
+    let mut caps = oci_spec::runtime::LinuxCapabilities::default();
+    caps.set_bounding(None);
+    caps.set_effective(None);
+    caps.set_permitted(None);
+    caps.set_inheritable(None);
+    caps.set_ambient(None);
+    caps
 }
 
 /// Makes the process's supplementary groups explicit. libcontainer calls `setgroups` only for a
@@ -692,6 +725,42 @@ mod tests {
             exec_process(&bare, None),
             Err(SpecError::NoCapabilities)
         ));
+    }
+
+    /// No `capabilities` at all: five empty sets, never "unchanged" (the agent's own). A set
+    /// left out of a present `capabilities` is empty too; the listed ones stay as they are.
+    #[test]
+    fn a_process_without_capabilities_gets_empty_sets() {
+        let mut bare: Process = serde_json::from_value(serde_json::json!({
+            "cwd": "/", "args": ["/pause"], "user": {"uid": 0, "gid": 0}
+        }))
+        .expect("process");
+        assert!(bare.capabilities().is_none());
+        pin_capabilities(&mut bare);
+        let json = serde_json::to_value(&bare).expect("json");
+        for set in [
+            "bounding",
+            "effective",
+            "permitted",
+            "inheritable",
+            "ambient",
+        ] {
+            assert_eq!(json["capabilities"][set], serde_json::json!([]), "{set}");
+        }
+        let mut partial: Process = serde_json::from_value(serde_json::json!({
+            "cwd": "/", "args": ["/pause"], "user": {"uid": 0, "gid": 0},
+            "capabilities": {"bounding": ["CAP_KILL"]}
+        }))
+        .expect("process");
+        pin_capabilities(&mut partial);
+        let json = serde_json::to_value(&partial).expect("json");
+        assert_eq!(
+            json["capabilities"]["bounding"],
+            serde_json::json!(["CAP_KILL"])
+        );
+        for set in ["effective", "permitted", "inheritable", "ambient"] {
+            assert_eq!(json["capabilities"][set], serde_json::json!([]), "{set}");
+        }
     }
 
     #[test]

@@ -85,6 +85,64 @@ async fn execs_without_privileges_inherit_the_containers() {
         .expect("destroy");
 }
 
+/// A container whose OCI process has no `capabilities`: its init (which reads its own
+/// /proc/self/status) and its execs hold no capability in any set (before: all of the agent's
+/// root capabilities, CapPrm 000001fffeffffff here), and no_new_privs stays as the spec has it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_without_capabilities_gets_none() {
+    let (_agent, client, rootfs) = pod("no-capabilities", "policy/examples/allow-all.rego").await;
+    let script = "grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status; \
+                  exec sleep 1000";
+    let mut request = container_request("c", &rootfs, &["/bin/sh", "-c", script]);
+    let process = request
+        .OCI
+        .mut_or_insert_default()
+        .Process
+        .mut_or_insert_default();
+    process.Capabilities = protobuf::MessageField::none();
+    process.NoNewPrivileges = false;
+    create_and_start(&client, &request).await;
+    // The init's six lines, as they come.
+    let mut init = String::new();
+    while init.lines().count() < 6 {
+        let mut read = agent::ReadStreamRequest::new();
+        read.container_id = "c".into();
+        read.len = 4096;
+        let chunk = client
+            .read_stdout(ctx(), &read)
+            .await
+            .expect("init's output");
+        init.push_str(&String::from_utf8_lossy(&chunk.data));
+    }
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status_field(&init, set),
+            "0000000000000000",
+            "init {set}: {init}"
+        );
+    }
+    assert_eq!(status_field(&init, "NoNewPrivs"), "0", "{init}");
+    // An exec inherits the container's (empty) sets.
+    let exec = run(
+        &client,
+        "c",
+        "caps",
+        "grep -E '^Cap(Prm|Eff|Bnd):' /proc/self/status",
+    )
+    .await;
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(
+            status_field(&exec, set),
+            "0000000000000000",
+            "exec {set}: {exec}"
+        );
+    }
+    client
+        .remove_container(ctx(), &remove("c"))
+        .await
+        .expect("remove");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_bind_storage_is_read_only_in_the_container() {
     let (agent, client, rootfs) = pod("ro-storage", "policy/examples/allow-all.rego").await;
