@@ -19,6 +19,7 @@ fn engine_decides_generated_cases_as_the_reference() {
     let first = env_u64("POLICY_DIFF_SEED", 0);
     let max_requests = usize::try_from(env_u64("POLICY_DIFF_MAX_REQUESTS", 6)).unwrap_or(6);
     let (mut loaded, mut requests, mut allowed, mut hoisted) = (0u64, 0usize, 0usize, 0u64);
+    let mut compiled = 0usize;
     let mut failures = Vec::new();
     for seed in first..first + cases {
         let case = generate::case_with(&mut generate::Seeded::new(seed), max_requests);
@@ -28,7 +29,9 @@ fn engine_decides_generated_cases_as_the_reference() {
                 requests: r,
                 allowed: a,
                 hoisted: h,
+                compiled: c,
             }) => {
+                compiled += c;
                 loaded += 1;
                 hoisted += u64::from(h);
                 requests += r;
@@ -45,7 +48,7 @@ fn engine_decides_generated_cases_as_the_reference() {
     }
     eprintln!(
         "{cases} cases: {loaded} policies loaded ({hoisted} with hoisted constants), {requests} \
-         requests, {allowed} allowed, {} divergences",
+         requests ({compiled} also decided by the compiled form), {allowed} allowed, {} divergences",
         failures.len()
     );
     assert!(

@@ -35,10 +35,20 @@ fn decides_every_case_as_upstream() {
     let hoisted = policy.rule_value("policy_data").expect("policy_data");
     assert_eq!(Some(hoisted), reference.rule_value("policy_data"));
 
+    let (compiled_entries, refusals) = policy.compiled_coverage();
+    eprintln!("compiled entry points: {compiled_entries:?}\nnot compiled: {refusals:?}");
+    let mut compiled = 0;
     let mut mismatches = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let kind = case["kind"].as_str().expect("kind");
         let expected = case["allowed"].as_bool().expect("allowed");
+        // The compiled form must decide and print exactly as the interpreter, on every case
+        // whose entry point it compiles.
+        match policy.compiled_check(kind, &case["request"]) {
+            None => {}
+            Some(Ok(())) => compiled += 1,
+            Some(Err(what)) => panic!("case {i} {kind}: the compiled form differs: {what}"),
+        }
         let decision = policy.decide(kind, &case["request"]);
         let interpreted = reference.decide(kind, &case["request"]);
         assert_eq!(
@@ -78,6 +88,10 @@ fn decides_every_case_as_upstream() {
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    eprintln!(
+        "{compiled} of {} cases also decided by the compiled form",
+        cases.len()
+    );
 
     // The sandbox's containers were all removed; the state still remembers the sandbox.
     let state = policy.state();

@@ -154,6 +154,8 @@ pub enum Agreement {
         allowed: usize,
         /// Whether the engine hoisted constant documents out of the policy.
         hoisted: bool,
+        /// Requests whose entry point the compiled form also decided (and agreed on).
+        compiled: usize,
     },
 }
 
@@ -210,7 +212,19 @@ pub fn check(
         (Some(p), Some(r)) => (p, r),
     };
     let mut allowed = 0;
+    let mut compiled = 0;
     for (i, (entrypoint, input)) in case.requests.iter().enumerate() {
+        // The compiled form against the interpreter, on the state before this request.
+        match policy.compiled_check(entrypoint, input) {
+            None => {}
+            Some(Ok(())) => compiled += 1,
+            Some(Err(what)) => {
+                return Err(diverged(
+                    format!("request {i} ({entrypoint}): compiled form: {what}"),
+                    i + 1,
+                ));
+            }
+        }
         let decision = policy.decide(entrypoint, input);
         let expected = reference.decide(entrypoint, input);
         if decision.is_allowed() != expected.allowed {
@@ -253,6 +267,7 @@ pub fn check(
                 requests: i + 1,
                 allowed,
                 hoisted: policy.hoisted_constants(),
+                compiled,
             });
         }
     }
@@ -260,5 +275,6 @@ pub fn check(
         requests: case.requests.len(),
         allowed,
         hoisted: policy.hoisted_constants(),
+        compiled,
     })
 }

@@ -33,6 +33,7 @@
 //! every decision that changed the state was made against the state it changed. `SetPolicy`
 //! decides and swaps under the same lock.
 
+mod compiled;
 mod decision;
 mod entrypoint;
 mod hoist;
@@ -115,6 +116,8 @@ struct Policy {
     /// merged into every data document; an empty object when there were none.
     constants: Value,
     allow_failures: bool,
+    /// The compiled form (see the `compiled` module); not used for decisions yet.
+    compiled: compiled::CompiledPolicy,
 }
 
 /// One policy with one state document, ready to evaluate.
@@ -199,6 +202,73 @@ impl AgentPolicy {
             .ok()?
             .rule_value(&format!("data.{POLICY_PACKAGE}.{rule}"))?;
         serde_json::to_value(&value).ok()
+    }
+
+    /// Runs `entrypoint` on the compiled form (see the `compiled` module) and on the
+    /// interpreter, against the current state, without changing anything; `None` when the
+    /// entry point is not compiled, else `Err` naming the first difference (decision, state
+    /// operations, error-or-not, or print lines). For the differential tests.
+    #[doc(hidden)]
+    pub fn compiled_check(
+        &self,
+        entrypoint: &str,
+        input: &serde_json::Value,
+    ) -> Option<Result<(), String>> {
+        let Content::Policy(c) = &self.snapshot().content else {
+            return None;
+        };
+        let compiled = &c.policy.compiled;
+        if !compiled.has(entrypoint) {
+            return None;
+        }
+        let input = Value::from(input.clone());
+        let mut data = Value::from(c.data.clone());
+        if let (Ok(d), Ok(k)) = (data.as_object_mut(), c.policy.constants.as_object()) {
+            for (key, value) in k.iter() {
+                d.insert(key.clone(), value.clone());
+            }
+        }
+        let (value, prints) = compiled.evaluate(entrypoint, &input, &data)?;
+        let (outcome, reference_prints) = c.evaluate(entrypoint, input);
+        let mine = match value {
+            Ok(v) => describe(&interpret(v)),
+            Err(_) => "error".to_owned(),
+        };
+        let theirs = match &outcome {
+            Outcome::Deny(Denial::EvalError(_)) => "error".to_owned(),
+            other => describe(other),
+        };
+        if mine != theirs {
+            return Some(Err(format!("compiled {mine}, interpreter {theirs}")));
+        }
+        if prints != reference_prints {
+            return Some(Err(format!(
+                "compiled printed {prints:?}, interpreter {reference_prints:?}"
+            )));
+        }
+        Some(Ok(()))
+    }
+
+    /// Which entry points of the policy in force are compiled, and why rules and functions
+    /// were not. For tests.
+    #[doc(hidden)]
+    pub fn compiled_coverage(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let Content::Policy(c) = &self.snapshot().content else {
+            return (Vec::new(), Vec::new());
+        };
+        let compiled = &c.policy.compiled;
+        let entries = all_entrypoints()
+            .into_iter()
+            .chain(["AllowRequestsFailingPolicy"])
+            .filter(|e| compiled.has(e))
+            .map(str::to_owned)
+            .collect();
+        let refusals = compiled
+            .refusals()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (entries, refusals)
     }
 
     /// Whether the policy in force sets `AllowRequestsFailingPolicy := true`.
@@ -373,6 +443,7 @@ impl Policy {
                 .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
         }
         interpreter::prepare(&mut engine)?;
+        let compiled = compiled::CompiledPolicy::build(&mut engine, &constants);
         let allow_failures = matches!(
             engine.eval_rule(ALLOW_FAILING_RULE.to_owned()),
             Ok(Value::Bool(true))
@@ -383,6 +454,7 @@ impl Policy {
             base: Interpreter::new(engine),
             constants,
             allow_failures,
+            compiled,
         }))
     }
 }
@@ -503,6 +575,18 @@ fn interpret(value: Value) -> Outcome {
             let json = serde_json::to_value(&other).unwrap_or_default();
             Outcome::Deny(Denial::BadResult(short(&json)))
         }
+    }
+}
+
+/// An outcome, for comparing two evaluators: allowed (with its operations) or why not.
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Allow(None) => "allowed".to_owned(),
+        Outcome::Allow(Some(ops)) => format!(
+            "allowed with {}",
+            serde_json::to_string(ops).unwrap_or_default()
+        ),
+        Outcome::Deny(d) => format!("denied ({d})"),
     }
 }
 

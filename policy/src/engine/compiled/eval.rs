@@ -1,0 +1,895 @@
+//! Running the compiled form, with regorus's interpreter's semantics (strict builtin errors
+//! off). The structure follows the interpreter's on purpose — a stack of output contexts
+//! pushed and popped at the same points (an error leaves them as the interpreter leaves them),
+//! loops over hoisted `x[_]` expressions around the statements after them, rules evaluated
+//! once at their first reference — so that what is visible (the value, an error, the print
+//! lines and their order) is the same.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, anyhow, bail};
+use regorus::Value;
+use regorus::unstable::{BinOp, comparison, numbers, sets};
+
+use super::ir::*;
+use super::print::printable;
+
+/// The lowered policy, ready to run.
+#[derive(Debug)]
+pub(super) struct Program {
+    pub(super) rules: Vec<Option<RuleSet>>,
+    pub(super) funcs: Vec<Option<Func>>,
+    pub(super) file: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Rule {
+        set: bool,
+        constant: bool,
+        determined: bool,
+    },
+    Compr,
+    Func,
+    Every,
+}
+
+struct Ctx<'p> {
+    kind: Kind,
+    name: Option<&'p Value>,
+    key: Option<&'p E>,
+    output: Option<&'p E>,
+    value: Value,
+    rule_value: Value,
+    early_return: bool,
+}
+
+impl<'p> Ctx<'p> {
+    fn new(kind: Kind, value: Value) -> Self {
+        Self {
+            kind,
+            name: None,
+            key: None,
+            output: None,
+            value,
+            rule_value: Value::new_object(),
+            early_return: false,
+        }
+    }
+}
+
+/// One evaluation: the state the interpreter keeps per query.
+pub(super) struct Run<'p> {
+    p: &'p Program,
+    input: &'p Value,
+    data: &'p Value,
+    values: Vec<Value>,
+    def_done: Vec<Vec<bool>>,
+    default_done: Vec<bool>,
+    path_done: Vec<bool>,
+    rule_paths: BTreeMap<Vec<Value>, Value>,
+    ctxs: Vec<Ctx<'p>>,
+    /// What the policy printed.
+    pub(super) prints: Vec<String>,
+}
+
+const PACKAGE: &str = "agent_policy";
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        v => *v != Value::Undefined,
+    }
+}
+
+impl<'p> Run<'p> {
+    pub(super) fn new(p: &'p Program, input: &'p Value, data: &'p Value) -> Self {
+        let n = p.rules.len();
+        Self {
+            p,
+            input,
+            data,
+            values: vec![Value::Undefined; n],
+            def_done: p
+                .rules
+                .iter()
+                .map(|r| vec![false; r.as_ref().map_or(0, |r| r.defs.len())])
+                .collect(),
+            default_done: vec![false; n],
+            path_done: vec![false; n],
+            rule_paths: BTreeMap::new(),
+            ctxs: Vec::new(),
+            prints: Vec::new(),
+        }
+    }
+
+    /// The value of rule `id` (`data.agent_policy.<name>`).
+    pub(super) fn rule(&mut self, id: usize) -> Result<Value> {
+        self.ensure(id)?;
+        Ok(self.values[id].clone())
+    }
+
+    fn set(&self, id: usize) -> Result<&'p RuleSet> {
+        self.p
+            .rules
+            .get(id)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| anyhow!("rule {id} not compiled"))
+    }
+
+    fn ensure(&mut self, id: usize) -> Result<()> {
+        if self.path_done[id] {
+            return Ok(());
+        }
+        let set = self.set(id)?;
+        for (i, def) in set.defs.iter().enumerate() {
+            if !self.def_done[id][i] {
+                self.eval_def(id, set, def)?;
+                self.def_done[id][i] = true;
+            }
+        }
+        if let Some(d) = &set.default
+            && !self.default_done[id]
+        {
+            if self.values[id] == Value::Undefined {
+                self.values[id] = d.clone();
+            }
+            self.default_done[id] = true;
+        }
+        self.path_done[id] = true;
+        Ok(())
+    }
+
+    fn eval_def(&mut self, id: usize, set: &'p RuleSet, def: &'p RuleDef) -> Result<()> {
+        let mut f = vec![Value::Undefined; def.frame];
+        let is_set = set.kind == RuleKind::Set;
+        let template = |output: Option<&'p E>, constant: bool| Ctx {
+            kind: Kind::Rule {
+                set: is_set,
+                constant,
+                determined: false,
+            },
+            name: Some(&set.name),
+            key: def.key.as_ref(),
+            output,
+            value: if set.kind == RuleKind::Complete {
+                Value::new_array()
+            } else if is_set {
+                Value::new_set()
+            } else {
+                Value::new_object()
+            },
+            rule_value: Value::new_object(),
+            early_return: false,
+        };
+        let value = if let Some(out) = &def.bare_output {
+            self.ctxs.push(template(Some(out), def.bare_constant));
+            let r = self.output(&mut f);
+            let popped = self.ctxs.pop().ok_or_else(|| anyhow!("context popped"))?;
+            self.finish(popped, r?)?
+        } else {
+            let partial = set.kind != RuleKind::Complete;
+            self.bodies(&mut f, &def.bodies, partial, &|b: &'p Body| {
+                template(b.output.as_ref(), b.constant)
+            })?
+        };
+        let package = Value::from(PACKAGE);
+        if value != Value::Undefined {
+            for (path, v) in value.as_object()?.iter() {
+                let mut full = vec![package.clone()];
+                full.extend(path.as_array()?.iter().cloned());
+                self.check_path(&full, v, is_set)?;
+                self.update(id, &full, v.clone(), is_set)?;
+            }
+        } else if is_set {
+            let full = vec![package, set.name.clone()];
+            self.update(id, &full, Value::new_set(), true)?;
+        } else if set.kind == RuleKind::Object {
+            let full = vec![package, set.name.clone()];
+            self.update(id, &full, Value::Undefined, false)?;
+        }
+        Ok(())
+    }
+
+    fn check_path(&mut self, path: &[Value], value: &Value, is_set: bool) -> Result<()> {
+        let mut conflict = false;
+        for (k, v) in self.rule_paths.range(..=path.to_vec()).rev() {
+            if path.starts_with(k) {
+                if !(k.as_slice() == path && (is_set || v == value)) {
+                    conflict = true;
+                }
+            } else {
+                break;
+            }
+        }
+        if conflict {
+            bail!("rule conflicts with another rule");
+        }
+        self.rule_paths.insert(path.to_vec(), value.clone());
+        Ok(())
+    }
+
+    /// Writes a rule's value at `path` (`[package, name]` or `[package, name, key]`).
+    fn update(&mut self, id: usize, path: &[Value], mut value: Value, is_set: bool) -> Result<()> {
+        let slot = &mut self.values[id];
+        match path {
+            [_, _] => {
+                if is_set {
+                    if *slot == Value::Undefined {
+                        *slot = Value::new_set();
+                    }
+                    slot.as_set_mut()
+                        .map_err(|_| anyhow!("previous value is not a set"))?
+                        .append(value.as_set_mut()?);
+                } else if value == Value::Undefined {
+                    if *slot == Value::Undefined {
+                        *slot = Value::new_object();
+                    }
+                } else if *slot == Value::Undefined {
+                    *slot = value;
+                } else if *slot != value {
+                    bail!("complete rules should not produce multiple outputs");
+                }
+            }
+            [_, _, key] => {
+                if *slot == Value::Undefined {
+                    *slot = Value::new_object();
+                }
+                let obj = slot
+                    .as_object_mut()
+                    .map_err(|_| anyhow!("previous value is not an object"))?;
+                if is_set {
+                    let s = obj.get_or_insert_with(key.clone(), Value::new_set);
+                    s.as_set_mut()
+                        .map_err(|_| anyhow!("previous value is not a set"))?
+                        .append(value.as_set_mut()?);
+                } else if value == Value::Undefined {
+                    obj.get_or_insert_with(key.clone(), Value::new_object);
+                } else {
+                    let existing = obj.get_or_insert_with(key.clone(), || value.clone());
+                    if *existing != value {
+                        bail!("complete rules should not produce multiple outputs");
+                    }
+                }
+            }
+            _ => bail!("rule path"),
+        }
+        Ok(())
+    }
+
+    /// regorus's `eval_rule_bodies`.
+    fn bodies(
+        &mut self,
+        f: &mut [Value],
+        bodies: &'p [Body],
+        partial: bool,
+        template: &dyn Fn(&'p Body) -> Ctx<'p>,
+    ) -> Result<Value> {
+        let mut result: Result<bool> = Ok(true);
+        let mut any = false;
+        for (idx, body) in bodies.iter().enumerate() {
+            if idx == 0 {
+                self.ctxs.push(template(body));
+            } else {
+                let popped = self.ctxs.pop().ok_or_else(|| anyhow!("context popped"))?;
+                let mut next = template(body);
+                if partial {
+                    next.rule_value = popped.rule_value;
+                    next.value = popped.value;
+                }
+                self.ctxs.push(next);
+            }
+            result = self.query(f, &body.query);
+            match &result {
+                Ok(true) => {
+                    any = true;
+                    let next_is_else = bodies.get(idx + 1).is_some_and(|b| b.is_else);
+                    if !partial || next_is_else {
+                        break;
+                    }
+                }
+                Err(_) => break,
+                Ok(false) => {}
+            }
+        }
+        if partial {
+            result = result.map(|_| any);
+        }
+        let popped = self.ctxs.pop().ok_or_else(|| anyhow!("context popped"))?;
+        self.finish(popped, result?)
+    }
+
+    fn finish(&mut self, popped: Ctx<'p>, result: bool) -> Result<Value> {
+        if matches!(popped.kind, Kind::Rule { .. }) {
+            return Ok(if result {
+                popped.rule_value
+            } else {
+                Value::Undefined
+            });
+        }
+        if !result {
+            return Ok(Value::Undefined);
+        }
+        Ok(match popped.value {
+            v @ Value::Object(_) => v,
+            Value::Array(a) if a.len() == 1 => a[0].clone(),
+            Value::Array(a) if a.is_empty() => Value::Bool(true),
+            Value::Array(_) => bail!("complete rules should not produce multiple outputs"),
+            v @ Value::Set(_) => v,
+            _ => bail!("unexpected context value"),
+        })
+    }
+
+    fn query(&mut self, f: &mut [Value], q: &'p Query) -> Result<bool> {
+        self.stmts(f, q, 0)
+    }
+
+    fn early_return(&self) -> bool {
+        self.ctxs.last().is_some_and(|c| c.early_return)
+    }
+
+    fn stmts(&mut self, f: &mut [Value], q: &'p Query, from: usize) -> Result<bool> {
+        for idx in from..q.stmts.len() {
+            let stmt = &q.stmts[idx];
+            if !stmt.loops.is_empty() {
+                return self.loops(f, q, idx, 0);
+            }
+            if matches!(stmt.lit, Lit::SomeIn { .. }) {
+                return self.some_in(f, q, idx);
+            }
+            if !self.stmt(f, stmt)? {
+                return Ok(false);
+            }
+        }
+        self.output(f)
+    }
+
+    fn loops(&mut self, f: &mut [Value], q: &'p Query, idx: usize, li: usize) -> Result<bool> {
+        let stmt = &q.stmts[idx];
+        let Some(lp) = stmt.loops.get(li) else {
+            if matches!(stmt.lit, Lit::SomeIn { .. }) {
+                return self.some_in(f, q, idx);
+            }
+            return if self.stmt(f, stmt)? {
+                self.stmts(f, q, idx + 1)
+            } else {
+                Ok(false)
+            };
+        };
+        let coll = self.eval(f, &lp.collection)?;
+        if let Some(iv) = lp.index {
+            let current = f[iv].clone();
+            if coll[&current] != Value::Undefined {
+                return self.loops(f, q, idx, li + 1);
+            } else if current != Value::Undefined {
+                return Ok(false);
+            }
+        }
+        let mut result = false;
+        let mut step = |run: &mut Self, f: &mut [Value], v: &Value, k: Value| -> Result<bool> {
+            f[lp.slot] = v.clone();
+            if let Some(iv) = lp.index {
+                f[iv] = k;
+            }
+            result = run.loops(f, q, idx, li + 1)? || result;
+            if let Some(iv) = lp.index {
+                f[iv] = Value::Undefined;
+            }
+            Ok(run.early_return())
+        };
+        match &coll {
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    if step(self, f, v, Value::from(i))? {
+                        break;
+                    }
+                }
+            }
+            Value::Set(items) => {
+                for v in items.iter() {
+                    if step(self, f, v, v.clone())? {
+                        break;
+                    }
+                }
+            }
+            Value::Object(obj) => {
+                for (k, v) in obj.iter() {
+                    if step(self, f, v, k.clone())? {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+        f[lp.slot] = Value::Undefined;
+        Ok(result)
+    }
+
+    fn some_in(&mut self, f: &mut [Value], q: &'p Query, idx: usize) -> Result<bool> {
+        let Lit::SomeIn {
+            key,
+            value,
+            collection,
+        } = &q.stmts[idx].lit
+        else {
+            bail!("not some-in");
+        };
+        let coll = self.eval(f, collection)?;
+        let mut count = 0usize;
+        let mut step = |run: &mut Self, f: &mut [Value], k: Value, v: &Value| -> Result<bool> {
+            if let Some(Some(ks)) = key {
+                f[*ks] = k;
+            }
+            if let Some(vs) = value {
+                f[*vs] = v.clone();
+            }
+            if run.stmts(f, q, idx + 1)? {
+                count += 1;
+                return Ok(run.early_return());
+            }
+            Ok(false)
+        };
+        match &coll {
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    if step(self, f, Value::from(i), v)? {
+                        break;
+                    }
+                }
+            }
+            Value::Set(s) => {
+                for v in s.iter() {
+                    if step(self, f, v.clone(), v)? {
+                        break;
+                    }
+                }
+            }
+            Value::Object(o) => {
+                for (k, v) in o.iter() {
+                    if step(self, f, k.clone(), v)? {
+                        break;
+                    }
+                }
+            }
+            Value::Undefined => {}
+            v => bail!("`some .. in collection` expects array/set/object. Got `{v}`"),
+        }
+        Ok(count > 0)
+    }
+
+    fn stmt(&mut self, f: &mut [Value], stmt: &'p Stmt) -> Result<bool> {
+        Ok(match &stmt.lit {
+            Lit::Expr(e) => truthy(&self.eval(f, e)?),
+            Lit::Not(e) => matches!(self.eval(f, e)?, Value::Bool(false) | Value::Undefined),
+            Lit::SomeVars(slots) => {
+                for s in slots {
+                    f[*s] = Value::Undefined;
+                }
+                true
+            }
+            Lit::SomeIn { .. } => bail!("some-in outside its driver"),
+            Lit::Every {
+                key,
+                value,
+                domain,
+                query,
+            } => {
+                let domain = self.eval(f, domain)?;
+                self.ctxs.push(Ctx::new(Kind::Every, Value::new_set()));
+                let mut r = true;
+                let items: Vec<(Value, Value)> = match &domain {
+                    Value::Array(a) => a
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (Value::from(i), v.clone()))
+                        .collect(),
+                    Value::Set(s) => s.iter().map(|v| (v.clone(), v.clone())).collect(),
+                    Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    _ => {
+                        r = false;
+                        Vec::new()
+                    }
+                };
+                for (k, v) in items {
+                    f[*value] = v;
+                    if let Some(ks) = key {
+                        f[*ks] = k;
+                    }
+                    if !self.query(f, query)? {
+                        r = false;
+                        break;
+                    }
+                }
+                self.ctxs.pop();
+                r
+            }
+        })
+    }
+
+    /// regorus's `eval_output_expr` for the current context (no loops in outputs).
+    fn output(&mut self, f: &mut [Value]) -> Result<bool> {
+        let Some(ctx) = self.ctxs.last() else {
+            bail!("no context");
+        };
+        let (kind, name, key, output) = (ctx.kind, ctx.name, ctx.key, ctx.output);
+        if let Kind::Rule {
+            set,
+            constant,
+            determined,
+        } = kind
+        {
+            let is_const = !determined && constant;
+            let mut comps = vec![name.cloned().ok_or_else(|| anyhow!("rule name"))?];
+            if let Some(k) = key {
+                comps.push(self.eval(f, k)?);
+            }
+            let value = match output {
+                Some(o) => self.eval(f, o)?,
+                None => Value::Bool(true),
+            };
+            let ctx = self.ctxs.last_mut().ok_or_else(|| anyhow!("no context"))?;
+            if is_const {
+                ctx.early_return = true;
+            }
+            if let Kind::Rule { determined, .. } = &mut ctx.kind {
+                *determined = true;
+            }
+            if value == Value::Undefined || comps.contains(&Value::Undefined) {
+                ctx.rule_value = Value::Undefined;
+                return Ok(false);
+            }
+            let comps = Value::from(comps);
+            let obj = ctx.rule_value.as_object_mut()?;
+            if set {
+                obj.get_or_insert_with(comps, Value::new_set)
+                    .as_set_mut()?
+                    .insert(value);
+            } else {
+                let existing = obj.get_or_insert_with(comps, || value.clone());
+                if *existing != value {
+                    bail!("rules must not produce multiple outputs");
+                }
+            }
+            return Ok(output.is_none() || ctx.rule_value != Value::Undefined);
+        }
+        match (key, output) {
+            (Some(k), Some(o)) => {
+                let key = self.eval(f, k)?;
+                let value = self.eval(f, o)?;
+                let ctx = self.ctxs.last_mut().ok_or_else(|| anyhow!("no context"))?;
+                if key != Value::Undefined && value != Value::Undefined {
+                    let map = ctx.value.as_object_mut()?;
+                    match map.get(&key) {
+                        Some(pv) if *pv != value => {
+                            bail!("value for key generated multiple times")
+                        }
+                        _ => {
+                            map.insert(key, value);
+                        }
+                    }
+                } else if !matches!(ctx.value, Value::Object(_)) {
+                    ctx.value = Value::Undefined;
+                }
+            }
+            (None, Some(o)) => {
+                let value = self.eval(f, o)?;
+                let ctx = self.ctxs.last_mut().ok_or_else(|| anyhow!("no context"))?;
+                let is_compr = matches!(ctx.kind, Kind::Compr);
+                if value != Value::Undefined {
+                    match &mut ctx.value {
+                        Value::Array(_) => ctx.value.as_array_mut()?.push(value),
+                        Value::Set(_) => {
+                            ctx.value.as_set_mut()?.insert(value);
+                        }
+                        _ => bail!("invalid context value"),
+                    }
+                } else if !is_compr && !matches!(ctx.value, Value::Set(_)) {
+                    ctx.value = Value::Undefined;
+                }
+            }
+            _ => {}
+        }
+        let ctx = self.ctxs.last().ok_or_else(|| anyhow!("no context"))?;
+        Ok(ctx.output.is_none() || ctx.rule_value != Value::Undefined)
+    }
+
+    fn eval_all(&mut self, f: &mut [Value], items: &'p [E]) -> Result<Option<Vec<Value>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for i in items {
+            let v = self.eval(f, i)?;
+            if v == Value::Undefined {
+                return Ok(None);
+            }
+            out.push(v);
+        }
+        Ok(Some(out))
+    }
+
+    pub(super) fn eval(&mut self, f: &mut [Value], e: &'p E) -> Result<Value> {
+        Ok(match e {
+            E::Const(v) => v.clone(),
+            E::Ref { head, fields } => {
+                let base = self.head(f, head)?;
+                if fields.is_empty() {
+                    base
+                } else {
+                    let mut v = &base;
+                    for field in fields {
+                        v = &v[field];
+                    }
+                    v.clone()
+                }
+            }
+            E::Array(items) => match self.eval_all(f, items)? {
+                Some(v) => Value::from(v),
+                None => Value::Undefined,
+            },
+            E::Set(items) => match self.eval_all(f, items)? {
+                Some(v) => Value::from(v.into_iter().collect::<std::collections::BTreeSet<_>>()),
+                None => Value::Undefined,
+            },
+            E::Object(fields) => {
+                let mut obj = Value::new_object();
+                for (k, v) in fields {
+                    let k = self.eval(f, k)?;
+                    if k == Value::Undefined {
+                        return Ok(Value::Undefined);
+                    }
+                    let v = self.eval(f, v)?;
+                    if v == Value::Undefined {
+                        return Ok(Value::Undefined);
+                    }
+                    obj.as_object_mut()?.insert(k, v);
+                }
+                obj
+            }
+            E::Compr(c) => {
+                let (kind, value) = match c.kind {
+                    ComprKind::Array => (Kind::Compr, Value::new_array()),
+                    ComprKind::Set => (Kind::Compr, Value::new_set()),
+                    ComprKind::Object => (Kind::Compr, Value::new_object()),
+                };
+                let mut ctx = Ctx::new(kind, value);
+                ctx.key = c.key.as_ref();
+                ctx.output = Some(&c.term);
+                self.ctxs.push(ctx);
+                self.query(f, &c.query)?;
+                self.ctxs
+                    .pop()
+                    .ok_or_else(|| anyhow!("context popped"))?
+                    .value
+            }
+            E::Call { func, args } => self.call(f, *func, args)?,
+            E::Builtin(b) => {
+                let Some(args) = self.eval_all_keep(f, &b.args)? else {
+                    return Ok(Value::Undefined);
+                };
+                match (b.f.0)(&b.span, &b.params, &args, false) {
+                    Ok(v) => v,
+                    Err(e) if e.downcast_ref::<regorus::LimitError>().is_some() => return Err(e),
+                    Err(_) => Value::Undefined,
+                }
+            }
+            E::Print { args, line } => {
+                for a in args {
+                    self.eval(f, a)?;
+                }
+                let mut msg = String::new();
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        msg.push(' ');
+                    }
+                    match self.eval(f, a)? {
+                        Value::Undefined => msg.push_str("<undefined>"),
+                        Value::String(s) => msg.push_str(&s),
+                        v => printable(&v, &mut msg),
+                    }
+                }
+                self.prints.push(format!("{}:{line}: {msg}", self.p.file));
+                Value::Bool(true)
+            }
+            E::Compare { op, lhs, rhs } => {
+                let l = self.eval(f, lhs)?;
+                let r = self.eval(f, rhs)?;
+                if l == Value::Undefined || r == Value::Undefined {
+                    return Ok(Value::Undefined);
+                }
+                comparison::compare(op, &l, &r)?
+            }
+            E::Arith(a) => {
+                let l = self.eval(f, &a.lhs)?;
+                let r = self.eval(f, &a.rhs)?;
+                if l == Value::Undefined || r == Value::Undefined {
+                    return Ok(Value::Undefined);
+                }
+                if matches!(a.op, regorus::unstable::ArithOp::Sub)
+                    && (matches!(l, Value::Set(_)) || matches!(r, Value::Set(_)))
+                {
+                    sets::difference(&a.lhs_ast, &a.rhs_ast, l, r)?
+                } else {
+                    numbers::arithmetic_operation(
+                        &a.span, &a.op, &a.lhs_ast, &a.rhs_ast, l, r, false,
+                    )?
+                }
+            }
+            E::SetOp(s) => {
+                let l = self.eval(f, &s.lhs)?;
+                let r = self.eval(f, &s.rhs)?;
+                if l == Value::Undefined || r == Value::Undefined {
+                    return Ok(Value::Undefined);
+                }
+                match s.op {
+                    BinOp::Union => sets::union(&s.lhs_ast, &s.rhs_ast, l, r)?,
+                    BinOp::Intersection => sets::intersection(&s.lhs_ast, &s.rhs_ast, l, r)?,
+                }
+            }
+            E::Member {
+                key,
+                value,
+                collection,
+            } => {
+                let value = self.eval(f, value)?;
+                let coll = self.eval(f, collection)?;
+                Value::Bool(match &coll {
+                    Value::Array(_) | Value::Object(_) => match key {
+                        Some(k) => {
+                            let k = self.eval(f, k)?;
+                            coll[&k] == value
+                        }
+                        None => match &coll {
+                            Value::Array(a) => a.contains(&value),
+                            Value::Object(o) => o.values().any(|v| *v == value),
+                            _ => false,
+                        },
+                    },
+                    Value::Set(s) => key.is_none() && s.contains(&value),
+                    _ => false,
+                })
+            }
+            E::Assign(plan) => self.plan(f, plan)?,
+        })
+    }
+
+    /// All argument values (undefined ones included), or `None` if one is undefined.
+    fn eval_all_keep(&mut self, f: &mut [Value], items: &'p [E]) -> Result<Option<Vec<Value>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for i in items {
+            out.push(self.eval(f, i)?);
+        }
+        if out.contains(&Value::Undefined) {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    fn plan(&mut self, f: &mut [Value], plan: &'p Plan) -> Result<Value> {
+        Ok(match plan {
+            Plan::Bind { value, slot } => {
+                let v = self.eval(f, value)?;
+                if v == Value::Undefined {
+                    return Ok(v);
+                }
+                f[*slot] = v;
+                Value::Bool(true)
+            }
+            Plan::Array { value, slots } => {
+                let v = self.eval(f, value)?;
+                match &v {
+                    Value::Array(a) if a.len() == slots.len() => {
+                        for (s, item) in slots.iter().zip(a.iter()) {
+                            if let Some(s) = s {
+                                f[*s] = item.clone();
+                            }
+                        }
+                        Value::Bool(true)
+                    }
+                    _ => Value::Undefined,
+                }
+            }
+            Plan::Wildcard(e) => {
+                if self.eval(f, e)? == Value::Undefined {
+                    Value::Undefined
+                } else {
+                    Value::Bool(true)
+                }
+            }
+            Plan::Check { lhs, rhs } => {
+                let l = self.eval(f, lhs)?;
+                let r = self.eval(f, rhs)?;
+                if l == Value::Undefined || r == Value::Undefined || l != r {
+                    Value::Undefined
+                } else {
+                    Value::Bool(true)
+                }
+            }
+        })
+    }
+
+    fn head(&mut self, f: &mut [Value], head: &'p Head) -> Result<Value> {
+        Ok(match head {
+            Head::Local(s) => f[*s].clone(),
+            Head::Input => self.input.clone(),
+            Head::Data => self.data.clone(),
+            Head::Rule(id) => self.rule(*id)?,
+            Head::Index {
+                loop_slot,
+                index,
+                refr,
+                data_root,
+            } => {
+                if let Some(ls) = loop_slot
+                    && f[*ls] != Value::Undefined
+                {
+                    return Ok(f[*ls].clone());
+                }
+                let index = self.eval(f, index)?;
+                let obj = self.eval(f, refr)?;
+                let mut v = obj[&index].clone();
+                if v == Value::Undefined && *data_root && matches!(index, Value::Number(_)) {
+                    v = obj[&Value::from(index.to_string())].clone();
+                }
+                v
+            }
+            Head::Other(e) => self.eval(f, e)?,
+        })
+    }
+
+    /// regorus's `eval_call_impl` for a policy function (no default functions).
+    fn call(&mut self, f: &mut [Value], func: usize, args: &'p [E]) -> Result<Value> {
+        let mut values = Vec::with_capacity(args.len());
+        for a in args {
+            values.push(self.eval(f, a)?);
+        }
+        if values.contains(&Value::Undefined) {
+            return Ok(Value::Undefined);
+        }
+        let func = self
+            .p
+            .funcs
+            .get(func)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| anyhow!("function not compiled"))?;
+        let mut results: Vec<Value> = Vec::new();
+        let mut errors: Vec<anyhow::Error> = Vec::new();
+        for def in &func.defs {
+            let mut frame = vec![Value::Undefined; def.frame];
+            for (slot, v) in def.params.iter().zip(&values) {
+                frame[*slot] = v.clone();
+            }
+            let template = |b: &'p Body| {
+                let mut c = Ctx::new(Kind::Func, Value::new_set());
+                c.output = b.output.as_ref();
+                c
+            };
+            let value = match self.bodies(&mut frame, &def.bodies, false, &template) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let result = match &value {
+                Value::Set(s) if s.len() == 1 => {
+                    s.iter().next().cloned().unwrap_or(Value::Undefined)
+                }
+                Value::Set(s) if !s.is_empty() => bail!("function produced multiple outputs"),
+                Value::Set(_) if !def.head_output => Value::Bool(true),
+                Value::Set(_) => Value::Undefined,
+                v => v.clone(),
+            };
+            if result != Value::Undefined {
+                results.push(result);
+            }
+        }
+        if results.is_empty() {
+            return match errors.into_iter().next() {
+                None => Ok(Value::Undefined),
+                Some(e) => Err(anyhow!(e.to_string())),
+            };
+        }
+        if results.windows(2).any(|w| w[0] != w[1]) {
+            bail!("functions must not produce multiple outputs for same inputs");
+        }
+        Ok(results.swap_remove(0))
+    }
+}

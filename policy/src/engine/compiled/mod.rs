@@ -1,0 +1,116 @@
+//! A compiled form of an agent policy, evaluated without regorus's interpreter.
+//!
+//! The policy regorus parsed is lowered at load (`lower`): local variables become frame
+//! slots, rule and function references become indices, builtins become regorus's own function
+//! pointers (called with strict errors off, as the interpreter calls them), and each query's
+//! statements are put in the order regorus's analysis puts them (`schedule`). `eval` runs the
+//! result with the interpreter's semantics.
+//!
+//! Only constructs on a whitelist are lowered; an entry point is compiled only when every rule
+//! and function it can reach was. **Not wired yet**: the engine still decides every request
+//! with the interpreter. [`super::AgentPolicy::compiled_check`] runs both on one request and
+//! reports any difference; the differential tests use it.
+
+mod eval;
+mod ir;
+mod lower;
+mod print;
+mod schedule;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use regorus::Value;
+
+use super::{POLICY_PACKAGE, POLICY_SOURCE};
+
+/// The compiled entry points of one policy text (whatever its state).
+#[derive(Debug)]
+pub(super) struct CompiledPolicy {
+    program: eval::Program,
+    entries: BTreeMap<String, usize>,
+    /// Why rules and functions were not lowered, by name.
+    refusals: BTreeMap<String, String>,
+}
+
+impl CompiledPolicy {
+    /// Lowers what can be lowered of the parsed policy in `engine`; `constants` is the data
+    /// document of the hoisted constants.
+    pub(super) fn build(engine: &mut regorus::Engine, constants: &Value) -> Self {
+        let mut refusals = BTreeMap::new();
+        let mut data_roots: BTreeSet<String> = BTreeSet::from(["pstate".to_owned()]);
+        if let Ok(obj) = constants.as_object() {
+            data_roots.extend(
+                obj.keys()
+                    .filter_map(|k| k.as_string().ok().map(|s| s.to_string())),
+            );
+        }
+        let modules = engine.get_modules();
+        let lowered = match modules.as_slice() {
+            [m] if m.rego_v1
+                && matches!(m.package.refr.as_ref(),
+                    regorus::unstable::Expr::Var { span, .. } if span.text() == POLICY_PACKAGE) =>
+            {
+                lower::lower(m, data_roots)
+            }
+            _ => Err("not one Rego v1 module of package agent_policy".to_owned()),
+        };
+        let (program, entries) = match lowered {
+            Ok(l) => {
+                let entries = l
+                    .rule_ids
+                    .iter()
+                    .filter(|(_, id)| l.closure_ok(**id))
+                    .map(|(n, id)| (n.clone(), *id))
+                    .collect();
+                refusals.extend(l.refusals.clone());
+                (
+                    eval::Program {
+                        rules: l.rules,
+                        funcs: l.funcs,
+                        file: POLICY_SOURCE.to_owned(),
+                    },
+                    entries,
+                )
+            }
+            Err(why) => {
+                refusals.insert(String::new(), why);
+                (
+                    eval::Program {
+                        rules: Vec::new(),
+                        funcs: Vec::new(),
+                        file: POLICY_SOURCE.to_owned(),
+                    },
+                    BTreeMap::new(),
+                )
+            }
+        };
+        Self {
+            program,
+            entries,
+            refusals,
+        }
+    }
+
+    /// Whether `entrypoint` is compiled.
+    pub(super) fn has(&self, entrypoint: &str) -> bool {
+        self.entries.contains_key(entrypoint)
+    }
+
+    /// Why rules and functions were not compiled.
+    pub(super) fn refusals(&self) -> &BTreeMap<String, String> {
+        &self.refusals
+    }
+
+    /// Evaluates `data.agent_policy.<entrypoint>`: its value (or the error) and the prints.
+    pub(super) fn evaluate(
+        &self,
+        entrypoint: &str,
+        input: &Value,
+        data: &Value,
+    ) -> Option<(anyhow::Result<Value>, Vec<String>)> {
+        let id = *self.entries.get(entrypoint)?;
+        let mut run = eval::Run::new(&self.program, input, data);
+        let value = run.rule(id);
+        Some((value, run.prints))
+    }
+}
