@@ -1,34 +1,25 @@
-//! Removing a directory tree the host or a container may have shaped: never following a
-//! symlink, never crossing into a mount (a bind mount of the same file system included), and
-//! with a constant number of open descriptors however deep the tree is.
+//! Removing a directory tree the host or a container may have shaped (a container's bundle):
+//! never following a symlink, never crossing into a mount (a bind mount of the same file system
+//! included), and with a bounded number of open descriptors however deep the tree is.
 //!
-//! The walk holds one directory open at a time. It goes down by `openat2` with
-//! `RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH` and back up by `..`, checking that
-//! the parent it reaches is the one it came from (device and inode), so a directory moved
-//! during the walk stops it instead of sending it elsewhere. Memory grows with the depth (one
-//! name per level), descriptors do not.
+//! The top is the agent's to open: from its parent, with `openat2` and `RESOLVE_NO_XDEV |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`, and refused when its mount id differs from its
+//! parent's, so a mount on the top (another container's bind storage, say) is never emptied.
+//! Below the top, the walk is the layer store's ([`peerpod_image_layer::remove_opened_tree`],
+//! one implementation for both): one directory open at a time, entered without following a
+//! symlink and never on another mount, climbed back by `..` with the parent's identity
+//! checked, so a directory moved during the walk stops it instead of sending it elsewhere.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
-use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, SFlag, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
-
-/// Names read from a directory before they are removed (bounds memory on a huge directory).
-const BATCH: usize = 1024;
-
-/// A directory's identity: device and inode.
-type Id = (u64, u64);
-
-fn id(stat: &FileStat) -> Id {
-    (stat.st_dev, stat.st_ino)
-}
 
 fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
@@ -41,9 +32,9 @@ fn err(errno: Errno, what: &str) -> io::Error {
 /// Removes `path` and everything under it. A missing `path` is not an error; a symlink or a
 /// file at `path` is unlinked (not followed). `path` itself is opened from its parent
 /// directory without following a symlink or crossing a mount: a mount on `path` (a bind mount
-/// of another directory, say) is refused, never emptied. A mount anywhere under it, or a
-/// directory moved during the walk, stops the removal with an error, leaving what was not yet
-/// removed.
+/// of another directory, say) is refused, never emptied. A mount anywhere under it is not
+/// entered (it and the directories holding it stay, and the removal answers an error naming
+/// what is left); a directory moved during the walk stops the walk, with an error.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     let name = match path.file_name() {
         Some(name) => CString::new(name.as_bytes())
@@ -86,51 +77,11 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     if mount_id(&root)? != mount_id(&parent)? {
         return Err(io::Error::other("the directory is a mount point"));
     }
-    let root_id = id(&fstat(&root).map_err(|e| err(e, "cannot stat the directory"))?);
-    let mut current = Dir::from_fd(root).map_err(|e| err(e, "cannot read the directory"))?;
-    let mut current_id = root_id;
-    // Each level below the top: its name in its parent, and the parent's identity.
-    let mut stack: Vec<(CString, Id)> = Vec::new();
-    loop {
-        match empty_all_but_one(&mut current)? {
-            Some(name) => {
-                let child = openat2(current.as_fd(), name.as_c_str(), beneath())
-                    .map_err(|e| err(e, "cannot enter a directory (a mount or a symlink?)"))?;
-                let child_id = id(&fstat(&child).map_err(|e| err(e, "cannot stat a directory"))?);
-                stack.push((name, current_id));
-                current = Dir::from_fd(child).map_err(|e| err(e, "cannot read a directory"))?;
-                current_id = child_id;
-            }
-            None => {
-                let Some((name, parent_id)) = stack.pop() else {
-                    break;
-                };
-                let parent = openat(current.as_fd(), c"..", dir_flags(), Mode::empty())
-                    .map_err(|e| err(e, "cannot go back up"))?;
-                let reached = id(&fstat(&parent).map_err(|e| err(e, "cannot stat a directory"))?);
-                if reached != parent_id {
-                    return Err(io::Error::other(
-                        "a directory was moved while its tree was being removed",
-                    ));
-                }
-                current = Dir::from_fd(parent).map_err(|e| err(e, "cannot read a directory"))?;
-                current_id = parent_id;
-                match unlinkat(current.as_fd(), name.as_c_str(), UnlinkatFlags::RemoveDir) {
-                    // Refilled meanwhile: the next pass over this directory finds it again.
-                    Ok(()) | Err(Errno::ENOENT | Errno::ENOTEMPTY | Errno::EEXIST) => {}
-                    Err(e) => return Err(err(e, "cannot remove a directory")),
-                }
-            }
-        }
-    }
-    drop(current);
-    match unlinkat(parent.as_fd(), name.as_c_str(), UnlinkatFlags::RemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(err(e, "cannot remove the directory")),
-    }
+    peerpod_image_layer::remove_opened_tree(parent.as_fd(), name.as_c_str(), root, path)
+        .map_err(io::Error::other)
 }
 
-/// How a directory is entered: one name, no symlink, no mount crossed.
+/// How the top directory is opened: one name, no symlink, no mount crossed.
 fn beneath() -> OpenHow {
     OpenHow::new().flags(dir_flags()).resolve(
         ResolveFlag::RESOLVE_NO_XDEV
@@ -149,68 +100,10 @@ fn mount_id(fd: &OwnedFd) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no mnt_id in /proc/self/fdinfo"))
 }
 
-/// Removes every entry of `dir` except one non-empty subdirectory, whose name it answers (or
-/// `None` once `dir` is empty).
-fn empty_all_but_one(dir: &mut Dir) -> io::Result<Option<CString>> {
-    loop {
-        // Each name with whether it is a directory, when the directory entry says so.
-        let mut names: Vec<(CString, Option<bool>)> = Vec::new();
-        for entry in dir.iter() {
-            let entry = entry.map_err(|e| err(e, "cannot list a directory"))?;
-            let name: &CStr = entry.file_name();
-            if name == c"." || name == c".." {
-                continue;
-            }
-            let is_dir = entry.file_type().map(|t| t == nix::dir::Type::Directory);
-            names.push((name.to_owned(), is_dir));
-            if names.len() >= BATCH {
-                break;
-            }
-        }
-        if names.is_empty() {
-            return Ok(None);
-        }
-        for (name, is_dir) in names {
-            let is_dir = match is_dir {
-                Some(known) => known,
-                // A file system that does not fill in d_type: ask, without following a link.
-                None => match fstatat(
-                    dir.as_fd(),
-                    name.as_c_str(),
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                ) {
-                    Ok(stat) => {
-                        SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
-                    }
-                    Err(Errno::ENOENT) => continue,
-                    Err(e) => return Err(err(e, "cannot stat an entry")),
-                },
-            };
-            let unlink = |as_dir: bool| {
-                let flag = if as_dir {
-                    UnlinkatFlags::RemoveDir
-                } else {
-                    UnlinkatFlags::NoRemoveDir
-                };
-                unlinkat(dir.as_fd(), name.as_c_str(), flag)
-            };
-            let mut result = unlink(is_dir);
-            // Replaced by the other kind since it was listed: once more as that kind.
-            if matches!(result, Err(Errno::EISDIR | Errno::ENOTDIR)) {
-                result = unlink(!is_dir);
-            }
-            match result {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(Errno::ENOTEMPTY | Errno::EEXIST) => return Ok(Some(name)),
-                Err(e) => return Err(err(e, "cannot remove an entry (a mount?)")),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::fcntl::openat;
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("agent-tree-{}-{name}", std::process::id()));

@@ -14,7 +14,8 @@
 //! Inside: `entry` reads tar members (raw, with bounded PAX and GNU long-name records),
 //! `unpack` applies them, `tree` and `fsops` hold the fd-relative filesystem work, `walk` the
 //! depth-first walk with a bounded number of descriptors at any depth (used by `dirtimes`,
-//! directory mtimes after an unpack, and `remove`, which deletes the store's trees), `store`,
+//! directory mtimes after an unpack, and `remove`, which deletes the store's trees and, through
+//! [`remove_opened_tree`], the kata-agent's bundles: one removal walk for both), `store`,
 //! `overlay` and `mountinfo` the layer store and its mounts.
 //!
 //! Everything here is blocking `std::io`; async callers run it on a blocking thread. The image
@@ -44,5 +45,6 @@ mod walk;
 
 pub use error::LayerError;
 pub use options::{Charge, ChargeHook, UnpackOptions, UnpackStats};
+pub use remove::remove_opened_tree;
 pub use store::{GcStats, INSTALL_GRACE, LayerStore, REAP_GRACE};
 pub use unpack::unpack;

@@ -8,7 +8,7 @@
 //! owner (a layer may ship `dr-x------` or `d---------`) are given it first.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -50,29 +50,28 @@ pub(crate) fn remove_tree(path: &Path) -> Result<(), LayerError> {
         }
     };
     if let Some(root) = root {
-        if let Err(e) = walk::walk(root, &mut remover) {
-            remover.failed(name, e);
-        }
-        // The directory holding the tree is not the tree's: its permissions stay as they are.
-        match rfs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(_) if remover.first.is_some() => {}
-            Err(e) => remover.failed(name, e),
-        }
+        remover.remove(parent, name, root);
     }
-    match remover.first {
-        None => Ok(()),
-        Some((entry, e)) => Err(LayerError::io(
-            "remove",
-            format!(
-                "{} ({} entries could not be removed, the first {})",
-                show(path),
-                remover.left,
-                quote(entry.as_bytes())
-            ),
-            e,
-        )),
-    }
+    remover.outcome(path)
+}
+
+/// Removes everything below the open directory `root`, then `root` itself, which is the entry
+/// `name` of the open directory `parent`: the same walk as the store's removals (a bounded
+/// number of descriptors at any depth, no symbolic link followed, no other mount entered, going
+/// on past what it cannot remove). How `root` was opened is the caller's: one that must refuse
+/// a mount or a symbolic link at the top (the kata-agent's bundles) opens it so and hands it
+/// over. `path` only names the tree in the error, which says how many entries are left over
+/// and the first of them with its cause. Directories the walk cannot enter or empty are given
+/// owner permission first; `parent` keeps its own.
+pub fn remove_opened_tree(
+    parent: BorrowedFd<'_>,
+    name: &CStr,
+    root: OwnedFd,
+    path: &Path,
+) -> Result<(), LayerError> {
+    let mut remover = Remover::default();
+    remover.remove(parent, name, root);
+    remover.outcome(path)
 }
 
 /// Unlinks what the walk finds, descending into non-empty directories and removing each once
@@ -84,6 +83,36 @@ struct Remover {
 }
 
 impl Remover {
+    /// Walks `root` (the entry `name` of `parent`), removing what it finds, then `name`.
+    fn remove(&mut self, parent: BorrowedFd<'_>, name: &CStr, root: OwnedFd) {
+        if let Err(e) = walk::walk(root, self) {
+            self.failed(name, e);
+        }
+        // The directory holding the tree is not the tree's: its permissions stay as they are.
+        match rfs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(_) if self.first.is_some() => {}
+            Err(e) => self.failed(name, e),
+        }
+    }
+
+    /// `Ok` when everything went, else what is left over under `path`.
+    fn outcome(self, path: &Path) -> Result<(), LayerError> {
+        match self.first {
+            None => Ok(()),
+            Some((entry, e)) => Err(LayerError::io(
+                "remove",
+                format!(
+                    "{} ({} entries could not be removed, the first {})",
+                    show(path),
+                    self.left,
+                    quote(entry.as_bytes())
+                ),
+                e,
+            )),
+        }
+    }
+
     fn failed(&mut self, name: &CStr, e: Errno) {
         self.left += 1;
         if self.first.is_none() {
@@ -179,6 +208,8 @@ impl Visitor for Remover {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
 
     #[test]
@@ -205,6 +236,26 @@ mod tests {
         std::os::unix::fs::symlink(&target, &tree).unwrap();
         remove_tree(&tree).unwrap();
         assert!(std::fs::symlink_metadata(&tree).is_err());
+        assert!(target.join("keep").exists());
+    }
+
+    /// A tree its caller opened (as the kata-agent opens a bundle): removed with the same walk,
+    /// the top unlinked from the parent it was opened in; a link's target stays; what is left
+    /// over is named with the caller's path.
+    #[test]
+    fn a_tree_opened_by_the_caller_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("keep"), b"k").unwrap();
+        let tree = tmp.path().join("bundle");
+        std::fs::create_dir_all(tree.join("rootfs/a/b")).unwrap();
+        std::fs::write(tree.join("config.json"), b"{}").unwrap();
+        std::os::unix::fs::symlink(&target, tree.join("rootfs/a/link")).unwrap();
+        let parent = rfs::open(tmp.path(), OPEN_DIR, Mode::empty()).unwrap();
+        let root = rfs::openat(&parent, c"bundle", OPEN_DIR, Mode::empty()).unwrap();
+        remove_opened_tree(parent.as_fd(), c"bundle", root, &tree).unwrap();
+        assert!(!tree.exists());
         assert!(target.join("keep").exists());
     }
 
