@@ -82,6 +82,7 @@ impl AttestationAgent {
                 kc.request_timeout = config.kbs_request_timeout;
                 kc.attempts = config.kbs_attempts;
                 kc.refresh_margin = config.token_refresh_margin;
+                kc.deadline = config.attestation_deadline;
                 kc.insecure_http = config.insecure_http;
                 Some(KbsClient::new(kc, Arc::clone(&attester))?)
             }

@@ -26,6 +26,7 @@
 //! kbs_request_timeout_secs = 30
 //! kbs_attempts = 3
 //! token_refresh_margin_secs = 30
+//! attestation_deadline_secs = 60  # one attestation, retries and evidence included
 //! ```
 //!
 //! An empty file is valid. Unknown keys are reported as warnings naming them; a known key with a
@@ -112,6 +113,9 @@ pub struct AaConfig {
     pub kbs_attempts: u32,
     /// `[peerpod] token_refresh_margin_secs`: re-attest this long before the token expires.
     pub token_refresh_margin: Duration,
+    /// `[peerpod] attestation_deadline_secs`: the most one attestation may take (retries,
+    /// back-off and evidence included), and the most a caller waits for one.
+    pub attestation_deadline: Duration,
     /// Unknown keys, for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -134,6 +138,7 @@ impl Default for AaConfig {
             kbs_request_timeout: Duration::from_secs(30),
             kbs_attempts: 3,
             token_refresh_margin: Duration::from_secs(30),
+            attestation_deadline: Duration::from_secs(60),
             warnings: Vec::new(),
         }
     }
@@ -373,6 +378,13 @@ fn parse_peerpod(
             "token_refresh_margin_secs" => {
                 c.token_refresh_margin = Duration::from_secs(integer(&key, v, 3600)?)
             }
+            "attestation_deadline_secs" => {
+                let secs = integer(&key, v, 3600)?;
+                if secs == 0 {
+                    return Err(value_err(&key, "must be an integer from 1 to 3600"));
+                }
+                c.attestation_deadline = Duration::from_secs(secs)
+            }
             other => warnings.push(format!("peerpod.{other}")),
         }
     }
@@ -391,10 +403,11 @@ mod tests {
         assert!(!c.insecure_http, "plain HTTP only when configured");
         assert_eq!(c.init_pcr, 23);
         assert!(!c.enable_eventlog);
+        assert_eq!(c.attestation_deadline, Duration::from_secs(60));
         let c = AaConfig::parse(
             "[token_configs.kbs]\nurl = \"https://kbs:8080\"\ncert = \"PEM\"\ntee_key_algorithm = \"RSA-OAEP-256\"\n\
              [token_configs.coco_as]\nurl = \"http://as\"\n[eventlog_config]\ninit_pcr = 17\nenable_eventlog = true\n\
-             [log]\nlevel = \"DEBUG\"\n[peerpod]\ntpm = \"unix:/x\"\nallow_sample = false\nfuture_key = 1\n[surprise]\n",
+             [log]\nlevel = \"DEBUG\"\n[peerpod]\ntpm = \"unix:/x\"\nallow_sample = false\nattestation_deadline_secs = 20\nfuture_key = 1\n[surprise]\n",
         )
         .expect("full");
         let kbs = c.kbs.expect("kbs");
@@ -405,6 +418,7 @@ mod tests {
         assert_eq!(c.log_level, "DEBUG");
         assert_eq!(c.tpm, "unix:/x");
         assert!(!c.allow_sample);
+        assert_eq!(c.attestation_deadline, Duration::from_secs(20));
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         assert!(c.warnings.iter().any(|w| w.contains("peerpod.future_key")));
         assert!(c.warnings.iter().any(|w| w.contains("surprise")));
@@ -440,6 +454,14 @@ mod tests {
             (
                 "[peerpod]\ninsecure_http = \"yes\"\n",
                 "peerpod.insecure_http",
+            ),
+            (
+                "[peerpod]\nattestation_deadline_secs = 0\n",
+                "peerpod.attestation_deadline_secs",
+            ),
+            (
+                "[peerpod]\nattestation_deadline_secs = 3601\n",
+                "peerpod.attestation_deadline_secs",
             ),
             ("token_configs = 3\n", "token_configs"),
         ] {

@@ -2,14 +2,22 @@
 //!
 //! One attestation serves every caller until the token is about to expire: the token and the
 //! TEE key it binds are cached, and concurrent callers wait for the one attestation in flight
-//! instead of starting their own. A resource request the KBS refuses in a way a fresh token may
+//! instead of starting their own. That attestation runs as a task of its own, bounded as a
+//! whole (retries, back-off, evidence) by [`KbsConfig::deadline`]; every caller waiting for it
+//! gets its outcome, success or failure, so a KBS that stalls costs one attestation per deadline
+//! however many callers queue, and no caller waits longer than the deadline. A caller that gives
+//! up (its request cancelled) does not end the attestation the others wait for. A failure is not
+//! cached: the next caller after it starts a new attestation. A resource request the KBS refuses in a way a fresh token may
 //! pass (a token it no longer accepts, or a policy denial of this token's claims, by Trustee's
 //! error type) triggers exactly one re-attestation. The handshake itself is
 //! [`peerpod_kbs_client::rcar`], shared with the CDH.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use peerpod_kbs_protocol::keys::TeeKeyPair;
 use peerpod_kbs_protocol::messages::ResourcePath;
@@ -58,6 +66,9 @@ pub struct KbsConfig {
     pub attempts: u32,
     /// Re-attest this long before the token expires.
     pub refresh_margin: Duration,
+    /// The most one attestation may take, retries, back-off and evidence included
+    /// (`[peerpod] attestation_deadline_secs`); also the most a caller waits for one.
+    pub deadline: Duration,
     /// Accept a plain-`http://` URL (`[peerpod] insecure_http`; tests only).
     pub insecure_http: bool,
 }
@@ -73,6 +84,7 @@ impl KbsConfig {
             request_timeout: Duration::from_secs(30),
             attempts: 3,
             refresh_margin: Duration::from_secs(30),
+            deadline: Duration::from_secs(60),
             insecure_http: false,
         }
     }
@@ -132,6 +144,37 @@ pub enum KbsError {
     /// The resource could not be fetched or decrypted.
     #[error(transparent)]
     Resource(peerpod_kbs_client::ResourceError),
+    /// The attestation did not finish within its deadline.
+    #[error(
+        "attestation did not finish within {secs} s (attempt {attempt} was {during}); if the \
+         KBS or the TEE is this slow, raise [peerpod] attestation_deadline_secs in aa.toml"
+    )]
+    Deadline {
+        /// The deadline, in seconds.
+        secs: u64,
+        /// The handshake attempt under way (1-based).
+        attempt: u32,
+        /// What that attempt was doing.
+        during: &'static str,
+        /// The previous attempt's failure, when a retry was under way.
+        #[source]
+        last: Option<Box<KbsError>>,
+    },
+    /// The attestation this caller waited for did not end within the deadline.
+    #[error(
+        "gave up after waiting {secs} s for the attestation in flight; if the KBS or the TEE \
+         is this slow, raise [peerpod] attestation_deadline_secs in aa.toml"
+    )]
+    Waited {
+        /// The deadline, in seconds.
+        secs: u64,
+    },
+    /// The attestation in flight ended without an outcome (its task was stopped).
+    #[error("the attestation in flight ended without an outcome; try again")]
+    Abandoned,
+    /// The outcome of an attestation shared by every caller that waited for it.
+    #[error(transparent)]
+    Shared(Arc<KbsError>),
 }
 
 impl KbsError {
@@ -144,6 +187,7 @@ impl KbsError {
             }
             KbsError::Status { status, .. } => *status >= 500,
             KbsError::Resource(e) => e.is_transient(),
+            KbsError::Shared(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -153,6 +197,7 @@ impl KbsError {
         match self {
             KbsError::Status { status, .. } => Some(*status),
             KbsError::Resource(e) => e.status(),
+            KbsError::Shared(e) => e.status(),
             _ => None,
         }
     }
@@ -170,11 +215,50 @@ pub struct Session {
 
 /// A KBS client for one TEE.
 pub struct KbsClient {
+    inner: Arc<Inner>,
+}
+
+/// An attestation's outcome, shared by every caller that waited for it.
+type Outcome = Result<Arc<Session>, Arc<KbsError>>;
+
+/// What the handshake under way is doing, for the deadline's error.
+const AUTH: u8 = 0;
+const EVIDENCE: u8 = 1;
+const ATTEST: u8 = 2;
+
+/// A waiter's slack past the attestation's own deadline, so that the attestation's error (which
+/// says what it was doing) reaches the waiters before their own timer fires.
+const WAIT_SLACK: Duration = Duration::from_millis(250);
+
+struct Inner {
     config: KbsConfig,
     http: reqwest::Client,
     attester: Arc<dyn Attester>,
-    cache: tokio::sync::Mutex<Option<Arc<Session>>>,
+    cache: Mutex<Cache>,
     attestations: AtomicU64,
+    handshakes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Cache {
+    session: Option<Arc<Session>>,
+    flight: Option<Flight>,
+}
+
+/// The attestation in flight: its outcome, once there is one, and when it will have given up.
+struct Flight {
+    outcome: watch::Receiver<Option<Outcome>>,
+    ends: Instant,
+}
+
+/// Clears the flight when the attestation task ends, however it ends (even stopped or
+/// panicking), so that a later caller starts a new one instead of waiting for a dead one.
+struct Landing<'a>(&'a Inner);
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.0.cache().flight = None;
+    }
 }
 
 impl KbsClient {
@@ -194,58 +278,147 @@ impl KbsClient {
         )
         .map_err(|e| KbsError::Protocol(format!("{e} (see [token_configs.kbs] cert)")))?;
         Ok(Self {
-            config,
-            http,
-            attester,
-            cache: tokio::sync::Mutex::new(None),
-            attestations: AtomicU64::new(0),
+            inner: Arc::new(Inner {
+                config,
+                http,
+                attester,
+                cache: Mutex::new(Cache::default()),
+                attestations: AtomicU64::new(0),
+                handshakes: AtomicU64::new(0),
+            }),
         })
     }
 
-    /// How many attestations this client has run.
+    /// How many attestations this client has completed (tokens obtained).
     pub fn attestations(&self) -> u64 {
-        self.attestations.load(Ordering::Relaxed)
+        self.inner.attestations.load(Ordering::Relaxed)
     }
 
-    /// The cached session, or a new one. Concurrent callers share one attestation.
+    /// How many handshakes this client has started, retries included.
+    pub fn handshakes(&self) -> u64 {
+        self.inner.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// The cached session, or a new one. Concurrent callers share one attestation and its
+    /// outcome; none waits longer than [`KbsConfig::deadline`] (plus a moment for the
+    /// attestation's own error to arrive).
     pub async fn session(&self) -> Result<Arc<Session>, KbsError> {
-        let mut cache = self.cache.lock().await;
-        if let Some(s) = cache.as_ref()
-            && SystemTime::now() + self.config.refresh_margin < s.expires
-        {
-            return Ok(Arc::clone(s));
+        let deadline = self.inner.config.deadline;
+        let (mut outcome, ends) = {
+            let mut cache = self.inner.cache();
+            if let Some(s) = cache.session.as_ref()
+                && SystemTime::now() + self.inner.config.refresh_margin < s.expires
+            {
+                return Ok(Arc::clone(s));
+            }
+            let flight = match &cache.flight {
+                Some(flight) => flight,
+                // The task needs the lock held here to land, so it cannot end before its flight
+                // is recorded.
+                None => cache.flight.insert(self.inner.launch()),
+            };
+            (flight.outcome.clone(), flight.ends)
+        };
+        let limit = ends.min(Instant::now() + deadline) + WAIT_SLACK;
+        let outcome = tokio::time::timeout_at(limit, outcome.wait_for(Option::is_some))
+            .await
+            .map_err(|_| KbsError::Waited {
+                secs: deadline.as_secs(),
+            })?
+            .map_err(|_| KbsError::Abandoned)?
+            .clone();
+        match outcome {
+            Some(Ok(session)) => Ok(session),
+            Some(Err(e)) => Err(KbsError::Shared(e)),
+            None => Err(KbsError::Abandoned),
         }
-        let session = Arc::new(self.attest().await?);
-        *cache = Some(Arc::clone(&session));
-        Ok(session)
     }
 
     /// Forgets the cached session, if it is `stale` (so a racing caller's fresh one survives).
-    async fn forget(&self, stale: &Arc<Session>) {
-        let mut cache = self.cache.lock().await;
-        if cache.as_ref().is_some_and(|s| Arc::ptr_eq(s, stale)) {
-            *cache = None;
+    fn forget(&self, stale: &Arc<Session>) {
+        let mut cache = self.inner.cache();
+        if cache
+            .session
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, stale))
+        {
+            cache.session = None;
         }
     }
+}
 
-    async fn attest(&self) -> Result<Session, KbsError> {
+impl Inner {
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        // The lock is never held across a panic point that leaves the cache inconsistent.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts an attestation as a task of its own, so that it ends (and its outcome reaches
+    /// every waiter) even when the caller that started it gives up.
+    fn launch(self: &Arc<Self>) -> Flight {
+        let ends = Instant::now() + self.config.deadline;
+        let (tx, rx) = watch::channel(None);
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            let landing = Landing(&inner);
+            let outcome = inner.attest(ends).await;
+            let outcome: Outcome = outcome.map(Arc::new).map_err(Arc::new);
+            if let Ok(session) = &outcome {
+                inner.cache().session = Some(Arc::clone(session));
+            }
+            // Land before telling the waiters: a caller arriving after the outcome finds the
+            // cached session, or no flight and starts a new attestation.
+            drop(landing);
+            tx.send_replace(Some(outcome));
+        });
+        Flight { outcome: rx, ends }
+    }
+
+    /// Handshakes until one succeeds, fails for good, the attempts run out, or `ends` passes.
+    async fn attest(&self, ends: Instant) -> Result<Session, KbsError> {
+        let secs = self.config.deadline.as_secs();
         let mut delay = Duration::from_millis(500);
         let attempts = self.config.attempts.max(1);
+        let mut last: Option<KbsError> = None;
         for attempt in 1..=attempts {
-            match self.handshake().await {
-                Ok(session) => return Ok(session),
-                Err(e) if e.is_transient() && attempt < attempts => {
-                    tracing::warn!(attempt, error = %e, "attestation failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+            self.handshakes.fetch_add(1, Ordering::Relaxed);
+            let stage = AtomicU8::new(AUTH);
+            let error = match tokio::time::timeout_at(ends, self.handshake(&stage)).await {
+                Ok(Ok(session)) => return Ok(session),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(KbsError::Deadline {
+                        secs,
+                        attempt,
+                        during: match stage.load(Ordering::Relaxed) {
+                            AUTH => "waiting for the KBS's auth reply",
+                            EVIDENCE => "making evidence in the TEE",
+                            _ => "waiting for the KBS's attest reply",
+                        },
+                        last: last.map(Box::new),
+                    });
                 }
-                Err(e) => return Err(e),
+            };
+            if !(error.is_transient() && attempt < attempts) {
+                return Err(error);
             }
+            if Instant::now() + delay >= ends {
+                return Err(KbsError::Deadline {
+                    secs,
+                    attempt: attempt + 1,
+                    during: "not started: the deadline passes before the retry's back-off ends",
+                    last: Some(Box::new(error)),
+                });
+            }
+            tracing::warn!(attempt, error = %error, "attestation failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            last = Some(error);
         }
         Err(KbsError::Protocol("no attempt was made".into()))
     }
 
-    async fn handshake(&self) -> Result<Session, KbsError> {
+    async fn handshake(&self, stage: &AtomicU8) -> Result<Session, KbsError> {
         use peerpod_kbs_client::rcar::{Handshake, RcarError};
         let key = self.config.key_algorithm.generate()?;
         let handshake = Handshake {
@@ -257,7 +430,12 @@ impl KbsClient {
         };
         let attester = Arc::clone(&self.attester);
         let token = handshake
-            .run(|report_data| async move { attester.evidence(&report_data).await })
+            .run(|report_data| async move {
+                stage.store(EVIDENCE, Ordering::Relaxed);
+                let evidence = attester.evidence(&report_data).await;
+                stage.store(ATTEST, Ordering::Relaxed);
+                evidence
+            })
             .await
             .map_err(|e| match e {
                 RcarError::Http { what, url, source } => KbsError::Http { what, url, source },
@@ -279,7 +457,9 @@ impl KbsClient {
             key,
         })
     }
+}
 
+impl KbsClient {
     /// Fetches and decrypts a resource (`<repository>/<type>/<tag>`).
     pub async fn resource(&self, path: &str) -> Result<Zeroizing<Vec<u8>>, KbsError> {
         let path = ResourcePath::parse(path).map_err(|e| KbsError::Protocol(e.to_string()))?;
@@ -287,8 +467,8 @@ impl KbsClient {
         loop {
             let session = self.session().await?;
             match peerpod_kbs_client::get_resource(
-                &self.http,
-                &self.config.url,
+                &self.inner.http,
+                &self.inner.config.url,
                 &path,
                 &session.token,
                 &session.key,
@@ -301,7 +481,7 @@ impl KbsClient {
                     if !retried && e.refusal().is_some_and(|r| r.may_pass_with_a_fresh_token()) =>
                 {
                     tracing::info!(resource = %path, "the KBS refused our token; attesting again");
-                    self.forget(&session).await;
+                    self.forget(&session);
                     retried = true;
                 }
                 other => return other.map_err(KbsError::Resource),

@@ -7,7 +7,8 @@
 //!   configfs-tsm, and `sample`; [`attester::detect`] picks one in upstream's order.
 //! - [`kbs`]: the KBS client (RCAR 0.4.0 on `peerpod-kbs-protocol`, HTTP through
 //!   `peerpod-kbs-client`), caching the token and TEE
-//!   key until shortly before expiry and sharing one attestation among concurrent callers.
+//!   key until shortly before expiry and sharing one attestation, bounded by a deadline, and
+//!   its outcome among concurrent callers.
 //! - [`eventlog`]: runtime measurements as TCG2 AAEL records, extended into a register with a
 //!   write-ahead record for crash safety.
 //! - [`config`]: `aa.toml` with upstream's keys.
