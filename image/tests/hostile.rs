@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use common::fake::*;
 use common::*;
 use peerpod_image::resources::NoResources;
 use peerpod_image::{Digest, ImageError, Puller};
@@ -54,17 +54,10 @@ fn challenge(f: &Fake, headers: &HeaderMap) -> Option<Response> {
         .get(header::AUTHORIZATION)
         .is_some_and(|v| v.as_bytes() == GOOD_TOKEN.as_bytes());
     (f.bearer && !authorized).then(|| {
-        Response::builder()
-            .status(401)
-            .header(
-                header::WWW_AUTHENTICATE,
-                format!(
-                    r#"Bearer realm="http://{}/token",service="fake",scope="repository:evil/img:pull""#,
-                    f.addr.get().map(String::as_str).unwrap_or_default()
-                ),
-            )
-            .body(Body::empty())
-            .unwrap()
+        unauthorized(format!(
+            r#"Bearer realm="http://{}/token",service="fake",scope="repository:evil/img:pull""#,
+            f.addr.get().map(String::as_str).unwrap_or_default()
+        ))
     })
 }
 
@@ -84,13 +77,7 @@ async fn manifests(
     if let Some(r) = challenge(&f, &headers) {
         return r;
     }
-    Response::builder()
-        .header(
-            header::CONTENT_TYPE,
-            "application/vnd.oci.image.manifest.v1+json",
-        )
-        .body(Body::from(f.manifest.clone()))
-        .unwrap()
+    manifest_reply(f.manifest.clone())
 }
 
 async fn blobs(
@@ -101,52 +88,28 @@ async fn blobs(
     if let Some(r) = challenge(&f, &headers) {
         return r;
     }
-    let Some(blob) = f.blobs.get(&digest).cloned() else {
-        return Response::builder().status(404).body(Body::empty()).unwrap();
-    };
     if digest != f.layer_digest {
-        return Response::new(Body::from(blob));
+        return blob_reply(&f.blobs, &digest);
     }
+    let Some(blob) = f.blobs.get(&digest).cloned() else {
+        return status(StatusCode::NOT_FOUND);
+    };
     let n = f.layer_requests.fetch_add(1, Ordering::SeqCst);
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let start = match (&range, f.fault) {
+    let start = match (range_of(&headers), f.fault) {
         (Some(r), fault) if !matches!(fault, Fault::TruncateNoRange(_)) => {
-            f.ranges.lock().unwrap().push(r.clone());
-            r.trim_start_matches("bytes=")
-                .trim_end_matches('-')
-                .parse::<usize>()
-                .unwrap()
+            let start = range_start(&r).unwrap();
+            f.ranges.lock().unwrap().push(r);
+            start
         }
         _ => 0,
     };
     let body = blob.slice(start..);
-    let total = blob.len();
-    let mut builder = Response::builder().header(header::CONTENT_LENGTH, body.len());
-    builder = if start > 0 {
-        builder.status(StatusCode::PARTIAL_CONTENT).header(
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{}/{total}", total - 1),
-        )
-    } else {
-        builder.status(StatusCode::OK)
-    };
+    let builder = ranged(body.len(), start, blob.len());
     let half = body.len() / 2;
     let stream: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = match f.fault {
+        // Half the body, time for it to reach the client, then the connection drops.
         Fault::Truncate(k) | Fault::TruncateNoRange(k) if n < k => {
-            let first = body.slice(..half);
-            // Half the body, time for it to reach the client, then the connection drops.
-            Box::pin(futures::stream::unfold(Some(first), |s| async move {
-                match s {
-                    Some(b) => Some((Ok(b), None)),
-                    None => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        Some((Err(std::io::Error::other("dropped")), None))
-                    }
-                }
-            }))
+            half_then_drop(body, Duration::from_millis(200))
         }
         Fault::Stall => {
             let first = body.slice(..half);
@@ -165,56 +128,12 @@ async fn blobs(
     builder.body(Body::from_stream(stream)).unwrap()
 }
 
-/// A one-layer image: the layer's tar, its gzip blob, a config naming `diff_id`.
-struct Image {
-    manifest: Vec<u8>,
-    blobs: HashMap<String, Bytes>,
-    layer_digest: String,
-    diff_id: Digest,
-}
+type Image = OneLayer;
 
+/// A one-layer image of `payload` pattern bytes, `corrupt` applied (see
+/// [`one_layer_image`]).
 fn image(payload: usize, corrupt: impl Fn(&mut Vec<u8>, &mut String, &mut u64)) -> Image {
-    let mut tar = tar::Builder::new(Vec::new());
-    let data: Vec<u8> = (0..payload).map(|i| (i * 7919 % 251) as u8).collect();
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "data/file", &data[..]).unwrap();
-    let tar = tar.into_inner().unwrap();
-    let diff_id = Digest::of(&tar);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    let mut blob = gz.finish().unwrap();
-    let mut layer_digest = Digest::of(&blob).to_string();
-    let mut size = blob.len() as u64;
-    let mut diff = diff_id.to_string();
-    corrupt(&mut blob, &mut diff, &mut size);
-    let _ = &mut layer_digest;
-    let config = serde_json::json!({
-        "architecture": peerpod_image::manifest::guest_architecture(), "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [diff]}
-    })
-    .to_string()
-    .into_bytes();
-    let config_digest = Digest::of(&config).to_string();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": size}]
-    })
-    .to_string()
-    .into_bytes();
-    let mut blobs = HashMap::new();
-    blobs.insert(config_digest, Bytes::from(config));
-    blobs.insert(layer_digest.clone(), Bytes::from(blob));
-    Image {
-        manifest,
-        blobs,
-        layer_digest,
-        diff_id: Digest::parse(&diff).unwrap_or(diff_id),
-    }
+    one_layer_image(&pattern(payload), corrupt)
 }
 
 async fn serve(img: &Image, fault: Fault) -> (String, Arc<Fake>) {
@@ -236,7 +155,7 @@ async fn serve_with(
         addr: std::sync::OnceLock::new(),
         manifest,
         blobs: img.blobs.clone(),
-        layer_digest: img.layer_digest.clone(),
+        layer_digest: img.layer.clone(),
         fault,
         layer_requests: AtomicUsize::new(0),
         ranges: Mutex::new(Vec::new()),
@@ -246,19 +165,13 @@ async fn serve_with(
         .route("/v2/{a}/{b}/blobs/{d}", axum::routing::get(blobs))
         .route("/token", axum::routing::get(token))
         .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let addr = serve_app(app).await;
     let _ = fake.addr.set(addr.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
     (addr, fake)
 }
 
 fn puller(addr: &str, scratch: &Scratch, store: &Arc<RecordingStore>) -> Puller {
-    let mut config = test_config(&scratch.path().join("work"));
-    config.registry_configuration_uri =
-        Some(file_uri(scratch.path(), "r.conf", &insecure_conf(addr)));
+    let config = insecure_config(scratch, addr, "work");
     Puller::new(config, Arc::new(NoResources), store.clone()).unwrap()
 }
 
@@ -290,7 +203,7 @@ async fn a_well_behaved_fake_serves_a_pullable_image() -> Result<()> {
 async fn blob_not_matching_its_digest_is_refused_and_nothing_installed() -> Result<()> {
     // The manifest names the real digest, the registry serves other bytes of the same size.
     let mut img = image(100_000, |_, _, _| {});
-    let blob = img.blobs.get_mut(&img.layer_digest).unwrap();
+    let blob = img.blobs.get_mut(&img.layer).unwrap();
     let mut tampered = blob.to_vec();
     let last = tampered.len() - 20;
     tampered[last] ^= 0xff;
@@ -299,7 +212,7 @@ async fn blob_not_matching_its_digest_is_refused_and_nothing_installed() -> Resu
     let store = Arc::new(RecordingStore::default());
     let e = pull(&addr, &store).await.unwrap_err();
     assert!(matches!(e, ImageError::DigestMismatch { .. }), "{e}");
-    assert!(e.to_string().contains(&img.layer_digest), "{e}");
+    assert!(e.to_string().contains(&img.layer), "{e}");
     assert!(store.installs.lock().unwrap().is_empty());
     assert!(store.mounts.lock().unwrap().is_empty());
     Ok(())
@@ -423,13 +336,13 @@ impl peerpod_image::Resources for Kbs {
 /// A one-layer image whose gzip layer is ocicrypt-encrypted under `kek` named `kid`.
 fn encrypted_image(kek: &[u8; 32], kid: &str) -> Image {
     let plain = image(200_000, |_, _, _| {});
-    let gz = plain.blobs[&plain.layer_digest].clone();
+    let gz = plain.blobs[&plain.layer].clone();
     let (cipher, annotations) = peerpod_image_crypt::testing::encrypt_layer(&gz, kek, kid);
     let layer_digest = Digest::of(&cipher).to_string();
     let config_digest = plain
         .blobs
         .keys()
-        .find(|k| **k != plain.layer_digest)
+        .find(|k| **k != plain.layer)
         .unwrap()
         .clone();
     let manifest = serde_json::json!({
@@ -446,7 +359,7 @@ fn encrypted_image(kek: &[u8; 32], kid: &str) -> Image {
     Image {
         manifest,
         blobs,
-        layer_digest,
+        layer: layer_digest,
         diff_id: plain.diff_id,
     }
 }
@@ -457,9 +370,7 @@ async fn pull_with(
     kbs: Kbs,
 ) -> Result<peerpod_image::PullOutcome, ImageError> {
     let scratch = Scratch::new("crypt");
-    let mut config = test_config(&scratch.path().join("work"));
-    config.registry_configuration_uri =
-        Some(file_uri(scratch.path(), "r.conf", &insecure_conf(addr)));
+    let config = insecure_config(&scratch, addr, "work");
     Puller::new(config, Arc::new(kbs), store.clone())
         .unwrap()
         .pull(&format!("{addr}/enc/img:v1"), &PathBuf::from("/run/b/e"))
@@ -512,15 +423,15 @@ async fn tampered_ciphertext_with_a_matching_digest_is_refused_by_the_hmac() -> 
     let kek = [7u8; 32];
     let kid = "kbs:///default/image-kek/app";
     let mut img = encrypted_image(&kek, kid);
-    let mut blob = img.blobs.remove(&img.layer_digest).unwrap().to_vec();
+    let mut blob = img.blobs.remove(&img.layer).unwrap().to_vec();
     blob[100] ^= 1;
     let new_digest = Digest::of(&blob).to_string();
     img.manifest = String::from_utf8(img.manifest.clone())
         .unwrap()
-        .replace(&img.layer_digest, &new_digest)
+        .replace(&img.layer, &new_digest)
         .into_bytes();
     img.blobs.insert(new_digest.clone(), Bytes::from(blob));
-    img.layer_digest = new_digest;
+    img.layer = new_digest;
     let (addr, _) = serve(&img, Fault::None).await;
     let store = Arc::new(RecordingStore::default());
     let e = pull_with(&addr, &store, Kbs(Some((kid.into(), kek.to_vec()))))
@@ -537,9 +448,7 @@ async fn refused_credentials_fall_back_to_anonymous_only_when_configured() -> Re
     let (addr, _) = serve_with(&img, img.manifest.clone(), Fault::None, true).await;
     let scratch = Scratch::new("fallback");
     let auth = serde_json::json!({"auths": {addr.clone(): {"username": "old", "password": "expired-pass"}}});
-    let mut config = test_config(&scratch.path().join("work"));
-    config.registry_configuration_uri =
-        Some(file_uri(scratch.path(), "r.conf", &insecure_conf(&addr)));
+    let mut config = insecure_config(&scratch, &addr, "work");
     config.authenticated_registry_credentials_uri =
         Some(file_uri(scratch.path(), "auth.json", &auth.to_string()));
     let image = format!("{addr}/evil/img:v1");

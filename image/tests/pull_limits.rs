@@ -17,8 +17,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,14 +27,6 @@ use common::raw::*;
 use common::*;
 use peerpod_image::{ChargeHook, Digest, ImageError, LayerDirStore, Layers, Puller};
 use sha2::Digest as _;
-
-fn layer_count(work: &Path) -> usize {
-    std::fs::read_dir(work.join("layers/sha256")).map_or(0, |d| d.count())
-}
-
-fn staging_count(work: &Path) -> usize {
-    std::fs::read_dir(work.join("layers/.tmp")).map_or(0, |d| d.count())
-}
 
 /// A writer that hashes what it forwards.
 struct Hashing<W> {
@@ -83,14 +74,6 @@ fn empty_files_layer(count: usize) -> RawLayer {
     }
 }
 
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// Before, each empty file cost 512 bytes of the byte limit: 300,000 of them (150 MB of tar,
 /// far under the byte default of a 1 GiB tmpfs) were all made, and a tmpfs of 20,000 inodes
 /// ran out (in the pod VM: /run, where kata-agent then cannot create a container's
@@ -103,17 +86,7 @@ async fn many_empty_files_are_refused_at_the_inode_limit_and_the_tmpfs_is_left_a
         return Ok(());
     }
     let w = World::new("inodes")?;
-    std::fs::create_dir_all(&w.work)?;
-    run(Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=1g,nr_inodes=20000,mode=0700",
-            "tmpfs",
-        ])
-        .arg(&w.work))?;
-    let _unmount = Unmount(w.work.clone());
+    let _tmpfs = Tmpfs::mount(&w.work, "size=1g,nr_inodes=20000,mode=0700")?;
     let flood = empty_files_layer(300_000);
     assert!(flood.blob.len() < 8 << 20, "{}", flood.blob.len());
     push_raw(&w.registry, "flood/img", "v1", std::slice::from_ref(&flood)).await?;
@@ -160,16 +133,10 @@ async fn many_empty_files_are_refused_at_the_inode_limit_and_the_tmpfs_is_left_a
         before.f_bfree,
         after.f_bfree
     );
-    assert_eq!(staging_count(&w.work), 0);
-    assert_eq!(layer_count(&w.work), 0);
-    let out = p.pull(&w.image("fine/img:v1"), &w.bundle("fine")).await?;
-    assert_eq!(out.fetched_layers, 1);
-    assert_eq!(
-        std::fs::read(w.bundle("fine").join("rootfs/ok"))?.len(),
-        1 << 20
-    );
-    p.release(&w.bundle("fine"))?;
-    Ok(())
+    assert_eq!(w.staging_count(), 0);
+    assert_eq!(w.layer_count(), 0);
+    w.pull_one_file(&p, "fine/img:v1", "fine", "ok", 1 << 20)
+        .await
 }
 
 /// Image X (layer S) is mounted. Image F = S, A (6 MiB), then a layer whose content is not
@@ -214,13 +181,13 @@ async fn a_pull_whose_last_layer_fails_leaves_none_of_its_layers_and_the_next_pu
     );
     assert!(!store.inner().contains(&a.diff_id.to_string()), "A is gone");
     assert!(store.inner().contains(&s.diff_id.to_string()), "S is X's");
-    assert_eq!(layer_count(&w.work), 1);
-    assert_eq!(staging_count(&w.work), 0);
+    assert_eq!(w.layer_count(), 1);
+    assert_eq!(w.staging_count(), 0);
     let out = p.pull(&w.image("c/img:v1"), &w.bundle("c")).await?;
     assert_eq!(out.fetched_layers, 1);
     p.release(&w.bundle("c"))?;
     p.release(&w.bundle("x"))?;
-    assert_eq!(layer_count(&w.work), 0);
+    assert_eq!(w.layer_count(), 0);
     Ok(())
 }
 
@@ -326,7 +293,7 @@ async fn a_layer_without_a_record_still_counts_against_the_store_limit() -> Resu
     assert_eq!(e.limit_key(), Some("max_layer_store_bytes"), "{text}");
     assert!(text.contains("max_layer_store_bytes = 10485760"), "{text}");
     assert!(text.contains(&two.diff_id.to_string()), "{text}");
-    assert_eq!(layer_count(&w.work), 1);
+    assert_eq!(w.layer_count(), 1);
     p.release(&w.bundle("one"))?;
     Ok(())
 }

@@ -159,14 +159,6 @@ fn bomb() -> RawLayer {
     plain_layer(&tar_of(&[("bomb", vec![0u8; 64 << 20], 0o644)]))
 }
 
-fn layer_count(work: &Path) -> usize {
-    std::fs::read_dir(work.join("layers/sha256")).map_or(0, |d| d.count())
-}
-
-fn staging_count(work: &Path) -> usize {
-    std::fs::read_dir(work.join("layers/.tmp")).map_or(0, |d| d.count())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gzip_bomb_is_stopped_by_the_image_limit_with_nothing_kept() -> Result<()> {
     if !ready() {
@@ -209,7 +201,7 @@ async fn a_gzip_bomb_is_stopped_by_the_image_limit_with_nothing_kept() -> Result
     ] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
-    assert_eq!(staging_count(&w.work), 0, "no half-unpacked layer left");
+    assert_eq!(w.staging_count(), 0, "no half-unpacked layer left");
     assert!(
         !w.work
             .join("layers/sha256")
@@ -231,17 +223,7 @@ async fn the_default_limit_comes_from_work_dir_free_space() -> Result<()> {
         return Ok(());
     }
     let w = World::new("bomb-tmpfs")?;
-    std::fs::create_dir_all(&w.work)?;
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs"])
-        .arg(&w.work))?;
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(w.work.clone());
+    let _tmpfs = Tmpfs::mount(&w.work, "size=32m,mode=0700")?;
     let used = || -> Result<u64> {
         let out = run(Command::new("df")
             .args(["-B1", "--output=used"])
@@ -268,14 +250,8 @@ async fn the_default_limit_comes_from_work_dir_free_space() -> Result<()> {
         used()? <= before + (64 << 10),
         "the tmpfs is left as it was"
     );
-    let out = p.pull(&w.image("fine/img:v1"), &w.bundle("fine")).await?;
-    assert_eq!(out.fetched_layers, 1);
-    assert_eq!(
-        std::fs::read(w.bundle("fine").join("rootfs/ok"))?.len(),
-        4 << 20
-    );
-    p.release(&w.bundle("fine"))?;
-    Ok(())
+    w.pull_one_file(&p, "fine/img:v1", "fine", "ok", 4 << 20)
+        .await
 }
 
 /// `max_layer_store_bytes` bounds all the layers in work_dir together: a second image that
@@ -301,8 +277,8 @@ async fn the_store_limit_counts_every_layer_in_work_dir() -> Result<()> {
     let text = e.to_string();
     assert!(text.contains("max_layer_store_bytes = 10485760"), "{text}");
     assert!(text.contains(&two.diff_id.to_string()), "{text}");
-    assert_eq!(layer_count(&w.work), 1);
-    assert_eq!(staging_count(&w.work), 0);
+    assert_eq!(w.layer_count(), 1);
+    assert_eq!(w.staging_count(), 0);
     p.release(&w.bundle("one"))?;
     let out = p.pull(&w.image("s/two:v1"), &w.bundle("two")).await?;
     assert_eq!(out.fetched_layers, 1);
@@ -343,7 +319,7 @@ async fn an_image_repeating_a_layer_mounts_with_the_topmost_copy_winning() -> Re
     ]))?;
     assert_eq!(ran, "Ab", "the topmost A wins over B");
     p.release(&bundle)?;
-    assert_eq!(layer_count(&w.work), 0);
+    assert_eq!(w.layer_count(), 0);
     Ok(())
 }
 
@@ -373,10 +349,10 @@ async fn failed_pulls_leave_no_layer_in_flight() -> Result<()> {
     }
     // The other layer's unpacking stops when its download is dropped, and cleans up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while staging_count(&w.work) > 0 && std::time::Instant::now() < deadline {
+    while w.staging_count() > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(staging_count(&w.work), 0);
+    assert_eq!(w.staging_count(), 0);
     Ok(())
 }
 

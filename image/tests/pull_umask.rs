@@ -16,29 +16,14 @@ use peerpod_image::{LayerDirStore, Puller};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_container_root_is_0755_under_a_strict_umask() -> Result<()> {
-    if !tools_present() {
+    if !ready() {
         return Ok(());
     }
-    if run(Command::new("id").arg("-u")).map_or(true, |u| u.trim() != "0") {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"\n*** SKIPPED: overlay mounts need root ***\n",
-        );
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI runs as root"
-        );
-        return Ok(());
-    }
-    let scratch = Scratch::new("umask");
-    let registry = Registry::start(RegistryOptions::default())?;
-    let layout = scratch.path().join("layout");
-    build_image(
-        &layout,
-        "v1",
+    let (scratch, registry, _) = registry_with_image(
+        "umask",
+        "umask/img",
         &[vec![Step::Busybox, Step::Write("/etc/hello", b"hello")]],
     )?;
-    registry.push(&layout, "v1", "umask/img", "v1", "oci")?;
     let work = scratch.path().join("work");
     let mut config = test_config(&work);
     config.registry_configuration_uri = Some(file_uri(

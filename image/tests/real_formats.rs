@@ -19,12 +19,6 @@ use peerpod_image::resources::NoResources;
 use peerpod_image::{ImageError, Puller};
 use sha2::Digest as _;
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
 /// Whether `tool` is installed; outside CI a missing one skips loudly, under `CI=true` fails.
 fn have(tool: &str, package: &str) -> bool {
     let ok = Command::new("sh")
@@ -75,20 +69,6 @@ fn tree(root: &Path) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn insecure_config(
-    scratch: &Scratch,
-    registry: &Registry,
-    work: &str,
-) -> peerpod_image::ImageConfig {
-    let mut config = test_config(&scratch.path().join(work));
-    config.registry_configuration_uri = Some(file_uri(
-        scratch.path(),
-        "r.conf",
-        &insecure_conf(&registry.addr),
-    ));
-    config
-}
-
 /// The layers' media types in `repo:tag`'s manifest, as the registry serves it.
 fn layer_media_types(registry: &Registry, repo_tag: &str) -> Result<Vec<String>> {
     let raw = run(Command::new("skopeo").args([
@@ -111,15 +91,7 @@ fn layer_media_types(registry: &Registry, repo_tag: &str) -> Result<Vec<String>>
 /// the diff_ids (digests of the uncompressed layers) are equal.
 #[tokio::test(flavor = "multi_thread")]
 async fn zstd_image_from_skopeo_unpacks_identically_to_the_gzip_one() -> Result<()> {
-    if !tools_present() {
-        return Ok(());
-    }
-    if !is_root() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI runs as root"
-        );
-        eprintln!("\n*** SKIPPED: overlay mounts need root ***");
+    if !ready() {
         return Ok(());
     }
     let scratch = Scratch::new("zstd");
@@ -168,7 +140,7 @@ async fn zstd_image_from_skopeo_unpacks_identically_to_the_gzip_one() -> Result<
     let mut outs = Vec::new();
     for (repo, registry) in [("gzip", &registry), ("zstd", &zstd_registry)] {
         let work = scratch.path().join(format!("work-{repo}"));
-        let config = insecure_config(&scratch, registry, &format!("work-{repo}"));
+        let config = insecure_config(&scratch, &registry.addr, &format!("work-{repo}"));
         let store = Arc::new(peerpod_image::LayerDirStore::open(
             &work,
             Default::default(),
@@ -211,11 +183,8 @@ async fn layer_whose_bytes_are_not_its_declared_zstd_is_refused() -> Result<()> 
     if !tools_present() {
         return Ok(());
     }
-    let scratch = Scratch::new("zstd-lie");
-    let registry = Registry::start(RegistryOptions::default())?;
-    let layout = scratch.path().join("layout");
-    build_image(&layout, "v1", &[vec![Step::Write("/a", b"a")]])?;
-    registry.push(&layout, "v1", "fmt/lie", "v1", "oci")?;
+    let (scratch, registry, _) =
+        registry_with_image("zstd-lie", "fmt/lie", &[vec![Step::Write("/a", b"a")]])?;
     let raw = run(Command::new("skopeo").args([
         "inspect",
         "--raw",
@@ -225,7 +194,7 @@ async fn layer_whose_bytes_are_not_its_declared_zstd_is_refused() -> Result<()> 
     let store = Arc::new(RecordingStore::default());
     // Built first: it installs the process's rustls provider the test's client uses too.
     let p = Puller::new(
-        insecure_config(&scratch, &registry, "work"),
+        insecure_config(&scratch, &registry.addr, "work"),
         Arc::new(NoResources),
         store.clone(),
     )?;
@@ -470,7 +439,7 @@ async fn gpg_signed_image_accepted_wrong_key_unsigned_and_replayed_signature_ref
         )
     };
     let puller_with = |key: &str| -> Result<(Puller, Arc<RecordingStore>)> {
-        let mut config = insecure_config(&scratch, &registry, "work");
+        let mut config = insecure_config(&scratch, &registry.addr, "work");
         config.image_security_policy_uri =
             Some(file_uri(scratch.path(), "policy.json", &policy(key)));
         config.sigstore_config_uri = Some(lookaside.clone());
@@ -531,42 +500,6 @@ async fn gpg_signed_image_accepted_wrong_key_unsigned_and_replayed_signature_ref
     Ok(())
 }
 
-/// Uploads `blob` into `repo` (a monolithic upload); its digest.
-async fn upload_blob(
-    http: &reqwest::Client,
-    addr: &str,
-    repo: &str,
-    blob: Vec<u8>,
-) -> Result<String> {
-    let digest = peerpod_image::Digest::of(&blob).to_string();
-    let r = http
-        .post(format!("http://{addr}/v2/{repo}/blobs/uploads/"))
-        .send()
-        .await?;
-    let location = r
-        .headers()
-        .get("location")
-        .context("upload location")?
-        .to_str()?
-        .to_string();
-    let location = if location.starts_with('/') {
-        format!("http://{addr}{location}")
-    } else {
-        location
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let r = http
-        .put(format!("{location}{sep}digest={digest}"))
-        .header("Content-Type", "application/octet-stream")
-        .body(blob)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("blob upload: {}", r.status());
-    }
-    Ok(digest)
-}
-
 /// A cosign signature of `repo@digest` as `cosign sign --key` stores it: a manifest at the tag
 /// `sha256-<hex>.sig` whose layer is the simple-signing payload, signed (ECDSA P-256, SHA-256,
 /// DER) by `openssl dgst` with `key`. `signed_digest` is the digest the payload names.
@@ -601,7 +534,7 @@ async fn push_cosign_signature(
         .arg(&payload_file))?;
     let signature = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sig_file)?);
     let payload_len = payload.len();
-    let payload_digest = upload_blob(http, &registry.addr, repo, payload).await?;
+    let payload_digest = common::raw::upload(http, &registry.addr, repo, payload).await?;
     let config = serde_json::json!({
         "architecture": "", "os": "", "config": {},
         "rootfs": {"type": "layers", "diff_ids": [payload_digest]}
@@ -609,7 +542,7 @@ async fn push_cosign_signature(
     .to_string()
     .into_bytes();
     let config_len = config.len();
-    let config_digest = upload_blob(http, &registry.addr, repo, config).await?;
+    let config_digest = common::raw::upload(http, &registry.addr, repo, config).await?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -679,7 +612,7 @@ async fn cosign_signed_image_accepted_wrong_key_unsigned_and_foreign_payload_ref
     let other = digest_of("foreign")?;
 
     let puller_with = |key: &str| -> Result<(Puller, Arc<RecordingStore>)> {
-        let mut config = insecure_config(&scratch, &registry, "work");
+        let mut config = insecure_config(&scratch, &registry.addr, "work");
         config.image_security_policy_uri = Some(file_uri(
             scratch.path(),
             "policy.json",

@@ -39,12 +39,9 @@ async fn multi_layer_oci_image_with_whiteout_pulled_once_and_shared() -> Result<
     if !tools_present() {
         return Ok(());
     }
-    let scratch = Scratch::new("multilayer");
-    let registry = Registry::start(RegistryOptions::default())?;
-    let layout = scratch.path().join("layout");
-    build_image(
-        &layout,
-        "v1",
+    let (scratch, registry, _) = registry_with_image(
+        "multilayer",
+        "test/multi",
         &[
             vec![Step::Busybox],
             vec![
@@ -54,16 +51,9 @@ async fn multi_layer_oci_image_with_whiteout_pulled_once_and_shared() -> Result<
             vec![Step::Remove("/etc/one")],
         ],
     )?;
-    registry.push(&layout, "v1", "test/multi", "v1", "oci")?;
 
-    let mut config = test_config(&scratch.path().join("work"));
-    config.registry_configuration_uri = Some(file_uri(
-        scratch.path(),
-        "registries.conf",
-        &insecure_conf(&registry.addr),
-    ));
-    let store = Arc::new(RecordingStore::default());
-    let p = puller(config, &store);
+    let config = insecure_config(&scratch, &registry.addr, "work");
+    let (p, store) = recording_puller(config);
     let bundle = PathBuf::from("/run/test-bundles/one");
     let image = format!("{}/test/multi:v1", registry.addr);
     let out = p.pull(&image, &bundle).await?;
@@ -236,14 +226,8 @@ async fn multi_platform_index_picks_the_guest_platform() -> Result<()> {
             .await?;
         assert!(r.status().is_success(), "{}", r.status());
     }
-    let mut config = test_config(&scratch.path().join("work"));
-    config.registry_configuration_uri = Some(file_uri(
-        scratch.path(),
-        "r.conf",
-        &insecure_conf(&registry.addr),
-    ));
-    let store = Arc::new(RecordingStore::default());
-    let p = puller(config, &store);
+    let config = insecure_config(&scratch, &registry.addr, "work");
+    let (p, _store) = recording_puller(config);
     let out = p
         .pull(
             &format!("{}/multi/arch:both", registry.addr),
@@ -277,11 +261,11 @@ async fn mirrors_in_order_blocked_refused_and_down_registry_named() -> Result<()
     if !tools_present() {
         return Ok(());
     }
-    let scratch = Scratch::new("mirrors");
-    let registry = Registry::start(RegistryOptions::default())?;
-    let layout = scratch.path().join("layout");
-    build_image(&layout, "v1", &[vec![Step::Write("/hello", b"hi")]])?;
-    registry.push(&layout, "v1", "mirrored/app", "v1", "oci")?;
+    let (scratch, registry, _) = registry_with_image(
+        "mirrors",
+        "mirrored/app",
+        &[vec![Step::Write("/hello", b"hi")]],
+    )?;
     let dead = format!("127.0.0.1:{}", free_port());
     let conf = format!(
         "[[registry]]\nprefix = \"example.invalid/app\"\nlocation = \"{addr}/mirrored/app\"\ninsecure = true\n\
@@ -292,8 +276,7 @@ async fn mirrors_in_order_blocked_refused_and_down_registry_named() -> Result<()
     );
     let mut config = test_config(&scratch.path().join("work"));
     config.registry_configuration_uri = Some(file_uri(scratch.path(), "r.conf", &conf));
-    let store = Arc::new(RecordingStore::default());
-    let p = puller(config, &store);
+    let (p, store) = recording_puller(config);
     // The mirror is down: the remapped location serves it.
     let out = p
         .pull("example.invalid/app:v1", &PathBuf::from("/run/b/m"))
@@ -330,8 +313,7 @@ async fn signature_policy_and_bad_bundle_refused_before_any_fetch() -> Result<()
     let scratch = Scratch::new("policy");
     let mut config = test_config(&scratch.path().join("work"));
     config.image_security_policy_uri = Some("kbs:///default/security-policy/test".into());
-    let store = Arc::new(RecordingStore::default());
-    let p = puller(config, &store);
+    let (p, store) = recording_puller(config);
     // The policy cannot be fetched (no KBS here): refused, nothing pulled unverified.
     let e = p
         .pull("127.0.0.1:1/a/b:v1", &PathBuf::from("/run/b/p"))
@@ -370,12 +352,7 @@ async fn policy_puller(
     registry: &Registry,
     policy: &str,
 ) -> Result<(Puller, Arc<RecordingStore>)> {
-    let mut config = test_config(&scratch.path().join("work"));
-    config.registry_configuration_uri = Some(file_uri(
-        scratch.path(),
-        "r.conf",
-        &insecure_conf(&registry.addr),
-    ));
+    let mut config = insecure_config(scratch, &registry.addr, "work");
     config.image_security_policy_uri = Some(file_uri(scratch.path(), "policy.json", policy));
     let store = Arc::new(RecordingStore::default());
     Ok((puller(config, &store), store))
@@ -386,11 +363,11 @@ async fn signature_policy_accepts_refuses_and_names_the_rule() -> Result<()> {
     if !tools_present() {
         return Ok(());
     }
-    let scratch = Scratch::new("sigpolicy");
-    let registry = Registry::start(RegistryOptions::default())?;
-    let layout = scratch.path().join("layout");
-    build_image(&layout, "v1", &[vec![Step::Write("/hello", b"hi")]])?;
-    registry.push(&layout, "v1", "signed/app", "v1", "oci")?;
+    let (scratch, registry, _) = registry_with_image(
+        "sigpolicy",
+        "signed/app",
+        &[vec![Step::Write("/hello", b"hi")]],
+    )?;
     let image = format!("{}/signed/app:v1", registry.addr);
     run(Command::new("sh").arg("-c").arg(format!(
         "cd {} && openssl ecparam -name prime256v1 -genkey -noout -out cosign.key && \
@@ -438,26 +415,12 @@ async fn signature_policy_accepts_refuses_and_names_the_rule() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn pulled_image_is_an_overlay_rootfs_with_whiteouts_applied_and_collected_on_release()
 -> Result<()> {
-    if !tools_present() {
+    if !ready() {
         return Ok(());
     }
-    if !nix_is_root() {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"\n*** SKIPPED: overlay mounts need root ***\n",
-        );
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI runs as root"
-        );
-        return Ok(());
-    }
-    let scratch = Scratch::new("overlay");
-    let registry = Registry::start(RegistryOptions::default())?;
-    let layout = scratch.path().join("layout");
-    build_image(
-        &layout,
-        "v1",
+    let (scratch, registry, _) = registry_with_image(
+        "overlay",
+        "real/store",
         &[
             vec![Step::Busybox],
             vec![
@@ -467,7 +430,6 @@ async fn pulled_image_is_an_overlay_rootfs_with_whiteouts_applied_and_collected_
             vec![Step::Remove("/etc/one")],
         ],
     )?;
-    registry.push(&layout, "v1", "real/store", "v1", "oci")?;
     let work = scratch.path().join("work");
     let mut config = test_config(&work);
     config.registry_configuration_uri = Some(file_uri(
@@ -518,29 +480,14 @@ fn backdate_bundle_states(work: &std::path::Path) -> Result<()> {
 /// them again and works.
 #[tokio::test(flavor = "multi_thread")]
 async fn layers_of_a_rootfs_unmounted_by_the_agent_are_collected_and_pulled_again() -> Result<()> {
-    if !tools_present() {
+    if !ready() {
         return Ok(());
     }
-    if !nix_is_root() {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"\n*** SKIPPED: overlay mounts need root ***\n",
-        );
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI runs as root"
-        );
-        return Ok(());
-    }
-    let scratch = Scratch::new("reap");
-    let registry = Registry::start(RegistryOptions::default())?;
-    let layout = scratch.path().join("layout");
-    build_image(
-        &layout,
-        "v1",
+    let (scratch, registry, _) = registry_with_image(
+        "reap",
+        "reap/a",
         &[vec![Step::Busybox], vec![Step::Write("/etc/a", b"a")]],
     )?;
-    registry.push(&layout, "v1", "reap/a", "v1", "oci")?;
     let work = scratch.path().join("work");
     let mut config = test_config(&work);
     config.registry_configuration_uri = Some(file_uri(
@@ -603,8 +550,4 @@ async fn layers_of_a_rootfs_unmounted_by_the_agent_are_collected_and_pulled_agai
     p.release(&y)?;
     assert_eq!(layers_in_store(&third.diff_ids), 0);
     Ok(())
-}
-
-fn nix_is_root() -> bool {
-    run(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0")
 }

@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -21,9 +20,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use base64::Engine as _;
 use bytes::Bytes;
+use common::fake::*;
 use common::*;
 use peerpod_image::resources::NoResources;
-use peerpod_image::{Digest, ImageError, Puller};
+use peerpod_image::{ImageError, Puller};
 use peerpod_tests::cvm::certs::TlsCa;
 
 const USER: &str = "puller";
@@ -45,49 +45,10 @@ impl Log {
     }
 }
 
-struct Image {
-    manifest: Vec<u8>,
-    blobs: HashMap<String, Bytes>,
-    layer: String,
-}
+type Image = OneLayer;
 
 fn image() -> Image {
-    let mut tar = tar::Builder::new(Vec::new());
-    let data = b"from the blob storage\n";
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "data/file", &data[..]).unwrap();
-    let tar = tar.into_inner().unwrap();
-    let diff_id = Digest::of(&tar).to_string();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    let blob = gz.finish().unwrap();
-    let layer = Digest::of(&blob).to_string();
-    let config = serde_json::json!({
-        "architecture": peerpod_image::manifest::guest_architecture(), "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]}
-    })
-    .to_string()
-    .into_bytes();
-    let config_digest = Digest::of(&config).to_string();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": blob.len()}]
-    })
-    .to_string()
-    .into_bytes();
-    let mut blobs = HashMap::new();
-    blobs.insert(config_digest, Bytes::from(config));
-    blobs.insert(layer.clone(), Bytes::from(blob));
-    Image {
-        manifest,
-        blobs,
-        layer,
-    }
+    one_layer_image(b"from the blob storage\n", |_, _, _| {})
 }
 
 fn basic() -> String {
@@ -113,13 +74,7 @@ async fn registry_manifest(
     if let Some(r) = basic_challenge(&headers) {
         return r;
     }
-    Response::builder()
-        .header(
-            header::CONTENT_TYPE,
-            "application/vnd.oci.image.manifest.v1+json",
-        )
-        .body(Body::from(s.image.manifest.clone()))
-        .unwrap()
+    manifest_reply(s.image.manifest.clone())
 }
 
 async fn registry_blob(
@@ -132,32 +87,16 @@ async fn registry_blob(
         return r;
     }
     if d == s.image.layer {
-        return Response::builder()
-            .status(StatusCode::TEMPORARY_REDIRECT)
-            .header(
-                header::LOCATION,
-                format!("{}/storage/{d}?signature=abc", s.storage),
-            )
-            .body(Body::empty())
-            .unwrap();
+        return redirect(format!("{}/storage/{d}?signature=abc", s.storage));
     }
-    match s.image.blobs.get(&d) {
-        Some(b) => Response::new(Body::from(b.clone())),
-        None => Response::builder().status(404).body(Body::empty()).unwrap(),
-    }
+    blob_reply(&s.image.blobs, &d)
 }
 
 fn basic_challenge(headers: &HeaderMap) -> Option<Response> {
     let ok = headers
         .get(header::AUTHORIZATION)
         .is_some_and(|v| v.as_bytes() == basic().as_bytes());
-    (!ok).then(|| {
-        Response::builder()
-            .status(401)
-            .header(header::WWW_AUTHENTICATE, r#"Basic realm="registry""#)
-            .body(Body::empty())
-            .unwrap()
-    })
+    (!ok).then(|| unauthorized(r#"Basic realm="registry""#.into()))
 }
 
 /// The blob storage: serves blobs, or answers 401 with a Bearer realm of its choosing.
@@ -176,28 +115,14 @@ async fn storage_blob(
 ) -> Response {
     s.log.record(&format!("storage/{d}"), &headers);
     if s.log.all().len() <= s.self_redirects {
-        return Response::builder()
-            .status(StatusCode::TEMPORARY_REDIRECT)
-            .header(header::LOCATION, format!("/storage/{d}"))
-            .body(Body::empty())
-            .unwrap();
+        return redirect(format!("/storage/{d}"));
     }
     if let Some(realm) = &s.challenge_realm {
-        return Response::builder()
-            .status(401)
-            .header(
-                header::WWW_AUTHENTICATE,
-                format!(
-                    r#"Bearer realm="{realm}",service="storage",scope="repository:t/app:pull""#
-                ),
-            )
-            .body(Body::empty())
-            .unwrap();
+        return unauthorized(format!(
+            r#"Bearer realm="{realm}",service="storage",scope="repository:t/app:pull""#
+        ));
     }
-    match s.blobs.get(&d) {
-        Some(b) => Response::new(Body::from(b.clone())),
-        None => Response::builder().status(404).body(Body::empty()).unwrap(),
-    }
+    blob_reply(&s.blobs, &d)
 }
 
 /// A token service that logs who asked (and what they sent).
@@ -224,14 +149,11 @@ fn tls_acceptor(ca: &TlsCa) -> tokio_rustls::TlsAcceptor {
 
 /// Serves `app` on 127.0.0.1, over TLS when `tls` is given; its `scheme://addr`.
 async fn serve(app: axum::Router, tls: Option<&TlsCa>) -> String {
+    let Some(ca) = tls else {
+        return format!("http://{}", serve_app(app).await);
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let Some(ca) = tls else {
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        return format!("http://{addr}");
-    };
     let acceptor = tls_acceptor(ca);
     tokio::spawn(async move {
         use hyper_util::rt::TokioIo;
@@ -475,16 +397,7 @@ impl AuthRegistry {
         let ok = headers
             .get(header::AUTHORIZATION)
             .is_some_and(|v| v.as_bytes() == b"Bearer good-token");
-        (!ok).then(|| {
-            Response::builder()
-                .status(401)
-                .header(
-                    header::WWW_AUTHENTICATE,
-                    format!(r#"Bearer realm="{realm}",service="registry""#),
-                )
-                .body(Body::empty())
-                .unwrap()
-        })
+        (!ok).then(|| unauthorized(format!(r#"Bearer realm="{realm}",service="registry""#)))
     }
 }
 
@@ -497,13 +410,7 @@ async fn auth_manifest(
     if let Some(r) = s.challenge(&headers) {
         return r;
     }
-    Response::builder()
-        .header(
-            header::CONTENT_TYPE,
-            "application/vnd.oci.image.manifest.v1+json",
-        )
-        .body(Body::from(s.image.manifest.clone()))
-        .unwrap()
+    manifest_reply(s.image.manifest.clone())
 }
 
 async fn auth_blob(
@@ -516,16 +423,9 @@ async fn auth_blob(
         return r;
     }
     if s.bearer_realm.is_none() && d == s.image.layer {
-        return Response::builder()
-            .status(StatusCode::TEMPORARY_REDIRECT)
-            .header(header::LOCATION, format!("/same/{d}"))
-            .body(Body::empty())
-            .unwrap();
+        return redirect(format!("/same/{d}"));
     }
-    match s.image.blobs.get(&d) {
-        Some(b) => Response::new(Body::from(b.clone())),
-        None => Response::builder().status(404).body(Body::empty()).unwrap(),
-    }
+    blob_reply(&s.image.blobs, &d)
 }
 
 async fn same_origin_blob(
@@ -537,10 +437,7 @@ async fn same_origin_blob(
     if let Some(r) = basic_challenge(&headers) {
         return r;
     }
-    match s.image.blobs.get(&d) {
-        Some(b) => Response::new(Body::from(b.clone())),
-        None => Response::builder().status(404).body(Body::empty()).unwrap(),
-    }
+    blob_reply(&s.image.blobs, &d)
 }
 
 async fn serve_auth_registry(

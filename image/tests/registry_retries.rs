@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,9 +19,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use common::fake::*;
 use common::*;
-use peerpod_image::resources::NoResources;
-use peerpod_image::{Digest, ImageError, Puller};
+use peerpod_image::ImageError;
 
 /// How a resource answers its `n`th request (from 0).
 #[derive(Clone, Copy)]
@@ -69,28 +68,11 @@ struct Fake {
 
 fn reply(answer: Answer, body: Bytes, start: usize, total: usize) -> Response {
     if let Answer::Busy = answer {
-        return Response::builder().status(503).body(Body::empty()).unwrap();
+        return status(StatusCode::SERVICE_UNAVAILABLE);
     }
-    let mut b = Response::builder().header(header::CONTENT_LENGTH, body.len());
-    if start > 0 {
-        b = b.status(StatusCode::PARTIAL_CONTENT).header(
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{}/{total}", total - 1),
-        );
-    }
+    let b = ranged(body.len(), start, total);
     let stream: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = match answer {
-        Answer::Cut => {
-            let half = body.slice(..body.len() / 2);
-            Box::pin(futures::stream::unfold(Some(half), |s| async move {
-                match s {
-                    Some(b) => Some((Ok(b), None)),
-                    None => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        Some((Err(std::io::Error::other("dropped")), None))
-                    }
-                }
-            }))
-        }
+        Answer::Cut => half_then_drop(body, Duration::from_millis(100)),
         _ => Box::pin(futures::stream::iter(vec![Ok(body)])),
     };
     b.body(Body::from_stream(stream)).unwrap()
@@ -118,59 +100,27 @@ async fn blob_handler(
     Path((_, _, d)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(blob) = f.blobs.get(&d).cloned() else {
-        return Response::builder().status(404).body(Body::empty()).unwrap();
-    };
     if d != f.layer {
-        return Response::new(Body::from(blob));
+        return blob_reply(&f.blobs, &d);
     }
+    let Some(blob) = f.blobs.get(&d).cloned() else {
+        return status(StatusCode::NOT_FOUND);
+    };
     let n = f.layer_requests.fetch_add(1, Ordering::SeqCst);
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let range = range_of(&headers);
     f.ranges.lock().unwrap().push(range.clone());
-    let start = range
-        .as_deref()
-        .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.strip_suffix('-'))
-        .and_then(|r| r.parse::<usize>().ok())
-        .unwrap_or(0);
+    let start = range.as_deref().and_then(range_start).unwrap_or(0);
     let total = blob.len();
     reply(f.layer_script.answer(n), blob.slice(start..), start, total)
 }
 
 async fn serve(manifest_script: Script, layer_script: Script) -> (String, Arc<Fake>) {
-    let mut tar = tar::Builder::new(Vec::new());
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "data/file", &data[..]).unwrap();
-    let tar = tar.into_inner().unwrap();
-    let diff_id = Digest::of(&tar).to_string();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    let blob = gz.finish().unwrap();
-    let layer = Digest::of(&blob).to_string();
-    let config = serde_json::json!({
-        "architecture": peerpod_image::manifest::guest_architecture(), "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]}
-    })
-    .to_string()
-    .into_bytes();
-    let config_digest = Digest::of(&config).to_string();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": blob.len()}]
-    })
-    .to_string();
-    let mut blobs = HashMap::new();
-    blobs.insert(config_digest, Bytes::from(config));
-    blobs.insert(layer.clone(), Bytes::from(blob));
+    let OneLayer {
+        manifest,
+        blobs,
+        layer,
+        ..
+    } = one_layer_image(&pattern(300_000), |_, _, _| {});
     let fake = Arc::new(Fake {
         manifest: Bytes::from(manifest),
         blobs,
@@ -185,12 +135,7 @@ async fn serve(manifest_script: Script, layer_script: Script) -> (String, Arc<Fa
         .route("/v2/{a}/{b}/manifests/{r}", axum::routing::get(manifests))
         .route("/v2/{a}/{b}/blobs/{d}", axum::routing::get(blob_handler))
         .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (addr, fake)
+    (serve_app(app).await, fake)
 }
 
 async fn pull(addr: &str) -> (Result<peerpod_image::PullOutcome, ImageError>, usize) {
@@ -199,8 +144,7 @@ async fn pull(addr: &str) -> (Result<peerpod_image::PullOutcome, ImageError>, us
     assert_eq!(config.transfer.attempts, 3);
     config.registry_configuration_uri =
         Some(file_uri(scratch.path(), "r.conf", &insecure_conf(addr)));
-    let store = Arc::new(RecordingStore::default());
-    let p = Puller::new(config, Arc::new(NoResources), store.clone()).unwrap();
+    let (p, store) = recording_puller(config);
     let out = p
         .pull(&format!("{addr}/t/app:v1"), &PathBuf::from("/run/b/retry"))
         .await;

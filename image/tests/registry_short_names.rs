@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
 use common::*;
-use peerpod_image::resources::NoResources;
 use peerpod_image::{ImageError, Puller};
 
 /// A port that accepts connections and drops them at once, counting them.
@@ -35,8 +34,7 @@ fn puller(scratch: &Scratch, name: &str, conf: &str) -> (Puller, Arc<RecordingSt
     let mut config = test_config(&scratch.path().join(format!("work-{name}")));
     config.transfer.attempts = 1;
     config.registry_configuration_uri = Some(file_uri(scratch.path(), name, conf));
-    let store = Arc::new(RecordingStore::default());
-    let p = Puller::new(config, Arc::new(NoResources), store.clone()).unwrap();
+    let (p, store) = recording_puller(config);
     (p, store)
 }
 
@@ -50,12 +48,12 @@ async fn a_fully_qualified_docker_io_reference_is_never_pulled_from_a_search_reg
     if !tools_present() {
         return Ok(());
     }
-    let scratch = Scratch::new("short-qualified");
-    let registry = Registry::start(RegistryOptions::default())?;
-    let layout = scratch.path().join("layout");
-    build_image(&layout, "v1", &[vec![Step::Write("/etc/who", b"search")]])?;
     // The attacker's image, at the path the user named on Docker Hub.
-    registry.push(&layout, "v1", "team/app", "v1", "oci")?;
+    let (scratch, registry, _) = registry_with_image(
+        "short-qualified",
+        "team/app",
+        &[vec![Step::Write("/etc/who", b"search")]],
+    )?;
     let (hub, hub_connections) = decoy().await;
     // Docker Hub (remapped to the decoy, standing for a hub the host made unreachable) and
     // the search registry holding the other image.
@@ -90,11 +88,8 @@ async fn short_names_follow_short_name_mode_and_aliases() -> Result<()> {
     if !tools_present() {
         return Ok(());
     }
-    let scratch = Scratch::new("short-modes");
-    let registry = Registry::start(RegistryOptions::default())?;
-    let layout = scratch.path().join("layout");
-    build_image(&layout, "v1", &[vec![Step::Write("/etc/who", b"a")]])?;
-    registry.push(&layout, "v1", "app", "v1", "oci")?;
+    let (scratch, registry, _) =
+        registry_with_image("short-modes", "app", &[vec![Step::Write("/etc/who", b"a")]])?;
     let (first, first_connections) = decoy().await;
     let a = &registry.addr;
     let search = format!(

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use common::*;
-use peerpod_image::resources::NoResources;
 use peerpod_image::{ImageError, Puller};
 
 /// Rejects everything but the given repositories, each `insecureAcceptAnything`.
@@ -38,8 +37,7 @@ fn puller(
         Some(file_uri(scratch.path(), &format!("{name}.conf"), conf));
     config.image_security_policy_uri =
         Some(file_uri(scratch.path(), &format!("{name}.json"), policy));
-    let store = Arc::new(RecordingStore::default());
-    let p = Puller::new(config, Arc::new(NoResources), store.clone()).unwrap();
+    let (p, store) = recording_puller(config);
     (p, store)
 }
 

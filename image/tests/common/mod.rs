@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use peerpod_image::{Digest, Layers};
 
+pub mod fake;
 pub mod raw;
+pub mod setup;
+
+pub use setup::*;
 
 pub const BUSYBOX: &str = "/bin/busybox";
 

@@ -13,26 +13,6 @@ use peerpod_image::{Digest, ImageConfig, LayerDirStore, Puller};
 
 use super::*;
 
-pub fn is_root() -> bool {
-    run(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0")
-}
-
-/// Tools and root present; otherwise a loud skip (a failure under CI=true).
-pub fn ready() -> bool {
-    if !tools_present() {
-        return false;
-    }
-    if !is_root() {
-        let _ = std::io::stderr().write_all(b"\n*** SKIPPED: overlay mounts need root ***\n");
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI runs as root"
-        );
-        return false;
-    }
-    true
-}
-
 /// A tar of `files` (path, contents, mode).
 pub fn tar_of(files: &[(&str, Vec<u8>, u32)]) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
@@ -198,13 +178,7 @@ impl World {
     }
 
     pub fn config(&self) -> ImageConfig {
-        let mut config = test_config(&self.work);
-        config.registry_configuration_uri = Some(file_uri(
-            self.scratch.path(),
-            "r.conf",
-            &insecure_conf(&self.registry.addr),
-        ));
-        config
+        insecure_config(&self.scratch, &self.registry.addr, "work")
     }
 
     pub fn puller(
@@ -227,6 +201,36 @@ impl World {
 
     pub fn image(&self, repo_tag: &str) -> String {
         format!("{}/{repo_tag}", self.registry.addr)
+    }
+
+    /// Layers in the store.
+    pub fn layer_count(&self) -> usize {
+        std::fs::read_dir(self.work.join("layers/sha256")).map_or(0, |d| d.count())
+    }
+
+    /// Layers half unpacked.
+    pub fn staging_count(&self) -> usize {
+        std::fs::read_dir(self.work.join("layers/.tmp")).map_or(0, |d| d.count())
+    }
+
+    /// Pulls `repo_tag` into the bundle `bundle` with `p`, checks that one layer was fetched
+    /// and that `file` in the root filesystem holds `len` bytes, and releases it.
+    pub async fn pull_one_file(
+        &self,
+        p: &Puller,
+        repo_tag: &str,
+        bundle: &str,
+        file: &str,
+        len: usize,
+    ) -> Result<()> {
+        let out = p.pull(&self.image(repo_tag), &self.bundle(bundle)).await?;
+        assert_eq!(out.fetched_layers, 1);
+        assert_eq!(
+            std::fs::read(self.bundle(bundle).join("rootfs").join(file))?.len(),
+            len
+        );
+        p.release(&self.bundle(bundle))?;
+        Ok(())
     }
 
     pub fn bundle(&self, name: &str) -> PathBuf {
