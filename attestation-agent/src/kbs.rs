@@ -192,6 +192,15 @@ impl KbsError {
         }
     }
 
+    /// Whether the attestation ran out of time ([`KbsError::Deadline`], [`KbsError::Waited`]).
+    pub fn is_deadline(&self) -> bool {
+        match self {
+            KbsError::Deadline { .. } | KbsError::Waited { .. } => true,
+            KbsError::Shared(e) => e.is_deadline(),
+            _ => false,
+        }
+    }
+
     /// The HTTP status of a KBS error answer.
     pub fn status(&self) -> Option<u16> {
         match self {

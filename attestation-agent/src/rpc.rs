@@ -27,7 +27,8 @@ impl AaService {
 }
 
 /// One mapping from our errors to ttrpc status codes: a request we cannot serve is
-/// INVALID_ARGUMENT or FAILED_PRECONDITION, a failure of the TEE or the KBS is INTERNAL. The
+/// INVALID_ARGUMENT or FAILED_PRECONDITION, an attestation past `attestation_deadline_secs` is
+/// DEADLINE_EXCEEDED, any other failure of the TEE or the KBS is INTERNAL. The
 /// message (the whole error chain) and the log line come from the helper the CDH shares.
 fn status(method: &str, e: AaError) -> ttrpc::Error {
     let code = match &e {
@@ -39,6 +40,7 @@ fn status(method: &str, e: AaError) -> ttrpc::Error {
         AaError::Attester(crate::attester::AttestError::InitDataMismatch(_)) => {
             ttrpc::Code::FAILED_PRECONDITION
         }
+        AaError::Kbs(k) if k.is_deadline() => ttrpc::Code::DEADLINE_EXCEEDED,
         _ => ttrpc::Code::INTERNAL,
     };
     peerpod_kbs_client::rpc::status(method, code, &e)

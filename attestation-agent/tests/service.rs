@@ -2,7 +2,9 @@
 //! Unix socket, called by a ttrpc client as the kata agent and the CDH call it: every method,
 //! runtime measurements replayed from the event log against the vTPM's PCR 23, initdata bound
 //! at start and over ttrpc, a clean stop on SIGTERM, a restart that neither extends PCR 8 again
-//! nor loses the log — and a bare SEV-SNP guest through a configfs-tsm provider.
+//! nor loses the log, concurrent GetToken calls against a stalled KBS answered
+//! DEADLINE_EXCEEDED within `attestation_deadline_secs` after one handshake — and a bare SEV-SNP
+//! guest through a configfs-tsm provider.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -600,4 +602,77 @@ async fn bare_tdx_through_configfs_tsm() {
         .await
         .expect_err("MRCONFIGID differs");
     assert!(err.to_string().contains("MRCONFIGID"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_token_callers_of_the_binary_share_one_attestation_bounded_by_the_deadline() {
+    // A KBS the host stalls: it accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&connections);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    let dir = peerpod_tests::scratch::ScratchDir::new("aa-deadline").expect("scratch");
+    std::fs::write(
+        dir.path().join("aa.toml"),
+        format!(
+            "[token_configs.kbs]\nurl = \"http://{addr}\"\n[peerpod]\nallow_sample = true\n\
+             insecure_http = true\ntpm = \"unix:{d}/no-tpm.sock\"\ntsm_root = \"{d}/no-tsm\"\n\
+             kbs_request_timeout_secs = 30\nkbs_attempts = 3\nattestation_deadline_secs = 2\n",
+            d = dir.path().display()
+        ),
+    )
+    .expect("aa.toml");
+    let served = Served::start(dir.path(), 0, &[]);
+    let client = served.client().await;
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .get_token(
+                    context::with_timeout(Duration::from_secs(60).as_nanos() as i64),
+                    &GetTokenRequest {
+                        TokenType: "kbs".into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+        }));
+    }
+    for call in calls {
+        let err = call
+            .await
+            .expect("call")
+            .expect_err("a stalled KBS gives no token");
+        assert_eq!(code(&err), ttrpc::Code::DEADLINE_EXCEEDED, "{err:?}");
+        let text = format!("{err:?}");
+        assert!(
+            text.contains("[peerpod] attestation_deadline_secs")
+                && text.contains("within 2 s")
+                && text.contains("auth reply"),
+            "{text}"
+        );
+    }
+    // Without the deadline: 3 attempts of 30 s each, for the first caller alone.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one handshake for 8 calls"
+    );
+    assert_eq!(served.stop().code(), Some(0));
 }
