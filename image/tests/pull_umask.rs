@@ -24,13 +24,8 @@ async fn the_container_root_is_0755_under_a_strict_umask() -> Result<()> {
         "umask/img",
         &[vec![Step::Busybox, Step::Write("/etc/hello", b"hello")]],
     )?;
-    let work = scratch.path().join("work");
-    let mut config = test_config(&work);
-    config.registry_configuration_uri = Some(file_uri(
-        scratch.path(),
-        "r.conf",
-        &insecure_conf(&registry.addr),
-    ));
+    let config = insecure_config(&scratch, &registry.addr, "work");
+    let work = config.work_dir.clone();
     // Scratch directories stay reachable for the non-root check below.
     std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
     let bundle = scratch.path().join("bundle");

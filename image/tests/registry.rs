@@ -430,18 +430,8 @@ async fn pulled_image_is_an_overlay_rootfs_with_whiteouts_applied_and_collected_
             vec![Step::Remove("/etc/one")],
         ],
     )?;
-    let work = scratch.path().join("work");
-    let mut config = test_config(&work);
-    config.registry_configuration_uri = Some(file_uri(
-        scratch.path(),
-        "r.conf",
-        &insecure_conf(&registry.addr),
-    ));
-    let store = Arc::new(peerpod_image::LayerDirStore::open(
-        &work,
-        Default::default(),
-    )?);
-    let p = Puller::new(config, Arc::new(NoResources), store.clone())?;
+    let config = insecure_config(&scratch, &registry.addr, "work");
+    let (p, store) = store_puller(config)?;
     let bundle = scratch.path().join("bundle");
     std::fs::create_dir_all(&bundle)?;
     let out = p
@@ -488,18 +478,9 @@ async fn layers_of_a_rootfs_unmounted_by_the_agent_are_collected_and_pulled_agai
         "reap/a",
         &[vec![Step::Busybox], vec![Step::Write("/etc/a", b"a")]],
     )?;
-    let work = scratch.path().join("work");
-    let mut config = test_config(&work);
-    config.registry_configuration_uri = Some(file_uri(
-        scratch.path(),
-        "r.conf",
-        &insecure_conf(&registry.addr),
-    ));
-    let store = Arc::new(peerpod_image::LayerDirStore::open(
-        &work,
-        Default::default(),
-    )?);
-    let p = Puller::new(config, Arc::new(NoResources), store.clone())?;
+    let config = insecure_config(&scratch, &registry.addr, "work");
+    let work = config.work_dir.clone();
+    let (p, store) = store_puller(config)?;
     let image = format!("{}/reap/a:v1", registry.addr);
     let layers_in_store = |diff_ids: &[Digest]| {
         diff_ids

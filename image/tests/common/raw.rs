@@ -233,6 +233,32 @@ impl World {
         Ok(())
     }
 
+    /// Pulls `repo_tag` into the bundle `bundle` with `p`, which must be refused by the limit
+    /// `key` with an error naming it, `needles` and cdh.toml; the error's text.
+    pub async fn refused_by_limit(
+        &self,
+        p: &Puller,
+        repo_tag: &str,
+        bundle: &str,
+        key: &str,
+        needles: &[&str],
+    ) -> Result<String> {
+        let e = match p.pull(&self.image(repo_tag), &self.bundle(bundle)).await {
+            Ok(_) => bail!("{repo_tag} was pulled, not refused by {key}"),
+            Err(e) => e,
+        };
+        let text = e.to_string();
+        assert_eq!(e.limit_key(), Some(key), "{text}");
+        assert!(
+            matches!(e, peerpod_image::ImageError::Limit { .. }),
+            "{text}"
+        );
+        for needle in [key, "cdh.toml"].iter().chain(needles) {
+            assert!(text.contains(needle), "{needle} in {text}");
+        }
+        Ok(text)
+    }
+
     pub fn bundle(&self, name: &str) -> PathBuf {
         let b = self.scratch.path().join("bundles").join(name);
         std::fs::create_dir_all(&b).unwrap();

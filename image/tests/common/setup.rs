@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use peerpod_image::resources::NoResources;
-use peerpod_image::{ImageConfig, Puller};
+use peerpod_image::{ImageConfig, LayerDirStore, Puller};
 
 use super::{
     RecordingStore, Registry, RegistryOptions, Scratch, Step, build_image, file_uri, insecure_conf,
@@ -69,6 +69,15 @@ pub fn recording_puller(config: ImageConfig) -> (Puller, Arc<RecordingStore>) {
     let store = Arc::new(RecordingStore::default());
     let p = Puller::new(config, Arc::new(NoResources), store.clone()).expect("puller");
     (p, store)
+}
+
+/// A puller with no resources over the real layer store in the config's work_dir.
+pub fn store_puller(config: ImageConfig) -> Result<(Puller, Arc<LayerDirStore>)> {
+    let store = Arc::new(LayerDirStore::open(&config.work_dir, Default::default())?);
+    Ok((
+        Puller::new(config, Arc::new(NoResources), store.clone())?,
+        store,
+    ))
 }
 
 /// A tmpfs mounted at `at` (created) with `options`, lazily unmounted on drop.
