@@ -27,6 +27,17 @@ pub enum AaError {
     /// The attestation service failed, or a step of ours did.
     #[error("{0}")]
     Service(String),
+    /// A step did not finish within `[peerpod] attestation_deadline_secs`.
+    #[error(
+        "{what} did not finish within {secs} s; if the TEE is this slow, raise [peerpod] \
+         attestation_deadline_secs in aa.toml"
+    )]
+    Deadline {
+        /// The step.
+        what: &'static str,
+        /// The deadline, in seconds.
+        secs: u64,
+    },
 }
 
 /// The outcome of a runtime measurement request.
@@ -47,6 +58,7 @@ pub struct AttestationAgent {
     coco_as: Option<(String, reqwest::Client)>,
     eventlog: Option<EventLog>,
     init_pcr: u64,
+    deadline: std::time::Duration,
 }
 
 impl AttestationAgent {
@@ -111,6 +123,7 @@ impl AttestationAgent {
                 .enable_eventlog
                 .then(|| EventLog::new(&config.eventlog_path)),
             init_pcr: config.init_pcr,
+            deadline: config.attestation_deadline,
         })
     }
 
@@ -134,8 +147,19 @@ impl AttestationAgent {
 
     /// Evidence binding `runtime_data` as the TEE's report data, as JSON bytes.
     pub async fn get_evidence(&self, runtime_data: &[u8]) -> Result<Vec<u8>, AaError> {
-        let evidence = self.attester.evidence(runtime_data).await?;
+        let evidence = self.evidence(runtime_data).await?;
         Ok(evidence.to_string().into_bytes())
+    }
+
+    /// The attester's evidence, within `[peerpod] attestation_deadline_secs`.
+    async fn evidence(&self, report_data: &[u8]) -> Result<serde_json::Value, AaError> {
+        tokio::time::timeout(self.deadline, self.attester.evidence(report_data))
+            .await
+            .map_err(|_| AaError::Deadline {
+                what: "making evidence in the TEE",
+                secs: self.deadline.as_secs(),
+            })?
+            .map_err(AaError::from)
     }
 
     /// A token: `kbs` gives `{"token", "tee_keypair"}` (the TEE key as PEM), `coco_as` the
@@ -170,7 +194,7 @@ impl AttestationAgent {
                 "no attestation service configured: set [token_configs.coco_as] url".into(),
             )
         })?;
-        let evidence = self.attester.evidence(&[]).await?;
+        let evidence = self.evidence(&[]).await?;
         let body = json!({
             "verification_requests": [{
                 "tee": self.attester.tee(),

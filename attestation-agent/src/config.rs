@@ -114,7 +114,8 @@ pub struct AaConfig {
     /// `[peerpod] token_refresh_margin_secs`: re-attest this long before the token expires.
     pub token_refresh_margin: Duration,
     /// `[peerpod] attestation_deadline_secs`: the most one attestation may take (retries,
-    /// back-off and evidence included), and the most a caller waits for one.
+    /// back-off and evidence included), the most a caller waits for one, and the most
+    /// `GetEvidence` waits for evidence.
     pub attestation_deadline: Duration,
     /// Unknown keys, for the caller to log.
     pub warnings: Vec<String>,

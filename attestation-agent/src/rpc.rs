@@ -40,6 +40,7 @@ fn status(method: &str, e: AaError) -> ttrpc::Error {
         AaError::Attester(crate::attester::AttestError::InitDataMismatch(_)) => {
             ttrpc::Code::FAILED_PRECONDITION
         }
+        AaError::Deadline { .. } => ttrpc::Code::DEADLINE_EXCEEDED,
         AaError::Kbs(k) if k.is_deadline() => ttrpc::Code::DEADLINE_EXCEEDED,
         _ => ttrpc::Code::INTERNAL,
     };

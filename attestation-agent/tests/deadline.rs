@@ -212,7 +212,7 @@ impl Attester for SlowEvidence {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn evidence_that_never_comes_is_bounded_by_the_deadline() {
+async fn evidence_that_never_comes_is_bounded_by_the_deadline_in_attestation_and_get_evidence() {
     let options = kbs_options(None);
     let stats = Arc::clone(&options.stats);
     let kbs = RunningKbs::start(options, "127.0.0.1:0", None).expect("KBS");
@@ -237,6 +237,18 @@ async fn evidence_that_never_comes_is_bounded_by_the_deadline() {
     );
     assert_eq!(aa.kbs().expect("kbs").handshakes(), 1);
     assert_eq!(stats.attestations.load(Ordering::Relaxed), 0);
+
+    // GetEvidence itself (what the CDH asks for) is bounded by the same deadline.
+    let started = Instant::now();
+    let err = aa.get_evidence(&[7; 32]).await.expect_err("no evidence");
+    assert!(matches!(err, AaError::Deadline { secs: 2, .. }), "{err}");
+    let text = chain(&err);
+    assert!(
+        text.contains("making evidence in the TEE") && text.contains("attestation_deadline_secs"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert_eq!(attester.calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
