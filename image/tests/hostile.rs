@@ -136,6 +136,13 @@ fn image(payload: usize, corrupt: impl Fn(&mut Vec<u8>, &mut String, &mut u64)) 
     one_layer_image(&pattern(payload), corrupt)
 }
 
+/// A 400,000-byte image served with `fault`, and a fresh store to pull it into.
+async fn served_with_fault(fault: Fault) -> (Image, String, Arc<Fake>, Arc<RecordingStore>) {
+    let img = image(400_000, |_, _, _| {});
+    let (addr, fake) = serve(&img, fault).await;
+    (img, addr, fake, Arc::new(RecordingStore::default()))
+}
+
 async fn serve(img: &Image, fault: Fault) -> (String, Arc<Fake>) {
     serve_manifest(img, img.manifest.clone(), fault).await
 }
@@ -254,9 +261,7 @@ async fn oversized_manifest_refused_as_it_arrives() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dropped_connection_resumes_with_range() -> Result<()> {
-    let img = image(400_000, |_, _, _| {});
-    let (addr, fake) = serve(&img, Fault::Truncate(2)).await;
-    let store = Arc::new(RecordingStore::default());
+    let (img, addr, fake, store) = served_with_fault(Fault::Truncate(2)).await;
     let out = pull(&addr, &store).await?;
     assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
     assert_eq!(fake.layer_requests.load(Ordering::SeqCst), 3);
@@ -273,9 +278,7 @@ async fn dropped_connection_resumes_with_range() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_ignoring_range_is_resumed_by_skipping() -> Result<()> {
-    let img = image(400_000, |_, _, _| {});
-    let (addr, fake) = serve(&img, Fault::TruncateNoRange(1)).await;
-    let store = Arc::new(RecordingStore::default());
+    let (img, addr, fake, store) = served_with_fault(Fault::TruncateNoRange(1)).await;
     let out = pull(&addr, &store).await?;
     assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
     assert_eq!(fake.layer_requests.load(Ordering::SeqCst), 2);
@@ -288,9 +291,7 @@ async fn registry_ignoring_range_is_resumed_by_skipping() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_that_keeps_truncating_fails_after_bounded_attempts() -> Result<()> {
-    let img = image(400_000, |_, _, _| {});
-    let (addr, fake) = serve(&img, Fault::Truncate(usize::MAX)).await;
-    let store = Arc::new(RecordingStore::default());
+    let (_, addr, fake, store) = served_with_fault(Fault::Truncate(usize::MAX)).await;
     let e = pull(&addr, &store).await.unwrap_err();
     assert!(
         matches!(e, ImageError::Transport { attempts: 3, .. }),
@@ -303,9 +304,7 @@ async fn registry_that_keeps_truncating_fails_after_bounded_attempts() -> Result
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_registry_times_out_with_a_clear_error() -> Result<()> {
-    let img = image(400_000, |_, _, _| {});
-    let (addr, _) = serve(&img, Fault::Stall).await;
-    let store = Arc::new(RecordingStore::default());
+    let (_, addr, _, store) = served_with_fault(Fault::Stall).await;
     let started = std::time::Instant::now();
     let e = pull(&addr, &store).await.unwrap_err();
     assert!(matches!(e, ImageError::Transport { .. }), "{e}");
@@ -475,9 +474,7 @@ async fn refused_credentials_fall_back_to_anonymous_only_when_configured() -> Re
 /// collection removes layers under a running pull. Once the pull is over, collections run.
 #[tokio::test(flavor = "multi_thread")]
 async fn collections_wait_for_pulls_in_flight() -> Result<()> {
-    let img = image(400_000, |_, _, _| {});
-    let (addr, _) = serve(&img, Fault::Stall).await;
-    let store = Arc::new(RecordingStore::default());
+    let (_, addr, _, store) = served_with_fault(Fault::Stall).await;
     let scratch = Scratch::new("hostile-collect");
     let p = Arc::new(puller(&addr, &scratch, &store));
     let pulling = {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::*;
+use peerpod_image::Puller;
 use peerpod_image::resources::NoResources;
-use peerpod_image::{ImageError, Puller};
 use sha2::Digest as _;
 
 /// Whether `tool` is installed; outside CI a missing one skips loudly, under `CI=true` fails.
@@ -443,11 +443,7 @@ async fn gpg_signed_image_accepted_wrong_key_unsigned_and_replayed_signature_ref
         config.image_security_policy_uri =
             Some(file_uri(scratch.path(), "policy.json", &policy(key)));
         config.sigstore_config_uri = Some(lookaside.clone());
-        let store = Arc::new(RecordingStore::default());
-        Ok((
-            Puller::new(config, Arc::new(NoResources), store.clone())?,
-            store,
-        ))
+        Ok(recording_puller(config))
     };
     let signer_key = key_of(&signer, "signer.gpg")?;
     let stranger_key = key_of(&stranger, "stranger.gpg")?;
@@ -469,15 +465,13 @@ async fn gpg_signed_image_accepted_wrong_key_unsigned_and_replayed_signature_ref
 
     // Unsigned, and a signature replayed from another image: refused before any layer.
     for (repo, bundle) in [("unsigned", "sig2"), ("replayed", "sig3")] {
-        let e = p
-            .pull(
-                &format!("{}/sig/{repo}:v1", registry.addr),
-                &PathBuf::from(format!("/run/b/{bundle}")),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(e, ImageError::Signature { .. }), "{repo}: {e}");
-        assert!(e.to_string().contains("signedBy"), "{repo}: {e}");
+        refused_by_policy(
+            &p,
+            &format!("{}/sig/{repo}:v1", registry.addr),
+            &PathBuf::from(format!("/run/b/{bundle}")),
+            &["signedBy"],
+        )
+        .await?;
     }
     assert_eq!(
         store.installs.lock().unwrap().len(),
@@ -487,15 +481,13 @@ async fn gpg_signed_image_accepted_wrong_key_unsigned_and_replayed_signature_ref
 
     // The policy names another key: the real signature is refused, nothing installed.
     let (p, store) = puller_with(&stranger_key)?;
-    let e = p
-        .pull(
-            &format!("{}/sig/app:v1", registry.addr),
-            &PathBuf::from("/run/b/sig4"),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(e, ImageError::Signature { .. }), "{e}");
-    assert!(e.to_string().contains("signedBy"), "{e}");
+    refused_by_policy(
+        &p,
+        &format!("{}/sig/app:v1", registry.addr),
+        &PathBuf::from("/run/b/sig4"),
+        &["signedBy"],
+    )
+    .await?;
     assert!(store.installs.lock().unwrap().is_empty());
     Ok(())
 }
@@ -622,11 +614,7 @@ async fn cosign_signed_image_accepted_wrong_key_unsigned_and_foreign_payload_ref
                 scratch.path().join(key).display()
             ),
         ));
-        let store = Arc::new(RecordingStore::default());
-        Ok((
-            Puller::new(config, Arc::new(NoResources), store.clone())?,
-            store,
-        ))
+        Ok(recording_puller(config))
     };
     // Built first: it installs the process's rustls provider the test's client uses too.
     let (p, store) = puller_with("signer.pub")?;
@@ -666,14 +654,13 @@ async fn cosign_signed_image_accepted_wrong_key_unsigned_and_foreign_payload_ref
     // "foreign" carries v1's genuine signature (its payload names v1's digest); "unsigned"
     // has no signature manifest at all.
     for tag in ["unsigned", "foreign"] {
-        let e = p
-            .pull(
-                &format!("{}/cos/app:{tag}", registry.addr),
-                &PathBuf::from(format!("/run/b/cos-{tag}")),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(e, ImageError::Signature { .. }), "{tag}: {e}");
+        let e = refused_by_policy(
+            &p,
+            &format!("{}/cos/app:{tag}", registry.addr),
+            &PathBuf::from(format!("/run/b/cos-{tag}")),
+            &[],
+        )
+        .await?;
         let why = if tag == "unsigned" {
             "does not exist".to_string()
         } else {
@@ -689,14 +676,13 @@ async fn cosign_signed_image_accepted_wrong_key_unsigned_and_foreign_payload_ref
     );
 
     let (p, store) = puller_with("stranger.pub")?;
-    let e = p
-        .pull(
-            &format!("{}/cos/app:v1", registry.addr),
-            &PathBuf::from("/run/b/cos2"),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(e, ImageError::Signature { .. }), "{e}");
+    refused_by_policy(
+        &p,
+        &format!("{}/cos/app:v1", registry.addr),
+        &PathBuf::from("/run/b/cos2"),
+        &[],
+    )
+    .await?;
     assert!(store.installs.lock().unwrap().is_empty());
     Ok(())
 }

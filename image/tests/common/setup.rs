@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use peerpod_image::resources::NoResources;
-use peerpod_image::{ImageConfig, LayerDirStore, Puller};
+use peerpod_image::{ImageConfig, ImageError, LayerDirStore, Puller};
 
 use super::{
     RecordingStore, Registry, RegistryOptions, Scratch, Step, build_image, file_uri, insecure_conf,
@@ -78,6 +78,25 @@ pub fn store_puller(config: ImageConfig) -> Result<(Puller, Arc<LayerDirStore>)>
         Puller::new(config, Arc::new(NoResources), store.clone())?,
         store,
     ))
+}
+
+/// Pulls `image` into `bundle` with `p`, which the signature policy must refuse with an error
+/// naming each of `needles`; the error.
+pub async fn refused_by_policy(
+    p: &Puller,
+    image: &str,
+    bundle: &Path,
+    needles: &[&str],
+) -> Result<ImageError> {
+    let e = match p.pull(image, bundle).await {
+        Ok(_) => anyhow::bail!("{image} was pulled, not refused by the policy"),
+        Err(e) => e,
+    };
+    assert!(matches!(e, ImageError::Signature { .. }), "{image}: {e}");
+    for needle in needles {
+        assert!(e.to_string().contains(needle), "{image}: {needle} in {e}");
+    }
+    Ok(e)
 }
 
 /// A tmpfs mounted at `at` (created) with `options`, lazily unmounted on drop.
