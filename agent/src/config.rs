@@ -586,8 +586,8 @@ mod tests {
 
     #[test]
     fn environment_overrides_the_file() {
-        let dir = std::env::temp_dir().join(format!("agent-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = crate::scratch::Scratch::new("agent-config", "env");
+        let dir = scratch.path();
         let file = dir.join("agent.toml");
         std::fs::write(
             &file,

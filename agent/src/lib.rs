@@ -38,6 +38,8 @@ pub mod guest_pull;
 pub mod network;
 pub mod rpc;
 pub mod runtime;
+#[cfg(test)]
+mod scratch;
 pub mod server;
 mod sys;
 pub mod tree;

@@ -6,10 +6,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use super::*;
 
 /// A fresh `shared` root and an `outside` directory next to it, holding `outside/secret`
-/// (mode 0640, "original").
-fn dirs(test: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("copy-file-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// (mode 0640, "original"); both removed when the returned scratch directory is dropped.
+fn dirs(test: &str) -> (PathBuf, PathBuf, crate::scratch::Scratch) {
+    let scratch = crate::scratch::Scratch::new("copy-file", test);
+    let dir = scratch.path();
     let (root, outside) = (dir.join("shared"), dir.join("outside"));
     std::fs::create_dir_all(&root).expect("root");
     std::fs::create_dir_all(&outside).expect("outside");
@@ -17,7 +17,7 @@ fn dirs(test: &str) -> (PathBuf, PathBuf) {
     std::fs::set_permissions(outside.join("secret"), PermissionsExt::from_mode(0o640))
         .expect("mode");
     std::fs::set_permissions(&outside, PermissionsExt::from_mode(0o750)).expect("mode");
-    (root, outside)
+    (root, outside, scratch)
 }
 
 fn request(path: &Path, data: &[u8], offset: i64, size: i64, mode: u32) -> CopyFileRequest {
@@ -71,7 +71,7 @@ fn assert_untouched(outside: &Path) {
 
 #[test]
 fn chunks_land_in_place_only_when_complete() {
-    let (root, _) = dirs("chunks");
+    let (root, _, _scratch) = dirs("chunks");
     let files = CopyFiles::new(&root);
     let target = root.join("containers/c1-resolv.conf");
     files
@@ -105,7 +105,7 @@ fn chunks_land_in_place_only_when_complete() {
 
 #[test]
 fn directories_and_symlinks() {
-    let (root, _) = dirs("dirs");
+    let (root, _, _scratch) = dirs("dirs");
     let files = CopyFiles::new(&root);
     files
         .copy(&request(&root.join("d"), b"", 0, 0, 0o40_700))
@@ -146,7 +146,7 @@ fn directories_and_symlinks() {
 
 #[test]
 fn paths_outside_the_root_are_refused() {
-    let (root, _) = dirs("outside");
+    let (root, _, _scratch) = dirs("outside");
     let files = CopyFiles::new(&root);
     for bad in [
         "/etc/passwd",
@@ -169,7 +169,7 @@ fn paths_outside_the_root_are_refused() {
 
 #[test]
 fn chunks_past_the_size_are_refused() {
-    let (root, _) = dirs("past");
+    let (root, _, _scratch) = dirs("past");
     let files = CopyFiles::new(&root);
     let r = request(&root.join("f"), b"toolong", 0, 3, 0o100_644);
     assert!(matches!(
@@ -185,7 +185,7 @@ fn chunks_past_the_size_are_refused() {
 
 #[test]
 fn a_directory_request_on_a_symlink_does_not_touch_its_target() {
-    let (root, outside) = dirs("dir-on-symlink");
+    let (root, outside, _scratch) = dirs("dir-on-symlink");
     std::os::unix::fs::symlink(&outside, root.join("d")).expect("plant");
     let mut r = request(&root.join("d"), b"", 0, 0, 0o40_777);
     r.uid = 4242;
@@ -204,7 +204,7 @@ fn a_directory_request_on_a_symlink_does_not_touch_its_target() {
 
 #[test]
 fn a_file_over_a_symlink_replaces_the_link_not_its_target() {
-    let (root, outside) = dirs("file-on-symlink");
+    let (root, outside, _scratch) = dirs("file-on-symlink");
     std::os::unix::fs::symlink(outside.join("secret"), root.join("f")).expect("plant");
     let mut r = file(&root.join("f"), b"planted?");
     r.file_mode = 0o100_666;
@@ -224,7 +224,7 @@ fn a_file_over_a_symlink_replaces_the_link_not_its_target() {
 
 #[test]
 fn a_planted_part_symlink_is_not_written_through() {
-    let (root, outside) = dirs("part-symlink");
+    let (root, outside, _scratch) = dirs("part-symlink");
     let files = CopyFiles::new(&root);
     std::os::unix::fs::symlink(outside.join("secret"), root.join("f.part")).expect("plant");
     std::os::unix::fs::symlink(outside.join("secret"), root.join(".f.part")).expect("plant");
@@ -243,7 +243,7 @@ fn a_planted_part_symlink_is_not_written_through() {
 
 #[test]
 fn a_symlinked_directory_on_the_way_is_refused() {
-    let (root, outside) = dirs("symlinked-dir");
+    let (root, outside, _scratch) = dirs("symlinked-dir");
     let files = CopyFiles::new(&root);
     std::os::unix::fs::symlink(&outside, root.join("sub")).expect("plant");
     for r in [
@@ -268,7 +268,7 @@ fn a_symlinked_directory_on_the_way_is_refused() {
 #[test]
 fn mounts_below_the_root_are_not_entered() {
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
-    let (root, _) = dirs("mounts");
+    let (root, _, _scratch) = dirs("mounts");
     let mounted = root.join("c1/rootfs");
     std::fs::create_dir_all(&mounted).expect("mount point");
     mount(
@@ -299,7 +299,7 @@ fn mounts_below_the_root_are_not_entered() {
 
 #[test]
 fn a_hard_link_is_replaced_not_written_through() {
-    let (root, outside) = dirs("hardlink");
+    let (root, outside, _scratch) = dirs("hardlink");
     let files = CopyFiles::new(&root);
     std::fs::hard_link(outside.join("secret"), root.join("h")).expect("plant");
     std::fs::hard_link(outside.join("secret"), root.join("d")).expect("plant");
@@ -329,7 +329,7 @@ fn a_hard_link_is_replaced_not_written_through() {
 
 #[test]
 fn uploads_in_progress_are_bounded() {
-    let (root, _) = dirs("bounded");
+    let (root, _, _scratch) = dirs("bounded");
     let files = CopyFiles::new(&root);
     for i in 0..MAX_UPLOADS + 3 {
         files
@@ -370,7 +370,7 @@ fn contained_symlink_targets() {
 /// upload in progress and starts one): the upload that is replaced leaves no temporary file.
 #[test]
 fn a_replaced_upload_leaves_no_temporary_file() {
-    let (root, _) = dirs("replaced");
+    let (root, _, _scratch) = dirs("replaced");
     let files = CopyFiles::new(&root);
     let path = root.join("f");
     let dir = files

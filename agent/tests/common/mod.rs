@@ -48,7 +48,8 @@ impl Agent {
 
     fn launch(name: &str, server_addr: Option<&str>, config_extra: &str, wrapper: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("agent-api-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        // Never through a mount a killed run left inside (remove_tree does not enter one).
+        let _ = kata_agent::tree::remove_tree(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let addr = server_addr
             .map(str::to_owned)
@@ -120,21 +121,34 @@ impl Agent {
 
 impl Drop for Agent {
     /// SIGTERM first, so the agent removes its containers, mounts and cgroups even when a test
-    /// fails; SIGKILL if it does not stop in time.
+    /// fails; SIGKILL if it does not stop in time. Then the agent's directory goes (log,
+    /// config, state), without entering a mount left in it: such a mount, and the directories
+    /// holding it, stay and are named on stderr.
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
         let deadline = Instant::now() + Duration::from_secs(15);
+        let mut stopped = false;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                stopped = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() && std::env::var_os("AGENT_TEST_KEEP").is_some() {
+            eprintln!("*** kept {} (AGENT_TEST_KEEP)", self.dir.display());
+            return;
+        }
+        if let Err(e) = kata_agent::tree::remove_tree(&self.dir) {
+            eprintln!("*** {} left behind: {e}", self.dir.display());
+        }
     }
 }
 
