@@ -554,3 +554,24 @@ async fn destroy_sandbox_answers_then_the_agent_exits() {
     assert!(!agent.dir.join("run/agent.sock").exists());
     assert!(agent.log().contains("sandbox destroyed; the agent stops"));
 }
+
+/// A test's agent leaves nothing behind in the temp dir: once dropped (stopped), its directory
+/// (config, log, socket, state) is gone. Before, every test left its agent-api-<pid>-<name>
+/// directory (about 1,200 had accumulated).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_test_agent_leaves_no_directory() {
+    let mut agent = Agent::start(
+        "leaves-nothing",
+        None,
+        &policy_line("policy/examples/allow-all.rego"),
+    );
+    let (_client, health) = agent.connect().await;
+    health
+        .check(ctx(), &health::CheckRequest::new())
+        .await
+        .expect("health");
+    let dir = agent.dir.clone();
+    assert!(dir.join("agent.log").exists());
+    drop(agent);
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+}
