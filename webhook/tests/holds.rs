@@ -104,6 +104,15 @@ fn small_review() -> serde_json::Value {
     ))
 }
 
+/// A keep-alive connection from `from` whose first review was answered (200); open.
+async fn answered_from(server: &Server, from: IpAddr) -> Result<Conn, common::BoxError> {
+    let mut conn = Conn::connect_from(server.addr, from, server.client_config()).await?;
+    let reply = conn.review(&small_review()).await?;
+    assert_eq!(reply.status, 200, "from {from}: {}", reply.text());
+    assert_eq!(reply.json()["response"]["allowed"], true);
+    Ok(conn)
+}
+
 /// What the server sent on `tls` within `wait` (empty if nothing).
 async fn answer_within(tls: &mut TlsStream<tokio::net::TcpStream>, wait: Duration) -> String {
     let mut buf = [0u8; 512];
@@ -199,10 +208,7 @@ async fn header_only_connections_from_one_address_cannot_keep_a_real_client_out(
         flood.push(stalled(&server, &config, ATTACKER, 1000, 0).await?);
     }
     for from in [API_SERVER, ATTACKER] {
-        let mut conn = Conn::connect_from(server.addr, from, server.client_config()).await?;
-        let reply = conn.review(&small_review()).await?;
-        assert_eq!(reply.status, 200, "from {from}: {}", reply.text());
-        assert_eq!(reply.json()["response"]["allowed"], true);
+        answered_from(&server, from).await?;
     }
     Ok(())
 }
@@ -220,9 +226,7 @@ async fn stalled_bodies_from_one_address_cannot_keep_its_newcomers_out() -> Test
     }
     tokio::time::sleep(peerpod_webhook::server::EVICT_AFTER * 2).await;
     for from in [ATTACKER, API_SERVER] {
-        let mut conn = Conn::connect_from(server.addr, from, server.client_config()).await?;
-        let reply = conn.review(&small_review()).await?;
-        assert_eq!(reply.status, 200, "from {from}: {}", reply.text());
+        answered_from(&server, from).await?;
     }
     Ok(())
 }
@@ -233,8 +237,7 @@ async fn stalled_bodies_from_one_address_cannot_keep_its_newcomers_out() -> Test
 async fn a_flood_from_one_address_does_not_close_another_address_s_keep_alive() -> TestResult {
     raise_fd_limit()?;
     let server = start().await;
-    let mut api = Conn::connect_from(server.addr, API_SERVER, server.client_config()).await?;
-    assert_eq!(api.review(&small_review()).await?.status, 200);
+    let mut api = answered_from(&server, API_SERVER).await?;
     let config = Arc::new(server.client_config());
     let mut flood = Vec::with_capacity(MAX_CONNECTIONS + 64);
     for _ in 0..MAX_CONNECTIONS + 64 {
@@ -253,8 +256,7 @@ async fn a_flood_from_one_address_does_not_close_another_address_s_keep_alive() 
 async fn a_flood_from_many_addresses_does_not_close_a_lone_keep_alive() -> TestResult {
     raise_fd_limit()?;
     let server = start().await;
-    let mut api = Conn::connect_from(server.addr, API_SERVER, server.client_config()).await?;
-    assert_eq!(api.review(&small_review()).await?.status, 200);
+    let mut api = answered_from(&server, API_SERVER).await?;
     let config = Arc::new(server.client_config());
     let addresses = MAX_CONNECTIONS / MAX_CONNECTIONS_PER_PEER + 1;
     let mut flood = Vec::with_capacity(addresses * MAX_CONNECTIONS_PER_PEER);
