@@ -22,7 +22,8 @@
 //! - [`cdh`]: the confidential data hub client that unseals `sealed.` environment values in
 //!   CreateContainer and asks it to pull images; [`guest_pull`]: the `image_guest_pull`
 //!   storage, whose bundles under `/run/kata-containers` are removed with their containers
-//!   ([`tree`]: removal that follows no symlink, enters no mount and holds one descriptor).
+//!   ([`tree`]: removal that follows no symlink, enters no mount and holds a bounded number of
+//!   descriptors: the top opened by the agent, the walk below it image-layer's).
 //!
 //! RPCs not built yet (volumes, hotplug, swap, iptables) are decided by the policy and then
 //! answered UNIMPLEMENTED (see the README).
