@@ -14,6 +14,13 @@ use peerpod_webhook::advertiser::{
 };
 use serde_json::json;
 
+/// The node as the API server holds it advertises `capacity` VMs, owned by `owner`.
+fn assert_advertised(api: &ApiServer, capacity: &str, owner: &str) {
+    let node = api.node();
+    assert_eq!(node["status"]["capacity"]["kata.peerpods.io/vm"], capacity);
+    assert_eq!(node["metadata"]["annotations"][OWNER_ANNOTATION], owner);
+}
+
 #[tokio::test]
 async fn advertise_sets_the_capacity_with_the_owner_and_withdraw_removes_both() -> TestResult {
     let api = ApiServer::start(a_node()).await;
@@ -65,12 +72,7 @@ async fn a_node_without_annotations_or_capacity_gets_them() -> TestResult {
     .await;
     let a = api.advertiser("advertiser-a", 3, TOKEN);
     a.advertise().await?;
-    let node = api.node();
-    assert_eq!(node["status"]["capacity"]["kata.peerpods.io/vm"], "3");
-    assert_eq!(
-        node["metadata"]["annotations"][OWNER_ANNOTATION],
-        "advertiser-a"
-    );
+    assert_advertised(&api, "3", "advertiser-a");
     Ok(())
 }
 
@@ -85,12 +87,7 @@ async fn withdraw_leaves_another_owners_capacity() -> TestResult {
         old.withdraw().await?,
         Withdrawn::NotOwner(Some("advertiser-b".to_owned()))
     );
-    let node = api.node();
-    assert_eq!(node["status"]["capacity"]["kata.peerpods.io/vm"], "8");
-    assert_eq!(
-        node["metadata"]["annotations"][OWNER_ANNOTATION],
-        "advertiser-b"
-    );
+    assert_advertised(&api, "8", "advertiser-b");
     Ok(())
 }
 
@@ -111,12 +108,7 @@ async fn a_takeover_between_read_and_patch_is_not_undone() -> TestResult {
         a.withdraw().await?,
         Withdrawn::NotOwner(Some("advertiser-b".to_owned()))
     );
-    let node = api.node();
-    assert_eq!(node["status"]["capacity"]["kata.peerpods.io/vm"], "8");
-    assert_eq!(
-        node["metadata"]["annotations"][OWNER_ANNOTATION],
-        "advertiser-b"
-    );
+    assert_advertised(&api, "8", "advertiser-b");
     Ok(())
 }
 

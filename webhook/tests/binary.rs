@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Certs, Conn, TempDir, TestResult, client_config, container, patched, pod, review_of};
 use serde_json::json;
@@ -34,16 +34,7 @@ async fn the_binary_serves_reviews_with_its_environment_and_stops_on_sigterm() -
         .kill_on_drop(true)
         .spawn()?;
     let addr = format!("127.0.0.1:{port}").parse()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut conn = loop {
-        match Conn::connect(addr, client_config(&certs.ca_pem, None, None)).await {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => return Err(format!("the webhook never answered: {e}").into()),
-        }
-    };
+    let mut conn = common::connect_when_up(addr, &certs.ca_pem, "the webhook").await?;
     let p = pod(
         Some("kata-remote-azure"),
         vec![],

@@ -19,10 +19,10 @@ use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::apiserver::{ApiServer, NODE, TOKEN, a_node, wait_for};
-use common::{BoxError, Certs, Conn, TempDir, TestResult, client_config, container, patched, pod};
+use common::{BoxError, Certs, TempDir, TestResult, container, patched, pod};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
@@ -459,16 +459,7 @@ async fn the_unpacked_image_serves_a_review_over_tls_as_its_user() -> TestResult
     .env("TARGET_RUNTIMECLASS", "kata-remote")
     .spawn()?;
     let addr = bind.parse()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut conn = loop {
-        match Conn::connect(addr, client_config(&certs.ca_pem, None, None)).await {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => return Err(format!("the webhook in the image never answered: {e}").into()),
-        }
-    };
+    let mut conn = common::connect_when_up(addr, &certs.ca_pem, "the webhook in the image").await?;
     let pid = child.id().ok_or("no pid")?;
     assert_eq!(uid_of(pid)?, UID.to_string(), "the webhook's uid");
     let p = pod(

@@ -158,6 +158,22 @@ fn many_containers_review(size: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// How many concurrent reviews were answered (200) and refused as busy (503); any other
+/// status is an error.
+async fn answered_and_busy(
+    mut tasks: tokio::task::JoinSet<Result<u16, BoxError>>,
+) -> Result<(usize, usize), BoxError> {
+    let (mut ok, mut busy) = (0, 0);
+    while let Some(status) = tasks.join_next().await {
+        match status?? {
+            200 => ok += 1,
+            503 => busy += 1,
+            other => return Err(format!("a concurrent review got {other}").into()),
+        }
+    }
+    Ok((ok, busy))
+}
+
 async fn post(conn: &mut Conn, body: Vec<u8>) -> Result<common::Reply, BoxError> {
     conn.send("POST", "/mutate-v1-pod", Some("application/json"), body)
         .await
@@ -235,14 +251,7 @@ async fn hostile_reviews_stay_under_the_manifest_memory_limit() -> TestResult {
         let body = body.clone();
         tasks.spawn(async move { post(&mut conn, body).await.map(|r| r.status) });
     }
-    let (mut ok, mut busy) = (0, 0);
-    while let Some(status) = tasks.join_next().await {
-        match status?? {
-            200 => ok += 1,
-            503 => busy += 1,
-            other => return Err(format!("a concurrent review got {other}").into()),
-        }
-    }
+    let (ok, busy) = answered_and_busy(tasks).await?;
     let (peak, now) = webhook.memory()?;
     eprintln!(
         "memory: 32 concurrent 3 MiB reviews: {ok} answered, {busy} refused 503; peak {:.1} \
@@ -331,14 +340,7 @@ async fn a_connection_flood_with_reviews_stays_under_the_manifest_memory_limit()
         let body = body.clone();
         tasks.spawn(async move { post(&mut conn, body).await.map(|r| r.status) });
     }
-    let (mut ok, mut busy) = (0, 0);
-    while let Some(status) = tasks.join_next().await {
-        match status?? {
-            200 => ok += 1,
-            503 => busy += 1,
-            other => return Err(format!("a concurrent review got {other}").into()),
-        }
-    }
+    let (ok, busy) = answered_and_busy(tasks).await?;
     let (peak, now) = webhook.memory()?;
     eprintln!(
         "memory: {} served connections with {MAX_HEADER_BYTES} bytes of headers pending and \

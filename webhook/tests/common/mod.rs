@@ -541,6 +541,21 @@ pub async fn answer_to_head(
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
+/// A connection to a webhook process starting at `addr`, retried for 10 s; `what` names it
+/// in the error if it never answers.
+pub async fn connect_when_up(addr: SocketAddr, ca_pem: &str, what: &str) -> Result<Conn, BoxError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Conn::connect(addr, client_config(ca_pem, None, None)).await {
+            Ok(c) => return Ok(c),
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => return Err(format!("{what} never answered: {e}").into()),
+        }
+    }
+}
+
 /// A TCP connection to `addr` from the local address `from`.
 pub async fn tcp_from(
     addr: SocketAddr,
