@@ -5,6 +5,11 @@
 //! random key (detached header, exposed as a device) — writes through the mount, reopens the
 //! first, and refuses a wrong key; a third disk adds dm-integrity. On the host, the disks'
 //! backing files hold no plaintext.
+//!
+//! `integrity_without_the_wipe_...` formats dm-integrity volumes without the initial wipe and
+//! checks that nothing ever reads a sector without a valid tag (file system checks, a remount,
+//! a clean kernel log), that integrity is still enforced (a byte flipped under the ciphertext
+//! makes reads fail), and times the set-up against `cryptsetup`'s wiping format in the same VM.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +27,25 @@ fn host_tool(name: &str) -> PathBuf {
     path.unwrap_or_else(|| {
         panic!("{name} is missing on the host: install cryptsetup-bin and e2fsprogs (make deps)")
     })
+}
+
+fn modules() -> Vec<String> {
+    [
+        "virtio_blk",
+        "dm_mod",
+        "dm_crypt",
+        "dm_integrity",
+        "xts",
+        "ecb",
+        "authenc",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Bytes the file system holds for a (sparse) disk file.
+fn allocated(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(path).expect("disk")) * 512
 }
 
 fn sparse_disk(path: &Path, mib: u64) {
@@ -61,18 +85,7 @@ fn luks2_volumes_in_a_guest_leave_no_plaintext_on_disk() {
     .expect("cdh.toml");
 
     let mut options = VmOptions::new(VmOptions::built_agent_binary());
-    options.modules.extend(
-        [
-            "virtio_blk",
-            "dm_mod",
-            "dm_crypt",
-            "dm_integrity",
-            "xts",
-            "ecb",
-            "authenc",
-        ]
-        .map(String::from),
-    );
+    options.modules.extend(modules());
     for (guest, host) in [
         (
             "/usr/bin/confidential-data-hub",
@@ -159,4 +172,239 @@ fn luks2_volumes_in_a_guest_leave_no_plaintext_on_disk() {
         b"LUKS\xba\xbe",
         "a random key's header is detached: the disk holds only ciphertext"
     );
+}
+
+/// The guest's part of the no-wipe test. `@CDH@` and `@MARKER@` are replaced.
+const NO_WIPE_SCRIPT: &str = r#"
+up() { cut -d' ' -f1 /proc/uptime; }
+errors() { dmesg | grep -iE 'AEAD|integrity.*(fail|error|mismatch)|checksum fail|I/O error|EXT4-fs error|EXT4-fs warning'; }
+step() { echo "PEERPOD-STEP $1 $(errors | wc -l)"; }
+# e2fsck reads the device through the page cache, whose readahead would run past the last
+# sector written (the file system never reads there; the checker's readahead would).
+no_readahead() { for d in /sys/block/dm-*; do [ "$(cat $d/dm/name)" = "$1" ] && echo 0 > $d/queue/read_ahead_kb; done; }
+t0=$(up)
+if @CDH@ secure-mount -o devicePath=/dev/vda -o sourceType=empty -o dataIntegrity=true \
+    -o mapperName=nowipe -o 'mkfsOpts=-E lazy_journal_init=1' /mnt/nowipe 2>/tmp/nowipe.log; then
+    echo "PEERPOD-TIME nowipe $t0 $(up)"
+else
+    echo PEERPOD-NOWIPE-FAILED; cat /tmp/nowipe.log
+fi
+head -c 64 /dev/urandom > /tmp/wipe.key
+t0=$(up)
+if cryptsetup luksFormat --type luks2 --batch-mode --cipher aes-xts-plain64 --key-size 512 \
+    --sector-size 4096 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --integrity hmac-sha256 \
+    --key-file /tmp/wipe.key /dev/vdb \
+   && cryptsetup open --type luks2 --key-file /tmp/wipe.key /dev/vdb wiped \
+   && mkfs.ext4 -F -q -E lazy_itable_init=1,lazy_journal_init=1 /dev/mapper/wiped \
+   && mkdir -p /mnt/wiped && mount -t ext4 -o noatime /dev/mapper/wiped /mnt/wiped; then
+    echo "PEERPOD-TIME wipe $t0 $(up)"
+    umount /mnt/wiped; cryptsetup close wiped
+else
+    echo PEERPOD-WIPE-FAILED
+fi
+for i in $(seq 2000); do echo @MARKER@; done > /mnt/nowipe/data.txt; sync
+echo "PEERPOD-NOWIPE-READ $(grep -c @MARKER@ /mnt/nowipe/data.txt)"
+umount /mnt/nowipe; step umounted
+no_readahead nowipe
+e2fsck -fn /dev/mapper/nowipe >/tmp/fsck1.log 2>&1; echo "PEERPOD-FSCK nowipe $?"
+cryptsetup close nowipe; step fsck
+if @CDH@ secure-mount -o devicePath=/dev/vdc -o sourceType=empty -o dataIntegrity=true \
+    -o key=kbs:///default/key/disk -o mapperName=held /mnt/held 2>/tmp/held.log; then
+    yes @MARKER@ | head -n 960000 > /mnt/held/fill; sync
+    echo "PEERPOD-HELD-FILLED $(wc -c < /mnt/held/fill)"
+    umount /mnt/held; cryptsetup close held; step filled
+else
+    echo PEERPOD-HELD-FAILED; cat /tmp/held.log
+fi
+if @CDH@ secure-mount -o devicePath=/dev/vdc -o sourceType=encrypted \
+    -o key=kbs:///default/key/disk -o mapperName=held /mnt/held 2>/tmp/held2.log; then
+    if cat /mnt/held/fill > /dev/null; then
+        echo "PEERPOD-HELD-REREAD $(grep -vc @MARKER@ /mnt/held/fill) $(wc -c < /mnt/held/fill)"
+    else
+        echo PEERPOD-HELD-REREAD-FAILED
+    fi
+    umount /mnt/held; step reread
+    no_readahead held
+    e2fsck -fn /dev/mapper/held >/tmp/fsck2.log 2>&1; echo "PEERPOD-FSCK held $?"
+    cryptsetup close held
+else
+    echo PEERPOD-HELD-REOPEN-FAILED; cat /tmp/held2.log
+fi
+echo "PEERPOD-DMESG-ERRORS $(errors | wc -l)"
+errors | head -20
+# The attacker: one byte flipped every 256 KiB of the disk's second half (file data).
+size=$(cat /sys/block/vdc/size); o=$((size * 512 / 2)); flips=0
+while [ $o -lt $((size * 512)) ]; do
+    b=$(dd if=/dev/vdc bs=1 skip=$o count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
+    printf "$(printf '\\%03o' $((b ^ 1)))" | dd of=/dev/vdc bs=1 seek=$o count=1 conv=notrunc,fsync 2>/dev/null
+    flips=$((flips + 1)); o=$((o + 262144))
+done
+echo 3 > /proc/sys/vm/drop_caches
+echo "PEERPOD-FLIPPED $flips"
+before=$(errors | wc -l)
+if @CDH@ secure-mount -o devicePath=/dev/vdc -o sourceType=encrypted \
+    -o key=kbs:///default/key/disk -o mapperName=held /mnt/held 2>/tmp/held3.log; then
+    if cat /mnt/held/fill > /dev/null 2>/tmp/cat.log; then
+        echo PEERPOD-ATTACK-READ-OK
+    else
+        echo "PEERPOD-ATTACK-READ-FAILED $(cat /tmp/cat.log)"
+    fi
+    umount /mnt/held; cryptsetup close held
+else
+    echo PEERPOD-ATTACK-MOUNT-FAILED; cat /tmp/held3.log
+fi
+echo "PEERPOD-ATTACK-DMESG $(( $(errors | wc -l) - before ))"
+errors | tail -3
+echo PEERPOD-NO-WIPE-DONE
+"#;
+
+fn line_after<'a>(log: &'a str, prefix: &str) -> Option<&'a str> {
+    log.lines()
+        .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest.trim()))
+}
+
+fn seconds(log: &str, what: &str) -> f64 {
+    let rest = line_after(log, &format!("PEERPOD-TIME {what} "))
+        .unwrap_or_else(|| panic!("no {what} timing in the log"));
+    let t: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().expect("uptime"))
+        .collect();
+    t[1] - t[0]
+}
+
+#[test]
+fn integrity_without_the_wipe_reads_clean_enforces_tags_and_is_faster_than_wiping() {
+    let dir = ScratchDir::new("cdh-nowipe-vm").expect("scratch");
+    let (nowipe, wiped, held) = (
+        dir.path().join("nowipe.img"),
+        dir.path().join("wiped.img"),
+        dir.path().join("held.img"),
+    );
+    sparse_disk(&nowipe, 256);
+    sparse_disk(&wiped, 256);
+    sparse_disk(&held, 64);
+    let key = base64::engine::general_purpose::STANDARD.encode([0x5cu8; 64]);
+    let resources = dir.path().join("resources.json");
+    std::fs::write(&resources, format!("{{\"default/key/disk\": \"{key}\"}}")).expect("res");
+    let cdh_toml = dir.path().join("cdh.toml");
+    std::fs::write(
+        &cdh_toml,
+        "[kbc]\nname = \"offline_fs_kbc\"\n\n[peerpod]\n\
+         offline_fs_kbc_files = [\"/etc/cdh-resources.json\"]\n",
+    )
+    .expect("cdh.toml");
+    let mut options = VmOptions::new(VmOptions::built_agent_binary());
+    options.modules.extend(modules());
+    options.boot_timeout = std::time::Duration::from_secs(420);
+    for (guest, host) in [
+        (
+            "/usr/bin/confidential-data-hub",
+            PathBuf::from(env!("CARGO_BIN_EXE_confidential-data-hub")),
+        ),
+        ("/usr/sbin/cryptsetup", host_tool("cryptsetup")),
+        ("/usr/sbin/mkfs.ext4", host_tool("mkfs.ext4")),
+        ("/usr/sbin/e2fsck", host_tool("e2fsck")),
+        ("/etc/cdh.toml", cdh_toml),
+        ("/etc/cdh-resources.json", resources),
+    ] {
+        options.extra_files.push((guest.into(), host));
+    }
+    for disk in [&nowipe, &wiped, &held] {
+        options.extra_args.extend([
+            "-drive".to_string(),
+            format!("file={},if=virtio,format=raw,cache=none", disk.display()),
+        ]);
+    }
+    options.boot_commands = vec![
+        NO_WIPE_SCRIPT
+            .replace(
+                "@CDH@",
+                "RUST_BACKTRACE=0 /usr/bin/confidential-data-hub -c /etc/cdh.toml",
+            )
+            .replace("@MARKER@", MARKER),
+    ];
+    let vm = TestVm::boot(&options).expect("VM with three disks");
+    let log = vm.serial_log();
+    let tail = || vm.serial_tail(80);
+    assert!(log.contains("PEERPOD-NO-WIPE-DONE"), "{}", tail());
+    // No read met a sector without a tag: the data reads back, both file systems check
+    // clean, the kernel logged no integrity or I/O error.
+    assert_eq!(
+        line_after(&log, "PEERPOD-NOWIPE-READ "),
+        Some("2000"),
+        "{}",
+        tail()
+    );
+    assert_eq!(
+        line_after(&log, "PEERPOD-FSCK nowipe "),
+        Some("0"),
+        "{}",
+        tail()
+    );
+    let filled: u64 = line_after(&log, "PEERPOD-HELD-FILLED ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the volume was not filled\n{}", tail()));
+    assert!(filled > 16 << 20, "only {filled} bytes written\n{}", tail());
+    assert_eq!(
+        line_after(&log, "PEERPOD-HELD-REREAD "),
+        Some(format!("0 {filled}").as_str()),
+        "the reopened volume (header on the disk) reads back what was written\n{}",
+        tail()
+    );
+    assert_eq!(
+        line_after(&log, "PEERPOD-FSCK held "),
+        Some("0"),
+        "{}",
+        tail()
+    );
+    assert_eq!(
+        line_after(&log, "PEERPOD-DMESG-ERRORS "),
+        Some("0"),
+        "the kernel logged integrity or I/O errors\n{}",
+        tail()
+    );
+    // The attacker's byte flips: reads of the file fail, and the kernel says why.
+    let flips: u32 = line_after(&log, "PEERPOD-FLIPPED ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(flips >= 40, "{}", tail());
+    let failed = line_after(&log, "PEERPOD-ATTACK-READ-FAILED")
+        .unwrap_or_else(|| panic!("a read over flipped ciphertext succeeded\n{}", tail()));
+    assert!(failed.contains("Input/output error"), "{failed}");
+    let logged: i64 = line_after(&log, "PEERPOD-ATTACK-DMESG ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(logged > 0, "no integrity error logged\n{}", tail());
+
+    let (t_nowipe, t_wipe) = (seconds(&log, "nowipe"), seconds(&log, "wipe"));
+    eprintln!(
+        "format + mkfs + mount of 256 MiB with dm-integrity (TCG): no wipe {t_nowipe:.2} s \
+         (secure mount), wipe {t_wipe:.2} s (cryptsetup's default format, the previous \
+         path): {:.2}x",
+        t_nowipe / t_wipe
+    );
+    drop(vm);
+
+    // Never-written sectors stay unallocated in the sparse disk file; the wiping format
+    // wrote every one.
+    let (a_nowipe, a_wipe) = (allocated(&nowipe), allocated(&wiped));
+    eprintln!(
+        "disk file space written: no wipe {} MiB, wipe {} MiB",
+        a_nowipe >> 20,
+        a_wipe >> 20
+    );
+    assert!(
+        a_wipe > 200 << 20 && a_nowipe * 2 < a_wipe,
+        "no wipe {a_nowipe} vs wipe {a_wipe} bytes"
+    );
+    for disk in [&nowipe, &held] {
+        let bytes = std::fs::read(disk).expect("backing file");
+        assert_eq!(
+            occurrences(&bytes, MARKER.as_bytes()),
+            0,
+            "{} holds plaintext",
+            disk.display()
+        );
+    }
 }
