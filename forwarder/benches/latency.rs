@@ -181,10 +181,7 @@ fn main() {
             Arc::clone(&forwarder),
             std::future::pending(),
         ));
-        let cfg = client_config(
-            &pki.server.ca_pem,
-            Some((&pki.client.cert_pem, &pki.client.key_pem)),
-        );
+        let cfg = pki.shim_config();
         let (_, via_tls) = ttrpc_clients(tls_connect(tls_addr, cfg).await.unwrap());
         let tcp = tokio::net::TcpStream::connect(plain_addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
@@ -201,10 +198,7 @@ fn main() {
                     );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                let cfg = client_config(
-                    &pki.server.ca_pem,
-                    Some((&pki.client.cert_pem, &pki.client.key_pem)),
-                );
+                let cfg = pki.shim_config();
                 let tls_addr = format!("127.0.0.1:{in_agent_tls_port}").parse().unwrap();
                 let (_, tls) = ttrpc_clients(tls_connect(tls_addr, cfg).await.unwrap());
                 let tcp = tokio::net::TcpStream::connect(("127.0.0.1", in_agent_plain_port))

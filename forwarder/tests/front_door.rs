@@ -21,10 +21,7 @@ async fn shim_with_certificate_reaches_the_real_agent() {
     let _agent = RealAgent::start(&bin, &dir);
     let pki = Pki::new();
     let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &dir.join("agent.sock"), &[]);
-    let cfg = client_config(
-        &pki.server.ca_pem,
-        Some((&pki.client.cert_pem, &pki.client.key_pem)),
-    );
+    let cfg = pki.shim_config();
     let tls = tls_connect(fwd.addr, cfg).await.unwrap();
     let (_agent_client, health_client) = ttrpc_clients(tls);
     let reply = health_client
@@ -49,11 +46,12 @@ async fn shim_with_certificate_reaches_the_real_agent() {
 
 #[tokio::test]
 async fn clients_without_a_certificate_or_from_another_ca_are_refused() {
-    let dir = scratch("refused");
-    let socket = dir.join("agent.sock");
-    let (_server, stand_in) = stand_in(&socket).await;
-    let pki = Pki::new();
-    let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
+    let Fronted {
+        fwd,
+        stand_in,
+        pki,
+        server: _server,
+    } = fronted("refused").await;
 
     let no_cert = client_config(&pki.server.ca_pem, None);
     let Err(err) = tls_connect(fwd.addr, no_cert).await else {
@@ -72,10 +70,7 @@ async fn clients_without_a_certificate_or_from_another_ca_are_refused() {
     assert!(!err.is_empty());
 
     // The right client still gets through, so the refusals were about the certificates.
-    let ok = client_config(
-        &pki.server.ca_pem,
-        Some((&pki.client.cert_pem, &pki.client.key_pem)),
-    );
+    let ok = pki.shim_config();
     let (_, health_client) = ttrpc_clients(tls_connect(fwd.addr, ok).await.unwrap());
     health_client
         .check(ctx(), &health::CheckRequest::new())
@@ -125,11 +120,12 @@ async fn first_reply(addr: std::net::SocketAddr, hello: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_tls_1_1_client_is_refused() {
-    let dir = scratch("tls11");
-    let socket = dir.join("agent.sock");
-    let (_server, _stand_in) = stand_in(&socket).await;
-    let pki = Pki::new();
-    let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
+    let Fronted {
+        fwd,
+        stand_in: _stand_in,
+        pki: _,
+        server: _server,
+    } = fronted("tls11").await;
     // The same hello as TLS 1.2 gets a ServerHello (a handshake record, 22) ...
     let reply = first_reply(fwd.addr, &client_hello([3, 3])).await;
     assert_eq!(
@@ -150,15 +146,13 @@ async fn a_tls_1_1_client_is_refused() {
 
 #[tokio::test]
 async fn create_container_joins_the_pod_netns_and_create_sandbox_loses_dns() {
-    let dir = scratch("rewrite");
-    let socket = dir.join("agent.sock");
-    let (_server, stand_in) = stand_in(&socket).await;
-    let pki = Pki::new();
-    let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
-    let cfg = client_config(
-        &pki.server.ca_pem,
-        Some((&pki.client.cert_pem, &pki.client.key_pem)),
-    );
+    let Fronted {
+        fwd,
+        stand_in,
+        pki,
+        server: _server,
+    } = fronted("rewrite").await;
+    let cfg = pki.shim_config();
     let (agent_client, _) = ttrpc_clients(tls_connect(fwd.addr, cfg).await.unwrap());
 
     let mut sandbox = agent::CreateSandboxRequest::new();
@@ -201,15 +195,13 @@ async fn create_container_joins_the_pod_netns_and_create_sandbox_loses_dns() {
 
 #[tokio::test]
 async fn concurrent_requests_on_one_connection_stay_concurrent() {
-    let dir = scratch("mux");
-    let socket = dir.join("agent.sock");
-    let (_server, _stand_in) = stand_in(&socket).await;
-    let pki = Pki::new();
-    let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
-    let cfg = client_config(
-        &pki.server.ca_pem,
-        Some((&pki.client.cert_pem, &pki.client.key_pem)),
-    );
+    let Fronted {
+        fwd,
+        stand_in: _stand_in,
+        pki,
+        server: _server,
+    } = fronted("mux").await;
+    let cfg = pki.shim_config();
     let (agent_client, health_client) = ttrpc_clients(tls_connect(fwd.addr, cfg).await.unwrap());
     let mut slow_req = agent::StartContainerRequest::new();
     slow_req.container_id = "slow".into();
@@ -247,17 +239,13 @@ fn raw_request(stream_id: u32, method: &str, payload: Vec<u8>) -> Vec<u8> {
 
 #[tokio::test]
 async fn hostile_frames_close_the_connection_with_a_clear_log() {
-    let dir = scratch("hostile");
-    let socket = dir.join("agent.sock");
-    let (_server, stand_in) = stand_in(&socket).await;
-    let pki = Pki::new();
-    let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
-    let cfg = || {
-        client_config(
-            &pki.server.ca_pem,
-            Some((&pki.client.cert_pem, &pki.client.key_pem)),
-        )
-    };
+    let Fronted {
+        fwd,
+        stand_in,
+        pki,
+        server: _server,
+    } = fronted("hostile").await;
+    let cfg = || pki.shim_config();
 
     // A frame announcing 4 MiB + 1: closed before any payload is read.
     let mut tls = tls_connect(fwd.addr, cfg()).await.unwrap();
@@ -474,11 +462,12 @@ fn fd_count(pid: u32) -> usize {
 /// answered at once, not after the flood's 10 s handshake timeouts.
 #[tokio::test]
 async fn a_flood_of_silent_connections_keeps_fds_bounded_and_the_shim_gets_in() {
-    let dir = scratch("flood");
-    let socket = dir.join("agent.sock");
-    let (_server, _stand_in) = stand_in(&socket).await;
-    let pki = Pki::new();
-    let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
+    let Fronted {
+        fwd,
+        stand_in: _stand_in,
+        pki,
+        server: _server,
+    } = fronted("flood").await;
     let pid = fwd.child.id();
     // Room for the flood on this side (a 1024 soft limit is common).
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -498,10 +487,7 @@ async fn a_flood_of_silent_connections_keeps_fds_bounded_and_the_shim_gets_in() 
         during <= before + peerpod_forwarder::server::MAX_HANDSHAKES + 16,
         "{during} descriptors open with the flood (before: {before})"
     );
-    let cfg = client_config(
-        &pki.server.ca_pem,
-        Some((&pki.client.cert_pem, &pki.client.key_pem)),
-    );
+    let cfg = pki.shim_config();
     let checked = tokio::time::timeout(Duration::from_secs(5), async {
         let (_agent_client, health_client) =
             ttrpc_clients(tls_connect(fwd.addr, cfg).await.unwrap());
@@ -559,10 +545,7 @@ async fn served_connections_are_capped() {
         std::future::pending(),
         limits,
     ));
-    let cfg = client_config(
-        &pki.server.ca_pem,
-        Some((&pki.client.cert_pem, &pki.client.key_pem)),
-    );
+    let cfg = pki.shim_config();
     let mut held = Vec::new();
     for _ in 0..CAP {
         let (a, h) = ttrpc_clients(tls_connect(addr, cfg.clone()).await.unwrap());
@@ -596,15 +579,13 @@ async fn served_connections_are_capped() {
 /// dispatch does (tests/dispatch.rs), and forwards nothing.
 #[tokio::test]
 async fn a_request_over_4_mib_once_rewritten_is_refused_with_the_in_agent_status() {
-    let dir = scratch("rewrite-4mib");
-    let socket = dir.join("agent.sock");
-    let (_server, stand_in) = stand_in(&socket).await;
-    let pki = Pki::new();
-    let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
-    let cfg = client_config(
-        &pki.server.ca_pem,
-        Some((&pki.client.cert_pem, &pki.client.key_pem)),
-    );
+    let Fronted {
+        fwd,
+        stand_in,
+        pki,
+        server: _server,
+    } = fronted("rewrite-4mib").await;
+    let cfg = pki.shim_config();
     let mut tls = tls_connect(fwd.addr, cfg).await.unwrap();
     let body = create_container_just_under_the_limit();
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();

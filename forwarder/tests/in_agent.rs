@@ -308,15 +308,7 @@ async fn the_agents_front_door_requires_the_shims_certificate() {
     )
     .await;
     assert!(wrong.is_err(), "a client from another CA got in");
-    let tls = tls_connect(
-        addr,
-        client_config(
-            &pki.server.ca_pem,
-            Some((&pki.client.cert_pem, &pki.client.key_pem)),
-        ),
-    )
-    .await
-    .unwrap();
+    let tls = tls_connect(addr, pki.shim_config()).await.unwrap();
     let (_, health) = ttrpc_clients(tls);
     health
         .check(ctx(), &health::CheckRequest::new())

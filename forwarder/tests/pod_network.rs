@@ -604,39 +604,25 @@ async fn the_agents_front_door_sets_up_the_pod_network_before_serving_and_remove
     let pki = Pki::new();
     let net = r#""pod-network": {"tunnel-type": "vxlan", "podip": "10.244.1.5/24", "pod-hw-addr": "0a:58:0a:f4:01:05", "interface": "eth0", "worker-node-ip": "192.168.77.1/24", "vxlan-port": 9000, "vxlan-id": 555001, "mtu": 1500, "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.1.1", "dev": "eth0"}, {"dst": "10.244.1.0/24", "dev": "eth0", "scope": 253}]}, "#;
     std::fs::write(dir.join("apf.json"), pki.apf_json(net)).unwrap();
-    std::fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "server_addr = 'unix://{}'\nlog_level = 'info'\n",
-            dir.join("agent.sock").display()
-        ),
-    )
-    .unwrap();
     let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify.sock")).unwrap();
     notify.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &w.vm])
-        .arg(&bin)
-        .arg("--config")
-        .arg(dir.join("agent.toml"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--copy-root")
-        .arg(dir.join("shared"))
-        .arg("--resolv-conf")
-        .arg(dir.join("resolv.conf"))
-        .arg("--cgroup-parent")
-        .arg(format!("/fwd-test-{}-in-agent-net", std::process::id()))
-        .arg("--front-door-config")
-        .arg(dir.join("apf.json"))
-        .args(["--front-door-listen", "192.168.77.2:15150"])
-        .arg("--pod-namespace")
-        .arg(World::path(&w.pod))
-        .arg("--imds-nat")
-        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
-        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let server_addr = format!("unix://{}", dir.join("agent.sock").display());
+    let mut child = agent_args(
+        Command::new("ip").args(["netns", "exec", &w.vm]).arg(&bin),
+        &dir,
+        &server_addr,
+        "",
+    )
+    .arg("--front-door-config")
+    .arg(dir.join("apf.json"))
+    .args(["--front-door-listen", "192.168.77.2:15150"])
+    .arg("--pod-namespace")
+    .arg(World::path(&w.pod))
+    .arg("--imds-nat")
+    .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+    .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+    .spawn()
+    .unwrap();
     let mut buf = [0u8; 32];
     let got = notify.recv(&mut buf);
     let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
@@ -698,36 +684,22 @@ async fn an_agent_failing_after_the_front_door_is_prepared_tears_the_pod_network
     let net = r#""pod-network": {"tunnel-type": "vxlan", "podip": "10.244.1.5/24", "pod-hw-addr": "0a:58:0a:f4:01:05", "interface": "eth0", "worker-node-ip": "192.168.77.1/24", "vxlan-port": 9000, "vxlan-id": 555001, "mtu": 1500, "routes": [{"dst": "10.244.1.0/24", "dev": "eth0", "scope": 253}]}, "#;
     std::fs::write(dir.join("apf.json"), pki.apf_json(net)).unwrap();
     std::fs::write(dir.join("file"), b"not a directory").unwrap();
-    std::fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "server_addr = 'unix://{}'\nlog_level = 'info'\n",
-            dir.join("file/agent.sock").display()
-        ),
+    let server_addr = format!("unix://{}", dir.join("file/agent.sock").display());
+    let mut child = agent_args(
+        Command::new("ip").args(["netns", "exec", &w.vm]).arg(&bin),
+        &dir,
+        &server_addr,
+        "",
     )
+    .arg("--front-door-config")
+    .arg(dir.join("apf.json"))
+    .args(["--front-door-listen", "192.168.77.2:15150"])
+    .arg("--pod-namespace")
+    .arg(World::path(&w.pod))
+    .arg("--imds-nat")
+    .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+    .spawn()
     .unwrap();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &w.vm])
-        .arg(&bin)
-        .arg("--config")
-        .arg(dir.join("agent.toml"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--copy-root")
-        .arg(dir.join("shared"))
-        .arg("--resolv-conf")
-        .arg(dir.join("resolv.conf"))
-        .arg("--cgroup-parent")
-        .arg(format!("/fwd-test-{}-in-agent-fail", std::process::id()))
-        .arg("--front-door-config")
-        .arg(dir.join("apf.json"))
-        .args(["--front-door-listen", "192.168.77.2:15150"])
-        .arg("--pod-namespace")
-        .arg(World::path(&w.pod))
-        .arg("--imds-nat")
-        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-        .spawn()
-        .unwrap();
     let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
     let deadline = std::time::Instant::now() + TIMEOUT;
     let status = loop {

@@ -53,6 +53,13 @@ impl Pki {
         .to_string()
         .replacen('{', &format!("{{{extra}"), 1)
     }
+    /// A client configuration of the shim: trusts the server CA, presents the client cert.
+    pub fn shim_config(&self) -> rustls::ClientConfig {
+        client_config(
+            &self.server.ca_pem,
+            Some((&self.client.cert_pem, &self.client.key_pem)),
+        )
+    }
 }
 
 pub fn install_provider() {
@@ -296,6 +303,29 @@ pub async fn stand_in(socket: &Path) -> (ttrpc::r#async::Server, StandIn) {
     (server, s)
 }
 
+/// A forwarder process in front of a stand-in agent, in the scratch directory `name`.
+pub struct Fronted {
+    pub fwd: ForwarderProcess,
+    pub stand_in: StandIn,
+    pub pki: Pki,
+    pub server: ttrpc::r#async::Server,
+}
+
+/// Starts a stand-in agent and a forwarder before it (no extra arguments).
+pub async fn fronted(name: &str) -> Fronted {
+    let dir = scratch(name);
+    let socket = dir.join("agent.sock");
+    let (server, stand_in) = stand_in(&socket).await;
+    let pki = Pki::new();
+    let fwd = ForwarderProcess::start(&dir, &pki.apf_json(""), &socket, &[]);
+    Fronted {
+        fwd,
+        stand_in,
+        pki,
+        server,
+    }
+}
+
 /// The real kata-agent binary (built by `make test` / `cargo build -p kata-agent`), or `None`
 /// with a loud note (a failure under CI=true).
 pub fn kata_agent_binary() -> Option<PathBuf> {
@@ -353,28 +383,7 @@ impl RealAgent {
     ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("agent.sock");
-        let config = dir.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!("server_addr = '{server_addr}'\nlog_level = 'info'\n{config_extra}"),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--copy-root")
-            .arg(dir.join("shared"))
-            .arg("--resolv-conf")
-            .arg(dir.join("resolv.conf"))
-            .arg("--cgroup-parent")
-            .arg(format!(
-                "/fwd-test-{}-{}",
-                std::process::id(),
-                dir.file_name().and_then(|n| n.to_str()).unwrap_or("agent")
-            ))
+        let child = agent_args(Command::new(bin).args(args), dir, server_addr, config_extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
             .spawn()
@@ -385,6 +394,37 @@ impl RealAgent {
             dir: dir.to_path_buf(),
         }
     }
+}
+
+/// Writes the agent's configuration into `dir` (serving on `server_addr`, `config_extra`
+/// appended) and adds to `cmd` (the agent, or a wrapper that runs it) the arguments that keep
+/// its state, copies and resolv.conf in `dir` and its cgroup named after `dir`.
+pub fn agent_args<'a>(
+    cmd: &'a mut Command,
+    dir: &Path,
+    server_addr: &str,
+    config_extra: &str,
+) -> &'a mut Command {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("server_addr = '{server_addr}'\nlog_level = 'info'\n{config_extra}"),
+    )
+    .unwrap();
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--copy-root")
+        .arg(dir.join("shared"))
+        .arg("--resolv-conf")
+        .arg(dir.join("resolv.conf"))
+        .arg("--cgroup-parent")
+        .arg(format!(
+            "/fwd-test-{}-{}",
+            std::process::id(),
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("agent")
+        ))
 }
 
 impl Drop for RealAgent {
