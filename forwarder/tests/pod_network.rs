@@ -593,6 +593,28 @@ async fn the_pod_reaches_the_imds_through_the_pod_vm_with_nat_and_teardown_remov
 /// a pod network in apf.json and the IMDS NAT. 15150 opens only with the tunnel and the IMDS
 /// path up, the shim in the worker namespace reaches the agent over the underlay with mTLS, and
 /// SIGTERM tears the tunnel, the IMDS path and the rules down.
+/// The kata-agent `bin` in the pod VM's namespace of `w`, serving on `dir/<socket>`, with its
+/// front door configured from `dir/apf.json` on 192.168.77.2:15150, the pod namespace of `w`
+/// and the IMDS NAT.
+fn agent_with_front_door(
+    bin: &std::path::Path,
+    w: &World,
+    dir: &std::path::Path,
+    socket: &str,
+) -> Command {
+    let server_addr = format!("unix://{}", dir.join(socket).display());
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &w.vm]).arg(bin);
+    common::agent_args(&mut cmd, dir, &server_addr, "")
+        .arg("--front-door-config")
+        .arg(dir.join("apf.json"))
+        .args(["--front-door-listen", "192.168.77.2:15150"])
+        .arg("--pod-namespace")
+        .arg(World::path(&w.pod))
+        .arg("--imds-nat");
+    cmd
+}
+
 #[tokio::test]
 async fn the_agents_front_door_sets_up_the_pod_network_before_serving_and_removes_it_on_exit() {
     use common::*;
@@ -606,23 +628,11 @@ async fn the_agents_front_door_sets_up_the_pod_network_before_serving_and_remove
     std::fs::write(dir.join("apf.json"), pki.apf_json(net)).unwrap();
     let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify.sock")).unwrap();
     notify.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let server_addr = format!("unix://{}", dir.join("agent.sock").display());
-    let mut child = agent_args(
-        Command::new("ip").args(["netns", "exec", &w.vm]).arg(&bin),
-        &dir,
-        &server_addr,
-        "",
-    )
-    .arg("--front-door-config")
-    .arg(dir.join("apf.json"))
-    .args(["--front-door-listen", "192.168.77.2:15150"])
-    .arg("--pod-namespace")
-    .arg(World::path(&w.pod))
-    .arg("--imds-nat")
-    .env("NOTIFY_SOCKET", dir.join("notify.sock"))
-    .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-    .spawn()
-    .unwrap();
+    let mut child = agent_with_front_door(&bin, &w, &dir, "agent.sock")
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
     let mut buf = [0u8; 32];
     let got = notify.recv(&mut buf);
     let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
@@ -684,22 +694,10 @@ async fn an_agent_failing_after_the_front_door_is_prepared_tears_the_pod_network
     let net = r#""pod-network": {"tunnel-type": "vxlan", "podip": "10.244.1.5/24", "pod-hw-addr": "0a:58:0a:f4:01:05", "interface": "eth0", "worker-node-ip": "192.168.77.1/24", "vxlan-port": 9000, "vxlan-id": 555001, "mtu": 1500, "routes": [{"dst": "10.244.1.0/24", "dev": "eth0", "scope": 253}]}, "#;
     std::fs::write(dir.join("apf.json"), pki.apf_json(net)).unwrap();
     std::fs::write(dir.join("file"), b"not a directory").unwrap();
-    let server_addr = format!("unix://{}", dir.join("file/agent.sock").display());
-    let mut child = agent_args(
-        Command::new("ip").args(["netns", "exec", &w.vm]).arg(&bin),
-        &dir,
-        &server_addr,
-        "",
-    )
-    .arg("--front-door-config")
-    .arg(dir.join("apf.json"))
-    .args(["--front-door-listen", "192.168.77.2:15150"])
-    .arg("--pod-namespace")
-    .arg(World::path(&w.pod))
-    .arg("--imds-nat")
-    .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-    .spawn()
-    .unwrap();
+    let mut child = agent_with_front_door(&bin, &w, &dir, "file/agent.sock")
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
     let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
     let deadline = std::time::Instant::now() + TIMEOUT;
     let status = loop {
