@@ -1,7 +1,7 @@
 //! `provision-files`: user data → allow-listed files → initdata's files, all decided before
 //! anything is written, so a refused initdata leaves `/run/peerpod` as it was.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::files::{self, Outputs, WriteError};
@@ -12,6 +12,10 @@ use crate::userdata::shown;
 /// Every output is readable by root only: they hold TLS keys (`apf.json`), registry
 /// credentials (`auth.json`) and KBS settings.
 pub const FILE_MODE: u32 = 0o600;
+
+/// The user data disk on QEMU/libvirt (cloud-init's NoCloud label), which the image's
+/// `podvm-cidata-generator` mounts at `/media/cidata` before provisioning.
+pub const CIDATA_DEVICE: &str = "/dev/disk/by-label/cidata";
 
 /// What to provision.
 #[derive(Debug, Clone)]
@@ -78,6 +82,21 @@ pub async fn provision(options: &ProvisionOptions) -> Result<Report, ProvisionEr
         options.on_azure,
     );
     tracing::info!(source = %source.describe(), "reading user data");
+    if source == Source::None {
+        // Said on the console: a pod VM without user data never serves 15150.
+        let disk = Path::new(CIDATA_DEVICE);
+        tracing::warn!(
+            "no user data: {} does not exist and this is not Azure (no IMDS); {}; only an \
+             initdata already in /run/peerpod is used",
+            options.user_data_file.display(),
+            if disk.exists() {
+                "a disk labelled cidata is there but has no user-data file mounted at that path"
+            } else {
+                "no disk labelled cidata appeared (/dev/disk/by-label/cidata is missing: attach \
+                 the cidata ISO or disk, or run on Azure)"
+            }
+        );
+    }
     let cloud_config = source::fetch(&source, options.retry).await?;
 
     let mut report = Report {

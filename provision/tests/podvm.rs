@@ -242,8 +242,10 @@ fn policy_fallback_and_seeds() {
     );
 }
 
-/// The cidata generator writes a mount ordered before provisioning that systemd accepts, so
-/// provisioning (which runs once per boot) never starts before the user data disk is mounted.
+/// The cidata generator writes a mount ordered before provisioning that systemd accepts, and a
+/// drop-in making provisioning want and wait for it, with a bounded (30 s) wait for the
+/// device, so provisioning (which runs once per boot) never starts before the user data disk
+/// is mounted or known to be missing.
 #[test]
 fn cidata_generator_mounts_the_disk_before_provisioning() {
     let ok = Command::new("systemd-analyze")
@@ -278,7 +280,30 @@ fn cidata_generator_mounts_the_disk_before_provisioning() {
             .join("multi-user.target.wants/media-cidata.mount")
             .exists()
     );
-    let report = verify(&[mount]);
-    let complaints: Vec<&str> = report.lines().filter(|l| !l.trim().is_empty()).collect();
+    // Provisioning itself waits for the mount, however it is started (a drop-in next to it).
+    let dropin =
+        std::fs::read_to_string(dir.path().join("process-user-data.service.d/cidata.conf"))
+            .expect("process-user-data.service.d/cidata.conf");
+    assert!(dropin.contains("Wants=media-cidata.mount"), "{dropin}");
+    assert!(dropin.contains("After=media-cidata.mount"), "{dropin}");
+    let timeout = std::fs::read_to_string(
+        dir.path()
+            .join("dev-disk-by\\x2dlabel-cidata.device.d/timeout.conf"),
+    )
+    .expect("the device's bounded wait");
+    assert!(timeout.contains("JobRunningTimeoutSec=30s"), "{timeout}");
+    // The unit with the drop-in beside it and the mount pass verify together.
+    let unit = dir.path().join("process-user-data.service");
+    std::fs::copy(
+        podvm().join("etc/systemd/system/process-user-data.service"),
+        &unit,
+    )
+    .expect("copy the unit");
+    let report = verify(&[mount, unit]);
+    let complaints: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.contains("Command /usr/local/bin/process-user-data is not executable"))
+        .collect();
     assert!(complaints.is_empty(), "{complaints:#?}");
 }
