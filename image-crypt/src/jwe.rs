@@ -16,7 +16,9 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use peerpod_kbs_protocol::jwe::{a256gcm_open, a256kw_unwrap, aad_of, concat_kdf};
+use peerpod_kbs_protocol::jwe::{
+    EcdhRefusal, EcdhSecret, a256gcm_open, a256kw_unwrap, aad_of, concat_kdf,
+};
 use serde::Deserialize;
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -263,29 +265,16 @@ fn unwrap_cek(
             }
             let x = b64url(epk.x.as_deref().unwrap_or_default(), "epk.x")?;
             let y = b64url(epk.y.as_deref().unwrap_or_default(), "epk.y")?;
-            let point = [&[4u8][..], &x, &y].concat();
-            let crv = epk.crv.as_deref().unwrap_or_default();
-            let not_on_curve = || bad("epk is not a point on its curve");
-            let z: Zeroizing<Vec<u8>> = match (&key.0, crv) {
-                (Kind::P256(sk), "P-256") if x.len() == 32 && y.len() == 32 => {
-                    let peer =
-                        p256::PublicKey::from_sec1_bytes(&point).map_err(|_| not_on_curve())?;
-                    let s = p256::ecdh::diffie_hellman(sk.to_nonzero_scalar(), peer.as_affine());
-                    Zeroizing::new(s.raw_secret_bytes().to_vec())
-                }
-                (Kind::P384(sk), "P-384") if x.len() == 48 && y.len() == 48 => {
-                    let peer =
-                        p384::PublicKey::from_sec1_bytes(&point).map_err(|_| not_on_curve())?;
-                    let s = p384::ecdh::diffie_hellman(sk.to_nonzero_scalar(), peer.as_affine());
-                    Zeroizing::new(s.raw_secret_bytes().to_vec())
-                }
-                (Kind::P521(sk), "P-521") if x.len() == 66 && y.len() == 66 => {
-                    let peer =
-                        p521::PublicKey::from_sec1_bytes(&point).map_err(|_| not_on_curve())?;
-                    let s = p521::ecdh::diffie_hellman(sk.to_nonzero_scalar(), peer.as_affine());
-                    Zeroizing::new(s.raw_secret_bytes().to_vec())
-                }
-                _ => return Ok(None),
+            let secret = match &key.0 {
+                Kind::P256(sk) => EcdhSecret::P256(sk),
+                Kind::P384(sk) => EcdhSecret::P384(sk),
+                Kind::P521(sk) => EcdhSecret::P521(sk),
+                Kind::Rsa(_) => return Ok(None),
+            };
+            let z = match secret.agree(epk.crv.as_deref().unwrap_or_default(), &x, &y) {
+                Ok(z) => z,
+                Err(EcdhRefusal::OtherCurve) => return Ok(None),
+                Err(EcdhRefusal::NotOnCurve) => return Err(bad("epk is not a point on its curve")),
             };
             let apu = match pick(layers, |h| h.apu.as_ref()) {
                 Some(a) => b64url(&a, "apu")?,

@@ -8,8 +8,8 @@
 //! - RSA: `RSA-OAEP-256` — the content key encrypted with RSA-OAEP (SHA-256, MGF1-SHA-256).
 //!
 //! The steps both JWE readers of this project need — the Concat KDF, AES-256 key unwrap,
-//! `A256GCM` decryption and its AAD — are public ([`concat_kdf`], [`a256kw_unwrap`],
-//! [`a256gcm_open`], [`aad_of`]) so that ocicrypt's `jwe` layer keys (`peerpod-image-crypt`)
+//! `A256GCM` decryption and its AAD, the ECDH key agreement — are public ([`concat_kdf`],
+//! [`a256kw_unwrap`], [`a256gcm_open`], [`aad_of`], [`EcdhSecret`]) so that ocicrypt's `jwe` layer keys (`peerpod-image-crypt`)
 //! are opened by the same code as KBS resources.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -102,6 +102,72 @@ fn concat_kdf_one_round(z: &[u8], alg: &str, apu: &[u8], apv: &[u8], bits: u32) 
     h.update(bits.to_be_bytes());
     let digest = h.finalize();
     digest[..usize::try_from(bits / 8).unwrap_or(32).min(32)].to_vec()
+}
+
+/// An EC private key for `ECDH-ES` key agreement (P-384 for ocicrypt's keys; the TEE keys
+/// are P-256 or P-521).
+#[derive(Clone, Copy)]
+pub enum EcdhSecret<'a> {
+    /// NIST P-256.
+    P256(&'a p256::SecretKey),
+    /// NIST P-384.
+    P384(&'a p384::SecretKey),
+    /// NIST P-521.
+    P521(&'a p521::SecretKey),
+}
+
+/// Why [`EcdhSecret::agree`] found no shared secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcdhRefusal {
+    /// The peer's key is on another curve (or its coordinates are not this curve's size).
+    OtherCurve,
+    /// The peer's coordinates are not a point on the curve.
+    NotOnCurve,
+}
+
+impl EcdhSecret<'_> {
+    /// The JWK `crv` name of the key's curve.
+    pub fn crv(self) -> &'static str {
+        match self {
+            EcdhSecret::P256(_) => "P-256",
+            EcdhSecret::P384(_) => "P-384",
+            EcdhSecret::P521(_) => "P-521",
+        }
+    }
+
+    /// The ECDH shared secret (`Z`) with the public key (`x`, `y`) on the curve named `crv`.
+    pub fn agree(self, crv: &str, x: &[u8], y: &[u8]) -> Result<Zeroizing<Vec<u8>>, EcdhRefusal> {
+        let size = match self {
+            EcdhSecret::P256(_) => 32,
+            EcdhSecret::P384(_) => 48,
+            EcdhSecret::P521(_) => 66,
+        };
+        if crv != self.crv() || x.len() != size || y.len() != size {
+            return Err(EcdhRefusal::OtherCurve);
+        }
+        let point = [&[4u8][..], x, y].concat();
+        let z = match self {
+            EcdhSecret::P256(sk) => {
+                let peer = p256::PublicKey::from_sec1_bytes(&point)
+                    .map_err(|_| EcdhRefusal::NotOnCurve)?;
+                let z = p256::ecdh::diffie_hellman(sk.to_nonzero_scalar(), peer.as_affine());
+                z.raw_secret_bytes().to_vec()
+            }
+            EcdhSecret::P384(sk) => {
+                let peer = p384::PublicKey::from_sec1_bytes(&point)
+                    .map_err(|_| EcdhRefusal::NotOnCurve)?;
+                let z = p384::ecdh::diffie_hellman(sk.to_nonzero_scalar(), peer.as_affine());
+                z.raw_secret_bytes().to_vec()
+            }
+            EcdhSecret::P521(sk) => {
+                let peer = p521::PublicKey::from_sec1_bytes(&point)
+                    .map_err(|_| EcdhRefusal::NotOnCurve)?;
+                let z = p521::ecdh::diffie_hellman(sk.to_nonzero_scalar(), peer.as_affine());
+                z.raw_secret_bytes().to_vec()
+            }
+        };
+        Ok(Zeroizing::new(z))
+    }
 }
 
 /// The AAD of a JWE's content encryption (RFC 7516 §5.1 step 14): the `protected` member's
@@ -254,27 +320,22 @@ pub fn open(key: &TeeKeyPair, jwe: &JweResponse) -> Result<Zeroizing<Vec<u8>>, E
                 source,
             })?;
             let (curve, point) = epk.ec_point()?;
-            let bad = || Error::invalid("JWE epk", "not a point on its curve");
-            let z: Zeroizing<Vec<u8>> = match (key, curve) {
-                (TeeKeyPair::P256(sk), Curve::P256) => {
-                    let peer = p256::PublicKey::from_sec1_bytes(&point).map_err(|_| bad())?;
-                    let shared =
-                        p256::ecdh::diffie_hellman(sk.to_nonzero_scalar(), peer.as_affine());
-                    Zeroizing::new(shared.raw_secret_bytes().to_vec())
-                }
-                (TeeKeyPair::P521(sk), Curve::P521) => {
-                    let peer = p521::PublicKey::from_sec1_bytes(&point).map_err(|_| bad())?;
-                    let shared =
-                        p521::ecdh::diffie_hellman(sk.to_nonzero_scalar(), peer.as_affine());
-                    Zeroizing::new(shared.raw_secret_bytes().to_vec())
-                }
-                _ => {
-                    return Err(Error::invalid(
-                        "JWE epk",
-                        "curve differs from the TEE key's",
-                    ));
-                }
+            let secret = match key {
+                TeeKeyPair::P256(sk) => EcdhSecret::P256(sk),
+                TeeKeyPair::P521(sk) => EcdhSecret::P521(sk),
+                TeeKeyPair::Rsa(_) => return Err(Error::invalid("JWE epk", "not an EC TEE key")),
             };
+            let n = curve.coordinate_len();
+            let z = secret
+                .agree(curve.name(), &point[1..1 + n], &point[1 + n..])
+                .map_err(|refusal| match refusal {
+                    EcdhRefusal::OtherCurve => {
+                        Error::invalid("JWE epk", "curve differs from the TEE key's")
+                    }
+                    EcdhRefusal::NotOnCurve => {
+                        Error::invalid("JWE epk", "not a point on its curve")
+                    }
+                })?;
             let kek = concat_kdf(&z, ALG_ECDH_ES_A256KW, b"", b"");
             if encrypted_key.len() != 40 {
                 return Err(Error::Decrypt("wrapped key is not 40 bytes"));
@@ -364,6 +425,43 @@ mod tests {
         assert!(matches!(open(&key, &altered), Err(Error::Decrypt(_))));
         let rsa = TeeKeyPair::generate_rsa().expect("rsa");
         assert!(matches!(open(&rsa, &jwe), Err(Error::Unsupported { .. })));
+    }
+
+    #[test]
+    fn ecdh_agrees_both_ways_and_refuses_other_curves_and_points_off_the_curve() {
+        let (a, b) = (TeeKeyPair::generate(), TeeKeyPair::generate());
+        let (TeeKeyPair::P256(sa), TeeKeyPair::P256(sb)) = (&a, &b) else {
+            panic!("P-256 keys expected");
+        };
+        let xy = |k: &TeeKeyPair| {
+            let (_, point) = k.public_key().ec_point().expect("EC point");
+            (point[1..33].to_vec(), point[33..].to_vec())
+        };
+        let ((ax, ay), (bx, by)) = (xy(&a), xy(&b));
+        let ab = EcdhSecret::P256(sa)
+            .agree("P-256", &bx, &by)
+            .expect("agree");
+        let ba = EcdhSecret::P256(sb)
+            .agree("P-256", &ax, &ay)
+            .expect("agree");
+        assert_eq!(*ab, *ba);
+        assert_eq!(ab.len(), 32);
+        assert_eq!(
+            EcdhSecret::P256(sa).agree("P-384", &bx, &by).map(|_| ()),
+            Err(EcdhRefusal::OtherCurve)
+        );
+        assert_eq!(
+            EcdhSecret::P256(sa)
+                .agree("P-256", &bx[1..], &by)
+                .map(|_| ()),
+            Err(EcdhRefusal::OtherCurve)
+        );
+        assert_eq!(
+            EcdhSecret::P256(sa)
+                .agree("P-256", &[1u8; 32], &[1u8; 32])
+                .map(|_| ()),
+            Err(EcdhRefusal::NotOnCurve)
+        );
     }
 
     #[test]
