@@ -27,7 +27,9 @@
 //!   writes: a JWE per entry, `ECDH-ES+A256KW` on P-256/P-384/P-521 or `RSA-OAEP`/`RSA-OAEP-256`,
 //!   `A256GCM`), opened with [`JwePrivateKey`]s the caller holds. Where such a key would come
 //!   from in the pod VM (a KBS resource named in the configuration, for instance) is the
-//!   caller's choice; upstream's guest components do not read this protocol at all.
+//!   caller's choice; upstream's guest components do not read this protocol at all. The
+//!   cryptography (ECDH, Concat KDF, AES key unwrap, `A256GCM`) is `peerpod_kbs_protocol::jwe`'s,
+//!   the same code that opens KBS resources; this module reads ocicrypt's JSON forms.
 //! - [`decrypting_reader`] and [`LayerDecryptor`] (module `reader`): AES-256-CTR decryption while
 //!   the layer streams, with the HMAC checked at the end of the stream. The plaintext read before
 //!   that end is not authenticated yet: a caller keeps nothing of a layer whose reader ended in
