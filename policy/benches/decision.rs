@@ -167,6 +167,11 @@ fn run_cases(title: &str, text: &str, setup: &[(String, Value)], cases: &[Case],
     let load_start = Instant::now();
     let policy = AgentPolicy::load(text).expect("policy loads");
     let load = load_start.elapsed();
+    let (compiled, refusals) = policy.compiled_coverage();
+    println!(
+        "compiled entry points: {} (the rest on the interpreter; not compiled: {refusals:?})",
+        compiled.len()
+    );
     let ours: Arc<dyn Decider> = Arc::new(policy);
     let base_start = Instant::now();
     let baseline = UpstreamStyle::new(text);

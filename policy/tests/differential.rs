@@ -67,6 +67,11 @@ fn engine_decides_generated_cases_as_the_reference() {
         allowed * 10 > requests,
         "only {allowed} of {requests} requests allowed"
     );
+    // A differential in which nothing is compiled proves nothing about the compiled form.
+    assert!(
+        compiled * 2 > requests,
+        "only {compiled} of {requests} requests were on the compiled form"
+    );
     assert!(
         hoisted * 10 > loaded,
         "only {hoisted} of {loaded} policies had constants hoisted"

@@ -152,6 +152,7 @@ fn mutated_requests_are_decided_and_printed_as_the_reference_does() {
     }
 
     let mut allowed = 0;
+    let mut compiled = 0;
     for n in 0..mutations {
         let case = &cases[rng.below(cases.len())];
         let kind = case["kind"].as_str().expect("kind");
@@ -159,9 +160,15 @@ fn mutated_requests_are_decided_and_printed_as_the_reference_does() {
         for _ in 0..=rng.below(3) {
             mutate(&mut rng, &mut request, &pool);
         }
+        let context = || format!("mutation {n}: {kind} {request}");
+        // The compiled form (which the engine decides with) against the interpreter, directly.
+        match policy.compiled_check(kind, &request) {
+            Some(Ok(())) => compiled += 1,
+            Some(Err(what)) => panic!("{what}: {}", context()),
+            None => {}
+        }
         let decision = policy.decide(kind, &request);
         let expected = reference.decide(kind, &request);
-        let context = || format!("mutation {n}: {kind} {request}");
         assert_eq!(decision.is_allowed(), expected.allowed, "{}", context());
         assert_eq!(
             decision.prints(),
@@ -172,7 +179,12 @@ fn mutated_requests_are_decided_and_printed_as_the_reference_does() {
         assert_eq!(policy.state(), reference.state(), "{}", context());
         allowed += usize::from(expected.allowed);
     }
-    eprintln!("{mutations} mutated requests, {allowed} allowed, no divergence");
+    eprintln!(
+        "{mutations} mutated requests, {allowed} allowed, {compiled} on the compiled form, no \
+         divergence"
+    );
+    // genpolicy's policy is compiled whole: every request took the compiled path.
+    assert_eq!(compiled as u64, mutations);
     // Mutations that never get through test only the denials.
     assert!(
         mutations < 100 || allowed * 20 > mutations as usize,

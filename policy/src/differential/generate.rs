@@ -229,6 +229,13 @@ impl<C: Choices> Gen<'_, C> {
         if self.c.one_in(3) {
             out.push_str("f(x) := 0 if x == 0\n");
         }
+        // A zero-argument function, with an `else`.
+        self.vars.clear();
+        let body = self.body(0, 2);
+        let value = self.expr();
+        out.push_str(&format!(
+            "z() := zv if {{\n{body}    zv := {value}\n}} else := \"z\"\n"
+        ));
         // g(x) is true or undefined.
         self.level = 1;
         self.vars = vec!["x".to_owned()];
@@ -269,9 +276,9 @@ impl<C: Choices> Gen<'_, C> {
         let mut out = String::new();
         for _ in 0..n {
             out.push_str("    ");
-            // A third of the statements usually hold, so that enough bodies succeed for the
+            // Two in five statements usually hold, so that enough bodies succeed for the
             // corners around them to matter.
-            if self.c.one_in(3) {
+            if self.c.below(5) < 2 {
                 out.push_str(
                     self.c
                         .pick(&["true", "input.id", "is_string(input.s)", "input.obj"]),
@@ -294,7 +301,7 @@ impl<C: Choices> Gen<'_, C> {
 
     fn stmt(&mut self) -> String {
         self.depth += 1;
-        let s = match self.c.below(19) {
+        let s = match self.c.below(24) {
             0..=3 => {
                 let e = self.expr();
                 let v = self.new_var();
@@ -356,6 +363,50 @@ impl<C: Choices> Gen<'_, C> {
             15 if self.level >= 2 => format!("g({})", self.expr()),
             16 => format!("data.pstate[input.id] == {}", self.expr()),
             17 => format!("_ = {}", self.expr()),
+            // Loops regorus hoists out of a statement: `x[_]` and `x[i]` with a fresh `i`.
+            18 => {
+                let e = self.atom();
+                let v = self.new_var();
+                let s = format!("{v} := {e}[_]");
+                self.vars.push(v);
+                s
+            }
+            19 => {
+                let e = self.atom();
+                let (i, v) = (self.new_var(), self.new_var());
+                let s = if self.c.one_in(2) {
+                    format!("some {i}\n    {v} := {e}[{i}]")
+                } else {
+                    format!("{v} := {e}[{i}]")
+                };
+                self.vars.push(i);
+                self.vars.push(v);
+                s
+            }
+            // `every` with a key, indexing with its variables (regorus hoists that as a loop).
+            20 if self.depth < 3 && self.c.one_in(2) => {
+                let e = self.expr();
+                let (k, v) = (self.new_var(), self.new_var());
+                let other = self.atom();
+                format!("every {k}, {v} in {e} {{ {other}[{k}] != {v} }}")
+            }
+            // A unification of two bound expressions, and one that binds a fresh variable.
+            21 => {
+                let a = self.expr();
+                let b = if self.c.one_in(2) {
+                    a.clone()
+                } else {
+                    self.expr()
+                };
+                format!("{a} = {b}")
+            }
+            22 if self.level >= 1 => {
+                if self.c.one_in(2) {
+                    "z() == z()".to_owned()
+                } else {
+                    format!("z() == {}", self.expr())
+                }
+            }
             _ if self.level >= 3 => self
                 .c
                 .pick(&["true", "false", "input.flag", "h == 7"])
@@ -372,7 +423,7 @@ impl<C: Choices> Gen<'_, C> {
         let e = if deep || self.c.below(3) == 0 {
             self.atom()
         } else {
-            match self.c.below(25) {
+            match self.c.below(26) {
                 0 => format!("{} + {}", self.atom(), self.atom()),
                 1 => format!("{} - {}", self.atom(), self.atom()),
                 2 => format!("{} * {}", self.atom(), self.atom()),
@@ -408,6 +459,7 @@ impl<C: Choices> Gen<'_, C> {
                 21 => format!("upper({})", self.expr()),
                 22 => format!("is_null({})", self.expr()),
                 23 => format!("abs({})", self.expr()),
+                24 => format!("{}, {} in {}", self.atom(), self.atom(), self.atom()),
                 _ => format!("indexof({}, \"b\")", self.expr()),
             }
         };

@@ -13,20 +13,25 @@
 //! A policy that sets `AllowRequestsFailingPolicy := true` turns `false`/undefined results into
 //! allowed-with-a-warning (a debugging aid, as upstream); errors still deny.
 //!
-//! # One evaluator
+//! # Two evaluators, one semantics
 //!
-//! Every decision is made by regorus's interpreter, configured as the upstream Kata agent
-//! configures it (strict builtin errors off). There is no second, faster evaluator whose
-//! decisions could differ: regorus's bytecode VM was used here once and was found to allow
-//! requests the interpreter denies (a rule body went on after an assignment from an undefined
-//! or erroring expression). `crate::differential` checks the engine against a plain
-//! interpreter on generated policies.
+//! The reference is regorus's interpreter, configured as the upstream Kata agent configures it
+//! (strict builtin errors off). A request whose entry point the `compiled` module compiles is
+//! decided by that compiled form; any other by the interpreter. The compiled form is built at
+//! load from regorus's own parse of the policy, only for entry points whose every reachable
+//! construct is on its whitelist, and runs with the interpreter's semantics (statement order,
+//! undefined and error propagation, builtins called through regorus's own table, print lines).
+//! It is checked against the interpreter request by request ([`AgentPolicy::compiled_check`])
+//! by the differential generator (`crate::differential`), the genpolicy conformance cases and
+//! the mutated-request replay. An evaluation error on the compiled form is re-run on the
+//! interpreter, whose decision and message are then used. regorus's bytecode VM was used here
+//! once and allowed requests the interpreter denies; it is not used.
 //!
 //! # Concurrency
 //!
-//! The policy in force is an immutable snapshot behind an `Arc`. Each evaluation borrows a
-//! ready-to-run interpreter from the snapshot's pool (or clones one), so evaluations run in
-//! parallel without a global lock. Only allowed requests whose result carries state operations
+//! The policy in force is an immutable snapshot behind an `Arc`. The compiled form is shared
+//! read-only; an evaluation on the interpreter borrows a ready-to-run interpreter from the
+//! snapshot's pool (or clones one), so evaluations run in parallel without a global lock. Only allowed requests whose result carries state operations
 //! take the commit lock: under it, if another request changed the state since this one was
 //! evaluated, the request is evaluated again against the current state, then its operations
 //! are applied and a new snapshot is published. State changes are therefore serialised and
@@ -126,6 +131,8 @@ struct Compiled {
     policy: Arc<Policy>,
     /// The data document: `{"pstate": ...}`.
     data: serde_json::Value,
+    /// The same with the hoisted constants, as the compiled form reads it.
+    data_value: Value,
     /// The interpreter for this state. regorus re-analyses a policy whose data changed, so a
     /// new state's interpreter is prepared once, right after the state change is published
     /// (see [`AgentPolicy::commit`]), and shared by every request on that state.
@@ -222,14 +229,11 @@ impl AgentPolicy {
             return None;
         }
         let input = Value::from(input.clone());
-        let mut data = Value::from(c.data.clone());
-        if let (Ok(d), Ok(k)) = (data.as_object_mut(), c.policy.constants.as_object()) {
-            for (key, value) in k.iter() {
-                d.insert(key.clone(), value.clone());
-            }
+        let (value, prints) = compiled.evaluate(entrypoint, &input, &c.data_value)?;
+        if value.as_ref().is_err_and(compiled::CompiledPolicy::gave_up) {
+            return None;
         }
-        let (value, prints) = compiled.evaluate(entrypoint, &input, &data)?;
-        let (outcome, reference_prints) = c.evaluate(entrypoint, input);
+        let (outcome, reference_prints) = c.interpret(entrypoint, input);
         let mine = match value {
             Ok(v) => describe(&interpret(v)),
             Err(_) => "error".to_owned(),
@@ -364,8 +368,13 @@ impl AgentPolicy {
             return Decision::new(entrypoint, Verdict::Denied(denial), prints);
         }
         let next = compiled.with_data(data);
+        let fully_compiled = next.policy.compiled.all_compiled();
         let published = self.publish(current.generation + 1, Content::Policy(Box::new(next)));
-        warm(published);
+        // The interpreter of a new state is needed at once only for entry points the compiled
+        // form does not decide; otherwise it is prepared if and when an error needs explaining.
+        if !fully_compiled {
+            warm(published);
+        }
         Decision::new(entrypoint, Verdict::Allowed, prints)
     }
 
@@ -478,9 +487,16 @@ impl Compiled {
     }
 
     fn with_state(policy: Arc<Policy>, data: serde_json::Value) -> Self {
+        let mut data_value = Value::from(data.clone());
+        if let (Ok(d), Ok(k)) = (data_value.as_object_mut(), policy.constants.as_object()) {
+            for (key, value) in k.iter() {
+                d.insert(key.clone(), value.clone());
+            }
+        }
         Self {
             policy,
             data,
+            data_value,
             interpreter: OnceLock::new(),
         }
     }
@@ -517,8 +533,22 @@ impl Compiled {
         }
     }
 
-    /// Evaluates one request on this state's interpreter.
+    /// Evaluates one request: on the compiled form when it compiles the entry point (an
+    /// evaluation error is re-run on the interpreter, whose message names the cause), else on
+    /// this state's interpreter.
     fn evaluate(&self, entrypoint: &str, input: Value) -> (Outcome, Vec<String>) {
+        if let Some((Ok(value), prints)) =
+            self.policy
+                .compiled
+                .evaluate(entrypoint, &input, &self.data_value)
+        {
+            return (interpret(value), prints);
+        }
+        self.interpret(entrypoint, input)
+    }
+
+    /// Evaluates one request on this state's interpreter.
+    fn interpret(&self, entrypoint: &str, input: Value) -> (Outcome, Vec<String>) {
         match self.interpreter() {
             Ok(interpreter) => interpreter.evaluate(entrypoint, input),
             Err(e) => {

@@ -75,6 +75,37 @@ pub(super) struct Run<'p> {
 
 const PACKAGE: &str = "agent_policy";
 
+/// A slot's value; a slot outside the frame is a bug, reported as an error, never a panic.
+fn get(f: &[Value], slot: Slot) -> Result<Value> {
+    f.get(slot)
+        .cloned()
+        .ok_or_else(|| anyhow!(Fallback("slot outside its frame")))
+}
+
+fn set(f: &mut [Value], slot: Slot, v: Value) -> Result<()> {
+    *f.get_mut(slot)
+        .ok_or_else(|| anyhow!(Fallback("slot outside its frame")))? = v;
+    Ok(())
+}
+
+/// An evaluation the compiled form gives up on, leaving the request to the interpreter: the
+/// interpreter's state after a swallowed error (a function definition that failed inside a
+/// comprehension or `every` leaves that context on its stack) is not modelled.
+#[derive(Debug)]
+pub(super) struct Fallback(pub(super) &'static str);
+
+impl std::fmt::Display for Fallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the compiled form does not model this evaluation: {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Fallback {}
+
 fn truthy(v: &Value) -> bool {
     match v {
         Value::Bool(b) => *b,
@@ -358,7 +389,7 @@ impl<'p> Run<'p> {
         };
         let coll = self.eval(f, &lp.collection)?;
         if let Some(iv) = lp.index {
-            let current = f[iv].clone();
+            let current = get(f, iv)?;
             if coll[&current] != Value::Undefined {
                 return self.loops(f, q, idx, li + 1);
             } else if current != Value::Undefined {
@@ -367,13 +398,13 @@ impl<'p> Run<'p> {
         }
         let mut result = false;
         let mut step = |run: &mut Self, f: &mut [Value], v: &Value, k: Value| -> Result<bool> {
-            f[lp.slot] = v.clone();
+            set(f, lp.slot, v.clone())?;
             if let Some(iv) = lp.index {
-                f[iv] = k;
+                set(f, iv, k)?;
             }
             result = run.loops(f, q, idx, li + 1)? || result;
             if let Some(iv) = lp.index {
-                f[iv] = Value::Undefined;
+                set(f, iv, Value::Undefined)?;
             }
             Ok(run.early_return())
         };
@@ -401,7 +432,7 @@ impl<'p> Run<'p> {
             }
             _ => {}
         }
-        f[lp.slot] = Value::Undefined;
+        set(f, lp.slot, Value::Undefined)?;
         Ok(result)
     }
 
@@ -418,10 +449,10 @@ impl<'p> Run<'p> {
         let mut count = 0usize;
         let mut step = |run: &mut Self, f: &mut [Value], k: Value, v: &Value| -> Result<bool> {
             if let Some(Some(ks)) = key {
-                f[*ks] = k;
+                set(f, *ks, k)?;
             }
             if let Some(vs) = value {
-                f[*vs] = v.clone();
+                set(f, *vs, v.clone())?;
             }
             if run.stmts(f, q, idx + 1)? {
                 count += 1;
@@ -463,7 +494,7 @@ impl<'p> Run<'p> {
             Lit::Not(e) => matches!(self.eval(f, e)?, Value::Bool(false) | Value::Undefined),
             Lit::SomeVars(slots) => {
                 for s in slots {
-                    f[*s] = Value::Undefined;
+                    set(f, *s, Value::Undefined)?;
                 }
                 true
             }
@@ -491,9 +522,9 @@ impl<'p> Run<'p> {
                     }
                 };
                 for (k, v) in items {
-                    f[*value] = v;
+                    set(f, *value, v)?;
                     if let Some(ks) = key {
-                        f[*ks] = k;
+                        set(f, *ks, k)?;
                     }
                     if !self.query(f, query)? {
                         r = false;
@@ -769,7 +800,7 @@ impl<'p> Run<'p> {
                 if v == Value::Undefined {
                     return Ok(v);
                 }
-                f[*slot] = v;
+                set(f, *slot, v)?;
                 Value::Bool(true)
             }
             Plan::Array { value, slots } => {
@@ -778,7 +809,7 @@ impl<'p> Run<'p> {
                     Value::Array(a) if a.len() == slots.len() => {
                         for (s, item) in slots.iter().zip(a.iter()) {
                             if let Some(s) = s {
-                                f[*s] = item.clone();
+                                set(f, *s, item.clone())?;
                             }
                         }
                         Value::Bool(true)
@@ -807,7 +838,7 @@ impl<'p> Run<'p> {
 
     fn head(&mut self, f: &mut [Value], head: &'p Head) -> Result<Value> {
         Ok(match head {
-            Head::Local(s) => f[*s].clone(),
+            Head::Local(s) => get(f, *s)?,
             Head::Input => self.input.clone(),
             Head::Data => self.data.clone(),
             Head::Rule(id) => self.rule(*id)?,
@@ -817,10 +848,11 @@ impl<'p> Run<'p> {
                 refr,
                 data_root,
             } => {
-                if let Some(ls) = loop_slot
-                    && f[*ls] != Value::Undefined
-                {
-                    return Ok(f[*ls].clone());
+                if let Some(ls) = loop_slot {
+                    let v = get(f, *ls)?;
+                    if v != Value::Undefined {
+                        return Ok(v);
+                    }
                 }
                 let index = self.eval(f, index)?;
                 let obj = self.eval(f, refr)?;
@@ -861,9 +893,16 @@ impl<'p> Run<'p> {
                 c.output = b.output.as_ref();
                 c
             };
+            let depth = self.ctxs.len();
             let value = match self.bodies(&mut frame, &def.bodies, false, &template) {
                 Ok(v) => v,
                 Err(e) => {
+                    if e.downcast_ref::<Fallback>().is_some() {
+                        return Err(e);
+                    }
+                    if self.ctxs.len() != depth {
+                        bail!(Fallback("an error left an output context behind"));
+                    }
                     errors.push(e);
                     continue;
                 }

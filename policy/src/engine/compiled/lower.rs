@@ -462,6 +462,10 @@ struct Fx<'a> {
     scopes: Vec<BTreeMap<String, Slot>>,
     /// Declared by `some x` and not bound yet.
     unbound: BTreeSet<Slot>,
+    /// `every` variables: bound at run time, but regorus's loop hoisting does not count them as
+    /// bound, so `x[v]` is hoisted as a loop (that checks `v` at run time) until a binding
+    /// plan (a hoisted index, a call's last argument) binds `v` for the rest of the query.
+    hoist_unbound: BTreeSet<Slot>,
     next: Slot,
 }
 
@@ -472,6 +476,7 @@ impl<'a> Fx<'a> {
             deps,
             scopes: Vec::new(),
             unbound: BTreeSet::new(),
+            hoist_unbound: BTreeSet::new(),
             next: 0,
         }
     }
@@ -528,6 +533,23 @@ impl<'a> Fx<'a> {
         }
     }
 
+    /// Whether `e` names an `every` variable the hoister counts as unbound, at a place a
+    /// binding plan would bind it (the expression itself, or inside array/object literals).
+    fn mentions_hoist_unbound(&self, e: &Ast) -> bool {
+        match e {
+            Ast::Var { span, .. } => self
+                .local(span.text())
+                .is_some_and(|s| self.hoist_unbound.contains(&s)),
+            Ast::Array { items, .. } | Ast::Set { items, .. } => {
+                items.iter().any(|i| self.mentions_hoist_unbound(i))
+            }
+            Ast::Object { fields, .. } => fields
+                .iter()
+                .any(|(_, k, v)| self.mentions_hoist_unbound(k) || self.mentions_hoist_unbound(v)),
+            _ => false,
+        }
+    }
+
     fn query(
         &mut self,
         q: &Ref<AstQuery>,
@@ -543,7 +565,11 @@ impl<'a> Fx<'a> {
             return Err("schedule".into());
         }
         self.scopes.push(BTreeMap::new());
+        // regorus's hoister works on a copy of its context per query: what a query binds is
+        // not bound after it.
+        let hoist_unbound = self.hoist_unbound.clone();
         let r = self.query_in_scope(&q.stmts, &order, outputs);
+        self.hoist_unbound = hoist_unbound;
         self.scopes.pop();
         r
     }
@@ -643,8 +669,12 @@ impl<'a> Fx<'a> {
                 let vslot = self.next;
                 self.next += 1;
                 scope.insert(value.text().to_owned(), vslot);
+                let every_vars: Vec<Slot> = scope.values().copied().collect();
+                let saved = self.hoist_unbound.clone();
+                self.hoist_unbound.extend(every_vars);
                 self.scopes.push(scope);
                 let r = self.query(query, &[]);
+                self.hoist_unbound = saved;
                 self.scopes.pop();
                 Lit::Every {
                     key,
@@ -689,6 +719,11 @@ impl<'a> Fx<'a> {
                 }
                 _ => Err("`:=` pattern".into()),
             };
+        }
+        for side in [lhs, rhs] {
+            if self.mentions_hoist_unbound(side) {
+                return Err("unification with an `every` variable".into());
+            }
         }
         let is_wild = |e: &Ast| matches!(e, Ast::Var { span, .. } if span.text() == "_");
         if is_wild(lhs) && !self.has_pattern_var(rhs) {
@@ -859,6 +894,21 @@ impl<'a> Fx<'a> {
     ) -> Result<E, Refusal> {
         let path = call_path(fcn).ok_or("call target")?;
         let args = self.exprs(params, loops)?;
+        // regorus plans a binding of the last argument (used only for an output argument) and
+        // counts the variables it would bind as bound from here on.
+        if let Some(last) = params.last() {
+            match last.as_ref() {
+                Ast::Var { span, .. } => {
+                    if let Some(slot) = self.local(span.text()) {
+                        self.hoist_unbound.remove(&slot);
+                    }
+                }
+                other if self.mentions_hoist_unbound(other) => {
+                    return Err("`every` variable in a last argument pattern".into());
+                }
+                _ => {}
+            }
+        }
         if let Some(&id) = self.names.funcs.get(&path) {
             let arities = self.names.arities.get(&id).ok_or("function arity")?;
             if arities.len() != 1 || !arities.contains(&params.len()) {
@@ -931,8 +981,15 @@ impl<'a> Fx<'a> {
                         continue;
                     }
                     let r = self.expr(refr, loops)?;
+                    let every_var = match index.as_ref() {
+                        Ast::Var { span, .. } => self
+                            .local(span.text())
+                            .filter(|s| self.hoist_unbound.contains(s)),
+                        _ => None,
+                    };
                     let hoisted = match index.as_ref() {
                         Ast::Var { span, .. } if span.text() == "_" => Some(None),
+                        Ast::Var { .. } if every_var.is_some() => Some(every_var),
                         Ast::Var { .. } => self.unbound_var(index),
                         other => {
                             if self.has_pattern_var(other) {
@@ -954,6 +1011,7 @@ impl<'a> Fx<'a> {
                     let index_slot = match (existing, index.as_ref()) {
                         (Some(slot), _) => {
                             self.unbound.remove(&slot);
+                            self.hoist_unbound.remove(&slot);
                             Some(slot)
                         }
                         (None, Ast::Var { span, .. }) if span.text() != "_" => {

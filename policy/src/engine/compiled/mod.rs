@@ -7,9 +7,10 @@
 //! result with the interpreter's semantics.
 //!
 //! Only constructs on a whitelist are lowered; an entry point is compiled only when every rule
-//! and function it can reach was. **Not wired yet**: the engine still decides every request
-//! with the interpreter. [`super::AgentPolicy::compiled_check`] runs both on one request and
-//! reports any difference; the differential tests use it.
+//! and function it can reach was (and none is recursive). The engine decides a compiled entry
+//! point's requests here; everything else, and every evaluation that ends in an error (to name
+//! the interpreter's cause), goes to the interpreter. [`super::AgentPolicy::compiled_check`]
+//! runs both on one request and reports any difference; the differential tests use it.
 
 mod eval;
 mod ir;
@@ -96,9 +97,19 @@ impl CompiledPolicy {
         self.entries.contains_key(entrypoint)
     }
 
+    /// Whether every rule of the policy is compiled (as an entry point).
+    pub(super) fn all_compiled(&self) -> bool {
+        self.refusals.is_empty() && self.entries.len() == self.program.rules.len()
+    }
+
     /// Why rules and functions were not compiled.
     pub(super) fn refusals(&self) -> &BTreeMap<String, String> {
         &self.refusals
+    }
+
+    /// Whether `error` is the compiled form giving up (the interpreter must decide).
+    pub(super) fn gave_up(error: &anyhow::Error) -> bool {
+        error.downcast_ref::<eval::Fallback>().is_some()
     }
 
     /// Evaluates `data.agent_policy.<entrypoint>`: its value (or the error) and the prints.

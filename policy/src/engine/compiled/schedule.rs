@@ -37,8 +37,13 @@ pub(super) fn schedule_module(
         }],
         orders: BTreeMap::new(),
     };
+    let package = a.scopes.clone();
     for rule in rules {
-        a.rule(rule)?;
+        // A rule this module cannot analyse (`with`) gets no order for the query that has it,
+        // so the lowering refuses that rule; the other rules' orders do not depend on it.
+        if a.rule(rule).is_err() {
+            a.scopes.clone_from(&package);
+        }
     }
     Ok(a.orders)
 }
