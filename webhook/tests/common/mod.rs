@@ -217,6 +217,16 @@ pub fn install_provider() {
 impl Server {
     /// Starts `handler` with `options`, a fresh certificate, and reloads every `reload`.
     pub async fn start(handler: Handler, options: TlsOptions, reload: Option<Duration>) -> Self {
+        Self::start_at("127.0.0.1:0", handler, options, reload).await
+    }
+
+    /// [`Server::start`] listening on `bind`.
+    pub async fn start_at(
+        bind: &str,
+        handler: Handler,
+        options: TlsOptions,
+        reload: Option<Duration>,
+    ) -> Self {
         install_provider();
         let dir = TempDir::new("server");
         let certs = Certs::generate("webhook-a");
@@ -224,7 +234,7 @@ impl Server {
         let cert = ReloadingCert::load(&dir.0.join("tls.crt"), &dir.0.join("tls.key")).unwrap();
         let reloader = reload.map(|every| cert.spawn_reloader(every));
         let tls = Arc::new(options.server_config(cert.clone()).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve(listener, tls, handler, async move {
@@ -561,7 +571,11 @@ pub async fn tcp_from(
     addr: SocketAddr,
     from: std::net::IpAddr,
 ) -> Result<tokio::net::TcpStream, BoxError> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
+    let socket = if from.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     socket.bind(SocketAddr::new(from, 0))?;
     Ok(socket.connect(addr).await?)
 }
