@@ -195,40 +195,41 @@ async fn only_bodies_holding_budget_are_ended_for_room() -> TestResult {
     Ok(())
 }
 
-/// As many connections as the server serves, all from one address, each with a review's
-/// headers sent and no body: a real client from another address is answered, and so is a
-/// newcomer from the flooding address (it ends one of that address's own stalled ones).
-#[tokio::test]
-async fn header_only_connections_from_one_address_cannot_keep_a_real_client_out() -> TestResult {
+/// [`MAX_CONNECTIONS`] connections from [`ATTACKER`], each with a review's headers and `sent`
+/// bytes of its body sent; then, after `pause`, a review from each of `newcomers` is answered.
+async fn flood_then_answered(sent: usize, pause: Duration, newcomers: [IpAddr; 2]) -> TestResult {
     raise_fd_limit()?;
     let server = start().await;
     let config = Arc::new(server.client_config());
     let mut flood = Vec::with_capacity(MAX_CONNECTIONS);
     for _ in 0..MAX_CONNECTIONS {
-        flood.push(stalled(&server, &config, ATTACKER, 1000, 0).await?);
+        flood.push(stalled(&server, &config, ATTACKER, 1000, sent).await?);
     }
-    for from in [API_SERVER, ATTACKER] {
+    tokio::time::sleep(pause).await;
+    for from in newcomers {
         answered_from(&server, from).await?;
     }
     Ok(())
+}
+
+/// As many connections as the server serves, all from one address, each with a review's
+/// headers sent and no body: a real client from another address is answered, and so is a
+/// newcomer from the flooding address (it ends one of that address's own stalled ones).
+#[tokio::test]
+async fn header_only_connections_from_one_address_cannot_keep_a_real_client_out() -> TestResult {
+    flood_then_answered(0, Duration::ZERO, [API_SERVER, ATTACKER]).await
 }
 
 /// The same with bodies begun and then stalled (one byte sent): past the stall allowance
 /// they may be ended for a newcomer from their address.
 #[tokio::test]
 async fn stalled_bodies_from_one_address_cannot_keep_its_newcomers_out() -> TestResult {
-    raise_fd_limit()?;
-    let server = start().await;
-    let config = Arc::new(server.client_config());
-    let mut flood = Vec::with_capacity(MAX_CONNECTIONS);
-    for _ in 0..MAX_CONNECTIONS {
-        flood.push(stalled(&server, &config, ATTACKER, 1000, 1).await?);
-    }
-    tokio::time::sleep(peerpod_webhook::server::EVICT_AFTER * 2).await;
-    for from in [ATTACKER, API_SERVER] {
-        answered_from(&server, from).await?;
-    }
-    Ok(())
+    flood_then_answered(
+        1,
+        peerpod_webhook::server::EVICT_AFTER * 2,
+        [ATTACKER, API_SERVER],
+    )
+    .await
 }
 
 /// The API server's keep-alive connection, idle between reviews, survives a flood of idle
