@@ -130,6 +130,15 @@ async fn blobs(
 
 type Image = OneLayer;
 
+/// `out` is `img` pulled whole: its one diff_id, and the layer's one file in `store`.
+fn assert_pulled_whole(out: &peerpod_image::PullOutcome, img: &Image, store: &RecordingStore) {
+    assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
+    assert_eq!(
+        store.layers.lock().unwrap()[&img.diff_id],
+        vec!["data/file".to_string()]
+    );
+}
+
 /// A one-layer image of `payload` pattern bytes, `corrupt` applied (see
 /// [`one_layer_image`]).
 fn image(payload: usize, corrupt: impl Fn(&mut Vec<u8>, &mut String, &mut u64)) -> Image {
@@ -198,11 +207,7 @@ async fn a_well_behaved_fake_serves_a_pullable_image() -> Result<()> {
     let (addr, _) = serve(&img, Fault::None).await;
     let store = Arc::new(RecordingStore::default());
     let out = pull(&addr, &store).await?;
-    assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
-    assert_eq!(
-        store.layers.lock().unwrap()[&img.diff_id],
-        vec!["data/file".to_string()]
-    );
+    assert_pulled_whole(&out, &img, &store);
     Ok(())
 }
 
@@ -280,12 +285,8 @@ async fn dropped_connection_resumes_with_range() -> Result<()> {
 async fn registry_ignoring_range_is_resumed_by_skipping() -> Result<()> {
     let (img, addr, fake, store) = served_with_fault(Fault::TruncateNoRange(1)).await;
     let out = pull(&addr, &store).await?;
-    assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
     assert_eq!(fake.layer_requests.load(Ordering::SeqCst), 2);
-    assert_eq!(
-        store.layers.lock().unwrap()[&img.diff_id],
-        vec!["data/file".to_string()]
-    );
+    assert_pulled_whole(&out, &img, &store);
     Ok(())
 }
 
@@ -384,11 +385,7 @@ async fn encrypted_layer_decrypted_with_the_kek_from_the_kbs() -> Result<()> {
     let (addr, fake) = serve(&img, Fault::Truncate(1)).await;
     let store = Arc::new(RecordingStore::default());
     let out = pull_with(&addr, &store, Kbs(Some((kid.into(), kek.to_vec())))).await?;
-    assert_eq!(out.diff_ids, vec![img.diff_id.clone()]);
-    assert_eq!(
-        store.layers.lock().unwrap()[&img.diff_id],
-        vec!["data/file".to_string()]
-    );
+    assert_pulled_whole(&out, &img, &store);
     // Resumed after a drop: the decryption stayed in step with the ciphertext.
     assert_eq!(fake.layer_requests.load(Ordering::SeqCst), 2);
     Ok(())

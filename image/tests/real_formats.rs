@@ -200,16 +200,15 @@ async fn layer_whose_bytes_are_not_its_declared_zstd_is_refused() -> Result<()> 
     )?;
     let mut m: serde_json::Value = serde_json::from_str(&raw)?;
     m["layers"][0]["mediaType"] = "application/vnd.oci.image.layer.v1.tar+zstd".into();
-    let r = reqwest::Client::new()
-        .put(format!(
-            "http://{}/v2/fmt/lie/manifests/zstd",
-            registry.addr
-        ))
-        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        .body(m.to_string())
-        .send()
-        .await?;
-    assert!(r.status().is_success(), "{}", r.status());
+    common::raw::put_manifest(
+        &reqwest::Client::new(),
+        &registry.addr,
+        "fmt/lie",
+        "zstd",
+        common::raw::OCI_MANIFEST,
+        m.to_string(),
+    )
+    .await?;
     let e = p
         .pull(
             &format!("{}/fmt/lie:zstd", registry.addr),
@@ -546,19 +545,15 @@ async fn push_cosign_signature(
         }]
     });
     let tag = format!("{}.sig", at_digest.replace(':', "-"));
-    let r = http
-        .put(format!(
-            "http://{}/v2/{repo}/manifests/{tag}",
-            registry.addr
-        ))
-        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        .body(manifest.to_string())
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("signature manifest: {}", r.status());
-    }
-    Ok(())
+    common::raw::put_manifest(
+        http,
+        &registry.addr,
+        repo,
+        &tag,
+        common::raw::OCI_MANIFEST,
+        manifest.to_string(),
+    )
+    .await
 }
 
 /// Cosign-format signatures in the registry at `sha256-<hex>.sig`, signed by openssl with a

@@ -217,16 +217,15 @@ async fn multi_platform_index_picks_the_guest_platform() -> Result<()> {
         ("both", index(&[(&other, "riscv64"), (&guest, arch)])),
         ("foreign", index(&[(&other, "riscv64")])),
     ] {
-        let r = http
-            .put(format!(
-                "http://{}/v2/multi/arch/manifests/{tag}",
-                registry.addr
-            ))
-            .header("Content-Type", "application/vnd.oci.image.index.v1+json")
-            .body(body)
-            .send()
-            .await?;
-        assert!(r.status().is_success(), "{}", r.status());
+        common::raw::put_manifest(
+            &http,
+            &registry.addr,
+            "multi/arch",
+            tag,
+            "application/vnd.oci.image.index.v1+json",
+            body,
+        )
+        .await?;
     }
     let config = insecure_config(&scratch, &registry.addr, "work");
     let (p, _store) = recording_puller(config);

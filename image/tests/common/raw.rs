@@ -99,14 +99,34 @@ pub async fn push_raw(
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
         "layers": descriptors,
     });
+    put_manifest(&http, addr, repo, tag, OCI_MANIFEST, manifest.to_string()).await
+}
+
+/// The OCI image manifest media type.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Puts `body` (of `media_type`) as the manifest `repo:reference` on the plain-HTTP registry
+/// at `addr`.
+pub async fn put_manifest(
+    http: &reqwest::Client,
+    addr: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: String,
+) -> Result<()> {
     let r = http
-        .put(format!("http://{addr}/v2/{repo}/manifests/{tag}"))
-        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        .body(manifest.to_string())
+        .put(format!("http://{addr}/v2/{repo}/manifests/{reference}"))
+        .header("Content-Type", media_type)
+        .body(body)
         .send()
         .await?;
     if !r.status().is_success() {
-        bail!("manifest push: {} {}", r.status(), r.text().await?);
+        bail!(
+            "manifest push of {repo}:{reference}: {} {}",
+            r.status(),
+            r.text().await?
+        );
     }
     Ok(())
 }
