@@ -59,6 +59,9 @@ fn parse_text(text: &str) -> Result<regorus::Engine, PolicyError> {
     Ok(engine)
 }
 
+/// How long one evaluation may run, on either evaluator; past it the request is denied.
+pub(super) const EVAL_TIME_LIMIT: Duration = Duration::from_secs(10);
+
 fn new_engine(rego_v0: bool) -> regorus::Engine {
     let mut engine = regorus::Engine::new();
     engine.set_rego_v0(rego_v0);
@@ -67,7 +70,7 @@ fn new_engine(rego_v0: bool) -> regorus::Engine {
     engine.set_gather_prints(true);
     engine.set_policy_length_config(length_limits());
     engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-        limit: Duration::from_secs(10),
+        limit: EVAL_TIME_LIMIT,
         check_interval: NonZeroU32::MIN.saturating_add(255),
     });
     engine

@@ -537,12 +537,17 @@ impl Compiled {
     /// evaluation error is re-run on the interpreter, whose message names the cause), else on
     /// this state's interpreter.
     fn evaluate(&self, entrypoint: &str, input: Value) -> (Outcome, Vec<String>) {
-        if let Some((Ok(value), prints)) =
-            self.policy
-                .compiled
-                .evaluate(entrypoint, &input, &self.data_value)
+        match self
+            .policy
+            .compiled
+            .evaluate(entrypoint, &input, &self.data_value)
         {
-            return (interpret(value), prints);
+            Some((Ok(value), prints)) => return (interpret(value), prints),
+            // The interpreter would run as long and fail the same way: deny now.
+            Some((Err(e), prints)) if compiled::CompiledPolicy::timed_out(&e) => {
+                return (Outcome::Deny(Denial::EvalError(e.to_string())), prints);
+            }
+            _ => {}
         }
         self.interpret(entrypoint, input)
     }

@@ -6,6 +6,7 @@
 //! lines and their order) is the same.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use regorus::Value;
@@ -58,9 +59,31 @@ impl<'p> Ctx<'p> {
     }
 }
 
+/// An evaluation that ran past its time limit (the interpreter's is the same, and denies).
+#[derive(Debug)]
+pub(super) struct TimeLimit(pub(super) Duration);
+
+impl std::fmt::Display for TimeLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the policy evaluation ran past its {} s limit",
+            self.0.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for TimeLimit {}
+
+/// Steps between two looks at the clock.
+const TICKS_PER_CHECK: u32 = 256;
+
 /// One evaluation: the state the interpreter keeps per query.
 pub(super) struct Run<'p> {
     p: &'p Program,
+    limit: Duration,
+    deadline: Instant,
+    ticks: u32,
     input: &'p Value,
     data: &'p Value,
     values: Vec<Value>,
@@ -114,10 +137,13 @@ fn truthy(v: &Value) -> bool {
 }
 
 impl<'p> Run<'p> {
-    pub(super) fn new(p: &'p Program, input: &'p Value, data: &'p Value) -> Self {
+    pub(super) fn new(p: &'p Program, input: &'p Value, data: &'p Value, limit: Duration) -> Self {
         let n = p.rules.len();
         Self {
             p,
+            limit,
+            deadline: Instant::now() + limit,
+            ticks: 0,
             input,
             data,
             values: vec![Value::Undefined; n],
@@ -355,12 +381,22 @@ impl<'p> Run<'p> {
         self.stmts(f, q, 0)
     }
 
+    /// Counts a step; past the deadline, the evaluation fails as the interpreter's does.
+    fn tick(&mut self) -> Result<()> {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks.is_multiple_of(TICKS_PER_CHECK) && Instant::now() > self.deadline {
+            bail!(TimeLimit(self.limit));
+        }
+        Ok(())
+    }
+
     fn early_return(&self) -> bool {
         self.ctxs.last().is_some_and(|c| c.early_return)
     }
 
     fn stmts(&mut self, f: &mut [Value], q: &'p Query, from: usize) -> Result<bool> {
         for idx in from..q.stmts.len() {
+            self.tick()?;
             let stmt = &q.stmts[idx];
             if !stmt.loops.is_empty() {
                 return self.loops(f, q, idx, 0);
@@ -398,6 +434,7 @@ impl<'p> Run<'p> {
         }
         let mut result = false;
         let mut step = |run: &mut Self, f: &mut [Value], v: &Value, k: Value| -> Result<bool> {
+            run.tick()?;
             set(f, lp.slot, v.clone())?;
             if let Some(iv) = lp.index {
                 set(f, iv, k)?;
@@ -448,6 +485,7 @@ impl<'p> Run<'p> {
         let coll = self.eval(f, collection)?;
         let mut count = 0usize;
         let mut step = |run: &mut Self, f: &mut [Value], k: Value, v: &Value| -> Result<bool> {
+            run.tick()?;
             if let Some(Some(ks)) = key {
                 set(f, *ks, k)?;
             }
@@ -522,6 +560,7 @@ impl<'p> Run<'p> {
                     }
                 };
                 for (k, v) in items {
+                    self.tick()?;
                     set(f, *value, v)?;
                     if let Some(ks) = key {
                         set(f, *ks, k)?;
@@ -868,6 +907,7 @@ impl<'p> Run<'p> {
 
     /// regorus's `eval_call_impl` for a policy function (no default functions).
     fn call(&mut self, f: &mut [Value], func: usize, args: &'p [E]) -> Result<Value> {
+        self.tick()?;
         let mut values = Vec::with_capacity(args.len());
         for a in args {
             values.push(self.eval(f, a)?);
@@ -897,7 +937,9 @@ impl<'p> Run<'p> {
             let value = match self.bodies(&mut frame, &def.bodies, false, &template) {
                 Ok(v) => v,
                 Err(e) => {
-                    if e.downcast_ref::<Fallback>().is_some() {
+                    if e.downcast_ref::<Fallback>().is_some()
+                        || e.downcast_ref::<TimeLimit>().is_some()
+                    {
                         return Err(e);
                     }
                     if self.ctxs.len() != depth {

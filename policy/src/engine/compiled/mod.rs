@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use regorus::Value;
 
+use super::interpreter::EVAL_TIME_LIMIT;
 use super::{POLICY_PACKAGE, POLICY_SOURCE};
 
 /// The compiled entry points of one policy text (whatever its state).
@@ -107,6 +108,11 @@ impl CompiledPolicy {
         &self.refusals
     }
 
+    /// Whether `error` is the evaluation's time limit (the interpreter would fail the same way).
+    pub(super) fn timed_out(error: &anyhow::Error) -> bool {
+        error.downcast_ref::<eval::TimeLimit>().is_some()
+    }
+
     /// Whether `error` is the compiled form giving up (the interpreter must decide).
     pub(super) fn gave_up(error: &anyhow::Error) -> bool {
         error.downcast_ref::<eval::Fallback>().is_some()
@@ -120,7 +126,7 @@ impl CompiledPolicy {
         data: &Value,
     ) -> Option<(anyhow::Result<Value>, Vec<String>)> {
         let id = *self.entries.get(entrypoint)?;
-        let mut run = eval::Run::new(&self.program, input, data);
+        let mut run = eval::Run::new(&self.program, input, data, EVAL_TIME_LIMIT);
         let value = run.rule(id);
         Some((value, run.prints))
     }
