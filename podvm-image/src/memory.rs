@@ -1,8 +1,9 @@
 //! The guest's userspace memory, read from inside the pod VM through the agent: a container
 //! on an empty tmpfs root (the sandbox's shm storage, [`SHM`]) with the guest's read-only
 //! `/usr` bound in, with the guest's `/proc` bound at `/guestproc`, reads every process's `Rss`
-//! and `Pss` from one read of `/proc/PID/smaps_rollup` (one snapshot, so PSS never exceeds
-//! RSS). The image has no shell to log in to; this is how the test sees inside. The probe's
+//! `Pss` and `Anonymous` from one read of `/proc/PID/smaps_rollup` (one snapshot, so PSS never
+//! exceeds RSS) and its thread count from `status`. RSS less the anonymous part is file pages:
+//! the program's text and libraries, and the journal files journald maps. The image has no shell to log in to; this is how the test sees inside. The probe's
 //! own `sh`/`sed`/`cat` are left out of the sums.
 
 use std::time::Duration;
@@ -23,6 +24,10 @@ pub struct GuestProcess {
     pub rss_kib: u64,
     /// Proportional set, KiB.
     pub pss_kib: u64,
+    /// The anonymous part of the resident set (heap, stacks), KiB.
+    pub anon_kib: u64,
+    /// Threads.
+    pub threads: u64,
 }
 
 /// Every userspace process of the guest (kernel threads have no RSS and are left out).
@@ -42,6 +47,24 @@ impl GuestMemory {
     pub fn pss_kib(&self) -> u64 {
         self.processes.iter().map(|p| p.pss_kib).sum()
     }
+
+    /// Sum of anonymous RSS, KiB.
+    pub fn anon_kib(&self) -> u64 {
+        self.processes.iter().map(|p| p.anon_kib).sum()
+    }
+
+    /// One line per process: RSS, PSS, anonymous RSS, threads, name.
+    pub fn table(&self) -> String {
+        self.processes
+            .iter()
+            .map(|p| {
+                format!(
+                    "  {:>8} KiB RSS {:>8} KiB PSS {:>8} KiB anon {:>3} threads  {}\n",
+                    p.rss_kib, p.pss_kib, p.anon_kib, p.threads, p.name
+                )
+            })
+            .collect()
+    }
 }
 
 /// Where the sandbox's shm storage is mounted (the tests' CreateSandbox puts it there).
@@ -49,8 +72,9 @@ pub const SHM: &str = "/run/kata-containers/sandbox/shm";
 
 const SCRIPT: &str = "for d in /guestproc/[0-9]*; do \
     n=$(sed -n 's/^Name:[[:space:]]*//p' $d/status 2>/dev/null); \
-    m=$(sed -n 's/^\\(Rss\\|Pss\\):[[:space:]]*\\([0-9]*\\).*/\\2/p' $d/smaps_rollup 2>/dev/null); \
-    [ -n \"$m\" ] && echo \"PROC $n\" $m; done; echo END";
+    t=$(sed -n 's/^Threads:[[:space:]]*//p' $d/status 2>/dev/null); \
+    m=$(sed -n 's/^\\(Rss\\|Pss\\|Anonymous\\):[[:space:]]*\\([0-9]*\\).*/\\2/p' $d/smaps_rollup 2>/dev/null); \
+    [ -n \"$m\" ] && echo \"PROC $n\" $t $m; done; echo END";
 
 fn parse(out: &str) -> Result<GuestMemory, String> {
     if !out.lines().any(|l| l.trim() == "END") {
@@ -62,7 +86,7 @@ fn parse(out: &str) -> Result<GuestMemory, String> {
             continue;
         };
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let [name, rss, pss] = f[..] else {
+        let [name, threads, rss, pss, anon] = f[..] else {
             return Err(format!("bad probe line {line:?}"));
         };
         // The probe itself.
@@ -77,6 +101,8 @@ fn parse(out: &str) -> Result<GuestMemory, String> {
             name: name.to_string(),
             rss_kib: num(rss)?,
             pss_kib: num(pss)?,
+            anon_kib: num(anon)?,
+            threads: num(threads)?,
         });
     }
     processes.sort_by_key(|p| std::cmp::Reverse(p.rss_kib));
@@ -210,15 +236,26 @@ mod tests {
     #[test]
     fn probe_output_is_summed_without_the_probe_itself() {
         let m =
-            parse("PROC systemd 9000 4000\nPROC kata-agent 12000 10000\nPROC sh 900 300\nEND\n")
+            parse("PROC systemd 1 9000 4000 2000\nPROC kata-agent 4 12000 10000 6000\nPROC sh 1 900 300 100\nEND\n")
                 .expect("parses");
         assert_eq!(m.rss_kib(), 21000);
         assert_eq!(m.pss_kib(), 14000);
+        assert_eq!(m.anon_kib(), 8000);
         assert_eq!(m.processes[0].name, "kata-agent");
+        assert_eq!(m.processes[0].threads, 4);
         assert!(
-            parse("PROC systemd 9000 4000\n").is_err(),
+            m.table().contains("6000 KiB anon   4 threads  kata-agent"),
+            "{}",
+            m.table()
+        );
+        assert!(
+            parse("PROC systemd 1 9000 4000 2000\n").is_err(),
             "an unfinished probe is refused"
         );
-        assert!(parse("PROC systemd x 1\nEND\n").is_err());
+        assert!(parse("PROC systemd 1 x 1 1\nEND\n").is_err());
+        assert!(
+            parse("PROC systemd 9000 4000\nEND\n").is_err(),
+            "a field missing"
+        );
     }
 }
