@@ -293,23 +293,25 @@ impl CdhConfig {
         })
     }
 
-    /// With no `[image] work_dir` in the file and the encrypted scratch space mounted at
-    /// `scratch` (a mount point: another device than its parent), layers go there rather than
-    /// to the default `/run/image-rs`, which is guest memory: a large image would otherwise
-    /// fill RAM and never use the scratch disk. An explicit `work_dir` (one a measured initdata
-    /// set, say) is never overridden. The directory chosen, when it changed.
-    pub fn use_scratch_work_dir(&mut self, scratch: &std::path::Path) -> Option<PathBuf> {
-        use std::os::unix::fs::MetadataExt as _;
+    /// With no `[image] work_dir` in the file, layers go to the encrypted scratch space when
+    /// `probe` finds it mounted (a dm-crypt device's file system, see [`crate::scratch`])
+    /// rather than to the default `/run/image-rs`, which is guest memory: a large image would
+    /// otherwise fill RAM and never use the scratch disk. An explicit `work_dir` (one a measured
+    /// initdata set, say) is never overridden and nothing is looked at: `None`. Otherwise what
+    /// the probe found; the work directory changed only when that is
+    /// [`Verdict::Encrypted`](crate::scratch::Verdict::Encrypted).
+    pub fn use_scratch_work_dir(
+        &mut self,
+        probe: &crate::scratch::ScratchProbe,
+    ) -> Option<crate::scratch::Verdict> {
         if self.work_dir_configured {
             return None;
         }
-        let here = std::fs::symlink_metadata(scratch).ok()?;
-        let parent = std::fs::metadata(scratch.parent()?).ok()?;
-        if !here.is_dir() || here.dev() == parent.dev() {
-            return None;
+        let verdict = probe.judge();
+        if let crate::scratch::Verdict::Encrypted { .. } = verdict {
+            self.image.work_dir = probe.mount_point.clone();
         }
-        self.image.work_dir = scratch.to_path_buf();
-        Some(self.image.work_dir.clone())
+        Some(verdict)
     }
 
     /// Parses `cdh.toml` text.
@@ -704,44 +706,60 @@ mod tests {
         }
     }
 
-    /// The scratch space is chosen only when the file has no `work_dir` and it is really
-    /// mounted (a tmpfs here, as root; the check is the device, as for the scratch disk).
+    /// The scratch space is looked at only when the file has no `work_dir`; it is chosen only
+    /// when it is the encrypted one (a recorded mountinfo and sysfs here; a tmpfs is not).
     #[test]
-    fn layers_go_to_the_mounted_scratch_space_unless_work_dir_is_set() {
-        let dir = std::env::temp_dir().join(format!("cdh-scratch-{}", std::process::id()));
-        let scratch = dir.join("image");
+    fn layers_go_to_the_encrypted_scratch_space_unless_work_dir_is_set() {
+        let dir = peerpod_tests::scratch::ScratchDir::new("cdh-config-scratch").expect("temp");
+        let scratch = dir.path().join("image");
         std::fs::create_dir_all(&scratch).expect("scratch dir");
-        // Not mounted: the default stays.
+        let real = std::fs::canonicalize(&scratch).expect("resolved");
+        let block = dir.path().join("sys/block/dm-0");
+        std::fs::create_dir_all(block.join("dm")).expect("sysfs");
+        std::fs::write(block.join("dev"), "253:0\n").expect("dev");
+        std::fs::write(block.join("dm/name"), "scratch\n").expect("name");
+        std::fs::write(block.join("dm/uuid"), "CRYPT-LUKS2-00-scratch\n").expect("uuid");
+        std::fs::create_dir_all(dir.path().join("sys/dev/block")).expect("sysfs");
+        std::os::unix::fs::symlink("../../block/dm-0", dir.path().join("sys/dev/block/253:0"))
+            .expect("link");
+        let mountinfo = dir.path().join("mountinfo");
+        let probe = crate::scratch::ScratchProbe {
+            mount_point: scratch.clone(),
+            mountinfo: mountinfo.clone(),
+            sys: dir.path().join("sys"),
+        };
+        let record = |device: &str, fstype: &str| {
+            let line = format!(
+                "9 1 {device} / {} rw - {fstype} /dev/mapper/scratch rw\n",
+                real.display()
+            );
+            std::fs::write(&mountinfo, line).expect("mountinfo");
+        };
+        record("0:44", "tmpfs");
         let mut c = CdhConfig::parse("[image]\nmax_concurrent_layer_downloads_per_image = 2\n")
             .expect("parse");
-        assert_eq!(c.use_scratch_work_dir(&scratch), None);
+        assert!(matches!(
+            c.use_scratch_work_dir(&probe),
+            Some(crate::scratch::Verdict::Refused { .. })
+        ));
         assert_eq!(c.image.work_dir, PathBuf::from("/run/image-rs"));
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "scratch"])
-            .arg(&scratch)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            let _ = std::fs::remove_dir_all(&dir);
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "cannot mount a tmpfs (root needed)"
-            );
-            eprintln!("SKIPPED: cannot mount a tmpfs (not root?)");
-            return;
-        }
-        let chosen = c.use_scratch_work_dir(&scratch);
+
+        record("253:0", "ext4");
+        assert!(matches!(
+            c.use_scratch_work_dir(&probe),
+            Some(crate::scratch::Verdict::Encrypted { .. })
+        ));
+        assert_eq!(c.image.work_dir, scratch);
         let mut explicit =
             CdhConfig::parse("[image]\nwork_dir = \"/run/measured\"\n").expect("parse");
-        let kept = explicit.use_scratch_work_dir(&scratch);
-        let mut none = CdhConfig::parse("").expect("parse");
-        let no_image_table = none.use_scratch_work_dir(&scratch);
-        let _ = std::process::Command::new("umount").arg(&scratch).status();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(chosen, Some(scratch.clone()));
-        assert_eq!(c.image.work_dir, scratch);
-        assert_eq!(kept, None, "an explicit work_dir is never overridden");
+        assert_eq!(
+            explicit.use_scratch_work_dir(&probe),
+            None,
+            "never overridden"
+        );
         assert_eq!(explicit.image.work_dir, PathBuf::from("/run/measured"));
-        assert_eq!(no_image_table, Some(scratch.clone()));
+        let mut none = CdhConfig::parse("").expect("parse");
+        assert!(none.use_scratch_work_dir(&probe).is_some());
+        assert_eq!(none.image.work_dir, scratch);
     }
 }

@@ -1,6 +1,7 @@
 //! Entry points for the fuzz target `cdh_inputs` in `fuzz/` and the in-tree mutation test: the
 //! CDH's parsers of outside input — `cdh.toml` (initdata delivers it), sealed secrets, resource
-//! URIs, key-provider requests and secure-mount options. None may panic.
+//! URIs, key-provider requests, secure-mount options and `/proc/self/mountinfo` (the scratch
+//! space check). None may panic.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,7 +27,7 @@ pub fn cdh_inputs(data: &[u8]) {
         return;
     };
     let text = String::from_utf8_lossy(rest);
-    match kind % 5 {
+    match kind % 6 {
         0 => {
             if let Ok(c) = CdhConfig::parse(&text) {
                 assert!(c.socket.starts_with("unix:///"), "bad socket accepted");
@@ -54,6 +55,23 @@ pub fn cdh_inputs(data: &[u8]) {
         }
         3 => {
             let _ = UnwrapRequest::parse(rest);
+        }
+        5 => {
+            // Without a sysfs that confirms a dm-crypt device, nothing is ever adopted.
+            if let Ok(mounts) = crate::scratch::parse_mountinfo(rest) {
+                for m in &mounts {
+                    assert!(m.mount_point.starts_with(b"/"), "a relative mount point");
+                }
+                let verdict = crate::scratch::judge(
+                    &mounts,
+                    crate::config::SCRATCH_WORK_DIR.as_bytes(),
+                    Path::new("/nonexistent-sysfs"),
+                );
+                assert!(
+                    !matches!(verdict, crate::scratch::Verdict::Encrypted { .. }),
+                    "adopted without sysfs"
+                );
+            }
         }
         _ => {
             if let Ok(map) = serde_json::from_slice::<HashMap<String, String>>(rest)

@@ -34,9 +34,39 @@ pub struct Hub {
     source: Arc<Option<Source>>,
     /// Made at the first PullImage (it creates the layer store under `[image] work_dir`).
     puller: tokio::sync::OnceCell<Arc<peerpod_image::Puller>>,
-    /// The encrypted scratch space's mount point, the work directory when `cdh.toml` sets
-    /// none and it is mounted by the first PullImage (the kata agent starts only after it is).
-    scratch: PathBuf,
+    /// Where the encrypted scratch space is looked for: the work directory when `cdh.toml`
+    /// sets none and it is mounted by the first PullImage (the kata agent starts only after it
+    /// is) from a dm-crypt device.
+    scratch: crate::scratch::ScratchProbe,
+}
+
+/// Says where layers go when `cdh.toml` set no `[image] work_dir` (`verdict` is `None` when it
+/// set one): a mount at the scratch space's place that is not the encrypted scratch space is
+/// a warning naming what it is and why it is not used.
+fn log_scratch_choice(
+    verdict: Option<crate::scratch::Verdict>,
+    config: &CdhConfig,
+    probe: &crate::scratch::ScratchProbe,
+) {
+    use crate::scratch::Verdict;
+    let work_dir = config.image.work_dir.display();
+    let scratch = probe.mount_point.display();
+    match verdict {
+        None => {}
+        Some(Verdict::Encrypted { source, uuid }) => tracing::info!(
+            %work_dir, %source, %uuid,
+            "no [image] work_dir in cdh.toml: image layers go to the encrypted scratch space"
+        ),
+        Some(Verdict::NotMounted { why }) => tracing::info!(
+            %work_dir, %scratch, %why,
+            "no [image] work_dir in cdh.toml and no encrypted scratch space: image layers stay in the default work_dir"
+        ),
+        Some(Verdict::Refused { found, why }) => tracing::warn!(
+            %work_dir, %scratch, %found, %why,
+            "the file system mounted at the scratch space's place is not the encrypted scratch space (a dm-crypt device): \
+             image layers stay in the default work_dir; set [image] work_dir in cdh.toml to choose one"
+        ),
+    }
 }
 
 /// Runs [`Hub::collect_layers`] every `period` (the binary uses [`LAYER_COLLECTION_PERIOD`]),
@@ -119,13 +149,19 @@ impl Hub {
             config,
             source: Arc::new(source),
             puller: tokio::sync::OnceCell::new(),
-            scratch: PathBuf::from(crate::config::SCRATCH_WORK_DIR),
+            scratch: crate::scratch::ScratchProbe::default(),
         })
     }
 
     /// Looks for the scratch space's mount at `dir` instead (tests).
     pub fn with_scratch_dir(mut self, dir: PathBuf) -> Self {
-        self.scratch = dir;
+        self.scratch = crate::scratch::ScratchProbe::at(dir);
+        self
+    }
+
+    /// Looks for the scratch space with `probe` (tests: a recorded sysfs).
+    pub fn with_scratch_probe(mut self, probe: crate::scratch::ScratchProbe) -> Self {
+        self.scratch = probe;
         self
     }
 
@@ -142,12 +178,11 @@ impl Hub {
             .puller
             .get_or_try_init(|| async {
                 let mut whole = self.config.clone();
-                if let Some(dir) = whole.use_scratch_work_dir(&self.scratch) {
-                    tracing::info!(
-                        work_dir = %dir.display(),
-                        "no [image] work_dir in cdh.toml: image layers go to the encrypted scratch space"
-                    );
-                }
+                log_scratch_choice(
+                    whole.use_scratch_work_dir(&self.scratch),
+                    &whole,
+                    &self.scratch,
+                );
                 let config = whole.image;
                 let work_dir = config.work_dir.clone();
                 let shown = work_dir.clone();
@@ -560,43 +595,76 @@ mod tests {
     }
 
     /// With no `[image] work_dir` in cdh.toml, the first pull makes the layer store on the
-    /// mounted scratch space (a tmpfs here), not in the default `/run/image-rs`; with one, the
-    /// configured directory is used even when the scratch space is mounted.
+    /// scratch space when the probe finds the dm-crypt device there: a real tmpfs mount whose
+    /// device number a recorded sysfs calls a crypt device (no device-mapper on the test
+    /// host; `scratch::tests` and `tests/scratch_adoption.rs` check the refusals on the real
+    /// sysfs). With a `work_dir`, the configured directory is used even so.
     #[tokio::test(flavor = "multi_thread")]
-    async fn the_first_pull_puts_the_store_on_the_mounted_scratch_space() {
-        let dir = std::env::temp_dir().join(format!("cdh-scratch-hub-{}", std::process::id()));
-        let scratch = dir.join("image");
+    async fn the_first_pull_puts_the_store_on_the_encrypted_scratch_space() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = peerpod_tests::scratch::ScratchDir::new("cdh-scratch-hub").expect("temp");
+        let scratch = dir.path().join("image");
         std::fs::create_dir_all(&scratch).expect("scratch dir");
         let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m", "scratch"])
+            .args(["-t", "tmpfs", "-o", "size=4m", "/dev/mapper/cdh-test"])
             .arg(&scratch)
             .status()
             .is_ok_and(|s| s.success());
         if !mounted {
-            let _ = std::fs::remove_dir_all(&dir);
             assert!(std::env::var_os("CI").is_none(), "cannot mount a tmpfs");
             eprintln!("SKIPPED: cannot mount a tmpfs (not root?)");
             return;
         }
+        let umount = || {
+            let _ = std::process::Command::new("umount").arg(&scratch).status();
+        };
+        let real = std::fs::canonicalize(&scratch).expect("resolved");
+        let text = std::fs::read(crate::scratch::MOUNTINFO).expect("mountinfo");
+        let mounts = crate::scratch::parse_mountinfo(&text).expect("mountinfo parses");
+        let Some(&(major, minor)) = mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == real.as_os_str().as_bytes())
+            .map(|m| &m.device)
+        else {
+            umount();
+            panic!("the tmpfs is not in mountinfo");
+        };
+        let sys = dir.path().join("sys");
+        let block = sys.join("block/dm-9");
+        std::fs::create_dir_all(block.join("dm")).expect("sysfs");
+        std::fs::write(block.join("dev"), format!("{major}:{minor}\n")).expect("dev");
+        std::fs::write(block.join("dm/name"), "cdh-test\n").expect("name");
+        std::fs::write(block.join("dm/uuid"), "CRYPT-LUKS2-00-cdh-test\n").expect("uuid");
+        std::fs::create_dir_all(sys.join("dev/block")).expect("sysfs");
+        std::os::unix::fs::symlink(
+            "../../block/dm-9",
+            sys.join(format!("dev/block/{major}:{minor}")),
+        )
+        .expect("link");
+        let probe = crate::scratch::ScratchProbe {
+            sys,
+            ..crate::scratch::ScratchProbe::at(scratch.clone())
+        };
+
         let unset = CdhConfig::parse("").expect("parse");
         let hub = Hub::new(unset)
             .expect("a hub without a KBC")
-            .with_scratch_dir(scratch.clone());
+            .with_scratch_probe(probe.clone());
         let pull = hub.pull_image("127.0.0.1:1/x/y:v1", "/run/kata-containers/cdh-scratch/b");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), pull).await;
         let on_scratch = scratch.join("overlay").is_dir();
 
-        let explicit = dir.join("configured");
+        let explicit = dir.path().join("configured");
         let set = CdhConfig::parse(&format!("[image]\nwork_dir = \"{}\"\n", explicit.display()))
             .expect("parse");
         let hub = Hub::new(set)
             .expect("a hub without a KBC")
-            .with_scratch_dir(scratch.clone());
+            .with_scratch_probe(probe);
         let pull = hub.pull_image("127.0.0.1:1/x/y:v1", "/run/kata-containers/cdh-scratch/c");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), pull).await;
         let on_configured = explicit.join("overlay").is_dir();
-        let _ = std::process::Command::new("umount").arg(&scratch).status();
-        let _ = std::fs::remove_dir_all(&dir);
+        umount();
         assert!(on_scratch, "the store is not on the scratch space");
         assert!(on_configured, "the configured work_dir was not used");
     }

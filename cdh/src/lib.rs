@@ -9,6 +9,8 @@
 //!   ([`kbc::OfflineFs`]); [`kbc::AaClient`] is the ttrpc connection to the agent.
 //! - [`sealed`]: `sealed.` secrets (ES256 JWS; vault and envelope payloads), and making them.
 //! - [`secure_mount`]: `block-device` volumes encrypted with LUKS2 through `cryptsetup`.
+//! - [`scratch`]: whether what is mounted at `/run/kata-containers/image` is the encrypted
+//!   scratch space (a dm-crypt device, from mountinfo and sysfs), before layers go there.
 //! - [`hub`]: the operations over one key broker client; [`rpc`] serves them as upstream's
 //!   ttrpc services and [`server`] runs that on the CDH socket.
 //! - [`rest`]: the REST endpoint for containers (upstream's `api-server-rest`, a binary here too).
@@ -27,6 +29,7 @@ pub mod hub;
 pub mod kbc;
 pub mod rest;
 pub mod rpc;
+pub mod scratch;
 pub mod sealed;
 pub mod secure_mount;
 pub mod server;

@@ -39,6 +39,12 @@ fn seeds() -> Vec<Vec<u8>> {
             4,
             br#"{"devicePath":"/dev/vdb","sourceType":"empty","key":"kbs:///a/b/c","dataIntegrity":"true"}"#,
         ),
+        with(
+            5,
+            b"22 1 254:1 / / rw shared:1 - ext4 /dev/vda1 rw\n\
+              120 25 253:3 / /run/kata-containers/image rw,relatime shared:60 - ext4 /dev/mapper/encrypted_scratch rw\n\
+              121 25 0:45 / /run/kata-containers/image rw - tmpfs /dev/dm\\0400 rw\n",
+        ),
     ]
 }
 
