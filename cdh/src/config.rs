@@ -706,6 +706,34 @@ mod tests {
         }
     }
 
+    /// A wrong-typed `[image]` limit is an error naming the key, the type found and the form
+    /// accepted (TOML's own "expected u64" named none of them).
+    #[test]
+    fn wrong_typed_image_limits_name_the_key() {
+        for (text, says) in [
+            (
+                "[image]\nmax_image_unpacked_bytes = \"1G\"",
+                "max_image_unpacked_bytes = \"1G\": a string where max_image_unpacked_bytes takes \
+                 a whole number of bytes above 0 without quotes or units",
+            ),
+            (
+                "[image]\nmax_layer_store_bytes = -1",
+                "max_layer_store_bytes = -1: a negative integer where max_layer_store_bytes takes \
+                 a whole number of bytes",
+            ),
+            (
+                "[image]\nmax_image_unpacked_inodes = 1.5",
+                "max_image_unpacked_inodes = 1.5: a float where max_image_unpacked_inodes takes \
+                 a whole number of inodes",
+            ),
+        ] {
+            let err = CdhConfig::parse(text).expect_err(text).to_string();
+            assert!(err.starts_with("image"), "{text}: {err}");
+            assert!(err.contains(says), "{text}: {err}");
+            assert!(!err.contains("expected u64"), "{text}: {err}");
+        }
+    }
+
     /// The scratch space is looked at only when the file has no `work_dir`; it is chosen only
     /// when it is the encrypted one (a recorded mountinfo and sysfs here; a tmpfs is not).
     #[test]

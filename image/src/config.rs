@@ -161,6 +161,93 @@ pub const KNOWN_KEYS: &[&str] = &[
 #[error("[image]: {0}")]
 pub struct ConfigError(String);
 
+/// The TOML type of `v`, as an error message says it.
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(i) if *i < 0 => "a negative integer",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date-time",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// `v` shortened for an error message (a file's value, never a secret, but maybe long).
+fn shown(v: &toml::Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text,
+    }
+}
+
+/// Refuses a value of the wrong TOML type for `key` naming the key, the type found and the
+/// form accepted (serde's own message names neither the key nor the form).
+fn check_type(key: &str, v: &toml::Value) -> Result<(), ConfigError> {
+    let accepted = match key {
+        "max_image_unpacked_bytes" | "max_layer_store_bytes" => {
+            if matches!(v, toml::Value::Integer(i) if *i >= 0) {
+                return Ok(());
+            }
+            "a whole number of bytes above 0 without quotes or units, e.g. 1073741824 for 1 GiB \
+             (leave it out for the default derived from work_dir's filesystem)"
+        }
+        "max_image_unpacked_inodes" => {
+            if matches!(v, toml::Value::Integer(i) if *i >= 0) {
+                return Ok(());
+            }
+            "a whole number of inodes above 0 without quotes, e.g. 500000 (leave it out for \
+             the default derived from work_dir's filesystem)"
+        }
+        "max_concurrent_layer_downloads_per_image" => {
+            if matches!(v, toml::Value::Integer(i) if *i >= 0) {
+                return Ok(());
+            }
+            "a whole number from 1 to 32 without quotes"
+        }
+        "anonymous_fallback_on_unauthorized" => {
+            if v.is_bool() {
+                return Ok(());
+            }
+            "true or false without quotes"
+        }
+        "extra_root_certificates" => {
+            if v.as_array()
+                .is_some_and(|a| a.iter().all(toml::Value::is_str))
+            {
+                return Ok(());
+            }
+            "an array of PEM strings, e.g. [\"-----BEGIN CERTIFICATE-----...\"]"
+        }
+        "image_pull_proxy" => {
+            if v.is_table() {
+                return Ok(());
+            }
+            "a table with https_proxy, http_proxy and no_proxy strings"
+        }
+        "work_dir" => {
+            if v.is_str() {
+                return Ok(());
+            }
+            "an absolute path in quotes, e.g. \"/run/image-rs\""
+        }
+        _ => {
+            if v.is_str() {
+                return Ok(());
+            }
+            "a string in quotes"
+        }
+    };
+    Err(ConfigError(format!(
+        "{key} = {}: {} where {key} takes {accepted}",
+        shown(v),
+        type_name(v)
+    )))
+}
+
 impl ImageConfig {
     /// Reads `[image]` (a TOML table): the configuration and the keys it does not know.
     pub fn from_table(table: &toml::Table) -> Result<(Self, Vec<String>), ConfigError> {
@@ -168,6 +255,7 @@ impl ImageConfig {
         let mut unknown = Vec::new();
         for (k, v) in table {
             if KNOWN_KEYS.contains(&k.as_str()) {
+                check_type(k, v)?;
                 known.insert(k.clone(), v.clone());
             } else {
                 unknown.push(k.clone());
@@ -297,16 +385,93 @@ mod tests {
             ("max_image_unpacked_bytes = 0", "max_image_unpacked_bytes"),
             ("max_layer_store_bytes = 0", "max_layer_store_bytes"),
             ("max_image_unpacked_inodes = 0", "max_image_unpacked_inodes"),
-            ("max_layer_store_bytes = -1", "u64"),
+            ("max_layer_store_bytes = -1", "max_layer_store_bytes"),
             (
                 "registry_configuration_uri = \"http://x\"",
                 "registry_configuration_uri",
             ),
-            ("extra_root_certificates = \"x\"", "sequence"),
+            (
+                "extra_root_certificates = \"x\"",
+                "extra_root_certificates = \"x\": a string",
+            ),
         ] {
             let table: toml::Table = toml::from_str(text).expect("toml");
             let e = ImageConfig::from_table(&table).expect_err(text).to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    /// A limit of the wrong type names the key, the type found and the form accepted.
+    #[test]
+    fn wrong_typed_limits_name_the_key_the_type_and_the_accepted_form() {
+        for (text, says) in [
+            (
+                "max_image_unpacked_bytes = \"1G\"",
+                "max_image_unpacked_bytes = \"1G\": a string where max_image_unpacked_bytes \
+                 takes a whole number of bytes above 0 without quotes or units, e.g. 1073741824",
+            ),
+            (
+                "max_layer_store_bytes = -1",
+                "max_layer_store_bytes = -1: a negative integer where max_layer_store_bytes \
+                 takes a whole number of bytes above 0",
+            ),
+            (
+                "max_image_unpacked_inodes = 1.5",
+                "max_image_unpacked_inodes = 1.5: a float where max_image_unpacked_inodes \
+                 takes a whole number of inodes above 0 without quotes, e.g. 500000",
+            ),
+            (
+                "max_image_unpacked_bytes = true",
+                "max_image_unpacked_bytes = true: a boolean where",
+            ),
+            (
+                "max_layer_store_bytes = [1]",
+                "max_layer_store_bytes = [1]: an array where",
+            ),
+            (
+                "max_concurrent_layer_downloads_per_image = \"3\"",
+                "max_concurrent_layer_downloads_per_image = \"3\": a string where",
+            ),
+            (
+                "work_dir = 3",
+                "work_dir = 3: an integer where work_dir takes an absolute path",
+            ),
+            (
+                "anonymous_fallback_on_unauthorized = \"yes\"",
+                "a string where anonymous_fallback_on_unauthorized takes true or false",
+            ),
+            (
+                "extra_root_certificates = [1]",
+                "extra_root_certificates = [1]: an array where",
+            ),
+            (
+                "image_pull_proxy = \"x\"",
+                "image_pull_proxy = \"x\": a string where",
+            ),
+            (
+                "sigstore_config_uri = 1",
+                "sigstore_config_uri = 1: an integer where",
+            ),
+        ] {
+            let table: toml::Table = toml::from_str(text).expect("toml");
+            let e = ImageConfig::from_table(&table).expect_err(text).to_string();
+            assert!(e.starts_with("[image]: "), "{text}: {e}");
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        // A long value is shortened.
+        let long = format!("max_layer_store_bytes = \"{}\"", "9".repeat(5000));
+        let table: toml::Table = toml::from_str(&long).expect("toml");
+        let e = ImageConfig::from_table(&table)
+            .expect_err("long")
+            .to_string();
+        assert!(e.len() < 400 && e.contains("999...: a string"), "{e}");
+        // The right types still parse, at the edges too.
+        let table: toml::Table = toml::from_str(
+            "max_image_unpacked_bytes = 1\nmax_layer_store_bytes = 9223372036854775807\n\
+             max_image_unpacked_inodes = 1\n",
+        )
+        .expect("toml");
+        let (c, _) = ImageConfig::from_table(&table).expect("valid");
+        assert_eq!(c.max_layer_store_bytes, Some(i64::MAX as u64));
     }
 }
