@@ -26,6 +26,8 @@ REQUIRED=(
     # devices for the tests.
     "cryptsetup-bin:cryptsetup"
     "e2fsprogs:mkfs.ext4"
+    # cdh/tests/scratch_vm.rs: a device-mapper linear device (not dm-crypt) in the test VM.
+    "dmsetup:dmsetup"
     # Image signatures (peerpod-image-signature): GnuPG makes the keys and simple-signing
     # signatures the tests verify, and is the benchmark's baseline; skopeo's standalone-sign is
     # the real producer of simple-signing signatures.
