@@ -138,3 +138,52 @@ fn the_engine_is_shared_across_threads() {
     fn shareable<T: Send + Sync>() {}
     shareable::<AgentPolicy>();
 }
+
+/// Found by release runs of the differential generator; each is a case where the compiled form
+/// once differed from the interpreter.
+#[test]
+fn differential_findings_stay_fixed() {
+    let cases = [
+        // regorus hoists `x[v]` with `v` an `every` variable as a loop (its hoister does not
+        // count `every` variables as bound): an undefined `x` stops the body, nothing printed.
+        (
+            "ExecProcessRequest if {\n    every v in {\"k\": input.arr} { print(input.obj[v], v) }\n}",
+            json!({"arr": ["a"], "obj": {}}),
+            true,
+        ),
+        (
+            "ExecProcessRequest if {\n    every v in {\"k\": 1} { print(input.n[v], \"(\" / true) }\n}",
+            json!({"n": "x"}),
+            true,
+        ),
+        // The variable a unification binds is bound before the other side is looked at: an
+        // error in the interpreter; not compiled.
+        (
+            "ExecProcessRequest if {\n    v1 = count(input.arr)[v1]\n}",
+            json!({"arr": [1]}),
+            false,
+        ),
+    ];
+    for (rule, input, compiled) in cases {
+        let text =
+            format!("package agent_policy\n\ndefault ExecProcessRequest := false\n\n{rule}\n");
+        let policy = AgentPolicy::load(&text).expect("the policy loads");
+        let is_compiled = policy
+            .compiled_coverage()
+            .0
+            .contains(&"ExecProcessRequest".to_owned());
+        assert_eq!(is_compiled, compiled, "{rule}");
+        if compiled {
+            assert_eq!(
+                policy.compiled_check("ExecProcessRequest", &input),
+                Some(Ok(())),
+                "{rule}"
+            );
+        }
+        let mut reference = Reference::load(&text).expect("the reference loads it");
+        let decision = policy.decide("ExecProcessRequest", &input);
+        let expected = reference.decide("ExecProcessRequest", &input);
+        assert_eq!(decision.is_allowed(), expected.allowed, "{rule}");
+        assert_eq!(decision.prints(), expected.prints.as_slice(), "{rule}");
+    }
+}

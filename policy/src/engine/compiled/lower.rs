@@ -642,6 +642,14 @@ impl<'a> Fx<'a> {
                 collection,
                 ..
             } => {
+                // regorus binds the pattern before it looks at the collection.
+                if key
+                    .iter()
+                    .chain(std::iter::once(value))
+                    .any(|p| names(collection, p.span().text()))
+                {
+                    return Err("`some` variable used in its collection".into());
+                }
                 let collection = self.expr(collection, &mut loops)?;
                 let key = key.as_ref().map(|k| self.bind_name(k)).transpose()?;
                 let value = self.bind_name(value)?;
@@ -701,6 +709,17 @@ impl<'a> Fx<'a> {
             {
                 return Err("`:=` pattern on the right".into());
             }
+            // regorus binds the left side before it looks at the right one.
+            if let Ast::Var { span, .. } = lhs.as_ref()
+                && names(rhs, span.text())
+            {
+                return Err("assigned variable used on the right".into());
+            }
+            if let Ast::Array { items, .. } = lhs.as_ref()
+                && items.iter().any(|i| names(rhs, i.span().text()))
+            {
+                return Err("assigned variable used on the right".into());
+            }
             let value = self.expr(rhs, loops)?;
             return match lhs.as_ref() {
                 Ast::Var { span, .. } if span.text() != "_" => {
@@ -736,6 +755,9 @@ impl<'a> Fx<'a> {
             if let Some(existing) = self.unbound_var(var)
                 && !self.has_pattern_var(other)
             {
+                if names(other, var.span().text()) {
+                    return Err("unified variable used on the other side".into());
+                }
                 let value = self.expr(other, loops)?;
                 let slot = match existing {
                     Some(slot) => {
@@ -1050,6 +1072,72 @@ impl<'a> Fx<'a> {
             fields,
         })
     }
+}
+
+/// Whether a variable `name` occurs anywhere in `e` (comprehension bodies included).
+fn names(e: &Ast, name: &str) -> bool {
+    let any = |items: &[Ref<Ast>]| items.iter().any(|i| names(i, name));
+    match e {
+        Ast::Var { span, .. } => span.text() == name,
+        Ast::Array { items, .. } | Ast::Set { items, .. } => any(items),
+        Ast::Object { fields, .. } => fields
+            .iter()
+            .any(|(_, k, v)| names(k, name) || names(v, name)),
+        Ast::ArrayCompr { term, query, .. } | Ast::SetCompr { term, query, .. } => {
+            names(term, name) || query_names(query, name)
+        }
+        Ast::ObjectCompr {
+            key, value, query, ..
+        } => names(key, name) || names(value, name) || query_names(query, name),
+        Ast::Call { fcn, params, .. } => names(fcn, name) || any(params),
+        Ast::UnaryExpr { expr, .. } => names(expr, name),
+        Ast::RefDot { refr, .. } => names(refr, name),
+        Ast::RefBrack { refr, index, .. } => names(refr, name) || names(index, name),
+        Ast::BinExpr { lhs, rhs, .. }
+        | Ast::BoolExpr { lhs, rhs, .. }
+        | Ast::ArithExpr { lhs, rhs, .. }
+        | Ast::AssignExpr { lhs, rhs, .. } => names(lhs, name) || names(rhs, name),
+        Ast::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            key.as_ref().is_some_and(|k| names(k, name))
+                || names(value, name)
+                || names(collection, name)
+        }
+        _ => false,
+    }
+}
+
+fn query_names(q: &AstQuery, name: &str) -> bool {
+    q.stmts.iter().any(|s| match &s.literal {
+        Literal::SomeVars { vars, .. } => vars.iter().any(|v| v.text() == name),
+        Literal::SomeIn {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            key.as_ref().is_some_and(|k| names(k, name))
+                || names(value, name)
+                || names(collection, name)
+        }
+        Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => names(expr, name),
+        Literal::Every {
+            key,
+            value,
+            domain,
+            query,
+            ..
+        } => {
+            key.as_ref().is_some_and(|k| k.text() == name)
+                || value.text() == name
+                || names(domain, name)
+                || query_names(query, name)
+        }
+    })
 }
 
 /// `name` or `a.b.c` of a call target.
