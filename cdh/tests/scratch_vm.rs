@@ -1,6 +1,8 @@
 //! The scratch-space check on real device-mapper devices, in a QEMU guest (the host kernel of
 //! CI machines may have no device-mapper): a plain dm-crypt device mounted at
-//! `/run/kata-containers/image` is adopted as the layer store by the first pull; a
+//! `/run/kata-containers/image` is adopted as the layer store by the first pull, and so is the
+//! provisioning's own stack (the `confidential-data-hub` binary's secure mount: LUKS2 with
+//! dm-integrity under it, random key, named `encrypted_scratch`); a
 //! device-mapper `linear` device (no encryption) mounted there is not, and the store goes to
 //! `/run/image-rs`. The guest runs this test binary itself, which probes and pulls as the CDH
 //! does and prints what it found on the serial console.
@@ -62,22 +64,48 @@ fn dm_crypt_is_adopted_and_dm_linear_refused_in_a_guest() {
     }
     let dir = ScratchDir::new("cdh-scratch-vm").expect("scratch");
     let (crypt_disk, linear_disk) = (dir.path().join("crypt.img"), dir.path().join("linear.img"));
+    let luks_disk = dir.path().join("luks.img");
     sparse_disk(&crypt_disk, 32);
     sparse_disk(&linear_disk, 32);
+    sparse_disk(&luks_disk, 32);
+    let cdh_toml = dir.path().join("cdh.toml");
+    let resources = dir.path().join("resources.json");
+    std::fs::write(
+        &cdh_toml,
+        "[kbc]\nname = \"offline_fs_kbc\"\n\n[peerpod]\n\
+         offline_fs_kbc_files = [\"/etc/cdh-resources.json\"]\n",
+    )
+    .expect("cdh.toml");
+    std::fs::write(&resources, "{}").expect("resources");
     let mut options = VmOptions::new(VmOptions::built_agent_binary());
-    options
-        .modules
-        .extend(["virtio_blk", "dm_mod", "dm_crypt", "xts", "ecb"].map(String::from));
+    options.modules.extend(
+        [
+            "virtio_blk",
+            "dm_mod",
+            "dm_crypt",
+            "dm_integrity",
+            "xts",
+            "ecb",
+            "authenc",
+        ]
+        .map(String::from),
+    );
     let exe = std::env::current_exe().expect("the test binary");
     for (guest, host) in [
         (GUEST_TEST, exe),
         ("/usr/sbin/cryptsetup", host_tool("cryptsetup")),
         ("/usr/sbin/dmsetup", host_tool("dmsetup")),
         ("/usr/sbin/mkfs.ext4", host_tool("mkfs.ext4")),
+        (
+            "/usr/bin/confidential-data-hub",
+            PathBuf::from(env!("CARGO_BIN_EXE_confidential-data-hub")),
+        ),
+        ("/etc/cdh.toml", cdh_toml),
+        ("/etc/cdh-resources.json", resources),
     ] {
         options.extra_files.push((guest.into(), host));
     }
-    for disk in [&crypt_disk, &linear_disk] {
+    for disk in [&crypt_disk, &linear_disk, &luks_disk] {
         options.extra_args.extend([
             "-drive".to_string(),
             format!("file={},if=virtio,format=raw,cache=none", disk.display()),
@@ -110,12 +138,25 @@ fn dm_crypt_is_adopted_and_dm_linear_refused_in_a_guest() {
             mount("/dev/mapper/plainlinear"),
             run("linear")
         ),
+        format!(
+            "mkdir -p /run/kata-containers/image && RUST_BACKTRACE=0 /usr/bin/confidential-data-hub \
+             -c /etc/cdh.toml secure-mount -o devicePath=/dev/vdc -o sourceType=empty \
+             -o dataIntegrity=true -o mapperName=encrypted_scratch /run/kata-containers/image \
+             2>/tmp/luks.log && {} ; cat /tmp/luks.log; umount /run/kata-containers/image; \
+             cryptsetup close encrypted_scratch; rm -rf /run/image-rs /run/kata-containers/scratch-vm",
+            run("luks2-integrity")
+        ),
     ];
     let vm = TestVm::boot(&options).expect("VM with two disks");
     let log = vm.serial_log();
     let tail = || vm.serial_tail(60);
     assert!(
         log.contains("PEERPOD-SCRATCH crypt store=scratch verdict=adopted"),
+        "{}",
+        tail()
+    );
+    assert!(
+        log.contains("PEERPOD-SCRATCH luks2-integrity store=scratch verdict=adopted"),
         "{}",
         tail()
     );
