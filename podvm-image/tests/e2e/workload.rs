@@ -619,6 +619,25 @@ fn a_guest_pulled_workload_runs_under_the_initdata_policy_with_kbs_secrets_and_e
             tail(&vm)
         );
     }
+    // udev did not probe the LUKS2 mapper (58-podvm-luks-noscan.rules): its database entry
+    // for the device has DM_NOSCAN and no ID_FS_* keys from blkid.
+    let (udev, udev_err, _) = rt
+        .block_on(memory::guest_probe(
+            &shim,
+            "podvm-udev-probe",
+            "r=/guestproc/1/root; d=$(readlink $r/dev/mapper/encrypted_scratch); \
+             n=$(cat $r/sys/block/${d##*/}/dev); echo \"DEVICE ${d##*/} $n\"; \
+             cat $r/run/udev/data/b$n",
+        ))
+        .unwrap_or_else(|e| panic!("udev probe: {e}\n{}", tail(&vm)));
+    assert!(
+        udev.contains("DEVICE dm-") && udev.contains("E:DM_UUID=CRYPT-LUKS2-"),
+        "no udev entry for the scratch mapper: {udev} {udev_err}"
+    );
+    assert!(
+        udev.contains("E:DM_NOSCAN=1") && !udev.contains("E:ID_FS_"),
+        "udev probed the scratch mapper: {udev}"
+    );
     let disk = vm.disk();
     assert!(
         !file_contains(&disk, token.as_bytes()).expect("read the disk file"),
