@@ -40,35 +40,6 @@ pub struct Hub {
     scratch: crate::scratch::ScratchProbe,
 }
 
-/// Says where layers go when `cdh.toml` set no `[image] work_dir` (`verdict` is `None` when it
-/// set one): a mount at the scratch space's place that is not the encrypted scratch space is
-/// a warning naming what it is and why it is not used.
-fn log_scratch_choice(
-    verdict: Option<crate::scratch::Verdict>,
-    config: &CdhConfig,
-    probe: &crate::scratch::ScratchProbe,
-) {
-    use crate::scratch::Verdict;
-    let work_dir = config.image.work_dir.display();
-    let scratch = probe.mount_point.display();
-    match verdict {
-        None => {}
-        Some(Verdict::Encrypted { source, uuid }) => tracing::info!(
-            %work_dir, %source, %uuid,
-            "no [image] work_dir in cdh.toml: image layers go to the encrypted scratch space"
-        ),
-        Some(Verdict::NotMounted { why }) => tracing::info!(
-            %work_dir, %scratch, %why,
-            "no [image] work_dir in cdh.toml and no encrypted scratch space: image layers stay in the default work_dir"
-        ),
-        Some(Verdict::Refused { found, why }) => tracing::warn!(
-            %work_dir, %scratch, %found, %why,
-            "the file system mounted at the scratch space's place is not the encrypted scratch space (a dm-crypt device): \
-             image layers stay in the default work_dir; set [image] work_dir in cdh.toml to choose one"
-        ),
-    }
-}
-
 /// Runs [`Hub::collect_layers`] every `period` (the binary uses [`LAYER_COLLECTION_PERIOD`]),
 /// for as long as the returned future is polled. Failures are logged and the next round tries
 /// again: the CDH keeps serving.
@@ -178,10 +149,10 @@ impl Hub {
             .puller
             .get_or_try_init(|| async {
                 let mut whole = self.config.clone();
-                log_scratch_choice(
-                    whole.use_scratch_work_dir(&self.scratch),
-                    &whole,
-                    &self.scratch,
+                crate::scratch::log_choice(
+                    whole.use_scratch_work_dir(&self.scratch).as_ref(),
+                    &whole.image.work_dir,
+                    &self.scratch.mount_point,
                 );
                 let config = whole.image;
                 let work_dir = config.work_dir.clone();

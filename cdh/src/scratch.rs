@@ -353,6 +353,32 @@ pub fn judge(mounts: &[MountEntry], mount_point: &[u8], sys: &Path) -> Verdict {
     Verdict::Encrypted { source, uuid }
 }
 
+/// Says where layers go when `cdh.toml` set no `[image] work_dir` (`verdict` is `None` when it
+/// set one): a mount at the scratch space's place that is not the encrypted scratch space is
+/// a warning naming what it is and why it is not used.
+pub(crate) fn log_choice(verdict: Option<&Verdict>, work_dir: &Path, mount_point: &Path) {
+    let work_dir = work_dir.display();
+    let scratch = mount_point.display();
+    match verdict {
+        None => {}
+        Some(Verdict::Encrypted { source, uuid }) => tracing::info!(
+            %work_dir, %source, %uuid,
+            "no [image] work_dir in cdh.toml: image layers go to the encrypted scratch space"
+        ),
+        Some(Verdict::NotMounted { why }) => tracing::info!(
+            %work_dir, %scratch, %why,
+            "no [image] work_dir in cdh.toml and no encrypted scratch space: image layers stay \
+             in the default work_dir"
+        ),
+        Some(Verdict::Refused { found, why }) => tracing::warn!(
+            %work_dir, %scratch, %found, %why,
+            "the file system mounted at the scratch space's place is not the encrypted scratch \
+             space (a dm-crypt device): image layers stay in the default work_dir; set [image] \
+             work_dir in cdh.toml to choose one"
+        ),
+    }
+}
+
 enum Named<'a> {
     Mapper(&'a str),
     Dm(&'a str),

@@ -328,3 +328,76 @@ fn mountinfo_round_trips_any_path_and_survives_mutations() {
         }
     }
 }
+
+/// Every event as `LEVEL message field=value ...`.
+#[derive(Default)]
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={value:?}", field.name()));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields(event.metadata().level().to_string());
+        event.record(&mut fields);
+        self.0.lock().expect("not poisoned").push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A refused mount is a warning that names what is mounted and why it is not used; an
+/// adopted one and an empty place are information; an explicit work_dir says nothing.
+#[test]
+fn a_refused_mount_is_a_warning_naming_what_and_why() {
+    let capture = std::sync::Arc::new(Capture::default());
+    let dispatch = tracing::Dispatch::from(std::sync::Arc::clone(&capture));
+    let work_dir = Path::new("/run/image-rs");
+    let scratch = Path::new("/run/kata-containers/image");
+    let refused = Verdict::Refused {
+        found: "tmpfs from \"/dev/mapper/x\" (device 0:45)".into(),
+        why: "device 0:45 is no block device".into(),
+    };
+    let adopted = Verdict::Encrypted {
+        source: "/dev/mapper/encrypted_scratch".into(),
+        uuid: UUID.into(),
+    };
+    let empty = Verdict::NotMounted {
+        why: "nothing is mounted".into(),
+    };
+    tracing::dispatcher::with_default(&dispatch, || {
+        log_choice(Some(&refused), work_dir, scratch);
+        log_choice(Some(&adopted), scratch, scratch);
+        log_choice(Some(&empty), work_dir, scratch);
+        log_choice(None, Path::new("/run/measured"), scratch);
+    });
+    let events = capture.0.lock().expect("not poisoned").clone();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(
+        events[0].starts_with("WARN")
+            && events[0].contains("found=tmpfs from \"/dev/mapper/x\" (device 0:45)")
+            && events[0].contains("why=device 0:45 is no block device")
+            && events[0].contains("work_dir=/run/image-rs"),
+        "{}",
+        events[0]
+    );
+    assert!(
+        events[1].starts_with("INFO") && events[1].contains(UUID),
+        "{}",
+        events[1]
+    );
+    assert!(events[2].starts_with("INFO"), "{}", events[2]);
+}
