@@ -114,6 +114,14 @@ impl Stats {
     }
 }
 
+/// Loads measured on each side for the load figure.
+const LOAD_RUNS: usize = 15;
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
@@ -164,23 +172,34 @@ struct Case {
 
 fn run_cases(title: &str, text: &str, setup: &[(String, Value)], cases: &[Case], iters: usize) {
     println!("\n== {title}");
-    let load_start = Instant::now();
+    // Load is measured as the median of LOAD_RUNS loads on each side, alternating, so that
+    // neither side alone pays for cold caches or a noisy neighbour.
+    let mut loads = Vec::with_capacity(LOAD_RUNS);
+    let mut base_loads = Vec::with_capacity(LOAD_RUNS);
+    for _ in 0..LOAD_RUNS {
+        let start = Instant::now();
+        let policy = AgentPolicy::load(text).expect("policy loads");
+        loads.push(start.elapsed());
+        drop(policy);
+        let start = Instant::now();
+        let baseline = UpstreamStyle::new(text);
+        // regorus analyses the policy at the first evaluation: count it, as our load does.
+        let _ = baseline.allowed("NoSuchRequest", &Value::Null);
+        base_loads.push(start.elapsed());
+    }
     let policy = AgentPolicy::load(text).expect("policy loads");
-    let load = load_start.elapsed();
     let (compiled, refusals) = policy.compiled_coverage();
     println!(
         "compiled entry points: {} (the rest on the interpreter; not compiled: {refusals:?})",
         compiled.len()
     );
     let ours: Arc<dyn Decider> = Arc::new(policy);
-    let base_start = Instant::now();
     let baseline = UpstreamStyle::new(text);
-    // regorus analyses the policy at the first evaluation: count it, as our load does.
     let _ = baseline.allowed("NoSuchRequest", &Value::Null);
-    let base_load = base_start.elapsed();
     let baseline: Arc<dyn Decider> = Arc::new(baseline);
+    let (load, base_load) = (median(&mut loads), median(&mut base_loads));
     println!(
-        "policy load to serving: {} (baseline parse + first analysis: {}, {:.1}x)",
+        "policy load to serving, median of {LOAD_RUNS}: {} (baseline parse + first analysis: {}, {:.1}x)",
         ms(load),
         ms(base_load),
         base_load.as_secs_f64() / load.as_secs_f64()

@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use super::prints::Prints;
+
 /// How many of the policy's last print lines a denial message carries.
 const REASON_PRINT_LINES: usize = 12;
 
@@ -13,7 +15,7 @@ const REASON_LINE_BYTES: usize = 600;
 pub struct Decision {
     entrypoint: String,
     verdict: Verdict,
-    prints: Vec<String>,
+    prints: Prints,
 }
 
 /// Whether the request may proceed, and why.
@@ -71,11 +73,11 @@ impl std::fmt::Display for Denial {
 }
 
 impl Decision {
-    pub(crate) fn new(entrypoint: &str, verdict: Verdict, prints: Vec<String>) -> Self {
+    pub(crate) fn new(entrypoint: &str, verdict: Verdict, prints: impl Into<Prints>) -> Self {
         Self {
             entrypoint: entrypoint.to_owned(),
             verdict,
-            prints,
+            prints: prints.into(),
         }
     }
 
@@ -97,7 +99,7 @@ impl Decision {
     /// Everything the policy printed while deciding, one line per `print` call, prefixed with
     /// the policy file and line (`policy.rego:120: ...`).
     pub fn prints(&self) -> &[String] {
-        &self.prints
+        self.prints.lines()
     }
 
     /// A readable reason: the cause, then the last lines the policy printed.
@@ -110,14 +112,15 @@ impl Decision {
             Verdict::Denied(d) => d.to_string(),
         };
         let mut out = cause;
-        if !self.prints.is_empty() {
-            let skipped = self.prints.len().saturating_sub(REASON_PRINT_LINES);
+        let prints = self.prints.lines();
+        if !prints.is_empty() {
+            let skipped = prints.len().saturating_sub(REASON_PRINT_LINES);
             out.push_str("; the policy printed");
             if skipped > 0 {
                 let _ = write!(out, " ({skipped} earlier lines omitted)");
             }
             out.push(':');
-            for line in &self.prints[skipped..] {
+            for line in &prints[skipped..] {
                 out.push('\n');
                 push_clipped(&mut out, line);
             }

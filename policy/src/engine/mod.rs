@@ -44,6 +44,7 @@ mod entrypoint;
 mod hoist;
 mod interpreter;
 mod keywords;
+mod prints;
 
 pub use decision::{Decision, Denial, Verdict};
 pub use entrypoint::{RPC_ENTRYPOINTS, all_entrypoints, entrypoint_for_rpc};
@@ -53,6 +54,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use regorus::Value;
 
 use interpreter::Interpreter;
+use prints::Prints;
 
 /// The Rego package agent policies declare.
 pub const POLICY_PACKAGE: &str = "agent_policy";
@@ -247,7 +249,9 @@ impl AgentPolicy {
         }
         if prints != reference_prints {
             return Some(Err(format!(
-                "compiled printed {prints:?}, interpreter {reference_prints:?}"
+                "compiled printed {:?}, interpreter {:?}",
+                prints.lines(),
+                reference_prints.lines()
             )));
         }
         Some(Ok(()))
@@ -300,7 +304,7 @@ impl AgentPolicy {
             Err(e) => Decision::new(
                 entrypoint,
                 Verdict::Denied(Denial::BadInput(format!("{e:#}"))),
-                Vec::new(),
+                Prints::default(),
             ),
         }
     }
@@ -310,7 +314,7 @@ impl AgentPolicy {
             return Decision::new(
                 entrypoint,
                 Verdict::Denied(Denial::BadEntryPoint),
-                Vec::new(),
+                Prints::default(),
             );
         }
         let snapshot = self.snapshot();
@@ -318,7 +322,7 @@ impl AgentPolicy {
             Content::Policy(c) => c,
             Content::None(why) => {
                 let denial = Denial::NoPolicy(why.clone());
-                return Decision::new(entrypoint, Verdict::Denied(denial), Vec::new());
+                return Decision::new(entrypoint, Verdict::Denied(denial), Prints::default());
             }
         };
         let (outcome, prints) = compiled.evaluate(entrypoint, input.clone());
@@ -340,7 +344,7 @@ impl AgentPolicy {
         entrypoint: &str,
         input: Value,
         ops: json_patch::Patch,
-        prints: Vec<String>,
+        prints: Prints,
     ) -> Decision {
         let _guard = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.snapshot();
@@ -407,7 +411,7 @@ impl AgentPolicy {
             Content::None(why) => Decision::new(
                 "SetPolicyRequest",
                 Verdict::Denied(Denial::NoPolicy(why.clone())),
-                Vec::new(),
+                Prints::default(),
             ),
         };
         if !verdict.is_allowed() {
@@ -536,7 +540,7 @@ impl Compiled {
     /// Evaluates one request: on the compiled form when it compiles the entry point (an
     /// evaluation error is re-run on the interpreter, whose message names the cause), else on
     /// this state's interpreter.
-    fn evaluate(&self, entrypoint: &str, input: Value) -> (Outcome, Vec<String>) {
+    fn evaluate(&self, entrypoint: &str, input: Value) -> (Outcome, Prints) {
         match self
             .policy
             .compiled
@@ -553,12 +557,15 @@ impl Compiled {
     }
 
     /// Evaluates one request on this state's interpreter.
-    fn interpret(&self, entrypoint: &str, input: Value) -> (Outcome, Vec<String>) {
+    fn interpret(&self, entrypoint: &str, input: Value) -> (Outcome, Prints) {
         match self.interpreter() {
-            Ok(interpreter) => interpreter.evaluate(entrypoint, input),
+            Ok(interpreter) => {
+                let (outcome, lines) = interpreter.evaluate(entrypoint, input);
+                (outcome, lines.into())
+            }
             Err(e) => {
                 let denial = Denial::EvalError(format!("cannot prepare the policy: {e}"));
-                (Outcome::Deny(denial), Vec::new())
+                (Outcome::Deny(denial), Prints::default())
             }
         }
     }

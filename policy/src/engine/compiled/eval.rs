@@ -13,14 +13,14 @@ use regorus::Value;
 use regorus::unstable::{BinOp, comparison, numbers, sets};
 
 use super::ir::*;
-use super::print::printable;
+use crate::engine::prints::PendingPrint;
 
 /// The lowered policy, ready to run.
 #[derive(Debug)]
 pub(super) struct Program {
     pub(super) rules: Vec<Option<RuleSet>>,
     pub(super) funcs: Vec<Option<Func>>,
-    pub(super) file: String,
+    pub(super) file: &'static str,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +93,7 @@ pub(super) struct Run<'p> {
     rule_paths: BTreeMap<Vec<Value>, Value>,
     ctxs: Vec<Ctx<'p>>,
     /// What the policy printed.
-    pub(super) prints: Vec<String>,
+    pub(super) prints: Vec<PendingPrint>,
 }
 
 const PACKAGE: &str = "agent_policy";
@@ -744,18 +744,16 @@ impl<'p> Run<'p> {
                 for a in args {
                     self.eval(f, a)?;
                 }
-                let mut msg = String::new();
-                for (i, a) in args.iter().enumerate() {
-                    if i > 0 {
-                        msg.push(' ');
-                    }
-                    match self.eval(f, a)? {
-                        Value::Undefined => msg.push_str("<undefined>"),
-                        Value::String(s) => msg.push_str(&s),
-                        v => printable(&v, &mut msg),
-                    }
+                // regorus evaluates the arguments twice; the second values are printed,
+                // rendered only if the lines are read (see `engine::prints`).
+                let mut values = Vec::with_capacity(args.len());
+                for a in args {
+                    values.push(self.eval(f, a)?);
                 }
-                self.prints.push(format!("{}:{line}: {msg}", self.p.file));
+                self.prints.push(PendingPrint {
+                    line: *line,
+                    args: values,
+                });
                 Value::Bool(true)
             }
             E::Compare { op, lhs, rhs } => {

@@ -15,7 +15,6 @@
 mod eval;
 mod ir;
 mod lower;
-mod print;
 mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use regorus::Value;
 
 use super::interpreter::EVAL_TIME_LIMIT;
+use super::prints::Prints;
 use super::{POLICY_PACKAGE, POLICY_SOURCE};
 
 /// The compiled entry points of one policy text (whatever its state).
@@ -69,7 +69,7 @@ impl CompiledPolicy {
                     eval::Program {
                         rules: l.rules,
                         funcs: l.funcs,
-                        file: POLICY_SOURCE.to_owned(),
+                        file: POLICY_SOURCE,
                     },
                     entries,
                 )
@@ -80,7 +80,7 @@ impl CompiledPolicy {
                     eval::Program {
                         rules: Vec::new(),
                         funcs: Vec::new(),
-                        file: POLICY_SOURCE.to_owned(),
+                        file: POLICY_SOURCE,
                     },
                     BTreeMap::new(),
                 )
@@ -124,10 +124,10 @@ impl CompiledPolicy {
         entrypoint: &str,
         input: &Value,
         data: &Value,
-    ) -> Option<(anyhow::Result<Value>, Vec<String>)> {
+    ) -> Option<(anyhow::Result<Value>, Prints)> {
         let id = *self.entries.get(entrypoint)?;
         let mut run = eval::Run::new(&self.program, input, data, EVAL_TIME_LIMIT);
         let value = run.rule(id);
-        Some((value, run.prints))
+        Some((value, Prints::deferred(self.program.file, run.prints)))
     }
 }
