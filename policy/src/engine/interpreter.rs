@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use regorus::Value;
 
-use super::{Outcome, POLICY_PACKAGE, POLICY_SOURCE, PolicyError, hoist, interpret, keywords};
+use super::{
+    Outcome, POLICY_PACKAGE, POLICY_SOURCE, PolicyError, hoist, interpret, keywords, nesting,
+};
 use crate::engine::decision::Denial;
 
 /// Idle engines kept per state; more concurrent evaluations than this clone and drop.
@@ -38,6 +40,7 @@ pub(super) fn parse(text: &str) -> Result<(regorus::Engine, Value), PolicyError>
 /// A text that parses as v1 with its meaningless keyword imports blanked is read that way (see
 /// the `keywords` module): regorus then resolves function calls without an import table.
 fn parse_text(text: &str) -> Result<regorus::Engine, PolicyError> {
+    nesting::check(text)?;
     if let Some(blanked) = keywords::blank_v1_keyword_imports(text) {
         let mut engine = new_engine(false);
         if engine.add_policy(POLICY_SOURCE.to_owned(), blanked).is_ok() {

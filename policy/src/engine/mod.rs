@@ -44,6 +44,7 @@ mod entrypoint;
 mod hoist;
 mod interpreter;
 mod keywords;
+mod nesting;
 mod prints;
 
 pub use decision::{Decision, Denial, Verdict};
@@ -79,6 +80,18 @@ pub enum PolicyError {
     WrongPackage {
         /// The packages the text declares.
         found: Vec<String>,
+    },
+    /// The text nests collection literals deeper than regorus's parser handles in bounded time
+    /// (see the `nesting` module).
+    #[error(
+        "the policy is refused before parsing at line {line}: {why}; the parser's time grows \
+         exponentially with this nesting: move inner literals into rules of their own"
+    )]
+    TooDeep {
+        /// The line where the limit was passed.
+        line: usize,
+        /// What passed it.
+        why: String,
     },
 }
 

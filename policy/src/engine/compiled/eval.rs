@@ -92,11 +92,19 @@ pub(super) struct Run<'p> {
     path_done: Vec<bool>,
     rule_paths: BTreeMap<Vec<Value>, Value>,
     ctxs: Vec<Ctx<'p>>,
+    /// How many `eval` and `stmts` calls are in progress (see [`MAX_NESTING`]).
+    nesting: usize,
     /// What the policy printed.
     pub(super) prints: Vec<PendingPrint>,
 }
 
 const PACKAGE: &str = "agent_policy";
+
+/// How many expression evaluations and statement sequences may be in progress at once (each
+/// nested rule, function, comprehension, loop and operand is one more). Deeper evaluations are
+/// left to the interpreter, so the compiled form's recursion stays within a small fraction of
+/// a 2 MiB thread stack whatever the policy. genpolicy's deepest request (a CreateContainer) goes 26 deep.
+const MAX_NESTING: usize = 300;
 
 /// A slot's value; a slot outside the frame is a bug, reported as an error, never a panic.
 fn get(f: &[Value], slot: Slot) -> Result<Value> {
@@ -156,6 +164,7 @@ impl<'p> Run<'p> {
             path_done: vec![false; n],
             rule_paths: BTreeMap::new(),
             ctxs: Vec::new(),
+            nesting: 0,
             prints: Vec::new(),
         }
     }
@@ -395,6 +404,13 @@ impl<'p> Run<'p> {
     }
 
     fn stmts(&mut self, f: &mut [Value], q: &'p Query, from: usize) -> Result<bool> {
+        self.enter()?;
+        let result = self.stmts_from(f, q, from);
+        self.nesting -= 1;
+        result
+    }
+
+    fn stmts_from(&mut self, f: &mut [Value], q: &'p Query, from: usize) -> Result<bool> {
         for idx in from..q.stmts.len() {
             self.tick()?;
             let stmt = &q.stmts[idx];
@@ -675,7 +691,24 @@ impl<'p> Run<'p> {
         Ok(Some(out))
     }
 
+    /// Evaluates `e`, one level deeper (see [`MAX_NESTING`]).
     pub(super) fn eval(&mut self, f: &mut [Value], e: &'p E) -> Result<Value> {
+        self.enter()?;
+        let value = self.eval_expr(f, e);
+        self.nesting -= 1;
+        value
+    }
+
+    /// Counts one level of recursion; past [`MAX_NESTING`] the interpreter decides.
+    fn enter(&mut self) -> Result<()> {
+        if self.nesting >= MAX_NESTING {
+            bail!(Fallback("nested deeper than the compiled form recurses"));
+        }
+        self.nesting += 1;
+        Ok(())
+    }
+
+    fn eval_expr(&mut self, f: &mut [Value], e: &'p E) -> Result<Value> {
         Ok(match e {
             E::Const(v) => v.clone(),
             E::Ref { head, fields } => {

@@ -12,6 +12,7 @@ use regorus::unstable::{
     Rule, RuleHead, must_cache, numbers,
 };
 
+use super::depth;
 use super::ir::*;
 use super::schedule::{Refusal, schedule_module};
 
@@ -30,7 +31,8 @@ pub(super) struct Lowered {
 }
 
 impl Lowered {
-    /// Whether `rule` and everything it reaches were lowered, with no cycle.
+    /// Whether `rule` and everything it reaches were lowered, with no cycle and no chain of
+    /// references longer than [`MAX_CHAIN`] (the walk recurses along the chain).
     pub(super) fn closure_ok(&self, rule: usize) -> bool {
         let mut seen = BTreeSet::new();
         let mut on_path = BTreeSet::new();
@@ -38,7 +40,7 @@ impl Lowered {
     }
 
     fn visit(&self, d: Dep, seen: &mut BTreeSet<Dep>, on_path: &mut BTreeSet<Dep>) -> bool {
-        if on_path.contains(&d) {
+        if on_path.contains(&d) || on_path.len() >= MAX_CHAIN {
             return false;
         }
         if !seen.insert(d) {
@@ -62,6 +64,10 @@ impl Lowered {
     }
 }
 
+/// The longest chain of rule and function references an entry point may reach through and be
+/// compiled (genpolicy's are under 10); longer ones are left to the interpreter.
+const MAX_CHAIN: usize = 256;
+
 /// A rule name's kind, definitions and defaults.
 type RuleGroup = (RuleKind, Vec<Ref<Rule>>, Vec<Ref<Rule>>);
 
@@ -80,6 +86,12 @@ struct Names {
 pub(super) fn lower(module: &Module, data_roots: BTreeSet<String>) -> Result<Lowered, Refusal> {
     if !module.imports.is_empty() {
         return Err("imports".into());
+    }
+    if module.policy.iter().any(|r| depth::rule_too_deep(r)) {
+        return Err(format!(
+            "an expression nested more than {} deep",
+            depth::MAX_DEPTH
+        ));
     }
     let mut names = Names {
         rules: BTreeMap::new(),

@@ -12,6 +12,7 @@
 //! the interpreter's cause), goes to the interpreter. [`super::AgentPolicy::compiled_check`]
 //! runs both on one request and reports any difference; the differential tests use it.
 
+mod depth;
 mod eval;
 mod ir;
 mod lower;
