@@ -114,6 +114,30 @@ fn state_is_carried_across_requests() {
 }
 
 #[test]
+fn operations_that_leave_the_state_as_it_was_publish_nothing() {
+    let policy = load(
+        "package agent_policy\n\nCreateContainerRequest := {\"allowed\": true, \"ops\": [\
+         {\"op\": \"add\", \"path\": concat(\"/\", [\"/pstate\", input.id]), \"value\": input.name}]}\n",
+    );
+    let create = |id: &str, name: &str| {
+        let d = policy.decide("CreateContainerRequest", &json!({"id": id, "name": name}));
+        assert!(d.is_allowed(), "{}", d.reason());
+    };
+    create("c1", "web");
+    let after_first = policy.state_generation();
+    assert_eq!(after_first, 1);
+    // The same add again: allowed, the state is the same document, no new generation (which
+    // would make concurrent evaluations of this state re-run).
+    create("c1", "web");
+    assert_eq!(policy.state_generation(), after_first);
+    assert_eq!(policy.state(), json!({"c1": "web"}));
+    // A different value does change it.
+    create("c1", "db");
+    assert_eq!(policy.state_generation(), after_first + 1);
+    assert_eq!(policy.state(), json!({"c1": "db"}));
+}
+
+#[test]
 fn a_state_operation_that_does_not_apply_denies_and_leaves_the_state() {
     let policy = load(STATEFUL);
     assert!(

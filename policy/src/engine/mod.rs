@@ -297,6 +297,12 @@ impl AgentPolicy {
         matches!(&self.snapshot().content, Content::Policy(c) if c.policy.allow_failures)
     }
 
+    /// How many times the policy or its state was replaced since load. For tests.
+    #[doc(hidden)]
+    pub fn state_generation(&self) -> u64 {
+        self.snapshot().generation
+    }
+
     /// The policy state document (`data.pstate`).
     pub fn state(&self) -> serde_json::Value {
         match &self.snapshot().content {
@@ -383,6 +389,12 @@ impl AgentPolicy {
         if let Err(e) = json_patch::patch(&mut data, &ops) {
             let denial = Denial::StateUpdate(e.to_string());
             return Decision::new(entrypoint, Verdict::Denied(denial), prints);
+        }
+        // Operations that leave the state as it was (genpolicy re-adding what a retried or
+        // repeated request already added) change nothing: publishing a new generation would
+        // only make concurrent evaluations of the same state re-run.
+        if data == compiled.data {
+            return Decision::new(entrypoint, Verdict::Allowed, prints);
         }
         let next = compiled.with_data(data);
         let fully_compiled = next.policy.compiled.all_compiled();
