@@ -6,7 +6,9 @@
 //! never recurses deeper than the limit on any thread's stack. genpolicy's policies nest about
 //! 15 deep.
 
-use regorus::unstable::{Expr as Ast, Literal, Query as AstQuery, Ref, Rule, RuleHead};
+use regorus::unstable::{Expr as Ast, Query as AstQuery, Rule, RuleHead};
+
+use super::walk::{any_child, any_in_literal};
 
 /// The deepest expression nesting the compiled form takes.
 pub(super) const MAX_DEPTH: usize = 64;
@@ -48,24 +50,10 @@ fn query(q: &AstQuery, left: usize) -> bool {
         return true;
     };
     q.stmts.iter().any(|s| {
-        let lit = match &s.literal {
-            Literal::SomeVars { .. } => false,
-            Literal::SomeIn {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                key.as_ref().is_some_and(|k| expr(k, left))
-                    || expr(value, left)
-                    || expr(collection, left)
-            }
-            Literal::Expr { expr: e, .. } | Literal::NotExpr { expr: e, .. } => expr(e, left),
-            Literal::Every {
-                domain, query: q, ..
-            } => expr(domain, left) || query(q, left),
-        };
-        lit || s
+        any_in_literal(
+            &s.literal,
+            (&mut |e| expr(e, left), &mut |q| query(q, left)),
+        ) || s
             .with_mods
             .iter()
             .any(|w| expr(&w.refr, left) || expr(&w.r#as, left))
@@ -77,44 +65,5 @@ fn expr(e: &Ast, left: usize) -> bool {
     let Some(left) = left.checked_sub(1) else {
         return true;
     };
-    let any = |items: &[Ref<Ast>]| items.iter().any(|i| expr(i, left));
-    match e {
-        Ast::String { .. }
-        | Ast::RawString { .. }
-        | Ast::Number { .. }
-        | Ast::Bool { .. }
-        | Ast::Null { .. }
-        | Ast::Var { .. } => false,
-        Ast::Array { items, .. } | Ast::Set { items, .. } => any(items),
-        Ast::Object { fields, .. } => fields
-            .iter()
-            .any(|(_, k, v)| expr(k, left) || expr(v, left)),
-        Ast::ArrayCompr { term, query: q, .. } | Ast::SetCompr { term, query: q, .. } => {
-            expr(term, left) || query(q, left)
-        }
-        Ast::ObjectCompr {
-            key,
-            value,
-            query: q,
-            ..
-        } => expr(key, left) || expr(value, left) || query(q, left),
-        Ast::Call { fcn, params, .. } => expr(fcn, left) || any(params),
-        Ast::UnaryExpr { expr: inner, .. } => expr(inner, left),
-        Ast::RefDot { refr, .. } => expr(refr, left),
-        Ast::RefBrack { refr, index, .. } => expr(refr, left) || expr(index, left),
-        Ast::BinExpr { lhs, rhs, .. }
-        | Ast::BoolExpr { lhs, rhs, .. }
-        | Ast::ArithExpr { lhs, rhs, .. }
-        | Ast::AssignExpr { lhs, rhs, .. } => expr(lhs, left) || expr(rhs, left),
-        Ast::Membership {
-            key,
-            value,
-            collection,
-            ..
-        } => {
-            key.as_ref().is_some_and(|k| expr(k, left))
-                || expr(value, left)
-                || expr(collection, left)
-        }
-    }
+    any_child(e, (&mut |e| expr(e, left), &mut |q| query(q, left)))
 }

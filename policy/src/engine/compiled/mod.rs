@@ -16,7 +16,9 @@ mod depth;
 mod eval;
 mod ir;
 mod lower;
+mod lower_body;
 mod schedule;
+mod walk;
 
 use std::collections::{BTreeMap, BTreeSet};
 
