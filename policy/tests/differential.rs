@@ -20,6 +20,7 @@ fn engine_decides_generated_cases_as_the_reference() {
     let max_requests = usize::try_from(env_u64("POLICY_DIFF_MAX_REQUESTS", 6)).unwrap_or(6);
     let (mut loaded, mut requests, mut allowed, mut hoisted) = (0u64, 0usize, 0usize, 0u64);
     let mut compiled = 0usize;
+    let mut over_limit = 0u64;
     let mut failures = Vec::new();
     for seed in first..first + cases {
         let case = generate::case_with(&mut generate::Seeded::new(seed), max_requests);
@@ -30,7 +31,9 @@ fn engine_decides_generated_cases_as_the_reference() {
                 allowed: a,
                 hoisted: h,
                 compiled: c,
+                over_limit: o,
             }) => {
+                over_limit += u64::from(o);
                 compiled += c;
                 loaded += 1;
                 hoisted += u64::from(h);
@@ -48,7 +51,8 @@ fn engine_decides_generated_cases_as_the_reference() {
     }
     eprintln!(
         "{cases} cases: {loaded} policies loaded ({hoisted} with hoisted constants), {requests} \
-         requests ({compiled} also decided by the compiled form), {allowed} allowed, {} divergences",
+         requests ({compiled} also decided by the compiled form), {allowed} allowed, \
+         {over_limit} stopped past the evaluation time limit, {} divergences",
         failures.len()
     );
     assert!(

@@ -156,6 +156,10 @@ pub enum Agreement {
         hoisted: bool,
         /// Requests whose entry point the compiled form also decided (and agreed on).
         compiled: usize,
+        /// Whether the case stopped at a request the engine denied at its evaluation time
+        /// limit and the reference (which has none, as upstream) took longer than that limit
+        /// to decide: a documented difference, not a divergence.
+        over_limit: bool,
     },
 }
 
@@ -226,7 +230,21 @@ pub fn check(
             }
         }
         let decision = policy.decide(entrypoint, input);
+        let started = std::time::Instant::now();
         let expected = reference.decide(entrypoint, input);
+        let reference_took = started.elapsed();
+        if !decision.is_allowed()
+            && decision.reason().contains("time limit")
+            && reference_took >= crate::engine::EVAL_TIME_LIMIT
+        {
+            return Ok(Agreement::Decided {
+                requests: i + 1,
+                allowed,
+                hoisted: policy.hoisted_constants(),
+                compiled,
+                over_limit: true,
+            });
+        }
         if decision.is_allowed() != expected.allowed {
             return Err(diverged(
                 format!(
@@ -268,6 +286,7 @@ pub fn check(
                 allowed,
                 hoisted: policy.hoisted_constants(),
                 compiled,
+                over_limit: false,
             });
         }
     }
@@ -276,5 +295,6 @@ pub fn check(
         allowed,
         hoisted: policy.hoisted_constants(),
         compiled,
+        over_limit: false,
     })
 }

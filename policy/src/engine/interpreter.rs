@@ -63,7 +63,7 @@ fn parse_text(text: &str) -> Result<regorus::Engine, PolicyError> {
 }
 
 /// How long one evaluation may run, on either evaluator; past it the request is denied.
-pub(super) const EVAL_TIME_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const EVAL_TIME_LIMIT: Duration = Duration::from_secs(10);
 
 fn new_engine(rego_v0: bool) -> regorus::Engine {
     let mut engine = regorus::Engine::new();

@@ -54,6 +54,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use regorus::Value;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use interpreter::EVAL_TIME_LIMIT;
 use interpreter::Interpreter;
 use prints::Prints;
 
