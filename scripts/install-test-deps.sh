@@ -59,6 +59,9 @@ REQUIRED=(
     "cpio:cpio"
     "binutils:objcopy"
     "qemu-utils:qemu-img"
+    # The UEFI boot of the pod VM's UKI (podvm-image/tests/e2e.rs): OVMF's 4M firmware. Not
+    # pulled in by qemu-system-x86 without its recommends.
+    "ovmf:/usr/share/OVMF/OVMF_CODE_4M.fd"
 )
 
 missing=()
