@@ -95,26 +95,8 @@ fn render(file: &str, print: &PendingPrint) -> String {
 /// Appends `value` to `out`: collections element by element, scalars as their JSON text.
 fn printable(value: &Value, out: &mut String) {
     match value {
-        Value::Array(items) => {
-            out.push('[');
-            for (i, e) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                printable(e, out);
-            }
-            out.push(']');
-        }
-        Value::Set(items) => {
-            out.push('{');
-            for (i, e) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                printable(e, out);
-            }
-            out.push('}');
-        }
+        Value::Array(items) => items_of(items.iter(), ('[', ']'), out),
+        Value::Set(items) => items_of(items.iter(), ('{', '}'), out),
         Value::Object(map) => {
             out.push('{');
             for (i, (k, v)) in map.iter_sorted().enumerate() {
@@ -129,6 +111,18 @@ fn printable(value: &Value, out: &mut String) {
         }
         other => out.push_str(&other.to_string()),
     }
+}
+
+/// Appends `items` between `brackets`, separated by `, `.
+fn items_of<'a>(items: impl Iterator<Item = &'a Value>, brackets: (char, char), out: &mut String) {
+    out.push(brackets.0);
+    for (i, e) in items.enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        printable(e, out);
+    }
+    out.push(brackets.1);
 }
 
 #[cfg(test)]

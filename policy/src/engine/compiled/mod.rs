@@ -11,6 +11,12 @@
 //! point's requests here; everything else, and every evaluation that ends in an error (to name
 //! the interpreter's cause), goes to the interpreter. [`super::AgentPolicy::compiled_check`]
 //! runs both on one request and reports any difference; the differential tests use it.
+//!
+//! Recursion is bounded so that no policy can overflow the stack a request is decided on:
+//! `depth` refuses a policy whose expressions nest too deep before anything else walks them
+//! (`walk` lists an expression's children for that and for `lower_body`'s variable search),
+//! `lower` does not compile entry points behind very long reference chains, and `eval` gives
+//! the request to the interpreter past a bound on evaluations in progress.
 
 mod depth;
 mod eval;

@@ -69,7 +69,7 @@ impl std::fmt::Display for TimeLimit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the policy evaluation ran past its {} s limit",
+            "the policy evaluation ran past its {} s time limit",
             self.0.as_secs()
         )
     }
