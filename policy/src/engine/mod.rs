@@ -50,7 +50,9 @@ mod prints;
 pub use decision::{Decision, Denial, Verdict};
 pub use entrypoint::{RPC_ENTRYPOINTS, all_entrypoints, entrypoint_for_rpc};
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use arc_swap::ArcSwap;
 
 use regorus::Value;
 
@@ -111,7 +113,7 @@ pub enum SetPolicyError {
 /// The agent policy in force, shared by every request handler.
 #[derive(Debug)]
 pub struct AgentPolicy {
-    current: RwLock<Arc<Snapshot>>,
+    current: ArcSwap<Snapshot>,
     /// Serialises state commits and policy swaps.
     commit: Mutex<()>,
 }
@@ -179,10 +181,10 @@ impl AgentPolicy {
 
     fn with_content(content: Content) -> Self {
         Self {
-            current: RwLock::new(Arc::new(Snapshot {
+            current: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
                 content,
-            })),
+            }),
             commit: Mutex::new(()),
         }
     }
@@ -449,8 +451,12 @@ impl AgentPolicy {
         Ok(())
     }
 
-    fn snapshot(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    /// The state in force. Reading it writes nothing shared (no lock word, no reference
+    /// count) in the common case: with a lock and an `Arc` clone per request, two threads
+    /// deciding 11 µs denials at once lost 10-15 % of their throughput to the cache line both
+    /// wrote.
+    fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
     }
 
     fn publish(&self, generation: u64, content: Content) -> Arc<Snapshot> {
@@ -458,7 +464,7 @@ impl AgentPolicy {
             generation,
             content,
         });
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&next);
+        self.current.store(Arc::clone(&next));
         next
     }
 }

@@ -108,6 +108,14 @@ const PACKAGE: &str = "agent_policy";
 /// a 2 MiB thread stack whatever the policy. genpolicy's deepest request (a CreateContainer) goes 26 deep.
 const MAX_NESTING: usize = 300;
 
+/// The value at `fields` under `base` (Undefined where a field is missing).
+fn follow<'v>(mut base: &'v Value, fields: &[Value]) -> &'v Value {
+    for field in fields {
+        base = &base[field];
+    }
+    base
+}
+
 /// A slot's value; a slot outside the frame is a bug, reported as an error, never a panic.
 fn get(f: &[Value], slot: Slot) -> Result<Value> {
     f.get(slot)
@@ -502,18 +510,24 @@ impl<'p> Run<'p> {
     fn eval_expr(&mut self, f: &mut [Value], e: &'p E) -> Result<Value> {
         Ok(match e {
             E::Const(v) => v.clone(),
-            E::Ref { head, fields } => {
-                let base = self.head(f, head)?;
-                if fields.is_empty() {
-                    base
-                } else {
-                    let mut v = &base;
-                    for field in fields {
-                        v = &v[field];
-                    }
-                    v.clone()
+            // The head is borrowed where it can be and only the value read is cloned: the
+            // data document and rule values are shared by every thread deciding on this
+            // state, and each clone of one is an atomic reference count both write.
+            E::Ref { head, fields } => match &**head {
+                Head::Input => follow(self.input, fields).clone(),
+                Head::Data => follow(self.data, fields).clone(),
+                Head::Local(s) => follow(
+                    f.get(*s)
+                        .ok_or_else(|| anyhow!(Fallback("slot outside its frame")))?,
+                    fields,
+                )
+                .clone(),
+                Head::Rule(id) => {
+                    self.ensure(*id)?;
+                    follow(&self.values[*id], fields).clone()
                 }
-            }
+                head => follow(&self.head(f, head)?, fields).clone(),
+            },
             E::Array(items) => match self.eval_all(f, items)? {
                 Some(v) => Value::from(v),
                 None => Value::Undefined,
