@@ -21,6 +21,7 @@ fn engine_decides_generated_cases_as_the_reference() {
     let (mut loaded, mut requests, mut allowed, mut hoisted) = (0u64, 0usize, 0usize, 0u64);
     let mut compiled = 0usize;
     let mut over_limit = 0u64;
+    let mut redecided = 0usize;
     let mut failures = Vec::new();
     for seed in first..first + cases {
         let case = generate::case_with(&mut generate::Seeded::new(seed), max_requests);
@@ -32,7 +33,9 @@ fn engine_decides_generated_cases_as_the_reference() {
                 hoisted: h,
                 compiled: c,
                 over_limit: o,
+                redecided: d,
             }) => {
+                redecided += d;
                 over_limit += u64::from(o);
                 compiled += c;
                 loaded += 1;
@@ -52,7 +55,8 @@ fn engine_decides_generated_cases_as_the_reference() {
     eprintln!(
         "{cases} cases: {loaded} policies loaded ({hoisted} with hoisted constants), {requests} \
          requests ({compiled} also decided by the compiled form), {allowed} allowed, \
-         {over_limit} stopped past the evaluation time limit, {} divergences",
+         {over_limit} stopped past the evaluation time limit, {redecided} decided again after \
+         a time-limit denial, {} divergences",
         failures.len()
     );
     assert!(
