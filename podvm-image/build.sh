@@ -3,7 +3,8 @@
 #
 #   podvm-image/build.sh [--no-cargo]
 #
-# Inputs: the release binaries (built here with cargo unless --no-cargo), the units and files of
+# Inputs: the binaries of the `podvm` cargo profile (release, built for small code; built here
+# with cargo unless --no-cargo), the units and files of
 # podvm/etc, Debian bookworm packages (mmdebstrap; downloads cached under target/podvm-image/).
 # Outputs in target/podvm-image/out/: podvm.qcow2, podvm.vhd (fixed size, for Azure), the UKI
 # podvm.efi (also on the disk's ESP as EFI/BOOT/BOOTX64.EFI), vmlinuz + initrd.img + cmdline for
@@ -11,7 +12,7 @@
 #
 # Environment: PODVM_SCRATCH_MB (trusted-store partition, default 256), PODVM_MIRROR (default
 # http://deb.debian.org/debian), PODVM_CARGO_NICE (default 10), PODVM_BIN_DIR (where the
-# binaries are taken from with --no-cargo; default target/release).
+# binaries are taken from with --no-cargo; default target/podvm).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +24,7 @@ SCRATCH_MB=${PODVM_SCRATCH_MB:-256}
 MIRROR=${PODVM_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 NICE=${PODVM_CARGO_NICE:-10}
-BIN_DIR=${PODVM_BIN_DIR:-$TARGET/release}
+BIN_DIR=${PODVM_BIN_DIR:-$TARGET/podvm}
 STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
 
 # The image's packages: systemd as init, udev + kmod to load drivers, what the units and the
@@ -63,10 +64,10 @@ need busybox busybox-static
 
 mkdir -p "$WORK" "$OUT" "$CACHE/archives"
 
-# 1. Release binaries.
+# 1. The programs, in the podvm profile (Cargo.toml: release with one codegen unit and fat LTO).
 if [ "${1:-}" != --no-cargo ]; then
-    log "cargo build --release ${CARGO_PACKAGES[*]} (nice -n $NICE)"
-    (cd "$REPO" && nice -n "$NICE" cargo build --release --bins "${CARGO_PACKAGES[@]}")
+    log "cargo build --profile podvm ${CARGO_PACKAGES[*]} (nice -n $NICE)"
+    (cd "$REPO" && nice -n "$NICE" cargo build --profile podvm --bins "${CARGO_PACKAGES[@]}")
     rm -f "$BIN_DIR/pause"
 fi
 # The sandbox container's pause binary, linked statically: /pause_bundle/rootfs holds nothing

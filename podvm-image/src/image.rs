@@ -75,7 +75,8 @@ impl PodvmImage {
         Ok(image)
     }
 
-    /// Runs `podvm-image/build.sh` (release build included unless `skip_cargo`), nice'd.
+    /// Runs `podvm-image/build.sh` (its `podvm`-profile cargo build included unless `skip_cargo`),
+    /// nice'd.
     pub fn build(skip_cargo: bool) -> Result<Self, PodvmError> {
         let script = Self::repo_root().join("podvm-image/build.sh");
         let mut cmd = Command::new(&script);
@@ -95,7 +96,7 @@ impl PodvmImage {
     }
 
     /// Runs `podvm-image/build.sh --no-cargo` with the binaries already built in `bin_dir` (for
-    /// the tests: the test profile's `target/debug`, so no release build is needed), nice'd.
+    /// the tests: the test profile's `target/debug`, so no optimised build is needed), nice'd.
     pub fn build_from(bin_dir: &Path) -> Result<Self, PodvmError> {
         let script = Self::repo_root().join("podvm-image/build.sh");
         let status = Command::new(&script)
