@@ -526,7 +526,14 @@ impl<'p> Run<'p> {
                     self.ensure(*id)?;
                     follow(&self.values[*id], fields).clone()
                 }
-                head => follow(&self.head(f, head)?, fields).clone(),
+                head => {
+                    let base = self.head(f, head)?;
+                    if fields.is_empty() {
+                        base
+                    } else {
+                        follow(&base, fields).clone()
+                    }
+                }
             },
             E::Array(items) => match self.eval_all(f, items)? {
                 Some(v) => Value::from(v),
@@ -739,74 +746,5 @@ impl<'p> Run<'p> {
             }
             Head::Other(e) => self.eval(f, e)?,
         })
-    }
-
-    /// regorus's `eval_call_impl` for a policy function (no default functions).
-    fn call(&mut self, f: &mut [Value], func: usize, args: &'p [E]) -> Result<Value> {
-        self.tick()?;
-        let mut values = Vec::with_capacity(args.len());
-        for a in args {
-            values.push(self.eval(f, a)?);
-        }
-        if values.contains(&Value::Undefined) {
-            return Ok(Value::Undefined);
-        }
-        let func = self
-            .p
-            .funcs
-            .get(func)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| anyhow!("function not compiled"))?;
-        let mut results: Vec<Value> = Vec::new();
-        let mut errors: Vec<anyhow::Error> = Vec::new();
-        for def in &func.defs {
-            let mut frame = vec![Value::Undefined; def.frame];
-            for (slot, v) in def.params.iter().zip(&values) {
-                frame[*slot] = v.clone();
-            }
-            let template = |b: &'p Body| {
-                let mut c = Ctx::new(Kind::Func, Value::new_set());
-                c.output = b.output.as_ref();
-                c
-            };
-            let depth = self.ctxs.len();
-            let value = match self.bodies(&mut frame, &def.bodies, false, &template) {
-                Ok(v) => v,
-                Err(e) => {
-                    if e.downcast_ref::<Fallback>().is_some()
-                        || e.downcast_ref::<TimeLimit>().is_some()
-                    {
-                        return Err(e);
-                    }
-                    if self.ctxs.len() != depth {
-                        bail!(Fallback("an error left an output context behind"));
-                    }
-                    errors.push(e);
-                    continue;
-                }
-            };
-            let result = match &value {
-                Value::Set(s) if s.len() == 1 => {
-                    s.iter().next().cloned().unwrap_or(Value::Undefined)
-                }
-                Value::Set(s) if !s.is_empty() => bail!("function produced multiple outputs"),
-                Value::Set(_) if !def.head_output => Value::Bool(true),
-                Value::Set(_) => Value::Undefined,
-                v => v.clone(),
-            };
-            if result != Value::Undefined {
-                results.push(result);
-            }
-        }
-        if results.is_empty() {
-            return match errors.into_iter().next() {
-                None => Ok(Value::Undefined),
-                Some(e) => Err(anyhow!(e.to_string())),
-            };
-        }
-        if results.windows(2).any(|w| w[0] != w[1]) {
-            bail!("functions must not produce multiple outputs for same inputs");
-        }
-        Ok(results.swap_remove(0))
     }
 }
