@@ -262,6 +262,17 @@ fn load_refuses_bad_text_and_other_packages() {
     );
 }
 
+/// regorus's `rego-extensions` feature adds an `or` operator that neither OPA nor the upstream
+/// agent's regorus has. Cargo unifies features across a workspace, so one crate turning it on
+/// would change the dialect of every agent built with it (CI's pod VM e2e boots such a build).
+#[test]
+fn the_or_extension_is_not_rego_in_any_build() {
+    let text = "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\n\
+                ExecProcessRequest if { input.a or input.b }\n";
+    let err = AgentPolicy::load(text).expect_err("`or` is not Rego");
+    assert!(matches!(err, PolicyError::Compile(_)), "{err}");
+}
+
 #[test]
 fn v0_policies_load_and_v1_syntax_is_never_misread() {
     // An old-style (v0) policy: rule bodies without `if`.
