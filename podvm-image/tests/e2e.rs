@@ -2,9 +2,9 @@
 //! SNP vTPM and a cidata ISO, driven over 15150 with mTLS as the kata shim would.
 //!
 //! Gated, root needed. `PEERPOD_PODVM_E2E=1` uses the image in `target/podvm-image/out` (building
-//! it, cargo build in the `podvm` profile included, if there is none). `PEERPOD_PODVM_E2E=test` (CI, `.ci/run`) builds
-//! the image once per run from the binaries the test profile already built (`target/debug`,
-//! stripped), so no optimised build is needed. Without either the tests print a loud SKIPPED
+//! it, cargo build in the `podvm` profile included, if there is none). `PEERPOD_PODVM_E2E=test`
+//! (CI, `.ci/run`) builds the image once per run from the binaries the test profile already
+//! built (`target/debug`, stripped), so no optimised build is needed. Without either the tests print a loud SKIPPED
 //! line; under `CI=true` they fail unless `PEERPOD_PODVM_E2E=0` says the skip is meant.
 
 use std::io::Write as _;
