@@ -156,8 +156,8 @@ chroot "$ROOT" systemctl mask apt-daily.timer apt-daily-upgrade.timer dpkg-db-ba
 # 0.1 s of CPU each, on the two vCPUs the path to udev and networkd needs): debugfs and tracefs
 # (not exposed in production), fuse, binfmt_misc, pstore, the random seed (the read-only root
 # can neither keep nor refresh one, and the same file in every VM must not seed anything), utmp
-# and user sessions (no logins), the volatile journal's flush, networkd's ip= generator (the
-# command line has none), the cleaning timer (the VM lives as long as its pod).
+# and user sessions (no logins), the journal's flush (no journal, below), networkd's ip=
+# generator (the command line has none), the cleaning timer (the VM lives as long as its pod).
 chroot "$ROOT" systemctl mask sys-kernel-debug.mount sys-kernel-tracing.mount \
     sys-fs-fuse-connections.mount modprobe@fuse.service proc-sys-fs-binfmt_misc.automount \
     proc-sys-fs-binfmt_misc.mount systemd-binfmt.service modprobe@efi_pstore.service \
@@ -165,6 +165,14 @@ chroot "$ROOT" systemctl mask sys-kernel-debug.mount sys-kernel-tracing.mount \
     systemd-update-utmp-runlevel.service systemd-user-sessions.service \
     systemd-journal-flush.service systemd-network-generator.service \
     systemd-tmpfiles-clean.timer >/dev/null 2>&1 || die "systemctl mask failed in the image root"
+# No journal: nothing could read it without a login, and journald is ~8 MiB of RSS plus its
+# in-memory files. Our units log to the serial console; systemd's own programs to the kernel's
+# ring buffer (etc/systemd/system.conf.d/podvm.conf).
+chroot "$ROOT" systemctl mask systemd-journald.service systemd-journald.socket \
+    systemd-journald-dev-log.socket systemd-journald-audit.socket systemd-journald@.service \
+    systemd-journald@.socket systemd-journald-varlink@.socket \
+    systemd-journal-catalog-update.service >/dev/null 2>&1 \
+    || die "masking journald failed in the image root"
 sed -i 's/^root:[^:]*:/root:*:/' "$ROOT/etc/shadow"
 # Read-only root: an empty machine-id (systemd puts a transient one on /run), no apt.
 : > "$ROOT/etc/machine-id"

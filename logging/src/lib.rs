@@ -1,7 +1,8 @@
 //! Logging for the guest binaries (kata-agent, attestation-agent, confidential-data-hub,
 //! api-server-rest), set up one way: `tracing` events on stderr as text or one JSON object per
 //! line, filtered by `RUST_LOG` when it is set and valid, else by the configured level; colours
-//! only when stderr is a terminal, so log files stay plain.
+//! only when stderr is a terminal and `NO_COLOR` is unset or empty (<https://no-color.org>), so
+//! log files and the pod VM's serial console, a terminal whose log is read as text, stay plain.
 
 use std::str::FromStr;
 
@@ -44,11 +45,46 @@ pub fn init(level: &str, format: Format) -> Result<(), LoggingError> {
         .map_err(|_| LoggingError::Level(level.to_string()))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     match format {
         Format::Json => builder.json().init(),
         Format::Text => builder.init(),
     }
     Ok(())
+}
+
+/// Whether events are coloured: on a terminal, unless `NO_COLOR` is set to anything non-empty.
+fn colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours(true, None));
+        assert!(
+            colours(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(!colours(false, None));
+        assert!(!colours(false, Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn bad_format_and_level_are_named() {
+        assert_eq!(
+            "yaml".parse::<Format>().map_err(|e| e.to_string()),
+            Err("log format \"yaml\" is not text or json".to_string())
+        );
+        assert_eq!("json".parse::<Format>().ok(), Some(Format::Json));
+    }
 }

@@ -2,9 +2,11 @@
 //! on an empty tmpfs root (the sandbox's shm storage, [`SHM`]) with the guest's read-only
 //! `/usr` bound in, with the guest's `/proc` bound at `/guestproc`, reads every process's `Rss`
 //! `Pss` and `Anonymous` from one read of `/proc/PID/smaps_rollup` (one snapshot, so PSS never
-//! exceeds RSS) and its thread count from `status`. RSS less the anonymous part is file pages:
-//! the program's text and libraries, and the journal files journald maps. The image has no shell to log in to; this is how the test sees inside. The probe's
-//! own `sh`/`sed`/`cat` are left out of the sums.
+//! exceeds RSS) and its thread count from `status`, then the guest's `MemTotal`,
+//! `MemAvailable` and `Shmem` from `meminfo`. RSS less the anonymous part is file pages: the
+//! program's text and libraries, and files a process maps. `Shmem` is what tmpfs files hold,
+//! which no RSS shows. The image has no shell to log in to; this is how the test sees inside.
+//! The probe's own `sh`/`sed`/`cat` are left out of the sums.
 
 use std::time::Duration;
 
@@ -30,11 +32,20 @@ pub struct GuestProcess {
     pub threads: u64,
 }
 
-/// Every userspace process of the guest (kernel threads have no RSS and are left out).
+/// Every userspace process of the guest (kernel threads have no RSS and are left out), and the
+/// guest's own accounting of its memory.
 #[derive(Debug, Clone, Default)]
 pub struct GuestMemory {
     /// The processes, largest RSS first.
     pub processes: Vec<GuestProcess>,
+    /// `/proc/meminfo`'s `MemTotal`, KiB.
+    pub total_kib: u64,
+    /// `/proc/meminfo`'s `MemAvailable`, KiB: what the guest could still give without swapping
+    /// (free memory and the page cache it can drop).
+    pub available_kib: u64,
+    /// `/proc/meminfo`'s `Shmem`, KiB: tmpfs files (`/run`, a volatile journal) and shared
+    /// memory. Memory no process's RSS shows.
+    pub shmem_kib: u64,
 }
 
 impl GuestMemory {
@@ -51,6 +62,27 @@ impl GuestMemory {
     /// Sum of anonymous RSS, KiB.
     pub fn anon_kib(&self) -> u64 {
         self.processes.iter().map(|p| p.anon_kib).sum()
+    }
+
+    /// Memory in use in the whole guest, kernel included: `MemTotal - MemAvailable`, KiB.
+    pub fn in_use_kib(&self) -> u64 {
+        self.total_kib.saturating_sub(self.available_kib)
+    }
+
+    /// The sums over processes and the guest's own figures, one line each.
+    pub fn summary(&self) -> String {
+        format!(
+            "userspace: RSS {} KiB, PSS {} KiB, anonymous {} KiB, {} processes\n\
+             whole guest, kernel included: {} KiB in use of {} KiB (MemTotal - MemAvailable), \
+             {} KiB of it tmpfs/shared memory (Shmem)\n",
+            self.rss_kib(),
+            self.pss_kib(),
+            self.anon_kib(),
+            self.processes.len(),
+            self.in_use_kib(),
+            self.total_kib,
+            self.shmem_kib
+        )
     }
 
     /// One line per process: RSS, PSS, anonymous RSS, threads, name.
@@ -74,14 +106,35 @@ const SCRIPT: &str = "for d in /guestproc/[0-9]*; do \
     n=$(sed -n 's/^Name:[[:space:]]*//p' $d/status 2>/dev/null); \
     t=$(sed -n 's/^Threads:[[:space:]]*//p' $d/status 2>/dev/null); \
     m=$(sed -n 's/^\\(Rss\\|Pss\\|Anonymous\\):[[:space:]]*\\([0-9]*\\).*/\\2/p' $d/smaps_rollup 2>/dev/null); \
-    [ -n \"$m\" ] && echo \"PROC $n\" $t $m; done; echo END";
+    [ -n \"$m\" ] && echo \"PROC $n\" $t $m; done; \
+    sed -n 's/^\\(MemTotal\\|MemAvailable\\|Shmem\\):[[:space:]]*\\([0-9]*\\).*/MEM \\1 \\2/p' \
+    /guestproc/meminfo; echo END";
 
 fn parse(out: &str) -> Result<GuestMemory, String> {
     if !out.lines().any(|l| l.trim() == "END") {
         return Err(format!("the probe did not finish: {out:?}"));
     }
-    let mut processes = Vec::new();
+    let mut memory = GuestMemory::default();
+    let mut seen = 0;
     for line in out.lines() {
+        if let Some(rest) = line.strip_prefix("MEM ") {
+            let (key, value) = rest
+                .split_once(' ')
+                .ok_or_else(|| format!("bad probe line {line:?}"))?;
+            let value = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("bad number in {line:?}"))?;
+            let field = match key {
+                "MemTotal" => &mut memory.total_kib,
+                "MemAvailable" => &mut memory.available_kib,
+                "Shmem" => &mut memory.shmem_kib,
+                _ => return Err(format!("unexpected probe line {line:?}")),
+            };
+            *field = value;
+            seen += 1;
+            continue;
+        }
         let Some(rest) = line.strip_prefix("PROC ") else {
             continue;
         };
@@ -97,7 +150,7 @@ fn parse(out: &str) -> Result<GuestMemory, String> {
             v.parse::<u64>()
                 .map_err(|_| format!("bad number in {line:?}"))
         };
-        processes.push(GuestProcess {
+        memory.processes.push(GuestProcess {
             name: name.to_string(),
             rss_kib: num(rss)?,
             pss_kib: num(pss)?,
@@ -105,8 +158,15 @@ fn parse(out: &str) -> Result<GuestMemory, String> {
             threads: num(threads)?,
         });
     }
-    processes.sort_by_key(|p| std::cmp::Reverse(p.rss_kib));
-    Ok(GuestMemory { processes })
+    if seen != 3 {
+        return Err(format!(
+            "the probe gave {seen} of MemTotal, MemAvailable, Shmem: {out:?}"
+        ));
+    }
+    memory
+        .processes
+        .sort_by_key(|p| std::cmp::Reverse(p.rss_kib));
+    Ok(memory)
 }
 
 fn request(
@@ -236,8 +296,17 @@ mod tests {
     #[test]
     fn probe_output_is_summed_without_the_probe_itself() {
         let m =
-            parse("PROC systemd 1 9000 4000 2000\nPROC kata-agent 4 12000 10000 6000\nPROC sh 1 900 300 100\nEND\n")
+            parse("PROC systemd 1 9000 4000 2000\nPROC kata-agent 4 12000 10000 6000\nPROC sh 1 900 300 100\n\
+                   MEM MemTotal 2000000\nMEM MemAvailable 1900000\nMEM Shmem 3000\nEND\n")
                 .expect("parses");
+        assert_eq!(m.in_use_kib(), 100_000);
+        assert!(
+            m.summary().contains("RSS 21000 KiB")
+                && m.summary().contains("100000 KiB in use of 2000000 KiB"),
+            "{}",
+            m.summary()
+        );
+        assert_eq!(m.shmem_kib, 3000);
         assert_eq!(m.rss_kib(), 21000);
         assert_eq!(m.pss_kib(), 14000);
         assert_eq!(m.anon_kib(), 8000);
@@ -252,9 +321,15 @@ mod tests {
             parse("PROC systemd 1 9000 4000 2000\n").is_err(),
             "an unfinished probe is refused"
         );
-        assert!(parse("PROC systemd 1 x 1 1\nEND\n").is_err());
         assert!(
-            parse("PROC systemd 9000 4000\nEND\n").is_err(),
+            parse("PROC systemd 1 9000 4000 2000\nMEM MemTotal 2000000\nEND\n").is_err(),
+            "meminfo's figures missing"
+        );
+        assert!(parse("MEM MemTotal 2000000\nMEM MemAvailable x\nMEM Shmem 1\nEND\n").is_err());
+        let mem = "MEM MemTotal 2\nMEM MemAvailable 1\nMEM Shmem 1\n";
+        assert!(parse(&format!("PROC systemd 1 x 1 1\n{mem}END\n")).is_err());
+        assert!(
+            parse(&format!("PROC systemd 9000 4000\n{mem}END\n")).is_err(),
             "a field missing"
         );
     }

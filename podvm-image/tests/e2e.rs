@@ -191,11 +191,8 @@ fn pod_vm_serves_check_and_a_sandbox_over_mtls_and_refuses_a_client_without_a_ce
         .block_on(peerpod_podvm::memory::guest_memory(&shim))
         .unwrap_or_else(|e| panic!("memory probe: {e}\n{}", vm.console().tail(60)));
     eprintln!(
-        "guest userspace after the run: RSS {} KiB, PSS {} KiB, anonymous {} KiB, {} processes\n{}",
-        memory.rss_kib(),
-        memory.pss_kib(),
-        memory.anon_kib(),
-        memory.processes.len(),
+        "guest memory after the run\n{}{}",
+        memory.summary(),
         memory.table()
     );
     for service in ["kata-agent", "attestation-age", "confidential-da"] {

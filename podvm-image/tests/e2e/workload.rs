@@ -650,12 +650,8 @@ fn a_guest_pulled_workload_runs_under_the_initdata_policy_with_kbs_secrets_and_e
         .block_on(memory::guest_memory(&shim))
         .unwrap_or_else(|e| panic!("memory probe: {e}\n{}", tail(&vm)));
     report.push_str(&format!(
-        "=== pod VM: guest userspace memory after the workload: RSS {} KiB, PSS {} KiB, \
-         anonymous {} KiB, {} processes\n{}",
-        guest.rss_kib(),
-        guest.pss_kib(),
-        guest.anon_kib(),
-        guest.processes.len(),
+        "=== pod VM: guest memory after the workload\n{}{}",
+        guest.summary(),
         guest.table()
     ));
 
