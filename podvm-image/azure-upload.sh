@@ -17,6 +17,13 @@
 # AZURE_STORAGE_CONTAINER (podvm), GALLERY_NAME (peerpods), IMAGE_DEFINITION (peerpod-podvm),
 # IMAGE_VERSION (0.1.<unix time>), IMAGE_PUBLISHER (peerpod-guest), IMAGE_OFFER (podvm),
 # IMAGE_SKU (debian-12-cvm).
+#
+# Secure Boot: AZURE_SB_CERT (the PEM certificate whose key signed the UKI, build.sh's
+# PODVM_SB_CERT) makes the image definition TrustedLaunchAndConfidentialVmSupported and creates
+# the image version through the REST API with that certificate as the UEFI db (custom UEFI
+# keys), written to image-version-VERSION.json next to the VHD. AZURE_SB_TEMPLATES (default
+# NoSignatureTemplate: only that certificate) names Azure's default key templates to add, e.g.
+# MicrosoftUefiCertificateAuthorityTemplate.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,6 +79,39 @@ BLOB_URL="https://$ACCOUNT.blob.core.windows.net/$CONTAINER/$BLOB"
 ACCOUNT_ID="/subscriptions/$SUB/resourceGroups/$RG/providers/Microsoft.Storage/storageAccounts/$ACCOUNT"
 IMAGE_ID="/subscriptions/$SUB/resourceGroups/$RG/providers/Microsoft.Compute/galleries/$GALLERY/images/$DEFINITION/versions/$VERSION"
 
+# Secure Boot keys: the certificate as base64 DER, for the image version's UEFI db.
+SB_DER=
+if [ -n "${AZURE_SB_CERT:-}" ]; then
+    command -v openssl >/dev/null || { echo "azure-upload: openssl is missing" >&2; exit 1; }
+    SB_DER=$(openssl x509 -in "$AZURE_SB_CERT" -outform DER 2>/dev/null | base64 -w0) || true
+    [ -n "$SB_DER" ] || { echo "azure-upload: AZURE_SB_CERT: $AZURE_SB_CERT is not a PEM X.509 certificate" >&2; exit 1; }
+    TEMPLATES=${AZURE_SB_TEMPLATES:-NoSignatureTemplate}
+    for v in "$SUB" "$RG" "$REGION" "$ACCOUNT" "$CONTAINER" "$GALLERY" "$DEFINITION" "$VERSION" "$TEMPLATES"; do
+        case "$v" in *'"'*|*\\*) echo "azure-upload: a quote or backslash in \"$v\"" >&2; exit 1 ;; esac
+    done
+    BODY=$(dirname "$VHD")/image-version-$VERSION.json
+    TEMPLATE_LIST=$(printf '"%s",' $(echo "$TEMPLATES" | tr ',' ' ') | sed 's/,$//')
+    cat > "$BODY" <<JSON
+{
+  "location": "$REGION",
+  "properties": {
+    "storageProfile": {
+      "osDiskImage": {
+        "source": { "storageAccountId": "$ACCOUNT_ID", "uri": "$BLOB_URL" }
+      }
+    },
+    "securityProfile": {
+      "uefiSettings": {
+        "signatureTemplateNames": [$TEMPLATE_LIST],
+        "additionalSignatures": { "db": [ { "type": "x509", "value": ["$SB_DER"] } ] }
+      }
+    }
+  }
+}
+JSON
+    echo "azure-upload: Secure Boot db: $(openssl x509 -in "$AZURE_SB_CERT" -noout -subject -nameopt RFC2253 | sed 's/^subject=//'); image version body: $BODY" >&2
+fi
+
 step() {
     printf '%q ' "$@" | sed 's/ $//'
     echo
@@ -87,15 +127,25 @@ step az storage blob upload --subscription "$SUB" --account-name "$ACCOUNT" \
 step az sig create --subscription "$SUB" --resource-group "$RG" --gallery-name "$GALLERY" \
     --location "$REGION"
 # ConfidentialVmSupported: VMs of this image may be confidential VMs (SEV-SNP / TDX) or not.
+# Custom UEFI keys need TrustedLaunchAndConfidentialVmSupported (Azure's rule for them).
 # Gen 2 (UEFI) is required for confidential VMs; the image's UKI is EFI/BOOT/BOOTX64.EFI.
+SECURITY_TYPE=ConfidentialVmSupported
+[ -n "$SB_DER" ] && SECURITY_TYPE=TrustedLaunchAndConfidentialVmSupported
 step az sig image-definition create --subscription "$SUB" --resource-group "$RG" \
     --gallery-name "$GALLERY" --gallery-image-definition "$DEFINITION" \
     --publisher "${IMAGE_PUBLISHER:-peerpod-guest}" --offer "${IMAGE_OFFER:-podvm}" \
     --sku "${IMAGE_SKU:-debian-12-cvm}" --os-type Linux --os-state Generalized \
     --hyper-v-generation V2 --architecture x64 --location "$REGION" \
-    --features SecurityType=ConfidentialVmSupported
-step az sig image-version create --subscription "$SUB" --resource-group "$RG" \
-    --gallery-name "$GALLERY" --gallery-image-definition "$DEFINITION" \
-    --gallery-image-version "$VERSION" --location "$REGION" \
-    --os-vhd-storage-account "$ACCOUNT_ID" --os-vhd-uri "$BLOB_URL"
-echo "# peer-pods-cm: AZURE_IMAGE_ID=\"$IMAGE_ID\" (with DISABLECVM unset or false; ENABLE_SECURE_BOOT=true only once the UKI is signed with keys the VM trusts)"
+    --features SecurityType=$SECURITY_TYPE
+if [ -n "$SB_DER" ]; then
+    # Custom UEFI keys are set only through the REST API (api-version 2022-08-03 or later).
+    step az rest --method put \
+        --url "https://management.azure.com$IMAGE_ID?api-version=2023-07-03" --body "@$BODY"
+    echo "# peer-pods-cm: AZURE_IMAGE_ID=\"$IMAGE_ID\" and ENABLE_SECURE_BOOT=\"true\" (with DISABLECVM unset or false)"
+else
+    step az sig image-version create --subscription "$SUB" --resource-group "$RG" \
+        --gallery-name "$GALLERY" --gallery-image-definition "$DEFINITION" \
+        --gallery-image-version "$VERSION" --location "$REGION" \
+        --os-vhd-storage-account "$ACCOUNT_ID" --os-vhd-uri "$BLOB_URL"
+    echo "# peer-pods-cm: AZURE_IMAGE_ID=\"$IMAGE_ID\" (with DISABLECVM unset or false; ENABLE_SECURE_BOOT stays off: the VM's default keys do not trust this UKI, see AZURE_SB_CERT)"
+fi

@@ -12,7 +12,8 @@
 #
 # Environment: PODVM_SCRATCH_MB (trusted-store partition, default 256), PODVM_MIRROR (default
 # http://deb.debian.org/debian), PODVM_CARGO_NICE (default 10), PODVM_BIN_DIR (where the
-# binaries are taken from with --no-cargo; default target/podvm).
+# binaries are taken from with --no-cargo; default target/podvm), PODVM_SB_KEY and PODVM_SB_CERT
+# (sign the UKI for Secure Boot: an unencrypted PEM key and its PEM certificate).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -61,6 +62,26 @@ need objcopy binutils
 need busybox busybox-static
 [ -f "$STUB" ] || die "$STUB is missing: apt-get install systemd-boot-efi"
 [ "$(id -u)" = 0 ] || die "run as root (mmdebstrap's root mode and file ownership in the image)"
+
+# Secure Boot signing key and certificate (PODVM_SB_KEY, PODVM_SB_CERT: both or neither), checked
+# before anything is built: the key readable without a pass phrase, the certificate X.509 and
+# the key's own.
+SB_SIGNER=
+if [ -n "${PODVM_SB_KEY:-}${PODVM_SB_CERT:-}" ]; then
+    [ -n "${PODVM_SB_KEY:-}" ] && [ -n "${PODVM_SB_CERT:-}" ] \
+        || die "set both PODVM_SB_KEY (the signing key) and PODVM_SB_CERT (its certificate), or neither"
+    need sbsign sbsigntool
+    need openssl openssl
+    SB_PUB=$(openssl pkey -in "$PODVM_SB_KEY" -passin pass: -pubout 2>/dev/null) \
+        || die "PODVM_SB_KEY: no private key readable without a pass phrase in $PODVM_SB_KEY (an encrypted key: decrypt it first, openssl pkey -in KEY -out PLAIN)"
+    CERT_PUB=$(openssl x509 -in "$PODVM_SB_CERT" -noout -pubkey 2>/dev/null) \
+        || die "PODVM_SB_CERT: $PODVM_SB_CERT is not a PEM X.509 certificate"
+    [ "$SB_PUB" = "$CERT_PUB" ] \
+        || die "PODVM_SB_CERT is not the certificate of PODVM_SB_KEY's key (their public keys differ)"
+    SB_SIGNER=$(openssl x509 -in "$PODVM_SB_CERT" -noout -subject -nameopt RFC2253 \
+        | sed 's/^subject=//')
+    SB_SIGNER=${SB_SIGNER:-"(a certificate without a subject)"}
+fi
 
 mkdir -p "$WORK" "$OUT" "$CACHE/archives"
 
@@ -230,6 +251,22 @@ objcopy \
     --add-section .linux="$OUT/vmlinuz" --change-section-vma .linux=0x2000000 \
     --add-section .initrd="$OUT/initrd.img" --change-section-vma .initrd=0x3000000 \
     "$STUB" "$OUT/podvm.efi"
+# 6b. Secure Boot: sign the UKI (the key and certificate were checked at the start).
+if [ -n "$SB_SIGNER" ]; then
+    # stdin closed: nothing can wait for a pass phrase.
+    if ! sbsign --key "$PODVM_SB_KEY" --cert "$PODVM_SB_CERT" --output "$WORK/podvm.signed.efi" \
+        "$OUT/podvm.efi" </dev/null >"$WORK/sbsign.log" 2>&1; then
+        die "sbsign could not sign the UKI: $(grep -v '^warning: data remaining' "$WORK/sbsign.log" \
+            | head -n 3 | tr '\n' ' ')"
+    fi
+    sbverify --cert "$PODVM_SB_CERT" "$WORK/podvm.signed.efi" >/dev/null 2>&1 \
+        || die "the signed UKI does not verify with $PODVM_SB_CERT"
+    mv "$WORK/podvm.signed.efi" "$OUT/podvm.efi"
+    log "UKI signed for Secure Boot by $SB_SIGNER"
+else
+    log "UKI not signed: firmware with Secure Boot on refuses it (PODVM_SB_KEY and PODVM_SB_CERT" \
+        "sign it, docs/podvm-image.md)"
+fi
 UKI_MB=$(( $(stat -c %s "$OUT/podvm.efi") / 1048576 + 8 ))
 ESP_MB=$(( UKI_MB < 64 ? 64 : UKI_MB ))
 mkfs.vfat -F 32 -n ESP --invariant -C "$PARTS/esp.img" $(( ESP_MB * 1024 )) >/dev/null
@@ -277,6 +314,7 @@ TRUSTED_STORE_MIB=$T
 QCOW2_BYTES=$(stat -c %s "$OUT/podvm.qcow2")
 VHD_BYTES=$(stat -c %s "$OUT/podvm.vhd")
 UKI_BYTES=$(stat -c %s "$OUT/podvm.efi")
+UKI_SIGNER=$SB_SIGNER
 EOF
 log "done: $OUT (disk ${DISK_MB} MiB: ESP $E, root $R, verity $V, trusted store $T;" \
     "qcow2 $(( $(stat -c %s "$OUT/podvm.qcow2") / 1048576 )) MiB)"

@@ -58,6 +58,9 @@ REQUIRED=(
     "fdisk:sfdisk"
     "cpio:cpio"
     "binutils:objcopy"
+    # Secure Boot: sbsign signs the UKI (build.sh with PODVM_SB_KEY/PODVM_SB_CERT; the tests'
+    # image with OVMF's snakeoil key), sbverify checks it.
+    "sbsigntool:sbsign"
     "qemu-utils:qemu-img"
     # The UEFI boot of the pod VM's UKI (podvm-image/tests/e2e.rs): OVMF's 4M firmware. Not
     # pulled in by qemu-system-x86 without its recommends.

@@ -96,12 +96,16 @@ impl PodvmImage {
     }
 
     /// Runs `podvm-image/build.sh --no-cargo` with the binaries already built in `bin_dir` (for
-    /// the tests: the test profile's `target/debug`, so no optimised build is needed), nice'd.
-    pub fn build_from(bin_dir: &Path) -> Result<Self, PodvmError> {
+    /// the tests: the test profile's `target/debug`, so no optimised build is needed), nice'd;
+    /// `signing` (key, certificate) signs the UKI for Secure Boot.
+    pub fn build_from(bin_dir: &Path, signing: Option<(&Path, &Path)>) -> Result<Self, PodvmError> {
         let script = Self::repo_root().join("podvm-image/build.sh");
-        let status = Command::new(&script)
-            .arg("--no-cargo")
-            .env("PODVM_BIN_DIR", bin_dir)
+        let mut cmd = Command::new(&script);
+        cmd.arg("--no-cargo").env("PODVM_BIN_DIR", bin_dir);
+        if let Some((key, cert)) = signing {
+            cmd.env("PODVM_SB_KEY", key).env("PODVM_SB_CERT", cert);
+        }
+        let status = cmd
             .status()
             .map_err(|e| PodvmError::io(format!("run {}", script.display()), e))?;
         if !status.success() {
@@ -145,6 +149,14 @@ impl PodvmImage {
     /// The kernel command line (with the dm-verity root hash).
     pub fn cmdline(&self) -> Option<&str> {
         self.facts.get("CMDLINE").map(String::as_str)
+    }
+
+    /// Who signed the UKI for Secure Boot (the certificate's subject), if anyone did.
+    pub fn uki_signer(&self) -> Option<&str> {
+        self.facts
+            .get("UKI_SIGNER")
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     /// The dm-verity root hash.

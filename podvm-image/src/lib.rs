@@ -13,6 +13,8 @@
 //! - [`timeline`]: boot markers and the firmware/kernel/userspace split.
 //! - [`memory`]: the guest userspace's RSS/PSS, read by a container with the guest's `/proc`
 //!   bound in; [`memory::guest_probe`] runs any such read-only probe.
+//! - [`secure_boot`]: OVMF with Secure Boot on, and Debian's snakeoil test key that signs the
+//!   tests' UKI.
 //!
 //! The end-to-end tests are in `tests/e2e.rs` (gated by `PEERPOD_PODVM_E2E=1`, see
 //! docs/podvm-image.md): boot, mTLS, failure modes, the UKI, and in `tests/e2e/workload.rs` the
@@ -33,6 +35,7 @@ mod error;
 pub mod image;
 pub mod memory;
 pub mod pki;
+pub mod secure_boot;
 pub mod timeline;
 pub mod vm;
 

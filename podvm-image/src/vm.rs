@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
 
+use crate::secure_boot::{OVMF_CODE_SECBOOT, TrustedKeys};
 use crate::{Console, PodvmError, PodvmImage};
 
 /// How to boot a pod VM.
@@ -30,6 +31,10 @@ pub struct PodVmOptions {
     /// Boot the disk's UKI through UEFI firmware (OVMF) instead of the kernel directly: the
     /// command line is then the UKI's own, root hash included.
     pub uefi: bool,
+    /// Boot through UEFI firmware with Secure Boot on, trusting these keys (implies
+    /// [`uefi`](Self::uefi)): the SMM build of OVMF, whose variable store the guest cannot
+    /// rewrite.
+    pub secure_boot: Option<TrustedKeys>,
     /// Changes to the disk before boot: (byte offset in the disk, bytes) written into the
     /// overlay with `qemu-io` (the image itself is never touched). For attacker tests.
     pub tamper: Vec<(u64, Vec<u8>)>,
@@ -52,6 +57,7 @@ impl PodVmOptions {
             // are unit names, and descriptions get cut to the console's width.
             extra_cmdline: "systemd.status_unit_format=name".into(),
             uefi: false,
+            secure_boot: None,
             tamper: Vec::new(),
         }
     }
@@ -149,7 +155,12 @@ impl PodVm {
             options.extra_cmdline
         );
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max"])
+        let machine = if options.secure_boot.is_some() {
+            "q35,smm=on"
+        } else {
+            "q35"
+        };
+        cmd.args(["-machine", machine, "-accel", "tcg", "-cpu", "max"])
             .args(["-m", &options.memory_mib.to_string()])
             .args(["-smp", &options.cpus.to_string()])
             .args([
@@ -161,17 +172,28 @@ impl PodVm {
                 "none",
             ])
             .args(["-serial", "stdio"]);
-        if options.uefi {
-            if !Path::new(OVMF_CODE).is_file() {
-                return Err(PodvmError::MissingTool {
-                    tool: "OVMF_CODE_4M.fd",
-                    package: "ovmf",
-                });
+        if options.uefi || options.secure_boot.is_some() {
+            let (code, vars_template) = match options.secure_boot {
+                Some(keys) => (OVMF_CODE_SECBOOT, keys.vars()),
+                None => (OVMF_CODE, OVMF_VARS),
+            };
+            for file in [code, vars_template] {
+                if !Path::new(file).is_file() {
+                    return Err(PodvmError::MissingTool {
+                        tool: "OVMF's firmware files (/usr/share/OVMF)",
+                        package: "ovmf",
+                    });
+                }
             }
             let vars = dir.join("OVMF_VARS.fd");
-            std::fs::copy(OVMF_VARS, &vars).map_err(|e| PodvmError::io("copy OVMF_VARS", e))?;
+            std::fs::copy(vars_template, &vars).map_err(|e| PodvmError::io("copy OVMF_VARS", e))?;
+            if options.secure_boot.is_some() {
+                // Only SMM code may write the variable store (the keys and the Secure Boot
+                // switch).
+                cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            }
             cmd.arg("-drive")
-                .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+                .arg(format!("if=pflash,format=raw,readonly=on,file={code}"))
                 .arg("-drive")
                 .arg(format!("if=pflash,format=raw,file={}", vars.display()));
         } else {

@@ -4,6 +4,8 @@
 //! `target/podvm-image/out/podvm.vhd` exists.
 
 use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
 use std::process::{Command, Output};
 
 fn script() -> PathBuf {
@@ -174,6 +176,99 @@ fn the_dry_run_prints_the_page_blob_gallery_and_image_id_and_runs_nothing() {
         );
     }
     assert!(all.contains("dry run"), "{all}");
+}
+
+#[test]
+fn a_secure_boot_certificate_becomes_the_image_versions_uefi_db_and_a_bad_one_is_refused() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = Scratch::new("sb");
+    let fixed = vhd(&dir.0, "fixed", 2 << 20, "subformat=fixed,force_size");
+    let (key, cert) = (dir.0.join("db.key"), dir.0.join("db.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=peerpod test db"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{}", text(&made));
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(der.status.success());
+    let dry_run = |cert: &Path| {
+        Command::new(script())
+            .arg(&fixed)
+            .env("AZURE_SUBSCRIPTION_ID", "0000-sub")
+            .env("AZURE_RESOURCE_GROUP", "rg1")
+            .env("AZURE_REGION", "eastus")
+            .env("AZURE_STORAGE_ACCOUNT", "acct1")
+            .env("IMAGE_VERSION", "1.2.3")
+            .env("AZURE_SB_CERT", cert)
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .expect("azure-upload.sh runs")
+    };
+    let out = dry_run(&cert);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "--features SecurityType=TrustedLaunchAndConfidentialVmSupported",
+        "az rest --method put --url https://management.azure.com/subscriptions/0000-sub/resourceGroups/rg1/providers/Microsoft.Compute/galleries/peerpods/images/peerpod-podvm/versions/1.2.3\\?api-version=2023-07-03",
+        "ENABLE_SECURE_BOOT=\"true\"",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{all}"
+        );
+    }
+    assert!(
+        !stdout.contains("az sig image-version create"),
+        "the CLI cannot set UEFI keys:\n{all}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.0.join("image-version-1.2.3.json")).expect("the body file"),
+    )
+    .expect("the body is JSON");
+    let uefi = &body["properties"]["securityProfile"]["uefiSettings"];
+    assert_eq!(
+        uefi["signatureTemplateNames"],
+        serde_json::json!(["NoSignatureTemplate"]),
+        "only the given certificate is trusted by default"
+    );
+    let db = &uefi["additionalSignatures"]["db"][0];
+    assert_eq!(db["type"], "x509");
+    assert_eq!(
+        db["value"][0].as_str(),
+        Some(
+            base64::engine::general_purpose::STANDARD
+                .encode(&der.stdout)
+                .as_str()
+        ),
+        "the db holds the certificate's DER"
+    );
+    assert_eq!(
+        body["properties"]["storageProfile"]["osDiskImage"]["source"]["uri"],
+        "https://acct1.blob.core.windows.net/podvm/podvm-1.2.3.vhd"
+    );
+
+    // Not a certificate (the key): refused, naming the variable.
+    let out = dry_run(&key);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("AZURE_SB_CERT") && text(&out).contains("not a PEM X.509 certificate"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

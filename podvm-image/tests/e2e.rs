@@ -16,6 +16,8 @@ use peerpod_podvm::{PodPki, PodVm, PodVmOptions, PodvmImage, Timeline, UserData}
 
 #[path = "../../image/tests/common/mod.rs"]
 mod image_fixtures;
+#[path = "e2e/secure_boot.rs"]
+mod secure_boot;
 #[path = "e2e/workload.rs"]
 mod workload;
 
@@ -48,7 +50,13 @@ fn test_profile_image() -> PodvmImage {
             bin_dir.display()
         ));
         let started = Instant::now();
-        let image = PodvmImage::build_from(bin_dir).map_err(|e| e.to_string())?;
+        // Signed with Debian's snakeoil test key, which the Secure Boot test's firmware trusts.
+        let keys = peerpod_podvm::secure_boot::snakeoil_signing_key(
+            &PodvmImage::default_dir().join("../snakeoil"),
+        )
+        .map_err(|e| e.to_string())?;
+        let image =
+            PodvmImage::build_from(bin_dir, Some((&keys.0, &keys.1))).map_err(|e| e.to_string())?;
         loud(&format!(
             "image built in {:.1} s",
             started.elapsed().as_secs_f64()
