@@ -239,7 +239,9 @@ echo "$ROOTHASH" > "$OUT/roothash"
 # systemd.verity=no: the initramfs opened the root; systemd-veritysetup-generator would
 # otherwise wait for partitions named after the root hash (the Discoverable Partitions rule).
 # systemd.gpt_auto=no: no automount of the ESP.
-CMDLINE="console=ttyS0,115200 roothash=$ROOTHASH systemd.verity=no systemd.gpt_auto=no ro panic=-1 loglevel=4"
+# systemd.status_unit_format=name: unit names in systemd's console status lines (descriptions
+# are cut to the serial console's width, and names are what one searches the log for).
+CMDLINE="console=ttyS0,115200 roothash=$ROOTHASH systemd.verity=no systemd.gpt_auto=no ro panic=-1 loglevel=4 systemd.status_unit_format=name"
 echo "$CMDLINE" > "$OUT/cmdline"
 
 # 6. UKI: systemd's EFI stub with the kernel, initramfs and a command line carrying the hash.

@@ -53,9 +53,7 @@ impl PodVmOptions {
             dir: dir.into(),
             memory_mib: 1024,
             cpus: 2,
-            // Unit names, not descriptions, in systemd's console status: the timeline's markers
-            // are unit names, and descriptions get cut to the console's width.
-            extra_cmdline: "systemd.status_unit_format=name".into(),
+            extra_cmdline: String::new(),
             uefi: false,
             secure_boot: None,
             tamper: Vec::new(),

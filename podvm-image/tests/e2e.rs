@@ -127,6 +127,20 @@ fn kbs_cert() -> String {
         .ca_pem
 }
 
+/// Waits until the VM's 15150 answers Check over mTLS with `pki`'s client certificate; returns
+/// the client and when it answered. Panics with the console's tail if it never does.
+fn wait_serving(
+    vm: &mut PodVm,
+    pki: &PodPki,
+    rt: &tokio::runtime::Runtime,
+) -> (client::ShimClient, Instant) {
+    let addr = vm.forwarder_addr();
+    let served = rt.block_on(client::wait_serving(addr, pki, BOOT_TIMEOUT, || {
+        vm.check_running("15150")
+    }));
+    served.unwrap_or_else(|e| panic!("{e}\nconsole tail:\n{}", vm.console().tail(60)))
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -149,13 +163,7 @@ fn pod_vm_serves_check_and_a_sandbox_over_mtls_and_refuses_a_client_without_a_ce
     let addr = vm.forwarder_addr();
     let started = vm.started();
     let rt = runtime();
-    let served = rt.block_on(client::wait_serving(addr, &pki, BOOT_TIMEOUT, || {
-        vm.check_running("15150")
-    }));
-    let (shim, answered) = match served {
-        Ok(s) => s,
-        Err(e) => panic!("{e}\nconsole tail:\n{}", vm.console().tail(60)),
-    };
+    let (shim, answered) = wait_serving(&mut vm, &pki, &rt);
     let timeline = Timeline::from_console(vm.console(), Some(answered - started));
     eprintln!("pod VM boot timeline (TCG):\n{}", timeline.render());
 

@@ -6,12 +6,14 @@
 
 use std::time::Duration;
 
-use peerpod_podvm::client::{self, ctx};
+use peerpod_podvm::client::ctx;
 use peerpod_podvm::memory::{SHM, guest_probe_with, read_only_bind};
 use peerpod_podvm::secure_boot::{SNAKEOIL_SUBJECT, TrustedKeys};
 use peerpod_podvm::{PodPki, PodVm, PodVmOptions, PodvmImage, UserData};
 
-use super::{BOOT_TIMEOUT, ONE_VM, image, initdata, kbs_cert, loud, run_dir, runtime};
+use super::{
+    BOOT_TIMEOUT, ONE_VM, image, initdata, kbs_cert, loud, run_dir, runtime, wait_serving,
+};
 
 /// What the firmware prints when it will not start a boot option.
 const REFUSED: &str = "BdsDxe: failed to load Boot";
@@ -52,15 +54,8 @@ fn trusted_signer_boots_locked_down_and_serves(image: &PodvmImage) {
     let mut options = PodVmOptions::new(image.clone(), user_data, &dir);
     options.secure_boot = Some(TrustedKeys::Snakeoil);
     let mut vm = PodVm::boot(&options).expect("boot");
-    let addr = vm.forwarder_addr();
     let rt = runtime();
-    let served = rt.block_on(client::wait_serving(addr, &pki, BOOT_TIMEOUT, || {
-        vm.check_running("15150")
-    }));
-    let (shim, answered) = match served {
-        Ok(s) => s,
-        Err(e) => panic!("{e}\nconsole tail:\n{}", vm.console().tail(60)),
-    };
+    let (shim, answered) = wait_serving(&mut vm, &pki, &rt);
     let firmware = vm
         .console()
         .find("podvm-initramfs: firmware:")

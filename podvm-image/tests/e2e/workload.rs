@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use peerpod_podvm::client::{ShimClient, ctx};
-use peerpod_podvm::{PodPki, PodVm, PodVmOptions, Timeline, UserData, client, memory};
+use peerpod_podvm::{PodPki, PodVm, PodVmOptions, Timeline, UserData, memory};
 use peerpod_protocols::kata::agent;
 use peerpod_tests::cvm::{CvmOptions, Flavour, SimulatedCvm};
 use peerpod_tests::kbs::client::{KbsAdmin, admin_keypair};
@@ -24,7 +24,7 @@ use peerpod_tests::requests::{self, Stream};
 use serde_json::json;
 
 use super::image_fixtures::{Registry, RegistryOptions, Scratch, Step, build_image, tools_present};
-use super::{BOOT_TIMEOUT, ONE_VM, image, run_dir, runtime};
+use super::{ONE_VM, image, run_dir, runtime, wait_serving};
 
 /// QEMU user networking: the host, as the guest sees it.
 const HOST: &str = "10.0.2.2";
@@ -335,16 +335,9 @@ fn a_guest_pulled_workload_runs_under_the_initdata_policy_with_kbs_secrets_and_e
         .to_cloud_config();
     let mut vm =
         PodVm::boot_with_cvm(&PodVmOptions::new(image, user_data, &dir), cvm).expect("boot");
-    let addr = vm.forwarder_addr();
     let started = vm.started();
     let rt = runtime();
-    let served = rt.block_on(client::wait_serving(addr, &pki, BOOT_TIMEOUT, || {
-        vm.check_running("15150")
-    }));
-    let (shim, answered) = match served {
-        Ok(s) => s,
-        Err(e) => panic!("{e}\nconsole tail:\n{}", vm.console().tail(60)),
-    };
+    let (shim, answered) = wait_serving(&mut vm, &pki, &rt);
     // Host-side events, added to the console's markers at the end.
     let mut marks: Vec<(&str, Duration)> = Vec::new();
     let tail = |vm: &PodVm| vm.console().tail(80);
