@@ -130,6 +130,7 @@ fn luks2_volumes_in_a_guest_leave_no_plaintext_on_disk() {
             "if {cdh} secure-mount -o devicePath=/dev/vdb -o sourceType=empty -o targetType=device \
              -o mapperName=scratch /run/scratch-dev 2>/tmp/cdh4.log && [ -b /run/scratch-dev ]; then \
              for i in $(seq 300); do echo {MARKER}; done | dd of=/run/scratch-dev bs=4096 conv=fsync 2>/dev/null; \
+             echo \"PEERPOD-HEADER-KIB $(du -k /run/confidential-containers/cdh/luks-headers/* | cut -f1)\"; \
              cryptsetup close scratch; echo PEERPOD-LUKS-DEVICE; else cat /tmp/cdh4.log; fi"
         ),
         format!(
@@ -149,6 +150,14 @@ fn luks2_volumes_in_a_guest_leave_no_plaintext_on_disk() {
     assert!(log.contains("PEERPOD-LUKS-REOPENED 300"), "{}", tail());
     assert!(log.contains("PEERPOD-LUKS-DEVICE"), "{}", tail());
     assert!(log.contains("PEERPOD-LUKS-INTEGRITY"), "{}", tail());
+    // The detached header lives in memory: its keyslot area is 1 MiB, not cryptsetup's 16 MiB.
+    let header_kib: u64 = line_after(&log, "PEERPOD-HEADER-KIB ")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no header size\n{}", tail()));
+    assert!(
+        (1024..=1100).contains(&header_kib),
+        "the detached header takes {header_kib} KiB of memory"
+    );
     drop(vm);
 
     for disk in [&disk1, &disk2, &disk3] {
