@@ -59,6 +59,23 @@ fn have_qemu_img() -> bool {
     false
 }
 
+/// The dry run on `vhd` with a whole Azure environment (version 1.2.3) and `extra` variables;
+/// no `az` on the path, as a dry run must not need it.
+fn dry_run(vhd: &Path, extra: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(script());
+    cmd.arg(vhd)
+        .env("AZURE_SUBSCRIPTION_ID", "0000-sub")
+        .env("AZURE_RESOURCE_GROUP", "rg1")
+        .env("AZURE_REGION", "eastus")
+        .env("AZURE_STORAGE_ACCOUNT", "acct1")
+        .env("IMAGE_VERSION", "1.2.3")
+        .env("PATH", "/usr/bin:/bin");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("azure-upload.sh runs")
+}
+
 /// A raw disk of `bytes` converted by qemu-img with `options` (`-O vpc -o ...`).
 fn vhd(dir: &Path, name: &str, bytes: u64, options: &str) -> PathBuf {
     let raw = dir.join(format!("{name}.raw"));
@@ -144,17 +161,7 @@ fn the_dry_run_prints_the_page_blob_gallery_and_image_id_and_runs_nothing() {
     }
     let dir = Scratch::new("dry");
     let fixed = vhd(&dir.0, "fixed", 2 << 20, "subformat=fixed,force_size");
-    let out = Command::new(script())
-        .arg(&fixed)
-        .env("AZURE_SUBSCRIPTION_ID", "0000-sub")
-        .env("AZURE_RESOURCE_GROUP", "rg1")
-        .env("AZURE_REGION", "eastus")
-        .env("AZURE_STORAGE_ACCOUNT", "acct1")
-        .env("IMAGE_VERSION", "1.2.3")
-        // No az on the path: a dry run must not need it.
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .expect("azure-upload.sh runs");
+    let out = dry_run(&fixed, &[]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -204,20 +211,7 @@ fn a_secure_boot_certificate_becomes_the_image_versions_uefi_db_and_a_bad_one_is
         .output()
         .expect("openssl runs");
     assert!(der.status.success());
-    let dry_run = |cert: &Path| {
-        Command::new(script())
-            .arg(&fixed)
-            .env("AZURE_SUBSCRIPTION_ID", "0000-sub")
-            .env("AZURE_RESOURCE_GROUP", "rg1")
-            .env("AZURE_REGION", "eastus")
-            .env("AZURE_STORAGE_ACCOUNT", "acct1")
-            .env("IMAGE_VERSION", "1.2.3")
-            .env("AZURE_SB_CERT", cert)
-            .env("PATH", "/usr/bin:/bin")
-            .output()
-            .expect("azure-upload.sh runs")
-    };
-    let out = dry_run(&cert);
+    let out = dry_run(&fixed, &[("AZURE_SB_CERT", &cert)]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -262,7 +256,7 @@ fn a_secure_boot_certificate_becomes_the_image_versions_uefi_db_and_a_bad_one_is
     );
 
     // Not a certificate (the key): refused, naming the variable.
-    let out = dry_run(&key);
+    let out = dry_run(&fixed, &[("AZURE_SB_CERT", &key)]);
     assert!(!out.status.success());
     assert!(
         text(&out).contains("AZURE_SB_CERT") && text(&out).contains("not a PEM X.509 certificate"),
