@@ -20,11 +20,13 @@
 //! docs/podvm-image.md): boot, mTLS, failure modes, the UKI, and in `tests/e2e/workload.rs` the
 //! whole workload as the kata shim and cloud-api-adaptor drive it (guest pull with auth.json,
 //! exec allowed and denied by the initdata policy, KBS secrets after attestation bound to the
-//! initdata, a sealed value, encrypted scratch). `scripts/demo.sh` runs that test as its
-//! finale; the Check test also checks the guest's DNS (resolv.conf from the DHCP lease, a name
-//! resolved in the guest). `tests/resolv_conf.rs` runs the image's resolv.conf unit script
-//! against hostile leases; `tests/azure_upload.rs` checks `azure-upload.sh`'s VHD check and dry
-//! run. The boot benchmark is `benches/boot.rs`. Not built yet: a KVM run (everything is
+//! initdata, a sealed value, encrypted scratch), and in `tests/e2e/secure_boot.rs` the signed
+//! UKI under OVMF with Secure Boot on (and an altered or untrusted one refused).
+//! `scripts/demo.sh` runs the workload test as its finale; the Check test also checks the
+//! guest's DNS (resolv.conf from the DHCP lease, a name resolved in the guest).
+//! `tests/resolv_conf.rs` runs the image's resolv.conf unit script against hostile leases;
+//! `tests/azure_upload.rs` checks `azure-upload.sh`'s VHD check and dry run (custom UEFI keys
+//! included); `tests/build_sh.rs` checks build.sh's refusal of bad signing keys. The boot benchmark is `benches/boot.rs`. Not built yet: a KVM run (everything is
 //! measured under TCG: KVM does not boot the kernel on this machine), and a harness that boots
 //! the VHD the way Azure does (nothing here has run on Azure).
 
