@@ -132,17 +132,24 @@ fn frame_len(len: usize) -> Result<u32, Error> {
     })
 }
 
-/// Reads the size field of a frame header, checking it is sane.
+/// Reads the size field of a TPM 2.0 frame header, checking the tag and the size.
 pub fn frame_size(header: &[u8]) -> Result<usize, Error> {
-    let mut r = Reader::new(header);
-    let tag = r.u16("header.tag")?;
-    let size = r.u32("header.size")?;
+    let tag = Reader::new(header).u16("header.tag")?;
     if tag != ST_NO_SESSIONS && tag != ST_SESSIONS {
         return Err(Error::Malformed {
             what: "TPM frame",
             detail: format!("tag 0x{tag:04x} is neither 0x8001 nor 0x8002"),
         });
     }
+    any_frame_size(header)
+}
+
+/// Reads the size field of a frame header of any TPM family (TPM 1.2 frames have the same
+/// 10-byte layout with other tags), checking only the size.
+pub fn any_frame_size(header: &[u8]) -> Result<usize, Error> {
+    let mut r = Reader::new(header);
+    r.u16("header.tag")?;
+    let size = r.u32("header.size")?;
     let size = usize::try_from(size).unwrap_or(usize::MAX);
     if !(HEADER_SIZE..=MAX_FRAME_SIZE).contains(&size) {
         return Err(Error::Malformed {

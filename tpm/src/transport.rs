@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::Error;
-use crate::frame::{HEADER_SIZE, MAX_FRAME_SIZE, frame_size};
+use crate::frame::{HEADER_SIZE, MAX_FRAME_SIZE, any_frame_size, frame_size};
 
 /// How long a socket read may wait for a TPM response before the command is abandoned.
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
@@ -110,9 +110,22 @@ fn device_transact(f: &mut File, command: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
-/// Reads one frame (command or response) from a stream: the header, then the rest its size
-/// field announces. Returns `None` on a clean end of stream before any byte.
+/// Reads one TPM 2.0 frame (command or response) from a stream: the header, then the rest its
+/// size field announces. Returns `None` on a clean end of stream before any byte.
 pub fn read_frame(s: &mut impl Read) -> Result<Option<Vec<u8>>, Error> {
+    read_frame_with(s, frame_size)
+}
+
+/// [`read_frame`] for a frame of any TPM family: only the size is checked. For relays (a vTPM
+/// passes the TPM 1.2 commands UEFI firmware probes with, and their answers, through).
+pub fn read_any_frame(s: &mut impl Read) -> Result<Option<Vec<u8>>, Error> {
+    read_frame_with(s, any_frame_size)
+}
+
+fn read_frame_with(
+    s: &mut impl Read,
+    size_of: fn(&[u8]) -> Result<usize, Error>,
+) -> Result<Option<Vec<u8>>, Error> {
     let mut header = [0u8; HEADER_SIZE];
     let mut got = 0;
     while got < HEADER_SIZE {
@@ -130,7 +143,7 @@ pub fn read_frame(s: &mut impl Read) -> Result<Option<Vec<u8>>, Error> {
         }
         got += n;
     }
-    let size = frame_size(&header)?;
+    let size = size_of(&header)?;
     let mut frame = vec![0u8; size];
     frame[..HEADER_SIZE].copy_from_slice(&header);
     s.read_exact(&mut frame[HEADER_SIZE..])
@@ -161,5 +174,44 @@ mod tests {
         }
         let err = Transport::open("/nonexistent/tpmrm0").expect_err("missing");
         assert!(err.to_string().contains("/nonexistent/tpmrm0"), "{err}");
+    }
+
+    #[test]
+    fn frames_are_read_whole_tpm2_only_unless_any_family_is_asked_for() {
+        // A TPM 1.2 command (TPM_TAG_RQU_COMMAND, 12 bytes) and a TPM 2.0 one, back to back.
+        let tpm12 = [0x00, 0xC1, 0, 0, 0, 12, 0, 0, 0, 0x65, 0, 0];
+        let tpm2 = [0x80, 0x01, 0, 0, 0, 10, 0, 0, 1, 0x44];
+        let both = [&tpm12[..], &tpm2[..]].concat();
+        let mut input = &both[..];
+        assert_eq!(
+            read_any_frame(&mut input).expect("read"),
+            Some(tpm12.to_vec())
+        );
+        assert_eq!(
+            read_any_frame(&mut input).expect("read"),
+            Some(tpm2.to_vec())
+        );
+        assert_eq!(read_any_frame(&mut input).expect("read"), None, "clean end");
+        assert!(
+            read_frame(&mut &tpm12[..]).is_err(),
+            "a 1.2 tag is not TPM 2.0"
+        );
+        assert_eq!(
+            read_frame(&mut &tpm2[..]).expect("read"),
+            Some(tpm2.to_vec())
+        );
+
+        let short: &[u8] = &[0x80, 0x01, 0, 0];
+        let tiny: &[u8] = &[0x00, 0xC1, 0, 0, 0, 4, 0, 0, 0, 0];
+        let huge: &[u8] = &[0x00, 0xC1, 0, 0, 0x10, 0, 0, 0, 0, 0];
+        let cut: &[u8] = &[0x00, 0xC1, 0, 0, 0, 12, 0, 0, 0, 0x65];
+        for (bad, why) in [
+            (short, "end inside the header"),
+            (tiny, "size below the header"),
+            (huge, "size above the largest frame"),
+            (cut, "end inside the body"),
+        ] {
+            assert!(read_any_frame(&mut &bad[..]).is_err(), "{why}");
+        }
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use peerpod_tee::hcl::{self, HclReport, ReportType, RsaJwk, RuntimeClaims, VmConfiguration};
 use peerpod_tpm::frame::{ParsedCommand, ResponseBuilder, cc};
-use peerpod_tpm::transport::{Transport, read_frame};
+use peerpod_tpm::transport::{Transport, read_any_frame, read_frame};
 use peerpod_tpm::types::{NvPublic, alg, handle, nv_attr};
 use peerpod_tpm::wire::Writer;
 use peerpod_tpm::{
@@ -420,13 +420,10 @@ impl Paravisor {
                 let response = if is_tpm2(&command) {
                     me.handle(&command, &mut upstream)
                 } else {
-                    match raw
-                        .write_all(&command)
-                        .and_then(|()| read_any_frame(&mut raw))
-                    {
-                        Ok(Some(response)) => response,
-                        Ok(None) | Err(_) => ResponseBuilder::error(0x101),
-                    }
+                    raw.write_all(&command)
+                        .ok()
+                        .and_then(|()| read_any_frame(&mut raw).ok().flatten())
+                        .unwrap_or_else(|| ResponseBuilder::error(0x101))
                 };
                 if guest.write_all(&response).is_err() {
                     break;
@@ -439,35 +436,6 @@ impl Paravisor {
 /// A TPM 2.0 command's tag (`TPM_ST_NO_SESSIONS` or `TPM_ST_SESSIONS`).
 fn is_tpm2(frame: &[u8]) -> bool {
     matches!(frame.get(..2), Some([0x80, 0x01] | [0x80, 0x02]))
-}
-
-/// One frame of any TPM family: a 10-byte header whose bytes 2..6 are the whole frame's size
-/// (big-endian), at most 4096 bytes (QEMU's TPM buffer).
-fn read_any_frame(s: &mut impl std::io::Read) -> std::io::Result<Option<Vec<u8>>> {
-    let mut header = [0u8; 10];
-    let mut got = 0;
-    while got < header.len() {
-        let n = s.read(&mut header[got..])?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(std::io::ErrorKind::UnexpectedEof.into())
-            };
-        }
-        got += n;
-    }
-    let size = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
-    if !(10..=4096).contains(&size) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("TPM frame size {size} is outside 10..=4096"),
-        ));
-    }
-    let mut frame = vec![0u8; size];
-    frame[..10].copy_from_slice(&header);
-    s.read_exact(&mut frame[10..])?;
-    Ok(Some(frame))
 }
 
 /// Reads the guest's report data (up to 64 bytes of `0x01400002`, zero-padded); zeros if the
@@ -538,34 +506,5 @@ impl Drop for HostServer {
         // Wake the accept loop so it sees the flag.
         let _ = UnixStream::connect(&self.path);
         let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-#[cfg(test)]
-mod frame_tests {
-    use super::*;
-
-    #[test]
-    fn frames_of_any_tpm_family_are_read_whole_and_bad_sizes_refused() {
-        // A TPM 1.2 command (TPM_TAG_RQU_COMMAND, 12 bytes) and a TPM 2.0 one, back to back.
-        let tpm12 = [0x00, 0xC1, 0, 0, 0, 12, 0, 0, 0, 0x65, 0, 0];
-        let tpm2 = [0x80, 0x01, 0, 0, 0, 10, 0, 0, 1, 0x44];
-        let mut input: &[u8] = &[&tpm12[..], &tpm2[..]].concat();
-        let first = read_any_frame(&mut input).expect("read").expect("a frame");
-        assert_eq!(first, tpm12);
-        assert!(!is_tpm2(&first));
-        let second = read_any_frame(&mut input).expect("read").expect("a frame");
-        assert!(is_tpm2(&second));
-        assert!(
-            read_any_frame(&mut input).expect("read").is_none(),
-            "clean end"
-        );
-
-        let mut short: &[u8] = &[0x80, 0x01, 0, 0];
-        assert!(read_any_frame(&mut short).is_err(), "end inside the header");
-        let mut tiny: &[u8] = &[0x80, 0x01, 0, 0, 0, 4, 0, 0, 0, 0];
-        assert!(read_any_frame(&mut tiny).is_err(), "size below the header");
-        let mut huge: &[u8] = &[0x80, 0x01, 0, 0, 0x10, 0, 0, 0, 0, 0];
-        assert!(read_any_frame(&mut huge).is_err(), "size above 4096");
     }
 }
