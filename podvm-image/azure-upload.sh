@@ -85,12 +85,18 @@ if [ -n "${AZURE_SB_CERT:-}" ]; then
     command -v openssl >/dev/null || { echo "azure-upload: openssl is missing" >&2; exit 1; }
     SB_DER=$(openssl x509 -in "$AZURE_SB_CERT" -outform DER 2>/dev/null | base64 -w0) || true
     [ -n "$SB_DER" ] || { echo "azure-upload: AZURE_SB_CERT: $AZURE_SB_CERT is not a PEM X.509 certificate" >&2; exit 1; }
-    TEMPLATES=${AZURE_SB_TEMPLATES:-NoSignatureTemplate}
-    for v in "$SUB" "$RG" "$REGION" "$ACCOUNT" "$CONTAINER" "$GALLERY" "$DEFINITION" "$VERSION" "$TEMPLATES"; do
+    for v in "$SUB" "$RG" "$REGION" "$ACCOUNT" "$CONTAINER" "$GALLERY" "$DEFINITION" "$VERSION"; do
         case "$v" in *'"'*|*\\*) echo "azure-upload: a quote or backslash in \"$v\"" >&2; exit 1 ;; esac
     done
+    # Template names are words (Azure's are NoSignatureTemplate,
+    # MicrosoftUefiCertificateAuthorityTemplate, MicrosoftWindowsTemplate), comma-separated.
+    TEMPLATE_LIST=
+    IFS=, read -r -a TEMPLATES <<< "${AZURE_SB_TEMPLATES:-NoSignatureTemplate}"
+    for t in "${TEMPLATES[@]}"; do
+        [[ "$t" =~ ^[A-Za-z]+$ ]] || { echo "azure-upload: AZURE_SB_TEMPLATES: \"$t\" is not a template name (letters only, comma-separated)" >&2; exit 1; }
+        TEMPLATE_LIST+=${TEMPLATE_LIST:+, }\"$t\"
+    done
     BODY=$(dirname "$VHD")/image-version-$VERSION.json
-    TEMPLATE_LIST=$(printf '"%s",' $(echo "$TEMPLATES" | tr ',' ' ') | sed 's/,$//')
     cat > "$BODY" <<JSON
 {
   "location": "$REGION",

@@ -255,6 +255,45 @@ fn a_secure_boot_certificate_becomes_the_image_versions_uefi_db_and_a_bad_one_is
         "https://acct1.blob.core.windows.net/podvm/podvm-1.2.3.vhd"
     );
 
+    // Two templates are listed in order; a name that is not a word (a glob, a quote) is refused.
+    let two = dry_run(
+        &fixed,
+        &[
+            ("AZURE_SB_CERT", &cert),
+            (
+                "AZURE_SB_TEMPLATES",
+                Path::new("NoSignatureTemplate,MicrosoftUefiCertificateAuthorityTemplate"),
+            ),
+        ],
+    );
+    assert!(two.status.success(), "{}", text(&two));
+    let body: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.0.join("image-version-1.2.3.json")).expect("the body file"),
+    )
+    .expect("the body is JSON");
+    assert_eq!(
+        body["properties"]["securityProfile"]["uefiSettings"]["signatureTemplateNames"],
+        serde_json::json!([
+            "NoSignatureTemplate",
+            "MicrosoftUefiCertificateAuthorityTemplate"
+        ])
+    );
+    for hostile in ["*", "No\"Signature", "a b", "NoSignatureTemplate,,x"] {
+        let out = dry_run(
+            &fixed,
+            &[
+                ("AZURE_SB_CERT", &cert),
+                ("AZURE_SB_TEMPLATES", Path::new(hostile)),
+            ],
+        );
+        assert!(
+            !out.status.success(),
+            "{hostile:?} accepted: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("AZURE_SB_TEMPLATES"), "{}", text(&out));
+    }
+
     // Not a certificate (the key): refused, naming the variable.
     let out = dry_run(&fixed, &[("AZURE_SB_CERT", &key)]);
     assert!(!out.status.success());
