@@ -26,9 +26,10 @@
 //! guest's DNS (resolv.conf from the DHCP lease, a name resolved in the guest).
 //! `tests/resolv_conf.rs` runs the image's resolv.conf unit script against hostile leases;
 //! `tests/azure_upload.rs` checks `azure-upload.sh`'s VHD check and dry run (custom UEFI keys
-//! included); `tests/build_sh.rs` checks build.sh's refusal of bad signing keys. The boot benchmark is `benches/boot.rs`. Not built yet: a KVM run (everything is
-//! measured under TCG: KVM does not boot the kernel on this machine), and a harness that boots
-//! the VHD the way Azure does (nothing here has run on Azure).
+//! included); `tests/build_sh.rs` checks build.sh's refusal of bad signing keys. The boot
+//! benchmark is `benches/boot.rs`. Not built yet: a KVM run (everything is measured under TCG:
+//! KVM does not boot the kernel on this machine), and a harness that boots the VHD the way
+//! Azure does (nothing here has run on Azure).
 
 pub mod cidata;
 pub mod client;

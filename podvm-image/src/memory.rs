@@ -43,8 +43,8 @@ pub struct GuestMemory {
     /// `/proc/meminfo`'s `MemAvailable`, KiB: what the guest could still give without swapping
     /// (free memory and the page cache it can drop).
     pub available_kib: u64,
-    /// `/proc/meminfo`'s `Shmem`, KiB: tmpfs files (`/run`, a volatile journal) and shared
-    /// memory. Memory no process's RSS shows.
+    /// `/proc/meminfo`'s `Shmem`, KiB: tmpfs files (`/run`: provisioned files, the scratch
+    /// space's LUKS header) and shared memory. Memory no process's RSS shows.
     pub shmem_kib: u64,
 }
 
@@ -115,7 +115,7 @@ fn parse(out: &str) -> Result<GuestMemory, String> {
         return Err(format!("the probe did not finish: {out:?}"));
     }
     let mut memory = GuestMemory::default();
-    let mut seen = 0;
+    let (mut total, mut available, mut shmem) = (None, None, None);
     for line in out.lines() {
         if let Some(rest) = line.strip_prefix("MEM ") {
             let (key, value) = rest
@@ -126,13 +126,14 @@ fn parse(out: &str) -> Result<GuestMemory, String> {
                 .parse::<u64>()
                 .map_err(|_| format!("bad number in {line:?}"))?;
             let field = match key {
-                "MemTotal" => &mut memory.total_kib,
-                "MemAvailable" => &mut memory.available_kib,
-                "Shmem" => &mut memory.shmem_kib,
+                "MemTotal" => &mut total,
+                "MemAvailable" => &mut available,
+                "Shmem" => &mut shmem,
                 _ => return Err(format!("unexpected probe line {line:?}")),
             };
-            *field = value;
-            seen += 1;
+            if field.replace(value).is_some() {
+                return Err(format!("{key} twice in the probe's output"));
+            }
             continue;
         }
         let Some(rest) = line.strip_prefix("PROC ") else {
@@ -158,11 +159,12 @@ fn parse(out: &str) -> Result<GuestMemory, String> {
             threads: num(threads)?,
         });
     }
-    if seen != 3 {
+    let (Some(total), Some(available), Some(shmem)) = (total, available, shmem) else {
         return Err(format!(
-            "the probe gave {seen} of MemTotal, MemAvailable, Shmem: {out:?}"
+            "the probe did not give all of MemTotal, MemAvailable, Shmem: {out:?}"
         ));
-    }
+    };
+    (memory.total_kib, memory.available_kib, memory.shmem_kib) = (total, available, shmem);
     memory
         .processes
         .sort_by_key(|p| std::cmp::Reverse(p.rss_kib));
@@ -326,6 +328,10 @@ mod tests {
             "meminfo's figures missing"
         );
         assert!(parse("MEM MemTotal 2000000\nMEM MemAvailable x\nMEM Shmem 1\nEND\n").is_err());
+        assert!(
+            parse("MEM MemTotal 2\nMEM MemTotal 2\nMEM Shmem 1\nEND\n").is_err(),
+            "one figure twice and one missing"
+        );
         let mem = "MEM MemTotal 2\nMEM MemAvailable 1\nMEM Shmem 1\n";
         assert!(parse(&format!("PROC systemd 1 x 1 1\n{mem}END\n")).is_err());
         assert!(

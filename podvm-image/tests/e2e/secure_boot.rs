@@ -31,7 +31,10 @@ fn a_signed_uki_serves_under_secure_boot_and_an_altered_or_untrusted_one_never_b
                 .uki_signer()
                 .map_or("unsigned".to_string(), |s| format!("signed by {s}"))
         );
-        if std::env::var("PEERPOD_PODVM_E2E").is_ok_and(|v| v == "test") {
+        // The tests' own image is always signed; under CI a skip fails, as for the other tests.
+        if std::env::var("PEERPOD_PODVM_E2E").is_ok_and(|v| v == "test")
+            || std::env::var("CI").is_ok_and(|v| v == "true")
+        {
             panic!("{message}");
         }
         loud(&format!("SKIPPED: {message}"));
